@@ -1,0 +1,9 @@
+//! skillgraft: a robot skill-transfer runtime for edge devices.
+//!
+//! A skill is an ONNX policy exported from another robot plus a manifest that maps it onto this
+//! robot's topics. This crate loads skills, splits each policy into a frozen backbone and an
+//! adaptable head, runs it, and writes adapted heads back into plain ONNX files.
+
+pub mod model;
+pub mod ros;
+pub mod skill;

@@ -1,0 +1,190 @@
+//! The `skillgraft` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use skillgraft::skill::{self, Skill, inspect};
+
+#[derive(Parser)]
+#[command(
+    name = "skillgraft",
+    version,
+    about = "Run, inspect and adapt robot skills (ONNX policy + manifest)"
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a skill folder or an ONNX file holds: I/O mapping, backbone and head.
+    Inspect {
+        /// A skill folder (or its skill.toml), or a bare .onnx file.
+        path: PathBuf,
+        /// For a bare ONNX file: the tensor that splits backbone from head. Without it, the
+        /// possible splits are listed.
+        #[arg(long)]
+        features: Option<String>,
+        /// For a bare ONNX file with several outputs: the one holding the action.
+        #[arg(long)]
+        output: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create skill folders.
+    #[command(subcommand)]
+    Skill(SkillCommand),
+    /// Run one inference: normalise the observation, run the policy, de-normalise the action.
+    Step {
+        /// The skill folder.
+        skill: PathBuf,
+        /// Observation values, comma-separated, in the order `inspect` lists them (raw, before
+        /// normalisation).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            allow_hyphen_values = true,
+            required = true
+        )]
+        obs: Vec<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SkillCommand {
+    /// Write a skill folder from any ONNX model, with a manifest skeleton to edit.
+    Init {
+        /// The exported ONNX model.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// The tensor that splits backbone from head (`skillgraft inspect MODEL.onnx` lists them).
+        #[arg(long)]
+        features: String,
+        /// The folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// The graph output holding the action, when the model has several.
+        #[arg(long)]
+        output: Option<String>,
+        /// Skill name (default: the ONNX file's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Command::Inspect {
+            path,
+            features,
+            output,
+            json,
+        } => {
+            let is_onnx =
+                path.is_file() && path.file_name().is_none_or(|n| n != skill::MANIFEST_FILE);
+            if is_onnx {
+                match inspect::onnx_report(&path, features.as_deref(), output.as_deref())? {
+                    Ok(model) => print(&model, json),
+                    Err(splits) => print(&splits, json),
+                }
+            } else {
+                if features.is_some() || output.is_some() {
+                    return Err("--features and --output apply to a bare ONNX file; a skill names them in its skill.toml".into());
+                }
+                let skill = Skill::load(&path)?;
+                print(&inspect::skill_report(&skill), json)
+            }
+        }
+        Command::Skill(SkillCommand::Init {
+            onnx,
+            features,
+            out,
+            output,
+            name,
+        }) => {
+            let (mut manifest, bytes) = skill::skeleton(&onnx, &features, output.as_deref())?;
+            if let Some(name) = name {
+                manifest.name = name;
+            }
+            let skill = skill::write_skill(&out, &manifest, &bytes)?;
+            println!(
+                "wrote skill `{}` {} to {}",
+                manifest.name,
+                manifest.version,
+                out.display()
+            );
+            println!("digest {}", skill.digest);
+            println!(
+                "next: edit {} (topics, normalisation, joint limits), then `skillgraft inspect {}`",
+                out.join(skill::MANIFEST_FILE).display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Step { skill, obs, json } => {
+            let mut skill = Skill::load(&skill)?;
+            let (raw, action) = skill.step(&obs)?;
+            let labels = skill.manifest.action_labels();
+            if json {
+                let out = serde_json::json!({
+                    "skill": skill.manifest.name,
+                    "version": skill.manifest.version.to_string(),
+                    "observation": obs,
+                    "raw_action": raw,
+                    "action": action,
+                    "labels": labels,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{:<28} {:>14} {:>14}", "action", "raw", "de-normalised");
+                for ((l, r), a) in labels.iter().zip(&raw).zip(&action) {
+                    println!("{l:<28} {r:>14.6} {a:>14.6}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print<T: serde::Serialize + std::fmt::Display>(
+    report: &T,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}

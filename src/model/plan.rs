@@ -1,0 +1,357 @@
+//! tract plans built from one ONNX file: the control plan (batch 1, state reused every tick) and
+//! the backbone plan (input to `features`, any batch) for feature extraction.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::head::Layout;
+use super::onnx::OnnxFile;
+use super::{ModelError, Subject};
+
+/// The shape of the policy's input tensor, as far as skillgraft needs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InputShape {
+    /// Dims as declared (numbers, or the symbol's name).
+    pub declared: Vec<String>,
+    /// Whether dim 0 is a batch axis (symbolic or 1, on a tensor of rank 2 or more).
+    pub batched: bool,
+    /// Dims of one sample (without the batch axis).
+    pub sample: Vec<usize>,
+    /// Name of the batch symbol: the declared one, so the file's own shape annotations agree.
+    pub batch_symbol: String,
+}
+
+impl InputShape {
+    /// Values in one sample.
+    pub fn width(&self) -> usize {
+        self.sample.iter().product()
+    }
+
+    fn with_batch(&self, batch: TDim) -> Vec<TDim> {
+        let mut dims: Vec<TDim> = self.sample.iter().map(|&d| d.to_dim()).collect();
+        if self.batched {
+            dims.insert(0, batch);
+        }
+        dims
+    }
+}
+
+/// Reads the declared shape of the feed input and decides which axis is the batch.
+pub fn input_shape(file: &OnnxFile, declared: Vec<String>) -> Result<InputShape, ModelError> {
+    let bad = |problem: String| ModelError::Shape {
+        path: file.path.clone(),
+        subject: Subject::Input,
+        problem,
+    };
+    if declared.is_empty() {
+        return Err(bad(
+            "the input has no declared shape; re-export the model with input shapes".into(),
+        ));
+    }
+    let batched =
+        declared.len() >= 2 && (declared[0] == "1" || declared[0].parse::<usize>().is_err());
+    let rest = if batched {
+        &declared[1..]
+    } else {
+        &declared[..]
+    };
+    let sample = rest
+        .iter()
+        .map(|d| {
+            d.parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "input dim `{d}` is symbolic; skillgraft needs every dim but the batch fixed (declared shape {declared:?})"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch_symbol = match declared.first() {
+        Some(d)
+            if batched
+                && d.parse::<usize>().is_err()
+                && d.chars().all(|c| c.is_alphanumeric() || c == '_') =>
+        {
+            d.clone()
+        }
+        _ => "N".to_string(),
+    };
+    Ok(InputShape {
+        declared,
+        batched,
+        sample,
+        batch_symbol,
+    })
+}
+
+fn tract_err<'a>(path: &'a Path, stage: &'static str) -> impl Fn(TractError) -> ModelError + 'a {
+    move |e| ModelError::Tract {
+        path: path.to_path_buf(),
+        stage,
+        message: format!("{e:#}"),
+    }
+}
+
+/// Runs tract on untrusted model data; a panic inside tract becomes an error, not a crash.
+fn guarded<T>(
+    path: &Path,
+    stage: &'static str,
+    f: impl FnOnce() -> TractResult<T>,
+) -> Result<T, ModelError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(tract_err(path, stage)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "tract panicked".into());
+            Err(ModelError::Tract {
+                path: path.to_path_buf(),
+                stage,
+                message: format!("tract panicked: {message}"),
+            })
+        }
+    }
+}
+
+fn parse(file: &OnnxFile) -> Result<InferenceModel, ModelError> {
+    guarded(&file.path, "parse the graph", || {
+        let onnx = tract_onnx::onnx();
+        let dir = file.dir();
+        let result = onnx.parse(&file.proto, dir.as_deref())?;
+        if !result.unresolved_inputs.is_empty() {
+            return Err(TractError::msg(format!(
+                "inputs that no node or initializer provides: {:?}",
+                result.unresolved_inputs
+            )));
+        }
+        Ok(result.model)
+    })
+}
+
+/// The control plan: one observation in, one action out, state reused across ticks.
+pub struct ControlPlan {
+    state: TypedSimpleState,
+    input: Arc<Tensor>,
+    output_width: usize,
+}
+
+impl ControlPlan {
+    /// Builds and optimises the batch-1 plan from the input to `output`.
+    pub fn build(
+        file: &OnnxFile,
+        shape: &InputShape,
+        output: &str,
+    ) -> Result<ControlPlan, ModelError> {
+        let model = parse(file)?;
+        let path = &file.path;
+        let plan = guarded(path, "optimise the control plan", || {
+            let n = model.symbols.sym(&shape.batch_symbol);
+            let fact = InferenceFact::dt_shape(f32::datum_type(), shape.with_batch(n.to_dim()));
+            let typed = model
+                .with_input_fact(0, fact)?
+                .with_outputs_by_name([output])?
+                .into_typed()?;
+            let batch_one = std::collections::HashMap::from([(n, 1.to_dim())]);
+            typed
+                .set_symbols(&batch_one)?
+                .into_optimized()?
+                .into_runnable()
+        })?;
+        let out_fact = guarded(path, "read the output shape", || {
+            Ok(plan.model().output_fact(0)?.clone())
+        })?;
+        let dims: Option<Vec<usize>> = out_fact.shape.as_concrete().map(<[usize]>::to_vec);
+        let dims = dims.ok_or_else(|| ModelError::Shape {
+            path: path.clone(),
+            subject: Subject::Output,
+            problem: format!("output `{output}` has no fixed shape at batch 1"),
+        })?;
+        if out_fact.datum_type != f32::datum_type() {
+            return Err(ModelError::Shape {
+                path: path.clone(),
+                subject: Subject::Output,
+                problem: format!(
+                    "output `{output}` is {:?}, not float32",
+                    out_fact.datum_type
+                ),
+            });
+        }
+        let output_width = if dims.len() >= 2 && dims[0] == 1 {
+            dims[1..].iter().product()
+        } else {
+            dims.iter().product()
+        };
+        let input_dims: Vec<usize> = if shape.batched {
+            std::iter::once(1)
+                .chain(shape.sample.iter().copied())
+                .collect()
+        } else {
+            shape.sample.clone()
+        };
+        let input = Arc::new(
+            Tensor::zero::<f32>(&input_dims).map_err(tract_err(path, "allocate the input"))?,
+        );
+        let state = guarded(path, "create the plan state", || {
+            TypedSimpleState::new(&plan)
+        })?;
+        Ok(ControlPlan {
+            state,
+            input,
+            output_width,
+        })
+    }
+
+    /// Width of the action the plan produces.
+    pub fn output_width(&self) -> usize {
+        self.output_width
+    }
+
+    /// Width of the observation the plan reads.
+    pub fn input_width(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Runs one step: `obs` (normalised, row-major) in, raw action out.
+    pub fn step(&mut self, obs: &[f32], action: &mut [f32]) -> Result<(), ModelError> {
+        if obs.len() != self.input.len() || action.len() != self.output_width {
+            return Err(ModelError::Run(format!(
+                "step called with {} observation and {} action values; the plan takes {} and gives {}",
+                obs.len(),
+                action.len(),
+                self.input.len(),
+                self.output_width
+            )));
+        }
+        // The tensor is shared with tract only during `run`, so this never copies in steady state.
+        let input = Arc::make_mut(&mut self.input);
+        let mut view = input
+            .try_as_plain_ram_mut()
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        view.as_slice_mut::<f32>()
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?
+            .copy_from_slice(obs);
+        let outputs = self
+            .state
+            .run(tvec!(TValue::from_const(self.input.clone())))
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let view = outputs[0]
+            .try_as_plain_ram()
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        action.copy_from_slice(
+            view.as_slice::<f32>()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?,
+        );
+        Ok(())
+    }
+}
+
+/// The backbone plan: input to `features`, for any batch size.
+pub struct BackbonePlan {
+    plan: Arc<TypedRunnableModel>,
+    shape: InputShape,
+    batch_axis: bool,
+    features_width: usize,
+    layout: Layout,
+}
+
+impl BackbonePlan {
+    /// Builds the plan from the input to `features`, with a symbolic batch when the input has one.
+    pub fn build(
+        file: &OnnxFile,
+        shape: &InputShape,
+        features: &str,
+        layout: Layout,
+        width: usize,
+    ) -> Result<BackbonePlan, ModelError> {
+        let model = parse(file)?;
+        let path = &file.path;
+        let batch_axis = shape.batched;
+        let plan = guarded(path, "optimise the backbone plan", || {
+            let n = model.symbols.sym(&shape.batch_symbol);
+            let fact = InferenceFact::dt_shape(f32::datum_type(), shape.with_batch(n.to_dim()));
+            model
+                .with_input_fact(0, fact)?
+                .with_outputs_by_name([features])?
+                .into_optimized()?
+                .into_runnable()
+        })?;
+        let fact = guarded(path, "read the features shape", || {
+            Ok(plan.model().output_fact(0)?.clone())
+        })?;
+        let rank = fact.shape.rank();
+        let per_sample: Option<usize> = match (rank, layout) {
+            (2, Layout::SampleMajor) => fact.shape[1].as_i64().map(|d| d as usize),
+            (2, Layout::FeatureMajor) => fact.shape[0].as_i64().map(|d| d as usize),
+            _ => None,
+        };
+        if per_sample != Some(width) {
+            return Err(ModelError::Shape {
+                path: path.clone(),
+                subject: Subject::Features,
+                problem: format!(
+                    "features `{features}` has shape {:?}, but the head reads {width} values per sample from a 2-D tensor; choose a 2-D features tensor (after Flatten)",
+                    fact.shape
+                ),
+            });
+        }
+        Ok(BackbonePlan {
+            plan,
+            shape: shape.clone(),
+            batch_axis,
+            features_width: width,
+            layout,
+        })
+    }
+
+    /// Width of the features of one sample.
+    pub fn features_width(&self) -> usize {
+        self.features_width
+    }
+
+    /// Features for `n` samples (row-major, `n × input width`), in batches of at most `batch`;
+    /// returns `n × features width`, one sample per row.
+    pub fn features(&self, inputs: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, ModelError> {
+        let w = self.shape.width();
+        if inputs.len() != n * w {
+            return Err(ModelError::Run(format!(
+                "{} input values for {n} samples of width {w}",
+                inputs.len()
+            )));
+        }
+        let batch = if self.batch_axis { batch.max(1) } else { 1 };
+        let f = self.features_width;
+        let mut out = Vec::with_capacity(n * f);
+        for start in (0..n).step_by(batch) {
+            let b = batch.min(n - start);
+            let mut dims = self.shape.sample.clone();
+            if self.batch_axis {
+                dims.insert(0, b);
+            }
+            let x = Tensor::from_shape(&dims, &inputs[start * w..(start + b) * w])
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let y = self
+                .plan
+                .run(tvec!(x.into()))
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let view = y[0]
+                .try_as_plain_ram()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let y = view
+                .as_slice::<f32>()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            match self.layout {
+                Layout::SampleMajor => out.extend_from_slice(y),
+                Layout::FeatureMajor => {
+                    for s in 0..b {
+                        out.extend((0..f).map(|k| y[k * b + s]));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,427 @@
+//! Skills: a folder holding `skill.toml` and the policy's ONNX file. Loading validates the manifest
+//! against the graph; writing is atomic (a temporary folder renamed into place).
+
+pub mod inspect;
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::model::onnx::OnnxFile;
+use crate::model::{Model, ModelError};
+use manifest::{ActionOutput, Control, ModelSection, ObservationInput, Provenance, SafeAction};
+pub use manifest::{MANIFEST_FILE, Manifest, ManifestError};
+
+/// What went wrong with a skill, naming the file, the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SkillError {
+    /// A file could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path is not a skill folder.
+    #[error("{} is not a skill folder: it has no {MANIFEST_FILE}; make one from an ONNX file with `skillgraft skill init --onnx MODEL.onnx --features TENSOR --out DIR`", path.display())]
+    NotASkill {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The manifest is invalid, or does not fit the model.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The model named by the manifest is invalid.
+    #[error("{}: `{field}`: {source}", manifest.display())]
+    Model {
+        /// The manifest naming the model.
+        manifest: PathBuf,
+        /// The manifest field the problem concerns.
+        field: &'static str,
+        /// The model error.
+        #[source]
+        source: ModelError,
+    },
+    /// A model problem outside any skill (a bare ONNX file).
+    #[error(transparent)]
+    Onnx(#[from] ModelError),
+    /// The destination of a write already exists.
+    #[error("{} already exists; choose another --out folder or remove it first", path.display())]
+    Exists {
+        /// The destination.
+        path: PathBuf,
+    },
+}
+
+/// A loaded skill: manifest, model and digest.
+pub struct Skill {
+    /// The skill folder.
+    pub dir: PathBuf,
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// The loaded model.
+    pub model: Model,
+    /// `sha256:<hex>` over the manifest and model bytes (see [`digest`]).
+    pub digest: String,
+}
+
+impl Skill {
+    /// Loads a skill from its folder (or its `skill.toml`) and validates it against the model.
+    pub fn load(path: &Path) -> Result<Skill, SkillError> {
+        let dir = if path.is_dir() {
+            path.to_path_buf()
+        } else if path.file_name().is_some_and(|n| n == MANIFEST_FILE) {
+            path.parent().map(Path::to_path_buf).unwrap_or_default()
+        } else {
+            return Err(SkillError::NotASkill {
+                path: path.to_path_buf(),
+            });
+        };
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if !manifest_path.is_file() {
+            return Err(SkillError::NotASkill {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = read(&manifest_path, "read the manifest")?;
+        let text = String::from_utf8(text).map_err(|_| ManifestError {
+            file: manifest_path.clone(),
+            field: "(file)".into(),
+            problem: "is not UTF-8 text; save it as UTF-8".into(),
+        })?;
+        let manifest = Manifest::parse(&text, &manifest_path)?;
+        let model_path = dir.join(&manifest.model.file);
+        if !model_path.is_file() {
+            return Err(ManifestError {
+                file: manifest_path,
+                field: "model.file".into(),
+                problem: format!(
+                    "{} does not exist; put the ONNX file in the skill folder or fix the name",
+                    model_path.display()
+                ),
+            }
+            .into());
+        }
+        let model_bytes = read(&model_path, "read the model")?;
+        Skill::from_parts(&dir, manifest, text.as_bytes(), &model_bytes)
+    }
+
+    /// Validates a manifest against model bytes; `dir` is where they live (or will).
+    fn from_parts(
+        dir: &Path,
+        manifest: Manifest,
+        manifest_bytes: &[u8],
+        model_bytes: &[u8],
+    ) -> Result<Skill, SkillError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let model_path = dir.join(&manifest.model.file);
+        let in_skill = |source: ModelError| SkillError::Model {
+            manifest: manifest_path.clone(),
+            field: source.manifest_field(),
+            source,
+        };
+        let file = OnnxFile::decode(&model_path, model_bytes).map_err(in_skill)?;
+        let m = &manifest.model;
+        let model = Model::load(file, &m.input, &m.output, &m.features).map_err(in_skill)?;
+        let mismatch = |field: &str, problem: String| ManifestError {
+            file: manifest_path.clone(),
+            field: field.into(),
+            problem,
+        };
+        let model_in = model.input_shape.width();
+        if model_in != manifest.input_width() {
+            let parts: Vec<String> = manifest
+                .observation_slots()
+                .iter()
+                .map(|s| format!("{} {}", s.topic, s.width()))
+                .collect();
+            return Err(mismatch(
+                "observation",
+                format!(
+                    "the model input `{}` takes {model_in} values per sample (shape {:?}) but the observations give {} (history {} x frame {} = {}); make the fields select {} values per frame, or fix control.history",
+                    m.input,
+                    model.input_shape.declared,
+                    manifest.input_width(),
+                    manifest.control.history,
+                    manifest.frame_width(),
+                    parts.join(" + "),
+                    if model_in % manifest.control.history == 0 { model_in / manifest.control.history } else { model_in },
+                ),
+            )
+            .into());
+        }
+        let model_out = model.control.output_width();
+        if model_out != manifest.action_width() {
+            return Err(mismatch(
+                "action.fields",
+                format!(
+                    "the model output `{}` gives {model_out} values but the action fields take {}; select {model_out} values",
+                    m.output,
+                    manifest.action_width()
+                ),
+            )
+            .into());
+        }
+        let digest = digest(&[
+            (MANIFEST_FILE, manifest_bytes),
+            (&manifest.model.file, model_bytes),
+        ]);
+        Ok(Skill {
+            dir: dir.to_path_buf(),
+            manifest,
+            model,
+            digest,
+        })
+    }
+
+    /// Normalises an observation, runs the control plan and de-normalises the action.
+    /// Returns the raw (normalised) and the de-normalised action.
+    pub fn step(&mut self, observation: &[f64]) -> Result<(Vec<f32>, Vec<f64>), String> {
+        let want = self.manifest.input_width();
+        if observation.len() != want {
+            return Err(format!(
+                "the skill takes {want} observation values (history {} x frame {}), got {}",
+                self.manifest.control.history,
+                self.manifest.frame_width(),
+                observation.len()
+            ));
+        }
+        if let Some(i) = observation.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "observation value {i} is {}; give finite numbers",
+                observation[i]
+            ));
+        }
+        let (mean, std) = self.manifest.input_normalisation();
+        let obs: Vec<f32> = observation
+            .iter()
+            .zip(mean.iter().zip(&std))
+            .map(|(v, (m, s))| ((v - m) / s) as f32)
+            .collect();
+        let mut raw = vec![0.0f32; self.manifest.action_width()];
+        self.model
+            .control
+            .step(&obs, &mut raw)
+            .map_err(|e| e.to_string())?;
+        let a = &self.manifest.action;
+        let action = raw
+            .iter()
+            .zip(a.mean.iter().zip(&a.std))
+            .map(|(&r, (m, s))| r as f64 * s + m)
+            .collect();
+        Ok((raw, action))
+    }
+}
+
+/// The digest of a set of named files: SHA-256 over, for each file in the order given, its name,
+/// a zero byte, its length as 8 little-endian bytes, and its bytes. Written `sha256:<hex>`.
+pub fn digest(files: &[(&str, &[u8])]) -> String {
+    let mut h = Sha256::new();
+    for (name, bytes) in files {
+        h.update(name.as_bytes());
+        h.update([0u8]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+fn read(path: &Path, action: &'static str) -> Result<Vec<u8>, SkillError> {
+    std::fs::read(path).map_err(|source| SkillError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    })
+}
+
+/// Writes a skill folder atomically: both files go into a temporary sibling folder, are synced,
+/// and the folder is renamed to `out`. The skill is validated (loaded) before anything is written.
+pub fn write_skill(
+    out: &Path,
+    manifest: &Manifest,
+    model_bytes: &[u8],
+) -> Result<Skill, SkillError> {
+    if out.exists() {
+        return Err(SkillError::Exists {
+            path: out.to_path_buf(),
+        });
+    }
+    let text = manifest.to_toml();
+    Manifest::parse(&text, &out.join(MANIFEST_FILE))?;
+    let skill = Skill::from_parts(out, manifest.clone(), text.as_bytes(), model_bytes)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let io = |path: &Path, action: &'static str| {
+        let path = path.to_path_buf();
+        move |source| SkillError::Io {
+            path,
+            action,
+            source,
+        }
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent, "create"))?;
+    let leaf = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "skill".into());
+    let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp, "remove the stale temporary folder"))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp, "create"))?;
+    let written = (|| {
+        for (name, bytes) in [
+            (MANIFEST_FILE, text.as_bytes()),
+            (manifest.model.file.as_str(), model_bytes),
+        ] {
+            let path = tmp.join(name);
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).map_err(io(p, "create"))?;
+            }
+            let mut f = std::fs::File::create(&path).map_err(io(&path, "create"))?;
+            f.write_all(bytes).map_err(io(&path, "write"))?;
+            f.sync_all().map_err(io(&path, "sync"))?;
+        }
+        std::fs::rename(&tmp, out).map_err(io(out, "move the new skill into"))?;
+        std::fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&parent, "sync"))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    Ok(Skill {
+        dir: out.to_path_buf(),
+        ..skill
+    })
+}
+
+/// A manifest skeleton for any ONNX model: one array observation input and one array action
+/// output of the model's widths, identity normalisation, default topics and no limits yet.
+pub fn skeleton(
+    onnx: &Path,
+    features: &str,
+    output: Option<&str>,
+) -> Result<(Manifest, Vec<u8>), SkillError> {
+    let file = OnnxFile::read(onnx)?;
+    let ix = file.index();
+    let input = match ix.inputs().as_slice() {
+        [one] => one.name.clone(),
+        many => {
+            let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
+            return Err(ModelError::Shape {
+                path: onnx.to_path_buf(),
+                subject: crate::model::Subject::Input,
+                problem: format!(
+                    "the graph has {} inputs ({}); skillgraft feeds exactly one observation tensor",
+                    names.len(),
+                    names.join(", ")
+                ),
+            }
+            .into());
+        }
+    };
+    let output = match output {
+        Some(o) => o.to_string(),
+        None => ix.graph.output[0].name.clone(),
+    };
+    let bytes = file.inlined()?;
+    let model = Model::load(file, &input, &output, features)?;
+    let in_width = model.input_shape.width();
+    let out_width = model.control.output_width();
+    let stem = onnx
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut details = BTreeMap::new();
+    details.insert(
+        "source_file".to_string(),
+        toml::Value::String(
+            onnx.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        ),
+    );
+    let producer = format!(
+        "{} {}",
+        model.file.proto.producer_name, model.file.proto.producer_version
+    );
+    if !producer.trim().is_empty() {
+        details.insert(
+            "onnx_producer".to_string(),
+            toml::Value::String(producer.trim().to_string()),
+        );
+    }
+    let manifest = Manifest {
+        name: if name.is_empty() || name.starts_with('.') {
+            "skill".into()
+        } else {
+            name
+        },
+        version: semver::Version::new(0, 1, 0),
+        description: format!(
+            "Made by `skillgraft skill init` from {}; describe what the skill does.",
+            onnx.display()
+        ),
+        provenance: Provenance {
+            source_robot: "unknown".into(),
+            method: "imported".into(),
+            parent: None,
+            created: None,
+            details,
+        },
+        model: ModelSection {
+            file: "policy.onnx".into(),
+            input,
+            output,
+            features: features.to_string(),
+        },
+        control: Control {
+            rate_hz: 50.0,
+            history: 1,
+        },
+        observations: vec![ObservationInput {
+            topic: "~/observation".into(),
+            msg_type: "std_msgs/msg/Float64MultiArray".into(),
+            fields: vec![format!("data[0..{in_width}]")],
+            joints: vec![],
+            mean: vec![0.0; in_width],
+            std: vec![1.0; in_width],
+            max_age_ms: 100.0,
+        }],
+        action: ActionOutput {
+            topic: "~/action".into(),
+            msg_type: "std_msgs/msg/Float64MultiArray".into(),
+            fields: vec![format!("data[0..{out_width}]")],
+            joints: vec![],
+            mean: vec![0.0; out_width],
+            std: vec![1.0; out_width],
+            lower: vec![f64::NEG_INFINITY; out_width],
+            upper: vec![f64::INFINITY; out_width],
+            max_delta: vec![f64::INFINITY; out_width],
+            safe: SafeAction::Zero,
+        },
+    };
+    Ok((manifest, bytes))
+}

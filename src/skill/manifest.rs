@@ -606,11 +606,210 @@ fn syntax_error(file: &Path, text: &str, e: &toml::de::Error) -> ManifestError {
     };
     let line = e
         .span()
-        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
     ManifestError {
         file: file.to_path_buf(),
         field,
         problem: format!("{message}{at}; {fix}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARM: &str = r#"
+name = "reach"
+version = "1.2.0"
+description = "Reach a point"
+
+[provenance]
+source_robot = "arm-a"
+method = "trained"
+parent = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+created = "2026-11-29T18:00:00Z"
+
+[provenance.details]
+epochs = 40
+
+[model]
+file = "policy.onnx"
+input = "obs"
+output = "action"
+features = "feat"
+
+[control]
+rate_hz = 100.0
+history = 2
+
+[[observation]]
+topic = "/joint_states"
+type = "sensor_msgs/JointState"
+fields = ["position", "velocity"]
+joints = ["shoulder", "elbow"]
+mean = [0.0, 0.0, 0.0, 0.0]
+std = [1.0, 1.0, 2.0, 2.0]
+max_age_ms = 50.0
+
+[[observation]]
+topic = "/target"
+type = "geometry_msgs/msg/Point"
+fields = ["x", "y"]
+mean = [0.5, 0.0]
+std = [0.25, 0.25]
+max_age_ms = 500.0
+
+[action]
+topic = "/arm/cmd"
+type = "std_msgs/msg/Float64MultiArray"
+fields = ["data[0..2]"]
+mean = [0.0, 0.0]
+std = [0.5, 0.5]
+lower = [-1.0, -1.0]
+upper = [1.0, 1.0]
+max_delta = [0.1, inf]
+safe = "hold"
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("skill.toml"))
+    }
+
+    #[test]
+    fn widths_labels_and_normalisation_follow_the_fields() {
+        let m = parse(ARM).unwrap();
+        assert_eq!(m.frame_width(), 6);
+        assert_eq!(m.input_width(), 12);
+        assert_eq!(m.action_width(), 2);
+        let labels = m.input_labels();
+        assert_eq!(labels[0], "t-1 /joint_states:position[shoulder]");
+        assert_eq!(labels[3], "t-1 /joint_states:velocity[elbow]");
+        assert_eq!(labels[6], "/joint_states:position[shoulder]");
+        assert_eq!(labels[11], "/target:y");
+        assert_eq!(m.action_labels(), vec!["data[0]", "data[1]"]);
+        let (mean, std) = m.input_normalisation();
+        assert_eq!(mean.len(), 12);
+        assert_eq!(std[4..6], [0.25, 0.25]);
+        assert_eq!(std[10..12], [0.25, 0.25]);
+        assert_eq!(m.action.safe, SafeAction::Hold);
+        assert_eq!(m.action.max_delta[1], f64::INFINITY);
+    }
+
+    #[test]
+    fn written_toml_reads_back_equal() {
+        let m = parse(ARM).unwrap();
+        let again = parse(&m.to_toml()).unwrap();
+        assert_eq!(again, m);
+        assert!(m.to_toml().starts_with("# skillgraft skill manifest"));
+    }
+
+    fn problem(edit: (&str, &str)) -> ManifestError {
+        assert!(ARM.contains(edit.0), "{}", edit.0);
+        parse(&ARM.replacen(edit.0, edit.1, 1)).unwrap_err()
+    }
+
+    #[test]
+    fn each_mistake_names_its_field() {
+        let cases: &[((&str, &str), &str, &str)] = &[
+            (
+                ("name = \"reach\"", "name = \"re ach\""),
+                "name",
+                "not a valid skill name",
+            ),
+            (
+                ("sha256:0123", "sha1:0123"),
+                "provenance.parent",
+                "64 hex digits",
+            ),
+            (
+                ("2026-11-29T18:00:00Z", "yesterday"),
+                "provenance.created",
+                "RFC 3339",
+            ),
+            (
+                ("history = 2", "history = 0"),
+                "control.history",
+                "at least 1",
+            ),
+            (
+                ("joints = [\"shoulder\", \"elbow\"]", "joints = []"),
+                "observation[0].joints",
+                "list the joints",
+            ),
+            (
+                (
+                    "joints = [\"shoulder\", \"elbow\"]",
+                    "joints = [\"elbow\", \"elbow\"]",
+                ),
+                "observation[0].joints",
+                "listed twice",
+            ),
+            (
+                ("fields = [\"x\", \"y\"]", "fields = [\"x\", \"w\"]"),
+                "observation[1].fields",
+                "valid fields: x, y, z",
+            ),
+            (
+                ("fields = [\"x\", \"y\"]", "fields = [\"x\", \"x\"]"),
+                "observation[1].fields",
+                "a second time",
+            ),
+            (
+                ("std = [0.25, 0.25]", "std = [0.25, 0.0]"),
+                "observation[1].std[1]",
+                "above 0",
+            ),
+            (
+                ("max_age_ms = 500.0", "max_age_ms = 0.0"),
+                "observation[1].max_age_ms",
+                "above 0",
+            ),
+            (
+                (
+                    "type = \"sensor_msgs/JointState\"",
+                    "type = \"trajectory_msgs/msg/JointTrajectory\"",
+                ),
+                "observation[0].type",
+                "cannot carry an observation",
+            ),
+            (
+                ("max_delta = [0.1, inf]", "max_delta = [0.1, 0.0]"),
+                "action.max_delta[1]",
+                "above 0",
+            ),
+            (
+                ("lower = [-1.0, -1.0]", "lower = [-1.0, nan]"),
+                "action.lower[1]",
+                "is NaN",
+            ),
+            (
+                ("safe = \"hold\"", "safe = \"brake\""),
+                "(syntax)",
+                "unknown variant `brake`",
+            ),
+            (
+                (
+                    "[[observation]]\ntopic = \"/target\"",
+                    "[[observation]]\ntopic = \"target//x\"",
+                ),
+                "observation[1].topic",
+                "empty part",
+            ),
+        ];
+        for (edit, field, text) in cases {
+            let e = problem(*edit);
+            assert_eq!(&e.field, field, "{e}");
+            assert!(e.problem.contains(text), "{e}");
+            assert!(e.to_string().starts_with("skill.toml: `"), "{e}");
+        }
+    }
+
+    #[test]
+    fn observations_are_required() {
+        let text = ARM.split("[[observation]]").next().unwrap().to_string()
+            + &ARM[ARM.find("[action]").unwrap()..];
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, "observation");
     }
 }

@@ -1,0 +1,128 @@
+//! Shared helpers for the integration tests: fixtures, the CLI, and a small ONNX builder.
+#![allow(dead_code)]
+
+pub mod onnx_builder;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The committed ONNX fixtures (exported by tools/make_fixtures.py).
+pub const FIXTURES: &[&str] = &["mlp_gemm", "mlp_matmul", "conv"];
+
+/// Path of a fixture file.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx")
+        .join(name)
+}
+
+/// onnxruntime's reference for one fixture.
+#[derive(serde::Deserialize)]
+pub struct Reference {
+    pub input_shape: Vec<usize>,
+    pub input: Vec<f32>,
+    pub output: Vec<f32>,
+    pub output_width: usize,
+    pub features_tensor: String,
+    pub features: Vec<f32>,
+    pub features_width: usize,
+    pub head_layers: usize,
+}
+
+impl Reference {
+    pub fn load(name: &str) -> Reference {
+        let text = std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.input_shape[0]
+    }
+
+    pub fn input_width(&self) -> usize {
+        self.input.len() / self.batch()
+    }
+}
+
+/// Asserts `|a - b| <= 1e-5 * max(|b|, 1)` element-wise (1e-5 relative, absolute near zero).
+pub fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+    assert_close_tol(what, a, b, 1e-5);
+}
+
+/// As `assert_close` with another tolerance.
+pub fn assert_close_tol(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * y.abs().max(1.0),
+            "{what}[{i}]: {x} vs {y} (diff {})",
+            (x - y).abs()
+        );
+    }
+}
+
+/// Runs the `skillgraft` binary.
+pub fn skillgraft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(args)
+        .output()
+        .expect("run skillgraft")
+}
+
+/// Runs the CLI expecting failure; returns stderr after checking it is an error, not a panic.
+pub fn fails(args: &[&str]) -> String {
+    let out = skillgraft(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1 for {args:?}; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
+    assert!(
+        stderr.starts_with("error: "),
+        "no error line for {args:?}: {stderr}"
+    );
+    stderr
+}
+
+/// Runs the CLI expecting success; returns stdout.
+pub fn succeeds(args: &[&str]) -> String {
+    let out = skillgraft(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Copies a file or folder tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// Every file under a folder with its bytes, for "nothing changed" checks.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                out.extend(snapshot(&p));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}

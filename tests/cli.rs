@@ -72,8 +72,8 @@ fn step_applies_the_manifest_normalisation() {
     let text = std::fs::read_to_string(&toml_path).unwrap();
     let obs_mean = format!("mean = [{}]", vec!["1.0"; 24].join(", "));
     let obs_std = format!("std = [{}]", vec!["2.0"; 24].join(", "));
-    let act_mean = format!("mean = [{}]", vec!["0.5"; 6].join(", "));
-    let act_std = format!("std = [{}]", vec!["10.0"; 6].join(", "));
+    let act_mean = format!("mean = [{}]", ["0.5"; 6].join(", "));
+    let act_std = format!("std = [{}]", ["10.0"; 6].join(", "));
     let text = text
         .replacen(
             &format!("mean = [{}]", vec!["0.0"; 24].join(", ")),
@@ -86,12 +86,12 @@ fn step_applies_the_manifest_normalisation() {
             1,
         )
         .replacen(
-            &format!("mean = [{}]", vec!["0.0"; 6].join(", ")),
+            &format!("mean = [{}]", ["0.0"; 6].join(", ")),
             &act_mean,
             1,
         )
         .replacen(
-            &format!("std = [{}]", vec!["1.0"; 6].join(", ")),
+            &format!("std = [{}]", ["1.0"; 6].join(", ")),
             &act_std,
             1,
         );

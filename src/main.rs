@@ -57,6 +57,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks that print a table of medians and ratios.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// tract (control step at batch 1, feature extraction at batch 256) next to onnxruntime on
+    /// the same ONNX files.
+    Inference {
+        /// Folder of NAME.onnx + NAME.json fixtures (tools/make_fixtures.py).
+        #[arg(long, default_value = "tests/fixtures/onnx")]
+        fixtures: PathBuf,
+        /// Python with onnxruntime (tools/requirements-bench.txt) for the comparison.
+        #[arg(long, env = "SKILLGRAFT_PYTHON", default_value = "python3")]
+        python: String,
+        /// Timed control steps per model (feature extraction runs a fiftieth of them).
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +196,15 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             Ok(())
+        }
+        Command::Bench(BenchCommand::Inference {
+            fixtures,
+            python,
+            iters,
+            json,
+        }) => {
+            let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
+            print(&report, json)
         }
     }
 }

@@ -85,16 +85,8 @@ fn step_applies_the_manifest_normalisation() {
             &obs_std,
             1,
         )
-        .replacen(
-            &format!("mean = [{}]", ["0.0"; 6].join(", ")),
-            &act_mean,
-            1,
-        )
-        .replacen(
-            &format!("std = [{}]", ["1.0"; 6].join(", ")),
-            &act_std,
-            1,
-        );
+        .replacen(&format!("mean = [{}]", ["0.0"; 6].join(", ")), &act_mean, 1)
+        .replacen(&format!("std = [{}]", ["1.0"; 6].join(", ")), &act_std, 1);
     std::fs::write(&toml_path, text).unwrap();
     let obs: Vec<String> = r.input[..24]
         .iter()

@@ -1,0 +1,264 @@
+//! Benchmarks the CLI exposes (`skillgraft bench ...`): each prints a table of medians, and ratios
+//! taken within the same run, so figures from a shared, noisy machine can still be compared.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::Model;
+use crate::model::onnx::OnnxFile;
+
+/// Batch size of the feature-extraction measurement.
+pub const FEATURE_BATCH: usize = 256;
+
+/// One model to time: its control plan at batch 1 and its backbone plan at a large batch.
+pub struct InferenceCase {
+    /// Fixture name.
+    pub name: String,
+    /// The loaded model.
+    pub model: Model,
+    /// One observation.
+    pub single: Vec<f32>,
+    /// `FEATURE_BATCH` observations.
+    pub batch: Vec<f32>,
+}
+
+impl InferenceCase {
+    /// One control step.
+    pub fn step(&mut self, action: &mut [f32]) {
+        self.model
+            .control
+            .step(&self.single, action)
+            .expect("the benchmark model runs");
+    }
+
+    /// Features of the whole batch.
+    pub fn features(&self) -> Vec<f32> {
+        self.model
+            .backbone
+            .features(&self.batch, FEATURE_BATCH, FEATURE_BATCH)
+            .expect("the benchmark model runs")
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct FixtureInfo {
+    features_tensor: String,
+}
+
+/// Loads every `NAME.onnx` in `dir` that has a `NAME.json` naming its features tensor (the
+/// layout `tools/make_fixtures.py` writes), with seeded inputs.
+pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e}; run from the repository root or pass --fixtures",
+                dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json") && p.with_extension("onnx").is_file()
+        })
+        .collect();
+    names.sort();
+    let mut cases = Vec::new();
+    for json in names {
+        let info: FixtureInfo =
+            serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("{}: {e}", json.display()))?;
+        let file = OnnxFile::read(&json.with_extension("onnx")).map_err(|e| e.to_string())?;
+        let input = file
+            .index()
+            .inputs()
+            .first()
+            .map(|i| i.name.clone())
+            .unwrap_or_default();
+        let output = file.graph().output[0].name.clone();
+        let model =
+            Model::load(file, &input, &output, &info.features_tensor).map_err(|e| e.to_string())?;
+        let w = model.input_shape.width();
+        let batch = seeded(7, w * FEATURE_BATCH);
+        cases.push(InferenceCase {
+            name: json
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            single: batch[..w].to_vec(),
+            batch,
+            model,
+        });
+    }
+    if cases.is_empty() {
+        return Err(format!(
+            "no NAME.onnx + NAME.json fixtures in {}",
+            dir.display()
+        ));
+    }
+    Ok(cases)
+}
+
+fn seeded(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Median wall time of `f` in microseconds, over `iters` runs after `iters / 10 + 1` warm-ups.
+pub fn median_us(iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..iters / 10 + 1 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// One row of the inference table.
+#[derive(Debug, Serialize)]
+pub struct InferenceRow {
+    /// Model.
+    pub model: String,
+    /// What was timed.
+    pub measure: String,
+    /// tract median, µs.
+    pub tract_us: f64,
+    /// onnxruntime median, µs, when it could be run.
+    pub ort_us: Option<f64>,
+}
+
+/// The inference benchmark: rows, and what onnxruntime was (or why it is missing).
+#[derive(Debug, Serialize)]
+pub struct InferenceReport {
+    /// Rows.
+    pub rows: Vec<InferenceRow>,
+    /// onnxruntime version, or the reason it could not be timed.
+    pub onnxruntime: Result<String, String>,
+    /// Whether this binary was built with optimisations.
+    pub optimised: bool,
+}
+
+/// Times tract on every case, and onnxruntime (1 thread) on the same files through `python`.
+pub fn inference(dir: &Path, python: &str, iters: usize) -> Result<InferenceReport, String> {
+    let mut cases = inference_cases(dir)?;
+    let mut rows = Vec::new();
+    for case in &mut cases {
+        let mut action = vec![0.0; case.model.control.output_width()];
+        let step = median_us(iters, || case.step(&mut action));
+        let features = median_us((iters / 50).max(5), || {
+            std::hint::black_box(case.features());
+        });
+        rows.push(InferenceRow {
+            model: case.name.clone(),
+            measure: "control step, batch 1".into(),
+            tract_us: step,
+            ort_us: None,
+        });
+        rows.push(InferenceRow {
+            model: case.name.clone(),
+            measure: format!("features, batch {FEATURE_BATCH}"),
+            tract_us: features,
+            ort_us: None,
+        });
+    }
+    let onnxruntime = run_ort(dir, python, iters).map(|(version, timings)| {
+        for row in &mut rows {
+            let key = if row.measure.starts_with("control") {
+                "step_us"
+            } else {
+                "features_us"
+            };
+            row.ort_us = timings
+                .get(&row.model)
+                .and_then(|t| t.get(key))
+                .and_then(serde_json::Value::as_f64);
+        }
+        version
+    });
+    Ok(InferenceReport {
+        rows,
+        onnxruntime,
+        optimised: !cfg!(debug_assertions),
+    })
+}
+
+type OrtTimings = serde_json::Map<String, serde_json::Value>;
+
+fn run_ort(dir: &Path, python: &str, iters: usize) -> Result<(String, OrtTimings), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_ort.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--iters")
+        .arg(iters.to_string())
+        .arg("--batch")
+        .arg(FEATURE_BATCH.to_string())
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(format!(
+            "{} failed: {last}; install it with `pip install -r tools/requirements-bench.txt`",
+            script.display()
+        ));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bench_ort.py output: {e}"))?;
+    let version = json["onnxruntime"].as_str().unwrap_or("?").to_string();
+    let timings = json["models"].as_object().cloned().unwrap_or_default();
+    Ok((version, timings))
+}
+
+impl fmt::Display for InferenceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.optimised {
+            writeln!(
+                f,
+                "warning: this is a debug build; time a release build (cargo run --release -- bench inference)"
+            )?;
+        }
+        let ort = match &self.onnxruntime {
+            Ok(v) => format!("onnxruntime {v}, 1 thread"),
+            Err(why) => {
+                writeln!(f, "onnxruntime not timed: {why}")?;
+                "onnxruntime".to_string()
+            }
+        };
+        writeln!(
+            f,
+            "| model | measure | tract {}, 1 thread (µs, median) | {ort} (µs, median) | tract / onnxruntime |",
+            crate::model::TRACT_VERSION
+        )?;
+        writeln!(f, "|---|---|---:|---:|---:|")?;
+        for r in &self.rows {
+            let (o, ratio) = match r.ort_us {
+                Some(o) => (format!("{o:.1}"), format!("{:.2}", r.tract_us / o)),
+                None => ("n/a".into(), "n/a".into()),
+            };
+            writeln!(
+                f,
+                "| {} | {} | {:.1} | {o} | {ratio} |",
+                r.model, r.measure, r.tract_us
+            )?;
+        }
+        Ok(())
+    }
+}

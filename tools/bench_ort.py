@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Time onnxruntime (one thread) on the ONNX fixtures, as `skillgraft bench inference` does tract.
+
+For each NAME.onnx with a NAME.json (tools/make_fixtures.py), it times one control step at batch 1
+on the whole model, and feature extraction at a large batch on the backbone alone (the model cut at
+the features tensor with onnx.utils.Extractor). Prints JSON: medians in microseconds.
+
+    pip install -r tools/requirements-bench.txt
+    python3 tools/bench_ort.py --dir tests/fixtures/onnx --iters 2000 --batch 256
+"""
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
+
+
+def session(model_bytes):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def median_us(iters, fn):
+    for _ in range(iters // 10 + 1):
+        fn()
+    times = []
+    for _ in range(max(iters, 1)):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    return float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=256)
+    args = ap.parse_args()
+    models = {}
+    for meta in sorted(pathlib.Path(args.dir).glob("*.json")):
+        path = meta.with_suffix(".onnx")
+        if not path.is_file():
+            continue
+        features = json.loads(meta.read_text())["features_tensor"]
+        model = onnx.load(path)
+        name = model.graph.input[0].name
+        shape = [d.dim_value if d.dim_value else 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+        full = session(model.SerializeToString())
+        inferred = onnx.shape_inference.infer_shapes(model)
+        backbone_model = onnx.utils.Extractor(inferred).extract_model([name], [features])
+        backbone = session(backbone_model.SerializeToString())
+        rng = np.random.default_rng(7)
+        one = rng.uniform(-1, 1, shape).astype(np.float32)
+        many = rng.uniform(-1, 1, [args.batch] + shape[1:]).astype(np.float32)
+        models[path.stem] = {
+            "step_us": median_us(args.iters, lambda: full.run(None, {name: one})),
+            "features_us": median_us(max(args.iters // 50, 5), lambda: backbone.run(None, {name: many})),
+        }
+    print(json.dumps({"onnxruntime": ort.__version__, "models": models}))
+
+
+if __name__ == "__main__":
+    main()

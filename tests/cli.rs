@@ -240,3 +240,24 @@ fn step_rejects_bad_observations() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'x'"));
 }
+
+#[test]
+fn the_readme_main_command_inspects_the_example_skill() {
+    let skill = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6");
+    let text = succeeds(&["inspect", skill.to_str().unwrap()]);
+    assert!(text.contains("skill     example-arm6 0.1.0"), "{text}");
+    assert!(
+        text.contains("position[wrist_3]") && text.contains("/arm/joint_velocity_cmd"),
+        "{text}"
+    );
+    let obs = vec!["0.1"; 24].join(",");
+    let json: serde_json::Value = serde_json::from_str(&succeeds(&[
+        "step",
+        skill.to_str().unwrap(),
+        "--obs",
+        &obs,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(json["action"].as_array().unwrap().len(), 6);
+}

@@ -37,6 +37,20 @@ class MlpGemm(nn.Module):
         return self.head(self.backbone(obs))
 
 
+class MlpWide(nn.Module):
+    """A policy of realistic size (123k parameters) for the benchmarks: 64 -> 256 -> 256 -> 128 | 64 -> 7."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.Tanh()
+        )
+        self.head = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 7))
+
+    def forward(self, obs):
+        return self.head(self.backbone(obs))
+
+
 class Dense(nn.Module):
     """A layer written as x @ W + b (as JAX/Keras ports do): exported as MatMul + Add."""
 
@@ -107,6 +121,14 @@ def export(name, module, input_shape, dynamo):
             dynamic_shapes=({0: torch.export.Dim("N")},), opset_version=18, dynamo=True,
             external_data=False,
         )
+        # The dynamo exporter records each node's Python stack (absolute paths, line numbers):
+        # drop it so the fixtures do not depend on where and from which line they were made.
+        model = onnx.load(path)
+        for node in model.graph.node:
+            keep = [m for m in node.metadata_props if m.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+        onnx.save(model, path)
     else:
         torch.onnx.export(
             module, (example,), path, input_names=["obs"], output_names=["action"],
@@ -156,6 +178,7 @@ def main():
         ("mlp_matmul", MlpMatMul, [BATCH, 3, 10], False, 3),
         ("conv", Conv, [BATCH, 2, 12, 12], True, 2),
         ("mlp_layernorm", MlpLayerNorm, [BATCH, 8], False, 1),
+        ("mlp_wide", MlpWide, [BATCH, 64], False, 2),
     ]
     for name, module, shape, dynamo, head_layers in specs:
         path = export(name, module, shape, dynamo)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The committed ONNX fixtures (exported by tools/make_fixtures.py).
-pub const FIXTURES: &[&str] = &["mlp_gemm", "mlp_matmul", "conv"];
+pub const FIXTURES: &[&str] = &["mlp_gemm", "mlp_matmul", "conv", "mlp_wide"];
 
 /// Path of a fixture file.
 pub fn fixture(name: &str) -> PathBuf {

@@ -5,24 +5,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::onnx_builder::{GraphBuilder, attr_i, values};
-use common::{Reference, fails, fixture, snapshot, succeeds};
+use common::{Reference, fails, fixture, init_args, init_fixture, snapshot, succeeds};
 
 /// A valid skill made from a fixture, in a fresh folder.
 fn skill(dir: &Path, name: &str) -> PathBuf {
-    let r = Reference::load(name);
-    let out = dir.join("skill");
-    let onnx = fixture(&format!("{name}.onnx"));
-    succeeds(&[
-        "skill",
-        "init",
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--features",
-        &r.features_tensor,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    out
+    init_fixture(&dir.join("skill"), name)
 }
 
 /// Edits the manifest, then checks `inspect` fails with every expected fragment and that the
@@ -61,16 +48,7 @@ fn onnx_fails(bytes: &[u8], expected: &[&str]) {
         assert!(err.contains(e), "missing {e:?} in: {err}");
     }
     let out = dir.path().join("made");
-    let err = fails(&[
-        "skill",
-        "init",
-        "--onnx",
-        path.to_str().unwrap(),
-        "--features",
-        "feat",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let err = fails(&init_args(&path, "feat", &out));
     assert!(err.contains("model.onnx"), "{err}");
     assert!(!out.exists(), "a failed init must not leave a folder");
     assert_eq!(
@@ -202,16 +180,11 @@ fn head_with_an_unsupported_op() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = fixture("mlp_layernorm.onnx");
     let out = dir.path().join("ln");
-    let err = fails(&[
-        "skill",
-        "init",
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--features",
+    let err = fails(&init_args(
+        &onnx,
         "/backbone/backbone.1/Relu_output_0",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &out,
+    ));
     assert!(
         err.contains("`/norm/LayerNormalization` (LayerNormalization) is in the head")
             && err.contains("choose a features tensor after it"),
@@ -219,16 +192,7 @@ fn head_with_an_unsupported_op() {
     );
     assert!(!out.exists());
     let r = Reference::load("mlp_layernorm");
-    succeeds(&[
-        "skill",
-        "init",
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--features",
-        &r.features_tensor,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    succeeds(&init_args(&onnx, &r.features_tensor, &out));
 }
 
 #[test]

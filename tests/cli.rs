@@ -2,24 +2,13 @@
 
 mod common;
 
-use common::{FIXTURES, Reference, assert_close, fails, fixture, snapshot, succeeds};
+use common::{
+    FIXTURES, Reference, assert_close, fails, fixture, init_args, init_fixture, json_f32, snapshot,
+    succeeds,
+};
 
 fn init(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let r = Reference::load(name);
-    let out = dir.join(name);
-    let onnx = fixture(&format!("{name}.onnx"));
-    let stdout = succeeds(&[
-        "skill",
-        "init",
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--features",
-        &r.features_tensor,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(stdout.contains("digest sha256:"), "{stdout}");
-    out
+    init_fixture(&dir.join(name), name)
 }
 
 #[test]
@@ -42,18 +31,8 @@ fn skill_init_then_step_reproduces_onnxruntime() {
                 "--json",
             ]);
             let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-            let action: Vec<f32> = json["action"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            let raw: Vec<f32> = json["raw_action"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
+            let action = json_f32(&json["action"]);
+            let raw = json_f32(&json["raw_action"]);
             let expected = &r.output[i * r.output_width..(i + 1) * r.output_width];
             assert_close(&format!("{name} sample {i} action"), &action, expected);
             assert_close(&format!("{name} sample {i} raw"), &raw, expected);
@@ -100,12 +79,7 @@ fn step_applies_the_manifest_normalisation() {
         "--json",
     ]);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let action: Vec<f32> = json["action"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let action = json_f32(&json["action"]);
     let expected: Vec<f32> = r.output[..6].iter().map(|v| v * 10.0 + 0.5).collect();
     assert_close("de-normalised action", &action, &expected);
     let text = succeeds(&["step", skill.to_str().unwrap(), "--obs", &obs.join(",")]);
@@ -206,16 +180,11 @@ fn skill_init_never_overwrites() {
     let skill = init(dir.path(), "conv");
     let before = snapshot(dir.path());
     let onnx = fixture("mlp_gemm.onnx");
-    let err = fails(&[
-        "skill",
-        "init",
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--features",
+    let err = fails(&init_args(
+        &onnx,
         "/backbone/backbone.3/Tanh_output_0",
-        "--out",
-        skill.to_str().unwrap(),
-    ]);
+        &skill,
+    ));
     assert!(
         err.contains("already exists") && err.contains("--out"),
         "{err}"

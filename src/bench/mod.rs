@@ -102,7 +102,8 @@ pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
     Ok(cases)
 }
 
-fn seeded(seed: u64, n: usize) -> Vec<f32> {
+/// Deterministic pseudo-random values in [-1, 1), the same for the same seed on every machine.
+pub fn seeded(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {

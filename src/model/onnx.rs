@@ -222,14 +222,6 @@ impl<'a> GraphIndex<'a> {
             .collect()
     }
 
-    /// Every tensor a node produces, in graph order.
-    pub fn node_outputs(&self) -> impl Iterator<Item = &'a str> {
-        self.graph
-            .node
-            .iter()
-            .flat_map(|n| n.output.iter().map(String::as_str))
-    }
-
     /// Whether the tensor exists: a feed input, an initializer or a node output.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.producers.contains_key(name)

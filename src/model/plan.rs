@@ -355,3 +355,10 @@ impl BackbonePlan {
         Ok(out)
     }
 }
+
+// The control loop owns its plan on its own thread, and feature extraction may run on a worker.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<ControlPlan>();
+    send::<BackbonePlan>();
+};

@@ -187,18 +187,6 @@ impl Slot {
 }
 
 impl Manifest {
-    /// Reads and validates `skill.toml` (structure only; the model is checked by `Skill::load`).
-    pub fn read(path: &Path) -> Result<Manifest, crate::skill::SkillError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| crate::skill::SkillError::Io {
-                path: path.to_path_buf(),
-                action: "read the manifest",
-                source,
-            })?;
-        let manifest = Manifest::parse(&text, path)?;
-        Ok(manifest)
-    }
-
     /// Parses and validates manifest text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| syntax_error(file, text, &e))?;

@@ -52,6 +52,9 @@ pub enum SkillError {
     /// A model problem outside any skill (a bare ONNX file).
     #[error(transparent)]
     Onnx(#[from] ModelError),
+    /// An observation given to `step` does not fit the skill.
+    #[error("{0}")]
+    Observation(String),
     /// The destination of a write already exists.
     #[error("{} already exists; choose another --out folder or remove it first", path.display())]
     Exists {
@@ -183,21 +186,21 @@ impl Skill {
 
     /// Normalises an observation, runs the control plan and de-normalises the action.
     /// Returns the raw (normalised) and the de-normalised action.
-    pub fn step(&mut self, observation: &[f64]) -> Result<(Vec<f32>, Vec<f64>), String> {
+    pub fn step(&mut self, observation: &[f64]) -> Result<(Vec<f32>, Vec<f64>), SkillError> {
         let want = self.manifest.input_width();
         if observation.len() != want {
-            return Err(format!(
+            return Err(SkillError::Observation(format!(
                 "the skill takes {want} observation values (history {} x frame {}), got {}",
                 self.manifest.control.history,
                 self.manifest.frame_width(),
                 observation.len()
-            ));
+            )));
         }
         if let Some(i) = observation.iter().position(|v| !v.is_finite()) {
-            return Err(format!(
+            return Err(SkillError::Observation(format!(
                 "observation value {i} is {}; give finite numbers",
                 observation[i]
-            ));
+            )));
         }
         let (mean, std) = self.manifest.input_normalisation();
         let obs: Vec<f32> = observation
@@ -206,10 +209,7 @@ impl Skill {
             .map(|(v, (m, s))| ((v - m) / s) as f32)
             .collect();
         let mut raw = vec![0.0f32; self.manifest.action_width()];
-        self.model
-            .control
-            .step(&obs, &mut raw)
-            .map_err(|e| e.to_string())?;
+        self.model.control.step(&obs, &mut raw)?;
         let a = &self.manifest.action;
         let action = raw
             .iter()

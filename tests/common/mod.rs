@@ -94,6 +94,41 @@ pub fn succeeds(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Arguments of `skillgraft skill init`.
+pub fn init_args<'a>(onnx: &'a Path, features: &'a str, out: &'a Path) -> [&'a str; 8] {
+    [
+        "skill",
+        "init",
+        "--onnx",
+        onnx.to_str().unwrap(),
+        "--features",
+        features,
+        "--out",
+        out.to_str().unwrap(),
+    ]
+}
+
+/// Makes a skill from a fixture at its reference split with `skill init`; returns the folder.
+pub fn init_fixture(out: &Path, name: &str) -> PathBuf {
+    let r = Reference::load(name);
+    let stdout = succeeds(&init_args(
+        &fixture(&format!("{name}.onnx")),
+        &r.features_tensor,
+        out,
+    ));
+    assert!(stdout.contains("digest sha256:"), "{stdout}");
+    out.to_path_buf()
+}
+
+/// A JSON array of numbers as f32.
+pub fn json_f32(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
 /// Copies a file or folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     if from.is_dir() {

@@ -106,17 +106,7 @@ pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    skillgraft::bench::seeded(seed, n)
 }
 
 impl GraphBuilder {

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use skillgraft::skill::{self, Skill, inspect};
 
+#[global_allocator]
+static ALLOCATOR: skillgraft::alloc::TickAllocator = skillgraft::alloc::TickAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "skillgraft",

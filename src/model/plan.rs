@@ -226,7 +226,8 @@ impl ControlPlan {
                 self.output_width
             )));
         }
-        // The tensor is shared with tract only during `run`, so this never copies in steady state.
+        // The input tensor is shared with tract only during `run`, so this never copies in
+        // steady state; tract's per-op outputs come from the tick pool (crate::alloc).
         let input = Arc::make_mut(&mut self.input);
         let mut view = input
             .try_as_plain_ram_mut()
@@ -234,18 +235,20 @@ impl ControlPlan {
         view.as_slice_mut::<f32>()
             .map_err(|e| ModelError::Run(format!("{e:#}")))?
             .copy_from_slice(obs);
-        let outputs = self
-            .state
-            .run(tvec!(TValue::from_const(self.input.clone())))
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let view = outputs[0]
-            .try_as_plain_ram()
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        action.copy_from_slice(
-            view.as_slice::<f32>()
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?,
-        );
-        Ok(())
+        let (state, input) = (&mut self.state, &self.input);
+        crate::alloc::in_tick(|| {
+            let outputs = state
+                .run(tvec!(TValue::from_const(input.clone())))
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let view = outputs[0]
+                .try_as_plain_ram()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            action.copy_from_slice(
+                view.as_slice::<f32>()
+                    .map_err(|e| ModelError::Run(format!("{e:#}")))?,
+            );
+            Ok(())
+        })
     }
 }
 

@@ -320,6 +320,19 @@ fn ops_outside_the_head_vocabulary_are_named() {
     let err = load_bytes(&computed_weight, "feat").err().unwrap();
     assert!(err.contains("stored weight"), "{err}");
 
+    let side_branch = backbone(GraphBuilder::new(17))
+        .node("Sigmoid", &["x"], &["side"], vec![])
+        .init("w1", &[3, 6], &values(3, 18))
+        .node("Gemm", &["feat", "w1"], &["out"], vec![attr_i("transB", 1)])
+        .bytes();
+    let err = load_bytes(&side_branch, "side").err().unwrap();
+    assert!(
+        err.contains("`side` does not feed the output `out`"),
+        "{err}"
+    );
+    let err = load_bytes(&side_branch, "out").err().unwrap();
+    assert!(err.contains("is the output itself"), "{err}");
+
     let wrong_layout = backbone(GraphBuilder::new(17))
         .init("w1", &[3, 6], &values(3, 18))
         .node("Gemm", &["w1", "feat"], &["out"], vec![attr_i("transB", 1)])

@@ -278,6 +278,15 @@ impl Head {
                 "there is no tensor `{features}` in the graph; give a tensor name (`skillgraft inspect MODEL.onnx` lists the tensors where a backbone/head split is possible)"
             )));
         }
+        let feeds_output = ix
+            .ancestors(output)
+            .iter()
+            .any(|&i| ix.graph.node[i].input.iter().any(|t| t == features));
+        if !feeds_output && features != output {
+            return Err(HeadError(format!(
+                "`{features}` does not feed the output `{output}`; choose a tensor on the path from the input to the output"
+            )));
+        }
         let (layers, stopped) = walk(ix, output, Some(features));
         stopped?;
         Ok(from_walk(features, output, layers))

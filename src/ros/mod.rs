@@ -1,6 +1,7 @@
 //! ROS 2 side of the node: which message types skills may read and write, and which numeric
 //! fields of each a manifest can map onto a policy's tensors.
 
+pub mod args;
 pub mod cdr;
 pub mod msg;
 pub mod names;

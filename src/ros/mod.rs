@@ -3,6 +3,9 @@
 
 pub mod args;
 pub mod cdr;
+#[cfg(feature = "dds")]
+pub mod dds;
 pub mod msg;
 pub mod names;
 pub mod schema;
+pub mod transport;

@@ -161,3 +161,46 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out
 }
+
+/// Runs the calling test again inside a private network namespace (`unshare -n`, only loopback,
+/// brought up first), so no DDS traffic can leave the machine. Returns true in that child, where
+/// the test body runs; in the parent it asserts the child passed and returns false.
+/// `SKILLGRAFT_NETNS=off` runs the body directly with `ROS_LOCALHOST_ONLY=1` instead, for
+/// machines where unprivileged namespaces are not allowed.
+pub fn isolated(test: &str) -> bool {
+    match std::env::var("SKILLGRAFT_NETNS").as_deref() {
+        Ok("inside") => return true,
+        Ok("off") => {
+            // SAFETY: set before any thread of this test reads the environment.
+            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+            return true;
+        }
+        _ => {}
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ])
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SKILLGRAFT_NETNS", "inside")
+        .env("ROS_LOCALHOST_ONLY", "1")
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{test} inside `unshare -n` failed (DDS tests need a private network namespace: run as root, as CI does, or set SKILLGRAFT_NETNS=off to run on loopback without one)\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run inside the namespace:\n{stdout}\n{stderr}"
+    );
+    false
+}

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod control;
 pub mod model;
 pub mod ros;
 pub mod skill;

@@ -60,6 +60,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a skill as a ROS 2 node until Ctrl-C (or SIGTERM).
+    Run {
+        /// The skill folder.
+        skill: PathBuf,
+        /// ROS 2 parameter file(s) (`node: {ros__parameters: ...}`); -p in --ros-args wins.
+        #[arg(long = "params-file")]
+        params_file: Vec<PathBuf>,
+        /// `--ros-args -p NAME:=VALUE -r FROM:=TO ...`, as ros2 launch passes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ros_args: Vec<String>,
+    },
     /// Benchmarks that print a table of medians and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -109,13 +120,24 @@ enum SkillCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+    let ros_level = match &cli.command {
+        Command::Run { ros_args, .. } => ros_args
+            .iter()
+            .skip_while(|a| *a != "--log-level")
+            .nth(1)
+            .cloned(),
+        _ => None,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let level = match (ros_level, cli.verbose) {
+        (Some(l), _) => l.to_lowercase(),
+        (None, 0) => "warn".into(),
+        (None, 1) => "info".into(),
+        (None, _) => "debug".into(),
+    };
+    // RustDDS warns about routine discovery events; its errors still show. RUST_LOG overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},rustdds=error,ros2_client=error"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -198,6 +220,22 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     println!("{l:<28} {r:>14.6} {a:>14.6}");
                 }
             }
+            Ok(())
+        }
+        Command::Run {
+            skill,
+            params_file,
+            ros_args,
+        } => {
+            let (node, summary) = skillgraft::control::launch(&skill, &params_file, &ros_args)?;
+            eprintln!("skillgraft: {summary}; Ctrl-C to stop");
+            let (tx, rx) = std::sync::mpsc::channel();
+            ctrlc::set_handler(move || {
+                let _ = tx.send(());
+            })?;
+            let _ = rx.recv();
+            eprintln!("skillgraft: stopping");
+            node.stop();
             Ok(())
         }
         Command::Bench(BenchCommand::Inference {

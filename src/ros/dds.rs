@@ -100,7 +100,7 @@ fn err(what: &str) -> impl Fn(ros2_client::CreateError) -> TransportError + '_ {
 /// The ros2-client transport.
 pub struct DdsTransport {
     identity: NodeIdentity,
-    node: Mutex<Node>,
+    node: Mutex<Option<Node>>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     stopped: StopSignal,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -149,7 +149,7 @@ impl DdsTransport {
             .map_err(|e| TransportError(format!("cannot start the spin thread: {e}")))?;
         Ok(DdsTransport {
             identity,
-            node: Mutex::new(node),
+            node: Mutex::new(Some(node)),
             stop: Mutex::new(Some(stop)),
             stopped,
             threads: Mutex::new(vec![spin]),
@@ -178,6 +178,10 @@ impl DdsTransport {
 
 impl Drop for DdsTransport {
     fn drop(&mut self) {
+        // Dropping the node first lets its spinner finish on its own; then the rest stop.
+        if let Ok(mut node) = self.node.lock() {
+            node.take();
+        }
         if let Ok(mut stop) = self.stop.lock() {
             stop.take();
         }
@@ -235,11 +239,14 @@ impl Transport for DdsTransport {
         type_name: &str,
         qos: Qos,
     ) -> Result<Box<dyn RawPublisher>, TransportError> {
-        let mut node = self
+        let mut guard = self
             .node
             .lock()
             .map_err(|_| TransportError("the node lock is poisoned".into()))?;
-        let t = self.topic(&node, topic, type_name, qos)?;
+        let node = guard
+            .as_mut()
+            .ok_or_else(|| TransportError("the node has shut down".into()))?;
+        let t = self.topic(node, topic, type_name, qos)?;
         let publisher = node
             .create_publisher::<RawBody>(&t, Some(qos_profile(qos)))
             .map_err(|e| TransportError(format!("cannot publish on {topic}: {e:?}")))?;
@@ -253,11 +260,14 @@ impl Transport for DdsTransport {
         qos: Qos,
         mut sink: SampleSink,
     ) -> Result<(), TransportError> {
-        let mut node = self
+        let mut guard = self
             .node
             .lock()
             .map_err(|_| TransportError("the node lock is poisoned".into()))?;
-        let t = self.topic(&node, topic, type_name, qos)?;
+        let node = guard
+            .as_mut()
+            .ok_or_else(|| TransportError("the node has shut down".into()))?;
+        let t = self.topic(node, topic, type_name, qos)?;
         let subscription = node
             .create_subscription::<RawBody>(&t, Some(qos_profile(qos)))
             .map_err(|e| TransportError(format!("cannot subscribe to {topic}: {e:?}")))?;

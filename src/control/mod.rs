@@ -1,0 +1,686 @@
+//! The running node: subscriptions feed the observer, a control thread runs the skill at a fixed
+//! rate behind the safety filter, a publisher thread sends the actions, and a diagnostics thread
+//! reports on `/diagnostics`. The control thread allocates nothing, blocks on nothing and only
+//! ever try-locks (for a skill swap); everything it shares goes through latest-value cells and
+//! atomics.
+
+pub mod actuator;
+pub mod diagnostics;
+pub mod observer;
+pub mod safety;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use triple_buffer::{Input, Output, triple_buffer};
+
+use crate::model::plan::ControlPlan;
+use crate::ros::args::{ArgsError, RosArgs};
+use crate::ros::cdr;
+use crate::ros::msg::{Bool, DiagnosticArray, Header, RosMessage};
+use crate::ros::transport::{Qos, RawPublisher, Transport, TransportError};
+use crate::skill::Skill;
+use crate::skill::manifest::Manifest;
+use actuator::ActionEncoder;
+use diagnostics::{NodeStats, Reporter};
+use observer::Assembler;
+use safety::{Counters, Intervention, SafetyConfig, SafetyFilter};
+
+/// Everything the node runs with: the skill's manifest with the node's parameters applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Control rate.
+    pub rate_hz: f64,
+    /// Resolved observation topics, in manifest order.
+    pub observation_topics: Vec<String>,
+    /// Resolved action topic.
+    pub action_topic: String,
+    /// Resolved e-stop topic.
+    pub estop_topic: String,
+    /// The e-stop topic must be younger than this (None: only its value counts).
+    pub estop_timeout: Option<Duration>,
+    /// What the safety filter enforces.
+    pub safety: SafetyConfig,
+    /// Diagnostics period.
+    pub diagnostics_period: Duration,
+    /// `hardware_id` of the diagnostics status.
+    pub hardware_id: String,
+}
+
+/// Parameters the node reads, with their meaning; anything else is refused.
+pub const PARAMETERS: &[(&str, &str)] = &[
+    ("rate_hz", "double: control rate, overrides control.rate_hz"),
+    (
+        "blend_s",
+        "double: seconds over which the policy blends in from the safe action (default 0.5)",
+    ),
+    (
+        "estop_topic",
+        "string: std_msgs/Bool e-stop topic (default \"estop\")",
+    ),
+    (
+        "estop_timeout_s",
+        "double: if above 0, the e-stop topic must publish at least this often (default 0)",
+    ),
+    ("action.lower", "double array: overrides action.lower"),
+    ("action.upper", "double array: overrides action.upper"),
+    (
+        "action.max_delta",
+        "double array: overrides action.max_delta",
+    ),
+    (
+        "diagnostics_period_s",
+        "double: /diagnostics period (default 1.0)",
+    ),
+    (
+        "hardware_id",
+        "string: hardware_id on /diagnostics (default: the skill's source robot)",
+    ),
+    (
+        "use_sim_time",
+        "bool: accepted; skillgraft runs on the wall clock",
+    ),
+];
+
+impl NodeConfig {
+    /// The manifest's settings with the node's parameters applied and topics resolved.
+    pub fn new(m: &Manifest, args: &RosArgs) -> Result<NodeConfig, ArgsError> {
+        for name in args.params.keys() {
+            if !PARAMETERS.iter().any(|(p, _)| p == name) {
+                let known: Vec<&str> = PARAMETERS.iter().map(|(p, _)| *p).collect();
+                return Err(ArgsError(format!(
+                    "unknown parameter `{name}`; skillgraft reads {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(ArgsError(format!(
+                    "parameter `{name}` is {v}; it must be above 0"
+                )))
+            }
+        };
+        let rate_hz = positive(
+            "rate_hz",
+            args.get::<f64>("rate_hz")?.unwrap_or(m.control.rate_hz),
+        )?;
+        let blend_s = args.get::<f64>("blend_s")?.unwrap_or(0.5);
+        if !(blend_s.is_finite() && blend_s >= 0.0) {
+            return Err(ArgsError(format!(
+                "parameter `blend_s` is {blend_s}; give seconds, 0 or more"
+            )));
+        }
+        let estop_timeout = match args.get::<f64>("estop_timeout_s")?.unwrap_or(0.0) {
+            t if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
+            t if t == 0.0 => None,
+            t => {
+                return Err(ArgsError(format!(
+                    "parameter `estop_timeout_s` is {t}; give seconds, 0 to disable"
+                )));
+            }
+        };
+        let a = &m.action;
+        let n = a.lower.len();
+        let vector = |name: &str, default: &[f64]| -> Result<Vec<f64>, ArgsError> {
+            match args.get::<Vec<f64>>(name)? {
+                Some(v) if v.len() != n => Err(ArgsError(format!(
+                    "parameter `{name}` has {} values; the action has {n}",
+                    v.len()
+                ))),
+                Some(v) => Ok(v),
+                None => Ok(default.to_vec()),
+            }
+        };
+        let safety = SafetyConfig {
+            lower: vector("action.lower", &a.lower)?,
+            upper: vector("action.upper", &a.upper)?,
+            max_delta: vector("action.max_delta", &a.max_delta)?,
+            safe: a.safe,
+            blend_ticks: (blend_s * rate_hz).round() as u32,
+        };
+        safety.check().map_err(ArgsError)?;
+        let diagnostics_period = Duration::from_secs_f64(positive(
+            "diagnostics_period_s",
+            args.get::<f64>("diagnostics_period_s")?.unwrap_or(1.0),
+        )?);
+        let topic = |t: &str| args.resolve_topic(t);
+        Ok(NodeConfig {
+            rate_hz,
+            observation_topics: m
+                .observations
+                .iter()
+                .map(|o| topic(&o.topic))
+                .collect::<Result<_, _>>()?,
+            action_topic: topic(&a.topic)?,
+            estop_topic: topic(
+                &args
+                    .get::<String>("estop_topic")?
+                    .unwrap_or_else(|| "estop".into()),
+            )?,
+            estop_timeout,
+            safety,
+            diagnostics_period,
+            hardware_id: args
+                .get::<String>("hardware_id")?
+                .unwrap_or_else(|| m.provenance.source_robot.clone()),
+        })
+    }
+}
+
+/// Why the node could not start or swap a skill.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The transport refused.
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// A thread could not start.
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    /// A swapped-in skill reads or writes other topics or fields.
+    #[error("cannot swap in `{0}`: {1}")]
+    Incompatible(String, String),
+}
+
+/// The skill the control thread runs: its plan and the numbers around it.
+struct ActiveSkill {
+    plan: ControlPlan,
+    in_mean: Vec<f32>,
+    in_inv_std: Vec<f32>,
+    out_mean: Vec<f64>,
+    out_std: Vec<f64>,
+}
+
+impl ActiveSkill {
+    fn new(skill: Skill) -> Box<ActiveSkill> {
+        let (mean, std) = skill.manifest.input_normalisation();
+        let a = &skill.manifest.action;
+        Box::new(ActiveSkill {
+            in_mean: mean.iter().map(|&v| v as f32).collect(),
+            in_inv_std: std.iter().map(|&v| (1.0 / v) as f32).collect(),
+            out_mean: a.mean.clone(),
+            out_std: a.std.clone(),
+            plan: skill.model.control,
+        })
+    }
+}
+
+#[derive(Default)]
+struct SwapSlot {
+    pending: Option<Box<ActiveSkill>>,
+    retired: Option<Box<ActiveSkill>>,
+}
+
+/// One control tick's output, handed to the publisher thread.
+#[derive(Clone)]
+struct ActionFrame {
+    values: Vec<f64>,
+    seq: u64,
+}
+
+struct EStop {
+    engaged: AtomicBool,
+    last_ns: AtomicU64,
+    timeout: Option<Duration>,
+}
+
+impl EStop {
+    fn engaged(&self, epoch: Instant, now: Instant) -> bool {
+        if self.engaged.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.timeout {
+            None => false,
+            Some(t) => {
+                let last = self.last_ns.load(Ordering::Relaxed);
+                last == 0
+                    || now.saturating_duration_since(epoch).as_nanos() as u64
+                        > last + t.as_nanos() as u64
+            }
+        }
+    }
+}
+
+/// A node running a skill.
+pub struct RunningNode {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Its counters.
+    pub stats: Arc<NodeStats>,
+    swap: Arc<Mutex<SwapSlot>>,
+    manifest: Manifest,
+    skill_label: Arc<Mutex<String>>,
+    _transport: Arc<dyn Transport>,
+}
+
+impl RunningNode {
+    /// Subscribes, advertises and starts the control, publisher and diagnostics threads.
+    pub fn start(
+        skill: Skill,
+        cfg: NodeConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<RunningNode, NodeError> {
+        let manifest = skill.manifest.clone();
+        let label = format!("{} {}", manifest.name, manifest.version);
+        let epoch = Instant::now();
+        let (writers, assembler) =
+            observer::observer(&manifest.observations, manifest.control.history, epoch);
+        let interventions = Arc::new(Counters::default());
+        let inputs = writers
+            .iter()
+            .zip(&cfg.observation_topics)
+            .map(|(w, t)| (t.clone(), w.stats.clone()))
+            .collect();
+        let stats = Arc::new(NodeStats::new(inputs, interventions.clone()));
+        for ((mut writer, topic), input) in writers
+            .into_iter()
+            .zip(&cfg.observation_topics)
+            .zip(&manifest.observations)
+        {
+            let type_name = crate::ros::schema::full_type_name(&input.msg_type);
+            transport.subscribe(
+                topic,
+                &type_name,
+                Qos::SENSOR_DATA,
+                Box::new(move |s| {
+                    let _ = writer.on_message(&s.cdr, s.arrived);
+                }),
+            )?;
+        }
+        let estop = Arc::new(EStop {
+            engaged: AtomicBool::new(false),
+            last_ns: AtomicU64::new(0),
+            timeout: cfg.estop_timeout,
+        });
+        {
+            let (estop, stats) = (estop.clone(), stats.clone());
+            let topic = cfg.estop_topic.clone();
+            transport.subscribe(&cfg.estop_topic, Bool::TYPE, Qos::LATCHED, Box::new(move |s| {
+                match cdr::decode::<Bool>(&s.cdr, Bool::TYPE) {
+                    Ok(b) => {
+                        if estop.engaged.swap(b.data, Ordering::Relaxed) != b.data {
+                            tracing::warn!(topic = %topic, "e-stop {}", if b.data { "engaged" } else { "released" });
+                        }
+                        estop.last_ns.store(s.arrived.saturating_duration_since(epoch).as_nanos() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if stats.estop_rejected.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(topic = %topic, "e-stop message rejected: {e}; the e-stop state is unchanged");
+                        }
+                    }
+                }
+            }))?;
+        }
+        let period_s = 1.0 / cfg.rate_hz;
+        let encoder = ActionEncoder::new(&manifest.action, period_s);
+        let publisher =
+            transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
+        let diagnostics =
+            transport.publisher("/diagnostics", DiagnosticArray::TYPE, Qos::RELIABLE)?;
+        let width = manifest.action_width();
+        let (action_in, action_out) = triple_buffer(&ActionFrame {
+            values: vec![0.0; width],
+            seq: 0,
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let swap = Arc::new(Mutex::new(SwapSlot::default()));
+        let skill_label = Arc::new(Mutex::new(label));
+        let mut threads = Vec::new();
+
+        let publisher_thread = {
+            let (stop, stats, transport) = (stop.clone(), stats.clone(), transport.clone());
+            spawn("skillgraft-publish", move || {
+                publish_loop(action_out, encoder, publisher, &*transport, &stats, &stop)
+            })?
+        };
+        let publisher_handle = publisher_thread.thread().clone();
+        threads.push(publisher_thread);
+        {
+            let filter = SafetyFilter::new(cfg.safety.clone(), interventions);
+            let active = ActiveSkill::new(skill);
+            let (stop, stats, swap) = (stop.clone(), stats.clone(), swap.clone());
+            let period = Duration::from_secs_f64(period_s);
+            threads.push(spawn("skillgraft-control", move || {
+                let mut c = ControlThread {
+                    active,
+                    assembler,
+                    filter,
+                    estop,
+                    action: action_in,
+                    publisher: publisher_handle,
+                    stats,
+                    swap,
+                    epoch,
+                    seq: 0,
+                };
+                c.run(period, &stop)
+            })?);
+        }
+        {
+            let (stop, stats, transport, label) = (
+                stop.clone(),
+                stats.clone(),
+                transport.clone(),
+                skill_label.clone(),
+            );
+            let name = fqn(transport.identity());
+            let (period, hardware_id) = (cfg.diagnostics_period, cfg.hardware_id.clone());
+            threads.push(spawn("skillgraft-diag", move || {
+                diagnostics_loop(
+                    diagnostics,
+                    &*transport,
+                    Reporter::new(stats),
+                    &name,
+                    &hardware_id,
+                    &label,
+                    period,
+                    &stop,
+                )
+            })?);
+        }
+        Ok(RunningNode {
+            stop,
+            threads,
+            stats,
+            swap,
+            manifest,
+            skill_label,
+            _transport: transport,
+        })
+    }
+
+    /// Hands a new skill to the control thread, which swaps it in between two ticks and blends
+    /// to it. The skill must read and write the same topics and fields.
+    pub fn swap_skill(&self, skill: Skill) -> Result<(), NodeError> {
+        let (a, b) = (&self.manifest, &skill.manifest);
+        let name = format!("{} {}", b.name, b.version);
+        let same_inputs = a.observations.len() == b.observations.len()
+            && a.observations.iter().zip(&b.observations).all(|(x, y)| {
+                (&x.topic, &x.msg_type, &x.fields, &x.joints)
+                    == (&y.topic, &y.msg_type, &y.fields, &y.joints)
+                    && x.max_age_ms == y.max_age_ms
+            });
+        if !same_inputs || a.control.history != b.control.history {
+            return Err(NodeError::Incompatible(
+                name,
+                "its observation inputs differ from the running skill's".into(),
+            ));
+        }
+        if (
+            &a.action.topic,
+            &a.action.msg_type,
+            &a.action.fields,
+            &a.action.joints,
+        ) != (
+            &b.action.topic,
+            &b.action.msg_type,
+            &b.action.fields,
+            &b.action.joints,
+        ) {
+            return Err(NodeError::Incompatible(
+                name,
+                "its action output differs from the running skill's".into(),
+            ));
+        }
+        let active = ActiveSkill::new(skill);
+        let mut slot = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        slot.retired = None;
+        slot.pending = Some(active);
+        *self.skill_label.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        Ok(())
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn fqn(id: &crate::ros::transport::NodeIdentity) -> String {
+    if id.namespace == "/" {
+        format!("/{}", id.name)
+    } else {
+        format!("{}/{}", id.namespace, id.name)
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, NodeError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| NodeError::Thread(name, e))
+}
+
+struct ControlThread {
+    active: Box<ActiveSkill>,
+    assembler: Assembler,
+    filter: SafetyFilter,
+    estop: Arc<EStop>,
+    action: Input<ActionFrame>,
+    publisher: Thread,
+    stats: Arc<NodeStats>,
+    swap: Arc<Mutex<SwapSlot>>,
+    epoch: Instant,
+    seq: u64,
+}
+
+impl ControlThread {
+    /// Ticks at absolute deadlines `start + k·period`, so the rate never drifts; a tick that
+    /// overruns skips the deadlines it missed (counted) instead of bursting to catch up.
+    fn run(&mut self, period: Duration, stop: &AtomicBool) {
+        let width = self.assembler.width();
+        let mut input = vec![0.0f32; width];
+        let mut raw = vec![0.0f32; self.active.out_mean.len()];
+        let mut proposal = vec![0.0f64; raw.len()];
+        let start = Instant::now();
+        let mut k: u32 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            k += 1;
+            let deadline = start + period * k;
+            let now = Instant::now();
+            if deadline > now {
+                std::thread::sleep(deadline - now);
+            }
+            self.tick(&mut input, &mut raw, &mut proposal);
+            let done = Instant::now();
+            self.stats
+                .latency
+                .record(done.saturating_duration_since(deadline));
+            self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+            let behind = (done.saturating_duration_since(start).as_nanos()
+                / period.as_nanos().max(1)) as u32;
+            if behind > k {
+                self.stats
+                    .deadline_misses
+                    .fetch_add((behind - k) as u64, Ordering::Relaxed);
+                k = behind;
+            }
+        }
+    }
+
+    fn tick(&mut self, input: &mut [f32], raw: &mut [f32], proposal: &mut [f64]) {
+        if let Ok(mut slot) = self.swap.try_lock()
+            && let Some(next) = slot.pending.take()
+        {
+            slot.retired = Some(std::mem::replace(&mut self.active, next));
+            self.filter.restart_blend();
+            self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let frame = self.action.input_buffer_mut();
+        let publish = if self.estop.engaged(self.epoch, now) {
+            self.filter.safe(Intervention::EStop, &mut frame.values)
+        } else {
+            match self.assembler.tick(now) {
+                Err(_) => self.filter.safe(Intervention::Stale, &mut frame.values),
+                Ok(obs) => {
+                    let s = &self.active;
+                    for (i, x) in input.iter_mut().enumerate() {
+                        *x = (obs[i] - s.in_mean[i]) * s.in_inv_std[i];
+                    }
+                    match self.active.plan.step(input, raw) {
+                        Err(_) => self.filter.safe(Intervention::Failure, &mut frame.values),
+                        Ok(()) => {
+                            let s = &self.active;
+                            for (i, p) in proposal.iter_mut().enumerate() {
+                                *p = raw[i] as f64 * s.out_std[i] + s.out_mean[i];
+                            }
+                            self.filter.filter(proposal, &mut frame.values)
+                        }
+                    }
+                }
+            }
+        };
+        if publish {
+            self.seq += 1;
+            frame.seq = self.seq;
+            self.action.publish();
+            self.publisher.unpark();
+        }
+    }
+}
+
+fn publish_loop(
+    mut actions: Output<ActionFrame>,
+    mut encoder: ActionEncoder,
+    mut publisher: Box<dyn RawPublisher>,
+    transport: &dyn Transport,
+    stats: &NodeStats,
+    stop: &AtomicBool,
+) {
+    let mut buf = Vec::new();
+    let mut last_seq = 0;
+    let mut logged = false;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(Duration::from_millis(100));
+        if !actions.update() {
+            continue;
+        }
+        let frame = actions.read();
+        if frame.seq == last_seq {
+            continue;
+        }
+        stats
+            .dropped
+            .fetch_add(frame.seq.saturating_sub(last_seq + 1), Ordering::Relaxed);
+        last_seq = frame.seq;
+        let sent = encoder
+            .encode(&frame.values, transport.now(), &mut buf)
+            .map_err(|e| e.to_string())
+            .and_then(|()| publisher.publish(&buf).map_err(|e| e.to_string()));
+        match sent {
+            Ok(()) => stats.published.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                if !logged {
+                    logged = true;
+                    tracing::warn!(
+                        "cannot publish the action: {e}; further failures are counted as actions_dropped"
+                    );
+                }
+                stats.dropped.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn diagnostics_loop(
+    mut publisher: Box<dyn RawPublisher>,
+    transport: &dyn Transport,
+    mut reporter: Reporter,
+    name: &str,
+    hardware_id: &str,
+    label: &Mutex<String>,
+    period: Duration,
+    stop: &AtomicBool,
+) {
+    let mut next = Instant::now() + period;
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::park_timeout(next - now);
+            continue;
+        }
+        next += period;
+        let skill = label.lock().map(|l| l.clone()).unwrap_or_default();
+        let (status, report) = reporter.status(name, hardware_id, &skill);
+        tracing::debug!(?report, "diagnostics");
+        let msg = DiagnosticArray {
+            header: Header {
+                stamp: transport.now(),
+                frame_id: String::new(),
+            },
+            status: vec![status],
+        };
+        buf.clear();
+        if cdr::encode_into(&msg, &mut buf).is_ok()
+            && let Err(e) = publisher.publish(&buf)
+        {
+            tracing::debug!("cannot publish diagnostics: {e}");
+        }
+    }
+}
+
+/// Why `skillgraft run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Bad ROS arguments or parameters.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// The skill did not load.
+    #[error(transparent)]
+    Skill(#[from] crate::skill::SkillError),
+    /// The node did not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl From<TransportError> for LaunchError {
+    fn from(e: TransportError) -> Self {
+        LaunchError::Node(NodeError::Transport(e))
+    }
+}
+
+/// Loads a skill, applies the ROS arguments and starts the node; returns it and a line that
+/// says what runs where.
+pub fn launch(
+    skill: &std::path::Path,
+    params_files: &[std::path::PathBuf],
+    ros_args: &[String],
+) -> Result<(RunningNode, String), LaunchError> {
+    let args = RosArgs::parse(ros_args, params_files, "skillgraft")?;
+    let skill = Skill::load(skill)?;
+    let cfg = NodeConfig::new(&skill.manifest, &args)?;
+    let identity = crate::ros::transport::NodeIdentity {
+        name: args.node.clone(),
+        namespace: args.namespace.clone(),
+    };
+    let transport: Arc<dyn Transport> = Arc::from(crate::ros::transport::connect(
+        identity,
+        crate::ros::args::domain_id()?,
+    )?);
+    let summary = format!(
+        "node {} runs skill {} {} at {} Hz over {}: {} -> {}",
+        args.fully_qualified_name(),
+        skill.manifest.name,
+        skill.manifest.version,
+        cfg.rate_hz,
+        transport.backend(),
+        cfg.observation_topics.join(", "),
+        cfg.action_topic
+    );
+    let node = RunningNode::start(skill, cfg, transport)?;
+    Ok((node, summary))
+}

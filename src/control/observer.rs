@@ -1,0 +1,621 @@
+//! From messages to the policy input: field extraction (joints by name, arrays by index), the
+//! latest value of each input in a cell the control thread reads without waiting, staleness,
+//! and history stacking. Extraction and assembly are plain code, so the recorder pairs
+//! demonstrations through exactly what the control loop uses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use triple_buffer::{Input, Output, triple_buffer};
+
+use crate::ros::cdr::{self, CdrError};
+use crate::ros::msg::*;
+use crate::ros::schema::{self, Selector};
+use crate::skill::manifest::ObservationInput;
+
+/// Why a message gave no observation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExtractError {
+    /// The bytes are not the topic's type.
+    #[error("undecodable message: {0}")]
+    Decode(#[from] CdrError),
+    /// A joint the manifest lists is not in the message.
+    #[error("joint `{0}` is not in the message's names")]
+    UnknownJoint(String),
+    /// An array is shorter than the selection needs.
+    #[error("`{field}` has {len} values, the selection needs {need}")]
+    WrongLength {
+        /// The field.
+        field: String,
+        /// Its length.
+        len: usize,
+        /// Length needed.
+        need: usize,
+    },
+    /// A selected value is NaN or infinite.
+    #[error("`{0}` is not finite")]
+    NotFinite(String),
+}
+
+/// Kinds of extraction failure, for counting.
+pub const EXTRACT_KINDS: [&str; 4] = ["decode", "unknown_joint", "wrong_length", "not_finite"];
+
+impl ExtractError {
+    /// Index into [`EXTRACT_KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            ExtractError::Decode(_) => 0,
+            ExtractError::UnknownJoint(_) => 1,
+            ExtractError::WrongLength { .. } => 2,
+            ExtractError::NotFinite(_) => 3,
+        }
+    }
+}
+
+/// A decoded message of any type a manifest may name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyMessage {
+    /// std_msgs/msg/Float32MultiArray.
+    F32Array(Float32MultiArray),
+    /// std_msgs/msg/Float64MultiArray.
+    F64Array(Float64MultiArray),
+    /// sensor_msgs/msg/JointState.
+    JointState(JointState),
+    /// sensor_msgs/msg/Imu.
+    Imu(Imu),
+    /// geometry_msgs/msg/Twist.
+    Twist(Twist),
+    /// geometry_msgs/msg/Vector3.
+    Vector3(Vector3),
+    /// geometry_msgs/msg/Point.
+    Point(Point),
+    /// trajectory_msgs/msg/JointTrajectory.
+    JointTrajectory(JointTrajectory),
+}
+
+impl AnyMessage {
+    /// Decodes CDR bytes as `type_name` (`pkg/msg/Name`).
+    pub fn decode(type_name: &str, bytes: &[u8]) -> Result<AnyMessage, CdrError> {
+        Ok(match schema::full_type_name(type_name).as_str() {
+            Float32MultiArray::TYPE => {
+                AnyMessage::F32Array(cdr::decode(bytes, Float32MultiArray::TYPE)?)
+            }
+            Float64MultiArray::TYPE => {
+                AnyMessage::F64Array(cdr::decode(bytes, Float64MultiArray::TYPE)?)
+            }
+            JointState::TYPE => AnyMessage::JointState(cdr::decode(bytes, JointState::TYPE)?),
+            Imu::TYPE => AnyMessage::Imu(cdr::decode(bytes, Imu::TYPE)?),
+            Twist::TYPE => AnyMessage::Twist(cdr::decode(bytes, Twist::TYPE)?),
+            Vector3::TYPE => AnyMessage::Vector3(cdr::decode(bytes, Vector3::TYPE)?),
+            Point::TYPE => AnyMessage::Point(cdr::decode(bytes, Point::TYPE)?),
+            JointTrajectory::TYPE => {
+                AnyMessage::JointTrajectory(cdr::decode(bytes, JointTrajectory::TYPE)?)
+            }
+            other => {
+                return Err(CdrError::Body {
+                    type_name: "a supported type",
+                    message: format!("{other} is not one"),
+                });
+            }
+        })
+    }
+
+    fn scalar(&self, path: &str) -> Option<f64> {
+        let v3 = |v: &Vector3, axis: &str| match axis {
+            "x" => Some(v.x),
+            "y" => Some(v.y),
+            "z" => Some(v.z),
+            _ => None,
+        };
+        match self {
+            AnyMessage::Point(p) => v3(
+                &Vector3 {
+                    x: p.x,
+                    y: p.y,
+                    z: p.z,
+                },
+                path,
+            ),
+            AnyMessage::Vector3(v) => v3(v, path),
+            AnyMessage::Twist(t) => match path.split_once('.')? {
+                ("linear", a) => v3(&t.linear, a),
+                ("angular", a) => v3(&t.angular, a),
+                _ => None,
+            },
+            AnyMessage::Imu(m) => match path.split_once('.')? {
+                ("orientation", "x") => Some(m.orientation.x),
+                ("orientation", "y") => Some(m.orientation.y),
+                ("orientation", "z") => Some(m.orientation.z),
+                ("orientation", "w") => Some(m.orientation.w),
+                ("angular_velocity", a) => v3(&m.angular_velocity, a),
+                ("linear_acceleration", a) => v3(&m.linear_acceleration, a),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// How to read one observation input's values out of its messages (raw, not normalised).
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    /// The topic's type.
+    pub type_name: String,
+    selectors: Vec<Selector>,
+    joints: Vec<String>,
+    /// Number of values.
+    pub width: usize,
+}
+
+impl Extractor {
+    /// The extractor for a (validated) manifest input.
+    pub fn new(input: &ObservationInput) -> Extractor {
+        let schema = schema::schema(&input.msg_type).expect("validated manifests name known types");
+        let selectors: Vec<Selector> = input
+            .fields
+            .iter()
+            .map(|f| {
+                schema
+                    .selector(f)
+                    .expect("validated manifests have valid selectors")
+            })
+            .collect();
+        let width = selectors.iter().map(|s| s.width(input.joints.len())).sum();
+        Extractor {
+            type_name: schema.name.to_string(),
+            selectors,
+            joints: input.joints.clone(),
+            width,
+        }
+    }
+
+    /// Decodes a message and writes its values into `out` (`width` long).
+    pub fn extract_cdr(&self, bytes: &[u8], out: &mut [f32]) -> Result<(), ExtractError> {
+        let msg = AnyMessage::decode(&self.type_name, bytes)?;
+        self.extract(&msg, out)
+    }
+
+    /// Writes the selected values of `msg` into `out` (`width` long).
+    pub fn extract(&self, msg: &AnyMessage, out: &mut [f32]) -> Result<(), ExtractError> {
+        let mut k = 0;
+        for sel in &self.selectors {
+            match sel {
+                Selector::Scalar(path) => {
+                    let v = msg.scalar(path).unwrap_or(f64::NAN);
+                    out[k] = finite(v, || path.clone())?;
+                    k += 1;
+                }
+                Selector::Slice { field, start, end } => {
+                    let len = array_len(msg);
+                    if *end > len {
+                        return Err(ExtractError::WrongLength {
+                            field: field.clone(),
+                            len,
+                            need: *end,
+                        });
+                    }
+                    for i in *start..*end {
+                        let v = match msg {
+                            AnyMessage::F64Array(m) => m.data[i],
+                            AnyMessage::F32Array(m) => m.data[i] as f64,
+                            _ => f64::NAN,
+                        };
+                        out[k] = finite(v, || format!("{field}[{i}]"))?;
+                        k += 1;
+                    }
+                }
+                Selector::PerJoint(field) => {
+                    let (names, values) = per_joint(msg, field);
+                    if values.len() != names.len() {
+                        return Err(ExtractError::WrongLength {
+                            field: field.clone(),
+                            len: values.len(),
+                            need: names.len(),
+                        });
+                    }
+                    for j in &self.joints {
+                        let i = names
+                            .iter()
+                            .position(|n| n == j)
+                            .ok_or_else(|| ExtractError::UnknownJoint(j.clone()))?;
+                        out[k] = finite(values[i], || format!("{field}[{j}]"))?;
+                        k += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn finite(v: f64, label: impl FnOnce() -> String) -> Result<f32, ExtractError> {
+    let x = v as f32;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(ExtractError::NotFinite(label()))
+    }
+}
+
+fn array_len(msg: &AnyMessage) -> usize {
+    match msg {
+        AnyMessage::F64Array(m) => m.data.len(),
+        AnyMessage::F32Array(m) => m.data.len(),
+        _ => 0,
+    }
+}
+
+fn per_joint<'a>(msg: &'a AnyMessage, field: &str) -> (&'a [String], &'a [f64]) {
+    match msg {
+        AnyMessage::JointState(m) => {
+            let v = match field {
+                "position" => &m.position,
+                "velocity" => &m.velocity,
+                _ => &m.effort,
+            };
+            (&m.name, v)
+        }
+        AnyMessage::JointTrajectory(m) => {
+            let Some(p) = m.points.first() else {
+                return (&m.joint_names, &[]);
+            };
+            let v = match field {
+                "positions" => &p.positions,
+                "velocities" => &p.velocities,
+                "accelerations" => &p.accelerations,
+                _ => &p.effort,
+            };
+            (&m.joint_names, v)
+        }
+        _ => (&[], &[]),
+    }
+}
+
+/// The latest values of one input and when they arrived.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// Raw values.
+    pub values: Vec<f32>,
+    /// Arrival time; None until the first message.
+    pub arrived: Option<Instant>,
+}
+
+/// Counters of one input, shared with diagnostics.
+#[derive(Debug, Default)]
+pub struct InputStats {
+    /// Messages that gave values.
+    pub accepted: AtomicU64,
+    /// Messages rejected, by [`EXTRACT_KINDS`].
+    pub rejected: [AtomicU64; 4],
+    /// Arrival of the last accepted message, ns since the node's epoch (0: none yet).
+    pub last_ns: AtomicU64,
+}
+
+/// The subscription side of one input: extracts each message and publishes it to the cell.
+pub struct InputWriter {
+    extractor: Extractor,
+    cell: Input<Reading>,
+    /// Counters.
+    pub stats: Arc<InputStats>,
+    epoch: Instant,
+    topic: String,
+}
+
+impl InputWriter {
+    /// Handles one message: on success the control thread sees it at its next tick; on failure
+    /// the cell keeps its previous value (which goes stale) and the failure is counted and, the
+    /// first time of each kind, logged with the topic.
+    pub fn on_message(&mut self, bytes: &[u8], arrived: Instant) -> Result<(), ExtractError> {
+        let buf = self.cell.input_buffer_mut();
+        match self.extractor.extract_cdr(bytes, &mut buf.values) {
+            Ok(()) => {
+                buf.arrived = Some(arrived);
+                self.cell.publish();
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let ns = arrived.saturating_duration_since(self.epoch).as_nanos() as u64;
+                self.stats.last_ns.store(ns.max(1), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                if self.stats.rejected[e.kind()].fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(topic = %self.topic, "observation rejected ({}): {e}; further ones of this kind are only counted", EXTRACT_KINDS[e.kind()]);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Why the inputs cannot form an observation this tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NotReady {
+    /// Input `input` has no message younger than its max age (`age` None: none ever).
+    Stale {
+        /// Index of the input.
+        input: usize,
+        /// Age of its last message.
+        age: Option<Duration>,
+    },
+    /// Fresh, but fewer frames than the history needs since the inputs became fresh.
+    Filling,
+}
+
+/// The control-thread side: latest values of every input, stacked into the policy input.
+pub struct Assembler {
+    readers: Vec<Output<Reading>>,
+    offsets: Vec<usize>,
+    max_age: Vec<Duration>,
+    frame_width: usize,
+    history: usize,
+    frames: Vec<f32>,
+    filled: usize,
+}
+
+impl Assembler {
+    /// The policy input width (frames times history).
+    pub fn width(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Ages of every input's last message at `now` (None: none yet).
+    pub fn ages(&mut self, now: Instant) -> impl Iterator<Item = Option<Duration>> + '_ {
+        self.readers
+            .iter_mut()
+            .map(move |r| r.read().arrived.map(|t| now.saturating_duration_since(t)))
+    }
+
+    /// Reads every input's latest values as the newest frame and returns the stacked input
+    /// (oldest frame first), raw (not normalised). Allocates nothing.
+    pub fn tick(&mut self, now: Instant) -> Result<&[f32], NotReady> {
+        let w = self.frame_width;
+        self.frames.copy_within(w.., 0);
+        let newest = self.frames.len() - w;
+        for (i, r) in self.readers.iter_mut().enumerate() {
+            let reading = r.read();
+            let age = reading.arrived.map(|t| now.saturating_duration_since(t));
+            if age.is_none_or(|a| a > self.max_age[i]) {
+                self.filled = 0;
+                return Err(NotReady::Stale { input: i, age });
+            }
+            let at = newest + self.offsets[i];
+            self.frames[at..at + reading.values.len()].copy_from_slice(&reading.values);
+        }
+        self.filled = (self.filled + 1).min(self.history);
+        if self.filled < self.history {
+            return Err(NotReady::Filling);
+        }
+        Ok(&self.frames)
+    }
+}
+
+/// Writers (one per input, for the subscriptions) and the assembler (for the control thread)
+/// of a manifest's observation inputs. `epoch` is the node's clock origin for the counters.
+pub fn observer(
+    inputs: &[ObservationInput],
+    history: usize,
+    epoch: Instant,
+) -> (Vec<InputWriter>, Assembler) {
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    let mut offsets = Vec::new();
+    let mut max_age = Vec::new();
+    let mut offset = 0;
+    for input in inputs {
+        let extractor = Extractor::new(input);
+        let (cell, reader) = triple_buffer(&Reading {
+            values: vec![0.0; extractor.width],
+            arrived: None,
+        });
+        offsets.push(offset);
+        offset += extractor.width;
+        max_age.push(Duration::from_secs_f64(input.max_age_ms / 1000.0));
+        writers.push(InputWriter {
+            extractor,
+            cell,
+            stats: Arc::default(),
+            epoch,
+            topic: input.topic.clone(),
+        });
+        readers.push(reader);
+    }
+    let assembler = Assembler {
+        readers,
+        offsets,
+        max_age,
+        frame_width: offset,
+        history,
+        frames: vec![0.0; offset * history],
+        filled: 0,
+    };
+    (writers, assembler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skill::manifest::ObservationInput;
+
+    fn input(
+        msg_type: &str,
+        fields: &[&str],
+        joints: &[&str],
+        max_age_ms: f64,
+    ) -> ObservationInput {
+        let schema = schema::schema(msg_type).unwrap();
+        let width: usize = fields
+            .iter()
+            .map(|f| schema.selector(f).unwrap().width(joints.len()))
+            .sum();
+        ObservationInput {
+            topic: "/t".into(),
+            msg_type: msg_type.into(),
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+            joints: joints.iter().map(|s| s.to_string()).collect(),
+            mean: vec![0.0; width],
+            std: vec![1.0; width],
+            max_age_ms,
+        }
+    }
+
+    fn js(names: &[&str], position: &[f64], velocity: &[f64]) -> Vec<u8> {
+        cdr::encode(&JointState {
+            name: names.iter().map(|s| s.to_string()).collect(),
+            position: position.to_vec(),
+            velocity: velocity.to_vec(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn joints_are_taken_by_name_in_manifest_order() {
+        let e = Extractor::new(&input(
+            JointState::TYPE,
+            &["position", "velocity"],
+            &["elbow", "shoulder"],
+            50.0,
+        ));
+        let mut out = [0.0; 4];
+        e.extract_cdr(
+            &js(
+                &["shoulder", "wrist", "elbow"],
+                &[1.0, 2.0, 3.0],
+                &[0.1, 0.2, 0.3],
+            ),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, [3.0, 1.0, 0.3, 0.1]);
+        let err = e
+            .extract_cdr(&js(&["shoulder"], &[1.0], &[0.1]), &mut out)
+            .unwrap_err();
+        assert_eq!(err, ExtractError::UnknownJoint("elbow".into()));
+        let err = e
+            .extract_cdr(&js(&["shoulder", "elbow"], &[1.0, 2.0], &[0.1]), &mut out)
+            .unwrap_err();
+        assert!(matches!(err, ExtractError::WrongLength { .. }), "{err}");
+        let err = e
+            .extract_cdr(
+                &js(&["shoulder", "elbow"], &[1.0, f64::NAN], &[0.1, 0.2]),
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(err, ExtractError::NotFinite("position[elbow]".into()));
+        assert_eq!(
+            e.extract_cdr(&[0, 1, 0, 0, 1], &mut out)
+                .unwrap_err()
+                .kind(),
+            0
+        );
+    }
+
+    #[test]
+    fn arrays_slices_and_scalars() {
+        let e = Extractor::new(&input(
+            Float64MultiArray::TYPE,
+            &["data[1..3]", "data[0]"],
+            &[],
+            50.0,
+        ));
+        let mut out = [0.0; 3];
+        let m = Float64MultiArray {
+            data: vec![5.0, 6.0, 7.0],
+            ..Default::default()
+        };
+        e.extract_cdr(&cdr::encode(&m).unwrap(), &mut out).unwrap();
+        assert_eq!(out, [6.0, 7.0, 5.0]);
+        let short = Float64MultiArray {
+            data: vec![5.0, 6.0],
+            ..Default::default()
+        };
+        let err = e
+            .extract_cdr(&cdr::encode(&short).unwrap(), &mut out)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ExtractError::WrongLength {
+                field: "data".into(),
+                len: 2,
+                need: 3
+            }
+        );
+        let t = Extractor::new(&input(Twist::TYPE, &["angular.z", "linear.x"], &[], 50.0));
+        let mut out = [0.0; 2];
+        let tw = Twist {
+            linear: Vector3 {
+                x: 0.5,
+                y: 0.0,
+                z: 0.0,
+            },
+            angular: Vector3 {
+                x: 0.0,
+                y: 0.0,
+                z: -1.0,
+            },
+        };
+        t.extract_cdr(&cdr::encode(&tw).unwrap(), &mut out).unwrap();
+        assert_eq!(out, [-1.0, 0.5]);
+        let imu = Extractor::new(&input(
+            Imu::TYPE,
+            &["orientation.w", "linear_acceleration.z"],
+            &[],
+            50.0,
+        ));
+        let m = Imu {
+            linear_acceleration: Vector3 {
+                x: 0.0,
+                y: 0.0,
+                z: 9.81,
+            },
+            ..Default::default()
+        };
+        imu.extract_cdr(&cdr::encode(&m).unwrap(), &mut out)
+            .unwrap();
+        assert_eq!(out, [1.0, 9.81]);
+    }
+
+    #[test]
+    fn assembler_stacks_history_oldest_first_and_reports_staleness() {
+        let epoch = Instant::now();
+        let inputs = [
+            input(Point::TYPE, &["x"], &[], 100.0),
+            input(Vector3::TYPE, &["y"], &[], 100.0),
+        ];
+        let (mut writers, mut a) = observer(&inputs, 2, epoch);
+        let t0 = Instant::now();
+        assert_eq!(
+            a.tick(t0),
+            Err(NotReady::Stale {
+                input: 0,
+                age: None
+            })
+        );
+        let point = |x: f64| cdr::encode(&Point { x, y: 0.0, z: 0.0 }).unwrap();
+        let vec3 = |y: f64| cdr::encode(&Vector3 { x: 0.0, y, z: 0.0 }).unwrap();
+        writers[0].on_message(&point(1.0), t0).unwrap();
+        writers[1].on_message(&vec3(10.0), t0).unwrap();
+        assert_eq!(a.tick(t0), Err(NotReady::Filling));
+        writers[0].on_message(&point(2.0), t0).unwrap();
+        assert_eq!(a.tick(t0).unwrap(), &[1.0, 10.0, 2.0, 10.0]);
+        let late = t0 + Duration::from_millis(150);
+        assert!(matches!(
+            a.tick(late),
+            Err(NotReady::Stale {
+                input: 0,
+                age: Some(_)
+            })
+        ));
+        writers[0].on_message(&point(3.0), late).unwrap();
+        writers[1].on_message(&vec3(20.0), late).unwrap();
+        assert_eq!(
+            a.tick(late),
+            Err(NotReady::Filling),
+            "history restarts after a stale input"
+        );
+        assert_eq!(a.tick(late).unwrap(), &[3.0, 20.0, 3.0, 20.0]);
+        assert!(writers[0].on_message(&[1, 2, 3, 4, 5], late).is_err());
+        assert_eq!(writers[0].stats.rejected[0].load(Ordering::Relaxed), 1);
+        assert_eq!(writers[0].stats.accepted.load(Ordering::Relaxed), 3);
+    }
+}

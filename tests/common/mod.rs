@@ -202,5 +202,6 @@ pub fn isolated(test: &str) -> bool {
         stdout.contains("1 passed"),
         "{test} did not run inside the namespace:\n{stdout}\n{stderr}"
     );
+    print!("{stdout}");
     false
 }

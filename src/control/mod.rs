@@ -117,7 +117,7 @@ impl NodeConfig {
         }
         let estop_timeout = match args.get::<f64>("estop_timeout_s")?.unwrap_or(0.0) {
             t if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
-            t if t == 0.0 => None,
+            0.0 => None,
             t => {
                 return Err(ArgsError(format!(
                     "parameter `estop_timeout_s` is {t}; give seconds, 0 to disable"

@@ -7,5 +7,7 @@ pub mod cdr;
 pub mod dds;
 pub mod msg;
 pub mod names;
+#[cfg(feature = "rcl")]
+pub mod rcl;
 pub mod schema;
 pub mod transport;

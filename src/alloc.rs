@@ -26,6 +26,18 @@ pub struct TickAllocator;
 
 thread_local! {
     static IN_TICK: Cell<bool> = const { Cell::new(false) };
+    static SYSTEM_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_system_call() {
+    let _ = SYSTEM_CALLS.try_with(|c| c.set(c.get() + 1));
+}
+
+/// Calls this thread has made into the system allocator (alloc, free, realloc) through
+/// `TickAllocator`; 0 when it is not installed. The control thread reports its own, so tests and
+/// diagnostics can see that a steady-state tick makes none.
+pub fn thread_system_calls() -> u64 {
+    SYSTEM_CALLS.try_with(Cell::get).unwrap_or(0)
 }
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -184,6 +196,7 @@ unsafe impl GlobalAlloc for TickAllocator {
             }
             SYSTEM_IN_TICK.fetch_add(1, Ordering::Relaxed);
         }
+        count_system_call();
         // SAFETY: forwarded with the caller's layout.
         unsafe { System.alloc(layout) }
     }
@@ -192,6 +205,7 @@ unsafe impl GlobalAlloc for TickAllocator {
         if in_region(ptr) {
             pool_free(ptr, class_of(layout).expect("pooled blocks have a class"));
         } else {
+            count_system_call();
             // SAFETY: not a pool block, so System allocated it with this layout.
             unsafe { System.dealloc(ptr, layout) }
         }
@@ -207,6 +221,7 @@ unsafe impl GlobalAlloc for TickAllocator {
             p
         } else {
             INSTALLED.store(true, Ordering::Relaxed);
+            count_system_call();
             // SAFETY: forwarded with the caller's layout.
             unsafe { System.alloc_zeroed(layout) }
         }
@@ -214,6 +229,7 @@ unsafe impl GlobalAlloc for TickAllocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if !in_region(ptr) && !in_tick_now() {
+            count_system_call();
             // SAFETY: a system block resized outside a tick stays with the system allocator.
             return unsafe { System.realloc(ptr, layout, new_size) };
         }

@@ -82,6 +82,8 @@ pub struct NodeStats {
     pub estop_rejected: AtomicU64,
     /// Skill swaps applied.
     pub swaps: AtomicU64,
+    /// System-allocator calls the control thread has made (see `alloc::thread_system_calls`).
+    pub control_malloc_calls: AtomicU64,
 }
 
 impl NodeStats {
@@ -98,6 +100,7 @@ impl NodeStats {
             dropped: AtomicU64::new(0),
             estop_rejected: AtomicU64::new(0),
             swaps: AtomicU64::new(0),
+            control_malloc_calls: AtomicU64::new(0),
         }
     }
 }
@@ -230,6 +233,15 @@ impl Reporter {
             s.estop_rejected.load(Ordering::Relaxed),
         ));
         values.push(kv("skill_swaps", s.swaps.load(Ordering::Relaxed)));
+        let mallocs = s.control_malloc_calls.load(Ordering::Relaxed);
+        values.push(kv(
+            "control_thread_malloc_calls",
+            if crate::alloc::installed() {
+                mallocs.to_string()
+            } else {
+                "n/a".into()
+            },
+        ));
         let [stale, estop, non_finite, failure, ..] = r.interventions;
         let (level, message) = if failure > 0 {
             (

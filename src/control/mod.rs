@@ -492,12 +492,15 @@ impl ControlThread {
             if deadline > now {
                 std::thread::sleep(deadline - now);
             }
-            self.tick(&mut input, &mut raw, &mut proposal);
+            crate::alloc::in_tick(|| self.tick(&mut input, &mut raw, &mut proposal));
             let done = Instant::now();
             self.stats
                 .latency
                 .record(done.saturating_duration_since(deadline));
             self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .control_malloc_calls
+                .store(crate::alloc::thread_system_calls(), Ordering::Relaxed);
             let behind = (done.saturating_duration_since(start).as_nanos()
                 / period.as_nanos().max(1)) as u32;
             if behind > k {

@@ -78,6 +78,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The node's tick latency (p50/p99/max), deadline misses and peak memory at several rates,
+    /// fed over DDS on loopback.
+    #[cfg(feature = "dds")]
+    Control {
+        /// Skill to run.
+        #[arg(long, default_value = "skills/example-arm6")]
+        skill: PathBuf,
+        /// Control rates in Hz.
+        #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+        rates: Vec<f64>,
+        /// Seconds measured per rate (after 2 s of warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// SCHED_FIFO priority for the control thread (0: normal scheduling).
+        #[arg(long, default_value_t = 0)]
+        rt_priority: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// tract (control step at batch 1, feature extraction at batch 256) next to onnxruntime on
     /// the same ONNX files.
     Inference {
@@ -134,9 +154,10 @@ fn main() -> ExitCode {
         (None, 1) => "info".into(),
         (None, _) => "debug".into(),
     };
-    // RustDDS warns about routine discovery events; its errors still show. RUST_LOG overrides.
+    // RustDDS logs routine discovery and shutdown events as warnings and errors; transport
+    // failures reach skillgraft as errors of their own. RUST_LOG=rustdds=info shows them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},rustdds=error,ros2_client=error"))
+        tracing_subscriber::EnvFilter::new(format!("{level},rustdds=off,ros2_client=error"))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -237,6 +258,19 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("skillgraft: stopping");
             node.stop();
             Ok(())
+        }
+        #[cfg(feature = "dds")]
+        Command::Bench(BenchCommand::Control {
+            skill,
+            rates,
+            seconds,
+            rt_priority,
+            json,
+        }) => {
+            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
+            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+            let report = skillgraft::bench::control::control(&skill, &rates, seconds, rt_priority)?;
+            print(&report, json)
         }
         Command::Bench(BenchCommand::Inference {
             fixtures,

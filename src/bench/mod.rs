@@ -8,6 +8,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+#[cfg(feature = "dds")]
+pub mod control;
+
 use crate::model::Model;
 use crate::model::onnx::OnnxFile;
 

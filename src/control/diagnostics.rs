@@ -68,8 +68,10 @@ pub struct NodeStats {
     pub ticks: AtomicU64,
     /// Deadlines missed (ticks skipped because a tick overran).
     pub deadline_misses: AtomicU64,
-    /// Tick latencies.
+    /// Tick latencies: from the deadline to the action handed to the publisher.
     pub latency: LatencyRing,
+    /// Tick compute times: from waking up to the action handed to the publisher.
+    pub compute: LatencyRing,
     /// Safety interventions by kind.
     pub interventions: Arc<Counters>,
     /// Per observation input: topic and counters.
@@ -94,6 +96,7 @@ impl NodeStats {
             ticks: AtomicU64::new(0),
             deadline_misses: AtomicU64::new(0),
             latency: LatencyRing::new(1 << 14),
+            compute: LatencyRing::new(1 << 14),
             interventions,
             inputs,
             published: AtomicU64::new(0),

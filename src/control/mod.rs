@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub diagnostics_period: Duration,
     /// `hardware_id` of the diagnostics status.
     pub hardware_id: String,
+    /// SCHED_FIFO priority of the control thread (0: normal scheduling).
+    pub rt_priority: i32,
 }
 
 /// Parameters the node reads, with their meaning; anything else is refused.
@@ -77,6 +79,10 @@ pub const PARAMETERS: &[(&str, &str)] = &[
     (
         "hardware_id",
         "string: hardware_id on /diagnostics (default: the skill's source robot)",
+    ),
+    (
+        "rt_priority",
+        "integer: SCHED_FIFO priority (1-99) of the control thread; 0 keeps normal scheduling (default)",
     ),
     (
         "use_sim_time",
@@ -168,6 +174,14 @@ impl NodeConfig {
             hardware_id: args
                 .get::<String>("hardware_id")?
                 .unwrap_or_else(|| m.provenance.source_robot.clone()),
+            rt_priority: match args.get::<i64>("rt_priority")?.unwrap_or(0) {
+                p @ 0..=99 => p as i32,
+                p => {
+                    return Err(ArgsError(format!(
+                        "parameter `rt_priority` is {p}; give 1 to 99 for SCHED_FIFO, or 0"
+                    )));
+                }
+            },
         })
     }
 }
@@ -344,7 +358,9 @@ impl RunningNode {
             let active = ActiveSkill::new(skill);
             let (stop, stats, swap) = (stop.clone(), stats.clone(), swap.clone());
             let period = Duration::from_secs_f64(period_s);
+            let rt_priority = cfg.rt_priority;
             threads.push(spawn("skillgraft-control", move || {
+                realtime(rt_priority);
                 let mut c = ControlThread {
                     active,
                     assembler,
@@ -452,6 +468,26 @@ fn fqn(id: &crate::ros::transport::NodeIdentity) -> String {
     }
 }
 
+/// Tunes the calling (control) thread: a 1 ns timer slack so sleeps end at the deadline rather
+/// than up to 50 µs later, and SCHED_FIFO at `priority` when asked (needs CAP_SYS_NICE or an
+/// rtprio limit; a refusal is logged and the thread keeps normal scheduling).
+fn realtime(priority: i32) {
+    // SAFETY: plain syscalls on the calling thread with valid arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+        if priority > 0 {
+            let param = libc::sched_param {
+                sched_priority: priority,
+            };
+            if libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) != 0 {
+                tracing::warn!(
+                    "cannot run the control thread with SCHED_FIFO priority {priority} (needs CAP_SYS_NICE or `ulimit -r`); it keeps normal scheduling"
+                );
+            }
+        }
+    }
+}
+
 fn spawn(
     name: &'static str,
     f: impl FnOnce() + Send + 'static,
@@ -492,11 +528,15 @@ impl ControlThread {
             if deadline > now {
                 std::thread::sleep(deadline - now);
             }
+            let woke = Instant::now();
             crate::alloc::in_tick(|| self.tick(&mut input, &mut raw, &mut proposal));
             let done = Instant::now();
             self.stats
                 .latency
                 .record(done.saturating_duration_since(deadline));
+            self.stats
+                .compute
+                .record(done.saturating_duration_since(woke));
             self.stats.ticks.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .control_malloc_calls

@@ -101,6 +101,53 @@ impl AnyMessage {
         })
     }
 
+    /// The message as CDR.
+    pub fn encode(&self) -> Result<Vec<u8>, CdrError> {
+        match self {
+            AnyMessage::F32Array(m) => cdr::encode(m),
+            AnyMessage::F64Array(m) => cdr::encode(m),
+            AnyMessage::JointState(m) => cdr::encode(m),
+            AnyMessage::Imu(m) => cdr::encode(m),
+            AnyMessage::Twist(m) => cdr::encode(m),
+            AnyMessage::Vector3(m) => cdr::encode(m),
+            AnyMessage::Point(m) => cdr::encode(m),
+            AnyMessage::JointTrajectory(m) => cdr::encode(m),
+        }
+    }
+
+    fn set_scalar(&mut self, path: &str, v: f64) {
+        fn axis(vec: &mut Vector3, a: &str, v: f64) {
+            match a {
+                "x" => vec.x = v,
+                "y" => vec.y = v,
+                _ => vec.z = v,
+            }
+        }
+        match self {
+            AnyMessage::Point(p) => match path {
+                "x" => p.x = v,
+                "y" => p.y = v,
+                _ => p.z = v,
+            },
+            AnyMessage::Vector3(m) => axis(m, path, v),
+            AnyMessage::Twist(t) => match path.split_once('.') {
+                Some(("angular", a)) => axis(&mut t.angular, a, v),
+                Some((_, a)) => axis(&mut t.linear, a, v),
+                None => {}
+            },
+            AnyMessage::Imu(m) => match path.split_once('.') {
+                Some(("orientation", "x")) => m.orientation.x = v,
+                Some(("orientation", "y")) => m.orientation.y = v,
+                Some(("orientation", "z")) => m.orientation.z = v,
+                Some(("orientation", "w")) => m.orientation.w = v,
+                Some(("angular_velocity", a)) => axis(&mut m.angular_velocity, a, v),
+                Some(("linear_acceleration", a)) => axis(&mut m.linear_acceleration, a, v),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
     fn scalar(&self, path: &str) -> Option<f64> {
         let v3 = |v: &Vector3, axis: &str| match axis {
             "x" => Some(v.x),
@@ -168,6 +215,73 @@ impl Extractor {
             joints: input.joints.clone(),
             width,
         }
+    }
+
+    /// A message of the input's type that carries `values` (raw, `width` long) where the fields
+    /// say: the inverse of [`Extractor::extract`], for simulated robots, peers and benchmarks.
+    pub fn compose(&self, values: &[f64]) -> AnyMessage {
+        let array_len = self
+            .selectors
+            .iter()
+            .map(|s| {
+                if let Selector::Slice { end, .. } = s {
+                    *end
+                } else {
+                    0
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        let mut msg = match self.type_name.as_str() {
+            Float32MultiArray::TYPE => AnyMessage::F32Array(Float32MultiArray {
+                data: vec![0.0; array_len],
+                ..Default::default()
+            }),
+            Float64MultiArray::TYPE => AnyMessage::F64Array(Float64MultiArray {
+                data: vec![0.0; array_len],
+                ..Default::default()
+            }),
+            JointState::TYPE => AnyMessage::JointState(JointState {
+                name: self.joints.clone(),
+                ..Default::default()
+            }),
+            Imu::TYPE => AnyMessage::Imu(Imu::default()),
+            Twist::TYPE => AnyMessage::Twist(Twist::default()),
+            Vector3::TYPE => AnyMessage::Vector3(Vector3::default()),
+            _ => AnyMessage::Point(Point::default()),
+        };
+        let mut k = 0;
+        for sel in &self.selectors {
+            match sel {
+                Selector::Scalar(path) => {
+                    msg.set_scalar(path, values[k]);
+                    k += 1;
+                }
+                Selector::Slice { start, end, .. } => {
+                    for i in *start..*end {
+                        match &mut msg {
+                            AnyMessage::F64Array(m) => m.data[i] = values[k],
+                            AnyMessage::F32Array(m) => m.data[i] = values[k] as f32,
+                            _ => {}
+                        }
+                        k += 1;
+                    }
+                }
+                Selector::PerJoint(field) => {
+                    let n = self.joints.len();
+                    if let AnyMessage::JointState(m) = &mut msg {
+                        let target = match field.as_str() {
+                            "position" => &mut m.position,
+                            "velocity" => &mut m.velocity,
+                            _ => &mut m.effort,
+                        };
+                        target.extend_from_slice(&values[k..k + n]);
+                    }
+                    k += n;
+                }
+            }
+        }
+        msg
     }
 
     /// Decodes a message and writes its values into `out` (`width` long).
@@ -508,6 +622,48 @@ mod tests {
                 .kind(),
             0
         );
+    }
+
+    #[test]
+    fn compose_is_the_inverse_of_extract() {
+        for inp in [
+            input(
+                JointState::TYPE,
+                &["velocity", "position"],
+                &["a", "b", "c"],
+                50.0,
+            ),
+            input(
+                Float32MultiArray::TYPE,
+                &["data[3..5]", "data[0]"],
+                &[],
+                50.0,
+            ),
+            input(
+                Imu::TYPE,
+                &[
+                    "orientation.w",
+                    "angular_velocity.y",
+                    "linear_acceleration.x",
+                ],
+                &[],
+                50.0,
+            ),
+            input(Twist::TYPE, &["angular.z", "linear.y"], &[], 50.0),
+            input(Point::TYPE, &["z", "x"], &[], 50.0),
+        ] {
+            let e = Extractor::new(&inp);
+            let values: Vec<f64> = (0..e.width).map(|i| i as f64 * 0.5 - 1.0).collect();
+            let mut out = vec![0.0; e.width];
+            e.extract_cdr(&e.compose(&values).encode().unwrap(), &mut out)
+                .unwrap();
+            assert_eq!(
+                out.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                values,
+                "{}",
+                e.type_name
+            );
+        }
     }
 
     #[test]

@@ -337,6 +337,17 @@ impl FromParam for f64 {
     }
 }
 
+impl FromParam for i64 {
+    const TYPE: &'static str = "integer";
+    fn from_param(v: &ParamValue) -> Option<i64> {
+        if let ParamValue::Int(i) = v {
+            Some(*i)
+        } else {
+            None
+        }
+    }
+}
+
 impl FromParam for bool {
     const TYPE: &'static str = "bool";
     fn from_param(v: &ParamValue) -> Option<bool> {

@@ -1,0 +1,228 @@
+//! `skillgraft bench control`: the node's tick latency, deadline misses and memory at several
+//! control rates, with observations arriving over DDS on loopback from a second node.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::control::diagnostics::percentiles;
+use crate::control::observer::Extractor;
+use crate::control::{NodeConfig, RunningNode};
+use crate::ros::args::RosArgs;
+use crate::ros::transport::{NodeIdentity, Qos, Transport};
+use crate::skill::Skill;
+
+/// One rate's figures.
+#[derive(Debug, Serialize)]
+pub struct ControlRow {
+    /// Requested rate.
+    pub rate_hz: f64,
+    /// Ticks measured.
+    pub ticks: u64,
+    /// Ticks per second achieved.
+    pub achieved_hz: f64,
+    /// Tick latency (deadline to action handed over) p50, p99, max in µs.
+    pub latency_us: Option<(f64, f64, f64)>,
+    /// Of which compute (wake-up to action handed over) p50, p99, max in µs.
+    pub compute_us: Option<(f64, f64, f64)>,
+    /// Deadlines missed.
+    pub misses: u64,
+    /// Actions published.
+    pub published: u64,
+    /// Control-thread calls into the system allocator during the measurement.
+    pub mallocs: u64,
+}
+
+/// The control benchmark.
+#[derive(Debug, Serialize)]
+pub struct ControlReport {
+    /// Skill used.
+    pub skill: String,
+    /// Rows, by rate.
+    pub rows: Vec<ControlRow>,
+    /// Peak resident memory of the process (node and feeder), MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Transport used.
+    pub transport: String,
+    /// SCHED_FIFO priority of the control thread (0: normal scheduling).
+    pub rt_priority: i64,
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs the skill's node at each rate for `seconds`, fed over DDS (localhost only) at the same
+/// rate by a second node.
+pub fn control(
+    skill_dir: &Path,
+    rates: &[f64],
+    seconds: f64,
+    rt_priority: i64,
+) -> Result<ControlReport, String> {
+    let mut rows = Vec::new();
+    let mut backend = String::new();
+    let mut label = String::new();
+    for (i, &rate) in rates.iter().enumerate() {
+        let skill = Skill::load(skill_dir).map_err(|e| e.to_string())?;
+        label = format!("{} {}", skill.manifest.name, skill.manifest.version);
+        let args: Vec<String> = vec![
+            "--ros-args".into(),
+            "-p".into(),
+            format!("rate_hz:={rate:?}"),
+            "-p".into(),
+            "blend_s:=0.0".into(),
+            "-p".into(),
+            format!("rt_priority:={rt_priority}"),
+        ];
+        let args = RosArgs::parse(&args, &[], "skillgraft_bench").map_err(|e| e.to_string())?;
+        let cfg = NodeConfig::new(&skill.manifest, &args).map_err(|e| e.to_string())?;
+        let domain = 150 + i as u16;
+        let node_t: Arc<dyn Transport> = Arc::new(
+            crate::ros::dds::DdsTransport::new(
+                NodeIdentity {
+                    name: "skillgraft_bench".into(),
+                    namespace: "/".into(),
+                },
+                domain,
+                true,
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        backend = node_t.backend();
+        let inputs: Vec<(Extractor, String)> = skill
+            .manifest
+            .observations
+            .iter()
+            .zip(&cfg.observation_topics)
+            .map(|(o, t)| (Extractor::new(o), t.clone()))
+            .collect();
+        let node = RunningNode::start(skill, cfg, node_t).map_err(|e| e.to_string())?;
+        let feeder = crate::ros::dds::DdsTransport::new(
+            NodeIdentity {
+                name: "bench_feeder".into(),
+                namespace: "/".into(),
+            },
+            domain,
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut publishers = Vec::new();
+        for (e, topic) in &inputs {
+            let values: Vec<f64> = (0..e.width).map(|k| 0.1 * (k % 5) as f64).collect();
+            let bytes = e.compose(&values).encode().map_err(|e| e.to_string())?;
+            publishers.push((
+                feeder
+                    .publisher(topic, &e.type_name, Qos::RELIABLE)
+                    .map_err(|e| e.to_string())?,
+                bytes,
+            ));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeding = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let period = Duration::from_secs_f64(1.0 / rate.min(1000.0));
+                let start = Instant::now();
+                let mut k = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    for (p, bytes) in publishers.iter_mut() {
+                        let _ = p.publish(bytes);
+                    }
+                    k += 1;
+                    if let Some(wait) = (start + period * k).checked_duration_since(Instant::now())
+                    {
+                        std::thread::sleep(wait);
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let s = &node.stats;
+        let snapshot = || {
+            (
+                s.ticks.load(Ordering::Relaxed),
+                s.deadline_misses.load(Ordering::Relaxed),
+                s.published.load(Ordering::Relaxed),
+                s.control_malloc_calls.load(Ordering::Relaxed),
+                Instant::now(),
+            )
+        };
+        let (_, from) = s.latency.since(0);
+        let (_, compute_from) = s.compute.since(0);
+        let (t0, m0, p0, a0, at0) = snapshot();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        let (t1, m1, p1, a1, at1) = snapshot();
+        let (lat, _) = s.latency.since(from);
+        let (compute, _) = s.compute.since(compute_from);
+        stop.store(true, Ordering::Relaxed);
+        let _ = feeding.join();
+        rows.push(ControlRow {
+            rate_hz: rate,
+            ticks: t1 - t0,
+            achieved_hz: (t1 - t0) as f64 / at1.duration_since(at0).as_secs_f64(),
+            latency_us: percentiles(lat),
+            compute_us: percentiles(compute),
+            misses: m1 - m0,
+            published: p1 - p0,
+            mallocs: a1 - a0,
+        });
+        node.stop();
+    }
+    Ok(ControlReport {
+        skill: label,
+        rows,
+        peak_rss_mib: peak_rss_mib(),
+        transport: backend,
+        rt_priority,
+    })
+}
+
+impl fmt::Display for ControlReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sched = if self.rt_priority > 0 {
+            format!("SCHED_FIFO {}", self.rt_priority)
+        } else {
+            "normal scheduling".into()
+        };
+        writeln!(
+            f,
+            "skill {} over {}; control thread: {sched}",
+            self.skill, self.transport
+        )?;
+        writeln!(
+            f,
+            "| rate (Hz) | ticks | achieved (Hz) | latency p50 / p99 / max (µs) | compute p50 / p99 / max (µs) | deadline misses | actions published | control-thread mallocs |"
+        )?;
+        writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        let triple = |t: Option<(f64, f64, f64)>| match t {
+            Some((a, b, c)) => format!("{a:.1} / {b:.1} / {c:.1}"),
+            None => "n/a".into(),
+        };
+        for r in &self.rows {
+            writeln!(
+                f,
+                "| {} | {} | {:.1} | {} | {} | {} | {} | {} |",
+                r.rate_hz,
+                r.ticks,
+                r.achieved_hz,
+                triple(r.latency_us),
+                triple(r.compute_us),
+                r.misses,
+                r.published,
+                r.mallocs
+            )?;
+        }
+        match self.peak_rss_mib {
+            Some(m) => writeln!(f, "peak RSS of the process (node and feeder): {m:.1} MiB"),
+            None => writeln!(f, "peak RSS: not available (no /proc/self/status)"),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use triple_buffer::{Input, Output, triple_buffer};
 use crate::ros::cdr::{self, CdrError};
 use crate::ros::msg::*;
 use crate::ros::schema::{self, Selector};
-use crate::skill::manifest::ObservationInput;
+use crate::skill::manifest::{ActionOutput, ObservationInput};
 
 /// Why a message gave no observation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,15 +103,22 @@ impl AnyMessage {
 
     /// The message as CDR.
     pub fn encode(&self) -> Result<Vec<u8>, CdrError> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the message as CDR to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), CdrError> {
         match self {
-            AnyMessage::F32Array(m) => cdr::encode(m),
-            AnyMessage::F64Array(m) => cdr::encode(m),
-            AnyMessage::JointState(m) => cdr::encode(m),
-            AnyMessage::Imu(m) => cdr::encode(m),
-            AnyMessage::Twist(m) => cdr::encode(m),
-            AnyMessage::Vector3(m) => cdr::encode(m),
-            AnyMessage::Point(m) => cdr::encode(m),
-            AnyMessage::JointTrajectory(m) => cdr::encode(m),
+            AnyMessage::F32Array(m) => cdr::encode_into(m, out),
+            AnyMessage::F64Array(m) => cdr::encode_into(m, out),
+            AnyMessage::JointState(m) => cdr::encode_into(m, out),
+            AnyMessage::Imu(m) => cdr::encode_into(m, out),
+            AnyMessage::Twist(m) => cdr::encode_into(m, out),
+            AnyMessage::Vector3(m) => cdr::encode_into(m, out),
+            AnyMessage::Point(m) => cdr::encode_into(m, out),
+            AnyMessage::JointTrajectory(m) => cdr::encode_into(m, out),
         }
     }
 
@@ -198,9 +205,17 @@ pub struct Extractor {
 impl Extractor {
     /// The extractor for a (validated) manifest input.
     pub fn new(input: &ObservationInput) -> Extractor {
-        let schema = schema::schema(&input.msg_type).expect("validated manifests name known types");
-        let selectors: Vec<Selector> = input
-            .fields
+        Extractor::from_fields(&input.msg_type, &input.fields, &input.joints)
+    }
+
+    /// The field map of a (validated) manifest action, to compose action messages.
+    pub fn for_action(action: &ActionOutput) -> Extractor {
+        Extractor::from_fields(&action.msg_type, &action.fields, &action.joints)
+    }
+
+    fn from_fields(msg_type: &str, fields: &[String], joints: &[String]) -> Extractor {
+        let schema = schema::schema(msg_type).expect("validated manifests name known types");
+        let selectors: Vec<Selector> = fields
             .iter()
             .map(|f| {
                 schema
@@ -208,11 +223,11 @@ impl Extractor {
                     .expect("validated manifests have valid selectors")
             })
             .collect();
-        let width = selectors.iter().map(|s| s.width(input.joints.len())).sum();
+        let width = selectors.iter().map(|s| s.width(joints.len())).sum();
         Extractor {
             type_name: schema.name.to_string(),
             selectors,
-            joints: input.joints.clone(),
+            joints: joints.to_vec(),
             width,
         }
     }
@@ -245,6 +260,11 @@ impl Extractor {
                 name: self.joints.clone(),
                 ..Default::default()
             }),
+            JointTrajectory::TYPE => AnyMessage::JointTrajectory(JointTrajectory {
+                joint_names: self.joints.clone(),
+                points: vec![JointTrajectoryPoint::default()],
+                ..Default::default()
+            }),
             Imu::TYPE => AnyMessage::Imu(Imu::default()),
             Twist::TYPE => AnyMessage::Twist(Twist::default()),
             Vector3::TYPE => AnyMessage::Vector3(Vector3::default()),
@@ -269,12 +289,24 @@ impl Extractor {
                 }
                 Selector::PerJoint(field) => {
                     let n = self.joints.len();
-                    if let AnyMessage::JointState(m) = &mut msg {
-                        let target = match field.as_str() {
+                    let target = match &mut msg {
+                        AnyMessage::JointState(m) => Some(match field.as_str() {
                             "position" => &mut m.position,
                             "velocity" => &mut m.velocity,
                             _ => &mut m.effort,
-                        };
+                        }),
+                        AnyMessage::JointTrajectory(m) => {
+                            let p = &mut m.points[0];
+                            Some(match field.as_str() {
+                                "positions" => &mut p.positions,
+                                "velocities" => &mut p.velocities,
+                                "accelerations" => &mut p.accelerations,
+                                _ => &mut p.effort,
+                            })
+                        }
+                        _ => None,
+                    };
+                    if let Some(target) = target {
                         target.extend_from_slice(&values[k..k + n]);
                     }
                     k += n;

@@ -24,8 +24,8 @@ use serde::{Deserializer, Serialize, Serializer};
 
 use super::cdr::CDR_LE;
 use super::transport::{
-    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, ros_now,
-    split_type,
+    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all,
+    ros_now, split_type,
 };
 
 /// Completes (with `Canceled`) for every waiter once the transport's stop sender is dropped.
@@ -159,8 +159,19 @@ impl DdsTransport {
         })
     }
 
-    fn topic(
+    fn with_node<R>(
         &self,
+        f: impl FnOnce(&mut Node) -> Result<R, TransportError>,
+    ) -> Result<R, TransportError> {
+        let mut g = self
+            .node
+            .lock()
+            .map_err(|_| TransportError("the node lock is poisoned".into()))?;
+        f(g.as_mut()
+            .ok_or_else(|| TransportError("the node has shut down".into()))?)
+    }
+
+    fn topic(
         node: &Node,
         topic: &str,
         type_name: &str,
@@ -185,14 +196,7 @@ impl Drop for DdsTransport {
         if let Ok(mut stop) = self.stop.lock() {
             stop.take();
         }
-        for t in self
-            .threads
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-        {
-            let _ = t.join();
-        }
+        join_all(&self.threads);
     }
 }
 
@@ -239,17 +243,11 @@ impl Transport for DdsTransport {
         type_name: &str,
         qos: Qos,
     ) -> Result<Box<dyn RawPublisher>, TransportError> {
-        let mut guard = self
-            .node
-            .lock()
-            .map_err(|_| TransportError("the node lock is poisoned".into()))?;
-        let node = guard
-            .as_mut()
-            .ok_or_else(|| TransportError("the node has shut down".into()))?;
-        let t = self.topic(node, topic, type_name, qos)?;
-        let publisher = node
-            .create_publisher::<RawBody>(&t, Some(qos_profile(qos)))
-            .map_err(|e| TransportError(format!("cannot publish on {topic}: {e:?}")))?;
+        let publisher = self.with_node(|node| {
+            let t = Self::topic(node, topic, type_name, qos)?;
+            node.create_publisher::<RawBody>(&t, Some(qos_profile(qos)))
+                .map_err(|e| TransportError(format!("cannot publish on {topic}: {e:?}")))
+        })?;
         Ok(Box::new(DdsPublisher { publisher }))
     }
 
@@ -260,17 +258,11 @@ impl Transport for DdsTransport {
         qos: Qos,
         mut sink: SampleSink,
     ) -> Result<(), TransportError> {
-        let mut guard = self
-            .node
-            .lock()
-            .map_err(|_| TransportError("the node lock is poisoned".into()))?;
-        let node = guard
-            .as_mut()
-            .ok_or_else(|| TransportError("the node has shut down".into()))?;
-        let t = self.topic(node, topic, type_name, qos)?;
-        let subscription = node
-            .create_subscription::<RawBody>(&t, Some(qos_profile(qos)))
-            .map_err(|e| TransportError(format!("cannot subscribe to {topic}: {e:?}")))?;
+        let subscription = self.with_node(|node| {
+            let t = Self::topic(node, topic, type_name, qos)?;
+            node.create_subscription::<RawBody>(&t, Some(qos_profile(qos)))
+                .map_err(|e| TransportError(format!("cannot subscribe to {topic}: {e:?}")))
+        })?;
         let stopped = self.stopped.clone();
         let topic_name = topic.to_string();
         let handle = std::thread::Builder::new()

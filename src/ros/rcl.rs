@@ -17,8 +17,8 @@ use futures::StreamExt;
 use r2r::{Context, Node, PublisherUntyped, QosProfile};
 
 use super::transport::{
-    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, ros_now,
-    split_type,
+    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all,
+    ros_now, split_type,
 };
 
 fn qos_profile(q: Qos) -> QosProfile {
@@ -98,14 +98,7 @@ impl Drop for RclTransport {
         if let Ok(mut g) = self.node.lock() {
             g.take();
         }
-        for t in self
-            .threads
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-        {
-            let _ = t.join();
-        }
+        join_all(&self.threads);
     }
 }
 

@@ -110,6 +110,17 @@ pub fn ros_now() -> Time {
     )
 }
 
+/// Joins every thread in the list: a transport's spin and subscription threads, once stopped.
+pub(crate) fn join_all(threads: &std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>) {
+    let handles = threads
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    for t in handles {
+        let _ = t.join();
+    }
+}
+
 /// `pkg/msg/Name` split into package and name.
 pub fn split_type(type_name: &str) -> Result<(&str, &str), TransportError> {
     match type_name.split('/').collect::<Vec<_>>().as_slice() {

@@ -8,5 +8,6 @@ pub mod alloc;
 pub mod bench;
 pub mod control;
 pub mod model;
+pub mod record;
 pub mod ros;
 pub mod skill;

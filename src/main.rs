@@ -71,9 +71,62 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ros_args: Vec<String>,
     },
+    /// Run a recorder-only node (no policy): episodes are started and stopped on ~/demo/control.
+    Record {
+        /// The skill the demonstrations are for.
+        skill: PathBuf,
+        /// ROS 2 parameter file(s).
+        #[arg(long = "params-file")]
+        params_file: Vec<PathBuf>,
+        /// `--ros-args ...`, as for `run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ros_args: Vec<String>,
+    },
+    /// Look at, export and recover recorded episodes.
+    #[command(subcommand)]
+    Episodes(EpisodesCommand),
     /// Benchmarks that print a table of medians and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum EpisodesCommand {
+    /// The episodes in a folder: status, label, duration, messages.
+    List {
+        /// Folder of episode files.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One episode: metadata, topics with counts and rates, drops, and samples for its skill.
+    Show {
+        /// The episode file.
+        file: PathBuf,
+        /// The skill to pair it for (default: the skill folder it was recorded with, if present).
+        #[arg(long)]
+        skill: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The episode's training samples as CSV (robot units), for a quick look.
+    Export {
+        /// The episode file.
+        file: PathBuf,
+        /// Write CSV (the only format).
+        #[arg(long, required = true)]
+        csv: bool,
+        /// The skill to pair it for (default: the skill folder it was recorded with).
+        #[arg(long)]
+        skill: Option<PathBuf>,
+    },
+    /// Rewrites every unfinished `.mcap.part` in a folder from its complete chunks.
+    Recover {
+        /// Folder of episode files.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,7 +194,7 @@ enum SkillCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ros_level = match &cli.command {
-        Command::Run { ros_args, .. } => ros_args
+        Command::Run { ros_args, .. } | Command::Record { ros_args, .. } => ros_args
             .iter()
             .skip_while(|a| *a != "--log-level")
             .nth(1)
@@ -247,18 +300,13 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             skill,
             params_file,
             ros_args,
-        } => {
-            let (node, summary) = skillgraft::control::launch(&skill, &params_file, &ros_args)?;
-            eprintln!("skillgraft: {summary}; Ctrl-C to stop");
-            let (tx, rx) = std::sync::mpsc::channel();
-            ctrlc::set_handler(move || {
-                let _ = tx.send(());
-            })?;
-            let _ = rx.recv();
-            eprintln!("skillgraft: stopping");
-            node.stop();
-            Ok(())
-        }
+        } => serve(&skill, &params_file, &ros_args, true),
+        Command::Record {
+            skill,
+            params_file,
+            ros_args,
+        } => serve(&skill, &params_file, &ros_args, false),
+        Command::Episodes(cmd) => episodes(cmd),
         #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::Control {
             skill,
@@ -282,6 +330,119 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             print(&report, json)
         }
     }
+}
+
+/// Runs the node until Ctrl-C or SIGTERM.
+fn serve(
+    skill: &std::path::Path,
+    params_file: &[PathBuf],
+    ros_args: &[String],
+    policy: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (node, summary) = skillgraft::control::launch(skill, params_file, ros_args, policy)?;
+    eprintln!("skillgraft: {summary}; Ctrl-C to stop");
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    let _ = rx.recv();
+    eprintln!("skillgraft: stopping");
+    node.stop();
+    Ok(())
+}
+
+/// The skill an episode is paired for: the one given, or the folder it was recorded with.
+fn episode_skill(
+    file: &std::path::Path,
+    skill: Option<PathBuf>,
+) -> Result<Option<skillgraft::skill::manifest::Manifest>, Box<dyn std::error::Error>> {
+    let dir = match skill {
+        Some(d) => Some(d),
+        None => {
+            let f = skillgraft::record::episode::read(file)?;
+            f.metadata
+                .get("skill_dir")
+                .map(PathBuf::from)
+                .filter(|d| d.join(skill::MANIFEST_FILE).is_file())
+        }
+    };
+    Ok(match dir {
+        Some(d) => Some(Skill::load(&d)?.manifest),
+        None => None,
+    })
+}
+
+fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::record::{dataset, episode, summary};
+    match cmd {
+        EpisodesCommand::List { dir, json } => {
+            let rows = summary::list(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no episodes in {}", dir.display());
+            } else {
+                print!("{}", summary::table(&rows));
+            }
+        }
+        EpisodesCommand::Show { file, skill, json } => {
+            let m = episode_skill(&file, skill)?;
+            print(&summary::summarise(&file, m.as_ref())?, json)?;
+        }
+        EpisodesCommand::Export {
+            file,
+            csv: _,
+            skill,
+        } => {
+            let m = episode_skill(&file, skill)?.ok_or(
+                "this episode names no skill folder that exists here; give one with --skill DIR",
+            )?;
+            let ep = dataset::load_episode(&file, &m)?;
+            let mut out = String::from("t");
+            let labels = m
+                .input_labels()
+                .into_iter()
+                .chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
+            for l in labels {
+                out.push(',');
+                out.push_str(&l.replace(',', ";"));
+            }
+            out.push('\n');
+            for s in &ep.samples {
+                out.push_str(&format!("{:.6}", s.t));
+                for v in s.raw_observation.iter().chain(&s.raw_action) {
+                    out.push_str(&format!(",{v}"));
+                }
+                out.push('\n');
+            }
+            print!("{out}");
+            eprintln!(
+                "{} samples ({} actions dropped for a stale observation)",
+                ep.samples.len(),
+                ep.stale
+            );
+        }
+        EpisodesCommand::Recover { dir } => {
+            let parts: Vec<PathBuf> = episode::list(&dir)?
+                .into_iter()
+                .filter(|p| p.to_string_lossy().ends_with(episode::PART_SUFFIX))
+                .collect();
+            if parts.is_empty() {
+                println!("no unfinished episodes in {}", dir.display());
+            }
+            for p in parts {
+                let r = episode::recover(&p)?;
+                println!(
+                    "recovered {} -> {}: kept {} messages, dropped {} bytes of the unfinished last chunk",
+                    r.from.display(),
+                    r.to.display(),
+                    r.messages,
+                    r.dropped_bytes
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print<T: serde::Serialize + std::fmt::Display>(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::observer::{EXTRACT_KINDS, InputStats};
 use super::safety::{Counters, INTERVENTIONS};
+use crate::record::Tap;
 use crate::ros::msg::{DiagnosticStatus, KeyValue};
 
 /// Tick latencies (ns from the deadline to the action handed to the publisher), newest last.
@@ -86,6 +87,8 @@ pub struct NodeStats {
     pub swaps: AtomicU64,
     /// System-allocator calls the control thread has made (see `alloc::thread_system_calls`).
     pub control_malloc_calls: AtomicU64,
+    /// Ticks the policy was silent because a demonstration was being recorded.
+    pub muted_ticks: AtomicU64,
 }
 
 impl NodeStats {
@@ -104,6 +107,7 @@ impl NodeStats {
             estop_rejected: AtomicU64::new(0),
             swaps: AtomicU64::new(0),
             control_malloc_calls: AtomicU64::new(0),
+            muted_ticks: AtomicU64::new(0),
         }
     }
 }
@@ -124,6 +128,7 @@ pub struct Report {
 /// Turns counters into periodic reports (keeps the previous values to report differences).
 pub struct Reporter {
     stats: Arc<NodeStats>,
+    recorder: Option<Arc<Tap>>,
     last_at: Instant,
     last_ticks: u64,
     last_misses: u64,
@@ -133,9 +138,10 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter starting now.
-    pub fn new(stats: Arc<NodeStats>) -> Reporter {
+    /// A reporter starting now; `recorder` adds the recorder's state.
+    pub fn new(stats: Arc<NodeStats>, recorder: Option<Arc<Tap>>) -> Reporter {
         Reporter {
+            recorder,
             last_at: Instant::now(),
             last_ticks: 0,
             last_misses: 0,
@@ -236,6 +242,25 @@ impl Reporter {
             s.estop_rejected.load(Ordering::Relaxed),
         ));
         values.push(kv("skill_swaps", s.swaps.load(Ordering::Relaxed)));
+        values.push(kv("muted_ticks", s.muted_ticks.load(Ordering::Relaxed)));
+        let mut recorder_failed = None;
+        if let Some(tap) = &self.recorder
+            && let Ok(st) = tap.status.lock()
+        {
+            values.push(kv("recorder.state", &st.state));
+            values.push(kv(
+                "recorder.episode",
+                st.episode.clone().unwrap_or_default(),
+            ));
+            values.push(kv(
+                "recorder.dropped_total",
+                tap.dropped.load(Ordering::Relaxed),
+            ));
+            values.push(kv("recorder.episodes_written", st.episodes_written));
+            if st.state == "failed" {
+                recorder_failed = st.error.clone();
+            }
+        }
         let mallocs = s.control_malloc_calls.load(Ordering::Relaxed);
         values.push(kv(
             "control_thread_malloc_calls",
@@ -246,7 +271,12 @@ impl Reporter {
             },
         ));
         let [stale, estop, non_finite, failure, ..] = r.interventions;
-        let (level, message) = if failure > 0 {
+        let (level, message) = if let Some(e) = recorder_failed {
+            (
+                DiagnosticStatus::ERROR,
+                format!("episode recording failed: {e}"),
+            )
+        } else if failure > 0 {
             (
                 DiagnosticStatus::ERROR,
                 format!("inference failed {failure} times; publishing the safe action"),

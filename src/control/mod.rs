@@ -9,6 +9,7 @@ pub mod diagnostics;
 pub mod observer;
 pub mod safety;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
@@ -17,12 +18,14 @@ use std::time::{Duration, Instant};
 use triple_buffer::{Input, Output, triple_buffer};
 
 use crate::model::plan::ControlPlan;
+use crate::record::episode::ChannelSpec;
+use crate::record::{Recorder, RecorderConfig, Tap};
 use crate::ros::args::{ArgsError, RosArgs};
 use crate::ros::cdr;
-use crate::ros::msg::{Bool, DiagnosticArray, Header, RosMessage};
+use crate::ros::msg::{Bool, DiagnosticArray, Header, RosMessage, StringMsg};
 use crate::ros::transport::{Qos, RawPublisher, Transport, TransportError};
 use crate::skill::Skill;
-use crate::skill::manifest::Manifest;
+use crate::skill::manifest::{Manifest, Normaliser};
 use actuator::ActionEncoder;
 use diagnostics::{NodeStats, Reporter};
 use observer::Assembler;
@@ -49,6 +52,20 @@ pub struct NodeConfig {
     pub hardware_id: String,
     /// SCHED_FIFO priority of the control thread (0: normal scheduling).
     pub rt_priority: i32,
+    /// Whether the policy runs (false: a recorder-only node, `skillgraft record`).
+    pub policy: bool,
+    /// Folder of episode files.
+    pub episodes_dir: std::path::PathBuf,
+    /// Resolved topic of the demonstration actions (default: the action topic).
+    pub demo_action_topic: String,
+    /// Resolved episode control topic (`~/demo/control`).
+    pub demo_control_topic: String,
+    /// Resolved recorder status topic (`~/demo/status`).
+    pub demo_status_topic: String,
+    /// How often an episode's chunk is ended and synced.
+    pub record_chunk: Duration,
+    /// Messages the recorder queue holds before it drops.
+    pub record_queue: usize,
 }
 
 /// Parameters the node reads, with their meaning; anything else is refused.
@@ -83,6 +100,22 @@ pub const PARAMETERS: &[(&str, &str)] = &[
     (
         "rt_priority",
         "integer: SCHED_FIFO priority (1-99) of the control thread; 0 keeps normal scheduling (default)",
+    ),
+    (
+        "episodes_dir",
+        "string: folder of episode files (default \"episodes\")",
+    ),
+    (
+        "demo_action_topic",
+        "string: topic of the demonstrated actions (default: the skill's action topic)",
+    ),
+    (
+        "record_chunk_s",
+        "double: seconds between synced chunks of an episode file (default 1.0)",
+    ),
+    (
+        "record_queue",
+        "integer: messages the recorder queue holds before it drops (default 65536)",
     ),
     (
         "use_sim_time",
@@ -182,6 +215,30 @@ impl NodeConfig {
                     )));
                 }
             },
+            policy: true,
+            episodes_dir: args
+                .get::<String>("episodes_dir")?
+                .unwrap_or_else(|| "episodes".into())
+                .into(),
+            demo_action_topic: topic(
+                &args
+                    .get::<String>("demo_action_topic")?
+                    .unwrap_or_else(|| a.topic.clone()),
+            )?,
+            demo_control_topic: topic("~/demo/control")?,
+            demo_status_topic: topic("~/demo/status")?,
+            record_chunk: Duration::from_secs_f64(positive(
+                "record_chunk_s",
+                args.get::<f64>("record_chunk_s")?.unwrap_or(1.0),
+            )?),
+            record_queue: match args.get::<i64>("record_queue")?.unwrap_or(65536) {
+                q @ 16..=10_000_000 => q as usize,
+                q => {
+                    return Err(ArgsError(format!(
+                        "parameter `record_queue` is {q}; give 16 to 10000000 messages"
+                    )));
+                }
+            },
         })
     }
 }
@@ -203,21 +260,13 @@ pub enum NodeError {
 /// The skill the control thread runs: its plan and the numbers around it.
 struct ActiveSkill {
     plan: ControlPlan,
-    in_mean: Vec<f32>,
-    in_inv_std: Vec<f32>,
-    out_mean: Vec<f64>,
-    out_std: Vec<f64>,
+    norm: Normaliser,
 }
 
 impl ActiveSkill {
     fn new(skill: Skill) -> Box<ActiveSkill> {
-        let (mean, std) = skill.manifest.input_normalisation();
-        let a = &skill.manifest.action;
         Box::new(ActiveSkill {
-            in_mean: mean.iter().map(|&v| v as f32).collect(),
-            in_inv_std: std.iter().map(|&v| (1.0 / v) as f32).collect(),
-            out_mean: a.mean.clone(),
-            out_std: a.std.clone(),
+            norm: skill.manifest.normaliser(),
             plan: skill.model.control,
         })
     }
@@ -268,11 +317,13 @@ pub struct RunningNode {
     swap: Arc<Mutex<SwapSlot>>,
     manifest: Manifest,
     skill_label: Arc<Mutex<String>>,
+    recorder: Option<Recorder>,
     _transport: Arc<dyn Transport>,
 }
 
 impl RunningNode {
-    /// Subscribes, advertises and starts the control, publisher and diagnostics threads.
+    /// Subscribes, advertises and starts the recorder and the control, publisher and
+    /// diagnostics threads (control and publisher only when `cfg.policy`).
     pub fn start(
         skill: Skill,
         cfg: NodeConfig,
@@ -290,19 +341,87 @@ impl RunningNode {
             .map(|(w, t)| (t.clone(), w.stats.clone()))
             .collect();
         let stats = Arc::new(NodeStats::new(inputs, interventions.clone()));
-        for ((mut writer, topic), input) in writers
+
+        let mut channels: Vec<ChannelSpec> = cfg
+            .observation_topics
+            .iter()
+            .zip(&manifest.observations)
+            .enumerate()
+            .map(|(i, (topic, o))| ChannelSpec {
+                topic: topic.clone(),
+                type_name: crate::ros::schema::full_type_name(&o.msg_type),
+                role: format!("observation.{i}"),
+            })
+            .collect();
+        let action_type = crate::ros::schema::full_type_name(&manifest.action.msg_type);
+        channels.push(ChannelSpec {
+            topic: cfg.demo_action_topic.clone(),
+            type_name: action_type.clone(),
+            role: "action".into(),
+        });
+        let mut metadata = BTreeMap::new();
+        metadata.insert("skill".to_string(), manifest.name.clone());
+        metadata.insert("skill_version".to_string(), manifest.version.to_string());
+        metadata.insert("skill_digest".to_string(), skill.digest.clone());
+        metadata.insert("skill_dir".to_string(), skill.dir.display().to_string());
+        metadata.insert("robot".to_string(), cfg.hardware_id.clone());
+        metadata.insert("node".to_string(), fqn(transport.identity()));
+        metadata.insert("rate_hz".to_string(), cfg.rate_hz.to_string());
+        let status = transport.publisher(&cfg.demo_status_topic, StringMsg::TYPE, Qos::LATCHED)?;
+        let recorder = Recorder::start(
+            RecorderConfig {
+                dir: cfg.episodes_dir.clone(),
+                channels,
+                chunk_period: cfg.record_chunk,
+                queue: cfg.record_queue,
+                metadata,
+            },
+            status,
+        )
+        .map_err(|e| NodeError::Thread("skillgraft-record", e))?;
+        let tap = recorder.tap.clone();
+
+        let n_inputs = manifest.observations.len();
+        for (i, ((mut writer, topic), input)) in writers
             .into_iter()
             .zip(&cfg.observation_topics)
             .zip(&manifest.observations)
+            .enumerate()
         {
             let type_name = crate::ros::schema::full_type_name(&input.msg_type);
+            let tap = tap.clone();
             transport.subscribe(
                 topic,
                 &type_name,
                 Qos::SENSOR_DATA,
                 Box::new(move |s| {
                     let _ = writer.on_message(&s.cdr, s.arrived);
+                    tap.offer(i, s);
                 }),
+            )?;
+        }
+        {
+            let tap = tap.clone();
+            transport.subscribe(
+                &cfg.demo_action_topic,
+                &action_type,
+                Qos::SENSOR_DATA,
+                Box::new(move |s| tap.offer(n_inputs, s)),
+            )?;
+        }
+        {
+            let tap = tap.clone();
+            let topic = cfg.demo_control_topic.clone();
+            transport.subscribe(
+                &cfg.demo_control_topic,
+                StringMsg::TYPE,
+                Qos::RELIABLE,
+                Box::new(
+                    move |s| match cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE) {
+                        Ok(m) => tap.command(&m.data),
+                        Err(e) => tracing::warn!(topic = %topic, "episode command rejected: {e}"),
+                    },
+                ),
             )?;
         }
         let estop = Arc::new(EStop {
@@ -329,34 +448,33 @@ impl RunningNode {
                 }
             }))?;
         }
-        let period_s = 1.0 / cfg.rate_hz;
-        let encoder = ActionEncoder::new(&manifest.action, period_s);
-        let publisher =
-            transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
         let diagnostics =
             transport.publisher("/diagnostics", DiagnosticArray::TYPE, Qos::RELIABLE)?;
-        let width = manifest.action_width();
-        let (action_in, action_out) = triple_buffer(&ActionFrame {
-            values: vec![0.0; width],
-            seq: 0,
-        });
         let stop = Arc::new(AtomicBool::new(false));
         let swap = Arc::new(Mutex::new(SwapSlot::default()));
         let skill_label = Arc::new(Mutex::new(label));
         let mut threads = Vec::new();
 
-        let publisher_thread = {
-            let (stop, stats, transport) = (stop.clone(), stats.clone(), transport.clone());
-            spawn("skillgraft-publish", move || {
-                publish_loop(action_out, encoder, publisher, &*transport, &stats, &stop)
-            })?
-        };
-        let publisher_handle = publisher_thread.thread().clone();
-        threads.push(publisher_thread);
-        {
+        if cfg.policy {
+            let period_s = 1.0 / cfg.rate_hz;
+            let encoder = ActionEncoder::new(&manifest.action, period_s);
+            let publisher =
+                transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
+            let (action_in, action_out) = triple_buffer(&ActionFrame {
+                values: vec![0.0; manifest.action_width()],
+                seq: 0,
+            });
+            let publisher_thread = {
+                let (stop, stats, transport) = (stop.clone(), stats.clone(), transport.clone());
+                spawn("skillgraft-publish", move || {
+                    publish_loop(action_out, encoder, publisher, &*transport, &stats, &stop)
+                })?
+            };
+            let publisher_handle = publisher_thread.thread().clone();
+            threads.push(publisher_thread);
             let filter = SafetyFilter::new(cfg.safety.clone(), interventions);
             let active = ActiveSkill::new(skill);
-            let (stop, stats, swap) = (stop.clone(), stats.clone(), swap.clone());
+            let (stop, stats, swap, tap) = (stop.clone(), stats.clone(), swap.clone(), tap.clone());
             let period = Duration::from_secs_f64(period_s);
             let rt_priority = cfg.rt_priority;
             threads.push(spawn("skillgraft-control", move || {
@@ -366,6 +484,7 @@ impl RunningNode {
                     assembler,
                     filter,
                     estop,
+                    tap,
                     action: action_in,
                     publisher: publisher_handle,
                     stats,
@@ -377,11 +496,12 @@ impl RunningNode {
             })?);
         }
         {
-            let (stop, stats, transport, label) = (
+            let (stop, stats, transport, label, tap) = (
                 stop.clone(),
                 stats.clone(),
                 transport.clone(),
                 skill_label.clone(),
+                tap,
             );
             let name = fqn(transport.identity());
             let (period, hardware_id) = (cfg.diagnostics_period, cfg.hardware_id.clone());
@@ -389,7 +509,7 @@ impl RunningNode {
                 diagnostics_loop(
                     diagnostics,
                     &*transport,
-                    Reporter::new(stats),
+                    Reporter::new(stats, Some(tap)),
                     &name,
                     &hardware_id,
                     &label,
@@ -405,8 +525,16 @@ impl RunningNode {
             swap,
             manifest,
             skill_label,
+            recorder: Some(recorder),
             _transport: transport,
         })
+    }
+
+    /// The recorder's state.
+    pub fn recorder_status(&self) -> Option<crate::record::Status> {
+        self.recorder
+            .as_ref()
+            .and_then(|r| r.tap.status.lock().ok().map(|s| s.clone()))
     }
 
     /// Hands a new skill to the control thread, which swaps it in between two ticks and blends
@@ -450,12 +578,15 @@ impl RunningNode {
         Ok(())
     }
 
-    /// Stops every thread and waits for them.
+    /// Stops every thread and waits for them; an episode being recorded is finished and kept.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             t.thread().unpark();
             let _ = t.join();
+        }
+        if let Some(r) = self.recorder.take() {
+            r.stop();
         }
     }
 }
@@ -503,6 +634,7 @@ struct ControlThread {
     assembler: Assembler,
     filter: SafetyFilter,
     estop: Arc<EStop>,
+    tap: Arc<Tap>,
     action: Input<ActionFrame>,
     publisher: Thread,
     stats: Arc<NodeStats>,
@@ -517,7 +649,7 @@ impl ControlThread {
     fn run(&mut self, period: Duration, stop: &AtomicBool) {
         let width = self.assembler.width();
         let mut input = vec![0.0f32; width];
-        let mut raw = vec![0.0f32; self.active.out_mean.len()];
+        let mut raw = vec![0.0f32; self.active.norm.action_width()];
         let mut proposal = vec![0.0f64; raw.len()];
         let start = Instant::now();
         let mut k: u32 = 0;
@@ -562,23 +694,23 @@ impl ControlThread {
         }
         let now = Instant::now();
         let frame = self.action.input_buffer_mut();
-        let publish = if self.estop.engaged(self.epoch, now) {
+        let publish = if self.tap.muted() {
+            // A demonstration: the person drives the robot, the policy stays silent.
+            let _ = self.assembler.tick(now);
+            self.filter.mute();
+            self.stats.muted_ticks.fetch_add(1, Ordering::Relaxed);
+            false
+        } else if self.estop.engaged(self.epoch, now) {
             self.filter.safe(Intervention::EStop, &mut frame.values)
         } else {
             match self.assembler.tick(now) {
                 Err(_) => self.filter.safe(Intervention::Stale, &mut frame.values),
                 Ok(obs) => {
-                    let s = &self.active;
-                    for (i, x) in input.iter_mut().enumerate() {
-                        *x = (obs[i] - s.in_mean[i]) * s.in_inv_std[i];
-                    }
+                    self.active.norm.input(obs, input);
                     match self.active.plan.step(input, raw) {
                         Err(_) => self.filter.safe(Intervention::Failure, &mut frame.values),
                         Ok(()) => {
-                            let s = &self.active;
-                            for (i, p) in proposal.iter_mut().enumerate() {
-                                *p = raw[i] as f64 * s.out_std[i] + s.out_mean[i];
-                            }
+                            self.active.norm.action_to_robot(raw, proposal);
                             self.filter.filter(proposal, &mut frame.values)
                         }
                     }
@@ -696,16 +828,18 @@ impl From<TransportError> for LaunchError {
     }
 }
 
-/// Loads a skill, applies the ROS arguments and starts the node; returns it and a line that
-/// says what runs where.
+/// Loads a skill, applies the ROS arguments and starts the node (with the policy running, or a
+/// recorder only); returns it and a line that says what runs where.
 pub fn launch(
     skill: &std::path::Path,
     params_files: &[std::path::PathBuf],
     ros_args: &[String],
+    policy: bool,
 ) -> Result<(RunningNode, String), LaunchError> {
     let args = RosArgs::parse(ros_args, params_files, "skillgraft")?;
     let skill = Skill::load(skill)?;
-    let cfg = NodeConfig::new(&skill.manifest, &args)?;
+    let mut cfg = NodeConfig::new(&skill.manifest, &args)?;
+    cfg.policy = policy;
     let identity = crate::ros::transport::NodeIdentity {
         name: args.node.clone(),
         namespace: args.namespace.clone(),
@@ -714,15 +848,26 @@ pub fn launch(
         identity,
         crate::ros::args::domain_id()?,
     )?);
+    let what = if policy {
+        format!(
+            "runs skill {} {} at {} Hz",
+            skill.manifest.name, skill.manifest.version, cfg.rate_hz
+        )
+    } else {
+        format!(
+            "records demonstrations for skill {} {}",
+            skill.manifest.name, skill.manifest.version
+        )
+    };
     let summary = format!(
-        "node {} runs skill {} {} at {} Hz over {}: {} -> {}",
+        "node {} {what} over {}: {} -> {}; episodes: {} into {} ({})",
         args.fully_qualified_name(),
-        skill.manifest.name,
-        skill.manifest.version,
-        cfg.rate_hz,
         transport.backend(),
         cfg.observation_topics.join(", "),
-        cfg.action_topic
+        cfg.action_topic,
+        cfg.demo_control_topic,
+        cfg.episodes_dir.display(),
+        cfg.demo_action_topic
     );
     let node = RunningNode::start(skill, cfg, transport)?;
     Ok((node, summary))

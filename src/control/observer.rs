@@ -495,6 +495,7 @@ pub struct Assembler {
     frame_width: usize,
     history: usize,
     frames: Vec<f32>,
+    peeked: Vec<f32>,
     filled: usize,
 }
 
@@ -509,6 +510,28 @@ impl Assembler {
         self.readers
             .iter_mut()
             .map(move |r| r.read().arrived.map(|t| now.saturating_duration_since(t)))
+    }
+
+    /// The stacked input as a tick at `now` would see it, without committing a frame: the last
+    /// `history - 1` ticks' frames and every input's latest values at `now`. Pairs a
+    /// demonstration action with the observation current when it arrived.
+    pub fn peek(&mut self, now: Instant) -> Result<&[f32], NotReady> {
+        let w = self.frame_width;
+        let newest = self.frames.len() - w;
+        for (i, r) in self.readers.iter_mut().enumerate() {
+            let reading = r.read();
+            let age = reading.arrived.map(|t| now.saturating_duration_since(t));
+            if age.is_none_or(|a| a > self.max_age[i]) {
+                return Err(NotReady::Stale { input: i, age });
+            }
+            let at = newest + self.offsets[i];
+            self.peeked[at..at + reading.values.len()].copy_from_slice(&reading.values);
+        }
+        if self.filled + 1 < self.history {
+            return Err(NotReady::Filling);
+        }
+        self.peeked[..newest].copy_from_slice(&self.frames[w..]);
+        Ok(&self.peeked)
     }
 
     /// Reads every input's latest values as the newest frame and returns the stacked input
@@ -572,6 +595,7 @@ pub fn observer(
         frame_width: offset,
         history,
         frames: vec![0.0; offset * history],
+        peeked: vec![0.0; offset * history],
         filled: 0,
     };
     (writers, assembler)
@@ -802,8 +826,19 @@ mod tests {
             "history restarts after a stale input"
         );
         assert_eq!(a.tick(late).unwrap(), &[3.0, 20.0, 3.0, 20.0]);
+        writers[0].on_message(&point(4.0), late).unwrap();
+        assert_eq!(
+            a.peek(late).unwrap(),
+            &[3.0, 20.0, 4.0, 20.0],
+            "peek sees the newest value"
+        );
+        assert_eq!(
+            a.tick(late).unwrap(),
+            &[3.0, 20.0, 4.0, 20.0],
+            "and does not commit it"
+        );
         assert!(writers[0].on_message(&[1, 2, 3, 4, 5], late).is_err());
         assert_eq!(writers[0].stats.rejected[0].load(Ordering::Relaxed), 1);
-        assert_eq!(writers[0].stats.accepted.load(Ordering::Relaxed), 3);
+        assert_eq!(writers[0].stats.accepted.load(Ordering::Relaxed), 4);
     }
 }

@@ -197,6 +197,21 @@ impl SafetyFilter {
         }
     }
 
+    /// The policy is silenced (a person demonstrates): nothing is published. Afterwards a
+    /// velocity-like (`zero`) output blends in from zero; a `hold` output starts afresh from
+    /// the policy, since the robot is no longer where the last held action put it.
+    pub fn mute(&mut self) {
+        self.in_safe = true;
+        self.blend_left = 0;
+        match self.cfg.safe {
+            SafeAction::Zero => {
+                self.last.fill(0.0);
+                self.have_last = true;
+            }
+            SafeAction::Hold => self.have_last = false,
+        }
+    }
+
     /// After a skill swap: the new policy blends in from the last published action.
     pub fn restart_blend(&mut self) {
         if self.have_last && !self.in_safe {
@@ -290,6 +305,26 @@ mod tests {
         assert_eq!(out, [0.3, -0.3]);
         f.filter(&[0.7, 0.7], &mut out);
         assert_eq!(out, [0.5, 0.2], "half way from the held action");
+    }
+
+    #[test]
+    fn after_a_demonstration_zero_blends_from_zero_and_hold_starts_afresh() {
+        let (mut f, c) = filter(SafeAction::Zero, 2);
+        let mut out = [0.0; 2];
+        f.filter(&[0.4, 0.4], &mut out);
+        f.mute();
+        f.filter(&[0.4, 0.4], &mut out);
+        assert_eq!(out, [0.2, 0.2]);
+        assert_eq!(
+            c.0.iter().map(|x| x.load(Ordering::Relaxed)).sum::<u64>(),
+            0,
+            "muting is no intervention"
+        );
+        let (mut f, _) = filter(SafeAction::Hold, 2);
+        f.filter(&[0.4, 0.4], &mut out);
+        f.mute();
+        f.filter(&[-0.6, 0.9], &mut out);
+        assert_eq!(out, [-0.6, 0.9]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cdr;
 #[cfg(feature = "dds")]
 pub mod dds;
 pub mod msg;
+pub mod msg_defs;
 pub mod names;
 #[cfg(feature = "rcl")]
 pub mod rcl;

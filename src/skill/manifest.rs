@@ -143,6 +143,48 @@ pub struct ActionOutput {
     pub safe: SafeAction,
 }
 
+/// Normalisation between the robot's units and the policy's: observations in, actions out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normaliser {
+    in_mean: Vec<f32>,
+    in_inv_std: Vec<f32>,
+    out_mean: Vec<f64>,
+    out_std: Vec<f64>,
+}
+
+impl Normaliser {
+    /// Policy input from the raw stacked observation: `(value - mean) / std`. Allocates nothing.
+    pub fn input(&self, raw: &[f32], out: &mut [f32]) {
+        for (i, (o, &r)) in out.iter_mut().zip(raw).enumerate() {
+            *o = (r - self.in_mean[i]) * self.in_inv_std[i];
+        }
+    }
+
+    /// The robot's action from the policy's output: `raw * std + mean`. Allocates nothing.
+    pub fn action_to_robot(&self, policy: &[f32], out: &mut [f64]) {
+        for (i, (o, &p)) in out.iter_mut().zip(policy).enumerate() {
+            *o = p as f64 * self.out_std[i] + self.out_mean[i];
+        }
+    }
+
+    /// The policy's output for a robot action (what a demonstration teaches the policy).
+    pub fn action_to_policy(&self, robot: &[f64], out: &mut [f32]) {
+        for (i, (o, &r)) in out.iter_mut().zip(robot).enumerate() {
+            *o = ((r - self.out_mean[i]) / self.out_std[i]) as f32;
+        }
+    }
+
+    /// Width of the policy input.
+    pub fn input_width(&self) -> usize {
+        self.in_mean.len()
+    }
+
+    /// Width of the action.
+    pub fn action_width(&self) -> usize {
+        self.out_mean.len()
+    }
+}
+
 /// A manifest problem: which file, which field, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}: `{field}`: {problem}", file.display())]
@@ -263,20 +305,25 @@ impl Manifest {
         self.action_slot().labels(&self.action.joints)
     }
 
-    /// Normalisation of the full policy input (per frame, repeated for each history step).
-    pub fn input_normalisation(&self) -> (Vec<f64>, Vec<f64>) {
-        let mean: Vec<f64> = self
+    /// The skill's normalisation, in the one form the control loop, `step` and the dataset use.
+    pub fn normaliser(&self) -> Normaliser {
+        let mean: Vec<f32> = self
             .observations
             .iter()
-            .flat_map(|o| o.mean.iter().copied())
+            .flat_map(|o| o.mean.iter().map(|&v| v as f32))
             .collect();
-        let std: Vec<f64> = self
+        let inv_std: Vec<f32> = self
             .observations
             .iter()
-            .flat_map(|o| o.std.iter().copied())
+            .flat_map(|o| o.std.iter().map(|&v| (1.0 / v) as f32))
             .collect();
         let h = self.control.history;
-        (mean.repeat(h), std.repeat(h))
+        Normaliser {
+            in_mean: mean.repeat(h),
+            in_inv_std: inv_std.repeat(h),
+            out_mean: self.action.mean.clone(),
+            out_std: self.action.std.clone(),
+        }
     }
 
     fn validate(&self, file: &Path) -> Result<(), ManifestError> {
@@ -676,10 +723,27 @@ safe = "hold"
         assert_eq!(labels[6], "/joint_states:position[shoulder]");
         assert_eq!(labels[11], "/target:y");
         assert_eq!(m.action_labels(), vec!["data[0]", "data[1]"]);
-        let (mean, std) = m.input_normalisation();
-        assert_eq!(mean.len(), 12);
-        assert_eq!(std[4..6], [0.25, 0.25]);
-        assert_eq!(std[10..12], [0.25, 0.25]);
+        let n = m.normaliser();
+        assert_eq!((n.input_width(), n.action_width()), (12, 2));
+        let raw: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut x = vec![0.0; 12];
+        n.input(&raw, &mut x);
+        assert_eq!(
+            x[2..6],
+            [1.0, 1.5, (4.0 - 0.5) / 0.25, 20.0],
+            "velocity std 2; target mean 0.5, std 0.25"
+        );
+        assert_eq!(
+            x[10],
+            (10.0 - 0.5) / 0.25,
+            "the newest frame is normalised like the oldest"
+        );
+        let mut robot = [0.0; 2];
+        n.action_to_robot(&[1.0, -2.0], &mut robot);
+        assert_eq!(robot, [0.5, -1.0]);
+        let mut policy = [0.0f32; 2];
+        n.action_to_policy(&robot, &mut policy);
+        assert_eq!(policy, [1.0, -2.0]);
         assert_eq!(m.action.safe, SafeAction::Hold);
         assert_eq!(m.action.max_delta[1], f64::INFINITY);
     }

@@ -202,20 +202,14 @@ impl Skill {
                 observation[i]
             )));
         }
-        let (mean, std) = self.manifest.input_normalisation();
-        let obs: Vec<f32> = observation
-            .iter()
-            .zip(mean.iter().zip(&std))
-            .map(|(v, (m, s))| ((v - m) / s) as f32)
-            .collect();
+        let norm = self.manifest.normaliser();
+        let raw_obs: Vec<f32> = observation.iter().map(|&v| v as f32).collect();
+        let mut obs = vec![0.0f32; raw_obs.len()];
+        norm.input(&raw_obs, &mut obs);
         let mut raw = vec![0.0f32; self.manifest.action_width()];
         self.model.control.step(&obs, &mut raw)?;
-        let a = &self.manifest.action;
-        let action = raw
-            .iter()
-            .zip(a.mean.iter().zip(&a.std))
-            .map(|(&r, (m, s))| r as f64 * s + m)
-            .collect();
+        let mut action = vec![0.0f64; raw.len()];
+        norm.action_to_robot(&raw, &mut action);
         Ok((raw, action))
     }
 }

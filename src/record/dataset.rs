@@ -1,0 +1,225 @@
+//! Episodes back into training samples for a skill. Each demonstration action is paired with the
+//! observation that was current when it arrived, by replaying the episode through the observer
+//! the control loop uses (the same extraction, staleness, history and normalisation), with
+//! control ticks at the skill's rate. Samples whose observation was stale are dropped and
+//! counted. Episode boundaries are kept, so adaptation can hold out whole episodes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::episode::{self, EpisodeError, EpisodeFile};
+use crate::control::observer::{self, Extractor};
+use crate::ros::schema::full_type_name;
+use crate::skill::manifest::Manifest;
+
+/// One training sample, in the policy's units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Seconds since the episode's first message.
+    pub t: f64,
+    /// The normalised policy input.
+    pub observation: Vec<f32>,
+    /// The demonstrated action as the policy should output it (normalised).
+    pub action: Vec<f32>,
+    /// The stacked observation in the robot's units.
+    pub raw_observation: Vec<f32>,
+    /// The demonstrated action in the robot's units.
+    pub raw_action: Vec<f32>,
+}
+
+/// One episode's samples and what was dropped.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    /// The file.
+    pub path: PathBuf,
+    /// Episode id.
+    pub id: String,
+    /// Label given at `start`.
+    pub label: String,
+    /// Samples in time order.
+    pub samples: Vec<Sample>,
+    /// Demonstration actions seen.
+    pub actions: usize,
+    /// Actions dropped because an observation was stale (or the history still filling).
+    pub stale: usize,
+    /// Messages that did not extract (undecodable, missing joints, ...).
+    pub rejected: usize,
+    /// Seconds from first to last message.
+    pub duration_s: f64,
+}
+
+/// Why an episode cannot give samples for a skill.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// The file could not be read.
+    #[error(transparent)]
+    File(#[from] EpisodeError),
+    /// The episode does not carry what the skill reads or writes.
+    #[error("{}: {problem}", path.display())]
+    Mismatch {
+        /// The episode.
+        path: PathBuf,
+        /// What is missing, and the fix.
+        problem: String,
+    },
+}
+
+/// Which channel of the file feeds which input (or the action), checked against the manifest.
+fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetError> {
+    let mismatch = |problem: String| DatasetError::Mismatch {
+        path: file.path.clone(),
+        problem,
+    };
+    let mut out = Vec::new();
+    let mut seen_inputs = vec![false; m.observations.len()];
+    let mut seen_action = false;
+    for c in &file.channels {
+        let role = if let Some(i) = c
+            .role
+            .strip_prefix("observation.")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            Some(Role::Input(i))
+        } else if c.role == "action" {
+            Some(Role::Action)
+        } else if let Some(i) = m.observations.iter().position(|o| o.topic == c.topic) {
+            Some(Role::Input(i))
+        } else if m.action.topic == c.topic {
+            Some(Role::Action)
+        } else {
+            None
+        };
+        let want = match role {
+            Some(Role::Input(i)) => {
+                let o = m.observations.get(i).ok_or_else(|| {
+                    mismatch(format!(
+                        "channel `{}` is observation {i}, but the skill has {} inputs",
+                        c.topic,
+                        m.observations.len()
+                    ))
+                })?;
+                seen_inputs[i] = true;
+                Some(full_type_name(&o.msg_type))
+            }
+            Some(Role::Action) => {
+                seen_action = true;
+                Some(full_type_name(&m.action.msg_type))
+            }
+            None => None,
+        };
+        if let Some(want) = want
+            && want != c.type_name
+        {
+            return Err(mismatch(format!(
+                "channel `{}` carries {}, the skill expects {want}; was it recorded for another skill?",
+                c.topic, c.type_name
+            )));
+        }
+        out.push(role);
+    }
+    if let Some(i) = seen_inputs.iter().position(|s| !s) {
+        return Err(mismatch(format!(
+            "no channel for observation {i} (`{}`) of skill `{}`",
+            m.observations[i].topic, m.name
+        )));
+    }
+    if !seen_action {
+        return Err(mismatch(format!(
+            "no demonstration action channel for skill `{}`",
+            m.name
+        )));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Input(usize),
+    Action,
+}
+
+/// Reads one episode into samples for the skill `m`.
+pub fn load_episode(path: &Path, m: &Manifest) -> Result<Episode, DatasetError> {
+    let file = episode::read(path)?;
+    let roles = roles(&file, m)?;
+    let mut messages: Vec<&episode::Recorded> = file.messages.iter().collect();
+    messages.sort_by_key(|r| r.log_time);
+    let t0 = messages.first().map(|r| r.log_time).unwrap_or(0);
+    let epoch = Instant::now();
+    let at = |ns: u64| epoch + Duration::from_nanos(ns.saturating_sub(t0));
+    let (mut writers, mut assembler) =
+        observer::observer(&m.observations, m.control.history, epoch);
+    let action_fields = Extractor::for_action(&m.action);
+    let norm = m.normaliser();
+    let period = (1e9 / m.control.rate_hz).max(1.0) as u64;
+    let mut next_tick = t0 + period;
+    let mut action = vec![0.0f32; action_fields.width];
+    let mut action_f64 = vec![0.0f64; action_fields.width];
+    let mut ep = Episode {
+        path: path.to_path_buf(),
+        id: file.id(),
+        label: file.metadata.get("label").cloned().unwrap_or_default(),
+        samples: Vec::new(),
+        actions: 0,
+        stale: 0,
+        rejected: 0,
+        duration_s: file.duration_s(),
+    };
+    for msg in messages {
+        while next_tick <= msg.log_time {
+            let _ = assembler.tick(at(next_tick));
+            next_tick += period;
+        }
+        match roles[msg.channel] {
+            Some(Role::Input(i)) if writers[i].on_message(&msg.data, at(msg.log_time)).is_err() => {
+                ep.rejected += 1;
+            }
+            Some(Role::Input(_)) => {}
+            Some(Role::Action) => {
+                ep.actions += 1;
+                if action_fields.extract_cdr(&msg.data, &mut action).is_err() {
+                    ep.rejected += 1;
+                    continue;
+                }
+                match assembler.peek(at(msg.log_time)) {
+                    Ok(raw) => {
+                        let mut observation = vec![0.0f32; raw.len()];
+                        norm.input(raw, &mut observation);
+                        for (d, &a) in action_f64.iter_mut().zip(&action) {
+                            *d = a as f64;
+                        }
+                        let mut target = vec![0.0f32; action.len()];
+                        norm.action_to_policy(&action_f64, &mut target);
+                        ep.samples.push(Sample {
+                            t: (msg.log_time - t0) as f64 * 1e-9,
+                            observation,
+                            action: target,
+                            raw_observation: raw.to_vec(),
+                            raw_action: action.clone(),
+                        });
+                    }
+                    Err(_) => ep.stale += 1,
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(ep)
+}
+
+/// Reads several episodes (files, or folders of `.mcap` files) for the skill `m`.
+pub fn load(paths: &[PathBuf], m: &Manifest) -> Result<Vec<Episode>, DatasetError> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(
+                episode::list(p)?
+                    .into_iter()
+                    .filter(|f| f.extension().is_some_and(|e| e == "mcap")),
+            );
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files.iter().map(|f| load_episode(f, m)).collect()
+}

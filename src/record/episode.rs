@@ -1,0 +1,507 @@
+//! Episode files: MCAP that rosbag2, Foxglove and the Python MCAP readers open (one channel per
+//! topic with its `ros2msg` schema, `cdr` messages, log time = arrival). An episode is written as
+//! `<id>.mcap.part`, a chunk at a time with an fsync after each, and renamed to `<id>.mcap` when
+//! it ends; a `.part` left by a crash can be recovered up to its last complete chunk.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mcap::records::{MessageHeader, Metadata, Record, op};
+use mcap::{WriteOptions, Writer};
+
+use crate::ros::msg_defs;
+
+/// Suffix of an episode being written (or left by a crash).
+pub const PART_SUFFIX: &str = ".mcap.part";
+/// Name of the metadata record that describes an episode.
+pub const METADATA_NAME: &str = "skillgraft.episode";
+
+/// What went wrong with an episode file.
+#[derive(Debug, thiserror::Error)]
+pub enum EpisodeError {
+    /// The file system refused.
+    #[error("{}: {action}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The MCAP writer or reader failed.
+    #[error("{}: {message}", path.display())]
+    Mcap {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        message: String,
+    },
+}
+
+fn io<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> EpisodeError + 'a {
+    move |source| EpisodeError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+fn mc(path: &Path) -> impl FnOnce(mcap::McapError) -> EpisodeError + '_ {
+    move |e| EpisodeError::Mcap {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// A topic an episode records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// Resolved topic name.
+    pub topic: String,
+    /// ROS type, `pkg/msg/Name`.
+    pub type_name: String,
+    /// What the topic is for the skill: `observation.<i>` or `action`.
+    pub role: String,
+}
+
+/// Types whose first field is a std_msgs/Header, so the publish time can be read from the stamp.
+fn has_header(type_name: &str) -> bool {
+    matches!(
+        type_name,
+        "sensor_msgs/msg/JointState"
+            | "sensor_msgs/msg/Imu"
+            | "trajectory_msgs/msg/JointTrajectory"
+    )
+}
+
+/// The header stamp of a CDR message that starts with a std_msgs/Header, in ns (0 when unset).
+fn header_stamp_ns(cdr: &[u8]) -> u64 {
+    if cdr.len() < 12 {
+        return 0;
+    }
+    let le = cdr[1] == 1;
+    let word = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let (sec, nsec) = (word(&cdr[4..8]) as i32, word(&cdr[8..12]));
+    if sec <= 0 {
+        0
+    } else {
+        sec as u64 * 1_000_000_000 + nsec as u64
+    }
+}
+
+/// Writes one episode.
+pub struct EpisodeWriter {
+    writer: Option<Writer<BufWriter<File>>>,
+    sync: File,
+    channels: Vec<(u16, bool)>,
+    sequence: u32,
+    /// Messages written per channel.
+    pub counts: Vec<u64>,
+    part: PathBuf,
+    done: PathBuf,
+    chunk_period: Duration,
+    last_chunk: Instant,
+}
+
+impl EpisodeWriter {
+    /// Creates `<dir>/<id>.mcap.part` with a channel per topic and the start metadata, and makes
+    /// that first chunk durable.
+    pub fn create(
+        dir: &Path,
+        id: &str,
+        channels: &[ChannelSpec],
+        metadata: &BTreeMap<String, String>,
+        chunk_period: Duration,
+    ) -> Result<EpisodeWriter, EpisodeError> {
+        std::fs::create_dir_all(dir).map_err(io(dir, "create the episodes folder"))?;
+        let part = dir.join(format!("{id}{PART_SUFFIX}"));
+        let done = dir.join(format!("{id}.mcap"));
+        let file = File::create(&part).map_err(io(&part, "create the episode file"))?;
+        let sync = file
+            .try_clone()
+            .map_err(io(&part, "open the episode file for syncing"))?;
+        let options = WriteOptions::new()
+            .chunk_size(None)
+            .library(format!("skillgraft {}", env!("CARGO_PKG_VERSION")))
+            .profile("ros2");
+        let mut writer = options.create(BufWriter::new(file)).map_err(mc(&part))?;
+        let mut ids = Vec::new();
+        for c in channels {
+            let def = msg_defs::definition(&c.type_name).unwrap_or_default();
+            let schema = writer
+                .add_schema(&c.type_name, "ros2msg", def.as_bytes())
+                .map_err(mc(&part))?;
+            let mut meta = BTreeMap::new();
+            meta.insert("skillgraft.role".to_string(), c.role.clone());
+            let channel = writer
+                .add_channel(schema, &c.topic, "cdr", &meta)
+                .map_err(mc(&part))?;
+            ids.push((channel, has_header(&c.type_name)));
+        }
+        writer
+            .write_metadata(&Metadata {
+                name: METADATA_NAME.into(),
+                metadata: metadata.clone(),
+            })
+            .map_err(mc(&part))?;
+        let mut w = EpisodeWriter {
+            writer: Some(writer),
+            sync,
+            counts: vec![0; ids.len()],
+            channels: ids,
+            sequence: 0,
+            part,
+            done,
+            chunk_period,
+            last_chunk: Instant::now(),
+        };
+        w.flush()?;
+        Ok(w)
+    }
+
+    /// The `.part` file being written.
+    pub fn part_path(&self) -> &Path {
+        &self.part
+    }
+
+    /// Appends one message of channel `ch` that arrived at `log_time_ns` (ns since the epoch);
+    /// ends the chunk (and syncs it) when the chunk period has passed.
+    pub fn write(&mut self, ch: usize, log_time_ns: u64, cdr: &[u8]) -> Result<(), EpisodeError> {
+        let (channel_id, header) = self.channels[ch];
+        let stamp = if header { header_stamp_ns(cdr) } else { 0 };
+        self.sequence = self.sequence.wrapping_add(1);
+        let h = MessageHeader {
+            channel_id,
+            sequence: self.sequence,
+            log_time: log_time_ns,
+            publish_time: if stamp > 0 { stamp } else { log_time_ns },
+        };
+        let part = &self.part;
+        self.writer
+            .as_mut()
+            .expect("open until finished")
+            .write_to_known_channel(&h, cdr)
+            .map_err(mc(part))?;
+        self.counts[ch] += 1;
+        self.flush_if_due()
+    }
+
+    /// Ends the chunk and syncs when the chunk period has passed since the last one.
+    pub fn flush_if_due(&mut self) -> Result<(), EpisodeError> {
+        if self.last_chunk.elapsed() >= self.chunk_period {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ends the current chunk and syncs the file, so a crash keeps everything written so far.
+    pub fn flush(&mut self) -> Result<(), EpisodeError> {
+        let part = &self.part;
+        self.writer
+            .as_mut()
+            .expect("open until finished")
+            .flush()
+            .map_err(mc(part))?;
+        self.sync.sync_data().map_err(io(part, "sync"))?;
+        self.last_chunk = Instant::now();
+        Ok(())
+    }
+
+    /// Writes the final metadata and the summary, syncs, and renames the file to `<id>.mcap`.
+    pub fn finish(mut self, metadata: &BTreeMap<String, String>) -> Result<PathBuf, EpisodeError> {
+        let part = self.part.clone();
+        let mut writer = self.writer.take().expect("open until finished");
+        writer
+            .write_metadata(&Metadata {
+                name: METADATA_NAME.into(),
+                metadata: metadata.clone(),
+            })
+            .map_err(mc(&part))?;
+        writer.finish().map_err(mc(&part))?;
+        let mut inner = writer.into_inner();
+        inner.flush().map_err(io(&part, "write"))?;
+        self.sync.sync_all().map_err(io(&part, "sync"))?;
+        std::fs::rename(&part, &self.done).map_err(io(&part, "rename the finished episode"))?;
+        if let Some(dir) = self.done.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir, "sync the episodes folder"))?;
+        }
+        Ok(self.done.clone())
+    }
+
+    /// Drops the episode: its file is removed.
+    pub fn discard(mut self) -> Result<(), EpisodeError> {
+        drop(self.writer.take());
+        std::fs::remove_file(&self.part).map_err(io(&self.part, "remove the discarded episode"))
+    }
+}
+
+/// One channel of a file that was read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChannelInfo {
+    /// Topic.
+    pub topic: String,
+    /// ROS type.
+    pub type_name: String,
+    /// `observation.<i>` or `action`.
+    pub role: String,
+    /// Messages.
+    pub count: u64,
+}
+
+/// A message read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// Index into the channels.
+    pub channel: usize,
+    /// Arrival, ns since the epoch.
+    pub log_time: u64,
+    /// Header stamp (or arrival), ns since the epoch.
+    pub publish_time: u64,
+    /// The CDR message.
+    pub data: Vec<u8>,
+}
+
+/// An episode file read back.
+#[derive(Debug, Clone)]
+pub struct EpisodeFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether it ended properly (`.mcap`) or is an unfinished `.part`.
+    pub complete: bool,
+    /// The last `skillgraft.episode` metadata record.
+    pub metadata: BTreeMap<String, String>,
+    /// Channels, in the file's order.
+    pub channels: Vec<ChannelInfo>,
+    /// Messages in file order.
+    pub messages: Vec<Recorded>,
+    /// Bytes after the last complete record (a `.part` cut short).
+    pub trailing_bytes: u64,
+}
+
+impl EpisodeFile {
+    /// The episode id: the file name without `.mcap` or `.mcap.part`.
+    pub fn id(&self) -> String {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        name.trim_end_matches(PART_SUFFIX)
+            .trim_end_matches(".mcap")
+            .to_string()
+    }
+
+    /// Seconds from the first to the last message.
+    pub fn duration_s(&self) -> f64 {
+        let (lo, hi) = self.messages.iter().fold((u64::MAX, 0), |(lo, hi), m| {
+            (lo.min(m.log_time), hi.max(m.log_time))
+        });
+        if hi > lo {
+            (hi - lo) as f64 * 1e-9
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Reads an episode: every complete record, in order. A `.part` file (or any file cut short) is
+/// read up to its last complete record and the rest counted in `trailing_bytes`.
+pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
+    let bytes = std::fs::read(path).map_err(io(path, "read the episode"))?;
+    let bad = |message: String| EpisodeError::Mcap {
+        path: path.to_path_buf(),
+        message,
+    };
+    if bytes.len() < mcap::MAGIC.len() || bytes[..mcap::MAGIC.len()] != *mcap::MAGIC {
+        return Err(bad("not an MCAP file (no magic bytes at the start)".into()));
+    }
+    let mut schemas: BTreeMap<u16, String> = BTreeMap::new();
+    let mut channel_ids: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut file = EpisodeFile {
+        path: path.to_path_buf(),
+        complete: false,
+        metadata: BTreeMap::new(),
+        channels: Vec::new(),
+        messages: Vec::new(),
+        trailing_bytes: 0,
+    };
+    let mut at = mcap::MAGIC.len();
+    let mut on_record = |record: Record<'_>, file: &mut EpisodeFile| -> Result<(), EpisodeError> {
+        match record {
+            Record::Schema { header, .. } => {
+                schemas.insert(header.id, header.name);
+            }
+            Record::Channel(c) => {
+                if let std::collections::btree_map::Entry::Vacant(slot) = channel_ids.entry(c.id) {
+                    slot.insert(file.channels.len());
+                    file.channels.push(ChannelInfo {
+                        topic: c.topic,
+                        type_name: schemas.get(&c.schema_id).cloned().unwrap_or_default(),
+                        role: c
+                            .metadata
+                            .get("skillgraft.role")
+                            .cloned()
+                            .unwrap_or_default(),
+                        count: 0,
+                    });
+                }
+            }
+            Record::Message { header, data } => {
+                let Some(&ch) = channel_ids.get(&header.channel_id) else {
+                    return Err(bad(format!(
+                        "message on unknown channel {}",
+                        header.channel_id
+                    )));
+                };
+                file.channels[ch].count += 1;
+                file.messages.push(Recorded {
+                    channel: ch,
+                    log_time: header.log_time,
+                    publish_time: header.publish_time,
+                    data: data.into_owned(),
+                });
+            }
+            Record::Metadata(m) if m.name == METADATA_NAME => file.metadata = m.metadata,
+            _ => {}
+        }
+        Ok(())
+    };
+    loop {
+        if at + 9 > bytes.len() {
+            break;
+        }
+        let opcode = bytes[at];
+        let len = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().expect("8 bytes")) as usize;
+        let Some(body) = bytes.get(at + 9..(at + 9).saturating_add(len)) else {
+            break;
+        };
+        let record = match mcap::parse_record(opcode, body) {
+            Ok(r) => r,
+            Err(_) => break,
+        };
+        if opcode == op::FOOTER {
+            at += 9 + len;
+            file.complete = bytes.len() >= at + mcap::MAGIC.len()
+                && bytes[at..at + mcap::MAGIC.len()] == *mcap::MAGIC;
+            if file.complete {
+                at += mcap::MAGIC.len();
+            }
+            break;
+        }
+        if let Record::Chunk { header, data } = record {
+            let inner: Vec<_> = match mcap::read::ChunkReader::new(header, &data) {
+                Ok(r) => r.collect(),
+                Err(_) => break,
+            };
+            if inner.iter().any(|r| r.is_err()) {
+                break;
+            }
+            for r in inner.into_iter().flatten() {
+                on_record(r, &mut file)?;
+            }
+        } else {
+            on_record(record, &mut file)?;
+        }
+        at += 9 + len;
+    }
+    file.trailing_bytes = (bytes.len() - at) as u64;
+    Ok(file)
+}
+
+/// What a recovery kept and dropped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Recovery {
+    /// The `.part` file.
+    pub from: PathBuf,
+    /// The recovered `.mcap` file.
+    pub to: PathBuf,
+    /// Messages kept.
+    pub messages: usize,
+    /// Bytes of the unfinished last chunk that were dropped.
+    pub dropped_bytes: u64,
+}
+
+/// Rewrites a `.part` file as `<id>.mcap` from its complete chunks, then removes the `.part`.
+pub fn recover(part: &Path) -> Result<Recovery, EpisodeError> {
+    let file = read(part)?;
+    let dir = part.parent().unwrap_or(Path::new("."));
+    let to = dir.join(format!("{}.mcap", file.id()));
+    let specs: Vec<ChannelSpec> = file
+        .channels
+        .iter()
+        .map(|c| ChannelSpec {
+            topic: c.topic.clone(),
+            type_name: c.type_name.clone(),
+            role: c.role.clone(),
+        })
+        .collect();
+    let tmp_id = format!("{}.recovering", file.id());
+    let mut meta = file.metadata.clone();
+    let mut w = EpisodeWriter::create(dir, &tmp_id, &specs, &meta, Duration::MAX)?;
+    for m in &file.messages {
+        let (channel_id, _) = w.channels[m.channel];
+        w.sequence = w.sequence.wrapping_add(1);
+        let h = MessageHeader {
+            channel_id,
+            sequence: w.sequence,
+            log_time: m.log_time,
+            publish_time: m.publish_time,
+        };
+        let p = w.part.clone();
+        w.writer
+            .as_mut()
+            .expect("open")
+            .write_to_known_channel(&h, &m.data)
+            .map_err(mc(&p))?;
+    }
+    meta.insert("status".into(), "recovered".into());
+    meta.insert("recovered_messages".into(), file.messages.len().to_string());
+    meta.insert(
+        "recovered_dropped_bytes".into(),
+        file.trailing_bytes.to_string(),
+    );
+    let written = w.finish(&meta)?;
+    std::fs::rename(&written, &to).map_err(io(&written, "rename the recovered episode"))?;
+    std::fs::remove_file(part).map_err(io(part, "remove the recovered .part file"))?;
+    Ok(Recovery {
+        from: part.to_path_buf(),
+        to,
+        messages: file.messages.len(),
+        dropped_bytes: file.trailing_bytes,
+    })
+}
+
+/// Episode files in a folder (`.mcap` and `.mcap.part`), sorted by name.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, EpisodeError> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir, "list the episodes folder"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            n.ends_with(".mcap") || n.ends_with(PART_SUFFIX)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}

@@ -339,12 +339,14 @@ fn serve(
     ros_args: &[String],
     policy: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let (node, summary) = skillgraft::control::launch(skill, params_file, ros_args, policy)?;
-    eprintln!("skillgraft: {summary}; Ctrl-C to stop");
+    // The handler goes in first: a signal that arrives while the node starts must still stop
+    // it cleanly (and finish an episode being recorded).
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
     })?;
+    let (node, summary) = skillgraft::control::launch(skill, params_file, ros_args, policy)?;
+    eprintln!("skillgraft: {summary}; Ctrl-C to stop");
     let _ = rx.recv();
     eprintln!("skillgraft: stopping");
     node.stop();

@@ -55,9 +55,18 @@ fn io<'a>(
 }
 
 fn mc(path: &Path) -> impl FnOnce(mcap::McapError) -> EpisodeError + '_ {
-    move |e| EpisodeError::Mcap {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    move |e| {
+        // The MCAP error hides the OS error (such as a full disk) in its source.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        EpisodeError::Mcap {
+            path: path.to_path_buf(),
+            message,
+        }
     }
 }
 
@@ -504,4 +513,14 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, EpisodeError> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mcap_errors_carry_the_os_error() {
+        let e = mcap::McapError::Io(std::io::Error::from_raw_os_error(28));
+        let err = super::mc(std::path::Path::new("ep.mcap.part"))(e).to_string();
+        assert!(err.contains("No space left on device"), "{err}");
+    }
 }

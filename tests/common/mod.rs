@@ -163,7 +163,8 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Runs the calling test again inside a private network namespace (`unshare -n`, only loopback,
-/// brought up first), so no DDS traffic can leave the machine. Returns true in that child, where
+/// brought up first), so no DDS traffic can leave the machine, and a private mount namespace
+/// (`-m`), so a test may mount a small tmpfs. Returns true in that child, where
 /// the test body runs; in the parent it asserts the child passed and returns false.
 /// `SKILLGRAFT_NETNS=off` runs the body directly with `ROS_LOCALHOST_ONLY=1` instead, for
 /// machines where unprivileged namespaces are not allowed.
@@ -181,6 +182,7 @@ pub fn isolated(test: &str) -> bool {
     let out = Command::new("unshare")
         .args([
             "-n",
+            "-m",
             "--",
             "sh",
             "-c",

@@ -7,6 +7,9 @@ Modes:
   follow    a sequence of observations, each held; the last action seen in each hold window
   stale     one observation, then silence; when the actions turn safe
   safety    bad observations of each kind, then the e-stop engaged and released
+  record    an episode: `start` on ~/demo/control, observations and teleop actions with known
+            values, `stop`; then the episode file is read with the Python MCAP readers and compared
+            with what was sent (--no-stop: the node is killed mid-episode instead)
 """
 
 import argparse
@@ -34,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from ros_types import (  # noqa: E402
     Bool, DiagnosticArray, Float64MultiArray, JointState, ParticipantEntitiesInfo, Point, Twist, Vector3,
 )
+from ros_types import String as RosString  # noqa: E402
 
 RELIABLE = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)), Policy.History.KeepLast(10),
                Policy.Durability.Volatile)
@@ -194,13 +198,100 @@ def safety(peer, args):
     return report
 
 
+def record(peer, args):
+    control = DataWriter(peer.dp, Topic(peer.dp, "rt/skillgraft/demo/control", RosString, qos=RELIABLE), qos=RELIABLE)
+    status_reader = DataReader(peer.dp, Topic(peer.dp, "rt/skillgraft/demo/status", RosString, qos=LATCHED), qos=LATCHED)
+    action = DataWriter(peer.dp, Topic(peer.dp, "rt" + peer.skill.m["action"]["topic"], Float64MultiArray, qos=RELIABLE), qos=RELIABLE)
+    state = {"status": {}}
+
+    def poll_status():
+        for m in status_reader.take(10):
+            state["status"] = json.loads(m.data)
+        return state["status"]
+
+    def wait_for(pred, timeout=20.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred(poll_status()):
+                return True
+            time.sleep(0.02)
+        return False
+
+    if not wait_for(lambda s: s.get("state") == "idle"):
+        return {"error": "no idle status from the recorder"}
+    # Joint states, target and twist at 100 Hz, teleop actions at 50 Hz, each with known values.
+    time.sleep(0.5)
+    control.write(RosString(data="start pick red cube"))
+    if not wait_for(lambda s: s.get("state") == "recording"):
+        return {"error": f"the episode did not start: {state['status']}"}
+    sent = {"joint_states": [], "target": [], "twist": [], "action": []}
+    joints = peer.skill.joints
+    start = time.monotonic()
+    k = 0
+    while time.monotonic() - start < args.seconds:
+        js = JointState(name=list(reversed(joints)), position=[k + 0.01 * j for j in range(6)],
+                        velocity=[0.5] * 6, effort=[-float(k)] * 6)
+        js.header.stamp.sec = 1_700_000_000 + k
+        peer.js.write(js)
+        peer.point.write(Point(0.4, 0.001 * k, 0.3))
+        peer.twist.write(Twist(linear=Vector3(0.01 * k, 0.0, 0.0)))
+        sent["joint_states"].append(js.position)
+        sent["target"].append([0.4, 0.001 * k, 0.3])
+        sent["twist"].append([0.01 * k, 0.0, 0.0, 0.0, 0.0, 0.0])
+        if k % 2 == 0:
+            a = [0.1 * k - 0.01 * j for j in range(6)]
+            action.write(Float64MultiArray(data=a))
+            sent["action"].append(a)
+        k += 1
+        time.sleep(0.01)
+    if args.no_stop:
+        return {"sent": {t: len(v) for t, v in sent.items()}, "status": poll_status()}
+    time.sleep(0.5)
+    control.write(RosString(data="stop"))
+    if not wait_for(lambda s: s.get("state") == "idle" and s.get("episodes_written", 0) >= 1):
+        return {"error": f"the episode did not end: {state['status']}"}
+    path = state["status"]["last_file"]
+    return {"sent": {t: len(v) for t, v in sent.items()}, "file": path, "check": check_file(path, sent, peer.skill)}
+
+
+def check_file(path, sent, skill):
+    """Reads the episode with mcap + mcap-ros2-support and compares it with what was sent."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    got = {"joint_states": [], "target": [], "twist": [], "action": []}
+    names = {"/joint_states": "joint_states", "/target": "target", "/gripper/twist": "twist", skill.m["action"]["topic"]: "action"}
+    undecodable = 0
+    meta = {}
+    with open(path, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        for schema, channel, message, msg in reader.iter_decoded_messages():
+            key = names.get(channel.topic)
+            if key == "joint_states":
+                got[key].append(list(msg.position) if list(msg.name) == list(reversed(skill.joints)) else None)
+                if message.publish_time != msg.header.stamp.sec * 10**9:
+                    undecodable += 1
+            elif key == "target":
+                got[key].append([msg.x, msg.y, msg.z])
+            elif key == "twist":
+                got[key].append([msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.x, msg.angular.y, msg.angular.z])
+            elif key == "action":
+                got[key].append(list(msg.data))
+        for m in reader.iter_metadata():
+            meta[m.name] = dict(m.metadata)
+    return {t: {"sent": len(sent[t]), "recorded": len(got[t]), "equal": got[t] == sent[t]} for t in sent} | {
+        "bad_publish_time": undecodable, "metadata": meta.get("skillgraft.episode", {})}
+
+
 def last(got):
     return got[-1][1] if got else None
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["follow", "stale", "safety"])
+    ap.add_argument("mode", choices=["follow", "stale", "safety", "record"])
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--no-stop", action="store_true")
     ap.add_argument("--skill", required=True)
     ap.add_argument("--domain", type=int, default=0)
     ap.add_argument("--cases", type=int, default=6)
@@ -210,10 +301,10 @@ def main():
     args = ap.parse_args()
     skill = Skill(args.skill, args.lower, args.upper)
     peer = Peer(args.domain, skill, random.Random(5))
-    if not peer.wait_for_node():
+    if args.mode != "record" and not peer.wait_for_node():
         print(json.dumps({"error": "no action from the node within 30 s"}))
         return 1
-    report = {"follow": follow, "stale": stale, "safety": safety}[args.mode](peer, args)
+    report = {"follow": follow, "stale": stale, "safety": safety, "record": record}[args.mode](peer, args)
     peer.poll()
     report["nodes"] = sorted(peer.nodes)
     print(json.dumps(report))

@@ -21,6 +21,11 @@ class Header(IdlStruct, typename="std_msgs::msg::dds_::Header_"):
 
 
 @dataclass
+class String(IdlStruct, typename="std_msgs::msg::dds_::String_"):
+    data: str = ""
+
+
+@dataclass
 class Bool(IdlStruct, typename="std_msgs::msg::dds_::Bool_"):
     data: bool = False
 

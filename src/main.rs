@@ -131,6 +131,20 @@ enum EpisodesCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Sustained recording (1 kHz joint states, 500 Hz commands) with the control loop running:
+    /// messages lost, recorder CPU, tick latency while recording against not.
+    #[cfg(feature = "dds")]
+    Record {
+        /// Skill to run.
+        #[arg(long, default_value = "skills/example-arm6")]
+        skill: PathBuf,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The node's tick latency (p50/p99/max), deadline misses and peak memory at several rates,
     /// fed over DDS on loopback.
     #[cfg(feature = "dds")]
@@ -308,6 +322,19 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
         #[cfg(feature = "dds")]
+        Command::Bench(BenchCommand::Record {
+            skill,
+            seconds,
+            json,
+        }) => {
+            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
+            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+            let dir = tempfile_dir()?;
+            let report = skillgraft::bench::record::record(&skill, &dir, seconds);
+            let _ = std::fs::remove_dir_all(&dir);
+            print(&report?, json)
+        }
+        #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::Control {
             skill,
             rates,
@@ -330,6 +357,13 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             print(&report, json)
         }
     }
+}
+
+/// A fresh folder under the system's temporary folder, for a benchmark's episodes.
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("skillgraft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// Runs the node until Ctrl-C or SIGTERM.

@@ -3,18 +3,13 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::rig::{Feeder, Rig, peak_rss_mib};
 use crate::control::diagnostics::percentiles;
-use crate::control::observer::Extractor;
-use crate::control::{NodeConfig, RunningNode};
-use crate::ros::args::RosArgs;
-use crate::ros::transport::{NodeIdentity, Qos, Transport};
-use crate::skill::Skill;
 
 /// One rate's figures.
 #[derive(Debug, Serialize)]
@@ -52,13 +47,6 @@ pub struct ControlReport {
     pub rt_priority: i64,
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Runs the skill's node at each rate for `seconds`, fed over DDS (localhost only) at the same
 /// rate by a second node.
 pub fn control(
@@ -71,79 +59,22 @@ pub fn control(
     let mut backend = String::new();
     let mut label = String::new();
     for (i, &rate) in rates.iter().enumerate() {
-        let skill = Skill::load(skill_dir).map_err(|e| e.to_string())?;
-        label = format!("{} {}", skill.manifest.name, skill.manifest.version);
-        let args: Vec<String> = vec![
-            "--ros-args".into(),
-            "-p".into(),
+        let params = vec![
             format!("rate_hz:={rate:?}"),
-            "-p".into(),
             "blend_s:=0.0".into(),
-            "-p".into(),
             format!("rt_priority:={rt_priority}"),
         ];
-        let args = RosArgs::parse(&args, &[], "skillgraft_bench").map_err(|e| e.to_string())?;
-        let cfg = NodeConfig::new(&skill.manifest, &args).map_err(|e| e.to_string())?;
-        let domain = 150 + i as u16;
-        let node_t: Arc<dyn Transport> = Arc::new(
-            crate::ros::dds::DdsTransport::new(
-                NodeIdentity {
-                    name: "skillgraft_bench".into(),
-                    namespace: "/".into(),
-                },
-                domain,
-                true,
-            )
-            .map_err(|e| e.to_string())?,
-        );
-        backend = node_t.backend();
-        let inputs: Vec<(Extractor, String)> = skill
-            .manifest
-            .observations
+        let rig = Rig::start(skill_dir, &params, 150 + i as u16)?;
+        label = rig.skill.clone();
+        backend = rig.backend.clone();
+        let base = rate.min(1000.0);
+        let streams = rig
+            .inputs
             .iter()
-            .zip(&cfg.observation_topics)
-            .map(|(o, t)| (Extractor::new(o), t.clone()))
-            .collect();
-        let node = RunningNode::start(skill, cfg, node_t).map_err(|e| e.to_string())?;
-        let feeder = crate::ros::dds::DdsTransport::new(
-            NodeIdentity {
-                name: "bench_feeder".into(),
-                namespace: "/".into(),
-            },
-            domain,
-            true,
-        )
-        .map_err(|e| e.to_string())?;
-        let mut publishers = Vec::new();
-        for (e, topic) in &inputs {
-            let values: Vec<f64> = (0..e.width).map(|k| 0.1 * (k % 5) as f64).collect();
-            let bytes = e.compose(&values).encode().map_err(|e| e.to_string())?;
-            publishers.push((
-                feeder
-                    .publisher(topic, &e.type_name, Qos::RELIABLE)
-                    .map_err(|e| e.to_string())?,
-                bytes,
-            ));
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let feeding = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let period = Duration::from_secs_f64(1.0 / rate.min(1000.0));
-                let start = Instant::now();
-                let mut k = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    for (p, bytes) in publishers.iter_mut() {
-                        let _ = p.publish(bytes);
-                    }
-                    k += 1;
-                    if let Some(wait) = (start + period * k).checked_duration_since(Instant::now())
-                    {
-                        std::thread::sleep(wait);
-                    }
-                }
-            })
-        };
+            .map(|(e, topic)| rig.stream(topic, e, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let feeder = Feeder::start(streams, base);
+        let node = &rig.node;
         std::thread::sleep(Duration::from_secs(2));
         let s = &node.stats;
         let snapshot = || {
@@ -162,8 +93,7 @@ pub fn control(
         let (t1, m1, p1, a1, at1) = snapshot();
         let (lat, _) = s.latency.since(from);
         let (compute, _) = s.compute.since(compute_from);
-        stop.store(true, Ordering::Relaxed);
-        let _ = feeding.join();
+        drop(feeder);
         rows.push(ControlRow {
             rate_hz: rate,
             ticks: t1 - t0,
@@ -174,7 +104,7 @@ pub fn control(
             published: p1 - p0,
             mallocs: a1 - a0,
         });
-        node.stop();
+        rig.node.stop();
     }
     Ok(ControlReport {
         skill: label,

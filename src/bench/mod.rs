@@ -10,6 +10,10 @@ use serde::Serialize;
 
 #[cfg(feature = "dds")]
 pub mod control;
+#[cfg(feature = "dds")]
+pub mod record;
+#[cfg(feature = "dds")]
+pub mod rig;
 
 use crate::model::Model;
 use crate::model::onnx::OnnxFile;

@@ -530,6 +530,13 @@ impl RunningNode {
         })
     }
 
+    /// CPU time the recorder thread has used, ns.
+    pub fn recorder_cpu_ns(&self) -> u64 {
+        self.recorder
+            .as_ref()
+            .map_or(0, |r| r.tap.cpu_ns.load(Ordering::Relaxed))
+    }
+
     /// The recorder's state.
     pub fn recorder_status(&self) -> Option<crate::record::Status> {
         self.recorder

@@ -368,3 +368,51 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     node.stop();
     let _ = Command::new("umount").arg(&full).status();
 }
+
+#[test]
+fn discard_deletes_the_episode_and_stop_keeps_it() {
+    if !common::isolated("discard_deletes_the_episode_and_stop_keeps_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut feed) = node_with(dir.path());
+    wait_status(&node, |s| s.state == "idle", "the recorder never reported");
+    assert_eq!(start(&node, &mut feed, "first try").state, "recording");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.stats.muted_ticks.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the policy must be muted while an episode records"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    feed.say("discard");
+    wait_status(&node, |s| s.state == "idle", "discard");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a discarded episode leaves nothing"
+    );
+    feed.say("stop");
+    let refused = wait_status(
+        &node,
+        |s| s.error.is_some(),
+        "stop with no episode must be refused",
+    );
+    assert!(refused.error.unwrap().contains("no episode is recording"));
+    assert_eq!(start(&node, &mut feed, "second try").state, "recording");
+    feed.say("stop");
+    let done = wait_status(&node, |s| s.episodes_written == 1, "stop");
+    let file = PathBuf::from(done.last_file.unwrap());
+    assert!(
+        file.ends_with(file.file_name().unwrap())
+            && file.to_string_lossy().ends_with("second_try.mcap"),
+        "{}",
+        file.display()
+    );
+    assert_eq!(
+        episode::read(&file).unwrap().metadata["label"],
+        "second try"
+    );
+    node.stop();
+}

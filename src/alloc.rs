@@ -81,17 +81,11 @@ pub fn installed() -> bool {
 /// Reserves the pool's region now (outside any tick) when `TickAllocator` is installed; later
 /// calls do nothing.
 pub fn reserve() {
-    if !installed()
-        || STATE
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-    {
+    if !installed() || STATE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return;
     }
     // SAFETY: the layout is valid and non-zero.
-    let base = unsafe {
-        System.alloc(Layout::from_size_align(REGION_BYTES, REGION_ALIGN).expect("valid layout"))
-    };
+    let base = unsafe { System.alloc(Layout::from_size_align(REGION_BYTES, REGION_ALIGN).expect("valid layout")) };
     if base.is_null() {
         STATE.store(3, Ordering::Release);
     } else {
@@ -121,8 +115,7 @@ fn in_tick_now() -> bool {
 fn class_of(layout: Layout) -> Option<usize> {
     let size = layout.size().max(layout.align()).max(1 << MIN_CLASS_SHIFT);
     let shift = size.next_power_of_two().trailing_zeros();
-    (shift <= MAX_CLASS_SHIFT && layout.align() <= REGION_ALIGN)
-        .then(|| (shift - MIN_CLASS_SHIFT) as usize)
+    (shift <= MAX_CLASS_SHIFT && layout.align() <= REGION_ALIGN).then(|| (shift - MIN_CLASS_SHIFT) as usize)
 }
 
 fn class_size(class: usize) -> usize {
@@ -144,10 +137,7 @@ fn lock() -> impl Drop {
             LOCK.store(false, Ordering::Release);
         }
     }
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
+    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
         std::hint::spin_loop();
     }
     Unlock

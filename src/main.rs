@@ -10,11 +10,7 @@ use skillgraft::skill::{self, Skill, inspect};
 static ALLOCATOR: skillgraft::alloc::TickAllocator = skillgraft::alloc::TickAllocator;
 
 #[derive(Parser)]
-#[command(
-    name = "skillgraft",
-    version,
-    about = "Run, inspect and adapt robot skills (ONNX policy + manifest)"
-)]
+#[command(name = "skillgraft", version, about = "Run, inspect and adapt robot skills (ONNX policy + manifest)")]
 struct Cli {
     /// More log output (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -49,12 +45,7 @@ enum Command {
         skill: PathBuf,
         /// Observation values, comma-separated, in the order `inspect` lists them (raw, before
         /// normalisation).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            allow_hyphen_values = true,
-            required = true
-        )]
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true, required = true)]
         obs: Vec<f64>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -141,6 +132,9 @@ enum BenchCommand {
         /// Seconds per phase.
         #[arg(long, default_value_t = 60.0)]
         seconds: f64,
+        /// The node's observation_reliability: best_effort (its default) or reliable.
+        #[arg(long, default_value = "best_effort")]
+        observation_reliability: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -208,11 +202,9 @@ enum SkillCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ros_level = match &cli.command {
-        Command::Run { ros_args, .. } | Command::Record { ros_args, .. } => ros_args
-            .iter()
-            .skip_while(|a| *a != "--log-level")
-            .nth(1)
-            .cloned(),
+        Command::Run { ros_args, .. } | Command::Record { ros_args, .. } => {
+            ros_args.iter().skip_while(|a| *a != "--log-level").nth(1).cloned()
+        }
         _ => None,
     };
     let level = match (ros_level, cli.verbose) {
@@ -223,13 +215,9 @@ fn main() -> ExitCode {
     };
     // RustDDS logs routine discovery and shutdown events as warnings and errors; transport
     // failures reach skillgraft as errors of their own. RUST_LOG=rustdds=info shows them.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},rustdds=off,ros2_client=error"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rustdds=off,ros2_client=error")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -241,14 +229,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        Command::Inspect {
-            path,
-            features,
-            output,
-            json,
-        } => {
-            let is_onnx =
-                path.is_file() && path.file_name().is_none_or(|n| n != skill::MANIFEST_FILE);
+        Command::Inspect { path, features, output, json } => {
+            let is_onnx = path.is_file() && path.file_name().is_none_or(|n| n != skill::MANIFEST_FILE);
             if is_onnx {
                 match inspect::onnx_report(&path, features.as_deref(), output.as_deref())? {
                     Ok(model) => print(&model, json),
@@ -256,30 +238,22 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 }
             } else {
                 if features.is_some() || output.is_some() {
-                    return Err("--features and --output apply to a bare ONNX file; a skill names them in its skill.toml".into());
+                    return Err(
+                        "--features and --output apply to a bare ONNX file; a skill names them in its skill.toml"
+                            .into(),
+                    );
                 }
                 let skill = Skill::load(&path)?;
                 print(&inspect::skill_report(&skill), json)
             }
         }
-        Command::Skill(SkillCommand::Init {
-            onnx,
-            features,
-            out,
-            output,
-            name,
-        }) => {
+        Command::Skill(SkillCommand::Init { onnx, features, out, output, name }) => {
             let (mut manifest, bytes) = skill::skeleton(&onnx, &features, output.as_deref())?;
             if let Some(name) = name {
                 manifest.name = name;
             }
             let skill = skill::write_skill(&out, &manifest, &bytes)?;
-            println!(
-                "wrote skill `{}` {} to {}",
-                manifest.name,
-                manifest.version,
-                out.display()
-            );
+            println!("wrote skill `{}` {} to {}", manifest.name, manifest.version, out.display());
             println!("digest {}", skill.digest);
             println!(
                 "next: edit {} (topics, normalisation, joint limits), then `skillgraft inspect {}`",
@@ -310,49 +284,26 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Run {
-            skill,
-            params_file,
-            ros_args,
-        } => serve(&skill, &params_file, &ros_args, true),
-        Command::Record {
-            skill,
-            params_file,
-            ros_args,
-        } => serve(&skill, &params_file, &ros_args, false),
+        Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
+        Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
         #[cfg(feature = "dds")]
-        Command::Bench(BenchCommand::Record {
-            skill,
-            seconds,
-            json,
-        }) => {
+        Command::Bench(BenchCommand::Record { skill, seconds, observation_reliability, json }) => {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
-            let report = skillgraft::bench::record::record(&skill, &dir, seconds);
+            let report = skillgraft::bench::record::record(&skill, &dir, seconds, &observation_reliability);
             let _ = std::fs::remove_dir_all(&dir);
             print(&report?, json)
         }
         #[cfg(feature = "dds")]
-        Command::Bench(BenchCommand::Control {
-            skill,
-            rates,
-            seconds,
-            rt_priority,
-            json,
-        }) => {
+        Command::Bench(BenchCommand::Control { skill, rates, seconds, rt_priority, json }) => {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let report = skillgraft::bench::control::control(&skill, &rates, seconds, rt_priority)?;
             print(&report, json)
         }
-        Command::Bench(BenchCommand::Inference {
-            fixtures,
-            python,
-            iters,
-            json,
-        }) => {
+        Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
             let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
         }
@@ -396,10 +347,7 @@ fn episode_skill(
         Some(d) => Some(d),
         None => {
             let f = skillgraft::record::episode::read(file)?;
-            f.metadata
-                .get("skill_dir")
-                .map(PathBuf::from)
-                .filter(|d| d.join(skill::MANIFEST_FILE).is_file())
+            f.metadata.get("skill_dir").map(PathBuf::from).filter(|d| d.join(skill::MANIFEST_FILE).is_file())
         }
     };
     Ok(match dir {
@@ -425,20 +373,13 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
             let m = episode_skill(&file, skill)?;
             print(&summary::summarise(&file, m.as_ref())?, json)?;
         }
-        EpisodesCommand::Export {
-            file,
-            csv: _,
-            skill,
-        } => {
-            let m = episode_skill(&file, skill)?.ok_or(
-                "this episode names no skill folder that exists here; give one with --skill DIR",
-            )?;
+        EpisodesCommand::Export { file, csv: _, skill } => {
+            let m = episode_skill(&file, skill)?
+                .ok_or("this episode names no skill folder that exists here; give one with --skill DIR")?;
             let ep = dataset::load_episode(&file, &m)?;
             let mut out = String::from("t");
-            let labels = m
-                .input_labels()
-                .into_iter()
-                .chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
+            let labels =
+                m.input_labels().into_iter().chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
             for l in labels {
                 out.push(',');
                 out.push_str(&l.replace(',', ";"));
@@ -452,11 +393,7 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
                 out.push('\n');
             }
             print!("{out}");
-            eprintln!(
-                "{} samples ({} actions dropped for a stale observation)",
-                ep.samples.len(),
-                ep.stale
-            );
+            eprintln!("{} samples ({} actions dropped for a stale observation)", ep.samples.len(), ep.stale);
         }
         EpisodesCommand::Recover { dir } => {
             let parts: Vec<PathBuf> = episode::list(&dir)?
@@ -481,10 +418,7 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn print<T: serde::Serialize + std::fmt::Display>(
-    report: &T,
-    json: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {

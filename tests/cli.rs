@@ -3,8 +3,7 @@
 mod common;
 
 use common::{
-    FIXTURES, Reference, assert_close, fails, fixture, init_args, init_fixture, json_f32, snapshot,
-    succeeds,
+    FIXTURES, Reference, assert_close, fails, fixture, init_args, init_fixture, json_f32, snapshot, succeeds,
 };
 
 fn init(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
@@ -19,17 +18,8 @@ fn skill_init_then_step_reproduces_onnxruntime() {
         let skill = init(dir.path(), name);
         let w = r.input_width();
         for i in 0..r.batch() {
-            let obs: Vec<String> = r.input[i * w..(i + 1) * w]
-                .iter()
-                .map(|v| format!("{v:e}"))
-                .collect();
-            let stdout = succeeds(&[
-                "step",
-                skill.to_str().unwrap(),
-                "--obs",
-                &obs.join(","),
-                "--json",
-            ]);
+            let obs: Vec<String> = r.input[i * w..(i + 1) * w].iter().map(|v| format!("{v:e}")).collect();
+            let stdout = succeeds(&["step", skill.to_str().unwrap(), "--obs", &obs.join(","), "--json"]);
             let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
             let action = json_f32(&json["action"]);
             let raw = json_f32(&json["raw_action"]);
@@ -54,39 +44,19 @@ fn step_applies_the_manifest_normalisation() {
     let act_mean = format!("mean = [{}]", ["0.5"; 6].join(", "));
     let act_std = format!("std = [{}]", ["10.0"; 6].join(", "));
     let text = text
-        .replacen(
-            &format!("mean = [{}]", vec!["0.0"; 24].join(", ")),
-            &obs_mean,
-            1,
-        )
-        .replacen(
-            &format!("std = [{}]", vec!["1.0"; 24].join(", ")),
-            &obs_std,
-            1,
-        )
+        .replacen(&format!("mean = [{}]", vec!["0.0"; 24].join(", ")), &obs_mean, 1)
+        .replacen(&format!("std = [{}]", vec!["1.0"; 24].join(", ")), &obs_std, 1)
         .replacen(&format!("mean = [{}]", ["0.0"; 6].join(", ")), &act_mean, 1)
         .replacen(&format!("std = [{}]", ["1.0"; 6].join(", ")), &act_std, 1);
     std::fs::write(&toml_path, text).unwrap();
-    let obs: Vec<String> = r.input[..24]
-        .iter()
-        .map(|v| format!("{:e}", v * 2.0 + 1.0))
-        .collect();
-    let stdout = succeeds(&[
-        "step",
-        skill.to_str().unwrap(),
-        "--obs",
-        &obs.join(","),
-        "--json",
-    ]);
+    let obs: Vec<String> = r.input[..24].iter().map(|v| format!("{:e}", v * 2.0 + 1.0)).collect();
+    let stdout = succeeds(&["step", skill.to_str().unwrap(), "--obs", &obs.join(","), "--json"]);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let action = json_f32(&json["action"]);
     let expected: Vec<f32> = r.output[..6].iter().map(|v| v * 10.0 + 0.5).collect();
     assert_close("de-normalised action", &action, &expected);
     let text = succeeds(&["step", skill.to_str().unwrap(), "--obs", &obs.join(",")]);
-    assert!(
-        text.contains("data[5]") && text.contains("de-normalised"),
-        "{text}"
-    );
+    assert!(text.contains("data[5]") && text.contains("de-normalised"), "{text}");
 }
 
 #[test]
@@ -109,33 +79,13 @@ fn inspect_shows_the_skill_and_its_head() {
     let json: serde_json::Value =
         serde_json::from_str(&succeeds(&["inspect", skill.to_str().unwrap(), "--json"])).unwrap();
     let layers = json["model"]["head"]["layers"].as_array().unwrap();
-    let dims: Vec<(u64, u64)> = layers
-        .iter()
-        .map(|l| {
-            (
-                l["inputs"].as_u64().unwrap(),
-                l["outputs"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let dims: Vec<(u64, u64)> =
+        layers.iter().map(|l| (l["inputs"].as_u64().unwrap(), l["outputs"].as_u64().unwrap())).collect();
     assert_eq!(dims, vec![(48, 32), (32, 32), (32, 4)]);
-    assert_eq!(
-        json["model"]["input_shape"],
-        serde_json::json!(["N", "3", "10"])
-    );
-    assert_eq!(
-        json["observations"][0]["values"].as_array().unwrap().len(),
-        30
-    );
-    let via_toml = succeeds(&[
-        "inspect",
-        skill.join("skill.toml").to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&via_toml).unwrap()["digest"],
-        json["digest"]
-    );
+    assert_eq!(json["model"]["input_shape"], serde_json::json!(["N", "3", "10"]));
+    assert_eq!(json["observations"][0]["values"].as_array().unwrap().len(), 30);
+    let via_toml = succeeds(&["inspect", skill.join("skill.toml").to_str().unwrap(), "--json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&via_toml).unwrap()["digest"], json["digest"]);
 }
 
 #[test]
@@ -144,33 +94,16 @@ fn inspect_lists_the_splits_of_a_bare_onnx_file() {
         let r = Reference::load(name);
         let onnx = fixture(&format!("{name}.onnx"));
         let json: serde_json::Value =
-            serde_json::from_str(&succeeds(&["inspect", onnx.to_str().unwrap(), "--json"]))
-                .unwrap();
+            serde_json::from_str(&succeeds(&["inspect", onnx.to_str().unwrap(), "--json"])).unwrap();
         let splits = json["splits"].as_array().unwrap();
         let at = splits
             .iter()
             .find(|s| s["tensor"] == r.features_tensor.as_str())
             .unwrap_or_else(|| panic!("{name}: {json}"));
-        assert_eq!(
-            at["head_layers"].as_u64(),
-            Some(r.head_layers as u64),
-            "{name}"
-        );
-        assert_eq!(
-            at["width"].as_u64(),
-            Some(r.features_width as u64),
-            "{name}"
-        );
-        let text = succeeds(&[
-            "inspect",
-            onnx.to_str().unwrap(),
-            "--features",
-            &r.features_tensor,
-        ]);
-        assert!(
-            text.contains(&format!("head      {} layer(s)", r.head_layers)),
-            "{name}: {text}"
-        );
+        assert_eq!(at["head_layers"].as_u64(), Some(r.head_layers as u64), "{name}");
+        assert_eq!(at["width"].as_u64(), Some(r.features_width as u64), "{name}");
+        let text = succeeds(&["inspect", onnx.to_str().unwrap(), "--features", &r.features_tensor]);
+        assert!(text.contains(&format!("head      {} layer(s)", r.head_layers)), "{name}: {text}");
     }
 }
 
@@ -180,15 +113,8 @@ fn skill_init_never_overwrites() {
     let skill = init(dir.path(), "conv");
     let before = snapshot(dir.path());
     let onnx = fixture("mlp_gemm.onnx");
-    let err = fails(&init_args(
-        &onnx,
-        "/backbone/backbone.3/Tanh_output_0",
-        &skill,
-    ));
-    assert!(
-        err.contains("already exists") && err.contains("--out"),
-        "{err}"
-    );
+    let err = fails(&init_args(&onnx, "/backbone/backbone.3/Tanh_output_0", &skill));
+    assert!(err.contains("already exists") && err.contains("--out"), "{err}");
     assert_eq!(snapshot(dir.path()), before);
 }
 
@@ -197,10 +123,7 @@ fn step_rejects_bad_observations() {
     let dir = tempfile::tempdir().unwrap();
     let skill = init(dir.path(), "mlp_gemm");
     let err = fails(&["step", skill.to_str().unwrap(), "--obs", "1,2,3"]);
-    assert!(
-        err.contains("takes 24 observation values") && err.contains("got 3"),
-        "{err}"
-    );
+    assert!(err.contains("takes 24 observation values") && err.contains("got 3"), "{err}");
     let mut obs = vec!["0.5"; 24];
     obs[7] = "nan";
     let err = fails(&["step", skill.to_str().unwrap(), "--obs", &obs.join(",")]);
@@ -215,18 +138,9 @@ fn the_readme_main_command_inspects_the_example_skill() {
     let skill = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6");
     let text = succeeds(&["inspect", skill.to_str().unwrap()]);
     assert!(text.contains("skill     example-arm6 0.1.0"), "{text}");
-    assert!(
-        text.contains("position[wrist_3]") && text.contains("/arm/joint_velocity_cmd"),
-        "{text}"
-    );
+    assert!(text.contains("position[wrist_3]") && text.contains("/arm/joint_velocity_cmd"), "{text}");
     let obs = vec!["0.1"; 24].join(",");
-    let json: serde_json::Value = serde_json::from_str(&succeeds(&[
-        "step",
-        skill.to_str().unwrap(),
-        "--obs",
-        &obs,
-        "--json",
-    ]))
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&succeeds(&["step", skill.to_str().unwrap(), "--obs", &obs, "--json"])).unwrap();
     assert_eq!(json["action"].as_array().unwrap().len(), 6);
 }

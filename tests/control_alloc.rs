@@ -45,52 +45,24 @@ fn steady_state_step_never_reaches_the_system_allocator() {
             model.control.step(&r.input[..w], &mut out).unwrap();
         }
         let window = |model: &mut Model, out: &mut Vec<f32>| {
-            let (a, b, s) = (
-                ALLOCS.load(Ordering::Relaxed),
-                LIVE_BYTES.load(Ordering::Relaxed),
-                alloc::stats(),
-            );
+            let (a, b, s) = (ALLOCS.load(Ordering::Relaxed), LIVE_BYTES.load(Ordering::Relaxed), alloc::stats());
             for i in 0..200 {
                 let k = i % r.batch();
-                model
-                    .control
-                    .step(&r.input[k * w..(k + 1) * w], out)
-                    .unwrap();
+                model.control.step(&r.input[k * w..(k + 1) * w], out).unwrap();
             }
             let t = alloc::stats();
-            assert_eq!(
-                t.system, s.system,
-                "{name}: a steady-state tick reached the system allocator"
-            );
+            assert_eq!(t.system, s.system, "{name}: a steady-state tick reached the system allocator");
             assert_eq!(t.carved, s.carved, "{name}: the pool grew in steady state");
             assert!(t.pooled > s.pooled, "{name}: the tick pool was not used");
-            (
-                ALLOCS.load(Ordering::Relaxed) - a,
-                LIVE_BYTES.load(Ordering::Relaxed) - b,
-            )
+            (ALLOCS.load(Ordering::Relaxed) - a, LIVE_BYTES.load(Ordering::Relaxed) - b)
         };
         let (allocs_1, growth_1) = window(&mut model, &mut out);
         let (allocs_2, growth_2) = window(&mut model, &mut out);
-        println!(
-            "{name}: {} pooled allocations per step, pool {} KiB",
-            allocs_1 / 200,
-            alloc::stats().carved / 1024
-        );
-        assert_eq!(
-            allocs_1, allocs_2,
-            "{name}: allocations per step must not vary"
-        );
-        assert_eq!(
-            (growth_1, growth_2),
-            (0, 0),
-            "{name}: the step must not retain memory"
-        );
+        println!("{name}: {} pooled allocations per step, pool {} KiB", allocs_1 / 200, alloc::stats().carved / 1024);
+        assert_eq!(allocs_1, allocs_2, "{name}: allocations per step must not vary");
+        assert_eq!((growth_1, growth_2), (0, 0), "{name}: the step must not retain memory");
         let mut check = vec![0.0; r.output_width];
         model.control.step(&r.input[..w], &mut check).unwrap();
-        common::assert_close(
-            &format!("{name} output through the pool"),
-            &check,
-            &r.output[..r.output_width],
-        );
+        common::assert_close(&format!("{name} output through the pool"), &check, &r.output[..r.output_width]);
     }
 }

@@ -37,10 +37,7 @@ fn variant(dir: &Path) -> Skill {
         .head
         .params
         .iter()
-        .map(|p| skillgraft::model::head::LayerParams {
-            weight: p.weight.map(|v| -2.0 * v),
-            bias: p.bias.clone(),
-        })
+        .map(|p| skillgraft::model::head::LayerParams { weight: p.weight.map(|v| -2.0 * v), bias: p.bias.clone() })
         .collect();
     let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();
     let mut m = s.manifest.clone();
@@ -64,34 +61,13 @@ impl Feeder {
             ..Default::default()
         };
         self.js.publish(&cdr::encode(&js).unwrap()).unwrap();
-        self.point
-            .publish(
-                &cdr::encode(&Point {
-                    x: obs[18],
-                    y: obs[19],
-                    z: obs[20],
-                })
-                .unwrap(),
-            )
-            .unwrap();
-        let twist = Twist {
-            linear: Vector3 {
-                x: obs[21],
-                y: obs[22],
-                z: obs[23],
-            },
-            ..Default::default()
-        };
+        self.point.publish(&cdr::encode(&Point { x: obs[18], y: obs[19], z: obs[20] }).unwrap()).unwrap();
+        let twist = Twist { linear: Vector3 { x: obs[21], y: obs[22], z: obs[23] }, ..Default::default() };
         self.twist.publish(&cdr::encode(&twist).unwrap()).unwrap();
     }
 
     /// Keeps publishing `obs` at about 200 Hz for `d`, collecting the actions that arrive.
-    fn hold(
-        &mut self,
-        obs: &[f64],
-        d: Duration,
-        actions: &mpsc::Receiver<Vec<f64>>,
-    ) -> Vec<Vec<f64>> {
+    fn hold(&mut self, obs: &[f64], d: Duration, actions: &mpsc::Receiver<Vec<f64>>) -> Vec<Vec<f64>> {
         let end = Instant::now() + d;
         let mut got = Vec::new();
         while Instant::now() < end {
@@ -104,9 +80,7 @@ impl Feeder {
 }
 
 fn close(a: &[f64], b: &[f64]) -> bool {
-    a.iter()
-        .zip(b)
-        .all(|(x, y)| (x - y).abs() <= 1e-6 + 1e-5 * y.abs())
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 + 1e-5 * y.abs())
 }
 
 #[test]
@@ -117,10 +91,7 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let dir = tempfile::tempdir().unwrap();
     let mut reference = example();
     let mut reference_b = variant(dir.path());
-    let obs: Vec<f64> = skillgraft::bench::seeded(3, 24)
-        .iter()
-        .map(|&v| v as f64 * 0.5 + 0.1)
-        .collect();
+    let obs: Vec<f64> = skillgraft::bench::seeded(3, 24).iter().map(|&v| v as f64 * 0.5 + 0.1).collect();
     let want_a = reference.step(&obs).unwrap().1;
     let want_b = reference_b.step(&obs).unwrap().1;
     assert!(!close(&want_a, &want_b));
@@ -141,39 +112,18 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let skill = example();
     let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
     let transport: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(
-            NodeIdentity {
-                name: "skillgraft".into(),
-                namespace: "/".into(),
-            },
-            43,
-            true,
-        )
-        .unwrap(),
+        DdsTransport::new(NodeIdentity { name: "skillgraft".into(), namespace: "/".into() }, 43, true).unwrap(),
     );
     let node = RunningNode::start(skill, cfg, transport).unwrap();
 
-    let peer = DdsTransport::new(
-        NodeIdentity {
-            name: "feeder".into(),
-            namespace: "/".into(),
-        },
-        43,
-        true,
-    )
-    .unwrap();
+    let peer = DdsTransport::new(NodeIdentity { name: "feeder".into(), namespace: "/".into() }, 43, true).unwrap();
     let (tx, actions) = mpsc::channel();
     peer.subscribe(
         "/arm/joint_velocity_cmd",
         Float64MultiArray::TYPE,
         Qos::RELIABLE,
         Box::new(move |s| {
-            tx.send(
-                cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE)
-                    .unwrap()
-                    .data,
-            )
-            .unwrap();
+            tx.send(cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE).unwrap().data).unwrap();
         }),
     )
     .unwrap();
@@ -183,84 +133,36 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
         DiagnosticArray::TYPE,
         Qos::RELIABLE,
         Box::new(move |s| {
-            dtx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap())
-                .unwrap();
+            dtx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap()).unwrap();
         }),
     )
     .unwrap();
     let mut feed = Feeder {
-        js: peer
-            .publisher("/joint_states", JointState::TYPE, Qos::RELIABLE)
-            .unwrap(),
-        point: peer
-            .publisher("/target", Point::TYPE, Qos::RELIABLE)
-            .unwrap(),
-        twist: peer
-            .publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE)
-            .unwrap(),
+        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
+        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
+        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
     };
 
     // Warm up until the policy's action arrives (discovery, then the blend-in).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !feed
-        .hold(&obs, Duration::from_millis(100), &actions)
-        .iter()
-        .any(|a| close(a, &want_a))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node never published the skill's action"
-        );
+    while !feed.hold(&obs, Duration::from_millis(100), &actions).iter().any(|a| close(a, &want_a)) {
+        assert!(Instant::now() < deadline, "the node never published the skill's action");
     }
     let mallocs = || node.stats.control_malloc_calls.load(Ordering::Relaxed);
-    let (s0, ticks0, m0) = (
-        alloc::stats(),
-        node.stats.ticks.load(Ordering::Relaxed),
-        mallocs(),
-    );
+    let (s0, ticks0, m0) = (alloc::stats(), node.stats.ticks.load(Ordering::Relaxed), mallocs());
     let got = feed.hold(&obs, Duration::from_secs(2), &actions);
-    let (s1, ticks1, m1) = (
-        alloc::stats(),
-        node.stats.ticks.load(Ordering::Relaxed),
-        mallocs(),
-    );
-    assert!(
-        m0 > 0,
-        "the control thread's own counter must be live (it allocated while starting)"
-    );
-    assert_eq!(
-        m1, m0,
-        "the control thread called the system allocator in steady state"
-    );
-    assert!(
-        ticks1 - ticks0 > 100,
-        "only {} ticks in 2 s",
-        ticks1 - ticks0
-    );
-    assert_eq!(
-        s1.system, s0.system,
-        "a steady-state tick called the system allocator"
-    );
+    let (s1, ticks1, m1) = (alloc::stats(), node.stats.ticks.load(Ordering::Relaxed), mallocs());
+    assert!(m0 > 0, "the control thread's own counter must be live (it allocated while starting)");
+    assert_eq!(m1, m0, "the control thread called the system allocator in steady state");
+    assert!(ticks1 - ticks0 > 100, "only {} ticks in 2 s", ticks1 - ticks0);
+    assert_eq!(s1.system, s0.system, "a steady-state tick called the system allocator");
     assert_eq!(s1.carved, s0.carved, "the tick pool grew in steady state");
     assert!(s1.pooled > s0.pooled);
-    assert!(
-        got.len() > 50 && got.iter().all(|a| close(a, &want_a)),
-        "actions must equal the skill's step"
-    );
+    assert!(got.len() > 50 && got.iter().all(|a| close(a, &want_a)), "actions must equal the skill's step");
 
-    let status = diagnostics
-        .try_iter()
-        .last()
-        .expect("/diagnostics at 1 Hz")
-        .status
-        .remove(0);
+    let status = diagnostics.try_iter().last().expect("/diagnostics at 1 Hz").status.remove(0);
     let value = |k: &str| {
-        status
-            .values
-            .iter()
-            .find(|kv| kv.key == k)
-            .map(|kv| kv.value.clone())
-            .unwrap_or_else(|| panic!("{k} missing"))
+        status.values.iter().find(|kv| kv.key == k).map(|kv| kv.value.clone()).unwrap_or_else(|| panic!("{k} missing"))
     };
     assert_eq!(status.name, "skillgraft: /skillgraft");
     assert_eq!(value("skill"), "example-arm6 0.1.0");
@@ -276,30 +178,18 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     )
     .unwrap();
     let incompatible = skill::write_skill(&dir.path().join("other"), &other.0, &other.1).unwrap();
-    assert!(matches!(
-        node.swap_skill(incompatible),
-        Err(NodeError::Incompatible(..))
-    ));
+    assert!(matches!(node.swap_skill(incompatible), Err(NodeError::Incompatible(..))));
 
     node.swap_skill(variant(&dir.path().join("again"))).unwrap();
     let after = feed.hold(&obs, Duration::from_millis(600), &actions);
     assert_eq!(node.stats.swaps.load(Ordering::Relaxed), 1);
-    let first_b = after
-        .iter()
-        .position(|a| close(a, &want_b))
-        .expect("the swapped skill's action arrives");
+    let first_b = after.iter().position(|a| close(a, &want_b)).expect("the swapped skill's action arrives");
     let between = |a: &Vec<f64>| {
-        a.iter()
-            .zip(&want_a)
-            .zip(&want_b)
-            .all(|((x, p), q)| (x - p.min(*q)) > -1e-9 && (p.max(*q) - x) > -1e-9)
+        a.iter().zip(&want_a).zip(&want_b).all(|((x, p), q)| (x - p.min(*q)) > -1e-9 && (p.max(*q) - x) > -1e-9)
             && !close(a, &want_a)
             && !close(a, &want_b)
     };
-    assert!(
-        after[..first_b].iter().any(between),
-        "the swap must blend from the old skill's action"
-    );
+    assert!(after[..first_b].iter().any(between), "the swap must blend from the old skill's action");
     assert!(after[first_b..].iter().all(|a| close(a, &want_b)));
     node.stop();
 }

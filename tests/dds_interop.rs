@@ -37,11 +37,7 @@ struct Node(Child);
 
 impl Node {
     fn start(params: &[&str]) -> Node {
-        let mut args = vec![
-            "run".to_string(),
-            skill().display().to_string(),
-            "--ros-args".into(),
-        ];
+        let mut args = vec!["run".to_string(), skill().display().to_string(), "--ros-args".into()];
         for p in params {
             args.push("-p".into());
             args.push(p.to_string());
@@ -63,9 +59,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
     }
 }
@@ -73,47 +67,25 @@ impl Drop for Node {
 fn peer(mode: &str, extra: &[&str]) -> Value {
     let out = Command::new(python())
         .arg(repo().join("tests/peers/dds_peer.py"))
-        .args([
-            mode,
-            "--skill",
-            skill().to_str().unwrap(),
-            "--domain",
-            DOMAIN,
-        ])
+        .args([mode, "--skill", skill().to_str().unwrap(), "--domain", DOMAIN])
         .args(extra)
-        .env(
-            "CYCLONEDDS_URI",
-            format!(
-                "file://{}",
-                repo().join("tests/peers/cyclone-loopback.xml").display()
-            ),
-        )
+        .env("CYCLONEDDS_URI", format!("file://{}", repo().join("tests/peers/cyclone-loopback.xml").display()))
         .output()
         .expect("run the CycloneDDS peer");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "peer output is not JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("peer output is not JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
     });
     assert!(report.get("error").is_none(), "peer: {report}");
     report
 }
 
 fn vec(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn close(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| (x - y).abs() <= 1e-5 + 1e-4 * y.abs())
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 + 1e-4 * y.abs())
 }
 
 fn zeros(a: &[f64]) -> bool {
@@ -125,10 +97,7 @@ fn actions_follow_observations_from_a_cyclonedds_peer() {
     if !common::isolated("actions_follow_observations_from_a_cyclonedds_peer") {
         return;
     }
-    let (lower, upper) = (
-        "[-0.03, -0.03, -0.03, -0.04, -0.04, -0.04]",
-        "[0.03, 0.03, 0.03, 0.04, 0.04, 0.04]",
-    );
+    let (lower, upper) = ("[-0.03, -0.03, -0.03, -0.04, -0.04, -0.04]", "[0.03, 0.03, 0.03, 0.04, 0.04, 0.04]");
     let _node = Node::start(&[
         "blend_s:=0.0",
         "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]",
@@ -136,23 +105,15 @@ fn actions_follow_observations_from_a_cyclonedds_peer() {
         &format!("action.upper:={upper}"),
     ]);
     let report = peer("follow", &["--lower", lower, "--upper", upper]);
-    let (lo, hi) = (
-        vec(&serde_json::from_str(lower).unwrap()),
-        vec(&serde_json::from_str(upper).unwrap()),
-    );
+    let (lo, hi) = (vec(&serde_json::from_str(lower).unwrap()), vec(&serde_json::from_str(upper).unwrap()));
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6);
     let mut clamped = 0;
     for (i, c) in cases.iter().enumerate() {
         let (got, want) = (vec(&c["received"]), vec(&c["expected"]));
+        assert!(close(&got, &want), "case {i}: the node published {got:?}, onnxruntime says {want:?}");
         assert!(
-            close(&got, &want),
-            "case {i}: the node published {got:?}, onnxruntime says {want:?}"
-        );
-        assert!(
-            got.iter()
-                .enumerate()
-                .all(|(j, v)| (lo[j]..=hi[j]).contains(v)),
+            got.iter().enumerate().all(|(j, v)| (lo[j]..=hi[j]).contains(v)),
             "case {i}: {got:?} is outside the limits"
         );
         clamped += (vec(&c["unclamped"]) != want) as usize;
@@ -170,76 +131,36 @@ fn the_safe_action_follows_within_the_max_age_when_observations_stop() {
     if !common::isolated("the_safe_action_follows_within_the_max_age_when_observations_stop") {
         return;
     }
-    let _node = Node::start(&[
-        "blend_s:=0.0",
-        "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]",
-    ]);
+    let _node = Node::start(&["blend_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let report = peer("stale", &[]);
-    assert!(
-        close(&vec(&report["before"]), &vec(&report["expected"])),
-        "{report}"
-    );
-    let after: Vec<(f64, Vec<f64>)> = report["after"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_f64().unwrap(), vec(&p[1])))
-        .collect();
+    assert!(close(&vec(&report["before"]), &vec(&report["expected"])), "{report}");
+    let after: Vec<(f64, Vec<f64>)> =
+        report["after"].as_array().unwrap().iter().map(|p| (p[0].as_f64().unwrap(), vec(&p[1]))).collect();
     let first_safe = after
         .iter()
         .position(|(_, a)| zeros(a))
         .unwrap_or_else(|| panic!("no safe action after the stream stopped: {report}"));
-    assert!(
-        after[first_safe..].iter().all(|(_, a)| zeros(a)),
-        "the safe action must hold until fresh data: {report}"
-    );
+    assert!(after[first_safe..].iter().all(|(_, a)| zeros(a)), "the safe action must hold until fresh data: {report}");
     let latency = after[first_safe].0;
     // Joint states may be 60 ms old; a 50 Hz tick notices within 20 ms more; allow for delivery.
-    println!(
-        "safe action {:.0} ms after the last observation was sent",
-        latency * 1000.0
-    );
-    assert!(
-        latency <= 0.060 + 0.040 + 0.060,
-        "the safe action came {latency:.3} s after the last observation"
-    );
+    println!("safe action {:.0} ms after the last observation was sent", latency * 1000.0);
+    assert!(latency <= 0.060 + 0.040 + 0.060, "the safe action came {latency:.3} s after the last observation");
 }
 
 #[test]
 fn bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_running() {
-    if !common::isolated(
-        "bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_running",
-    ) {
+    if !common::isolated("bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_running") {
         return;
     }
-    let mut node = Node::start(&[
-        "blend_s:=0.0",
-        "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]",
-    ]);
+    let mut node = Node::start(&["blend_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let r = peer("safety", &[]);
     let expected = vec(&r["expected"]);
     assert!(close(&vec(&r["good"]), &expected), "{r}");
-    for kind in [
-        "unknown_joint",
-        "wrong_length",
-        "not_finite",
-        "decode",
-        "estop_engaged",
-    ] {
-        assert!(
-            zeros(&vec(&r[kind])),
-            "{kind}: expected the safe action, got {}",
-            r[kind]
-        );
+    for kind in ["unknown_joint", "wrong_length", "not_finite", "decode", "estop_engaged"] {
+        assert!(zeros(&vec(&r[kind])), "{kind}: expected the safe action, got {}", r[kind]);
     }
-    assert!(
-        close(&vec(&r["recovered"]), &expected),
-        "after bad input: {r}"
-    );
-    assert!(
-        close(&vec(&r["estop_released"]), &expected),
-        "after the e-stop: {r}"
-    );
+    assert!(close(&vec(&r["recovered"]), &expected), "after bad input: {r}");
+    assert!(close(&vec(&r["estop_released"]), &expected), "after the e-stop: {r}");
     let values = &r["diagnostics"]["values"];
     for key in [
         "input./joint_states.rejected.unknown_joint",

@@ -12,15 +12,7 @@ use skillgraft::ros::msg::{Bool, JointState, RosMessage};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
 fn node(name: &str) -> DdsTransport {
-    DdsTransport::new(
-        NodeIdentity {
-            name: name.into(),
-            namespace: "/".into(),
-        },
-        37,
-        true,
-    )
-    .unwrap()
+    DdsTransport::new(NodeIdentity { name: name.into(), namespace: "/".into() }, 37, true).unwrap()
 }
 
 #[test]
@@ -31,21 +23,9 @@ fn two_nodes_exchange_messages_over_loopback() {
     let a = node("talker");
     let b = node("listener");
     let (tx, rx) = mpsc::channel();
-    b.subscribe(
-        "/joint_states",
-        JointState::TYPE,
-        Qos::SENSOR_DATA,
-        Box::new(move |s| tx.send(s).unwrap()),
-    )
-    .unwrap();
-    let mut p = a
-        .publisher("/joint_states", JointState::TYPE, Qos::RELIABLE)
-        .unwrap();
-    let msg = JointState {
-        name: vec!["a".into(), "b".into()],
-        position: vec![0.5, -0.25],
-        ..Default::default()
-    };
+    b.subscribe("/joint_states", JointState::TYPE, Qos::SENSOR_DATA, Box::new(move |s| tx.send(s).unwrap())).unwrap();
+    let mut p = a.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap();
+    let msg = JointState { name: vec!["a".into(), "b".into()], position: vec![0.5, -0.25], ..Default::default() };
     let bytes = cdr::encode(&msg).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let sample = loop {
@@ -56,10 +36,7 @@ fn two_nodes_exchange_messages_over_loopback() {
         assert!(Instant::now() < deadline, "no sample within 20 s");
     };
     assert_eq!(sample.cdr, bytes, "the bytes arrive unchanged");
-    assert_eq!(
-        cdr::decode::<JointState>(&sample.cdr, JointState::TYPE).unwrap(),
-        msg
-    );
+    assert_eq!(cdr::decode::<JointState>(&sample.cdr, JointState::TYPE).unwrap(), msg);
     assert!(a.backend().contains("localhost only"));
 }
 
@@ -70,20 +47,11 @@ fn latched_values_reach_late_joiners() {
     }
     let a = node("estop_source");
     let mut p = a.publisher("/estop", Bool::TYPE, Qos::LATCHED).unwrap();
-    p.publish(&cdr::encode(&Bool { data: true }).unwrap())
-        .unwrap();
+    p.publish(&cdr::encode(&Bool { data: true }).unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let b = node("late");
     let (tx, rx) = mpsc::channel();
-    b.subscribe(
-        "/estop",
-        Bool::TYPE,
-        Qos::LATCHED,
-        Box::new(move |s| tx.send(s).unwrap()),
-    )
-    .unwrap();
-    let s = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the latched value arrives");
+    b.subscribe("/estop", Bool::TYPE, Qos::LATCHED, Box::new(move |s| tx.send(s).unwrap())).unwrap();
+    let s = rx.recv_timeout(Duration::from_secs(20)).expect("the latched value arrives");
     assert!(cdr::decode::<Bool>(&s.cdr, Bool::TYPE).unwrap().data);
 }

@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::onnx_builder::{
-    GraphBuilder, attr_f, attr_i, attr_ints, attr_s, attr_t, tensor, values,
-};
+use common::onnx_builder::{GraphBuilder, attr_f, attr_i, attr_ints, attr_s, attr_t, tensor, values};
 use common::{assert_close, fixture};
 use nalgebra::DMatrix;
 use skillgraft::model::head::{Activation, LayerParams, Layout};
@@ -17,8 +15,7 @@ use skillgraft::model::{Model, export};
 const N: usize = 4;
 
 fn load_bytes(bytes: &[u8], features: &str) -> Result<Model, String> {
-    let file = OnnxFile::decode(std::path::Path::new("synthetic.onnx"), bytes)
-        .map_err(|e| e.to_string())?;
+    let file = OnnxFile::decode(std::path::Path::new("synthetic.onnx"), bytes).map_err(|e| e.to_string())?;
     Model::load(file, "x", "out", features).map_err(|e| e.to_string())
 }
 
@@ -27,19 +24,14 @@ fn outputs(model: &mut Model, inputs: &[f32]) -> Vec<f32> {
     let ow = model.control.output_width();
     let mut out = vec![0.0; N * ow];
     for i in 0..N {
-        model
-            .control
-            .step(&inputs[i * w..(i + 1) * w], &mut out[i * ow..(i + 1) * ow])
-            .unwrap();
+        model.control.step(&inputs[i * w..(i + 1) * w], &mut out[i * ow..(i + 1) * ow]).unwrap();
     }
     out
 }
 
 fn native(model: &Model, params: &[LayerParams], inputs: &[f32]) -> Vec<f32> {
     let f = model.backbone.features(inputs, N, 8).unwrap();
-    let y = model
-        .head
-        .forward_with(params, &DMatrix::from_row_slice(N, model.head.in_dim(), &f));
+    let y = model.head.forward_with(params, &DMatrix::from_row_slice(N, model.head.in_dim(), &f));
     y.transpose().as_slice().to_vec()
 }
 
@@ -48,11 +40,7 @@ fn check(name: &str, bytes: Vec<u8>, features: &str) -> Model {
     let mut model = load_bytes(&bytes, features).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs = values(42, N * model.control.input_width());
     let got = outputs(&mut model, &inputs);
-    assert_close(
-        &format!("{name}: tract vs native head"),
-        &native(&model, &model.head.params, &inputs),
-        &got,
-    );
+    assert_close(&format!("{name}: tract vs native head"), &native(&model, &model.head.params, &inputs), &got);
     let params: Vec<LayerParams> = model
         .head
         .params
@@ -64,25 +52,16 @@ fn check(name: &str, bytes: Vec<u8>, features: &str) -> Model {
         })
         .collect();
     let proto = export::with_head_params(&model.file, &model.head, &params, &[]).unwrap();
-    let mut adapted = load_bytes(&export::encode(&proto), features)
-        .unwrap_or_else(|e| panic!("{name} exported: {e}"));
+    let mut adapted = load_bytes(&export::encode(&proto), features).unwrap_or_else(|e| panic!("{name} exported: {e}"));
     assert_close(
         &format!("{name}: backbone unchanged by export"),
         &adapted.backbone.features(&inputs, N, 8).unwrap(),
         &model.backbone.features(&inputs, N, 8).unwrap(),
     );
     let expected = native(&model, &params, &inputs);
-    assert_close(
-        &format!("{name}: exported model vs native head"),
-        &outputs(&mut adapted, &inputs),
-        &expected,
-    );
+    assert_close(&format!("{name}: exported model vs native head"), &outputs(&mut adapted, &inputs), &expected);
     for (a, b) in adapted.head.params.iter().zip(&params) {
-        assert_close(
-            &format!("{name}: weights read back"),
-            a.weight.as_slice(),
-            b.weight.as_slice(),
-        );
+        assert_close(&format!("{name}: weights read back"), a.weight.as_slice(), b.weight.as_slice());
     }
     model
 }
@@ -93,32 +72,17 @@ fn backbone(g: GraphBuilder) -> GraphBuilder {
         .output("out")
         .init("w0", &[6, 6], &values(1, 36))
         .init("b0", &[6], &values(2, 6))
-        .node(
-            "Gemm",
-            &["x", "w0", "b0"],
-            &["h0"],
-            vec![attr_i("transB", 1)],
-        )
+        .node("Gemm", &["x", "w0", "b0"], &["h0"], vec![attr_i("transB", 1)])
         .node("Relu", &["h0"], &["feat"], vec![])
 }
 
 #[test]
 fn features_laid_out_feature_major_feed_a_gemm_with_trans_a() {
     let bytes = backbone(GraphBuilder::new(17))
-        .node(
-            "Transpose",
-            &["feat"],
-            &["featT"],
-            vec![attr_ints("perm", &[1, 0])],
-        )
+        .node("Transpose", &["feat"], &["featT"], vec![attr_ints("perm", &[1, 0])])
         .init("w1", &[6, 4], &values(3, 24))
         .init("b1", &[4], &values(4, 4))
-        .node(
-            "Gemm",
-            &["featT", "w1", "b1"],
-            &["y"],
-            vec![attr_i("transA", 1)],
-        )
+        .node("Gemm", &["featT", "w1", "b1"], &["y"], vec![attr_i("transA", 1)])
         .node("Tanh", &["y"], &["out"], vec![])
         .bytes();
     let m = check("transA", bytes, "featT");
@@ -135,11 +99,7 @@ fn weights_as_left_operand_with_alpha_and_beta() {
             "Gemm",
             &["w1", "feat", "b1"],
             &["h"],
-            vec![
-                attr_i("transB", 1),
-                attr_f("alpha", 2.0),
-                attr_f("beta", 0.5),
-            ],
+            vec![attr_i("transB", 1), attr_f("alpha", 2.0), attr_f("beta", 0.5)],
         )
         .node("Sigmoid", &["h"], &["hs"], vec![])
         .init("w2", &[5, 3], &values(5, 15))
@@ -148,11 +108,7 @@ fn weights_as_left_operand_with_alpha_and_beta() {
             "Gemm",
             &["hs", "w2", "b2"],
             &["out"],
-            vec![
-                attr_i("transA", 1),
-                attr_f("alpha", 0.5),
-                attr_f("beta", 2.0),
-            ],
+            vec![attr_i("transA", 1), attr_f("alpha", 0.5), attr_f("beta", 2.0)],
         )
         .bytes();
     let m = check("weights as A", bytes, "feat");
@@ -185,12 +141,7 @@ fn weights_through_transpose_scalar_bias_and_reversed_add() {
 #[test]
 fn matmul_with_weights_on_the_left_and_column_bias() {
     let bytes = backbone(GraphBuilder::new(17))
-        .node(
-            "Transpose",
-            &["feat"],
-            &["featT"],
-            vec![attr_ints("perm", &[1, 0])],
-        )
+        .node("Transpose", &["feat"], &["featT"], vec![attr_ints("perm", &[1, 0])])
         .init("w1", &[4, 6], &values(3, 24))
         .init("b1", &[4, 1], &values(4, 4))
         .node("MatMul", &["w1", "featT"], &["mm"], vec![])
@@ -211,12 +162,7 @@ fn weights_shared_with_the_backbone_get_a_private_copy_on_export() {
         .init("tied", &[6, 6], &values(1, 36))
         .node("Gemm", &["x", "tied"], &["h0"], vec![attr_i("transB", 1)])
         .node("Tanh", &["h0"], &["feat"], vec![])
-        .node(
-            "Gemm",
-            &["feat", "tied"],
-            &["h1"],
-            vec![attr_i("transB", 1)],
-        )
+        .node("Gemm", &["feat", "tied"], &["h1"], vec![attr_i("transB", 1)])
         .node("Relu", &["h1"], &["h1r"], vec![])
         .init("w2", &[3, 6], &values(5, 18))
         .node("Gemm", &["h1r", "w2"], &["out"], vec![attr_i("transB", 1)])
@@ -228,43 +174,20 @@ fn weights_shared_with_the_backbone_get_a_private_copy_on_export() {
 #[test]
 fn weights_in_a_constant_node() {
     let bytes = backbone(GraphBuilder::new(17))
-        .node(
-            "Constant",
-            &[],
-            &["wc"],
-            vec![attr_t("value", tensor("wc", &[3, 6], &values(7, 18)))],
-        )
-        .node(
-            "Constant",
-            &[],
-            &["bc"],
-            vec![attr_t("value", tensor("bc", &[3], &values(8, 3)))],
-        )
-        .node(
-            "Gemm",
-            &["feat", "wc", "bc"],
-            &["out"],
-            vec![attr_i("transB", 1)],
-        )
+        .node("Constant", &[], &["wc"], vec![attr_t("value", tensor("wc", &[3, 6], &values(7, 18)))])
+        .node("Constant", &[], &["bc"], vec![attr_t("value", tensor("bc", &[3], &values(8, 3)))])
+        .node("Gemm", &["feat", "wc", "bc"], &["out"], vec![attr_i("transB", 1)])
         .bytes();
     check("constant", bytes, "feat");
 }
 
 #[test]
 fn gelu_op_in_both_forms_and_silu() {
-    for (approximate, act) in [
-        ("none", Activation::GeluErf),
-        ("tanh", Activation::GeluTanh),
-    ] {
+    for (approximate, act) in [("none", Activation::GeluErf), ("tanh", Activation::GeluTanh)] {
         let bytes = backbone(GraphBuilder::new(20))
             .init("w1", &[5, 6], &values(3, 30))
             .node("Gemm", &["feat", "w1"], &["h"], vec![attr_i("transB", 1)])
-            .node(
-                "Gelu",
-                &["h"],
-                &["g"],
-                vec![attr_s("approximate", approximate)],
-            )
+            .node("Gelu", &["h"], &["g"], vec![attr_s("approximate", approximate)])
             .init("w2", &[3, 5], &values(5, 15))
             .node("Gemm", &["g", "w2"], &["z"], vec![attr_i("transB", 1)])
             .node("Sigmoid", &["z"], &["s"], vec![])
@@ -297,10 +220,7 @@ fn ops_outside_the_head_vocabulary_are_named() {
         .node("HardSigmoid", &["h"], &["out"], vec![])
         .bytes();
     let err = load_bytes(&hard_sigmoid, "feat").err().unwrap();
-    assert!(
-        err.contains("HardSigmoid") && err.contains("choose a features tensor after it"),
-        "{err}"
-    );
+    assert!(err.contains("HardSigmoid") && err.contains("choose a features tensor after it"), "{err}");
 
     let scaled = backbone(GraphBuilder::new(17))
         .init("w1", &[3, 6], &values(3, 18))
@@ -309,14 +229,9 @@ fn ops_outside_the_head_vocabulary_are_named() {
         .node("Mul", &["h", "two"], &["out"], vec![])
         .bytes();
     let err = load_bytes(&scaled, "feat").err().unwrap();
-    assert!(
-        err.contains("[Mul]") && err.contains("do not compute an activation"),
-        "{err}"
-    );
+    assert!(err.contains("[Mul]") && err.contains("do not compute an activation"), "{err}");
 
-    let computed_weight = backbone(GraphBuilder::new(17))
-        .node("MatMul", &["feat", "feat"], &["out"], vec![])
-        .bytes();
+    let computed_weight = backbone(GraphBuilder::new(17)).node("MatMul", &["feat", "feat"], &["out"], vec![]).bytes();
     let err = load_bytes(&computed_weight, "feat").err().unwrap();
     assert!(err.contains("stored weight"), "{err}");
 
@@ -326,10 +241,7 @@ fn ops_outside_the_head_vocabulary_are_named() {
         .node("Gemm", &["feat", "w1"], &["out"], vec![attr_i("transB", 1)])
         .bytes();
     let err = load_bytes(&side_branch, "side").err().unwrap();
-    assert!(
-        err.contains("`side` does not feed the output `out`"),
-        "{err}"
-    );
+    assert!(err.contains("`side` does not feed the output `out`"), "{err}");
     let err = load_bytes(&side_branch, "out").err().unwrap();
     assert!(err.contains("is the output itself"), "{err}");
 

@@ -19,24 +19,16 @@ fn repo() -> &'static Path {
 #[test]
 fn the_shipped_parameter_file_configures_the_node() {
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
-    let args: Vec<String> = [
-        "--ros-args",
-        "-r",
-        "__ns:=/robot1",
-        "--params-file",
-        repo().join("launch/params.yaml").to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> =
+        ["--ros-args", "-r", "__ns:=/robot1", "--params-file", repo().join("launch/params.yaml").to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
     assert_eq!(args.get::<f64>("blend_s").unwrap(), Some(0.5));
     let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
     assert_eq!(cfg.estop_topic, "/robot1/estop");
-    assert_eq!(
-        cfg.observation_topics[0], "/joint_states",
-        "absolute manifest topics stay absolute"
-    );
+    assert_eq!(cfg.observation_topics[0], "/joint_states", "absolute manifest topics stay absolute");
 }
 
 #[test]
@@ -47,40 +39,23 @@ fn the_node_starts_the_way_ros2_launch_starts_it() {
     let params = repo().join("launch/params.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(["run", repo().join("skills/example-arm6").to_str().unwrap()])
-        .args([
-            "--ros-args",
-            "-r",
-            "__node:=pilot",
-            "-r",
-            "__ns:=/robot1",
-            "--params-file",
-            params.to_str().unwrap(),
-        ])
+        .args(["--ros-args", "-r", "__node:=pilot", "-r", "__ns:=/robot1", "--params-file", params.to_str().unwrap()])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     let started = loop {
-        let line = lines
-            .next()
-            .expect("the node exited before starting")
-            .unwrap();
+        let line = lines.next().expect("the node exited before starting").unwrap();
         if line.contains("node /robot1/pilot runs skill example-arm6 0.1.0 at 50 Hz") {
             break line;
         }
         assert!(Instant::now() < deadline, "no start line within 20 s");
     };
     assert!(started.contains("/arm/joint_velocity_cmd"), "{started}");
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "SIGINT must stop the node cleanly: {status}"
-    );
+    assert!(status.success(), "SIGINT must stop the node cleanly: {status}");
 }
 
 #[test]
@@ -100,17 +75,8 @@ compile(src, 'skillgraft.launch.py', 'exec')
 assert 'executable="skillgraft"' in src and '"run"' in src
 print('ok')
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(check)
-        .current_dir(repo())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").arg("-c").arg(check).current_dir(repo()).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
     assert!(cargo.contains("install_to_share = [\"launch\", \"skills\"]"));
 }

@@ -19,12 +19,10 @@ fn example() -> Skill {
 }
 
 fn python() -> Option<PathBuf> {
-    std::env::var_os("SKILLGRAFT_ROS_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ros/bin/python");
-            p.exists().then_some(p)
-        })
+    std::env::var_os("SKILLGRAFT_ROS_PYTHON").map(PathBuf::from).or_else(|| {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ros/bin/python");
+        p.exists().then_some(p)
+    })
 }
 
 const T0: u64 = 1_764_000_000_000_000_000;
@@ -64,20 +62,12 @@ fn write_episode(dir: &Path, chunk: Duration) -> (PathBuf, Expected) {
         fields
             .iter()
             .enumerate()
-            .map(|(i, e)| {
-                (0..e.width)
-                    .map(|j| (k as f64) * 0.01 + i as f64 + j as f64 * 0.001)
-                    .collect()
-            })
+            .map(|(i, e)| (0..e.width).map(|j| (k as f64) * 0.01 + i as f64 + j as f64 * 0.001).collect())
             .collect()
     };
     let mut expected = Vec::new();
     let mut latest: Vec<Option<(u64, Vec<f64>)>> = vec![None; fields.len()];
-    let max_age: Vec<u64> = m
-        .observations
-        .iter()
-        .map(|o| (o.max_age_ms * 1e6) as u64)
-        .collect();
+    let max_age: Vec<u64> = m.observations.iter().map(|o| (o.max_age_ms * 1e6) as u64).collect();
     for step in 0..200u64 {
         let t = step * 5 * MS;
         if step % 2 == 0 {
@@ -91,23 +81,11 @@ fn write_episode(dir: &Path, chunk: Duration) -> (PathBuf, Expected) {
                 latest[i] = Some((t, v.clone()));
             }
         } else if step % 4 == 1 {
-            let a: Vec<f64> = (0..act.width)
-                .map(|j| (step as f64) * 0.001 - j as f64 * 0.01)
-                .collect();
-            w.write(fields.len(), T0 + t, &act.compose(&a).encode().unwrap())
-                .unwrap();
-            let fresh = latest
-                .iter()
-                .zip(&max_age)
-                .all(|(l, age)| l.as_ref().is_some_and(|(at, _)| t - at <= *age));
+            let a: Vec<f64> = (0..act.width).map(|j| (step as f64) * 0.001 - j as f64 * 0.01).collect();
+            w.write(fields.len(), T0 + t, &act.compose(&a).encode().unwrap()).unwrap();
+            let fresh = latest.iter().zip(&max_age).all(|(l, age)| l.as_ref().is_some_and(|(at, _)| t - at <= *age));
             if fresh {
-                expected.push((
-                    latest
-                        .iter()
-                        .flat_map(|l| l.as_ref().unwrap().1.clone())
-                        .collect(),
-                    a,
-                ));
+                expected.push((latest.iter().flat_map(|l| l.as_ref().unwrap().1.clone()).collect(), a));
             }
         }
     }
@@ -124,41 +102,23 @@ fn an_episode_reads_back_and_pairs_each_action_with_the_observation_then() {
     assert!(f.complete);
     assert_eq!(f.channels.len(), 4);
     assert_eq!(f.channels[3].role, "action");
-    assert_eq!(
-        f.channels.iter().map(|c| c.count).collect::<Vec<_>>(),
-        vec![60, 100, 100, 50]
-    );
+    assert_eq!(f.channels.iter().map(|c| c.count).collect::<Vec<_>>(), vec![60, 100, 100, 50]);
     assert_eq!(f.metadata["status"], "complete");
     let m = example().manifest;
     let ep = dataset::load_episode(&path, &m).unwrap();
     assert_eq!(ep.actions, 50);
     assert_eq!(ep.label, "pick");
-    assert_eq!(
-        ep.stale, 17,
-        "actions from 665 to 985 ms find joint states older than 60 ms"
-    );
+    assert_eq!(ep.stale, 17, "actions from 665 to 985 ms find joint states older than 60 ms");
     assert_eq!(ep.samples.len(), expected.len());
     for (s, (obs, act)) in ep.samples.iter().zip(&expected) {
         let got: Vec<f64> = s.raw_observation.iter().map(|&v| v as f64).collect();
-        assert!(
-            got.iter().zip(obs).all(|(a, b)| (a - b).abs() < 1e-5),
-            "at {}: {got:?} vs {obs:?}",
-            s.t
-        );
-        assert!(
-            s.raw_action
-                .iter()
-                .zip(act)
-                .all(|(a, b)| (*a as f64 - b).abs() < 1e-6)
-        );
+        assert!(got.iter().zip(obs).all(|(a, b)| (a - b).abs() < 1e-5), "at {}: {got:?} vs {obs:?}", s.t);
+        assert!(s.raw_action.iter().zip(act).all(|(a, b)| (*a as f64 - b).abs() < 1e-6));
     }
     let n = m.normaliser();
     let mut x = vec![0.0; n.input_width()];
     n.input(&ep.samples[0].raw_observation, &mut x);
-    assert_eq!(
-        x, ep.samples[0].observation,
-        "samples are normalised the way the control loop normalises"
-    );
+    assert_eq!(x, ep.samples[0].observation, "samples are normalised the way the control loop normalises");
 }
 
 #[test]
@@ -175,16 +135,9 @@ fn the_python_mcap_readers_decode_every_message() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        r["channels"]["/joint_states"]["schema"],
-        "sensor_msgs/msg/JointState"
-    );
+    assert_eq!(r["channels"]["/joint_states"]["schema"], "sensor_msgs/msg/JointState");
     assert_eq!(r["channels"]["/joint_states"]["encoding"], "ros2msg");
     assert_eq!(r["channels"]["/joint_states"]["message_encoding"], "cdr");
     let msgs = r["messages"].as_array().unwrap();
@@ -213,10 +166,7 @@ fn a_cut_short_episode_is_recovered_up_to_its_last_complete_chunk() {
     assert!(!read.complete);
     assert!(read.trailing_bytes > 0);
     let listing = succeeds(&["episodes", "list", dir.path().to_str().unwrap()]);
-    assert!(
-        listing.contains("ep1") && listing.contains("unfinished"),
-        "{listing}"
-    );
+    assert!(listing.contains("ep1") && listing.contains("unfinished"), "{listing}");
     let out = succeeds(&["episodes", "recover", dir.path().to_str().unwrap()]);
     assert!(out.contains("kept") && out.contains("dropped"), "{out}");
     assert!(!part.exists());
@@ -239,48 +189,25 @@ fn the_cli_lists_shows_and_exports_episodes() {
     let dir = tempfile::tempdir().unwrap();
     let (path, expected) = write_episode(dir.path(), Duration::from_millis(100));
     let list = succeeds(&["episodes", "list", dir.path().to_str().unwrap()]);
-    assert!(
-        list.contains("ep1") && list.contains("complete") && list.contains("pick"),
-        "{list}"
-    );
+    assert!(list.contains("ep1") && list.contains("complete") && list.contains("pick"), "{list}");
     let show = succeeds(&["episodes", "show", path.to_str().unwrap()]);
-    for want in [
-        "episode   ep1 (complete)",
-        "/joint_states",
-        "sensor_msgs/msg/JointState",
-        "observation.0",
-        "samples   ",
-    ] {
+    for want in
+        ["episode   ep1 (complete)", "/joint_states", "sensor_msgs/msg/JointState", "observation.0", "samples   "]
+    {
         assert!(show.contains(want), "missing {want:?}:\n{show}");
     }
-    let json: serde_json::Value = serde_json::from_str(&succeeds(&[
-        "episodes",
-        "show",
-        path.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&succeeds(&["episodes", "show", path.to_str().unwrap(), "--json"])).unwrap();
     assert_eq!(json["samples"].as_u64().unwrap() as usize, expected.len());
     let csv = succeeds(&["episodes", "export", path.to_str().unwrap(), "--csv"]);
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
-    assert!(
-        header.starts_with("t,/joint_states:position[base]") && header.contains("action:data[5]"),
-        "{header}"
-    );
+    assert!(header.starts_with("t,/joint_states:position[base]") && header.contains("action:data[5]"), "{header}");
     assert_eq!(header.split(',').count(), 1 + 24 + 6);
     assert_eq!(lines.count(), expected.len());
-    let err = fails(&[
-        "episodes",
-        "show",
-        dir.path().join("missing.mcap").to_str().unwrap(),
-    ]);
+    let err = fails(&["episodes", "show", dir.path().join("missing.mcap").to_str().unwrap()]);
     assert!(err.contains("missing.mcap"), "{err}");
     std::fs::write(dir.path().join("junk.mcap"), b"not an mcap file").unwrap();
-    let err = fails(&[
-        "episodes",
-        "show",
-        dir.path().join("junk.mcap").to_str().unwrap(),
-    ]);
+    let err = fails(&["episodes", "show", dir.path().join("junk.mcap").to_str().unwrap()]);
     assert!(err.contains("not an MCAP file"), "{err}");
 }

@@ -41,14 +41,9 @@ fn python() -> PathBuf {
 
 fn recorder(dir: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-        .args([
-            "record",
-            repo().join("skills/example-arm6").to_str().unwrap(),
-            "--ros-args",
-            "-p",
-        ])
+        .args(["record", repo().join("skills/example-arm6").to_str().unwrap(), "--ros-args", "-p"])
         .arg(format!("episodes_dir:={}", dir.display()))
-        .args(["-p", "record_chunk_s:=0.2"])
+        .args(["-p", "record_chunk_s:=0.2", "-p", "observation_reliability:=reliable"])
         .env("ROS_DOMAIN_ID", DOMAIN)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -59,31 +54,16 @@ fn recorder(dir: &Path) -> Child {
 fn peer(extra: &[&str]) -> Command {
     let mut c = Command::new(python());
     c.arg(repo().join("tests/peers/dds_peer.py"))
-        .args([
-            "record",
-            "--skill",
-            repo().join("skills/example-arm6").to_str().unwrap(),
-            "--domain",
-            DOMAIN,
-        ])
+        .args(["record", "--skill", repo().join("skills/example-arm6").to_str().unwrap(), "--domain", DOMAIN])
         .args(extra)
-        .env(
-            "CYCLONEDDS_URI",
-            format!(
-                "file://{}",
-                repo().join("tests/peers/cyclone-loopback.xml").display()
-            ),
-        );
+        .env("CYCLONEDDS_URI", format!("file://{}", repo().join("tests/peers/cyclone-loopback.xml").display()));
     c
 }
 
 fn report(out: std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let r: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "peer output is not JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("peer output is not JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
     });
     assert!(r.get("error").is_none(), "peer: {r}");
     r
@@ -91,35 +71,22 @@ fn report(out: std::process::Output) -> Value {
 
 #[test]
 fn an_episode_driven_by_a_cyclonedds_peer_reads_back_in_the_python_mcap_readers() {
-    if !common::isolated(
-        "an_episode_driven_by_a_cyclonedds_peer_reads_back_in_the_python_mcap_readers",
-    ) {
+    if !common::isolated("an_episode_driven_by_a_cyclonedds_peer_reads_back_in_the_python_mcap_readers") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut node = recorder(dir.path());
     let r = report(peer(&["--seconds", "2"]).output().unwrap());
-    let _ = Command::new("kill")
-        .args(["-INT", &node.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-INT", &node.id().to_string()]).status();
     assert!(node.wait().unwrap().success());
     let check = &r["check"];
     for topic in ["joint_states", "target", "twist", "action"] {
         let c = &check[topic];
         assert!(c["sent"].as_u64().unwrap() > 50, "{topic}: {c}");
-        assert_eq!(
-            c["recorded"], c["sent"],
-            "{topic}: every message sent must be recorded: {check}"
-        );
-        assert_eq!(
-            c["equal"], true,
-            "{topic}: the recorded values differ from what was sent"
-        );
+        assert_eq!(c["recorded"], c["sent"], "{topic}: every message sent must be recorded: {check}");
+        assert_eq!(c["equal"], true, "{topic}: the recorded values differ from what was sent");
     }
-    assert_eq!(
-        check["bad_publish_time"], 0,
-        "publish time must come from the header stamp"
-    );
+    assert_eq!(check["bad_publish_time"], 0, "publish time must come from the header stamp");
     let meta = &check["metadata"];
     assert_eq!(meta["label"], "pick red cube");
     assert_eq!(meta["skill"], "example-arm6");
@@ -129,11 +96,7 @@ fn an_episode_driven_by_a_cyclonedds_peer_reads_back_in_the_python_mcap_readers(
     assert!(file.starts_with(dir.path()) && file.extension().unwrap() == "mcap");
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
     let ep = skillgraft::record::dataset::load_episode(&file, &skill.manifest).unwrap();
-    assert!(
-        ep.samples.len() as f64 > 0.9 * r["sent"]["action"].as_f64().unwrap(),
-        "{} samples",
-        ep.samples.len()
-    );
+    assert!(ep.samples.len() as f64 > 0.9 * r["sent"]["action"].as_f64().unwrap(), "{} samples", ep.samples.len());
 }
 
 #[test]
@@ -143,10 +106,7 @@ fn a_node_killed_mid_episode_leaves_chunks_that_recover() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut node = recorder(dir.path());
-    let p = peer(&["--seconds", "4", "--no-stop"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let p = peer(&["--seconds", "4", "--no-stop"]).stdout(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let part = loop {
         if let Some(p) = std::fs::read_dir(dir.path())
@@ -166,25 +126,14 @@ fn a_node_killed_mid_episode_leaves_chunks_that_recover() {
     assert!(part.exists(), "the .part file must survive the crash");
     let out = common::succeeds(&["episodes", "recover", dir.path().to_str().unwrap()]);
     assert!(out.contains("kept"), "{out}");
-    let recovered = episode::read(
-        &part.with_file_name(
-            part.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .replace(".mcap.part", ".mcap"),
-        ),
-    )
-    .unwrap();
+    let recovered =
+        episode::read(&part.with_file_name(part.file_name().unwrap().to_string_lossy().replace(".mcap.part", ".mcap")))
+            .unwrap();
     assert!(recovered.complete);
     let n = recovered.messages.len() as u64;
-    let total: u64 = ["joint_states", "target", "twist", "action"]
-        .iter()
-        .map(|t| sent["sent"][t].as_u64().unwrap())
-        .sum();
-    assert!(
-        n > 100 && n < total,
-        "recovered {n} of {total} messages sent"
-    );
+    let total: u64 =
+        ["joint_states", "target", "twist", "action"].iter().map(|t| sent["sent"][t].as_u64().unwrap()).sum();
+    assert!(n > 100 && n < total, "recovered {n} of {total} messages sent");
 }
 
 struct Feed {
@@ -194,9 +143,7 @@ struct Feed {
 
 impl Feed {
     fn say(&mut self, text: &str) {
-        self.control
-            .publish(&cdr::encode(&StringMsg { data: text.into() }).unwrap())
-            .unwrap();
+        self.control.publish(&cdr::encode(&StringMsg { data: text.into() }).unwrap()).unwrap();
     }
 }
 
@@ -210,36 +157,12 @@ fn node_with(dir: &Path) -> (RunningNode, Feed) {
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
     let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
     let t: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(
-            NodeIdentity {
-                name: "skillgraft".into(),
-                namespace: "/".into(),
-            },
-            45,
-            true,
-        )
-        .unwrap(),
+        DdsTransport::new(NodeIdentity { name: "skillgraft".into(), namespace: "/".into() }, 45, true).unwrap(),
     );
     let node = RunningNode::start(skill, cfg, t).unwrap();
-    let peer = DdsTransport::new(
-        NodeIdentity {
-            name: "operator".into(),
-            namespace: "/".into(),
-        },
-        45,
-        true,
-    )
-    .unwrap();
-    let control = peer
-        .publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE)
-        .unwrap();
-    (
-        node,
-        Feed {
-            control,
-            _peer: peer,
-        },
-    )
+    let peer = DdsTransport::new(NodeIdentity { name: "operator".into(), namespace: "/".into() }, 45, true).unwrap();
+    let control = peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap();
+    (node, Feed { control, _peer: peer })
 }
 
 /// Sends `start LABEL` until the recorder leaves idle (the first ones may go out before the
@@ -275,9 +198,7 @@ fn wait_status(
 
 #[test]
 fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() {
-    if !common::isolated(
-        "an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop",
-    ) {
+    if !common::isolated("an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -287,82 +208,41 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     wait_status(&node, |s| s.state == "idle", "the recorder never reported");
     let failed = start(&node, &mut feed, "doomed");
     assert_eq!(failed.state, "failed");
-    assert!(
-        failed.error.as_deref().unwrap_or("").contains("a-file"),
-        "{failed:?}"
-    );
+    assert!(failed.error.as_deref().unwrap_or("").contains("a-file"), "{failed:?}");
     let ticks = node.stats.ticks.load(Ordering::Relaxed);
     let muted = node.stats.muted_ticks.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        node.stats.ticks.load(Ordering::Relaxed) > ticks + 10,
-        "the control loop must keep ticking"
-    );
-    assert!(
-        node.stats.muted_ticks.load(Ordering::Relaxed) > muted,
-        "the policy stays muted during the demonstration"
-    );
+    assert!(node.stats.ticks.load(Ordering::Relaxed) > ticks + 10, "the control loop must keep ticking");
+    assert!(node.stats.muted_ticks.load(Ordering::Relaxed) > muted, "the policy stays muted during the demonstration");
     feed.say("stop");
     wait_status(&node, |s| s.state == "idle", "stop after a failure");
     node.stop();
 
     let full = tmp.path().join("full");
     std::fs::create_dir(&full).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&full)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mount a 64 KiB tmpfs (needs the private mount namespace)"
-    );
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&full).status().unwrap();
+    assert!(mounted.success(), "mount a 64 KiB tmpfs (needs the private mount namespace)");
     let (node, mut feed) = node_with(&full);
     wait_status(&node, |s| s.state == "idle", "the recorder never reported");
     assert_eq!(start(&node, &mut feed, "filling").state, "recording");
-    let obs_feed = DdsTransport::new(
-        NodeIdentity {
-            name: "sensors".into(),
-            namespace: "/".into(),
-        },
-        45,
-        true,
-    )
-    .unwrap();
+    let obs_feed = DdsTransport::new(NodeIdentity { name: "sensors".into(), namespace: "/".into() }, 45, true).unwrap();
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
     let e = skillgraft::control::observer::Extractor::new(&skill.manifest.observations[0]);
-    let mut js = obs_feed
-        .publisher("/joint_states", &e.type_name, Qos::RELIABLE)
-        .unwrap();
+    let mut js = obs_feed.publisher("/joint_states", &e.type_name, Qos::RELIABLE).unwrap();
     let msg = e.compose(&[0.5; 18]).encode().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while node.recorder_status().unwrap().state != "failed" {
         js.publish(&msg).unwrap();
         std::thread::sleep(Duration::from_millis(1));
-        assert!(
-            Instant::now() < deadline,
-            "64 KiB never filled up: {:?}",
-            node.recorder_status()
-        );
+        assert!(Instant::now() < deadline, "64 KiB never filled up: {:?}", node.recorder_status());
     }
     let s = node.recorder_status().unwrap();
-    assert!(
-        s.error
-            .as_deref()
-            .unwrap_or("")
-            .to_lowercase()
-            .contains("space"),
-        "{s:?}"
-    );
+    assert!(s.error.as_deref().unwrap_or("").to_lowercase().contains("space"), "{s:?}");
     let ticks = node.stats.ticks.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
     assert!(node.stats.ticks.load(Ordering::Relaxed) > ticks + 10);
     assert!(
-        std::fs::read_dir(&full).unwrap().any(|e| e
-            .unwrap()
-            .path()
-            .to_string_lossy()
-            .ends_with(".mcap.part")),
+        std::fs::read_dir(&full).unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".mcap.part")),
         "the .part stays for recovery"
     );
     node.stop();
@@ -380,39 +260,24 @@ fn discard_deletes_the_episode_and_stop_keeps_it() {
     assert_eq!(start(&node, &mut feed, "first try").state, "recording");
     let deadline = Instant::now() + Duration::from_secs(5);
     while node.stats.muted_ticks.load(Ordering::Relaxed) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the policy must be muted while an episode records"
-        );
+        assert!(Instant::now() < deadline, "the policy must be muted while an episode records");
         std::thread::sleep(Duration::from_millis(10));
     }
     feed.say("discard");
     wait_status(&node, |s| s.state == "idle", "discard");
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "a discarded episode leaves nothing"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a discarded episode leaves nothing");
     feed.say("stop");
-    let refused = wait_status(
-        &node,
-        |s| s.error.is_some(),
-        "stop with no episode must be refused",
-    );
+    let refused = wait_status(&node, |s| s.error.is_some(), "stop with no episode must be refused");
     assert!(refused.error.unwrap().contains("no episode is recording"));
     assert_eq!(start(&node, &mut feed, "second try").state, "recording");
     feed.say("stop");
     let done = wait_status(&node, |s| s.episodes_written == 1, "stop");
     let file = PathBuf::from(done.last_file.unwrap());
     assert!(
-        file.ends_with(file.file_name().unwrap())
-            && file.to_string_lossy().ends_with("second_try.mcap"),
+        file.ends_with(file.file_name().unwrap()) && file.to_string_lossy().ends_with("second_try.mcap"),
         "{}",
         file.display()
     );
-    assert_eq!(
-        episode::read(&file).unwrap().metadata["label"],
-        "second try"
-    );
+    assert_eq!(episode::read(&file).unwrap().metadata["label"], "second try");
     node.stop();
 }

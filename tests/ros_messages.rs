@@ -10,8 +10,8 @@ fn check<M: RosMessage + PartialEq + std::fmt::Debug>(file: &serde_json::Value) 
     assert_eq!(file["type"], M::TYPE);
     let cases = file["cases"].as_array().unwrap();
     for (i, case) in cases.iter().enumerate() {
-        let msg: M = serde_json::from_value(case["message"].clone())
-            .unwrap_or_else(|e| panic!("{} case {i}: {e}", M::TYPE));
+        let msg: M =
+            serde_json::from_value(case["message"].clone()).unwrap_or_else(|e| panic!("{} case {i}: {e}", M::TYPE));
         let want = case["cdr"].as_str().unwrap();
         assert_eq!(
             hex::encode(cdr::encode(&msg).unwrap()),
@@ -31,8 +31,7 @@ fn every_message_type_matches_rosbags_byte_for_byte() {
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let n = match file["type"].as_str().unwrap() {
             Time::TYPE => check::<Time>(&file),
             Duration::TYPE => check::<Duration>(&file),
@@ -63,18 +62,14 @@ fn every_message_type_matches_rosbags_byte_for_byte() {
 fn truncated_and_foreign_bytes_are_errors_not_panics() {
     let file: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/cdr/sensor_msgs__JointState.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cdr/sensor_msgs__JointState.json"),
         )
         .unwrap(),
     )
     .unwrap();
     let bytes = hex::decode(file["cases"][0]["cdr"].as_str().unwrap()).unwrap();
     for cut in 0..bytes.len() - 8 {
-        assert!(
-            cdr::decode::<JointState>(&bytes[..cut], JointState::TYPE).is_err(),
-            "cut at {cut}"
-        );
+        assert!(cdr::decode::<JointState>(&bytes[..cut], JointState::TYPE).is_err(), "cut at {cut}");
     }
     let mut wild = bytes.clone();
     wild[12..16].copy_from_slice(&u32::MAX.to_le_bytes());

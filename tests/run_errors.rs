@@ -8,10 +8,7 @@ use std::path::Path;
 use common::{fails, init_fixture};
 
 fn example() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("skills/example-arm6")
-        .display()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6").display().to_string()
 }
 
 #[test]
@@ -21,26 +18,13 @@ fn a_parameter_file_with_wrong_types_is_refused() {
     std::fs::write(&file, "/**:\n  ros__parameters:\n    rate_hz: fast\n").unwrap();
     let err = fails(&["run", &example(), "--params-file", file.to_str().unwrap()]);
     assert!(
-        err.contains("`rate_hz`")
-            && err.contains(file.to_str().unwrap())
-            && err.contains("must be a double"),
+        err.contains("`rate_hz`") && err.contains(file.to_str().unwrap()) && err.contains("must be a double"),
         "{err}"
     );
-    std::fs::write(
-        &file,
-        "/**:\n  ros__parameters:\n    action:\n      lower: [1, 2]\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "/**:\n  ros__parameters:\n    action:\n      lower: [1, 2]\n").unwrap();
     let err = fails(&["run", &example(), "--params-file", file.to_str().unwrap()]);
-    assert!(
-        err.contains("`action.lower` has 2 values; the action has 6"),
-        "{err}"
-    );
-    std::fs::write(
-        &file,
-        "skillgraft:\n  ros__parameters:\n    rt_priority: 200\n",
-    )
-    .unwrap();
+    assert!(err.contains("`action.lower` has 2 values; the action has 6"), "{err}");
+    std::fs::write(&file, "skillgraft:\n  ros__parameters:\n    rt_priority: 200\n").unwrap();
     let err = fails(&["run", &example(), "--params-file", file.to_str().unwrap()]);
     assert!(err.contains("`rt_priority` is 200"), "{err}");
 }
@@ -51,27 +35,12 @@ fn bad_ros_arguments_are_refused() {
     assert!(err.contains("`blend_s`"), "{err}");
     let err = fails(&["run", &example(), "--ros-args", "-p", "colour:=red"]);
     assert!(err.contains("unknown parameter `colour`"), "{err}");
-    let err = fails(&[
-        "run",
-        &example(),
-        "--ros-args",
-        "-r",
-        "/joint_states:=/bad topic",
-    ]);
+    let err = fails(&["run", &example(), "--ros-args", "-r", "/joint_states:=/bad topic"]);
     assert!(err.contains("not a valid ROS 2 topic name"), "{err}");
     let err = fails(&["run", &example(), "stray"]);
     assert!(err.contains("unexpected argument `stray`"), "{err}");
-    let err = fails(&[
-        "run",
-        &example(),
-        "--ros-args",
-        "-p",
-        "action.lower:=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]",
-    ]);
-    assert!(
-        err.contains("safe action is zero") && err.contains("hold"),
-        "{err}"
-    );
+    let err = fails(&["run", &example(), "--ros-args", "-p", "action.lower:=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"]);
+    assert!(err.contains("safe action is zero") && err.contains("hold"), "{err}");
 }
 
 #[test]
@@ -79,8 +48,5 @@ fn a_skill_without_real_limits_does_not_drive_a_robot() {
     let dir = tempfile::tempdir().unwrap();
     let skill = init_fixture(&dir.path().join("s"), "mlp_gemm");
     let err = fails(&["run", skill.to_str().unwrap()]);
-    assert!(
-        err.contains("not finite") && err.contains("action.lower"),
-        "{err}"
-    );
+    assert!(err.contains("not finite") && err.contains("action.lower"), "{err}");
 }

@@ -37,9 +37,7 @@ fn pooled_and_system_blocks_keep_their_contents_across_threads() {
             std::thread::spawn(move || {
                 let mut seed = t * 7919 + 1;
                 let mut rand = move || {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     (seed >> 33) as usize
                 };
                 let mut live: Vec<(Vec<u8>, u8)> = Vec::new();
@@ -94,10 +92,7 @@ fn pooled_and_system_blocks_keep_their_contents_across_threads() {
     let s = alloc::stats();
     assert!(alloc::installed());
     assert!(s.pooled > 5000, "{s:?}");
-    assert!(
-        s.system > 0,
-        "blocks above the largest class go to the system allocator: {s:?}"
-    );
+    assert!(s.system > 0, "blocks above the largest class go to the system allocator: {s:?}");
 }
 
 #[test]

@@ -49,30 +49,17 @@ pub struct ControlReport {
 
 /// Runs the skill's node at each rate for `seconds`, fed over DDS (localhost only) at the same
 /// rate by a second node.
-pub fn control(
-    skill_dir: &Path,
-    rates: &[f64],
-    seconds: f64,
-    rt_priority: i64,
-) -> Result<ControlReport, String> {
+pub fn control(skill_dir: &Path, rates: &[f64], seconds: f64, rt_priority: i64) -> Result<ControlReport, String> {
     let mut rows = Vec::new();
     let mut backend = String::new();
     let mut label = String::new();
     for (i, &rate) in rates.iter().enumerate() {
-        let params = vec![
-            format!("rate_hz:={rate:?}"),
-            "blend_s:=0.0".into(),
-            format!("rt_priority:={rt_priority}"),
-        ];
+        let params = vec![format!("rate_hz:={rate:?}"), "blend_s:=0.0".into(), format!("rt_priority:={rt_priority}")];
         let rig = Rig::start(skill_dir, &params, 150 + i as u16)?;
         label = rig.skill.clone();
         backend = rig.backend.clone();
         let base = rate.min(1000.0);
-        let streams = rig
-            .inputs
-            .iter()
-            .map(|(e, topic)| rig.stream(topic, e, 1))
-            .collect::<Result<Vec<_>, _>>()?;
+        let streams = rig.inputs.iter().map(|(e, topic)| rig.stream(topic, e, 1)).collect::<Result<Vec<_>, _>>()?;
         let feeder = Feeder::start(streams, base);
         let node = &rig.node;
         std::thread::sleep(Duration::from_secs(2));
@@ -106,27 +93,14 @@ pub fn control(
         });
         rig.node.stop();
     }
-    Ok(ControlReport {
-        skill: label,
-        rows,
-        peak_rss_mib: peak_rss_mib(),
-        transport: backend,
-        rt_priority,
-    })
+    Ok(ControlReport { skill: label, rows, peak_rss_mib: peak_rss_mib(), transport: backend, rt_priority })
 }
 
 impl fmt::Display for ControlReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sched = if self.rt_priority > 0 {
-            format!("SCHED_FIFO {}", self.rt_priority)
-        } else {
-            "normal scheduling".into()
-        };
-        writeln!(
-            f,
-            "skill {} over {}; control thread: {sched}",
-            self.skill, self.transport
-        )?;
+        let sched =
+            if self.rt_priority > 0 { format!("SCHED_FIFO {}", self.rt_priority) } else { "normal scheduling".into() };
+        writeln!(f, "skill {} over {}; control thread: {sched}", self.skill, self.transport)?;
         writeln!(
             f,
             "| rate (Hz) | ticks | achieved (Hz) | latency p50 / p99 / max (µs) | compute p50 / p99 / max (µs) | deadline misses | actions published | control-thread mallocs |"

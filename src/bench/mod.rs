@@ -36,18 +36,12 @@ pub struct InferenceCase {
 impl InferenceCase {
     /// One control step.
     pub fn step(&mut self, action: &mut [f32]) {
-        self.model
-            .control
-            .step(&self.single, action)
-            .expect("the benchmark model runs");
+        self.model.control.step(&self.single, action).expect("the benchmark model runs");
     }
 
     /// Features of the whole batch.
     pub fn features(&self) -> Vec<f32> {
-        self.model
-            .backbone
-            .features(&self.batch, FEATURE_BATCH, FEATURE_BATCH)
-            .expect("the benchmark model runs")
+        self.model.backbone.features(&self.batch, FEATURE_BATCH, FEATURE_BATCH).expect("the benchmark model runs")
     }
 }
 
@@ -60,51 +54,30 @@ struct FixtureInfo {
 /// layout `tools/make_fixtures.py` writes), with seeded inputs.
 pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            format!(
-                "cannot read {}: {e}; run from the repository root or pass --fixtures",
-                dir.display()
-            )
-        })?
+        .map_err(|e| format!("cannot read {}: {e}; run from the repository root or pass --fixtures", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json") && p.with_extension("onnx").is_file()
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.with_extension("onnx").is_file())
         .collect();
     names.sort();
     let mut cases = Vec::new();
     for json in names {
-        let info: FixtureInfo =
-            serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)
-                .map_err(|e| format!("{}: {e}", json.display()))?;
+        let info: FixtureInfo = serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{}: {e}", json.display()))?;
         let file = OnnxFile::read(&json.with_extension("onnx")).map_err(|e| e.to_string())?;
-        let input = file
-            .index()
-            .inputs()
-            .first()
-            .map(|i| i.name.clone())
-            .unwrap_or_default();
+        let input = file.index().inputs().first().map(|i| i.name.clone()).unwrap_or_default();
         let output = file.graph().output[0].name.clone();
-        let model =
-            Model::load(file, &input, &output, &info.features_tensor).map_err(|e| e.to_string())?;
+        let model = Model::load(file, &input, &output, &info.features_tensor).map_err(|e| e.to_string())?;
         let w = model.input_shape.width();
         let batch = seeded(7, w * FEATURE_BATCH);
         cases.push(InferenceCase {
-            name: json
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
+            name: json.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
             single: batch[..w].to_vec(),
             batch,
             model,
         });
     }
     if cases.is_empty() {
-        return Err(format!(
-            "no NAME.onnx + NAME.json fixtures in {}",
-            dir.display()
-        ));
+        return Err(format!("no NAME.onnx + NAME.json fixtures in {}", dir.display()));
     }
     Ok(cases)
 }
@@ -114,9 +87,7 @@ pub fn seeded(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -187,23 +158,12 @@ pub fn inference(dir: &Path, python: &str, iters: usize) -> Result<InferenceRepo
     }
     let onnxruntime = run_ort(dir, python, iters).map(|(version, timings)| {
         for row in &mut rows {
-            let key = if row.measure.starts_with("control") {
-                "step_us"
-            } else {
-                "features_us"
-            };
-            row.ort_us = timings
-                .get(&row.model)
-                .and_then(|t| t.get(key))
-                .and_then(serde_json::Value::as_f64);
+            let key = if row.measure.starts_with("control") { "step_us" } else { "features_us" };
+            row.ort_us = timings.get(&row.model).and_then(|t| t.get(key)).and_then(serde_json::Value::as_f64);
         }
         version
     });
-    Ok(InferenceReport {
-        rows,
-        onnxruntime,
-        optimised: !cfg!(debug_assertions),
-    })
+    Ok(InferenceReport { rows, onnxruntime, optimised: !cfg!(debug_assertions) })
 }
 
 type OrtTimings = serde_json::Map<String, serde_json::Value>;
@@ -261,11 +221,7 @@ impl fmt::Display for InferenceReport {
                 Some(o) => (format!("{o:.1}"), format!("{:.2}", r.tract_us / o)),
                 None => ("n/a".into(), "n/a".into()),
             };
-            writeln!(
-                f,
-                "| {} | {} | {:.1} | {o} | {ratio} |",
-                r.model, r.measure, r.tract_us
-            )?;
+            writeln!(f, "| {} | {} | {:.1} | {o} | {ratio} |", r.model, r.measure, r.tract_us)?;
         }
         Ok(())
     }

@@ -47,10 +47,7 @@ impl Rig {
         }
         let args = RosArgs::parse(&args, &[], "skillgraft_bench").map_err(err)?;
         let cfg = NodeConfig::new(&skill.manifest, &args).map_err(err)?;
-        let id = |name: &str| NodeIdentity {
-            name: name.into(),
-            namespace: "/".into(),
-        };
+        let id = |name: &str| NodeIdentity { name: name.into(), namespace: "/".into() };
         let transport: Arc<dyn Transport> =
             Arc::new(DdsTransport::new(id("skillgraft_bench"), domain, true).map_err(err)?);
         let backend = transport.backend();
@@ -65,15 +62,7 @@ impl Rig {
         let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
         let node = RunningNode::start(skill, cfg.clone(), transport).map_err(err)?;
         let feeder = DdsTransport::new(id("bench_feeder"), domain, true).map_err(err)?;
-        Ok(Rig {
-            node,
-            feeder,
-            skill: label,
-            backend,
-            cfg,
-            inputs,
-            action,
-        })
+        Ok(Rig { node, feeder, skill: label, backend, cfg, inputs, action })
     }
 
     /// A stream of messages on `topic`, published every `every`-th feeder tick. The first value
@@ -82,20 +71,12 @@ impl Rig {
     pub fn stream(&self, topic: &str, fields: &Extractor, every: u32) -> Result<Stream, String> {
         let mut values: Vec<f64> = (0..fields.width).map(|k| 0.1 * (k % 5) as f64).collect();
         let fields = fields.clone();
-        let publisher = self
-            .feeder
-            .publisher(topic, &fields.type_name, Qos::RELIABLE)
-            .map_err(err)?;
+        let publisher = self.feeder.publisher(topic, &fields.type_name, Qos::RELIABLE).map_err(err)?;
         let make = Box::new(move |n: u64| {
             values[0] = n as f64;
             fields.compose(&values).encode().unwrap_or_default()
         });
-        Ok(Stream {
-            publisher,
-            make,
-            every: every.max(1),
-            sent: Arc::default(),
-        })
+        Ok(Stream { publisher, make, every: every.max(1), sent: Arc::default() })
     }
 }
 
@@ -136,10 +117,7 @@ impl Feeder {
                 }
             }
         });
-        Feeder {
-            stop,
-            thread: Some(thread),
-        }
+        Feeder { stop, thread: Some(thread) }
     }
 }
 

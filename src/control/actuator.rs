@@ -18,14 +18,8 @@ impl ActionEncoder {
     /// a trajectory point's time from start.
     pub fn new(action: &ActionOutput, period_s: f64) -> ActionEncoder {
         let sec = period_s.floor();
-        let period = Duration {
-            sec: sec as i32,
-            nanosec: ((period_s - sec) * 1e9).round() as u32,
-        };
-        ActionEncoder {
-            fields: Extractor::for_action(action),
-            period,
-        }
+        let period = Duration { sec: sec as i32, nanosec: ((period_s - sec) * 1e9).round() as u32 };
+        ActionEncoder { fields: Extractor::for_action(action), period }
     }
 
     /// The ROS type of the messages.
@@ -35,12 +29,7 @@ impl ActionEncoder {
 
     /// Puts `values` where the fields say, stamps the message, and encodes it into `out`
     /// (cleared first).
-    pub fn encode(
-        &mut self,
-        values: &[f64],
-        stamp: Time,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CdrError> {
+    pub fn encode(&mut self, values: &[f64], stamp: Time, out: &mut Vec<u8>) -> Result<(), CdrError> {
         out.clear();
         let mut msg = self.fields.compose(values);
         match &mut msg {
@@ -81,10 +70,7 @@ mod tests {
     fn each_action_type_carries_the_values_where_the_fields_say() {
         let mut buf = Vec::new();
         let stamp = Time { sec: 5, nanosec: 6 };
-        let mut e = ActionEncoder::new(
-            &action(Float64MultiArray::TYPE, &["data[2..4]", "data[0]"], &[]),
-            0.02,
-        );
+        let mut e = ActionEncoder::new(&action(Float64MultiArray::TYPE, &["data[2..4]", "data[0]"], &[]), 0.02);
         e.encode(&[1.0, 2.0, 3.0], stamp, &mut buf).unwrap();
         let m: Float64MultiArray = cdr::decode(&buf, Float64MultiArray::TYPE).unwrap();
         assert_eq!(m.data, vec![3.0, 0.0, 1.0, 2.0]);
@@ -102,31 +88,16 @@ mod tests {
         let m: Twist = cdr::decode(&buf, Twist::TYPE).unwrap();
         assert_eq!((m.linear.x, m.angular.z), (0.3, -0.7));
 
-        let mut e = ActionEncoder::new(
-            &action(JointTrajectory::TYPE, &["positions"], &["a", "b"]),
-            0.02,
-        );
+        let mut e = ActionEncoder::new(&action(JointTrajectory::TYPE, &["positions"], &["a", "b"]), 0.02);
         e.encode(&[1.5, 2.5], stamp, &mut buf).unwrap();
         let m: JointTrajectory = cdr::decode(&buf, JointTrajectory::TYPE).unwrap();
         assert_eq!(m.points.len(), 1);
         assert_eq!(m.points[0].positions, vec![1.5, 2.5]);
-        assert_eq!(
-            m.points[0].time_from_start,
-            Duration {
-                sec: 0,
-                nanosec: 20_000_000
-            }
-        );
+        assert_eq!(m.points[0].time_from_start, Duration { sec: 0, nanosec: 20_000_000 });
         assert_eq!(m.header.stamp, stamp);
 
-        let mut e =
-            ActionEncoder::new(&action(Float32MultiArray::TYPE, &["data[0..2]"], &[]), 0.02);
+        let mut e = ActionEncoder::new(&action(Float32MultiArray::TYPE, &["data[0..2]"], &[]), 0.02);
         e.encode(&[0.25, 4.0], stamp, &mut buf).unwrap();
-        assert_eq!(
-            cdr::decode::<Float32MultiArray>(&buf, Float32MultiArray::TYPE)
-                .unwrap()
-                .data,
-            vec![0.25, 4.0]
-        );
+        assert_eq!(cdr::decode::<Float32MultiArray>(&buf, Float32MultiArray::TYPE).unwrap().data, vec![0.25, 4.0]);
     }
 }

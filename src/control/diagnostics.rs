@@ -20,17 +20,13 @@ pub struct LatencyRing {
 impl LatencyRing {
     /// A ring of `n` samples.
     pub fn new(n: usize) -> LatencyRing {
-        LatencyRing {
-            samples: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            written: AtomicUsize::new(0),
-        }
+        LatencyRing { samples: (0..n).map(|_| AtomicU32::new(0)).collect(), written: AtomicUsize::new(0) }
     }
 
     /// Records one latency. Allocates nothing.
     pub fn record(&self, d: Duration) {
         let i = self.written.load(Ordering::Relaxed);
-        self.samples[i % self.samples.len()]
-            .store(d.as_nanos().min(u32::MAX as u128) as u32, Ordering::Relaxed);
+        self.samples[i % self.samples.len()].store(d.as_nanos().min(u32::MAX as u128) as u32, Ordering::Relaxed);
         self.written.store(i + 1, Ordering::Release);
     }
 
@@ -38,12 +34,7 @@ impl LatencyRing {
     pub fn since(&self, from: usize) -> (Vec<u32>, usize) {
         let end = self.written.load(Ordering::Acquire);
         let start = from.max(end.saturating_sub(self.samples.len()));
-        (
-            (start..end)
-                .map(|i| self.samples[i % self.samples.len()].load(Ordering::Relaxed))
-                .collect(),
-            end,
-        )
+        ((start..end).map(|i| self.samples[i % self.samples.len()].load(Ordering::Relaxed)).collect(), end)
     }
 }
 
@@ -54,11 +45,7 @@ pub fn percentiles(mut ns: Vec<u32>) -> Option<(f64, f64, f64)> {
     }
     ns.sort_unstable();
     let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
-    Some((
-        at(0.5),
-        at(0.99),
-        *ns.last().expect("not empty") as f64 / 1000.0,
-    ))
+    Some((at(0.5), at(0.99), *ns.last().expect("not empty") as f64 / 1000.0))
 }
 
 /// Counters of a running node.
@@ -187,12 +174,7 @@ impl Reporter {
     }
 
     /// The `/diagnostics` status of this period.
-    pub fn status(
-        &mut self,
-        name: &str,
-        hardware_id: &str,
-        skill: &str,
-    ) -> (DiagnosticStatus, Report) {
+    pub fn status(&mut self, name: &str, hardware_id: &str, skill: &str) -> (DiagnosticStatus, Report) {
         let r = self.report();
         let s = &self.stats;
         let now_ns = s.epoch.elapsed().as_nanos() as u64;
@@ -200,10 +182,7 @@ impl Reporter {
             kv("skill", skill),
             kv("rate_hz", format!("{:.1}", r.rate_hz)),
             kv("deadline_misses", r.misses),
-            kv(
-                "deadline_misses_total",
-                s.deadline_misses.load(Ordering::Relaxed),
-            ),
+            kv("deadline_misses_total", s.deadline_misses.load(Ordering::Relaxed)),
         ];
         if let Some((p50, p99, max)) = r.latency_us {
             values.push(kv("tick_latency_p50_us", format!("{p50:.1}")));
@@ -211,10 +190,7 @@ impl Reporter {
             values.push(kv("tick_latency_max_us", format!("{max:.1}")));
         }
         for (k, name) in INTERVENTIONS.iter().enumerate() {
-            values.push(kv(
-                &format!("interventions.{name}"),
-                s.interventions.0[k].load(Ordering::Relaxed),
-            ));
+            values.push(kv(&format!("interventions.{name}"), s.interventions.0[k].load(Ordering::Relaxed)));
         }
         for (topic, input) in &s.inputs {
             let last = input.last_ns.load(Ordering::Relaxed);
@@ -224,10 +200,7 @@ impl Reporter {
                 format!("{:.1}", (now_ns.saturating_sub(last)) as f64 / 1e6)
             };
             values.push(kv(&format!("input.{topic}.age_ms"), age));
-            values.push(kv(
-                &format!("input.{topic}.accepted"),
-                input.accepted.load(Ordering::Relaxed),
-            ));
+            values.push(kv(&format!("input.{topic}.accepted"), input.accepted.load(Ordering::Relaxed)));
             for (k, kind) in EXTRACT_KINDS.iter().enumerate() {
                 let n = input.rejected[k].load(Ordering::Relaxed);
                 if n > 0 {
@@ -237,10 +210,7 @@ impl Reporter {
         }
         values.push(kv("actions_published", s.published.load(Ordering::Relaxed)));
         values.push(kv("actions_dropped", s.dropped.load(Ordering::Relaxed)));
-        values.push(kv(
-            "estop_rejected",
-            s.estop_rejected.load(Ordering::Relaxed),
-        ));
+        values.push(kv("estop_rejected", s.estop_rejected.load(Ordering::Relaxed)));
         values.push(kv("skill_swaps", s.swaps.load(Ordering::Relaxed)));
         values.push(kv("muted_ticks", s.muted_ticks.load(Ordering::Relaxed)));
         let mut recorder_failed = None;
@@ -248,14 +218,8 @@ impl Reporter {
             && let Ok(st) = tap.status.lock()
         {
             values.push(kv("recorder.state", &st.state));
-            values.push(kv(
-                "recorder.episode",
-                st.episode.clone().unwrap_or_default(),
-            ));
-            values.push(kv(
-                "recorder.dropped_total",
-                tap.dropped.load(Ordering::Relaxed),
-            ));
+            values.push(kv("recorder.episode", st.episode.clone().unwrap_or_default()));
+            values.push(kv("recorder.dropped_total", tap.dropped.load(Ordering::Relaxed)));
             values.push(kv("recorder.episodes_written", st.episodes_written));
             if st.state == "failed" {
                 recorder_failed = st.error.clone();
@@ -264,43 +228,21 @@ impl Reporter {
         let mallocs = s.control_malloc_calls.load(Ordering::Relaxed);
         values.push(kv(
             "control_thread_malloc_calls",
-            if crate::alloc::installed() {
-                mallocs.to_string()
-            } else {
-                "n/a".into()
-            },
+            if crate::alloc::installed() { mallocs.to_string() } else { "n/a".into() },
         ));
         let [stale, estop, non_finite, failure, ..] = r.interventions;
         let (level, message) = if let Some(e) = recorder_failed {
-            (
-                DiagnosticStatus::ERROR,
-                format!("episode recording failed: {e}"),
-            )
+            (DiagnosticStatus::ERROR, format!("episode recording failed: {e}"))
         } else if failure > 0 {
-            (
-                DiagnosticStatus::ERROR,
-                format!("inference failed {failure} times; publishing the safe action"),
-            )
+            (DiagnosticStatus::ERROR, format!("inference failed {failure} times; publishing the safe action"))
         } else if estop > 0 {
-            (
-                DiagnosticStatus::WARN,
-                "e-stop engaged; publishing the safe action".to_string(),
-            )
+            (DiagnosticStatus::WARN, "e-stop engaged; publishing the safe action".to_string())
         } else if stale > 0 {
-            (
-                DiagnosticStatus::WARN,
-                "stale inputs; publishing the safe action".to_string(),
-            )
+            (DiagnosticStatus::WARN, "stale inputs; publishing the safe action".to_string())
         } else if non_finite > 0 {
-            (
-                DiagnosticStatus::WARN,
-                format!("{non_finite} non-finite actions replaced by the safe action"),
-            )
+            (DiagnosticStatus::WARN, format!("{non_finite} non-finite actions replaced by the safe action"))
         } else if r.misses > 0 {
-            (
-                DiagnosticStatus::WARN,
-                format!("{} control deadlines missed", r.misses),
-            )
+            (DiagnosticStatus::WARN, format!("{} control deadlines missed", r.misses))
         } else {
             (DiagnosticStatus::OK, format!("running {skill}"))
         };
@@ -318,10 +260,7 @@ impl Reporter {
 }
 
 fn kv(key: &str, value: impl ToString) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: value.to_string(),
-    }
+    KeyValue { key: key.into(), value: value.to_string() }
 }
 
 #[cfg(test)]
@@ -338,9 +277,6 @@ mod tests {
         assert_eq!(v, vec![3000, 4000, 5000, 6000]);
         assert_eq!(next, 6);
         assert_eq!(r.since(5).0, vec![6000]);
-        assert_eq!(
-            percentiles(vec![1000, 2000, 3000, 100_000]),
-            Some((3.0, 100.0, 100.0))
-        );
+        assert_eq!(percentiles(vec![1000, 2000, 3000, 100_000]), Some((3.0, 100.0, 100.0)));
     }
 }

@@ -66,61 +66,31 @@ pub struct NodeConfig {
     pub record_chunk: Duration,
     /// Messages the recorder queue holds before it drops.
     pub record_queue: usize,
+    /// QoS of the observation and demonstration-action subscriptions.
+    pub input_qos: Qos,
 }
 
 /// Parameters the node reads, with their meaning; anything else is refused.
 pub const PARAMETERS: &[(&str, &str)] = &[
     ("rate_hz", "double: control rate, overrides control.rate_hz"),
-    (
-        "blend_s",
-        "double: seconds over which the policy blends in from the safe action (default 0.5)",
-    ),
-    (
-        "estop_topic",
-        "string: std_msgs/Bool e-stop topic (default \"estop\")",
-    ),
-    (
-        "estop_timeout_s",
-        "double: if above 0, the e-stop topic must publish at least this often (default 0)",
-    ),
+    ("blend_s", "double: seconds over which the policy blends in from the safe action (default 0.5)"),
+    ("estop_topic", "string: std_msgs/Bool e-stop topic (default \"estop\")"),
+    ("estop_timeout_s", "double: if above 0, the e-stop topic must publish at least this often (default 0)"),
     ("action.lower", "double array: overrides action.lower"),
     ("action.upper", "double array: overrides action.upper"),
+    ("action.max_delta", "double array: overrides action.max_delta"),
+    ("diagnostics_period_s", "double: /diagnostics period (default 1.0)"),
+    ("hardware_id", "string: hardware_id on /diagnostics (default: the skill's source robot)"),
+    ("rt_priority", "integer: SCHED_FIFO priority (1-99) of the control thread; 0 keeps normal scheduling (default)"),
+    ("episodes_dir", "string: folder of episode files (default \"episodes\")"),
+    ("demo_action_topic", "string: topic of the demonstrated actions (default: the skill's action topic)"),
+    ("record_chunk_s", "double: seconds between synced chunks of an episode file (default 1.0)"),
+    ("record_queue", "integer: messages the recorder queue holds before it drops (default 65536)"),
     (
-        "action.max_delta",
-        "double array: overrides action.max_delta",
+        "observation_reliability",
+        "string: best_effort (default: matches every publisher) or reliable (no loss from reliable publishers)",
     ),
-    (
-        "diagnostics_period_s",
-        "double: /diagnostics period (default 1.0)",
-    ),
-    (
-        "hardware_id",
-        "string: hardware_id on /diagnostics (default: the skill's source robot)",
-    ),
-    (
-        "rt_priority",
-        "integer: SCHED_FIFO priority (1-99) of the control thread; 0 keeps normal scheduling (default)",
-    ),
-    (
-        "episodes_dir",
-        "string: folder of episode files (default \"episodes\")",
-    ),
-    (
-        "demo_action_topic",
-        "string: topic of the demonstrated actions (default: the skill's action topic)",
-    ),
-    (
-        "record_chunk_s",
-        "double: seconds between synced chunks of an episode file (default 1.0)",
-    ),
-    (
-        "record_queue",
-        "integer: messages the recorder queue holds before it drops (default 65536)",
-    ),
-    (
-        "use_sim_time",
-        "bool: accepted; skillgraft runs on the wall clock",
-    ),
+    ("use_sim_time", "bool: accepted; skillgraft runs on the wall clock"),
 ];
 
 impl NodeConfig {
@@ -129,48 +99,35 @@ impl NodeConfig {
         for name in args.params.keys() {
             if !PARAMETERS.iter().any(|(p, _)| p == name) {
                 let known: Vec<&str> = PARAMETERS.iter().map(|(p, _)| *p).collect();
-                return Err(ArgsError(format!(
-                    "unknown parameter `{name}`; skillgraft reads {}",
-                    known.join(", ")
-                )));
+                return Err(ArgsError(format!("unknown parameter `{name}`; skillgraft reads {}", known.join(", "))));
             }
         }
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(ArgsError(format!(
-                    "parameter `{name}` is {v}; it must be above 0"
-                )))
+                Err(ArgsError(format!("parameter `{name}` is {v}; it must be above 0")))
             }
         };
-        let rate_hz = positive(
-            "rate_hz",
-            args.get::<f64>("rate_hz")?.unwrap_or(m.control.rate_hz),
-        )?;
+        let rate_hz = positive("rate_hz", args.get::<f64>("rate_hz")?.unwrap_or(m.control.rate_hz))?;
         let blend_s = args.get::<f64>("blend_s")?.unwrap_or(0.5);
         if !(blend_s.is_finite() && blend_s >= 0.0) {
-            return Err(ArgsError(format!(
-                "parameter `blend_s` is {blend_s}; give seconds, 0 or more"
-            )));
+            return Err(ArgsError(format!("parameter `blend_s` is {blend_s}; give seconds, 0 or more")));
         }
         let estop_timeout = match args.get::<f64>("estop_timeout_s")?.unwrap_or(0.0) {
             t if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
             0.0 => None,
             t => {
-                return Err(ArgsError(format!(
-                    "parameter `estop_timeout_s` is {t}; give seconds, 0 to disable"
-                )));
+                return Err(ArgsError(format!("parameter `estop_timeout_s` is {t}; give seconds, 0 to disable")));
             }
         };
         let a = &m.action;
         let n = a.lower.len();
         let vector = |name: &str, default: &[f64]| -> Result<Vec<f64>, ArgsError> {
             match args.get::<Vec<f64>>(name)? {
-                Some(v) if v.len() != n => Err(ArgsError(format!(
-                    "parameter `{name}` has {} values; the action has {n}",
-                    v.len()
-                ))),
+                Some(v) if v.len() != n => {
+                    Err(ArgsError(format!("parameter `{name}` has {} values; the action has {n}", v.len())))
+                }
                 Some(v) => Ok(v),
                 None => Ok(default.to_vec()),
             }
@@ -190,23 +147,13 @@ impl NodeConfig {
         let topic = |t: &str| args.resolve_topic(t);
         Ok(NodeConfig {
             rate_hz,
-            observation_topics: m
-                .observations
-                .iter()
-                .map(|o| topic(&o.topic))
-                .collect::<Result<_, _>>()?,
+            observation_topics: m.observations.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
             action_topic: topic(&a.topic)?,
-            estop_topic: topic(
-                &args
-                    .get::<String>("estop_topic")?
-                    .unwrap_or_else(|| "estop".into()),
-            )?,
+            estop_topic: topic(&args.get::<String>("estop_topic")?.unwrap_or_else(|| "estop".into()))?,
             estop_timeout,
             safety,
             diagnostics_period,
-            hardware_id: args
-                .get::<String>("hardware_id")?
-                .unwrap_or_else(|| m.provenance.source_robot.clone()),
+            hardware_id: args.get::<String>("hardware_id")?.unwrap_or_else(|| m.provenance.source_robot.clone()),
             rt_priority: match args.get::<i64>("rt_priority")?.unwrap_or(0) {
                 p @ 0..=99 => p as i32,
                 p => {
@@ -216,15 +163,8 @@ impl NodeConfig {
                 }
             },
             policy: true,
-            episodes_dir: args
-                .get::<String>("episodes_dir")?
-                .unwrap_or_else(|| "episodes".into())
-                .into(),
-            demo_action_topic: topic(
-                &args
-                    .get::<String>("demo_action_topic")?
-                    .unwrap_or_else(|| a.topic.clone()),
-            )?,
+            episodes_dir: args.get::<String>("episodes_dir")?.unwrap_or_else(|| "episodes".into()).into(),
+            demo_action_topic: topic(&args.get::<String>("demo_action_topic")?.unwrap_or_else(|| a.topic.clone()))?,
             demo_control_topic: topic("~/demo/control")?,
             demo_status_topic: topic("~/demo/status")?,
             record_chunk: Duration::from_secs_f64(positive(
@@ -234,8 +174,15 @@ impl NodeConfig {
             record_queue: match args.get::<i64>("record_queue")?.unwrap_or(65536) {
                 q @ 16..=10_000_000 => q as usize,
                 q => {
+                    return Err(ArgsError(format!("parameter `record_queue` is {q}; give 16 to 10000000 messages")));
+                }
+            },
+            input_qos: match args.get::<String>("observation_reliability")?.as_deref().unwrap_or("best_effort") {
+                "best_effort" => Qos::SENSOR_DATA_DEEP,
+                "reliable" => Qos { reliable: true, ..Qos::SENSOR_DATA_DEEP },
+                other => {
                     return Err(ArgsError(format!(
-                        "parameter `record_queue` is {q}; give 16 to 10000000 messages"
+                        "parameter `observation_reliability` is {other:?}; give \"best_effort\" or \"reliable\""
                     )));
                 }
             },
@@ -265,10 +212,7 @@ struct ActiveSkill {
 
 impl ActiveSkill {
     fn new(skill: Skill) -> Box<ActiveSkill> {
-        Box::new(ActiveSkill {
-            norm: skill.manifest.normaliser(),
-            plan: skill.model.control,
-        })
+        Box::new(ActiveSkill { norm: skill.manifest.normaliser(), plan: skill.model.control })
     }
 }
 
@@ -300,9 +244,7 @@ impl EStop {
             None => false,
             Some(t) => {
                 let last = self.last_ns.load(Ordering::Relaxed);
-                last == 0
-                    || now.saturating_duration_since(epoch).as_nanos() as u64
-                        > last + t.as_nanos() as u64
+                last == 0 || now.saturating_duration_since(epoch).as_nanos() as u64 > last + t.as_nanos() as u64
             }
         }
     }
@@ -324,22 +266,13 @@ pub struct RunningNode {
 impl RunningNode {
     /// Subscribes, advertises and starts the recorder and the control, publisher and
     /// diagnostics threads (control and publisher only when `cfg.policy`).
-    pub fn start(
-        skill: Skill,
-        cfg: NodeConfig,
-        transport: Arc<dyn Transport>,
-    ) -> Result<RunningNode, NodeError> {
+    pub fn start(skill: Skill, cfg: NodeConfig, transport: Arc<dyn Transport>) -> Result<RunningNode, NodeError> {
         let manifest = skill.manifest.clone();
         let label = format!("{} {}", manifest.name, manifest.version);
         let epoch = Instant::now();
-        let (writers, assembler) =
-            observer::observer(&manifest.observations, manifest.control.history, epoch);
+        let (writers, assembler) = observer::observer(&manifest.observations, manifest.control.history, epoch);
         let interventions = Arc::new(Counters::default());
-        let inputs = writers
-            .iter()
-            .zip(&cfg.observation_topics)
-            .map(|(w, t)| (t.clone(), w.stats.clone()))
-            .collect();
+        let inputs = writers.iter().zip(&cfg.observation_topics).map(|(w, t)| (t.clone(), w.stats.clone())).collect();
         let stats = Arc::new(NodeStats::new(inputs, interventions.clone()));
 
         let mut channels: Vec<ChannelSpec> = cfg
@@ -382,18 +315,15 @@ impl RunningNode {
         let tap = recorder.tap.clone();
 
         let n_inputs = manifest.observations.len();
-        for (i, ((mut writer, topic), input)) in writers
-            .into_iter()
-            .zip(&cfg.observation_topics)
-            .zip(&manifest.observations)
-            .enumerate()
+        for (i, ((mut writer, topic), input)) in
+            writers.into_iter().zip(&cfg.observation_topics).zip(&manifest.observations).enumerate()
         {
             let type_name = crate::ros::schema::full_type_name(&input.msg_type);
             let tap = tap.clone();
             transport.subscribe(
                 topic,
                 &type_name,
-                Qos::SENSOR_DATA,
+                cfg.input_qos,
                 Box::new(move |s| {
                     let _ = writer.on_message(&s.cdr, s.arrived);
                     tap.offer(i, s);
@@ -405,7 +335,7 @@ impl RunningNode {
             transport.subscribe(
                 &cfg.demo_action_topic,
                 &action_type,
-                Qos::SENSOR_DATA,
+                cfg.input_qos,
                 Box::new(move |s| tap.offer(n_inputs, s)),
             )?;
         }
@@ -416,19 +346,14 @@ impl RunningNode {
                 &cfg.demo_control_topic,
                 StringMsg::TYPE,
                 Qos::RELIABLE,
-                Box::new(
-                    move |s| match cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE) {
-                        Ok(m) => tap.command(&m.data),
-                        Err(e) => tracing::warn!(topic = %topic, "episode command rejected: {e}"),
-                    },
-                ),
+                Box::new(move |s| match cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE) {
+                    Ok(m) => tap.command(&m.data),
+                    Err(e) => tracing::warn!(topic = %topic, "episode command rejected: {e}"),
+                }),
             )?;
         }
-        let estop = Arc::new(EStop {
-            engaged: AtomicBool::new(false),
-            last_ns: AtomicU64::new(0),
-            timeout: cfg.estop_timeout,
-        });
+        let estop =
+            Arc::new(EStop { engaged: AtomicBool::new(false), last_ns: AtomicU64::new(0), timeout: cfg.estop_timeout });
         {
             let (estop, stats) = (estop.clone(), stats.clone());
             let topic = cfg.estop_topic.clone();
@@ -448,8 +373,7 @@ impl RunningNode {
                 }
             }))?;
         }
-        let diagnostics =
-            transport.publisher("/diagnostics", DiagnosticArray::TYPE, Qos::RELIABLE)?;
+        let diagnostics = transport.publisher("/diagnostics", DiagnosticArray::TYPE, Qos::RELIABLE)?;
         let stop = Arc::new(AtomicBool::new(false));
         let swap = Arc::new(Mutex::new(SwapSlot::default()));
         let skill_label = Arc::new(Mutex::new(label));
@@ -458,12 +382,9 @@ impl RunningNode {
         if cfg.policy {
             let period_s = 1.0 / cfg.rate_hz;
             let encoder = ActionEncoder::new(&manifest.action, period_s);
-            let publisher =
-                transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
-            let (action_in, action_out) = triple_buffer(&ActionFrame {
-                values: vec![0.0; manifest.action_width()],
-                seq: 0,
-            });
+            let publisher = transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
+            let (action_in, action_out) =
+                triple_buffer(&ActionFrame { values: vec![0.0; manifest.action_width()], seq: 0 });
             let publisher_thread = {
                 let (stop, stats, transport) = (stop.clone(), stats.clone(), transport.clone());
                 spawn("skillgraft-publish", move || {
@@ -496,13 +417,8 @@ impl RunningNode {
             })?);
         }
         {
-            let (stop, stats, transport, label, tap) = (
-                stop.clone(),
-                stats.clone(),
-                transport.clone(),
-                skill_label.clone(),
-                tap,
-            );
+            let (stop, stats, transport, label, tap) =
+                (stop.clone(), stats.clone(), transport.clone(), skill_label.clone(), tap);
             let name = fqn(transport.identity());
             let (period, hardware_id) = (cfg.diagnostics_period, cfg.hardware_id.clone());
             threads.push(spawn("skillgraft-diag", move || {
@@ -532,16 +448,12 @@ impl RunningNode {
 
     /// CPU time the recorder thread has used, ns.
     pub fn recorder_cpu_ns(&self) -> u64 {
-        self.recorder
-            .as_ref()
-            .map_or(0, |r| r.tap.cpu_ns.load(Ordering::Relaxed))
+        self.recorder.as_ref().map_or(0, |r| r.tap.cpu_ns.load(Ordering::Relaxed))
     }
 
     /// The recorder's state.
     pub fn recorder_status(&self) -> Option<crate::record::Status> {
-        self.recorder
-            .as_ref()
-            .and_then(|r| r.tap.status.lock().ok().map(|s| s.clone()))
+        self.recorder.as_ref().and_then(|r| r.tap.status.lock().ok().map(|s| s.clone()))
     }
 
     /// Hands a new skill to the control thread, which swaps it in between two ticks and blends
@@ -551,31 +463,16 @@ impl RunningNode {
         let name = format!("{} {}", b.name, b.version);
         let same_inputs = a.observations.len() == b.observations.len()
             && a.observations.iter().zip(&b.observations).all(|(x, y)| {
-                (&x.topic, &x.msg_type, &x.fields, &x.joints)
-                    == (&y.topic, &y.msg_type, &y.fields, &y.joints)
+                (&x.topic, &x.msg_type, &x.fields, &x.joints) == (&y.topic, &y.msg_type, &y.fields, &y.joints)
                     && x.max_age_ms == y.max_age_ms
             });
         if !same_inputs || a.control.history != b.control.history {
-            return Err(NodeError::Incompatible(
-                name,
-                "its observation inputs differ from the running skill's".into(),
-            ));
+            return Err(NodeError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
         }
-        if (
-            &a.action.topic,
-            &a.action.msg_type,
-            &a.action.fields,
-            &a.action.joints,
-        ) != (
-            &b.action.topic,
-            &b.action.msg_type,
-            &b.action.fields,
-            &b.action.joints,
-        ) {
-            return Err(NodeError::Incompatible(
-                name,
-                "its action output differs from the running skill's".into(),
-            ));
+        if (&a.action.topic, &a.action.msg_type, &a.action.fields, &a.action.joints)
+            != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
+        {
+            return Err(NodeError::Incompatible(name, "its action output differs from the running skill's".into()));
         }
         let active = ActiveSkill::new(skill);
         let mut slot = self.swap.lock().unwrap_or_else(|p| p.into_inner());
@@ -599,11 +496,7 @@ impl RunningNode {
 }
 
 fn fqn(id: &crate::ros::transport::NodeIdentity) -> String {
-    if id.namespace == "/" {
-        format!("/{}", id.name)
-    } else {
-        format!("{}/{}", id.namespace, id.name)
-    }
+    if id.namespace == "/" { format!("/{}", id.name) } else { format!("{}/{}", id.namespace, id.name) }
 }
 
 /// Tunes the calling (control) thread: a 1 ns timer slack so sleeps end at the deadline rather
@@ -614,9 +507,7 @@ fn realtime(priority: i32) {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
         if priority > 0 {
-            let param = libc::sched_param {
-                sched_priority: priority,
-            };
+            let param = libc::sched_param { sched_priority: priority };
             if libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) != 0 {
                 tracing::warn!(
                     "cannot run the control thread with SCHED_FIFO priority {priority} (needs CAP_SYS_NICE or `ulimit -r`); it keeps normal scheduling"
@@ -626,14 +517,8 @@ fn realtime(priority: i32) {
     }
 }
 
-fn spawn(
-    name: &'static str,
-    f: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, NodeError> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(|e| NodeError::Thread(name, e))
+fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, NodeError> {
+    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| NodeError::Thread(name, e))
 }
 
 struct ControlThread {
@@ -670,22 +555,13 @@ impl ControlThread {
             let woke = Instant::now();
             crate::alloc::in_tick(|| self.tick(&mut input, &mut raw, &mut proposal));
             let done = Instant::now();
-            self.stats
-                .latency
-                .record(done.saturating_duration_since(deadline));
-            self.stats
-                .compute
-                .record(done.saturating_duration_since(woke));
+            self.stats.latency.record(done.saturating_duration_since(deadline));
+            self.stats.compute.record(done.saturating_duration_since(woke));
             self.stats.ticks.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .control_malloc_calls
-                .store(crate::alloc::thread_system_calls(), Ordering::Relaxed);
-            let behind = (done.saturating_duration_since(start).as_nanos()
-                / period.as_nanos().max(1)) as u32;
+            self.stats.control_malloc_calls.store(crate::alloc::thread_system_calls(), Ordering::Relaxed);
+            let behind = (done.saturating_duration_since(start).as_nanos() / period.as_nanos().max(1)) as u32;
             if behind > k {
-                self.stats
-                    .deadline_misses
-                    .fetch_add((behind - k) as u64, Ordering::Relaxed);
+                self.stats.deadline_misses.fetch_add((behind - k) as u64, Ordering::Relaxed);
                 k = behind;
             }
         }
@@ -753,9 +629,7 @@ fn publish_loop(
         if frame.seq == last_seq {
             continue;
         }
-        stats
-            .dropped
-            .fetch_add(frame.seq.saturating_sub(last_seq + 1), Ordering::Relaxed);
+        stats.dropped.fetch_add(frame.seq.saturating_sub(last_seq + 1), Ordering::Relaxed);
         last_seq = frame.seq;
         let sent = encoder
             .encode(&frame.values, transport.now(), &mut buf)
@@ -766,9 +640,7 @@ fn publish_loop(
             Err(e) => {
                 if !logged {
                     logged = true;
-                    tracing::warn!(
-                        "cannot publish the action: {e}; further failures are counted as actions_dropped"
-                    );
+                    tracing::warn!("cannot publish the action: {e}; further failures are counted as actions_dropped");
                 }
                 stats.dropped.fetch_add(1, Ordering::Relaxed)
             }
@@ -800,10 +672,7 @@ fn diagnostics_loop(
         let (status, report) = reporter.status(name, hardware_id, &skill);
         tracing::debug!(?report, "diagnostics");
         let msg = DiagnosticArray {
-            header: Header {
-                stamp: transport.now(),
-                frame_id: String::new(),
-            },
+            header: Header { stamp: transport.now(), frame_id: String::new() },
             status: vec![status],
         };
         buf.clear();
@@ -847,24 +716,13 @@ pub fn launch(
     let skill = Skill::load(skill)?;
     let mut cfg = NodeConfig::new(&skill.manifest, &args)?;
     cfg.policy = policy;
-    let identity = crate::ros::transport::NodeIdentity {
-        name: args.node.clone(),
-        namespace: args.namespace.clone(),
-    };
-    let transport: Arc<dyn Transport> = Arc::from(crate::ros::transport::connect(
-        identity,
-        crate::ros::args::domain_id()?,
-    )?);
+    let identity = crate::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
+    let transport: Arc<dyn Transport> =
+        Arc::from(crate::ros::transport::connect(identity, crate::ros::args::domain_id()?)?);
     let what = if policy {
-        format!(
-            "runs skill {} {} at {} Hz",
-            skill.manifest.name, skill.manifest.version, cfg.rate_hz
-        )
+        format!("runs skill {} {} at {} Hz", skill.manifest.name, skill.manifest.version, cfg.rate_hz)
     } else {
-        format!(
-            "records demonstrations for skill {} {}",
-            skill.manifest.name, skill.manifest.version
-        )
+        format!("records demonstrations for skill {} {}", skill.manifest.name, skill.manifest.version)
     };
     let summary = format!(
         "node {} {what} over {}: {} -> {}; episodes: {} into {} ({})",

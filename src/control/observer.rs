@@ -78,25 +78,16 @@ impl AnyMessage {
     /// Decodes CDR bytes as `type_name` (`pkg/msg/Name`).
     pub fn decode(type_name: &str, bytes: &[u8]) -> Result<AnyMessage, CdrError> {
         Ok(match schema::full_type_name(type_name).as_str() {
-            Float32MultiArray::TYPE => {
-                AnyMessage::F32Array(cdr::decode(bytes, Float32MultiArray::TYPE)?)
-            }
-            Float64MultiArray::TYPE => {
-                AnyMessage::F64Array(cdr::decode(bytes, Float64MultiArray::TYPE)?)
-            }
+            Float32MultiArray::TYPE => AnyMessage::F32Array(cdr::decode(bytes, Float32MultiArray::TYPE)?),
+            Float64MultiArray::TYPE => AnyMessage::F64Array(cdr::decode(bytes, Float64MultiArray::TYPE)?),
             JointState::TYPE => AnyMessage::JointState(cdr::decode(bytes, JointState::TYPE)?),
             Imu::TYPE => AnyMessage::Imu(cdr::decode(bytes, Imu::TYPE)?),
             Twist::TYPE => AnyMessage::Twist(cdr::decode(bytes, Twist::TYPE)?),
             Vector3::TYPE => AnyMessage::Vector3(cdr::decode(bytes, Vector3::TYPE)?),
             Point::TYPE => AnyMessage::Point(cdr::decode(bytes, Point::TYPE)?),
-            JointTrajectory::TYPE => {
-                AnyMessage::JointTrajectory(cdr::decode(bytes, JointTrajectory::TYPE)?)
-            }
+            JointTrajectory::TYPE => AnyMessage::JointTrajectory(cdr::decode(bytes, JointTrajectory::TYPE)?),
             other => {
-                return Err(CdrError::Body {
-                    type_name: "a supported type",
-                    message: format!("{other} is not one"),
-                });
+                return Err(CdrError::Body { type_name: "a supported type", message: format!("{other} is not one") });
             }
         })
     }
@@ -163,14 +154,7 @@ impl AnyMessage {
             _ => None,
         };
         match self {
-            AnyMessage::Point(p) => v3(
-                &Vector3 {
-                    x: p.x,
-                    y: p.y,
-                    z: p.z,
-                },
-                path,
-            ),
+            AnyMessage::Point(p) => v3(&Vector3 { x: p.x, y: p.y, z: p.z }, path),
             AnyMessage::Vector3(v) => v3(v, path),
             AnyMessage::Twist(t) => match path.split_once('.')? {
                 ("linear", a) => v3(&t.linear, a),
@@ -215,21 +199,10 @@ impl Extractor {
 
     fn from_fields(msg_type: &str, fields: &[String], joints: &[String]) -> Extractor {
         let schema = schema::schema(msg_type).expect("validated manifests name known types");
-        let selectors: Vec<Selector> = fields
-            .iter()
-            .map(|f| {
-                schema
-                    .selector(f)
-                    .expect("validated manifests have valid selectors")
-            })
-            .collect();
+        let selectors: Vec<Selector> =
+            fields.iter().map(|f| schema.selector(f).expect("validated manifests have valid selectors")).collect();
         let width = selectors.iter().map(|s| s.width(joints.len())).sum();
-        Extractor {
-            type_name: schema.name.to_string(),
-            selectors,
-            joints: joints.to_vec(),
-            width,
-        }
+        Extractor { type_name: schema.name.to_string(), selectors, joints: joints.to_vec(), width }
     }
 
     /// A message of the input's type that carries `values` (raw, `width` long) where the fields
@@ -238,28 +211,17 @@ impl Extractor {
         let array_len = self
             .selectors
             .iter()
-            .map(|s| {
-                if let Selector::Slice { end, .. } = s {
-                    *end
-                } else {
-                    0
-                }
-            })
+            .map(|s| if let Selector::Slice { end, .. } = s { *end } else { 0 })
             .max()
             .unwrap_or(0);
         let mut msg = match self.type_name.as_str() {
-            Float32MultiArray::TYPE => AnyMessage::F32Array(Float32MultiArray {
-                data: vec![0.0; array_len],
-                ..Default::default()
-            }),
-            Float64MultiArray::TYPE => AnyMessage::F64Array(Float64MultiArray {
-                data: vec![0.0; array_len],
-                ..Default::default()
-            }),
-            JointState::TYPE => AnyMessage::JointState(JointState {
-                name: self.joints.clone(),
-                ..Default::default()
-            }),
+            Float32MultiArray::TYPE => {
+                AnyMessage::F32Array(Float32MultiArray { data: vec![0.0; array_len], ..Default::default() })
+            }
+            Float64MultiArray::TYPE => {
+                AnyMessage::F64Array(Float64MultiArray { data: vec![0.0; array_len], ..Default::default() })
+            }
+            JointState::TYPE => AnyMessage::JointState(JointState { name: self.joints.clone(), ..Default::default() }),
             JointTrajectory::TYPE => AnyMessage::JointTrajectory(JointTrajectory {
                 joint_names: self.joints.clone(),
                 points: vec![JointTrajectoryPoint::default()],
@@ -335,11 +297,7 @@ impl Extractor {
                 Selector::Slice { field, start, end } => {
                     let len = array_len(msg);
                     if *end > len {
-                        return Err(ExtractError::WrongLength {
-                            field: field.clone(),
-                            len,
-                            need: *end,
-                        });
+                        return Err(ExtractError::WrongLength { field: field.clone(), len, need: *end });
                     }
                     for i in *start..*end {
                         let v = match msg {
@@ -361,10 +319,8 @@ impl Extractor {
                         });
                     }
                     for j in &self.joints {
-                        let i = names
-                            .iter()
-                            .position(|n| n == j)
-                            .ok_or_else(|| ExtractError::UnknownJoint(j.clone()))?;
+                        let i =
+                            names.iter().position(|n| n == j).ok_or_else(|| ExtractError::UnknownJoint(j.clone()))?;
                         out[k] = finite(values[i], || format!("{field}[{j}]"))?;
                         k += 1;
                     }
@@ -377,11 +333,7 @@ impl Extractor {
 
 fn finite(v: f64, label: impl FnOnce() -> String) -> Result<f32, ExtractError> {
     let x = v as f32;
-    if x.is_finite() {
-        Ok(x)
-    } else {
-        Err(ExtractError::NotFinite(label()))
-    }
+    if x.is_finite() { Ok(x) } else { Err(ExtractError::NotFinite(label())) }
 }
 
 fn array_len(msg: &AnyMessage) -> usize {
@@ -507,9 +459,7 @@ impl Assembler {
 
     /// Ages of every input's last message at `now` (None: none yet).
     pub fn ages(&mut self, now: Instant) -> impl Iterator<Item = Option<Duration>> + '_ {
-        self.readers
-            .iter_mut()
-            .map(move |r| r.read().arrived.map(|t| now.saturating_duration_since(t)))
+        self.readers.iter_mut().map(move |r| r.read().arrived.map(|t| now.saturating_duration_since(t)))
     }
 
     /// The stacked input as a tick at `now` would see it, without committing a frame: the last
@@ -560,11 +510,7 @@ impl Assembler {
 
 /// Writers (one per input, for the subscriptions) and the assembler (for the control thread)
 /// of a manifest's observation inputs. `epoch` is the node's clock origin for the counters.
-pub fn observer(
-    inputs: &[ObservationInput],
-    history: usize,
-    epoch: Instant,
-) -> (Vec<InputWriter>, Assembler) {
+pub fn observer(inputs: &[ObservationInput], history: usize, epoch: Instant) -> (Vec<InputWriter>, Assembler) {
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     let mut offsets = Vec::new();
@@ -572,20 +518,11 @@ pub fn observer(
     let mut offset = 0;
     for input in inputs {
         let extractor = Extractor::new(input);
-        let (cell, reader) = triple_buffer(&Reading {
-            values: vec![0.0; extractor.width],
-            arrived: None,
-        });
+        let (cell, reader) = triple_buffer(&Reading { values: vec![0.0; extractor.width], arrived: None });
         offsets.push(offset);
         offset += extractor.width;
         max_age.push(Duration::from_secs_f64(input.max_age_ms / 1000.0));
-        writers.push(InputWriter {
-            extractor,
-            cell,
-            stats: Arc::default(),
-            epoch,
-            topic: input.topic.clone(),
-        });
+        writers.push(InputWriter { extractor, cell, stats: Arc::default(), epoch, topic: input.topic.clone() });
         readers.push(reader);
     }
     let assembler = Assembler {
@@ -606,17 +543,9 @@ mod tests {
     use super::*;
     use crate::skill::manifest::ObservationInput;
 
-    fn input(
-        msg_type: &str,
-        fields: &[&str],
-        joints: &[&str],
-        max_age_ms: f64,
-    ) -> ObservationInput {
+    fn input(msg_type: &str, fields: &[&str], joints: &[&str], max_age_ms: f64) -> ObservationInput {
         let schema = schema::schema(msg_type).unwrap();
-        let width: usize = fields
-            .iter()
-            .map(|f| schema.selector(f).unwrap().width(joints.len()))
-            .sum();
+        let width: usize = fields.iter().map(|f| schema.selector(f).unwrap().width(joints.len())).sum();
         ObservationInput {
             topic: "/t".into(),
             msg_type: msg_type.into(),
@@ -640,169 +569,64 @@ mod tests {
 
     #[test]
     fn joints_are_taken_by_name_in_manifest_order() {
-        let e = Extractor::new(&input(
-            JointState::TYPE,
-            &["position", "velocity"],
-            &["elbow", "shoulder"],
-            50.0,
-        ));
+        let e = Extractor::new(&input(JointState::TYPE, &["position", "velocity"], &["elbow", "shoulder"], 50.0));
         let mut out = [0.0; 4];
-        e.extract_cdr(
-            &js(
-                &["shoulder", "wrist", "elbow"],
-                &[1.0, 2.0, 3.0],
-                &[0.1, 0.2, 0.3],
-            ),
-            &mut out,
-        )
-        .unwrap();
+        e.extract_cdr(&js(&["shoulder", "wrist", "elbow"], &[1.0, 2.0, 3.0], &[0.1, 0.2, 0.3]), &mut out).unwrap();
         assert_eq!(out, [3.0, 1.0, 0.3, 0.1]);
-        let err = e
-            .extract_cdr(&js(&["shoulder"], &[1.0], &[0.1]), &mut out)
-            .unwrap_err();
+        let err = e.extract_cdr(&js(&["shoulder"], &[1.0], &[0.1]), &mut out).unwrap_err();
         assert_eq!(err, ExtractError::UnknownJoint("elbow".into()));
-        let err = e
-            .extract_cdr(&js(&["shoulder", "elbow"], &[1.0, 2.0], &[0.1]), &mut out)
-            .unwrap_err();
+        let err = e.extract_cdr(&js(&["shoulder", "elbow"], &[1.0, 2.0], &[0.1]), &mut out).unwrap_err();
         assert!(matches!(err, ExtractError::WrongLength { .. }), "{err}");
-        let err = e
-            .extract_cdr(
-                &js(&["shoulder", "elbow"], &[1.0, f64::NAN], &[0.1, 0.2]),
-                &mut out,
-            )
-            .unwrap_err();
+        let err = e.extract_cdr(&js(&["shoulder", "elbow"], &[1.0, f64::NAN], &[0.1, 0.2]), &mut out).unwrap_err();
         assert_eq!(err, ExtractError::NotFinite("position[elbow]".into()));
-        assert_eq!(
-            e.extract_cdr(&[0, 1, 0, 0, 1], &mut out)
-                .unwrap_err()
-                .kind(),
-            0
-        );
+        assert_eq!(e.extract_cdr(&[0, 1, 0, 0, 1], &mut out).unwrap_err().kind(), 0);
     }
 
     #[test]
     fn compose_is_the_inverse_of_extract() {
         for inp in [
-            input(
-                JointState::TYPE,
-                &["velocity", "position"],
-                &["a", "b", "c"],
-                50.0,
-            ),
-            input(
-                Float32MultiArray::TYPE,
-                &["data[3..5]", "data[0]"],
-                &[],
-                50.0,
-            ),
-            input(
-                Imu::TYPE,
-                &[
-                    "orientation.w",
-                    "angular_velocity.y",
-                    "linear_acceleration.x",
-                ],
-                &[],
-                50.0,
-            ),
+            input(JointState::TYPE, &["velocity", "position"], &["a", "b", "c"], 50.0),
+            input(Float32MultiArray::TYPE, &["data[3..5]", "data[0]"], &[], 50.0),
+            input(Imu::TYPE, &["orientation.w", "angular_velocity.y", "linear_acceleration.x"], &[], 50.0),
             input(Twist::TYPE, &["angular.z", "linear.y"], &[], 50.0),
             input(Point::TYPE, &["z", "x"], &[], 50.0),
         ] {
             let e = Extractor::new(&inp);
             let values: Vec<f64> = (0..e.width).map(|i| i as f64 * 0.5 - 1.0).collect();
             let mut out = vec![0.0; e.width];
-            e.extract_cdr(&e.compose(&values).encode().unwrap(), &mut out)
-                .unwrap();
-            assert_eq!(
-                out.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                values,
-                "{}",
-                e.type_name
-            );
+            e.extract_cdr(&e.compose(&values).encode().unwrap(), &mut out).unwrap();
+            assert_eq!(out.iter().map(|&v| v as f64).collect::<Vec<_>>(), values, "{}", e.type_name);
         }
     }
 
     #[test]
     fn arrays_slices_and_scalars() {
-        let e = Extractor::new(&input(
-            Float64MultiArray::TYPE,
-            &["data[1..3]", "data[0]"],
-            &[],
-            50.0,
-        ));
+        let e = Extractor::new(&input(Float64MultiArray::TYPE, &["data[1..3]", "data[0]"], &[], 50.0));
         let mut out = [0.0; 3];
-        let m = Float64MultiArray {
-            data: vec![5.0, 6.0, 7.0],
-            ..Default::default()
-        };
+        let m = Float64MultiArray { data: vec![5.0, 6.0, 7.0], ..Default::default() };
         e.extract_cdr(&cdr::encode(&m).unwrap(), &mut out).unwrap();
         assert_eq!(out, [6.0, 7.0, 5.0]);
-        let short = Float64MultiArray {
-            data: vec![5.0, 6.0],
-            ..Default::default()
-        };
-        let err = e
-            .extract_cdr(&cdr::encode(&short).unwrap(), &mut out)
-            .unwrap_err();
-        assert_eq!(
-            err,
-            ExtractError::WrongLength {
-                field: "data".into(),
-                len: 2,
-                need: 3
-            }
-        );
+        let short = Float64MultiArray { data: vec![5.0, 6.0], ..Default::default() };
+        let err = e.extract_cdr(&cdr::encode(&short).unwrap(), &mut out).unwrap_err();
+        assert_eq!(err, ExtractError::WrongLength { field: "data".into(), len: 2, need: 3 });
         let t = Extractor::new(&input(Twist::TYPE, &["angular.z", "linear.x"], &[], 50.0));
         let mut out = [0.0; 2];
-        let tw = Twist {
-            linear: Vector3 {
-                x: 0.5,
-                y: 0.0,
-                z: 0.0,
-            },
-            angular: Vector3 {
-                x: 0.0,
-                y: 0.0,
-                z: -1.0,
-            },
-        };
+        let tw = Twist { linear: Vector3 { x: 0.5, y: 0.0, z: 0.0 }, angular: Vector3 { x: 0.0, y: 0.0, z: -1.0 } };
         t.extract_cdr(&cdr::encode(&tw).unwrap(), &mut out).unwrap();
         assert_eq!(out, [-1.0, 0.5]);
-        let imu = Extractor::new(&input(
-            Imu::TYPE,
-            &["orientation.w", "linear_acceleration.z"],
-            &[],
-            50.0,
-        ));
-        let m = Imu {
-            linear_acceleration: Vector3 {
-                x: 0.0,
-                y: 0.0,
-                z: 9.81,
-            },
-            ..Default::default()
-        };
-        imu.extract_cdr(&cdr::encode(&m).unwrap(), &mut out)
-            .unwrap();
+        let imu = Extractor::new(&input(Imu::TYPE, &["orientation.w", "linear_acceleration.z"], &[], 50.0));
+        let m = Imu { linear_acceleration: Vector3 { x: 0.0, y: 0.0, z: 9.81 }, ..Default::default() };
+        imu.extract_cdr(&cdr::encode(&m).unwrap(), &mut out).unwrap();
         assert_eq!(out, [1.0, 9.81]);
     }
 
     #[test]
     fn assembler_stacks_history_oldest_first_and_reports_staleness() {
         let epoch = Instant::now();
-        let inputs = [
-            input(Point::TYPE, &["x"], &[], 100.0),
-            input(Vector3::TYPE, &["y"], &[], 100.0),
-        ];
+        let inputs = [input(Point::TYPE, &["x"], &[], 100.0), input(Vector3::TYPE, &["y"], &[], 100.0)];
         let (mut writers, mut a) = observer(&inputs, 2, epoch);
         let t0 = Instant::now();
-        assert_eq!(
-            a.tick(t0),
-            Err(NotReady::Stale {
-                input: 0,
-                age: None
-            })
-        );
+        assert_eq!(a.tick(t0), Err(NotReady::Stale { input: 0, age: None }));
         let point = |x: f64| cdr::encode(&Point { x, y: 0.0, z: 0.0 }).unwrap();
         let vec3 = |y: f64| cdr::encode(&Vector3 { x: 0.0, y, z: 0.0 }).unwrap();
         writers[0].on_message(&point(1.0), t0).unwrap();
@@ -811,32 +635,14 @@ mod tests {
         writers[0].on_message(&point(2.0), t0).unwrap();
         assert_eq!(a.tick(t0).unwrap(), &[1.0, 10.0, 2.0, 10.0]);
         let late = t0 + Duration::from_millis(150);
-        assert!(matches!(
-            a.tick(late),
-            Err(NotReady::Stale {
-                input: 0,
-                age: Some(_)
-            })
-        ));
+        assert!(matches!(a.tick(late), Err(NotReady::Stale { input: 0, age: Some(_) })));
         writers[0].on_message(&point(3.0), late).unwrap();
         writers[1].on_message(&vec3(20.0), late).unwrap();
-        assert_eq!(
-            a.tick(late),
-            Err(NotReady::Filling),
-            "history restarts after a stale input"
-        );
+        assert_eq!(a.tick(late), Err(NotReady::Filling), "history restarts after a stale input");
         assert_eq!(a.tick(late).unwrap(), &[3.0, 20.0, 3.0, 20.0]);
         writers[0].on_message(&point(4.0), late).unwrap();
-        assert_eq!(
-            a.peek(late).unwrap(),
-            &[3.0, 20.0, 4.0, 20.0],
-            "peek sees the newest value"
-        );
-        assert_eq!(
-            a.tick(late).unwrap(),
-            &[3.0, 20.0, 4.0, 20.0],
-            "and does not commit it"
-        );
+        assert_eq!(a.peek(late).unwrap(), &[3.0, 20.0, 4.0, 20.0], "peek sees the newest value");
+        assert_eq!(a.tick(late).unwrap(), &[3.0, 20.0, 4.0, 20.0], "and does not commit it");
         assert!(writers[0].on_message(&[1, 2, 3, 4, 5], late).is_err());
         assert_eq!(writers[0].stats.rejected[0].load(Ordering::Relaxed), 1);
         assert_eq!(writers[0].stats.accepted.load(Ordering::Relaxed), 4);

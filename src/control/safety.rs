@@ -26,14 +26,8 @@ pub enum Intervention {
 }
 
 /// Names of the interventions, by their value.
-pub const INTERVENTIONS: [&str; 6] = [
-    "stale_input",
-    "estop",
-    "non_finite",
-    "inference_failure",
-    "clamped",
-    "rate_limited",
-];
+pub const INTERVENTIONS: [&str; 6] =
+    ["stale_input", "estop", "non_finite", "inference_failure", "clamped", "rate_limited"];
 
 /// Intervention counters, shared with diagnostics.
 #[derive(Debug, Default)]
@@ -85,14 +79,10 @@ impl SafetyConfig {
                 ));
             }
             if lo >= hi {
-                return Err(format!(
-                    "action.lower[{i}] = {lo} is not below action.upper[{i}] = {hi}"
-                ));
+                return Err(format!("action.lower[{i}] = {lo} is not below action.upper[{i}] = {hi}"));
             }
             if d.is_nan() || d <= 0.0 {
-                return Err(format!(
-                    "action.max_delta[{i}] = {d}; it must be above 0 (inf for no limit)"
-                ));
+                return Err(format!("action.max_delta[{i}] = {d}; it must be above 0 (inf for no limit)"));
             }
             if self.safe == SafeAction::Zero && !(lo..=hi).contains(&0.0) {
                 return Err(format!(
@@ -151,8 +141,7 @@ impl SafetyFilter {
             }
         }
         if self.blend_left > 0 {
-            let done =
-                (self.cfg.blend_ticks - self.blend_left + 1) as f64 / self.cfg.blend_ticks as f64;
+            let done = (self.cfg.blend_ticks - self.blend_left + 1) as f64 / self.cfg.blend_ticks as f64;
             for (o, &from) in out.iter_mut().zip(&self.blend_from) {
                 *o = from + done * (*o - from);
             }
@@ -250,11 +239,7 @@ mod tests {
         assert_eq!(out, [1.0, -2.0]);
         assert_eq!(c.get(Intervention::Clamped), 1);
         assert!(f.filter(&[-1.0, 2.0], &mut out));
-        assert_eq!(
-            out,
-            [0.5, 2.0],
-            "a change of -2 is limited to -0.5; the second element has no rate limit"
-        );
+        assert_eq!(out, [0.5, 2.0], "a change of -2 is limited to -0.5; the second element has no rate limit");
         assert_eq!(c.get(Intervention::RateLimited), 1);
     }
 
@@ -263,18 +248,11 @@ mod tests {
         let (mut f, c) = filter(SafeAction::Zero, 4);
         let mut out = [0.0; 2];
         assert!(f.filter(&[0.2, 0.4], &mut out));
-        assert_eq!(
-            out,
-            [0.2, 0.4],
-            "the first action after start has nothing to blend from"
-        );
+        assert_eq!(out, [0.2, 0.4], "the first action after start has nothing to blend from");
         assert!(f.filter(&[f64::NAN, 0.0], &mut out));
         assert_eq!(out, [0.0, 0.0]);
         assert!(f.safe(Intervention::Stale, &mut out));
-        assert_eq!(
-            (c.get(Intervention::NonFinite), c.get(Intervention::Stale)),
-            (1, 1)
-        );
+        assert_eq!((c.get(Intervention::NonFinite), c.get(Intervention::Stale)), (1, 1));
         let mut seen = vec![];
         for _ in 0..5 {
             f.filter(&[0.4, 0.8], &mut out);
@@ -282,13 +260,7 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![
-                [0.1, 0.2],
-                [0.2, 0.4],
-                [0.30000000000000004, 0.6000000000000001],
-                [0.4, 0.8],
-                [0.4, 0.8]
-            ]
+            vec![[0.1, 0.2], [0.2, 0.4], [0.30000000000000004, 0.6000000000000001], [0.4, 0.8], [0.4, 0.8]]
         );
     }
 
@@ -296,10 +268,7 @@ mod tests {
     fn hold_repeats_the_last_action_and_sends_nothing_before_the_first() {
         let (mut f, _) = filter(SafeAction::Hold, 2);
         let mut out = [9.0; 2];
-        assert!(
-            !f.safe(Intervention::EStop, &mut out),
-            "nothing to hold yet"
-        );
+        assert!(!f.safe(Intervention::EStop, &mut out), "nothing to hold yet");
         f.filter(&[0.3, -0.3], &mut out);
         assert!(f.safe(Intervention::EStop, &mut out));
         assert_eq!(out, [0.3, -0.3]);
@@ -315,11 +284,7 @@ mod tests {
         f.mute();
         f.filter(&[0.4, 0.4], &mut out);
         assert_eq!(out, [0.2, 0.2]);
-        assert_eq!(
-            c.0.iter().map(|x| x.load(Ordering::Relaxed)).sum::<u64>(),
-            0,
-            "muting is no intervention"
-        );
+        assert_eq!(c.0.iter().map(|x| x.load(Ordering::Relaxed)).sum::<u64>(), 0, "muting is no intervention");
         let (mut f, _) = filter(SafeAction::Hold, 2);
         f.filter(&[0.4, 0.4], &mut out);
         f.mute();
@@ -346,18 +311,8 @@ mod tests {
             safe,
             blend_ticks: 0,
         };
-        assert!(
-            cfg(f64::NEG_INFINITY, 1.0, SafeAction::Hold)
-                .check()
-                .unwrap_err()
-                .contains("not finite")
-        );
-        assert!(
-            cfg(0.5, 1.0, SafeAction::Zero)
-                .check()
-                .unwrap_err()
-                .contains("include 0")
-        );
+        assert!(cfg(f64::NEG_INFINITY, 1.0, SafeAction::Hold).check().unwrap_err().contains("not finite"));
+        assert!(cfg(0.5, 1.0, SafeAction::Zero).check().unwrap_err().contains("include 0"));
         assert!(cfg(0.5, 1.0, SafeAction::Hold).check().is_ok());
     }
 }

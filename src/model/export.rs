@@ -23,17 +23,8 @@ pub fn with_head_params(
     head.check_params(params).map_err(ModelError::Export)?;
     let mut proto = file.proto.clone();
     for (k, (spec, p)) in head.layers.iter().zip(params).enumerate() {
-        let w = if spec.weight.transposed {
-            p.weight.transpose()
-        } else {
-            p.weight.clone()
-        } / spec.weight.scale;
-        write_param(
-            &mut proto,
-            &spec.weight,
-            &format!("{}.skillgraft.w{k}", spec.weight.name),
-            w,
-        )?;
+        let w = if spec.weight.transposed { p.weight.transpose() } else { p.weight.clone() } / spec.weight.scale;
+        write_param(&mut proto, &spec.weight, &format!("{}.skillgraft.w{k}", spec.weight.name), w)?;
         if let (Some(slot), Some(b)) = (&spec.bias, &p.bias) {
             let column = spec.output_layout == Layout::FeatureMajor;
             let m = if column {
@@ -41,22 +32,14 @@ pub fn with_head_params(
             } else {
                 DMatrix::from_row_slice(1, b.len(), b.as_slice())
             };
-            write_param(
-                &mut proto,
-                slot,
-                &format!("{}.skillgraft.b{k}", slot.name),
-                m / slot.scale,
-            )?;
+            write_param(&mut proto, slot, &format!("{}.skillgraft.b{k}", slot.name), m / slot.scale)?;
         }
     }
     for (key, value) in metadata {
         let key = format!("{METADATA_PREFIX}{key}");
         match proto.metadata_props.iter_mut().find(|e| e.key == key) {
             Some(e) => e.value = value.clone(),
-            None => proto.metadata_props.push(StringStringEntryProto {
-                key,
-                value: value.clone(),
-            }),
+            None => proto.metadata_props.push(StringStringEntryProto { key, value: value.clone() }),
         }
     }
     Ok(proto)
@@ -74,18 +57,11 @@ fn write_param(
     private_name: &str,
     stored: DMatrix<f32>,
 ) -> Result<(), ModelError> {
-    let graph = proto
-        .graph
-        .as_mut()
-        .ok_or_else(|| ModelError::Export("the model has no graph".into()))?;
+    let graph = proto.graph.as_mut().ok_or_else(|| ModelError::Export("the model has no graph".into()))?;
     let is_vector = stored.nrows() == 1 || stored.ncols() == 1;
     // A broadcast scalar bias becomes a full vector laid out like the layer's output.
     let dims: Vec<i64> = if is_vector && slot.dims.iter().product::<usize>() != stored.len() {
-        if stored.ncols() == 1 {
-            vec![stored.nrows() as i64, 1]
-        } else {
-            vec![stored.len() as i64]
-        }
+        if stored.ncols() == 1 { vec![stored.nrows() as i64, 1] } else { vec![stored.len() as i64] }
     } else if is_vector {
         slot.dims.iter().map(|&d| d as i64).collect()
     } else {
@@ -100,29 +76,13 @@ fn write_param(
             stored.ncols()
         )));
     }
-    let raw: Vec<u8> = stored
-        .transpose()
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let raw: Vec<u8> = stored.transpose().iter().flat_map(|v| v.to_le_bytes()).collect();
     if slot.shared {
         // Other nodes read the same tensor: give this layer its own copy so the backbone keeps its
         // weights. The consumer is rewired past any Transpose, so the copy is stored unflipped.
-        let values = if slot.via_transpose {
-            stored.transpose()
-        } else {
-            stored
-        };
-        let raw: Vec<u8> = values
-            .transpose()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let dims = if slot.via_transpose && dims.len() == 2 {
-            vec![dims[1], dims[0]]
-        } else {
-            dims
-        };
+        let values = if slot.via_transpose { stored.transpose() } else { stored };
+        let raw: Vec<u8> = values.transpose().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let dims = if slot.via_transpose && dims.len() == 2 { vec![dims[1], dims[0]] } else { dims };
         graph.initializer.push(TensorProto {
             name: private_name.to_string(),
             dims,
@@ -136,11 +96,9 @@ fn write_param(
     }
     let tensor = match &slot.tensor {
         TensorRef::Initializer(name) => graph.initializer.iter_mut().find(|t| &t.name == name),
-        TensorRef::ConstantNode(i) => graph.node[*i]
-            .attribute
-            .iter_mut()
-            .find(|a| a.name == "value")
-            .and_then(|a| a.t.as_mut()),
+        TensorRef::ConstantNode(i) => {
+            graph.node[*i].attribute.iter_mut().find(|a| a.name == "value").and_then(|a| a.t.as_mut())
+        }
     }
     .ok_or_else(|| ModelError::Export(format!("`{}` is no longer in the model", slot.name)))?;
     tensor.dims = dims;

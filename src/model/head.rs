@@ -58,9 +58,7 @@ impl Activation {
                     a * x.exp_m1()
                 }
             }
-            Activation::GeluErf => {
-                0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
-            }
+            Activation::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::GeluTanh => {
                 let k = SQRT_2_OVER_PI as f32;
                 0.5 * x * (1.0 + (k * (x + 0.044_715 * x * x * x)).tanh())
@@ -90,9 +88,7 @@ impl Activation {
                 }
             }
             Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-            Activation::GeluTanh => {
-                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-            }
+            Activation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh()),
             Activation::Silu => x / (1.0 + (-x).exp()),
         }
     }
@@ -278,10 +274,7 @@ impl Head {
                 "there is no tensor `{features}` in the graph; give a tensor name (`skillgraft inspect MODEL.onnx` lists the tensors where a backbone/head split is possible)"
             )));
         }
-        let feeds_output = ix
-            .ancestors(output)
-            .iter()
-            .any(|&i| ix.graph.node[i].input.iter().any(|t| t == features));
+        let feeds_output = ix.ancestors(output).iter().any(|&i| ix.graph.node[i].input.iter().any(|t| t == features));
         if !feeds_output && features != output {
             return Err(HeadError(format!(
                 "`{features}` does not feed the output `{output}`; choose a tensor on the path from the input to the output"
@@ -355,11 +348,7 @@ impl Head {
     /// Checks that `params` fit this head's layers (same count and shapes).
     pub fn check_params(&self, params: &[LayerParams]) -> Result<(), String> {
         if params.len() != self.layers.len() {
-            return Err(format!(
-                "{} parameter sets given for a head of {} layers",
-                params.len(),
-                self.layers.len()
-            ));
+            return Err(format!("{} parameter sets given for a head of {} layers", params.len(), self.layers.len()));
         }
         for (k, (spec, p)) in self.layers.iter().zip(params).enumerate() {
             if p.weight.shape() != (spec.out_dim, spec.in_dim) {
@@ -371,21 +360,11 @@ impl Head {
                 ));
             }
             if p.bias.as_ref().map(|b| b.len()) != spec.bias.as_ref().map(|_| spec.out_dim) {
-                return Err(format!(
-                    "layer {k} (`{}`) bias does not match the head's",
-                    spec.name
-                ));
+                return Err(format!("layer {k} (`{}`) bias does not match the head's", spec.name));
             }
-            let finite = p
-                .weight
-                .iter()
-                .chain(p.bias.iter().flat_map(|b| b.iter()))
-                .all(|v| v.is_finite());
+            let finite = p.weight.iter().chain(p.bias.iter().flat_map(|b| b.iter())).all(|v| v.is_finite());
             if !finite {
-                return Err(format!(
-                    "layer {k} (`{}`) has a value that is not finite",
-                    spec.name
-                ));
+                return Err(format!("layer {k} (`{}`) has a value that is not finite", spec.name));
             }
         }
         Ok(())
@@ -395,12 +374,7 @@ impl Head {
 fn from_walk(features: &str, output: &str, mut layers: Vec<(LayerSpec, LayerParams)>) -> Head {
     layers.reverse();
     let (layers, params) = layers.into_iter().unzip();
-    Head {
-        features: features.to_string(),
-        output: output.to_string(),
-        layers,
-        params,
-    }
+    Head { features: features.to_string(), output: output.to_string(), layers, params }
 }
 
 /// Walks back from `output`, one layer at a time, until `stop` (or, without one, as far as it can).
@@ -468,18 +442,10 @@ fn walk(
 }
 
 /// Matches one linear layer (and its activation) that ends in tensor `t`.
-fn match_layer(
-    ix: &GraphIndex<'_>,
-    t: &str,
-    features: &str,
-) -> Result<(LayerSpec, LayerParams), HeadError> {
-    let (activation, activation_ops, act_nodes, linear_out) = match activation_at(ix, t, features)?
-    {
+fn match_layer(ix: &GraphIndex<'_>, t: &str, features: &str) -> Result<(LayerSpec, LayerParams), HeadError> {
+    let (activation, activation_ops, act_nodes, linear_out) = match activation_at(ix, t, features)? {
         Some((act, x, nodes)) => {
-            let ops = nodes
-                .iter()
-                .map(|&i| ix.graph.node[i].op_type.clone())
-                .collect();
+            let ops = nodes.iter().map(|&i| ix.graph.node[i].op_type.clone()).collect();
             (act, ops, nodes, x)
         }
         None => (Activation::Identity, vec![], vec![], t.to_string()),
@@ -493,15 +459,8 @@ fn match_layer(
         "Gemm" => match_gemm(ix, &linear_out)?,
         "MatMul" => match_matmul(ix, &linear_out, None)?,
         "Add" if is_bias_add(ix, &linear_out) => {
-            let mm = node
-                .input
-                .iter()
-                .find(|i| ix.producer(i).is_some_and(|(_, n)| n.op_type == "MatMul"));
-            match_matmul(
-                ix,
-                mm.expect("is_bias_add found the MatMul"),
-                Some(&linear_out),
-            )?
+            let mm = node.input.iter().find(|i| ix.producer(i).is_some_and(|(_, n)| n.op_type == "MatMul"));
+            match_matmul(ix, mm.expect("is_bias_add found the MatMul"), Some(&linear_out))?
         }
         other => {
             return Err(HeadError(format!(
@@ -532,9 +491,7 @@ fn is_bias_add(ix: &GraphIndex<'_>, t: &str) -> bool {
 
 /// Whether `t` is the end of a linear layer (so an activation search stops there).
 fn is_linear_end(ix: &GraphIndex<'_>, t: &str) -> bool {
-    ix.producer(t)
-        .is_some_and(|(_, n)| n.op_type == "Gemm" || n.op_type == "MatMul")
-        || is_bias_add(ix, t)
+    ix.producer(t).is_some_and(|(_, n)| n.op_type == "Gemm" || n.op_type == "MatMul") || is_bias_add(ix, t)
 }
 
 /// Finds the element-wise subgraph ending in `t` and names the activation it computes.
@@ -563,10 +520,7 @@ fn activation_at(
             }
         }
         match ix.producer(&u) {
-            Some((i, node))
-                if UNARY.contains(&node.op_type.as_str())
-                    || BINARY.contains(&node.op_type.as_str()) =>
-            {
+            Some((i, node)) if UNARY.contains(&node.op_type.as_str()) || BINARY.contains(&node.op_type.as_str()) => {
                 if nodes.insert(i) {
                     stack.extend(node.input.iter().filter(|s| !s.is_empty()).cloned());
                 }
@@ -582,9 +536,7 @@ fn activation_at(
     let x = leaves.into_iter().next().expect("one leaf");
     for &i in &nodes {
         for o in &ix.graph.node[i].output {
-            if o != t
-                && (ix.is_graph_output(o) || ix.consumers(o).iter().any(|c| !nodes.contains(c)))
-            {
+            if o != t && (ix.is_graph_output(o) || ix.consumers(o).iter().any(|c| !nodes.contains(c))) {
                 return Ok(None);
             }
         }
@@ -606,9 +558,7 @@ fn activation_at(
     for &i in &order {
         let n = &ix.graph.node[i];
         match n.op_type.as_str() {
-            "LeakyRelu" => {
-                candidates.push(Activation::LeakyRelu(GraphIndex::attr_f(n, "alpha", 0.01)))
-            }
+            "LeakyRelu" => candidates.push(Activation::LeakyRelu(GraphIndex::attr_f(n, "alpha", 0.01))),
             "Elu" => candidates.push(Activation::Elu(GraphIndex::attr_f(n, "alpha", 1.0))),
             _ => {}
         }
@@ -622,10 +572,7 @@ fn activation_at(
     match candidates.into_iter().find(|&a| matches(a)) {
         Some(a) => Ok(Some((a, x, order))),
         None => {
-            let ops: Vec<&str> = order
-                .iter()
-                .map(|&i| ix.graph.node[i].op_type.as_str())
-                .collect();
+            let ops: Vec<&str> = order.iter().map(|&i| ix.graph.node[i].op_type.as_str()).collect();
             Err(HeadError(format!(
                 "the element-wise nodes [{}] between `{x}` and `{t}` do not compute an activation skillgraft knows (relu, leaky_relu, tanh, sigmoid, elu, gelu, gelu_tanh, silu); choose a features tensor after them",
                 ops.join(", ")
@@ -635,26 +582,19 @@ fn activation_at(
 }
 
 /// Evaluates an element-wise subgraph on probe values of its one variable input.
-fn evaluate(
-    ix: &GraphIndex<'_>,
-    order: &[usize],
-    x: &str,
-    t: &str,
-    probe: &[f64],
-) -> Option<Vec<f64>> {
+fn evaluate(ix: &GraphIndex<'_>, order: &[usize], x: &str, t: &str, probe: &[f64]) -> Option<Vec<f64>> {
     let mut values: std::collections::HashMap<String, Vec<f64>> = std::collections::HashMap::new();
     values.insert(x.to_string(), probe.to_vec());
     let n = probe.len();
-    let get =
-        |values: &std::collections::HashMap<String, Vec<f64>>, name: &str| -> Option<Vec<f64>> {
-            if let Some(v) = values.get(name) {
-                return Some(v.clone());
-            }
-            match ix.constant_f32(name) {
-                Ok(Some((_, c))) if c.len() == 1 => Some(vec![c[0] as f64; n]),
-                _ => None,
-            }
-        };
+    let get = |values: &std::collections::HashMap<String, Vec<f64>>, name: &str| -> Option<Vec<f64>> {
+        if let Some(v) = values.get(name) {
+            return Some(v.clone());
+        }
+        match ix.constant_f32(name) {
+            Ok(Some((_, c))) if c.len() == 1 => Some(vec![c[0] as f64; n]),
+            _ => None,
+        }
+    };
     for &i in order {
         let node = &ix.graph.node[i];
         let a = get(&values, node.input.first()?)?;
@@ -746,21 +686,13 @@ fn stored(ix: &GraphIndex<'_>, input: &str) -> Option<Stored> {
             if inner.via_transpose {
                 return None;
             }
-            Some(Stored {
-                via_transpose: true,
-                shared: inner.shared || shared_at(input),
-                ..inner
-            })
+            Some(Stored { via_transpose: true, shared: inner.shared || shared_at(input), ..inner })
         }
         _ => None,
     }
 }
 
-fn read_matrix(
-    ix: &GraphIndex<'_>,
-    s: &Stored,
-    layer: &str,
-) -> Result<(Vec<usize>, DMatrix<f32>), HeadError> {
+fn read_matrix(ix: &GraphIndex<'_>, s: &Stored, layer: &str) -> Result<(Vec<usize>, DMatrix<f32>), HeadError> {
     let (dims, values) = read_stored(ix, s, layer)?;
     if dims.len() != 2 {
         return Err(HeadError(format!(
@@ -768,17 +700,10 @@ fn read_matrix(
             s.name
         )));
     }
-    Ok((
-        dims.clone(),
-        DMatrix::from_row_slice(dims[0], dims[1], &values),
-    ))
+    Ok((dims.clone(), DMatrix::from_row_slice(dims[0], dims[1], &values)))
 }
 
-fn read_stored(
-    ix: &GraphIndex<'_>,
-    s: &Stored,
-    layer: &str,
-) -> Result<(Vec<usize>, Vec<f32>), HeadError> {
+fn read_stored(ix: &GraphIndex<'_>, s: &Stored, layer: &str) -> Result<(Vec<usize>, Vec<f32>), HeadError> {
     let probe_name = match &s.tensor {
         TensorRef::Initializer(n) => n.clone(),
         TensorRef::ConstantNode(i) => ix.graph.node[*i].output[0].clone(),
@@ -793,21 +718,12 @@ fn read_stored(
     }
     match ix.constant_f32(&probe_name) {
         Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(HeadError(format!(
-            "`{}` of `{layer}` is not a stored tensor",
-            s.name
-        ))),
+        Ok(None) => Err(HeadError(format!("`{}` of `{layer}` is not a stored tensor", s.name))),
         Err(e) => Err(HeadError(e)),
     }
 }
 
-fn slot(
-    s: Stored,
-    dims: Vec<usize>,
-    transposed: bool,
-    scale: f32,
-    consumer: (usize, usize),
-) -> ParamSlot {
+fn slot(s: Stored, dims: Vec<usize>, transposed: bool, scale: f32, consumer: (usize, usize)) -> ParamSlot {
     ParamSlot {
         tensor: s.tensor,
         name: s.name,
@@ -840,38 +756,16 @@ fn match_gemm(ix: &GraphIndex<'_>, out: &str) -> Result<(LayerSpec, LayerParams)
             "`{name}` (Gemm) has alpha = {alpha}, so it ignores its weights; re-export the model"
         )));
     }
-    let (a, b) = (
-        node.input.first().cloned().unwrap_or_default(),
-        node.input.get(1).cloned().unwrap_or_default(),
-    );
-    let (data, w, w_pos, in_layout, out_layout, base_parity) =
-        match (stored(ix, &a), stored(ix, &b)) {
-            (None, Some(w)) => (
-                a,
-                w,
-                1,
-                if ta {
-                    Layout::FeatureMajor
-                } else {
-                    Layout::SampleMajor
-                },
-                Layout::SampleMajor,
-                1 + tb as u8,
-            ),
-            (Some(w), None) => (
-                b,
-                w,
-                0,
-                if tb {
-                    Layout::SampleMajor
-                } else {
-                    Layout::FeatureMajor
-                },
-                Layout::FeatureMajor,
-                ta as u8,
-            ),
-            _ => return Err(computed_weight(node)),
-        };
+    let (a, b) = (node.input.first().cloned().unwrap_or_default(), node.input.get(1).cloned().unwrap_or_default());
+    let (data, w, w_pos, in_layout, out_layout, base_parity) = match (stored(ix, &a), stored(ix, &b)) {
+        (None, Some(w)) => {
+            (a, w, 1, if ta { Layout::FeatureMajor } else { Layout::SampleMajor }, Layout::SampleMajor, 1 + tb as u8)
+        }
+        (Some(w), None) => {
+            (b, w, 0, if tb { Layout::SampleMajor } else { Layout::FeatureMajor }, Layout::FeatureMajor, ta as u8)
+        }
+        _ => return Err(computed_weight(node)),
+    };
     let transposed = (base_parity + w.via_transpose as u8) % 2 == 1;
     let (wdims, m) = read_matrix(ix, &w, &name)?;
     let weight = if transposed { m.transpose() } else { m } * alpha;
@@ -880,9 +774,7 @@ fn match_gemm(ix: &GraphIndex<'_>, out: &str) -> Result<(LayerSpec, LayerParams)
     let bias_input = node.input.get(2).filter(|s| !s.is_empty()).cloned();
     let (bias, bias_slot) = match bias_input {
         Some(c) if beta != 0.0 => {
-            let s = stored(ix, &c)
-                .filter(|s| !s.via_transpose)
-                .ok_or_else(|| computed_weight(node))?;
+            let s = stored(ix, &c).filter(|s| !s.via_transpose).ok_or_else(|| computed_weight(node))?;
             let (dims, values) = read_stored(ix, &s, &name)?;
             let b = bias_vector(&dims, &values, out_dim, out_layout, &name, &s.name)?;
             if let Some((ci, _)) = ix.producer(&c) {
@@ -922,10 +814,7 @@ fn match_matmul(
 ) -> Result<(LayerSpec, LayerParams), HeadError> {
     let (idx, node) = ix.producer(mm_out).expect("caller checked");
     let name = node_label(node);
-    let (u, v) = (
-        node.input.first().cloned().unwrap_or_default(),
-        node.input.get(1).cloned().unwrap_or_default(),
-    );
+    let (u, v) = (node.input.first().cloned().unwrap_or_default(), node.input.get(1).cloned().unwrap_or_default());
     let (data, w, w_pos, layout, parity) = match (stored(ix, &u), stored(ix, &v)) {
         (None, Some(w)) => (u, w, 1, Layout::SampleMajor, 1u8),
         (Some(w), None) => (v, w, 0, Layout::FeatureMajor, 0u8),
@@ -946,21 +835,14 @@ fn match_matmul(
             let (ai, add) = ix.producer(add_out).expect("caller checked");
             let pos = if add.input[0] == mm_out { 1 } else { 0 };
             let b_name = add.input[pos].clone();
-            let s = stored(ix, &b_name)
-                .filter(|s| !s.via_transpose)
-                .ok_or_else(|| computed_weight(add))?;
+            let s = stored(ix, &b_name).filter(|s| !s.via_transpose).ok_or_else(|| computed_weight(add))?;
             let (dims, values) = read_stored(ix, &s, &name)?;
             let b = bias_vector(&dims, &values, out_dim, layout, &name, &s.name)?;
             nodes.push(ai);
             if let Some((ci, _)) = ix.producer(&b_name) {
                 nodes.push(ci);
             }
-            (
-                LinearOp::MatMulAdd,
-                add_out.to_string(),
-                Some(b),
-                Some(slot(s, dims, false, 1.0, (ai, pos))),
-            )
+            (LinearOp::MatMulAdd, add_out.to_string(), Some(b), Some(slot(s, dims, false, 1.0, (ai, pos))))
         }
         None => (LinearOp::MatMul, mm_out.to_string(), None, None),
     };
@@ -993,9 +875,7 @@ fn bias_vector(
 ) -> Result<DVector<f32>, HeadError> {
     let fits = match (dims, layout) {
         (_, _) if values.len() == 1 => true,
-        ([n], Layout::SampleMajor)
-        | ([1, n], Layout::SampleMajor)
-        | ([n, 1], Layout::FeatureMajor) => *n == out,
+        ([n], Layout::SampleMajor) | ([1, n], Layout::SampleMajor) | ([n, 1], Layout::FeatureMajor) => *n == out,
         _ => false,
     };
     if !fits {
@@ -1003,9 +883,5 @@ fn bias_vector(
             "bias `{name}` of `{layer}` has shape {dims:?}, which does not add one value per output ({out}); skillgraft adapts biases of shape [{out}] or a scalar"
         )));
     }
-    Ok(if values.len() == 1 {
-        DVector::from_element(out, values[0])
-    } else {
-        DVector::from_column_slice(values)
-    })
+    Ok(if values.len() == 1 { DVector::from_element(out, values[0]) } else { DVector::from_column_slice(values) })
 }

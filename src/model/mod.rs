@@ -98,19 +98,9 @@ impl ModelError {
     /// The manifest field that names what this error is about.
     pub fn manifest_field(&self) -> &'static str {
         match self {
-            ModelError::Shape {
-                subject: Subject::Input,
-                ..
-            } => "model.input",
-            ModelError::Shape {
-                subject: Subject::Output,
-                ..
-            } => "model.output",
-            ModelError::Shape {
-                subject: Subject::Features,
-                ..
-            }
-            | ModelError::Head { .. } => "model.features",
+            ModelError::Shape { subject: Subject::Input, .. } => "model.input",
+            ModelError::Shape { subject: Subject::Output, .. } => "model.output",
+            ModelError::Shape { subject: Subject::Features, .. } | ModelError::Head { .. } => "model.features",
             _ => "model.file",
         }
     }
@@ -136,18 +126,9 @@ pub struct Model {
 
 impl Model {
     /// Loads a model, finds the head between `features` and `output`, and builds both plans.
-    pub fn load(
-        file: OnnxFile,
-        input: &str,
-        output: &str,
-        features: &str,
-    ) -> Result<Model, ModelError> {
+    pub fn load(file: OnnxFile, input: &str, output: &str, features: &str) -> Result<Model, ModelError> {
         let path = file.path.clone();
-        let shape_err = |subject, problem: String| ModelError::Shape {
-            path: path.clone(),
-            subject,
-            problem,
-        };
+        let shape_err = |subject, problem: String| ModelError::Shape { path: path.clone(), subject, problem };
         let ix = file.index();
         let feeds = ix.inputs();
         let names: Vec<&str> = feeds.iter().map(|i| i.name.as_str()).collect();
@@ -156,10 +137,7 @@ impl Model {
             [one] => {
                 return Err(shape_err(
                     Subject::Input,
-                    format!(
-                        "the graph input is `{}`, not `{input}`; set model.input = \"{}\"",
-                        one.name, one.name
-                    ),
+                    format!("the graph input is `{}`, not `{input}`; set model.input = \"{}\"", one.name, one.name),
                 ));
             }
             _ => {
@@ -177,25 +155,19 @@ impl Model {
             let outs: Vec<&str> = ix.graph.output.iter().map(|o| o.name.as_str()).collect();
             return Err(shape_err(
                 Subject::Output,
-                format!(
-                    "`{output}` is not a graph output; the outputs are: {}",
-                    outs.join(", ")
-                ),
+                format!("`{output}` is not a graph output; the outputs are: {}", outs.join(", ")),
             ));
         }
         let elem = match &feed.r#type {
             Some(tract_onnx::pb::TypeProto {
-                value: Some(tract_onnx::pb::type_proto::Value::TensorType(t)),
-                ..
+                value: Some(tract_onnx::pb::type_proto::Value::TensorType(t)), ..
             }) => t.elem_type,
             _ => 0,
         };
         if elem != tract_onnx::pb::tensor_proto::DataType::Float as i32 {
             return Err(shape_err(
                 Subject::Input,
-                format!(
-                    "input `{input}` is not float32 (ONNX type {elem}); export the policy with a float32 input"
-                ),
+                format!("input `{input}` is not float32 (ONNX type {elem}); export the policy with a float32 input"),
             ));
         }
         let head = Head::discover(&ix, output, features).map_err(|e| ModelError::Head {
@@ -215,22 +187,8 @@ impl Model {
                 ),
             ));
         }
-        let backbone = BackbonePlan::build(
-            &file,
-            &input_shape,
-            features,
-            head.features_layout(),
-            head.in_dim(),
-        )?;
-        Ok(Model {
-            input: input.to_string(),
-            output: output.to_string(),
-            input_shape,
-            head,
-            control,
-            backbone,
-            file,
-        })
+        let backbone = BackbonePlan::build(&file, &input_shape, features, head.features_layout(), head.in_dim())?;
+        Ok(Model { input: input.to_string(), output: output.to_string(), input_shape, head, control, backbone, file })
     }
 
     /// ONNX nodes in the backbone (ancestors of `features`), excluding constants.

@@ -41,23 +41,12 @@ impl InputShape {
 
 /// Reads the declared shape of the feed input and decides which axis is the batch.
 pub fn input_shape(file: &OnnxFile, declared: Vec<String>) -> Result<InputShape, ModelError> {
-    let bad = |problem: String| ModelError::Shape {
-        path: file.path.clone(),
-        subject: Subject::Input,
-        problem,
-    };
+    let bad = |problem: String| ModelError::Shape { path: file.path.clone(), subject: Subject::Input, problem };
     if declared.is_empty() {
-        return Err(bad(
-            "the input has no declared shape; re-export the model with input shapes".into(),
-        ));
+        return Err(bad("the input has no declared shape; re-export the model with input shapes".into()));
     }
-    let batched =
-        declared.len() >= 2 && (declared[0] == "1" || declared[0].parse::<usize>().is_err());
-    let rest = if batched {
-        &declared[1..]
-    } else {
-        &declared[..]
-    };
+    let batched = declared.len() >= 2 && (declared[0] == "1" || declared[0].parse::<usize>().is_err());
+    let rest = if batched { &declared[1..] } else { &declared[..] };
     let sample = rest
         .iter()
         .map(|d| {
@@ -69,37 +58,20 @@ pub fn input_shape(file: &OnnxFile, declared: Vec<String>) -> Result<InputShape,
         })
         .collect::<Result<Vec<_>, _>>()?;
     let batch_symbol = match declared.first() {
-        Some(d)
-            if batched
-                && d.parse::<usize>().is_err()
-                && d.chars().all(|c| c.is_alphanumeric() || c == '_') =>
-        {
+        Some(d) if batched && d.parse::<usize>().is_err() && d.chars().all(|c| c.is_alphanumeric() || c == '_') => {
             d.clone()
         }
         _ => "N".to_string(),
     };
-    Ok(InputShape {
-        declared,
-        batched,
-        sample,
-        batch_symbol,
-    })
+    Ok(InputShape { declared, batched, sample, batch_symbol })
 }
 
 fn tract_err<'a>(path: &'a Path, stage: &'static str) -> impl Fn(TractError) -> ModelError + 'a {
-    move |e| ModelError::Tract {
-        path: path.to_path_buf(),
-        stage,
-        message: format!("{e:#}"),
-    }
+    move |e| ModelError::Tract { path: path.to_path_buf(), stage, message: format!("{e:#}") }
 }
 
 /// Runs tract on untrusted model data; a panic inside tract becomes an error, not a crash.
-fn guarded<T>(
-    path: &Path,
-    stage: &'static str,
-    f: impl FnOnce() -> TractResult<T>,
-) -> Result<T, ModelError> {
+fn guarded<T>(path: &Path, stage: &'static str, f: impl FnOnce() -> TractResult<T>) -> Result<T, ModelError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r.map_err(tract_err(path, stage)),
         Err(panic) => {
@@ -108,11 +80,7 @@ fn guarded<T>(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "tract panicked".into());
-            Err(ModelError::Tract {
-                path: path.to_path_buf(),
-                stage,
-                message: format!("tract panicked: {message}"),
-            })
+            Err(ModelError::Tract { path: path.to_path_buf(), stage, message: format!("tract panicked: {message}") })
         }
     }
 }
@@ -141,29 +109,17 @@ pub struct ControlPlan {
 
 impl ControlPlan {
     /// Builds and optimises the batch-1 plan from the input to `output`.
-    pub fn build(
-        file: &OnnxFile,
-        shape: &InputShape,
-        output: &str,
-    ) -> Result<ControlPlan, ModelError> {
+    pub fn build(file: &OnnxFile, shape: &InputShape, output: &str) -> Result<ControlPlan, ModelError> {
         let model = parse(file)?;
         let path = &file.path;
         let plan = guarded(path, "optimise the control plan", || {
             let n = model.symbols.sym(&shape.batch_symbol);
             let fact = InferenceFact::dt_shape(f32::datum_type(), shape.with_batch(n.to_dim()));
-            let typed = model
-                .with_input_fact(0, fact)?
-                .with_outputs_by_name([output])?
-                .into_typed()?;
+            let typed = model.with_input_fact(0, fact)?.with_outputs_by_name([output])?.into_typed()?;
             let batch_one = std::collections::HashMap::from([(n, 1.to_dim())]);
-            typed
-                .set_symbols(&batch_one)?
-                .into_optimized()?
-                .into_runnable()
+            typed.set_symbols(&batch_one)?.into_optimized()?.into_runnable()
         })?;
-        let out_fact = guarded(path, "read the output shape", || {
-            Ok(plan.model().output_fact(0)?.clone())
-        })?;
+        let out_fact = guarded(path, "read the output shape", || Ok(plan.model().output_fact(0)?.clone()))?;
         let dims: Option<Vec<usize>> = out_fact.shape.as_concrete().map(<[usize]>::to_vec);
         let dims = dims.ok_or_else(|| ModelError::Shape {
             path: path.clone(),
@@ -174,35 +130,19 @@ impl ControlPlan {
             return Err(ModelError::Shape {
                 path: path.clone(),
                 subject: Subject::Output,
-                problem: format!(
-                    "output `{output}` is {:?}, not float32",
-                    out_fact.datum_type
-                ),
+                problem: format!("output `{output}` is {:?}, not float32", out_fact.datum_type),
             });
         }
-        let output_width = if dims.len() >= 2 && dims[0] == 1 {
-            dims[1..].iter().product()
-        } else {
-            dims.iter().product()
-        };
+        let output_width =
+            if dims.len() >= 2 && dims[0] == 1 { dims[1..].iter().product() } else { dims.iter().product() };
         let input_dims: Vec<usize> = if shape.batched {
-            std::iter::once(1)
-                .chain(shape.sample.iter().copied())
-                .collect()
+            std::iter::once(1).chain(shape.sample.iter().copied()).collect()
         } else {
             shape.sample.clone()
         };
-        let input = Arc::new(
-            Tensor::zero::<f32>(&input_dims).map_err(tract_err(path, "allocate the input"))?,
-        );
-        let state = guarded(path, "create the plan state", || {
-            TypedSimpleState::new(&plan)
-        })?;
-        Ok(ControlPlan {
-            state,
-            input,
-            output_width,
-        })
+        let input = Arc::new(Tensor::zero::<f32>(&input_dims).map_err(tract_err(path, "allocate the input"))?);
+        let state = guarded(path, "create the plan state", || TypedSimpleState::new(&plan))?;
+        Ok(ControlPlan { state, input, output_width })
     }
 
     /// Width of the action the plan produces.
@@ -229,24 +169,14 @@ impl ControlPlan {
         // The input tensor is shared with tract only during `run`, so this never copies in
         // steady state; tract's per-op outputs come from the tick pool (crate::alloc).
         let input = Arc::make_mut(&mut self.input);
-        let mut view = input
-            .try_as_plain_ram_mut()
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        view.as_slice_mut::<f32>()
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?
-            .copy_from_slice(obs);
+        let mut view = input.try_as_plain_ram_mut().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        view.as_slice_mut::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?.copy_from_slice(obs);
         let (state, input) = (&mut self.state, &self.input);
         crate::alloc::in_tick(|| {
-            let outputs = state
-                .run(tvec!(TValue::from_const(input.clone())))
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            let view = outputs[0]
-                .try_as_plain_ram()
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            action.copy_from_slice(
-                view.as_slice::<f32>()
-                    .map_err(|e| ModelError::Run(format!("{e:#}")))?,
-            );
+            let outputs =
+                state.run(tvec!(TValue::from_const(input.clone()))).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let view = outputs[0].try_as_plain_ram().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            action.copy_from_slice(view.as_slice::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?);
             Ok(())
         })
     }
@@ -276,15 +206,9 @@ impl BackbonePlan {
         let plan = guarded(path, "optimise the backbone plan", || {
             let n = model.symbols.sym(&shape.batch_symbol);
             let fact = InferenceFact::dt_shape(f32::datum_type(), shape.with_batch(n.to_dim()));
-            model
-                .with_input_fact(0, fact)?
-                .with_outputs_by_name([features])?
-                .into_optimized()?
-                .into_runnable()
+            model.with_input_fact(0, fact)?.with_outputs_by_name([features])?.into_optimized()?.into_runnable()
         })?;
-        let fact = guarded(path, "read the features shape", || {
-            Ok(plan.model().output_fact(0)?.clone())
-        })?;
+        let fact = guarded(path, "read the features shape", || Ok(plan.model().output_fact(0)?.clone()))?;
         let rank = fact.shape.rank();
         let per_sample: Option<usize> = match (rank, layout) {
             (2, Layout::SampleMajor) => fact.shape[1].as_i64().map(|d| d as usize),
@@ -301,13 +225,7 @@ impl BackbonePlan {
                 ),
             });
         }
-        Ok(BackbonePlan {
-            plan,
-            shape: shape.clone(),
-            batch_axis,
-            features_width: width,
-            layout,
-        })
+        Ok(BackbonePlan { plan, shape: shape.clone(), batch_axis, features_width: width, layout })
     }
 
     /// Width of the features of one sample.
@@ -320,10 +238,7 @@ impl BackbonePlan {
     pub fn features(&self, inputs: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, ModelError> {
         let w = self.shape.width();
         if inputs.len() != n * w {
-            return Err(ModelError::Run(format!(
-                "{} input values for {n} samples of width {w}",
-                inputs.len()
-            )));
+            return Err(ModelError::Run(format!("{} input values for {n} samples of width {w}", inputs.len())));
         }
         let batch = if self.batch_axis { batch.max(1) } else { 1 };
         let f = self.features_width;
@@ -336,16 +251,9 @@ impl BackbonePlan {
             }
             let x = Tensor::from_shape(&dims, &inputs[start * w..(start + b) * w])
                 .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            let y = self
-                .plan
-                .run(tvec!(x.into()))
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            let view = y[0]
-                .try_as_plain_ram()
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            let y = view
-                .as_slice::<f32>()
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let y = self.plan.run(tvec!(x.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let view = y[0].try_as_plain_ram().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let y = view.as_slice::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
             match self.layout {
                 Layout::SampleMajor => out.extend_from_slice(y),
                 Layout::FeatureMajor => {

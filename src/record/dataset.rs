@@ -66,19 +66,12 @@ pub enum DatasetError {
 
 /// Which channel of the file feeds which input (or the action), checked against the manifest.
 fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetError> {
-    let mismatch = |problem: String| DatasetError::Mismatch {
-        path: file.path.clone(),
-        problem,
-    };
+    let mismatch = |problem: String| DatasetError::Mismatch { path: file.path.clone(), problem };
     let mut out = Vec::new();
     let mut seen_inputs = vec![false; m.observations.len()];
     let mut seen_action = false;
     for c in &file.channels {
-        let role = if let Some(i) = c
-            .role
-            .strip_prefix("observation.")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
+        let role = if let Some(i) = c.role.strip_prefix("observation.").and_then(|i| i.parse::<usize>().ok()) {
             Some(Role::Input(i))
         } else if c.role == "action" {
             Some(Role::Action)
@@ -124,10 +117,7 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
         )));
     }
     if !seen_action {
-        return Err(mismatch(format!(
-            "no demonstration action channel for skill `{}`",
-            m.name
-        )));
+        return Err(mismatch(format!("no demonstration action channel for skill `{}`", m.name)));
     }
     Ok(out)
 }
@@ -147,8 +137,7 @@ pub fn load_episode(path: &Path, m: &Manifest) -> Result<Episode, DatasetError> 
     let t0 = messages.first().map(|r| r.log_time).unwrap_or(0);
     let epoch = Instant::now();
     let at = |ns: u64| epoch + Duration::from_nanos(ns.saturating_sub(t0));
-    let (mut writers, mut assembler) =
-        observer::observer(&m.observations, m.control.history, epoch);
+    let (mut writers, mut assembler) = observer::observer(&m.observations, m.control.history, epoch);
     let action_fields = Extractor::for_action(&m.action);
     let norm = m.normaliser();
     let period = (1e9 / m.control.rate_hz).max(1.0) as u64;
@@ -212,11 +201,7 @@ pub fn load(paths: &[PathBuf], m: &Manifest) -> Result<Vec<Episode>, DatasetErro
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            files.extend(
-                episode::list(p)?
-                    .into_iter()
-                    .filter(|f| f.extension().is_some_and(|e| e == "mcap")),
-            );
+            files.extend(episode::list(p)?.into_iter().filter(|f| f.extension().is_some_and(|e| e == "mcap")));
         } else {
             files.push(p.clone());
         }

@@ -43,15 +43,8 @@ pub enum EpisodeError {
     },
 }
 
-fn io<'a>(
-    path: &'a Path,
-    action: &'static str,
-) -> impl FnOnce(std::io::Error) -> EpisodeError + 'a {
-    move |source| EpisodeError::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    }
+fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> EpisodeError + 'a {
+    move |source| EpisodeError::Io { path: path.to_path_buf(), action, source }
 }
 
 fn mc(path: &Path) -> impl FnOnce(mcap::McapError) -> EpisodeError + '_ {
@@ -63,10 +56,7 @@ fn mc(path: &Path) -> impl FnOnce(mcap::McapError) -> EpisodeError + '_ {
             message.push_str(&format!(": {s}"));
             source = s.source();
         }
-        EpisodeError::Mcap {
-            path: path.to_path_buf(),
-            message,
-        }
+        EpisodeError::Mcap { path: path.to_path_buf(), message }
     }
 }
 
@@ -83,12 +73,7 @@ pub struct ChannelSpec {
 
 /// Types whose first field is a std_msgs/Header, so the publish time can be read from the stamp.
 fn has_header(type_name: &str) -> bool {
-    matches!(
-        type_name,
-        "sensor_msgs/msg/JointState"
-            | "sensor_msgs/msg/Imu"
-            | "trajectory_msgs/msg/JointTrajectory"
-    )
+    matches!(type_name, "sensor_msgs/msg/JointState" | "sensor_msgs/msg/Imu" | "trajectory_msgs/msg/JointTrajectory")
 }
 
 /// The header stamp of a CDR message that starts with a std_msgs/Header, in ns (0 when unset).
@@ -99,18 +84,10 @@ fn header_stamp_ns(cdr: &[u8]) -> u64 {
     let le = cdr[1] == 1;
     let word = |b: &[u8]| {
         let a = [b[0], b[1], b[2], b[3]];
-        if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
+        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
     };
     let (sec, nsec) = (word(&cdr[4..8]) as i32, word(&cdr[8..12]));
-    if sec <= 0 {
-        0
-    } else {
-        sec as u64 * 1_000_000_000 + nsec as u64
-    }
+    if sec <= 0 { 0 } else { sec as u64 * 1_000_000_000 + nsec as u64 }
 }
 
 /// Writes one episode.
@@ -141,9 +118,7 @@ impl EpisodeWriter {
         let part = dir.join(format!("{id}{PART_SUFFIX}"));
         let done = dir.join(format!("{id}.mcap"));
         let file = File::create(&part).map_err(io(&part, "create the episode file"))?;
-        let sync = file
-            .try_clone()
-            .map_err(io(&part, "open the episode file for syncing"))?;
+        let sync = file.try_clone().map_err(io(&part, "open the episode file for syncing"))?;
         let options = WriteOptions::new()
             .chunk_size(None)
             .library(format!("skillgraft {}", env!("CARGO_PKG_VERSION")))
@@ -152,21 +127,14 @@ impl EpisodeWriter {
         let mut ids = Vec::new();
         for c in channels {
             let def = msg_defs::definition(&c.type_name).unwrap_or_default();
-            let schema = writer
-                .add_schema(&c.type_name, "ros2msg", def.as_bytes())
-                .map_err(mc(&part))?;
+            let schema = writer.add_schema(&c.type_name, "ros2msg", def.as_bytes()).map_err(mc(&part))?;
             let mut meta = BTreeMap::new();
             meta.insert("skillgraft.role".to_string(), c.role.clone());
-            let channel = writer
-                .add_channel(schema, &c.topic, "cdr", &meta)
-                .map_err(mc(&part))?;
+            let channel = writer.add_channel(schema, &c.topic, "cdr", &meta).map_err(mc(&part))?;
             ids.push((channel, has_header(&c.type_name)));
         }
         writer
-            .write_metadata(&Metadata {
-                name: METADATA_NAME.into(),
-                metadata: metadata.clone(),
-            })
+            .write_metadata(&Metadata { name: METADATA_NAME.into(), metadata: metadata.clone() })
             .map_err(mc(&part))?;
         let mut w = EpisodeWriter {
             writer: Some(writer),
@@ -201,32 +169,20 @@ impl EpisodeWriter {
             publish_time: if stamp > 0 { stamp } else { log_time_ns },
         };
         let part = &self.part;
-        self.writer
-            .as_mut()
-            .expect("open until finished")
-            .write_to_known_channel(&h, cdr)
-            .map_err(mc(part))?;
+        self.writer.as_mut().expect("open until finished").write_to_known_channel(&h, cdr).map_err(mc(part))?;
         self.counts[ch] += 1;
         self.flush_if_due()
     }
 
     /// Ends the chunk and syncs when the chunk period has passed since the last one.
     pub fn flush_if_due(&mut self) -> Result<(), EpisodeError> {
-        if self.last_chunk.elapsed() >= self.chunk_period {
-            self.flush()
-        } else {
-            Ok(())
-        }
+        if self.last_chunk.elapsed() >= self.chunk_period { self.flush() } else { Ok(()) }
     }
 
     /// Ends the current chunk and syncs the file, so a crash keeps everything written so far.
     pub fn flush(&mut self) -> Result<(), EpisodeError> {
         let part = &self.part;
-        self.writer
-            .as_mut()
-            .expect("open until finished")
-            .flush()
-            .map_err(mc(part))?;
+        self.writer.as_mut().expect("open until finished").flush().map_err(mc(part))?;
         self.sync.sync_data().map_err(io(part, "sync"))?;
         self.last_chunk = Instant::now();
         Ok(())
@@ -237,10 +193,7 @@ impl EpisodeWriter {
         let part = self.part.clone();
         let mut writer = self.writer.take().expect("open until finished");
         writer
-            .write_metadata(&Metadata {
-                name: METADATA_NAME.into(),
-                metadata: metadata.clone(),
-            })
+            .write_metadata(&Metadata { name: METADATA_NAME.into(), metadata: metadata.clone() })
             .map_err(mc(&part))?;
         writer.finish().map_err(mc(&part))?;
         let mut inner = writer.into_inner();
@@ -248,9 +201,7 @@ impl EpisodeWriter {
         self.sync.sync_all().map_err(io(&part, "sync"))?;
         std::fs::rename(&part, &self.done).map_err(io(&part, "rename the finished episode"))?;
         if let Some(dir) = self.done.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir, "sync the episodes folder"))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "sync the episodes folder"))?;
         }
         Ok(self.done.clone())
     }
@@ -308,26 +259,14 @@ pub struct EpisodeFile {
 impl EpisodeFile {
     /// The episode id: the file name without `.mcap` or `.mcap.part`.
     pub fn id(&self) -> String {
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        name.trim_end_matches(PART_SUFFIX)
-            .trim_end_matches(".mcap")
-            .to_string()
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        name.trim_end_matches(PART_SUFFIX).trim_end_matches(".mcap").to_string()
     }
 
     /// Seconds from the first to the last message.
     pub fn duration_s(&self) -> f64 {
-        let (lo, hi) = self.messages.iter().fold((u64::MAX, 0), |(lo, hi), m| {
-            (lo.min(m.log_time), hi.max(m.log_time))
-        });
-        if hi > lo {
-            (hi - lo) as f64 * 1e-9
-        } else {
-            0.0
-        }
+        let (lo, hi) = self.messages.iter().fold((u64::MAX, 0), |(lo, hi), m| (lo.min(m.log_time), hi.max(m.log_time)));
+        if hi > lo { (hi - lo) as f64 * 1e-9 } else { 0.0 }
     }
 }
 
@@ -335,10 +274,7 @@ impl EpisodeFile {
 /// read up to its last complete record and the rest counted in `trailing_bytes`.
 pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
     let bytes = std::fs::read(path).map_err(io(path, "read the episode"))?;
-    let bad = |message: String| EpisodeError::Mcap {
-        path: path.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| EpisodeError::Mcap { path: path.to_path_buf(), message };
     if bytes.len() < mcap::MAGIC.len() || bytes[..mcap::MAGIC.len()] != *mcap::MAGIC {
         return Err(bad("not an MCAP file (no magic bytes at the start)".into()));
     }
@@ -364,21 +300,14 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
                     file.channels.push(ChannelInfo {
                         topic: c.topic,
                         type_name: schemas.get(&c.schema_id).cloned().unwrap_or_default(),
-                        role: c
-                            .metadata
-                            .get("skillgraft.role")
-                            .cloned()
-                            .unwrap_or_default(),
+                        role: c.metadata.get("skillgraft.role").cloned().unwrap_or_default(),
                         count: 0,
                     });
                 }
             }
             Record::Message { header, data } => {
                 let Some(&ch) = channel_ids.get(&header.channel_id) else {
-                    return Err(bad(format!(
-                        "message on unknown channel {}",
-                        header.channel_id
-                    )));
+                    return Err(bad(format!("message on unknown channel {}", header.channel_id)));
                 };
                 file.channels[ch].count += 1;
                 file.messages.push(Recorded {
@@ -408,8 +337,7 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
         };
         if opcode == op::FOOTER {
             at += 9 + len;
-            file.complete = bytes.len() >= at + mcap::MAGIC.len()
-                && bytes[at..at + mcap::MAGIC.len()] == *mcap::MAGIC;
+            file.complete = bytes.len() >= at + mcap::MAGIC.len() && bytes[at..at + mcap::MAGIC.len()] == *mcap::MAGIC;
             if file.complete {
                 at += mcap::MAGIC.len();
             }
@@ -456,11 +384,7 @@ pub fn recover(part: &Path) -> Result<Recovery, EpisodeError> {
     let specs: Vec<ChannelSpec> = file
         .channels
         .iter()
-        .map(|c| ChannelSpec {
-            topic: c.topic.clone(),
-            type_name: c.type_name.clone(),
-            role: c.role.clone(),
-        })
+        .map(|c| ChannelSpec { topic: c.topic.clone(), type_name: c.type_name.clone(), role: c.role.clone() })
         .collect();
     let tmp_id = format!("{}.recovering", file.id());
     let mut meta = file.metadata.clone();
@@ -468,34 +392,17 @@ pub fn recover(part: &Path) -> Result<Recovery, EpisodeError> {
     for m in &file.messages {
         let (channel_id, _) = w.channels[m.channel];
         w.sequence = w.sequence.wrapping_add(1);
-        let h = MessageHeader {
-            channel_id,
-            sequence: w.sequence,
-            log_time: m.log_time,
-            publish_time: m.publish_time,
-        };
+        let h = MessageHeader { channel_id, sequence: w.sequence, log_time: m.log_time, publish_time: m.publish_time };
         let p = w.part.clone();
-        w.writer
-            .as_mut()
-            .expect("open")
-            .write_to_known_channel(&h, &m.data)
-            .map_err(mc(&p))?;
+        w.writer.as_mut().expect("open").write_to_known_channel(&h, &m.data).map_err(mc(&p))?;
     }
     meta.insert("status".into(), "recovered".into());
     meta.insert("recovered_messages".into(), file.messages.len().to_string());
-    meta.insert(
-        "recovered_dropped_bytes".into(),
-        file.trailing_bytes.to_string(),
-    );
+    meta.insert("recovered_dropped_bytes".into(), file.trailing_bytes.to_string());
     let written = w.finish(&meta)?;
     std::fs::rename(&written, &to).map_err(io(&written, "rename the recovered episode"))?;
     std::fs::remove_file(part).map_err(io(part, "remove the recovered .part file"))?;
-    Ok(Recovery {
-        from: part.to_path_buf(),
-        to,
-        messages: file.messages.len(),
-        dropped_bytes: file.trailing_bytes,
-    })
+    Ok(Recovery { from: part.to_path_buf(), to, messages: file.messages.len(), dropped_bytes: file.trailing_bytes })
 }
 
 /// Episode files in a folder (`.mcap` and `.mcap.part`), sorted by name.
@@ -504,10 +411,7 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, EpisodeError> {
         .map_err(io(dir, "list the episodes folder"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             n.ends_with(".mcap") || n.ends_with(PART_SUFFIX)
         })
         .collect();

@@ -59,19 +59,13 @@ impl Command {
             "start" => Ok(Command::Start(rest.trim().to_string())),
             "stop" if rest.trim().is_empty() => Ok(Command::Stop),
             "discard" if rest.trim().is_empty() => Ok(Command::Discard),
-            _ => Err(format!(
-                "{text:?} is not an episode command; send `start [label]`, `stop` or `discard`"
-            )),
+            _ => Err(format!("{text:?} is not an episode command; send `start [label]`, `stop` or `discard`")),
         }
     }
 }
 
 enum Event {
-    Message {
-        channel: usize,
-        log_ns: u64,
-        cdr: Vec<u8>,
-    },
+    Message { channel: usize, log_ns: u64, cdr: Vec<u8> },
     Command(Command),
     Shutdown,
 }
@@ -125,11 +119,7 @@ impl Tap {
             return;
         }
         let log_ns = epoch_ns(sample.arrived_ros.as_secs_f64());
-        match self.tx.try_send(Event::Message {
-            channel,
-            log_ns,
-            cdr: sample.cdr,
-        }) {
+        match self.tx.try_send(Event::Message { channel, log_ns, cdr: sample.cdr }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -177,30 +167,14 @@ impl Recorder {
             recording: AtomicBool::new(false),
             tx,
             dropped: AtomicU64::new(0),
-            status: Mutex::new(Status {
-                state: "idle".into(),
-                ..Default::default()
-            }),
+            status: Mutex::new(Status { state: "idle".into(), ..Default::default() }),
             cpu_ns: AtomicU64::new(0),
         });
         let shared = tap.clone();
-        let thread = std::thread::Builder::new()
-            .name("skillgraft-record".into())
-            .spawn(move || {
-                RecorderThread {
-                    cfg,
-                    tap: shared,
-                    status,
-                    current: None,
-                    written: 0,
-                    last_file: None,
-                }
-                .run(rx)
-            })?;
-        Ok(Recorder {
-            tap,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("skillgraft-record".into()).spawn(move || {
+            RecorderThread { cfg, tap: shared, status, current: None, written: 0, last_file: None }.run(rx)
+        })?;
+        Ok(Recorder { tap, thread: Some(thread) })
     }
 
     /// Ends any episode (keeping it) and stops the thread.
@@ -237,11 +211,7 @@ impl RecorderThread {
         loop {
             let event = rx.recv_timeout(Duration::from_millis(100));
             match event {
-                Ok(Event::Message {
-                    channel,
-                    log_ns,
-                    cdr,
-                }) => self.write(channel, log_ns, &cdr),
+                Ok(Event::Message { channel, log_ns, cdr }) => self.write(channel, log_ns, &cdr),
                 Ok(Event::Command(c)) => {
                     self.command(c, &rx);
                     next_status = Instant::now();
@@ -295,11 +265,7 @@ impl RecorderThread {
         let mut later = Vec::new();
         while let Ok(e) = rx.try_recv() {
             match e {
-                Event::Message {
-                    channel,
-                    log_ns,
-                    cdr,
-                } if keep => self.write(channel, log_ns, &cdr),
+                Event::Message { channel, log_ns, cdr } if keep => self.write(channel, log_ns, &cdr),
                 Event::Message { .. } => {}
                 Event::Command(c) => later.push(c),
                 Event::Shutdown => later.push(Command::Stop),
@@ -319,10 +285,7 @@ impl RecorderThread {
                 if let Some(cur) = self.current.take() {
                     self.end(cur, keep);
                 } else {
-                    self.refuse(format!(
-                        "`{}`: no episode is recording",
-                        if keep { "stop" } else { "discard" }
-                    ));
+                    self.refuse(format!("`{}`: no episode is recording", if keep { "stop" } else { "discard" }));
                 }
                 for c in later {
                     self.command(c, rx);
@@ -341,39 +304,18 @@ impl RecorderThread {
 
     fn start(&mut self, label: String) {
         if let Some(c) = &self.current {
-            let why = format!(
-                "`start`: episode {} is recording; send `stop` or `discard` first",
-                c.id
-            );
+            let why = format!("`start`: episode {} is recording; send `stop` or `discard` first", c.id);
             return self.refuse(why);
         }
         let started = SystemTime::now();
-        let stamp = humantime::format_rfc3339_seconds(started)
-            .to_string()
-            .replace(':', "-");
-        let tag: String = label
-            .chars()
-            .map(|ch| {
-                if ch.is_ascii_alphanumeric() || "-_".contains(ch) {
-                    ch
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let base = if tag.is_empty() {
-            stamp
-        } else {
-            format!("{stamp}-{tag}")
-        };
+        let stamp = humantime::format_rfc3339_seconds(started).to_string().replace(':', "-");
+        let tag: String =
+            label.chars().map(|ch| if ch.is_ascii_alphanumeric() || "-_".contains(ch) { ch } else { '_' }).collect();
+        let base = if tag.is_empty() { stamp } else { format!("{stamp}-{tag}") };
         let mut id = base.clone();
         let mut n = 1;
         while self.cfg.dir.join(format!("{id}.mcap")).exists()
-            || self
-                .cfg
-                .dir
-                .join(format!("{id}{}", episode::PART_SUFFIX))
-                .exists()
+            || self.cfg.dir.join(format!("{id}{}", episode::PART_SUFFIX)).exists()
         {
             n += 1;
             id = format!("{base}-{n}");
@@ -383,29 +325,21 @@ impl RecorderThread {
         meta.insert("start".into(), rfc3339(started));
         meta.insert("status".into(), "recording".into());
         for (i, ch) in self.cfg.channels.iter().enumerate() {
-            meta.insert(
-                format!("channel.{i}"),
-                format!("{} {} {}", ch.role, ch.topic, ch.type_name),
-            );
+            meta.insert(format!("channel.{i}"), format!("{} {} {}", ch.role, ch.topic, ch.type_name));
         }
         self.tap.muted.store(true, Ordering::Relaxed);
-        let (writer, error) = match EpisodeWriter::create(
-            &self.cfg.dir,
-            &id,
-            &self.cfg.channels,
-            &meta,
-            self.cfg.chunk_period,
-        ) {
-            Ok(w) => {
-                self.tap.recording.store(true, Ordering::Relaxed);
-                tracing::info!("episode {id} recording into {}", w.part_path().display());
-                (Some(w), None)
-            }
-            Err(e) => {
-                tracing::error!("episode {id} failed to start: {e}");
-                (None, Some(e.to_string()))
-            }
-        };
+        let (writer, error) =
+            match EpisodeWriter::create(&self.cfg.dir, &id, &self.cfg.channels, &meta, self.cfg.chunk_period) {
+                Ok(w) => {
+                    self.tap.recording.store(true, Ordering::Relaxed);
+                    tracing::info!("episode {id} recording into {}", w.part_path().display());
+                    (Some(w), None)
+                }
+                Err(e) => {
+                    tracing::error!("episode {id} failed to start: {e}");
+                    (None, Some(e.to_string()))
+                }
+            };
         self.current = Some(Current {
             writer,
             id,
@@ -433,10 +367,7 @@ impl RecorderThread {
         meta.insert("start".into(), rfc3339(cur.started));
         meta.insert("stop".into(), rfc3339(SystemTime::now()));
         meta.insert("status".into(), "complete".into());
-        meta.insert(
-            "dropped".into(),
-            (self.tap.dropped.load(Ordering::Relaxed) - cur.dropped_at_start).to_string(),
-        );
+        meta.insert("dropped".into(), (self.tap.dropped.load(Ordering::Relaxed) - cur.dropped_at_start).to_string());
         for (ch, n) in self.cfg.channels.iter().zip(&writer.counts) {
             meta.insert(format!("messages.{}", ch.topic), n.to_string());
         }
@@ -453,12 +384,7 @@ impl RecorderThread {
     fn publish_status(&mut self) {
         let cpu = thread_cpu_ns();
         self.tap.cpu_ns.store(cpu, Ordering::Relaxed);
-        let mut s = self
-            .tap
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
+        let mut s = self.tap.status.lock().map(|s| s.clone()).unwrap_or_default();
         s.episodes_written = self.written;
         s.last_file = self.last_file.clone();
         match &self.current {
@@ -471,12 +397,7 @@ impl RecorderThread {
                 s.dropped = 0;
             }
             Some(c) => {
-                s.state = if c.error.is_some() {
-                    "failed"
-                } else {
-                    "recording"
-                }
-                .into();
+                s.state = if c.error.is_some() { "failed" } else { "recording" }.into();
                 if c.error.is_some() {
                     s.error = c.error.clone();
                 }
@@ -485,13 +406,8 @@ impl RecorderThread {
                 s.duration_s = c.started_at.elapsed().as_secs_f64();
                 s.dropped = self.tap.dropped.load(Ordering::Relaxed) - c.dropped_at_start;
                 if let Some(w) = &c.writer {
-                    s.messages = self
-                        .cfg
-                        .channels
-                        .iter()
-                        .zip(&w.counts)
-                        .map(|(ch, n)| (ch.topic.clone(), *n))
-                        .collect();
+                    s.messages =
+                        self.cfg.channels.iter().zip(&w.counts).map(|(ch, n)| (ch.topic.clone(), *n)).collect();
                 }
             }
         }
@@ -508,10 +424,7 @@ impl RecorderThread {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -527,17 +440,10 @@ mod tests {
     #[test]
     fn commands_parse() {
         assert_eq!(Command::parse("start"), Ok(Command::Start(String::new())));
-        assert_eq!(
-            Command::parse("  start pick red cube "),
-            Ok(Command::Start("pick red cube".into()))
-        );
+        assert_eq!(Command::parse("  start pick red cube "), Ok(Command::Start("pick red cube".into())));
         assert_eq!(Command::parse("stop"), Ok(Command::Stop));
         assert_eq!(Command::parse("discard\n"), Ok(Command::Discard));
-        assert!(
-            Command::parse("stop now")
-                .unwrap_err()
-                .contains("start [label]")
-        );
+        assert!(Command::parse("stop now").unwrap_err().contains("start [label]"));
         assert!(Command::parse("go").is_err());
     }
 }

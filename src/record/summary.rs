@@ -46,10 +46,7 @@ pub struct EpisodeSummary {
 }
 
 /// Summarises an episode file; with a manifest, also pairs it into samples.
-pub fn summarise(
-    path: &Path,
-    skill: Option<&Manifest>,
-) -> Result<EpisodeSummary, dataset::DatasetError> {
+pub fn summarise(path: &Path, skill: Option<&Manifest>) -> Result<EpisodeSummary, dataset::DatasetError> {
     let f = episode::read(path)?;
     let meta = |k: &str| f.metadata.get(k).cloned().unwrap_or_default();
     let status = if !f.complete {
@@ -65,18 +62,12 @@ pub fn summarise(
         status,
         label: meta("label"),
         robot: meta("robot"),
-        skill: format!("{} {}", meta("skill"), meta("skill_version"))
-            .trim()
-            .to_string(),
+        skill: format!("{} {}", meta("skill"), meta("skill_version")).trim().to_string(),
         start: meta("start"),
         duration_s: f.duration_s(),
         messages: f.channels.iter().map(|c| c.count).sum(),
         topics: f.channels.clone(),
-        dropped: f
-            .metadata
-            .get("dropped")
-            .cloned()
-            .unwrap_or_else(|| "unknown".into()),
+        dropped: f.metadata.get("dropped").cloned().unwrap_or_else(|| "unknown".into()),
         trailing_bytes: f.trailing_bytes,
         samples: None,
         stale: None,
@@ -108,26 +99,10 @@ impl fmt::Display for EpisodeSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "episode   {} ({})", self.id, self.status)?;
         writeln!(f, "file      {}", self.path)?;
-        writeln!(
-            f,
-            "label     {}",
-            if self.label.is_empty() {
-                "-"
-            } else {
-                &self.label
-            }
-        )?;
+        writeln!(f, "label     {}", if self.label.is_empty() { "-" } else { &self.label })?;
         writeln!(f, "robot     {}   skill {}", self.robot, self.skill)?;
-        writeln!(
-            f,
-            "start     {}   duration {:.2} s",
-            self.start, self.duration_s
-        )?;
-        writeln!(
-            f,
-            "messages  {} (dropped by the recorder: {})",
-            self.messages, self.dropped
-        )?;
+        writeln!(f, "start     {}   duration {:.2} s", self.start, self.duration_s)?;
+        writeln!(f, "messages  {} (dropped by the recorder: {})", self.messages, self.dropped)?;
         if self.trailing_bytes > 0 {
             writeln!(
                 f,
@@ -135,22 +110,10 @@ impl fmt::Display for EpisodeSummary {
                 self.trailing_bytes
             )?;
         }
-        writeln!(
-            f,
-            "  {:<32} {:<36} {:<14} {:>8} {:>9}",
-            "topic", "type", "role", "messages", "rate (Hz)"
-        )?;
+        writeln!(f, "  {:<32} {:<36} {:<14} {:>8} {:>9}", "topic", "type", "role", "messages", "rate (Hz)")?;
         for t in &self.topics {
-            let rate = if self.duration_s > 0.0 {
-                t.count as f64 / self.duration_s
-            } else {
-                0.0
-            };
-            writeln!(
-                f,
-                "  {:<32} {:<36} {:<14} {:>8} {:>9.1}",
-                t.topic, t.type_name, t.role, t.count, rate
-            )?;
+            let rate = if self.duration_s > 0.0 { t.count as f64 / self.duration_s } else { 0.0 };
+            writeln!(f, "  {:<32} {:<36} {:<14} {:>8} {:>9.1}", t.topic, t.type_name, t.role, t.count, rate)?;
         }
         if let (Some(n), Some(stale), Some(rejected)) = (self.samples, self.stale, self.rejected) {
             writeln!(
@@ -164,10 +127,7 @@ impl fmt::Display for EpisodeSummary {
 
 /// Lines of `episodes list`.
 pub fn table(rows: &[EpisodeSummary]) -> String {
-    let mut out = format!(
-        "{:<44} {:<11} {:<20} {:>9} {:>9}\n",
-        "episode", "status", "label", "seconds", "messages"
-    );
+    let mut out = format!("{:<44} {:<11} {:<20} {:>9} {:>9}\n", "episode", "status", "label", "seconds", "messages");
     for r in rows {
         out.push_str(&format!(
             "{:<44} {:<11} {:<20} {:>9.2} {:>9}\n",

@@ -51,10 +51,7 @@ impl ParamValue {
             match y {
                 Yaml::Boolean(b) => Ok(ParamValue::Bool(*b)),
                 Yaml::Integer(i) => Ok(ParamValue::Int(*i)),
-                Yaml::Real(_) => y
-                    .as_f64()
-                    .map(ParamValue::Double)
-                    .ok_or_else(|| format!("{y:?} is not a number")),
+                Yaml::Real(_) => y.as_f64().map(ParamValue::Double).ok_or_else(|| format!("{y:?} is not a number")),
                 Yaml::String(s) => Ok(ParamValue::String(s.clone())),
                 other => Err(format!("{other:?} is not a parameter value")),
             }
@@ -63,52 +60,30 @@ impl ParamValue {
             Yaml::Array(items) if items.is_empty() => Ok(ParamValue::StringArray(vec![])),
             Yaml::Array(items) => {
                 let values = items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?;
-                let all_numbers = values
-                    .iter()
-                    .all(|v| matches!(v, ParamValue::Int(_) | ParamValue::Double(_)));
+                let all_numbers = values.iter().all(|v| matches!(v, ParamValue::Int(_) | ParamValue::Double(_)));
                 let any_double = values.iter().any(|v| matches!(v, ParamValue::Double(_)));
                 Ok(match &values[0] {
-                    ParamValue::Bool(_)
-                        if values.iter().all(|v| matches!(v, ParamValue::Bool(_))) =>
-                    {
-                        ParamValue::BoolArray(
-                            values
-                                .iter()
-                                .map(|v| matches!(v, ParamValue::Bool(true)))
-                                .collect(),
-                        )
+                    ParamValue::Bool(_) if values.iter().all(|v| matches!(v, ParamValue::Bool(_))) => {
+                        ParamValue::BoolArray(values.iter().map(|v| matches!(v, ParamValue::Bool(true))).collect())
                     }
-                    ParamValue::Int(_) | ParamValue::Double(_) if all_numbers && any_double => {
-                        ParamValue::DoubleArray(
-                            values
-                                .iter()
-                                .map(|v| match v {
-                                    ParamValue::Int(i) => *i as f64,
-                                    ParamValue::Double(d) => *d,
-                                    _ => unreachable!("checked all_numbers"),
-                                })
-                                .collect(),
-                        )
-                    }
-                    ParamValue::Int(_) if all_numbers => ParamValue::IntArray(
+                    ParamValue::Int(_) | ParamValue::Double(_) if all_numbers && any_double => ParamValue::DoubleArray(
                         values
                             .iter()
-                            .map(|v| if let ParamValue::Int(i) = v { *i } else { 0 })
+                            .map(|v| match v {
+                                ParamValue::Int(i) => *i as f64,
+                                ParamValue::Double(d) => *d,
+                                _ => unreachable!("checked all_numbers"),
+                            })
                             .collect(),
                     ),
-                    ParamValue::String(_)
-                        if values.iter().all(|v| matches!(v, ParamValue::String(_))) =>
-                    {
+                    ParamValue::Int(_) if all_numbers => ParamValue::IntArray(
+                        values.iter().map(|v| if let ParamValue::Int(i) = v { *i } else { 0 }).collect(),
+                    ),
+                    ParamValue::String(_) if values.iter().all(|v| matches!(v, ParamValue::String(_))) => {
                         ParamValue::StringArray(
                             values
                                 .iter()
-                                .map(|v| {
-                                    if let ParamValue::String(s) = v {
-                                        s.clone()
-                                    } else {
-                                        String::new()
-                                    }
-                                })
+                                .map(|v| if let ParamValue::String(s) = v { s.clone() } else { String::new() })
                                 .collect(),
                         )
                     }
@@ -167,11 +142,7 @@ pub struct RosArgs {
 impl RosArgs {
     /// Reads `--ros-args` blocks from `args` (anything outside them is refused), plus parameter
     /// files given separately (`run --params-file`), which `--ros-args --params-file` add to.
-    pub fn parse(
-        args: &[String],
-        params_files: &[PathBuf],
-        default_node: &str,
-    ) -> Result<RosArgs, ArgsError> {
+    pub fn parse(args: &[String], params_files: &[PathBuf], default_node: &str) -> Result<RosArgs, ArgsError> {
         let mut remaps = Vec::new();
         let mut cli_params: Vec<(String, String)> = Vec::new();
         let mut files: Vec<PathBuf> = params_files.to_vec();
@@ -179,8 +150,7 @@ impl RosArgs {
         let mut in_ros = false;
         let mut it = args.iter();
         let need = |flag: &str, v: Option<&String>| -> Result<String, ArgsError> {
-            v.cloned()
-                .ok_or_else(|| ArgsError(format!("`{flag}` needs a value after it")))
+            v.cloned().ok_or_else(|| ArgsError(format!("`{flag}` needs a value after it")))
         };
         while let Some(a) = it.next() {
             match a.as_str() {
@@ -217,9 +187,7 @@ impl RosArgs {
         let mut rules = Vec::new();
         for (from, to) in remaps {
             let (target, from) = match from.split_once(':') {
-                Some((n, f)) if !f.is_empty() && !n.is_empty() => {
-                    (Some(n.to_string()), f.to_string())
-                }
+                Some((n, f)) if !f.is_empty() && !n.is_empty() => (Some(n.to_string()), f.to_string()),
                 _ => (None, from),
             };
             if target.as_deref().is_some_and(|t| t != default_node) {
@@ -231,14 +199,9 @@ impl RosArgs {
                     node = to;
                 }
                 "__ns" => {
-                    let ns = if to.starts_with('/') {
-                        to.clone()
-                    } else {
-                        format!("/{to}")
-                    };
+                    let ns = if to.starts_with('/') { to.clone() } else { format!("/{to}") };
                     if ns != "/" {
-                        crate::ros::names::check_topic(&ns)
-                            .map_err(|e| ArgsError(format!("-r __ns:={to}: {e}")))?;
+                        crate::ros::names::check_topic(&ns).map_err(|e| ArgsError(format!("-r __ns:={to}: {e}")))?;
                     }
                     namespace = ns.trim_end_matches('/').to_string();
                     if namespace.is_empty() {
@@ -252,33 +215,14 @@ impl RosArgs {
         let fqn = fully_qualified(&namespace, &node);
         for file in &files {
             for (name, value) in read_params_file(file, &fqn)? {
-                params.insert(
-                    name,
-                    Param {
-                        value,
-                        source: file.display().to_string(),
-                    },
-                );
+                params.insert(name, Param { value, source: file.display().to_string() });
             }
         }
         for (name, text) in cli_params {
-            let value =
-                parse_value(&text).map_err(|e| ArgsError(format!("-p {name}:={text}: {e}")))?;
-            params.insert(
-                name,
-                Param {
-                    value,
-                    source: "-p".into(),
-                },
-            );
+            let value = parse_value(&text).map_err(|e| ArgsError(format!("-p {name}:={text}: {e}")))?;
+            params.insert(name, Param { value, source: "-p".into() });
         }
-        Ok(RosArgs {
-            node,
-            namespace,
-            remaps: rules,
-            params,
-            log_level,
-        })
+        Ok(RosArgs { node, namespace, remaps: rules, params, log_level })
     }
 
     /// The node's fully qualified name, e.g. `/arm/skillgraft`.
@@ -293,8 +237,7 @@ impl RosArgs {
         let expanded = expand(name, &self.namespace, &self.node);
         for (from, to) in &self.remaps {
             if expand(from, &self.namespace, &self.node) == expanded {
-                crate::ros::names::check_topic(to)
-                    .map_err(|e| ArgsError(format!("remapping {from}:={to}: {e}")))?;
+                crate::ros::names::check_topic(to).map_err(|e| ArgsError(format!("remapping {from}:={to}: {e}")))?;
                 return Ok(expand(to, &self.namespace, &self.node));
             }
         }
@@ -340,33 +283,21 @@ impl FromParam for f64 {
 impl FromParam for i64 {
     const TYPE: &'static str = "integer";
     fn from_param(v: &ParamValue) -> Option<i64> {
-        if let ParamValue::Int(i) = v {
-            Some(*i)
-        } else {
-            None
-        }
+        if let ParamValue::Int(i) = v { Some(*i) } else { None }
     }
 }
 
 impl FromParam for bool {
     const TYPE: &'static str = "bool";
     fn from_param(v: &ParamValue) -> Option<bool> {
-        if let ParamValue::Bool(b) = v {
-            Some(*b)
-        } else {
-            None
-        }
+        if let ParamValue::Bool(b) = v { Some(*b) } else { None }
     }
 }
 
 impl FromParam for String {
     const TYPE: &'static str = "string";
     fn from_param(v: &ParamValue) -> Option<String> {
-        if let ParamValue::String(s) = v {
-            Some(s.clone())
-        } else {
-            None
-        }
+        if let ParamValue::String(s) = v { Some(s.clone()) } else { None }
     }
 }
 
@@ -382,11 +313,7 @@ impl FromParam for Vec<f64> {
 }
 
 fn fully_qualified(namespace: &str, node: &str) -> String {
-    if namespace == "/" {
-        format!("/{node}")
-    } else {
-        format!("{namespace}/{node}")
-    }
+    if namespace == "/" { format!("/{node}") } else { format!("{namespace}/{node}") }
 }
 
 fn expand(name: &str, namespace: &str, node: &str) -> String {
@@ -407,9 +334,7 @@ fn check_token(name: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid node name; use letters, digits and `_`"
-        ))
+        Err(format!("{name:?} is not a valid node name; use letters, digits and `_`"))
     }
 }
 
@@ -417,11 +342,7 @@ fn split_assignment(flag: &str, text: &str) -> Result<(String, String), ArgsErro
     text.split_once(":=")
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .filter(|(a, _)| !a.is_empty())
-        .ok_or_else(|| {
-            ArgsError(format!(
-                "`{flag} {text}` is not an assignment; write {flag} NAME:=VALUE"
-            ))
-        })
+        .ok_or_else(|| ArgsError(format!("`{flag} {text}` is not an assignment; write {flag} NAME:=VALUE")))
 }
 
 /// A `-p` value, read as YAML the way rcl reads it (`1` integer, `1.0` double, `[1.0, 2.0]`).
@@ -435,11 +356,7 @@ fn parse_value(text: &str) -> Result<ParamValue, String> {
 
 /// Whether a node-name pattern of a parameter file (`/**`, `/arm/*`, `skillgraft`) matches.
 fn node_matches(pattern: &str, fqn: &str) -> bool {
-    let pattern = if pattern.starts_with('/') {
-        pattern.to_string()
-    } else {
-        format!("/{pattern}")
-    };
+    let pattern = if pattern.starts_with('/') { pattern.to_string() } else { format!("/{pattern}") };
     let p: Vec<&str> = pattern.split('/').skip(1).collect();
     let n: Vec<&str> = fqn.split('/').skip(1).collect();
     fn go(p: &[&str], n: &[&str]) -> bool {
@@ -457,21 +374,15 @@ fn node_matches(pattern: &str, fqn: &str) -> bool {
 /// The parameters a file gives this node, flattened to dotted names.
 pub fn read_params_file(path: &Path, fqn: &str) -> Result<Vec<(String, ParamValue)>, ArgsError> {
     let at = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ArgsError(format!("cannot read parameter file {at}: {e}")))?;
-    let docs = YamlLoader::load_from_str(&text)
-        .map_err(|e| ArgsError(format!("{at}: not valid YAML: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ArgsError(format!("cannot read parameter file {at}: {e}")))?;
+    let docs = YamlLoader::load_from_str(&text).map_err(|e| ArgsError(format!("{at}: not valid YAML: {e}")))?;
     let Some(Yaml::Hash(top)) = docs.first() else {
-        return Err(ArgsError(format!(
-            "{at}: expected `NODE_NAME: {{ros__parameters: {{...}}}}` at the top"
-        )));
+        return Err(ArgsError(format!("{at}: expected `NODE_NAME: {{ros__parameters: {{...}}}}` at the top")));
     };
     let mut out = Vec::new();
     for (key, section) in top {
         let Some(pattern) = key.as_str() else {
-            return Err(ArgsError(format!(
-                "{at}: top-level key {key:?} is not a node name"
-            )));
+            return Err(ArgsError(format!("{at}: top-level key {key:?} is not a node name")));
         };
         if !node_matches(pattern, fqn) {
             continue;
@@ -490,26 +401,15 @@ pub fn read_params_file(path: &Path, fqn: &str) -> Result<Vec<(String, ParamValu
     Ok(out)
 }
 
-fn flatten(
-    h: &yaml_rust2::yaml::Hash,
-    prefix: &str,
-    out: &mut Vec<(String, ParamValue)>,
-) -> Result<(), String> {
+fn flatten(h: &yaml_rust2::yaml::Hash, prefix: &str, out: &mut Vec<(String, ParamValue)>) -> Result<(), String> {
     for (k, v) in h {
-        let key = k
-            .as_str()
-            .ok_or_else(|| format!("parameter name {k:?} is not a string"))?;
-        let name = if prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let key = k.as_str().ok_or_else(|| format!("parameter name {k:?} is not a string"))?;
+        let name = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
         match v {
             Yaml::Hash(inner) => flatten(inner, &name, out)?,
-            other => out.push((
-                name.clone(),
-                ParamValue::from_yaml(other).map_err(|e| format!("parameter `{name}`: {e}"))?,
-            )),
+            other => {
+                out.push((name.clone(), ParamValue::from_yaml(other).map_err(|e| format!("parameter `{name}`: {e}"))?))
+            }
         }
     }
     Ok(())
@@ -525,11 +425,7 @@ pub fn domain_id() -> Result<u16, ArgsError> {
             .parse::<u16>()
             .ok()
             .filter(|d| *d <= 232)
-            .ok_or_else(|| {
-                ArgsError(format!(
-                    "ROS_DOMAIN_ID={s:?} is not a domain id; use a number from 0 to 232"
-                ))
-            }),
+            .ok_or_else(|| ArgsError(format!("ROS_DOMAIN_ID={s:?} is not a domain id; use a number from 0 to 232"))),
     }
 }
 
@@ -538,11 +434,7 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Result<RosArgs, ArgsError> {
-        RosArgs::parse(
-            &list.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            &[],
-            "skillgraft",
-        )
+        RosArgs::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &[], "skillgraft")
     }
 
     #[test]
@@ -561,16 +453,9 @@ mod tests {
         .unwrap();
         assert_eq!(a.fully_qualified_name(), "/arm/pilot");
         assert_eq!(a.resolve_topic("joint_states").unwrap(), "/hw/joint_states");
-        assert_eq!(
-            a.resolve_topic("/arm/joint_states").unwrap(),
-            "/hw/joint_states"
-        );
+        assert_eq!(a.resolve_topic("/arm/joint_states").unwrap(), "/hw/joint_states");
         assert_eq!(a.resolve_topic("~/action").unwrap(), "/arm/pilot/action");
-        assert_eq!(
-            a.resolve_topic("~/x").unwrap(),
-            "/arm/pilot/x",
-            "a rule for another node does not apply"
-        );
+        assert_eq!(a.resolve_topic("~/x").unwrap(), "/arm/pilot/x", "a rule for another node does not apply");
         assert_eq!(a.resolve_topic("/target").unwrap(), "/target");
         let root = args(&[]).unwrap();
         assert_eq!(root.resolve_topic("~/estop").unwrap(), "/skillgraft/estop");
@@ -597,60 +482,21 @@ mod tests {
         .unwrap();
         assert_eq!(a.get::<f64>("rate_hz").unwrap(), Some(100.0));
         assert_eq!(a.get::<f64>("blend_s").unwrap(), Some(0.25));
-        assert_eq!(
-            a.get::<Vec<f64>>("action.lower").unwrap(),
-            Some(vec![-1.0, -2.5])
-        );
-        assert_eq!(
-            a.get::<String>("estop_topic").unwrap().as_deref(),
-            Some("/stop")
-        );
+        assert_eq!(a.get::<Vec<f64>>("action.lower").unwrap(), Some(vec![-1.0, -2.5]));
+        assert_eq!(a.get::<String>("estop_topic").unwrap().as_deref(), Some("/stop"));
         assert_eq!(a.get::<bool>("flag").unwrap(), Some(true));
         let err = a.get::<f64>("estop_topic").unwrap_err().to_string();
-        assert!(
-            err.contains("`estop_topic` (from -p) is a string") && err.contains("must be a double"),
-            "{err}"
-        );
+        assert!(err.contains("`estop_topic` (from -p) is a string") && err.contains("must be a double"), "{err}");
     }
 
     #[test]
     fn bad_arguments_say_what_to_write() {
-        assert!(
-            args(&["-p", "x:=1"])
-                .unwrap_err()
-                .0
-                .contains("go after `--ros-args`")
-        );
-        assert!(
-            args(&["--ros-args", "-p", "x=1"])
-                .unwrap_err()
-                .0
-                .contains("NAME:=VALUE")
-        );
-        assert!(
-            args(&["--ros-args", "-p"])
-                .unwrap_err()
-                .0
-                .contains("needs a value")
-        );
-        assert!(
-            args(&["--ros-args", "--frobnicate"])
-                .unwrap_err()
-                .0
-                .contains("unknown ROS argument")
-        );
-        assert!(
-            args(&["--ros-args", "-r", "__node:=9x"])
-                .unwrap_err()
-                .0
-                .contains("not a valid node name")
-        );
-        assert!(
-            args(&["--ros-args", "-p", "a:=[1, true]"])
-                .unwrap_err()
-                .0
-                .contains("one type")
-        );
+        assert!(args(&["-p", "x:=1"]).unwrap_err().0.contains("go after `--ros-args`"));
+        assert!(args(&["--ros-args", "-p", "x=1"]).unwrap_err().0.contains("NAME:=VALUE"));
+        assert!(args(&["--ros-args", "-p"]).unwrap_err().0.contains("needs a value"));
+        assert!(args(&["--ros-args", "--frobnicate"]).unwrap_err().0.contains("unknown ROS argument"));
+        assert!(args(&["--ros-args", "-r", "__node:=9x"]).unwrap_err().0.contains("not a valid node name"));
+        assert!(args(&["--ros-args", "-p", "a:=[1, true]"]).unwrap_err().0.contains("one type"));
     }
 
     #[test]
@@ -662,41 +508,19 @@ mod tests {
             "/**:\n  ros__parameters:\n    rate_hz: 50.0\n    blend_s: 1.0\n/arm/pilot:\n  ros__parameters:\n    rate_hz: 200.0\n    action:\n      max_delta: [0.1, 0.2]\nother_node:\n  ros__parameters:\n    rate_hz: 1.0\n",
         )
         .unwrap();
-        let list: Vec<String> = [
-            "--ros-args",
-            "-r",
-            "__ns:=/arm",
-            "-r",
-            "__node:=pilot",
-            "-p",
-            "blend_s:=0.1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let list: Vec<String> = ["--ros-args", "-r", "__ns:=/arm", "-r", "__node:=pilot", "-p", "blend_s:=0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let a = RosArgs::parse(&list, std::slice::from_ref(&f), "skillgraft").unwrap();
         assert_eq!(a.get::<f64>("rate_hz").unwrap(), Some(200.0));
-        assert_eq!(
-            a.get::<f64>("blend_s").unwrap(),
-            Some(0.1),
-            "-p wins over files"
-        );
-        assert_eq!(
-            a.get::<Vec<f64>>("action.max_delta").unwrap(),
-            Some(vec![0.1, 0.2])
-        );
+        assert_eq!(a.get::<f64>("blend_s").unwrap(), Some(0.1), "-p wins over files");
+        assert_eq!(a.get::<Vec<f64>>("action.max_delta").unwrap(), Some(vec![0.1, 0.2]));
         std::fs::write(&f, "skillgraft:\n  rate_hz: 5\n").unwrap();
-        let err = RosArgs::parse(&[], std::slice::from_ref(&f), "skillgraft")
-            .unwrap_err()
-            .0;
+        let err = RosArgs::parse(&[], std::slice::from_ref(&f), "skillgraft").unwrap_err().0;
         assert!(err.contains("no `ros__parameters` map"), "{err}");
         std::fs::write(&f, "skillgraft: [unclosed\n").unwrap();
-        assert!(
-            RosArgs::parse(&[], std::slice::from_ref(&f), "skillgraft")
-                .unwrap_err()
-                .0
-                .contains("not valid YAML")
-        );
+        assert!(RosArgs::parse(&[], std::slice::from_ref(&f), "skillgraft").unwrap_err().0.contains("not valid YAML"));
     }
 
     #[test]

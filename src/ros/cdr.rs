@@ -35,8 +35,7 @@ pub enum CdrError {
 /// Appends the header and the little-endian CDR body of `value` to `out`.
 pub fn encode_into<M: Serialize>(value: &M, out: &mut Vec<u8>) -> Result<(), CdrError> {
     out.extend_from_slice(&CDR_LE);
-    cdr_encoding::to_writer::<M, LittleEndian, _>(&mut *out, value)
-        .map_err(|e| CdrError::Encode(e.to_string()))
+    cdr_encoding::to_writer::<M, LittleEndian, _>(&mut *out, value).map_err(|e| CdrError::Encode(e.to_string()))
 }
 
 /// The header and the little-endian CDR body of `value`.
@@ -52,17 +51,10 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8], type_name: &'static str) -> Res
         return Err(CdrError::TooShort(bytes.len()));
     }
     let body = &bytes[4..];
-    let body_err = |e: cdr_encoding::Error| CdrError::Body {
-        type_name,
-        message: e.to_string(),
-    };
+    let body_err = |e: cdr_encoding::Error| CdrError::Body { type_name, message: e.to_string() };
     match [bytes[0], bytes[1]] {
-        [0, 1] => cdr_encoding::from_bytes::<M, LittleEndian>(body)
-            .map(|(m, _)| m)
-            .map_err(body_err),
-        [0, 0] => cdr_encoding::from_bytes::<M, BigEndian>(body)
-            .map(|(m, _)| m)
-            .map_err(body_err),
+        [0, 1] => cdr_encoding::from_bytes::<M, LittleEndian>(body).map(|(m, _)| m).map_err(body_err),
+        [0, 0] => cdr_encoding::from_bytes::<M, BigEndian>(body).map(|(m, _)| m).map_err(body_err),
         [a, b] => Err(CdrError::Encapsulation(a, b)),
     }
 }
@@ -76,38 +68,21 @@ mod tests {
     fn the_float64_multi_array_from_the_notes_encodes_byte_for_byte() {
         let m = Float64MultiArray {
             layout: MultiArrayLayout {
-                dim: vec![MultiArrayDimension {
-                    label: "joints".into(),
-                    size: 3,
-                    stride: 3,
-                }],
+                dim: vec![MultiArrayDimension { label: "joints".into(), size: 3, stride: 3 }],
                 data_offset: 0,
             },
             data: vec![0.1, -0.2, 0.3],
         };
         let hex = "0001000001000000070000006a6f696e74730000030000000300000000000000030000009a9999999999b93f9a9999999999c9bf333333333333d33f";
         assert_eq!(hex::encode(encode(&m).unwrap()), hex);
-        assert_eq!(
-            decode::<Float64MultiArray>(&hex::decode(hex).unwrap(), Float64MultiArray::TYPE)
-                .unwrap(),
-            m
-        );
+        assert_eq!(decode::<Float64MultiArray>(&hex::decode(hex).unwrap(), Float64MultiArray::TYPE).unwrap(), m);
     }
 
     #[test]
     fn bad_bytes_are_errors() {
-        assert_eq!(
-            decode::<Bool>(&[0, 1], Bool::TYPE),
-            Err(CdrError::TooShort(2))
-        );
-        assert!(matches!(
-            decode::<Bool>(&[0, 7, 0, 0, 1], Bool::TYPE),
-            Err(CdrError::Encapsulation(0, 7))
-        ));
+        assert_eq!(decode::<Bool>(&[0, 1], Bool::TYPE), Err(CdrError::TooShort(2)));
+        assert!(matches!(decode::<Bool>(&[0, 7, 0, 0, 1], Bool::TYPE), Err(CdrError::Encapsulation(0, 7))));
         let err = decode::<JointState>(&[0, 1, 0, 0, 9, 9], JointState::TYPE).unwrap_err();
-        assert!(
-            err.to_string().contains("sensor_msgs/msg/JointState"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("sensor_msgs/msg/JointState"), "{err}");
     }
 }

@@ -24,8 +24,7 @@ use serde::{Deserializer, Serialize, Serializer};
 
 use super::cdr::CDR_LE;
 use super::transport::{
-    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all,
-    ros_now, split_type,
+    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all, ros_now, split_type,
 };
 
 /// Completes (with `Canceled`) for every waiter once the transport's stop sender is dropped.
@@ -73,24 +72,13 @@ impl<'de> Visitor<'de> for RawVisitor {
 }
 
 fn qos_profile(q: Qos) -> QosProfile {
-    let reliability = if q.reliable {
-        Reliability::Reliable {
-            when_full: WhenFull::Fail,
-        }
-    } else {
-        Reliability::BestEffort
-    };
-    let durability = if q.transient_local {
-        Durability::TransientLocal
-    } else {
-        Durability::Volatile
-    };
+    let reliability =
+        if q.reliable { Reliability::Reliable { when_full: WhenFull::Fail } } else { Reliability::BestEffort };
+    let durability = if q.transient_local { Durability::TransientLocal } else { Durability::Volatile };
     QosProfile::subscription_default()
         .reliability(reliability)
         .durability(durability)
-        .history(History::KeepLast {
-            depth: q.depth.max(1),
-        })
+        .history(History::KeepLast { depth: q.depth.max(1) })
 }
 
 fn err(what: &str) -> impl Fn(ros2_client::CreateError) -> TransportError + '_ {
@@ -112,32 +100,21 @@ pub struct DdsTransport {
 impl DdsTransport {
     /// Joins DDS domain `domain` as the node `identity`; `localhost_only` keeps discovery and
     /// traffic on 127.0.0.1.
-    pub fn new(
-        identity: NodeIdentity,
-        domain: u16,
-        localhost_only: bool,
-    ) -> Result<DdsTransport, TransportError> {
+    pub fn new(identity: NodeIdentity, domain: u16, localhost_only: bool) -> Result<DdsTransport, TransportError> {
         let mut builder = DomainParticipantBuilder::new(domain);
         if localhost_only {
             builder = builder.with_only_networks([IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         }
-        let participant = builder
-            .build()
-            .map_err(|e| TransportError(format!("cannot join DDS domain {domain}: {e:?}")))?;
-        let context = Context::from_domain_participant(participant)
-            .map_err(err("cannot create the ROS 2 context"))?;
+        let participant =
+            builder.build().map_err(|e| TransportError(format!("cannot join DDS domain {domain}: {e:?}")))?;
+        let context = Context::from_domain_participant(participant).map_err(err("cannot create the ROS 2 context"))?;
         let name = NodeName::new(&identity.namespace, &identity.name).map_err(|e| {
-            TransportError(format!(
-                "invalid node name {}/{}: {e:?}",
-                identity.namespace, identity.name
-            ))
+            TransportError(format!("invalid node name {}/{}: {e:?}", identity.namespace, identity.name))
         })?;
         let mut node = context
             .new_node(name, NodeOptions::new().enable_rosout(false))
             .map_err(|e| TransportError(format!("cannot create node {}: {e:?}", identity.name)))?;
-        let spinner = node
-            .spinner()
-            .map_err(err("cannot start the node's spinner"))?;
+        let spinner = node.spinner().map_err(err("cannot start the node's spinner"))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = stopped.shared();
         let spin_stopped = stopped.clone();
@@ -159,16 +136,9 @@ impl DdsTransport {
         })
     }
 
-    fn with_node<R>(
-        &self,
-        f: impl FnOnce(&mut Node) -> Result<R, TransportError>,
-    ) -> Result<R, TransportError> {
-        let mut g = self
-            .node
-            .lock()
-            .map_err(|_| TransportError("the node lock is poisoned".into()))?;
-        f(g.as_mut()
-            .ok_or_else(|| TransportError("the node has shut down".into()))?)
+    fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> Result<R, TransportError>) -> Result<R, TransportError> {
+        let mut g = self.node.lock().map_err(|_| TransportError("the node lock is poisoned".into()))?;
+        f(g.as_mut().ok_or_else(|| TransportError("the node has shut down".into()))?)
     }
 
     fn topic(
@@ -178,12 +148,9 @@ impl DdsTransport {
         qos: Qos,
     ) -> Result<ros2_client::dds::rustdds::Topic, TransportError> {
         let (pkg, ty) = split_type(type_name)?;
-        let name = Name::parse(topic)
-            .map_err(|e| TransportError(format!("invalid topic name {topic}: {e:?}")))?;
+        let name = Name::parse(topic).map_err(|e| TransportError(format!("invalid topic name {topic}: {e:?}")))?;
         node.create_topic(&name, MessageTypeName::new(pkg, ty), &qos_profile(qos))
-            .map_err(|e| {
-                TransportError(format!("cannot create topic {topic} ({type_name}): {e:?}"))
-            })
+            .map_err(|e| TransportError(format!("cannot create topic {topic} ({type_name}): {e:?}")))
     }
 }
 
@@ -209,40 +176,22 @@ impl RawPublisher for DdsPublisher {
         if cdr.len() < 4 || cdr[..2] != CDR_LE[..2] {
             return Err(TransportError("only little-endian CDR is published".into()));
         }
-        self.publisher
-            .publish(RawBody(cdr[4..].to_vec()))
-            .map_err(|e| TransportError(format!("publish failed: {e:?}")))
+        self.publisher.publish(RawBody(cdr[4..].to_vec())).map_err(|e| TransportError(format!("publish failed: {e:?}")))
     }
 }
 
 impl Transport for DdsTransport {
     fn backend(&self) -> String {
-        let distro = if cfg!(feature = "jazzy") {
-            "jazzy"
-        } else {
-            "humble"
-        };
-        let scope = if self.localhost {
-            ", localhost only"
-        } else {
-            ""
-        };
-        format!(
-            "dds (ros2-client 0.12.1, {distro}, domain {}{scope})",
-            self.domain
-        )
+        let distro = if cfg!(feature = "jazzy") { "jazzy" } else { "humble" };
+        let scope = if self.localhost { ", localhost only" } else { "" };
+        format!("dds (ros2-client 0.12.1, {distro}, domain {}{scope})", self.domain)
     }
 
     fn identity(&self) -> &NodeIdentity {
         &self.identity
     }
 
-    fn publisher(
-        &self,
-        topic: &str,
-        type_name: &str,
-        qos: Qos,
-    ) -> Result<Box<dyn RawPublisher>, TransportError> {
+    fn publisher(&self, topic: &str, type_name: &str, qos: Qos) -> Result<Box<dyn RawPublisher>, TransportError> {
         let publisher = self.with_node(|node| {
             let t = Self::topic(node, topic, type_name, qos)?;
             node.create_publisher::<RawBody>(&t, Some(qos_profile(qos)))
@@ -251,13 +200,7 @@ impl Transport for DdsTransport {
         Ok(Box::new(DdsPublisher { publisher }))
     }
 
-    fn subscribe(
-        &self,
-        topic: &str,
-        type_name: &str,
-        qos: Qos,
-        mut sink: SampleSink,
-    ) -> Result<(), TransportError> {
+    fn subscribe(&self, topic: &str, type_name: &str, qos: Qos, mut sink: SampleSink) -> Result<(), TransportError> {
         let subscription = self.with_node(|node| {
             let t = Self::topic(node, topic, type_name, qos)?;
             node.create_subscription::<RawBody>(&t, Some(qos_profile(qos)))
@@ -279,11 +222,7 @@ impl Transport for DdsTransport {
                                 let mut cdr = Vec::with_capacity(body.0.len() + 4);
                                 cdr.extend_from_slice(&CDR_LE);
                                 cdr.extend_from_slice(&body.0);
-                                sink(Sample {
-                                    cdr,
-                                    arrived: Instant::now(),
-                                    arrived_ros: ros_now(),
-                                });
+                                sink(Sample { cdr, arrived: Instant::now(), arrived_ros: ros_now() });
                             }
                             Either::Left((Some(Err(e)), rest)) => {
                                 stopped = rest;
@@ -295,10 +234,7 @@ impl Transport for DdsTransport {
                 });
             })
             .map_err(|e| TransportError(format!("cannot start the subscription thread: {e}")))?;
-        self.threads
-            .lock()
-            .map_err(|_| TransportError("the thread list lock is poisoned".into()))?
-            .push(handle);
+        self.threads.lock().map_err(|_| TransportError("the thread list lock is poisoned".into()))?.push(handle);
         Ok(())
     }
 }
@@ -315,11 +251,8 @@ mod tests {
 
     #[test]
     fn raw_bodies_pass_through_cdr_unchanged() {
-        let body = vec![
-            1u8, 0, 0, 0, 7, 0, 0, 0, b'j', b'o', b'i', b'n', b't', b's', 0, 0, 3,
-        ];
-        let enc =
-            cdr_encoding::to_vec::<_, byteorder::LittleEndian>(&RawBody(body.clone())).unwrap();
+        let body = vec![1u8, 0, 0, 0, 7, 0, 0, 0, b'j', b'o', b'i', b'n', b't', b's', 0, 0, 3];
+        let enc = cdr_encoding::to_vec::<_, byteorder::LittleEndian>(&RawBody(body.clone())).unwrap();
         assert_eq!(enc, body, "no length prefix, no padding");
         let mut de = cdr_encoding::CdrDeserializer::<byteorder::LittleEndian>::new(&body);
         assert_eq!(RawSeed.deserialize(&mut de).unwrap(), RawBody(body));

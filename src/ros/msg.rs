@@ -32,10 +32,7 @@ impl Time {
     /// From seconds since the epoch.
     pub fn from_secs_f64(t: f64) -> Time {
         let sec = t.floor();
-        Time {
-            sec: sec as i32,
-            nanosec: ((t - sec) * 1e9).round().min(999_999_999.0) as u32,
-        }
+        Time { sec: sec as i32, nanosec: ((t - sec) * 1e9).round().min(999_999_999.0) as u32 }
     }
 
     /// Seconds since the epoch.
@@ -178,12 +175,7 @@ ros_type!(Quaternion, "geometry_msgs/msg/Quaternion");
 
 impl Default for Quaternion {
     fn default() -> Self {
-        Quaternion {
-            x: 0.0,
-            y: 0.0,
-            z: 0.0,
-            w: 1.0,
-        }
+        Quaternion { x: 0.0, y: 0.0, z: 0.0, w: 1.0 }
     }
 }
 
@@ -231,10 +223,7 @@ pub struct JointTrajectoryPoint {
     /// When to reach the point.
     pub time_from_start: Duration,
 }
-ros_type!(
-    JointTrajectoryPoint,
-    "trajectory_msgs/msg/JointTrajectoryPoint"
-);
+ros_type!(JointTrajectoryPoint, "trajectory_msgs/msg/JointTrajectoryPoint");
 
 /// trajectory_msgs/msg/JointTrajectory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

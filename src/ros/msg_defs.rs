@@ -6,42 +6,21 @@
 const DEFINITIONS: &[(&str, &str)] = &[
     ("builtin_interfaces/Time", "int32 sec\nuint32 nanosec\n"),
     ("builtin_interfaces/Duration", "int32 sec\nuint32 nanosec\n"),
-    (
-        "std_msgs/Header",
-        "builtin_interfaces/Time stamp\nstring frame_id\n",
-    ),
+    ("std_msgs/Header", "builtin_interfaces/Time stamp\nstring frame_id\n"),
     ("std_msgs/String", "string data\n"),
     ("std_msgs/Bool", "bool data\n"),
-    (
-        "std_msgs/MultiArrayDimension",
-        "string label\nuint32 size\nuint32 stride\n",
-    ),
-    (
-        "std_msgs/MultiArrayLayout",
-        "std_msgs/MultiArrayDimension[] dim\nuint32 data_offset\n",
-    ),
-    (
-        "std_msgs/Float32MultiArray",
-        "std_msgs/MultiArrayLayout layout\nfloat32[] data\n",
-    ),
-    (
-        "std_msgs/Float64MultiArray",
-        "std_msgs/MultiArrayLayout layout\nfloat64[] data\n",
-    ),
+    ("std_msgs/MultiArrayDimension", "string label\nuint32 size\nuint32 stride\n"),
+    ("std_msgs/MultiArrayLayout", "std_msgs/MultiArrayDimension[] dim\nuint32 data_offset\n"),
+    ("std_msgs/Float32MultiArray", "std_msgs/MultiArrayLayout layout\nfloat32[] data\n"),
+    ("std_msgs/Float64MultiArray", "std_msgs/MultiArrayLayout layout\nfloat64[] data\n"),
     (
         "sensor_msgs/JointState",
         "std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\nfloat64[] effort\n",
     ),
     ("geometry_msgs/Vector3", "float64 x\nfloat64 y\nfloat64 z\n"),
     ("geometry_msgs/Point", "float64 x\nfloat64 y\nfloat64 z\n"),
-    (
-        "geometry_msgs/Quaternion",
-        "float64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1\n",
-    ),
-    (
-        "geometry_msgs/Twist",
-        "geometry_msgs/Vector3 linear\ngeometry_msgs/Vector3 angular\n",
-    ),
+    ("geometry_msgs/Quaternion", "float64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1\n"),
+    ("geometry_msgs/Twist", "geometry_msgs/Vector3 linear\ngeometry_msgs/Vector3 angular\n"),
     (
         "sensor_msgs/Imu",
         "std_msgs/Header header\ngeometry_msgs/Quaternion orientation\nfloat64[9] orientation_covariance\ngeometry_msgs/Vector3 angular_velocity\nfloat64[9] angular_velocity_covariance\ngeometry_msgs/Vector3 linear_acceleration\nfloat64[9] linear_acceleration_covariance\n",
@@ -56,18 +35,14 @@ const DEFINITIONS: &[(&str, &str)] = &[
     ),
 ];
 
-const SEPARATOR: &str =
-    "================================================================================\n";
+const SEPARATOR: &str = "================================================================================\n";
 
 fn short(type_name: &str) -> String {
     type_name.replace("/msg/", "/")
 }
 
 fn fields(short_name: &str) -> Option<&'static str> {
-    DEFINITIONS
-        .iter()
-        .find(|(n, _)| *n == short_name)
-        .map(|(_, f)| *f)
+    DEFINITIONS.iter().find(|(n, _)| *n == short_name).map(|(_, f)| *f)
 }
 
 /// The `ros2msg` definition of `pkg/msg/Name` (or `pkg/Name`), with every type it uses.
@@ -109,17 +84,9 @@ mod tests {
             "trajectory_msgs/JointTrajectoryPoint",
             "builtin_interfaces/Duration",
         ] {
-            assert_eq!(
-                t.matches(&format!("MSG: {nested}\n")).count(),
-                1,
-                "{nested}"
-            );
+            assert_eq!(t.matches(&format!("MSG: {nested}\n")).count(), 1, "{nested}");
         }
-        assert!(
-            definition("std_msgs/msg/Float64MultiArray")
-                .unwrap()
-                .contains("MSG: std_msgs/MultiArrayDimension")
-        );
+        assert!(definition("std_msgs/msg/Float64MultiArray").unwrap().contains("MSG: std_msgs/MultiArrayDimension"));
         for s in crate::ros::schema::SCHEMAS {
             assert!(definition(s.name).is_some(), "{} has no definition", s.name);
         }

@@ -4,9 +4,7 @@
 /// private `~/a`); the error says what is wrong and shows a valid name.
 pub fn check_topic(name: &str) -> Result<(), String> {
     let fail = |why: &str| {
-        Err(format!(
-            "{name:?} is not a valid ROS 2 topic name: {why}; write e.g. \"/joint_states\" or \"~/action\""
-        ))
+        Err(format!("{name:?} is not a valid ROS 2 topic name: {why}; write e.g. \"/joint_states\" or \"~/action\""))
     };
     let body = if let Some(rest) = name.strip_prefix("~/") {
         rest
@@ -41,13 +39,7 @@ mod tests {
 
     #[test]
     fn topic_names_follow_ros_rules() {
-        for ok in [
-            "/joint_states",
-            "cmd",
-            "~/action",
-            "/arm_1/joint_states",
-            "a/b_c",
-        ] {
+        for ok in ["/joint_states", "cmd", "~/action", "/arm_1/joint_states", "a/b_c"] {
             assert_eq!(check_topic(ok), Ok(()), "{ok}");
         }
         for bad in ["", "/", "//a", "/a/", "/1a", "/a b", "~", "/a__b", "/a-b"] {

@@ -17,22 +17,13 @@ use futures::StreamExt;
 use r2r::{Context, Node, PublisherUntyped, QosProfile};
 
 use super::transport::{
-    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all,
-    ros_now, split_type,
+    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all, ros_now, split_type,
 };
 
 fn qos_profile(q: Qos) -> QosProfile {
     let p = QosProfile::default().keep_last(q.depth.max(1));
-    let p = if q.reliable {
-        p.reliable()
-    } else {
-        p.best_effort()
-    };
-    if q.transient_local {
-        p.transient_local()
-    } else {
-        p.volatile()
-    }
+    let p = if q.reliable { p.reliable() } else { p.best_effort() };
+    if q.transient_local { p.transient_local() } else { p.volatile() }
 }
 
 /// The r2r transport.
@@ -47,9 +38,8 @@ impl RclTransport {
     /// Creates the rcl node (rcl reads `--ros-args` from the process's arguments itself; the
     /// name and namespace given here already carry them).
     pub fn new(identity: NodeIdentity) -> Result<RclTransport, TransportError> {
-        let ctx = Context::create().map_err(|e| {
-            TransportError(format!("cannot initialise rcl: {e}; is ROS 2 sourced?"))
-        })?;
+        let ctx =
+            Context::create().map_err(|e| TransportError(format!("cannot initialise rcl: {e}; is ROS 2 sourced?")))?;
         let node = Node::create(ctx, &identity.name, &identity.namespace)
             .map_err(|e| TransportError(format!("cannot create node {}: {e}", identity.name)))?;
         let node = Arc::new(Mutex::new(Some(node)));
@@ -71,24 +61,12 @@ impl RclTransport {
                 })
                 .map_err(|e| TransportError(format!("cannot start the spin thread: {e}")))?
         };
-        Ok(RclTransport {
-            identity,
-            node,
-            stop,
-            threads: Mutex::new(vec![spin]),
-        })
+        Ok(RclTransport { identity, node, stop, threads: Mutex::new(vec![spin]) })
     }
 
-    fn with_node<R>(
-        &self,
-        f: impl FnOnce(&mut Node) -> Result<R, TransportError>,
-    ) -> Result<R, TransportError> {
-        let mut g = self
-            .node
-            .lock()
-            .map_err(|_| TransportError("the node lock is poisoned".into()))?;
-        f(g.as_mut()
-            .ok_or_else(|| TransportError("the node has shut down".into()))?)
+    fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> Result<R, TransportError>) -> Result<R, TransportError> {
+        let mut g = self.node.lock().map_err(|_| TransportError("the node lock is poisoned".into()))?;
+        f(g.as_mut().ok_or_else(|| TransportError("the node has shut down".into()))?)
     }
 }
 
@@ -106,9 +84,7 @@ struct RclPublisher(PublisherUntyped);
 
 impl RawPublisher for RclPublisher {
     fn publish(&mut self, cdr: &[u8]) -> Result<(), TransportError> {
-        self.0
-            .publish_raw(cdr)
-            .map_err(|e| TransportError(format!("publish failed: {e}")))
+        self.0.publish_raw(cdr).map_err(|e| TransportError(format!("publish failed: {e}")))
     }
 }
 
@@ -122,52 +98,30 @@ impl Transport for RclTransport {
         &self.identity
     }
 
-    fn publisher(
-        &self,
-        topic: &str,
-        type_name: &str,
-        qos: Qos,
-    ) -> Result<Box<dyn RawPublisher>, TransportError> {
+    fn publisher(&self, topic: &str, type_name: &str, qos: Qos) -> Result<Box<dyn RawPublisher>, TransportError> {
         split_type(type_name)?;
         let p = self.with_node(|n| {
             n.create_publisher_untyped(topic, type_name, qos_profile(qos))
-                .map_err(|e| {
-                    TransportError(format!("cannot publish on {topic} ({type_name}): {e}"))
-                })
+                .map_err(|e| TransportError(format!("cannot publish on {topic} ({type_name}): {e}")))
         })?;
         Ok(Box::new(RclPublisher(p)))
     }
 
-    fn subscribe(
-        &self,
-        topic: &str,
-        type_name: &str,
-        qos: Qos,
-        mut sink: SampleSink,
-    ) -> Result<(), TransportError> {
+    fn subscribe(&self, topic: &str, type_name: &str, qos: Qos, mut sink: SampleSink) -> Result<(), TransportError> {
         split_type(type_name)?;
         let mut stream = self.with_node(|n| {
             n.subscribe_raw(topic, type_name, qos_profile(qos))
-                .map_err(|e| {
-                    TransportError(format!("cannot subscribe to {topic} ({type_name}): {e}"))
-                })
+                .map_err(|e| TransportError(format!("cannot subscribe to {topic} ({type_name}): {e}")))
         })?;
         let handle = std::thread::Builder::new()
             .name(format!("rcl-sub {topic}"))
             .spawn(move || {
                 while let Some(cdr) = futures::executor::block_on(stream.next()) {
-                    sink(Sample {
-                        cdr,
-                        arrived: Instant::now(),
-                        arrived_ros: ros_now(),
-                    });
+                    sink(Sample { cdr, arrived: Instant::now(), arrived_ros: ros_now() });
                 }
             })
             .map_err(|e| TransportError(format!("cannot start the subscription thread: {e}")))?;
-        self.threads
-            .lock()
-            .map_err(|_| TransportError("the thread list lock is poisoned".into()))?
-            .push(handle);
+        self.threads.lock().map_err(|_| TransportError("the thread list lock is poisoned".into()))?.push(handle);
         Ok(())
     }
 }

@@ -54,11 +54,7 @@ pub static SCHEMAS: &[MessageSchema] = &[
     },
     MessageSchema {
         name: "sensor_msgs/msg/JointState",
-        fields: &[
-            ("position", PerJoint),
-            ("velocity", PerJoint),
-            ("effort", PerJoint),
-        ],
+        fields: &[("position", PerJoint), ("velocity", PerJoint), ("effort", PerJoint)],
         joint_names: Some("name"),
         observable: true,
         actuatable: true,
@@ -111,12 +107,7 @@ pub static SCHEMAS: &[MessageSchema] = &[
     },
     MessageSchema {
         name: "trajectory_msgs/msg/JointTrajectory",
-        fields: &[
-            ("positions", PerJoint),
-            ("velocities", PerJoint),
-            ("accelerations", PerJoint),
-            ("effort", PerJoint),
-        ],
+        fields: &[("positions", PerJoint), ("velocities", PerJoint), ("accelerations", PerJoint), ("effort", PerJoint)],
         joint_names: Some("joint_names"),
         observable: false,
         actuatable: true,
@@ -191,29 +182,18 @@ impl MessageSchema {
             }
             None => (text, None),
         };
-        let kind = self
-            .fields
-            .iter()
-            .find(|(name, _)| *name == field)
-            .map(|(_, kind)| *kind)
-            .ok_or_else(|| {
-                let valid: Vec<&str> = self.fields.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "{} has no numeric field `{field}`; valid fields: {}",
-                    self.name,
-                    valid.join(", ")
-                )
-            })?;
+        let kind = self.fields.iter().find(|(name, _)| *name == field).map(|(_, kind)| *kind).ok_or_else(|| {
+            let valid: Vec<&str> = self.fields.iter().map(|(n, _)| *n).collect();
+            format!("{} has no numeric field `{field}`; valid fields: {}", self.name, valid.join(", "))
+        })?;
         match (kind, index) {
             (Scalar, None) => Ok(Selector::Scalar(field.to_string())),
             (PerJoint, None) => Ok(Selector::PerJoint(field.to_string())),
             (Array, Some(inner)) => parse_slice(field, inner),
-            (Array, None) => Err(format!(
-                "`{field}` is an array; say which elements, e.g. `{field}[0..6]` or `{field}[2]`"
-            )),
-            (Scalar, Some(_)) => Err(format!(
-                "`{field}` is a scalar and takes no index; write `{field}`"
-            )),
+            (Array, None) => {
+                Err(format!("`{field}` is an array; say which elements, e.g. `{field}[0..6]` or `{field}[2]`"))
+            }
+            (Scalar, Some(_)) => Err(format!("`{field}` is a scalar and takes no index; write `{field}`")),
             (PerJoint, Some(_)) => Err(format!(
                 "`{field}` is selected by joint name, not by index; write `{field}` and list the joints in `joints`"
             )),
@@ -228,25 +208,16 @@ fn parse_slice(field: &str, inner: &str) -> Result<Selector, String> {
         )
     };
     let (start, end) = match inner.split_once("..") {
-        Some((a, b)) => (
-            a.trim().parse::<usize>().map_err(|_| bad())?,
-            b.trim().parse::<usize>().map_err(|_| bad())?,
-        ),
+        Some((a, b)) => (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?),
         None => {
             let i = inner.trim().parse::<usize>().map_err(|_| bad())?;
             (i, i + 1)
         }
     };
     if end <= start {
-        return Err(format!(
-            "`{field}[{inner}]` selects no elements; END must be greater than START"
-        ));
+        return Err(format!("`{field}[{inner}]` selects no elements; END must be greater than START"));
     }
-    Ok(Selector::Slice {
-        field: field.to_string(),
-        start,
-        end,
-    })
+    Ok(Selector::Slice { field: field.to_string(), start, end })
 }
 
 #[cfg(test)]
@@ -259,32 +230,14 @@ mod tests {
         assert_eq!(arr.selector("data[2..5]").unwrap().width(0), 3);
         assert_eq!(arr.selector("data[4]").unwrap().width(0), 1);
         assert!(arr.selector("data").unwrap_err().contains("data[0..6]"));
-        assert!(
-            arr.selector("data[3..3]")
-                .unwrap_err()
-                .contains("no elements")
-        );
-        assert!(
-            arr.selector("data[a..b]")
-                .unwrap_err()
-                .contains("not a valid index")
-        );
+        assert!(arr.selector("data[3..3]").unwrap_err().contains("no elements"));
+        assert!(arr.selector("data[a..b]").unwrap_err().contains("not a valid index"));
         let js = schema("sensor_msgs/msg/JointState").unwrap();
         assert_eq!(js.selector("velocity").unwrap().width(7), 7);
-        assert!(
-            js.selector("pos")
-                .unwrap_err()
-                .contains("position, velocity, effort")
-        );
+        assert!(js.selector("pos").unwrap_err().contains("position, velocity, effort"));
         let twist = schema("geometry_msgs/msg/Twist").unwrap();
-        assert_eq!(
-            twist.selector("angular.z").unwrap(),
-            Selector::Scalar("angular.z".into())
-        );
-        assert_eq!(
-            twist.selector("angular.z").unwrap().to_string(),
-            "angular.z"
-        );
+        assert_eq!(twist.selector("angular.z").unwrap(), Selector::Scalar("angular.z".into()));
+        assert_eq!(twist.selector("angular.z").unwrap().to_string(), "angular.z");
         assert_eq!(arr.selector("data[1]").unwrap().to_string(), "data[1]");
     }
 }

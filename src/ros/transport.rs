@@ -19,23 +19,14 @@ pub struct Qos {
 
 impl Qos {
     /// ROS 2's sensor-data profile: best effort, volatile, depth 5.
-    pub const SENSOR_DATA: Qos = Qos {
-        reliable: false,
-        transient_local: false,
-        depth: 5,
-    };
+    pub const SENSOR_DATA: Qos = Qos { reliable: false, transient_local: false, depth: 5 };
+    /// Sensor data read without losing bursts: best effort (so it matches every publisher) with a
+    /// deep reader history; the depth takes no part in matching.
+    pub const SENSOR_DATA_DEEP: Qos = Qos { reliable: false, transient_local: false, depth: 1000 };
     /// Reliable, volatile, depth 10 (the ROS 2 default).
-    pub const RELIABLE: Qos = Qos {
-        reliable: true,
-        transient_local: false,
-        depth: 10,
-    };
+    pub const RELIABLE: Qos = Qos { reliable: true, transient_local: false, depth: 10 };
     /// Reliable and transient-local with depth 1: late joiners get the latest value (latched).
-    pub const LATCHED: Qos = Qos {
-        reliable: true,
-        transient_local: true,
-        depth: 1,
-    };
+    pub const LATCHED: Qos = Qos { reliable: true, transient_local: true, depth: 1 };
 }
 
 /// One received message.
@@ -80,20 +71,9 @@ pub trait Transport: Send + Sync {
     /// The node.
     fn identity(&self) -> &NodeIdentity;
     /// A publisher on `topic`.
-    fn publisher(
-        &self,
-        topic: &str,
-        type_name: &str,
-        qos: Qos,
-    ) -> Result<Box<dyn RawPublisher>, TransportError>;
+    fn publisher(&self, topic: &str, type_name: &str, qos: Qos) -> Result<Box<dyn RawPublisher>, TransportError>;
     /// Subscribes to `topic`; `sink` gets every sample, on the transport's thread.
-    fn subscribe(
-        &self,
-        topic: &str,
-        type_name: &str,
-        qos: Qos,
-        sink: SampleSink,
-    ) -> Result<(), TransportError>;
+    fn subscribe(&self, topic: &str, type_name: &str, qos: Qos, sink: SampleSink) -> Result<(), TransportError>;
     /// The current ROS time.
     fn now(&self) -> Time {
         ros_now()
@@ -103,19 +83,13 @@ pub trait Transport: Send + Sync {
 /// The wall clock as ROS time.
 pub fn ros_now() -> Time {
     Time::from_secs_f64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
     )
 }
 
 /// Joins every thread in the list: a transport's spin and subscription threads, once stopped.
 pub(crate) fn join_all(threads: &std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>) {
-    let handles = threads
-        .lock()
-        .map(|mut v| std::mem::take(&mut *v))
-        .unwrap_or_default();
+    let handles = threads.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
     for t in handles {
         let _ = t.join();
     }
@@ -125,9 +99,7 @@ pub(crate) fn join_all(threads: &std::sync::Mutex<Vec<std::thread::JoinHandle<()
 pub fn split_type(type_name: &str) -> Result<(&str, &str), TransportError> {
     match type_name.split('/').collect::<Vec<_>>().as_slice() {
         [pkg, "msg", name] | [pkg, name] if !pkg.is_empty() && !name.is_empty() => Ok((pkg, name)),
-        _ => Err(TransportError(format!(
-            "{type_name:?} is not a message type name; write pkg/msg/Name"
-        ))),
+        _ => Err(TransportError(format!("{type_name:?} is not a message type name; write pkg/msg/Name"))),
     }
 }
 
@@ -135,8 +107,7 @@ pub fn split_type(type_name: &str) -> Result<(&str, &str), TransportError> {
 /// `ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST` from Iron on).
 pub fn localhost_only() -> bool {
     std::env::var("ROS_LOCALHOST_ONLY").is_ok_and(|v| v.trim() == "1")
-        || std::env::var("ROS_AUTOMATIC_DISCOVERY_RANGE")
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("LOCALHOST"))
+        || std::env::var("ROS_AUTOMATIC_DISCOVERY_RANGE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("LOCALHOST"))
 }
 
 /// The transport this build provides: rcl when built with `rcl`, otherwise the DDS one.
@@ -148,17 +119,14 @@ pub fn connect(identity: NodeIdentity, domain: u16) -> Result<Box<dyn Transport>
     }
     #[cfg(all(feature = "dds", not(feature = "rcl")))]
     {
-        Ok(Box::new(super::dds::DdsTransport::new(
-            identity,
-            domain,
-            localhost_only(),
-        )?))
+        Ok(Box::new(super::dds::DdsTransport::new(identity, domain, localhost_only())?))
     }
     #[cfg(not(any(feature = "dds", feature = "rcl")))]
     {
         let _ = (identity, domain);
         Err(TransportError(
-            "this skillgraft was built without a ROS 2 transport; build with the `dds` feature (the default) or `rcl`".into(),
+            "this skillgraft was built without a ROS 2 transport; build with the `dds` feature (the default) or `rcl`"
+                .into(),
         ))
     }
 }

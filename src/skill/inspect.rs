@@ -222,9 +222,7 @@ pub fn model_report(model: &Model) -> ModelReport {
     let p = &model.file.proto;
     ModelReport {
         file: model.file.path.display().to_string(),
-        producer: format!("{} {}", p.producer_name, p.producer_version)
-            .trim()
-            .to_string(),
+        producer: format!("{} {}", p.producer_name, p.producer_version).trim().to_string(),
         opset: model.file.opset(),
         input: model.input.clone(),
         input_shape: model.input_shape.declared.clone(),
@@ -255,12 +253,7 @@ pub fn model_report(model: &Model) -> ModelReport {
                 .collect(),
             params: head.param_count(),
         },
-        metadata: model
-            .file
-            .metadata()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("skillgraft."))
-            .collect(),
+        metadata: model.file.metadata().into_iter().filter(|(k, _)| k.starts_with("skillgraft.")).collect(),
     }
 }
 
@@ -279,20 +272,13 @@ pub fn onnx_report(
             return Err(ModelError::Shape {
                 path: path.to_path_buf(),
                 subject: Subject::Output,
-                problem: format!(
-                    "`{o}` is not a graph output; the outputs are: {}",
-                    outs.join(", ")
-                ),
+                problem: format!("`{o}` is not a graph output; the outputs are: {}", outs.join(", ")),
             }
             .into());
         }
         None => ix.graph.output[0].name.clone(),
     };
-    let inputs: Vec<(String, Vec<String>)> = ix
-        .inputs()
-        .iter()
-        .map(|i| (i.name.clone(), declared_shape(i)))
-        .collect();
+    let inputs: Vec<(String, Vec<String>)> = ix.inputs().iter().map(|i| (i.name.clone(), declared_shape(i))).collect();
     if let Some(features) = features {
         let input = match inputs.as_slice() {
             [(name, _)] => name.clone(),
@@ -307,9 +293,7 @@ pub fn onnx_report(
     Ok(Err(OnnxReport {
         kind: "onnx",
         path: path.display().to_string(),
-        producer: format!("{} {}", p.producer_name, p.producer_version)
-            .trim()
-            .to_string(),
+        producer: format!("{} {}", p.producer_name, p.producer_version).trim().to_string(),
         opset: file.opset(),
         inputs,
         outputs: ix.graph.output.iter().map(|o| o.name.clone()).collect(),
@@ -326,11 +310,7 @@ fn vec_text(v: &[f64]) -> String {
 
 impl fmt::Display for SkillReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "skill     {} {}  ({})",
-            self.name, self.version, self.path
-        )?;
+        writeln!(f, "skill     {} {}  ({})", self.name, self.version, self.path)?;
         writeln!(f, "about     {}", self.description)?;
         writeln!(f, "digest    {}", self.digest)?;
         let p = &self.provenance;
@@ -345,33 +325,15 @@ impl fmt::Display for SkillReport {
         for (k, v) in &p.details {
             writeln!(f, "          {k} = {v}")?;
         }
-        writeln!(
-            f,
-            "control   {} Hz, history {} frame(s)",
-            self.rate_hz, self.history
-        )?;
+        writeln!(f, "control   {} Hz, history {} frame(s)", self.rate_hz, self.history)?;
         writeln!(f, "observations")?;
         for o in &self.observations {
-            writeln!(
-                f,
-                "  {} ({}, max age {} ms): {} values",
-                o.topic,
-                o.msg_type,
-                o.max_age_ms,
-                o.values.len()
-            )?;
+            writeln!(f, "  {} ({}, max age {} ms): {} values", o.topic, o.msg_type, o.max_age_ms, o.values.len())?;
             writeln!(f, "    {}", o.values.join(", "))?;
         }
         let a = &self.action;
         writeln!(f, "action")?;
-        writeln!(
-            f,
-            "  {} ({}, safe action: {:?}): {} values",
-            a.topic,
-            a.msg_type,
-            a.safe,
-            a.values.len()
-        )?;
+        writeln!(f, "  {} ({}, safe action: {:?}): {} values", a.topic, a.msg_type, a.safe, a.values.len())?;
         writeln!(f, "    {}", a.values.join(", "))?;
         writeln!(
             f,
@@ -390,19 +352,11 @@ impl fmt::Display for ModelReport {
             f,
             "model     {} ({}, opset {})",
             self.file,
-            if self.producer.is_empty() {
-                "unknown producer"
-            } else {
-                &self.producer
-            },
+            if self.producer.is_empty() { "unknown producer" } else { &self.producer },
             self.opset
         )?;
         writeln!(f, "  input   {} {:?}", self.input, self.input_shape)?;
-        writeln!(
-            f,
-            "  output  {} ({} values)",
-            self.output, self.output_width
-        )?;
+        writeln!(f, "  output  {} ({} values)", self.output, self.output_width)?;
         let b = &self.backbone;
         let mut ops = String::new();
         for (op, n) in &b.op_types {
@@ -417,17 +371,8 @@ impl fmt::Display for ModelReport {
             b.features_width,
             b.features_layout
         )?;
-        writeln!(
-            f,
-            "head      {} layer(s), {} parameters",
-            self.head.layers.len(),
-            self.head.params
-        )?;
-        writeln!(
-            f,
-            "  {:<3} {:<28} {:<10} {:>12} {:<14} {:>9}",
-            "#", "node", "op", "shape", "activation", "params"
-        )?;
+        writeln!(f, "head      {} layer(s), {} parameters", self.head.layers.len(), self.head.params)?;
+        writeln!(f, "  {:<3} {:<28} {:<10} {:>12} {:<14} {:>9}", "#", "node", "op", "shape", "activation", "params")?;
         for (i, l) in self.head.layers.iter().enumerate() {
             let act = if l.activation_ops.len() > 1 {
                 format!("{} ({} ops)", l.activation, l.activation_ops.len())
@@ -458,11 +403,7 @@ impl fmt::Display for OnnxReport {
             f,
             "onnx      {} ({}, opset {})",
             self.path,
-            if self.producer.is_empty() {
-                "unknown producer"
-            } else {
-                &self.producer
-            },
+            if self.producer.is_empty() { "unknown producer" } else { &self.producer },
             self.opset
         )?;
         for (name, shape) in &self.inputs {
@@ -470,29 +411,13 @@ impl fmt::Display for OnnxReport {
         }
         writeln!(f, "  outputs {}", self.outputs.join(", "))?;
         if self.splits.is_empty() {
-            writeln!(
-                f,
-                "no backbone/head split is possible before `{}`: {}",
-                self.output, self.stops_because
-            )?;
+            writeln!(f, "no backbone/head split is possible before `{}`: {}", self.output, self.stops_because)?;
             return Ok(());
         }
-        writeln!(
-            f,
-            "backbone/head splits before `{}` (pass one as --features):",
-            self.output
-        )?;
-        writeln!(
-            f,
-            "  {:<48} {:>8} {:>12} {:>12}",
-            "features tensor", "width", "head layers", "head params"
-        )?;
+        writeln!(f, "backbone/head splits before `{}` (pass one as --features):", self.output)?;
+        writeln!(f, "  {:<48} {:>8} {:>12} {:>12}", "features tensor", "width", "head layers", "head params")?;
         for s in &self.splits {
-            writeln!(
-                f,
-                "  {:<48} {:>8} {:>12} {:>12}",
-                s.tensor, s.width, s.head_layers, s.head_params
-            )?;
+            writeln!(f, "  {:<48} {:>8} {:>12} {:>12}", s.tensor, s.width, s.head_layers, s.head_params)?;
         }
         if !self.stops_because.is_empty() {
             writeln!(f, "no deeper split: {}", self.stops_because)?;
@@ -505,14 +430,7 @@ fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
-        let tail: String = s
-            .chars()
-            .rev()
-            .take(n - 1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
         format!("…{tail}")
     }
 }

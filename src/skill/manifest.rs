@@ -218,9 +218,7 @@ impl Slot {
         for (sel, _) in &self.selectors {
             match sel {
                 Selector::Scalar(p) => out.push(p.clone()),
-                Selector::Slice { field, start, end } => {
-                    out.extend((*start..*end).map(|i| format!("{field}[{i}]")))
-                }
+                Selector::Slice { field, start, end } => out.extend((*start..*end).map(|i| format!("{field}[{i}]"))),
                 Selector::PerJoint(f) => out.extend(joints.iter().map(|j| format!("{f}[{j}]"))),
             }
         }
@@ -239,9 +237,7 @@ impl Manifest {
     /// The manifest as TOML text, with a header comment pointing at the reference.
     pub fn to_toml(&self) -> String {
         let body = toml::to_string(self).expect("a manifest always serialises to TOML");
-        format!(
-            "# skillgraft skill manifest; the format is described in docs/skill-format.md\n{body}"
-        )
+        format!("# skillgraft skill manifest; the format is described in docs/skill-format.md\n{body}")
     }
 
     /// Width of one observation frame (all inputs concatenated).
@@ -261,10 +257,7 @@ impl Manifest {
 
     /// Parsed selectors of every observation input.
     pub fn observation_slots(&self) -> Vec<Slot> {
-        self.observations
-            .iter()
-            .map(|o| slot(&o.topic, &o.msg_type, &o.fields, o.joints.len()))
-            .collect()
+        self.observations.iter().map(|o| slot(&o.topic, &o.msg_type, &o.fields, o.joints.len())).collect()
     }
 
     /// Parsed selectors of the action output.
@@ -279,24 +272,12 @@ impl Manifest {
             .observation_slots()
             .iter()
             .zip(&self.observations)
-            .flat_map(|(s, o)| {
-                s.labels(&o.joints)
-                    .into_iter()
-                    .map(|l| format!("{}:{l}", o.topic))
-            })
+            .flat_map(|(s, o)| s.labels(&o.joints).into_iter().map(|l| format!("{}:{l}", o.topic)))
             .collect();
         let h = self.control.history;
         (0..h)
             .rev()
-            .flat_map(|age| {
-                frame.iter().map(move |l| {
-                    if age == 0 {
-                        l.clone()
-                    } else {
-                        format!("t-{age} {l}")
-                    }
-                })
-            })
+            .flat_map(|age| frame.iter().map(move |l| if age == 0 { l.clone() } else { format!("t-{age} {l}") }))
             .collect()
     }
 
@@ -307,16 +288,9 @@ impl Manifest {
 
     /// The skill's normalisation, in the one form the control loop, `step` and the dataset use.
     pub fn normaliser(&self) -> Normaliser {
-        let mean: Vec<f32> = self
-            .observations
-            .iter()
-            .flat_map(|o| o.mean.iter().map(|&v| v as f32))
-            .collect();
-        let inv_std: Vec<f32> = self
-            .observations
-            .iter()
-            .flat_map(|o| o.std.iter().map(|&v| (1.0 / v) as f32))
-            .collect();
+        let mean: Vec<f32> = self.observations.iter().flat_map(|o| o.mean.iter().map(|&v| v as f32)).collect();
+        let inv_std: Vec<f32> =
+            self.observations.iter().flat_map(|o| o.std.iter().map(|&v| (1.0 / v) as f32)).collect();
         let h = self.control.history;
         Normaliser {
             in_mean: mean.repeat(h),
@@ -334,10 +308,7 @@ impl Manifest {
         };
         if self.name.is_empty()
             || self.name.starts_with('.')
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(err(
                 "name",
@@ -364,9 +335,7 @@ impl Manifest {
         {
             return Err(err(
                 "provenance.created",
-                format!(
-                    "{created:?} is not an RFC 3339 date-time; write e.g. \"2026-11-29T18:00:00Z\""
-                ),
+                format!("{created:?} is not an RFC 3339 date-time; write e.g. \"2026-11-29T18:00:00Z\""),
             ));
         }
         for (field, value) in [
@@ -376,12 +345,13 @@ impl Manifest {
             ("model.features", &self.model.features),
         ] {
             if value.is_empty() {
-                return Err(err(field, "is empty; name the file or tensor (`skillgraft inspect MODEL.onnx` lists the tensors)".into()));
+                return Err(err(
+                    field,
+                    "is empty; name the file or tensor (`skillgraft inspect MODEL.onnx` lists the tensors)".into(),
+                ));
             }
         }
-        if Path::new(&self.model.file).is_absolute()
-            || self.model.file.split(['/', '\\']).any(|c| c == "..")
-        {
+        if Path::new(&self.model.file).is_absolute() || self.model.file.split(['/', '\\']).any(|c| c == "..") {
             return Err(err(
                 "model.file",
                 format!(
@@ -394,31 +364,21 @@ impl Manifest {
         if !(rate.is_finite() && rate > 0.0 && rate <= 10_000.0) {
             return Err(err(
                 "control.rate_hz",
-                format!(
-                    "{rate} is not a usable control rate; give a rate in Hz between 0 and 10000"
-                ),
+                format!("{rate} is not a usable control rate; give a rate in Hz between 0 and 10000"),
             ));
         }
         if self.control.history == 0 {
-            return Err(err(
-                "control.history",
-                "is 0; give the number of stacked frames, at least 1".into(),
-            ));
+            return Err(err("control.history", "is 0; give the number of stacked frames, at least 1".into()));
         }
         if self.observations.is_empty() {
-            return Err(err(
-                "observation",
-                "no observation inputs; add at least one [[observation]] table".into(),
-            ));
+            return Err(err("observation", "no observation inputs; add at least one [[observation]] table".into()));
         }
         for (i, o) in self.observations.iter().enumerate() {
             let at = |f: &str| format!("observation[{i}].{f}");
-            let width = check_selectors(&o.topic, &o.msg_type, &o.fields, &o.joints, false)
-                .map_err(|(f, m)| err(&at(f), m))?;
-            check_vector(&o.mean, width, VectorRule::Finite)
-                .map_err(|(j, m)| err(&index(&at("mean"), j), m))?;
-            check_vector(&o.std, width, VectorRule::Positive)
-                .map_err(|(j, m)| err(&index(&at("std"), j), m))?;
+            let width =
+                check_selectors(&o.topic, &o.msg_type, &o.fields, &o.joints, false).map_err(|(f, m)| err(&at(f), m))?;
+            check_vector(&o.mean, width, VectorRule::Finite).map_err(|(j, m)| err(&index(&at("mean"), j), m))?;
+            check_vector(&o.std, width, VectorRule::Positive).map_err(|(j, m)| err(&index(&at("std"), j), m))?;
             if !(o.max_age_ms.is_finite() && o.max_age_ms > 0.0) {
                 return Err(err(
                     &at("max_age_ms"),
@@ -431,25 +391,18 @@ impl Manifest {
         }
         let a = &self.action;
         let at = |f: &str| format!("action.{f}");
-        let width = check_selectors(&a.topic, &a.msg_type, &a.fields, &a.joints, true)
-            .map_err(|(f, m)| err(&at(f), m))?;
-        check_vector(&a.mean, width, VectorRule::Finite)
-            .map_err(|(j, m)| err(&index(&at("mean"), j), m))?;
-        check_vector(&a.std, width, VectorRule::Positive)
-            .map_err(|(j, m)| err(&index(&at("std"), j), m))?;
-        check_vector(&a.lower, width, VectorRule::Limit)
-            .map_err(|(j, m)| err(&index(&at("lower"), j), m))?;
-        check_vector(&a.upper, width, VectorRule::Limit)
-            .map_err(|(j, m)| err(&index(&at("upper"), j), m))?;
-        check_vector(&a.max_delta, width, VectorRule::Rate)
-            .map_err(|(j, m)| err(&index(&at("max_delta"), j), m))?;
+        let width =
+            check_selectors(&a.topic, &a.msg_type, &a.fields, &a.joints, true).map_err(|(f, m)| err(&at(f), m))?;
+        check_vector(&a.mean, width, VectorRule::Finite).map_err(|(j, m)| err(&index(&at("mean"), j), m))?;
+        check_vector(&a.std, width, VectorRule::Positive).map_err(|(j, m)| err(&index(&at("std"), j), m))?;
+        check_vector(&a.lower, width, VectorRule::Limit).map_err(|(j, m)| err(&index(&at("lower"), j), m))?;
+        check_vector(&a.upper, width, VectorRule::Limit).map_err(|(j, m)| err(&index(&at("upper"), j), m))?;
+        check_vector(&a.max_delta, width, VectorRule::Rate).map_err(|(j, m)| err(&index(&at("max_delta"), j), m))?;
         for (j, (lo, hi)) in a.lower.iter().zip(&a.upper).enumerate() {
             if lo >= hi {
                 return Err(err(
                     &index(&at("lower"), Some(j)),
-                    format!(
-                        "lower limit {lo} is not below upper limit {hi}; make lower[{j}] < upper[{j}]"
-                    ),
+                    format!("lower limit {lo} is not below upper limit {hi}; make lower[{j}] < upper[{j}]"),
                 ));
             }
         }
@@ -471,9 +424,7 @@ fn slot(topic: &str, msg_type: &str, fields: &[String], joints: usize) -> Slot {
         selectors: fields
             .iter()
             .map(|f| {
-                let s = schema
-                    .selector(f)
-                    .expect("validated manifests have valid selectors");
+                let s = schema.selector(f).expect("validated manifests have valid selectors");
                 let w = s.width(joints);
                 (s, w)
             })
@@ -493,39 +444,17 @@ fn check_selectors(
     let schema: &MessageSchema = schema::schema(msg_type).ok_or_else(|| {
         let known: Vec<&str> = schema::SCHEMAS
             .iter()
-            .filter(|s| {
-                if is_action {
-                    s.actuatable
-                } else {
-                    s.observable
-                }
-            })
+            .filter(|s| if is_action { s.actuatable } else { s.observable })
             .map(|s| s.name)
             .collect();
-        (
-            "type",
-            format!(
-                "{msg_type:?} is not a supported message type; use one of {}",
-                known.join(", ")
-            ),
-        )
+        ("type", format!("{msg_type:?} is not a supported message type; use one of {}", known.join(", ")))
     })?;
-    let (allowed, role) = if is_action {
-        (schema.actuatable, "action")
-    } else {
-        (schema.observable, "observation")
-    };
+    let (allowed, role) = if is_action { (schema.actuatable, "action") } else { (schema.observable, "observation") };
     if !allowed {
-        return Err((
-            "type",
-            format!("{} cannot carry an {role}; pick another type", schema.name),
-        ));
+        return Err(("type", format!("{} cannot carry an {role}; pick another type", schema.name)));
     }
     if fields.is_empty() {
-        return Err((
-            "fields",
-            "is empty; list the fields to use, e.g. [\"position\"] or [\"data[0..6]\"]".into(),
-        ));
+        return Err(("fields", "is empty; list the fields to use, e.g. [\"position\"] or [\"data[0..6]\"]".into()));
     }
     let mut width = 0;
     let mut per_joint = false;
@@ -534,9 +463,7 @@ fn check_selectors(
         let sel = schema.selector(f).map_err(|m| ("fields", m))?;
         let covered: Vec<(String, usize)> = match &sel {
             Selector::Scalar(p) => vec![(p.clone(), 0)],
-            Selector::Slice { field, start, end } => {
-                (*start..*end).map(|i| (field.clone(), i)).collect()
-            }
+            Selector::Slice { field, start, end } => (*start..*end).map(|i| (field.clone(), i)).collect(),
             Selector::PerJoint(p) => {
                 per_joint = true;
                 (0..joints.len()).map(|i| (p.clone(), i)).collect()
@@ -545,10 +472,7 @@ fn check_selectors(
         if let Some(dup) = covered.iter().find(|c| used.contains(c)) {
             return Err((
                 "fields",
-                format!(
-                    "`{f}` selects `{}` element {} a second time; list each value once",
-                    dup.0, dup.1
-                ),
+                format!("`{f}` selects `{}` element {} a second time; list each value once", dup.0, dup.1),
             ));
         }
         used.extend(covered);
@@ -564,17 +488,11 @@ fn check_selectors(
         ));
     }
     if !per_joint && !joints.is_empty() {
-        return Err((
-            "joints",
-            "is only used with per-joint fields (such as JointState `position`); remove it".into(),
-        ));
+        return Err(("joints", "is only used with per-joint fields (such as JointState `position`); remove it".into()));
     }
     for (k, j) in joints.iter().enumerate() {
         if j.is_empty() || joints[..k].contains(j) {
-            return Err((
-                "joints",
-                format!("joint {j:?} is empty or listed twice; give each joint once"),
-            ));
+            return Err(("joints", format!("joint {j:?} is empty or listed twice; give each joint once")));
         }
     }
     Ok(width)
@@ -592,24 +510,15 @@ fn check_vector(v: &[f64], width: usize, rule: VectorRule) -> Result<(), (Option
     if v.len() != width {
         return Err((
             None,
-            format!(
-                "has {} values but the fields select {width}; give one value per selected element",
-                v.len()
-            ),
+            format!("has {} values but the fields select {width}; give one value per selected element", v.len()),
         ));
     }
     for (j, &x) in v.iter().enumerate() {
         let bad = match rule {
             VectorRule::Finite => (!x.is_finite()).then_some("a finite number"),
-            VectorRule::Positive => {
-                (!(x.is_finite() && x > 0.0)).then_some("a finite number above 0")
-            }
-            VectorRule::Limit => x
-                .is_nan()
-                .then_some("a number (or inf / -inf for no limit)"),
-            VectorRule::Rate => {
-                (x.is_nan() || x <= 0.0).then_some("a number above 0 (or inf for no limit)")
-            }
+            VectorRule::Positive => (!(x.is_finite() && x > 0.0)).then_some("a finite number above 0"),
+            VectorRule::Limit => x.is_nan().then_some("a number (or inf / -inf for no limit)"),
+            VectorRule::Rate => (x.is_nan() || x <= 0.0).then_some("a number above 0 (or inf for no limit)"),
         };
         if let Some(want) = bad {
             return Err((Some(j), format!("is {x}; it must be {want}")));
@@ -620,34 +529,17 @@ fn check_vector(v: &[f64], width: usize, rule: VectorRule) -> Result<(), (Option
 
 fn syntax_error(file: &Path, text: &str, e: &toml::de::Error) -> ManifestError {
     let message = e.message().trim().to_string();
-    let quoted = |prefix: &str| {
-        message
-            .strip_prefix(prefix)
-            .and_then(|r| r.split('`').next())
-            .map(str::to_string)
-    };
+    let quoted = |prefix: &str| message.strip_prefix(prefix).and_then(|r| r.split('`').next()).map(str::to_string);
     let (field, fix) = if let Some(f) = quoted("unknown field `") {
-        (
-            f,
-            "remove it or fix its spelling (docs/skill-format.md lists every field)",
-        )
+        (f, "remove it or fix its spelling (docs/skill-format.md lists every field)")
     } else if let Some(f) = quoted("missing field `") {
         (f, "add it (docs/skill-format.md lists every field)")
     } else {
-        (
-            "(syntax)".to_string(),
-            "fix the TOML (docs/skill-format.md has an example)",
-        )
+        ("(syntax)".to_string(), "fix the TOML (docs/skill-format.md has an example)")
     };
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-    ManifestError {
-        file: file.to_path_buf(),
-        field,
-        problem: format!("{message}{at}; {fix}"),
-    }
+    ManifestError { file: file.to_path_buf(), field, problem: format!("{message}{at}; {fix}") }
 }
 
 #[cfg(test)]
@@ -728,16 +620,8 @@ safe = "hold"
         let raw: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let mut x = vec![0.0; 12];
         n.input(&raw, &mut x);
-        assert_eq!(
-            x[2..6],
-            [1.0, 1.5, (4.0 - 0.5) / 0.25, 20.0],
-            "velocity std 2; target mean 0.5, std 0.25"
-        );
-        assert_eq!(
-            x[10],
-            (10.0 - 0.5) / 0.25,
-            "the newest frame is normalised like the oldest"
-        );
+        assert_eq!(x[2..6], [1.0, 1.5, (4.0 - 0.5) / 0.25, 20.0], "velocity std 2; target mean 0.5, std 0.25");
+        assert_eq!(x[10], (10.0 - 0.5) / 0.25, "the newest frame is normalised like the oldest");
         let mut robot = [0.0; 2];
         n.action_to_robot(&[1.0, -2.0], &mut robot);
         assert_eq!(robot, [0.5, -1.0]);
@@ -764,87 +648,30 @@ safe = "hold"
     #[test]
     fn each_mistake_names_its_field() {
         let cases: &[((&str, &str), &str, &str)] = &[
+            (("name = \"reach\"", "name = \"re ach\""), "name", "not a valid skill name"),
+            (("sha256:0123", "sha1:0123"), "provenance.parent", "64 hex digits"),
+            (("2026-11-29T18:00:00Z", "yesterday"), "provenance.created", "RFC 3339"),
+            (("history = 2", "history = 0"), "control.history", "at least 1"),
+            (("joints = [\"shoulder\", \"elbow\"]", "joints = []"), "observation[0].joints", "list the joints"),
             (
-                ("name = \"reach\"", "name = \"re ach\""),
-                "name",
-                "not a valid skill name",
-            ),
-            (
-                ("sha256:0123", "sha1:0123"),
-                "provenance.parent",
-                "64 hex digits",
-            ),
-            (
-                ("2026-11-29T18:00:00Z", "yesterday"),
-                "provenance.created",
-                "RFC 3339",
-            ),
-            (
-                ("history = 2", "history = 0"),
-                "control.history",
-                "at least 1",
-            ),
-            (
-                ("joints = [\"shoulder\", \"elbow\"]", "joints = []"),
-                "observation[0].joints",
-                "list the joints",
-            ),
-            (
-                (
-                    "joints = [\"shoulder\", \"elbow\"]",
-                    "joints = [\"elbow\", \"elbow\"]",
-                ),
+                ("joints = [\"shoulder\", \"elbow\"]", "joints = [\"elbow\", \"elbow\"]"),
                 "observation[0].joints",
                 "listed twice",
             ),
+            (("fields = [\"x\", \"y\"]", "fields = [\"x\", \"w\"]"), "observation[1].fields", "valid fields: x, y, z"),
+            (("fields = [\"x\", \"y\"]", "fields = [\"x\", \"x\"]"), "observation[1].fields", "a second time"),
+            (("std = [0.25, 0.25]", "std = [0.25, 0.0]"), "observation[1].std[1]", "above 0"),
+            (("max_age_ms = 500.0", "max_age_ms = 0.0"), "observation[1].max_age_ms", "above 0"),
             (
-                ("fields = [\"x\", \"y\"]", "fields = [\"x\", \"w\"]"),
-                "observation[1].fields",
-                "valid fields: x, y, z",
-            ),
-            (
-                ("fields = [\"x\", \"y\"]", "fields = [\"x\", \"x\"]"),
-                "observation[1].fields",
-                "a second time",
-            ),
-            (
-                ("std = [0.25, 0.25]", "std = [0.25, 0.0]"),
-                "observation[1].std[1]",
-                "above 0",
-            ),
-            (
-                ("max_age_ms = 500.0", "max_age_ms = 0.0"),
-                "observation[1].max_age_ms",
-                "above 0",
-            ),
-            (
-                (
-                    "type = \"sensor_msgs/JointState\"",
-                    "type = \"trajectory_msgs/msg/JointTrajectory\"",
-                ),
+                ("type = \"sensor_msgs/JointState\"", "type = \"trajectory_msgs/msg/JointTrajectory\""),
                 "observation[0].type",
                 "cannot carry an observation",
             ),
+            (("max_delta = [0.1, inf]", "max_delta = [0.1, 0.0]"), "action.max_delta[1]", "above 0"),
+            (("lower = [-1.0, -1.0]", "lower = [-1.0, nan]"), "action.lower[1]", "is NaN"),
+            (("safe = \"hold\"", "safe = \"brake\""), "(syntax)", "unknown variant `brake`"),
             (
-                ("max_delta = [0.1, inf]", "max_delta = [0.1, 0.0]"),
-                "action.max_delta[1]",
-                "above 0",
-            ),
-            (
-                ("lower = [-1.0, -1.0]", "lower = [-1.0, nan]"),
-                "action.lower[1]",
-                "is NaN",
-            ),
-            (
-                ("safe = \"hold\"", "safe = \"brake\""),
-                "(syntax)",
-                "unknown variant `brake`",
-            ),
-            (
-                (
-                    "[[observation]]\ntopic = \"/target\"",
-                    "[[observation]]\ntopic = \"target//x\"",
-                ),
+                ("[[observation]]\ntopic = \"/target\"", "[[observation]]\ntopic = \"target//x\""),
                 "observation[1].topic",
                 "empty part",
             ),
@@ -859,8 +686,7 @@ safe = "hold"
 
     #[test]
     fn observations_are_required() {
-        let text = ARM.split("[[observation]]").next().unwrap().to_string()
-            + &ARM[ARM.find("[action]").unwrap()..];
+        let text = ARM.split("[[observation]]").next().unwrap().to_string() + &ARM[ARM.find("[action]").unwrap()..];
         let e = parse(&text).unwrap_err();
         assert_eq!(e.field, "observation");
     }

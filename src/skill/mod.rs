@@ -83,15 +83,11 @@ impl Skill {
         } else if path.file_name().is_some_and(|n| n == MANIFEST_FILE) {
             path.parent().map(Path::to_path_buf).unwrap_or_default()
         } else {
-            return Err(SkillError::NotASkill {
-                path: path.to_path_buf(),
-            });
+            return Err(SkillError::NotASkill { path: path.to_path_buf() });
         };
         let manifest_path = dir.join(MANIFEST_FILE);
         if !manifest_path.is_file() {
-            return Err(SkillError::NotASkill {
-                path: path.to_path_buf(),
-            });
+            return Err(SkillError::NotASkill { path: path.to_path_buf() });
         }
         let text = read(&manifest_path, "read the manifest")?;
         let text = String::from_utf8(text).map_err(|_| ManifestError {
@@ -133,18 +129,12 @@ impl Skill {
         let file = OnnxFile::decode(&model_path, model_bytes).map_err(in_skill)?;
         let m = &manifest.model;
         let model = Model::load(file, &m.input, &m.output, &m.features).map_err(in_skill)?;
-        let mismatch = |field: &str, problem: String| ManifestError {
-            file: manifest_path.clone(),
-            field: field.into(),
-            problem,
-        };
+        let mismatch =
+            |field: &str, problem: String| ManifestError { file: manifest_path.clone(), field: field.into(), problem };
         let model_in = model.input_shape.width();
         if model_in != manifest.input_width() {
-            let parts: Vec<String> = manifest
-                .observation_slots()
-                .iter()
-                .map(|s| format!("{} {}", s.topic, s.width()))
-                .collect();
+            let parts: Vec<String> =
+                manifest.observation_slots().iter().map(|s| format!("{} {}", s.topic, s.width())).collect();
             return Err(mismatch(
                 "observation",
                 format!(
@@ -172,16 +162,8 @@ impl Skill {
             )
             .into());
         }
-        let digest = digest(&[
-            (MANIFEST_FILE, manifest_bytes),
-            (&manifest.model.file, model_bytes),
-        ]);
-        Ok(Skill {
-            dir: dir.to_path_buf(),
-            manifest,
-            model,
-            digest,
-        })
+        let digest = digest(&[(MANIFEST_FILE, manifest_bytes), (&manifest.model.file, model_bytes)]);
+        Ok(Skill { dir: dir.to_path_buf(), manifest, model, digest })
     }
 
     /// Normalises an observation, runs the control plan and de-normalises the action.
@@ -228,24 +210,14 @@ pub fn digest(files: &[(&str, &[u8])]) -> String {
 }
 
 fn read(path: &Path, action: &'static str) -> Result<Vec<u8>, SkillError> {
-    std::fs::read(path).map_err(|source| SkillError::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    })
+    std::fs::read(path).map_err(|source| SkillError::Io { path: path.to_path_buf(), action, source })
 }
 
 /// Writes a skill folder atomically: both files go into a temporary sibling folder, are synced,
 /// and the folder is renamed to `out`. The skill is validated (loaded) before anything is written.
-pub fn write_skill(
-    out: &Path,
-    manifest: &Manifest,
-    model_bytes: &[u8],
-) -> Result<Skill, SkillError> {
+pub fn write_skill(out: &Path, manifest: &Manifest, model_bytes: &[u8]) -> Result<Skill, SkillError> {
     if out.exists() {
-        return Err(SkillError::Exists {
-            path: out.to_path_buf(),
-        });
+        return Err(SkillError::Exists { path: out.to_path_buf() });
     }
     let text = manifest.to_toml();
     Manifest::parse(&text, &out.join(MANIFEST_FILE))?;
@@ -256,27 +228,17 @@ pub fn write_skill(
     };
     let io = |path: &Path, action: &'static str| {
         let path = path.to_path_buf();
-        move |source| SkillError::Io {
-            path,
-            action,
-            source,
-        }
+        move |source| SkillError::Io { path, action, source }
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent, "create"))?;
-    let leaf = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "skill".into());
+    let leaf = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "skill".into());
     let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp, "remove the stale temporary folder"))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp, "create"))?;
     let written = (|| {
-        for (name, bytes) in [
-            (MANIFEST_FILE, text.as_bytes()),
-            (manifest.model.file.as_str(), model_bytes),
-        ] {
+        for (name, bytes) in [(MANIFEST_FILE, text.as_bytes()), (manifest.model.file.as_str(), model_bytes)] {
             let path = tmp.join(name);
             if let Some(p) = path.parent() {
                 std::fs::create_dir_all(p).map_err(io(p, "create"))?;
@@ -286,27 +248,18 @@ pub fn write_skill(
             f.sync_all().map_err(io(&path, "sync"))?;
         }
         std::fs::rename(&tmp, out).map_err(io(out, "move the new skill into"))?;
-        std::fs::File::open(&parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&parent, "sync"))
+        std::fs::File::open(&parent).and_then(|d| d.sync_all()).map_err(io(&parent, "sync"))
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written?;
-    Ok(Skill {
-        dir: out.to_path_buf(),
-        ..skill
-    })
+    Ok(Skill { dir: out.to_path_buf(), ..skill })
 }
 
 /// A manifest skeleton for any ONNX model: one array observation input and one array action
 /// output of the model's widths, identity normalisation, default topics and no limits yet.
-pub fn skeleton(
-    onnx: &Path,
-    features: &str,
-    output: Option<&str>,
-) -> Result<(Manifest, Vec<u8>), SkillError> {
+pub fn skeleton(onnx: &Path, features: &str, output: Option<&str>) -> Result<(Manifest, Vec<u8>), SkillError> {
     let file = OnnxFile::read(onnx)?;
     let ix = file.index();
     let input = match ix.inputs().as_slice() {
@@ -333,51 +286,22 @@ pub fn skeleton(
     let model = Model::load(file, &input, &output, features)?;
     let in_width = model.input_shape.width();
     let out_width = model.control.output_width();
-    let stem = onnx
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let stem = onnx.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
     let mut details = BTreeMap::new();
     details.insert(
         "source_file".to_string(),
-        toml::Value::String(
-            onnx.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        ),
+        toml::Value::String(onnx.file_name().unwrap_or_default().to_string_lossy().into_owned()),
     );
-    let producer = format!(
-        "{} {}",
-        model.file.proto.producer_name, model.file.proto.producer_version
-    );
+    let producer = format!("{} {}", model.file.proto.producer_name, model.file.proto.producer_version);
     if !producer.trim().is_empty() {
-        details.insert(
-            "onnx_producer".to_string(),
-            toml::Value::String(producer.trim().to_string()),
-        );
+        details.insert("onnx_producer".to_string(), toml::Value::String(producer.trim().to_string()));
     }
     let manifest = Manifest {
-        name: if name.is_empty() || name.starts_with('.') {
-            "skill".into()
-        } else {
-            name
-        },
+        name: if name.is_empty() || name.starts_with('.') { "skill".into() } else { name },
         version: semver::Version::new(0, 1, 0),
-        description: format!(
-            "Made by `skillgraft skill init` from {}; describe what the skill does.",
-            onnx.display()
-        ),
+        description: format!("Made by `skillgraft skill init` from {}; describe what the skill does.", onnx.display()),
         provenance: Provenance {
             source_robot: "unknown".into(),
             method: "imported".into(),
@@ -385,16 +309,8 @@ pub fn skeleton(
             created: None,
             details,
         },
-        model: ModelSection {
-            file: "policy.onnx".into(),
-            input,
-            output,
-            features: features.to_string(),
-        },
-        control: Control {
-            rate_hz: 50.0,
-            history: 1,
-        },
+        model: ModelSection { file: "policy.onnx".into(), input, output, features: features.to_string() },
+        control: Control { rate_hz: 50.0, history: 1 },
         observations: vec![ObservationInput {
             topic: "~/observation".into(),
             msg_type: "std_msgs/msg/Float64MultiArray".into(),

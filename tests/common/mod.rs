@@ -11,9 +11,7 @@ pub const FIXTURES: &[&str] = &["mlp_gemm", "mlp_matmul", "conv", "mlp_wide"];
 
 /// Path of a fixture file.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/onnx")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)
 }
 
 /// onnxruntime's reference for one fixture.
@@ -53,36 +51,22 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32]) {
 pub fn assert_close_tol(what: &str, a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol * y.abs().max(1.0),
-            "{what}[{i}]: {x} vs {y} (diff {})",
-            (x - y).abs()
-        );
+        assert!((x - y).abs() <= tol * y.abs().max(1.0), "{what}[{i}]: {x} vs {y} (diff {})", (x - y).abs());
     }
 }
 
 /// Runs the `skillgraft` binary.
 pub fn skillgraft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-        .args(args)
-        .output()
-        .expect("run skillgraft")
+    Command::new(env!("CARGO_BIN_EXE_skillgraft")).args(args).output().expect("run skillgraft")
 }
 
 /// Runs the CLI expecting failure; returns stderr after checking it is an error, not a panic.
 pub fn fails(args: &[&str]) -> String {
     let out = skillgraft(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit 1 for {args:?}; stderr: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(1), "expected exit 1 for {args:?}; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    assert!(
-        stderr.starts_with("error: "),
-        "no error line for {args:?}: {stderr}"
-    );
+    assert!(stderr.starts_with("error: "), "no error line for {args:?}: {stderr}");
     stderr
 }
 
@@ -96,37 +80,20 @@ pub fn succeeds(args: &[&str]) -> String {
 
 /// Arguments of `skillgraft skill init`.
 pub fn init_args<'a>(onnx: &'a Path, features: &'a str, out: &'a Path) -> [&'a str; 8] {
-    [
-        "skill",
-        "init",
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--features",
-        features,
-        "--out",
-        out.to_str().unwrap(),
-    ]
+    ["skill", "init", "--onnx", onnx.to_str().unwrap(), "--features", features, "--out", out.to_str().unwrap()]
 }
 
 /// Makes a skill from a fixture at its reference split with `skill init`; returns the folder.
 pub fn init_fixture(out: &Path, name: &str) -> PathBuf {
     let r = Reference::load(name);
-    let stdout = succeeds(&init_args(
-        &fixture(&format!("{name}.onnx")),
-        &r.features_tensor,
-        out,
-    ));
+    let stdout = succeeds(&init_args(&fixture(&format!("{name}.onnx")), &r.features_tensor, out));
     assert!(stdout.contains("digest sha256:"), "{stdout}");
     out.to_path_buf()
 }
 
 /// A JSON array of numbers as f32.
 pub fn json_f32(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
+    v.as_array().expect("a JSON array").iter().map(|x| x.as_f64().expect("a number") as f32).collect()
 }
 
 /// Copies a file or folder tree.
@@ -146,10 +113,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     if dir.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
@@ -180,14 +144,7 @@ pub fn isolated(test: &str) -> bool {
     }
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("unshare")
-        .args([
-            "-n",
-            "-m",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
+        .args(["-n", "-m", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(&exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("SKILLGRAFT_NETNS", "inside")

@@ -56,32 +56,17 @@ pub fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
 
 /// A float attribute.
 pub fn attr_f(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        f: v,
-        r#type: AttributeType::Float as i32,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), f: v, r#type: AttributeType::Float as i32, ..Default::default() }
 }
 
 /// An integer attribute.
 pub fn attr_i(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        i: v,
-        r#type: AttributeType::Int as i32,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), i: v, r#type: AttributeType::Int as i32, ..Default::default() }
 }
 
 /// An integer-list attribute.
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: v.to_vec(),
-        r#type: AttributeType::Ints as i32,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), ints: v.to_vec(), r#type: AttributeType::Ints as i32, ..Default::default() }
 }
 
 /// A string attribute.
@@ -96,12 +81,7 @@ pub fn attr_s(name: &str, v: &str) -> AttributeProto {
 
 /// A tensor attribute.
 pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        t: Some(t),
-        r#type: AttributeType::Tensor as i32,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), t: Some(t), r#type: AttributeType::Tensor as i32, ..Default::default() }
 }
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -112,10 +92,7 @@ pub fn values(seed: u64, n: usize) -> Vec<f32> {
 impl GraphBuilder {
     /// An empty graph at an opset.
     pub fn new(opset: i64) -> GraphBuilder {
-        GraphBuilder {
-            opset,
-            ..Default::default()
-        }
+        GraphBuilder { opset, ..Default::default() }
     }
 
     /// Adds a float input.
@@ -126,10 +103,7 @@ impl GraphBuilder {
 
     /// Adds a float output (shape left to inference).
     pub fn output(mut self, name: &str) -> Self {
-        self.outputs.push(ValueInfoProto {
-            name: name.into(),
-            ..Default::default()
-        });
+        self.outputs.push(ValueInfoProto { name: name.into(), ..Default::default() });
         self
     }
 
@@ -140,13 +114,7 @@ impl GraphBuilder {
     }
 
     /// Adds a node.
-    pub fn node(
-        mut self,
-        op: &str,
-        inputs: &[&str],
-        outputs: &[&str],
-        attrs: Vec<AttributeProto>,
-    ) -> Self {
+    pub fn node(mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> Self {
         self.nodes.push(NodeProto {
             name: format!("{op}_{}", self.nodes.len()),
             op_type: op.into(),
@@ -163,10 +131,7 @@ impl GraphBuilder {
         ModelProto {
             ir_version: 8,
             producer_name: "skillgraft-tests".into(),
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: self.opset,
-            }],
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: self.opset }],
             graph: Some(GraphProto {
                 name: "g".into(),
                 node: self.nodes,

@@ -19,19 +19,6 @@ fn skill() -> PathBuf {
     repo().join("skills/example-arm6")
 }
 
-/// The Python with cyclonedds and onnxruntime (tools/requirements-ros.txt).
-fn python() -> PathBuf {
-    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-ros/bin/python"));
-    assert!(
-        p.exists(),
-        "{} not found: the interop tests need the CycloneDDS peer's Python. .ci/run makes it; by hand: python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt",
-        p.display()
-    );
-    p
-}
-
 /// The node, stopped with SIGINT when dropped.
 struct Node(Child);
 
@@ -65,7 +52,7 @@ impl Drop for Node {
 }
 
 fn peer(mode: &str, extra: &[&str]) -> Value {
-    let out = Command::new(python())
+    let out = Command::new(common::ros_python())
         .arg(repo().join("tests/peers/dds_peer.py"))
         .args([mode, "--skill", skill().to_str().unwrap(), "--domain", DOMAIN])
         .args(extra)

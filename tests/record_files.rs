@@ -18,13 +18,6 @@ fn example() -> Skill {
     Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
 }
 
-fn python() -> Option<PathBuf> {
-    std::env::var_os("SKILLGRAFT_ROS_PYTHON").map(PathBuf::from).or_else(|| {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ros/bin/python");
-        p.exists().then_some(p)
-    })
-}
-
 const T0: u64 = 1_764_000_000_000_000_000;
 const MS: u64 = 1_000_000;
 
@@ -123,11 +116,7 @@ fn an_episode_reads_back_and_pairs_each_action_with_the_observation_then() {
 
 #[test]
 fn the_python_mcap_readers_decode_every_message() {
-    let Some(py) = python() else {
-        panic!(
-            "SKILLGRAFT_ROS_PYTHON (or .venv-ros) is needed: python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt"
-        );
-    };
+    let py = common::ros_python();
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = write_episode(dir.path(), Duration::from_millis(100));
     let out = Command::new(py)

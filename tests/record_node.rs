@@ -27,18 +27,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> PathBuf {
-    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-ros/bin/python"));
-    assert!(
-        p.exists(),
-        "{} not found: python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt",
-        p.display()
-    );
-    p
-}
-
 fn recorder(dir: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(["record", repo().join("skills/example-arm6").to_str().unwrap(), "--ros-args", "-p"])
@@ -52,7 +40,7 @@ fn recorder(dir: &Path) -> Child {
 }
 
 fn peer(extra: &[&str]) -> Command {
-    let mut c = Command::new(python());
+    let mut c = Command::new(common::ros_python());
     c.arg(repo().join("tests/peers/dds_peer.py"))
         .args(["record", "--skill", repo().join("skills/example-arm6").to_str().unwrap(), "--domain", DOMAIN])
         .args(extra)

@@ -96,6 +96,20 @@ pub fn json_f32(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().expect("a JSON array").iter().map(|x| x.as_f64().expect("a number") as f32).collect()
 }
 
+/// The Python with the ROS peers' packages (tools/requirements-ros.txt): `SKILLGRAFT_ROS_PYTHON`,
+/// or `.venv-ros` in the repository, which `.ci/run` makes.
+pub fn ros_python() -> PathBuf {
+    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ros/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: these tests need the Python of the CycloneDDS and MCAP peers. .ci/run makes it; by hand: python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt",
+        p.display()
+    );
+    p
+}
+
 /// Copies a file or folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     if from.is_dir() {

@@ -4,6 +4,7 @@
 //! robot's topics. This crate loads skills, splits each policy into a frozen backbone and an
 //! adaptable head, runs it, and writes adapted heads back into plain ONNX files.
 
+pub mod adapt;
 pub mod alloc;
 pub mod bench;
 pub mod control;

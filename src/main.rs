@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use skillgraft::adapt::finetune::Settings;
+use skillgraft::adapt::{self, Method, Options, Progress};
 use skillgraft::skill::{self, Skill, inspect};
 
 #[global_allocator]
@@ -51,6 +53,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Adapt a skill's head to demonstration episodes; writes a new skill only if it beats the
+    /// source on held-out episodes (exit code 3 when it does not).
+    Adapt {
+        /// The source skill folder.
+        skill: PathBuf,
+        /// Episode files, or folders of them (at least 2 episodes).
+        #[arg(required = true)]
+        episodes: Vec<PathBuf>,
+        /// ridge: closed-form re-fit of the last layer; finetune: AdamW on the last --layers layers.
+        #[arg(long, value_enum, default_value = "ridge")]
+        method: MethodArg,
+        /// finetune: layers trained, counted from the output (default: the whole head).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Folder of the adapted skill (default: next to the source, named NAME-VERSION).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Version of the adapted skill (default: the source's with the minor number raised).
+        #[arg(long)]
+        version: Option<semver::Version>,
+        /// Fraction by which the held-out error must fall for the skill to be accepted.
+        #[arg(long, default_value_t = 0.05)]
+        margin: f64,
+        /// Most folds of the held-out evaluation (whole episodes per fold).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// finetune: most epochs.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
+        /// finetune: samples per mini-batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// finetune: AdamW learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// finetune: pull toward the source weights (L2-SP, decoupled like AdamW's decay).
+        #[arg(long, default_value_t = 1e-2)]
+        pull: f64,
+        /// finetune: epochs without a better held-out loss before stopping.
+        #[arg(long, default_value_t = 5)]
+        patience: usize,
+        /// finetune: seed of the batch order (same seed, same result).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// finetune: start the last layer from the source's weights rather than the ridge fit.
+        #[arg(long)]
+        no_ridge_init: bool,
+        /// Folder of cached backbone features (default: .features in the first episodes folder).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Do not read or write cached features.
+        #[arg(long, conflicts_with = "cache")]
+        no_cache: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a skill as a ROS 2 node until Ctrl-C (or SIGTERM).
     Run {
         /// The skill folder.
@@ -79,6 +138,12 @@ enum Command {
     /// Benchmarks that print a table of medians and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MethodArg {
+    Ridge,
+    Finetune,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +285,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Rejected>() => {
+            eprintln!("{e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -284,6 +353,49 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
+        Command::Adapt {
+            skill,
+            episodes,
+            method,
+            layers,
+            out,
+            version,
+            margin,
+            folds,
+            epochs,
+            batch,
+            lr,
+            pull,
+            patience,
+            seed,
+            no_ridge_init,
+            cache,
+            no_cache,
+            json,
+        } => {
+            let method = match method {
+                MethodArg::Ridge => {
+                    if layers.is_some() {
+                        return Err("--layers applies to --method finetune; ridge re-fits the last layer".into());
+                    }
+                    Method::Ridge
+                }
+                MethodArg::Finetune => {
+                    let settings = Settings { epochs, batch, lr, pull, patience, seed };
+                    Method::Finetune { layers, settings, ridge_init: !no_ridge_init }
+                }
+            };
+            let cache = match (cache, no_cache) {
+                (_, true) => None,
+                (Some(c), false) => Some(c),
+                (None, false) => episodes.first().map(|p| {
+                    let dir = if p.is_dir() { p.clone() } else { p.parent().map(PathBuf::from).unwrap_or_default() };
+                    dir.join(".features")
+                }),
+            };
+            let opts = Options { method, margin, folds, cache };
+            adapt_cli(&skill, &episodes, &opts, out, version, json)
+        }
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
@@ -307,6 +419,120 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
         }
+    }
+}
+
+/// The adapted skill did not pass the gate.
+#[derive(Debug)]
+struct Rejected(String);
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// Progress bars on stderr (hidden when it is not a terminal).
+#[derive(Default)]
+struct Bars(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl Progress for Bars {
+    fn phase(&self, name: &str, total: u64) {
+        let style = indicatif::ProgressStyle::with_template("{prefix:>15} [{bar:30}] {pos}/{len} {elapsed:>4} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> ");
+        let bar = indicatif::ProgressBar::new(total).with_style(style).with_prefix(name.to_string());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+    }
+
+    fn step(&self, message: &str) {
+        if let Some(bar) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            bar.set_message(message.to_string());
+            bar.inc(1);
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `skillgraft adapt`: adapts, prints the table, plots the loss curve and writes an accepted skill.
+fn adapt_cli(
+    skill_dir: &std::path::Path,
+    episodes: &[PathBuf],
+    opts: &Options,
+    out: Option<PathBuf>,
+    version: Option<semver::Version>,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let source = Skill::load(skill_dir)?;
+    let version = version.unwrap_or_else(|| adapt::next_version(&source.manifest.version));
+    let out = out.unwrap_or_else(|| {
+        let name =
+            source.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(source.manifest.name.clone());
+        source.dir.with_file_name(format!("{name}-{version}"))
+    });
+    // Refused before the work, not after it.
+    if out.exists() {
+        return Err(format!("{} already exists; choose another --out or remove it", out.display()).into());
+    }
+    let eps = skillgraft::record::dataset::load(episodes, &source.manifest)?;
+    let adapted = adapt::adapt(&source, &eps, opts, &Bars::default())?;
+    let r = &adapted.report;
+    let plot = if r.curve.is_empty() {
+        None
+    } else {
+        let mut stem = out.as_os_str().to_os_string();
+        stem.push("-loss");
+        let title = format!("{} {}: fine-tuning loss", source.manifest.name, version);
+        match adapt::plot::loss_curve(&r.curve, &PathBuf::from(stem), &title) {
+            Ok(paths) => Some(paths),
+            Err(e) => {
+                tracing::warn!("no loss-curve plot: {e}");
+                None
+            }
+        }
+    };
+    let written = if r.accepted {
+        Some(adapt::write(&source, &adapted, &out, Some(version.clone()), adapt::robot_of(&eps).as_deref())?)
+    } else {
+        None
+    };
+    if json {
+        let v = serde_json::json!({
+            "report": r,
+            "skill_dir": written.as_ref().map(|s| s.dir.display().to_string()),
+            "digest": written.as_ref().map(|s| s.digest.clone()),
+            "plot": plot.as_ref().map(|(p, s)| [p.display().to_string(), s.display().to_string()]),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{} {} -> {version}", source.manifest.name, source.manifest.version);
+        print!("{r}");
+        if let Some((png, svg)) = &plot {
+            println!("loss curve: {} {}", png.display(), svg.display());
+        }
+        if let Some(s) = &written {
+            println!(
+                "wrote skill `{}` {} to {} (digest {})",
+                s.manifest.name,
+                s.manifest.version,
+                s.dir.display(),
+                s.digest
+            );
+        }
+    }
+    match written {
+        Some(_) => Ok(()),
+        None => Err(Box::new(Rejected(format!(
+            "rejected: {}; nothing written (a lower --margin, more episodes or --method finetune may help)",
+            r.reasons.join("; ")
+        )))),
     }
 }
 

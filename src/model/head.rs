@@ -67,7 +67,8 @@ impl Activation {
         }
     }
 
-    fn apply_f64(self, x: f64) -> f64 {
+    /// Applies the activation in f64.
+    pub fn apply_f64(self, x: f64) -> f64 {
         match self {
             Activation::Identity => x,
             Activation::Relu => x.max(0.0),
@@ -90,6 +91,56 @@ impl Activation {
             Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
             Activation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh()),
             Activation::Silu => x / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+impl Activation {
+    /// The derivative at `x`, in f64 (training back-propagates through it).
+    pub fn derivative_f64(self, x: f64) -> f64 {
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        match self {
+            Activation::Identity => 1.0,
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::LeakyRelu(a) => {
+                if x >= 0.0 {
+                    1.0
+                } else {
+                    a as f64
+                }
+            }
+            Activation::Tanh => 1.0 - x.tanh().powi(2),
+            Activation::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            Activation::Elu(a) => {
+                if x >= 0.0 {
+                    1.0
+                } else {
+                    a as f64 * x.exp()
+                }
+            }
+            Activation::GeluErf => {
+                let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                cdf + x * pdf
+            }
+            Activation::GeluTanh => {
+                let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+                let t = u.tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x)
+            }
+            Activation::Silu => {
+                let s = sigmoid(x);
+                s + x * s * (1.0 - s)
+            }
         }
     }
 }
@@ -330,8 +381,20 @@ impl Head {
 
     /// Runs the head on features (one sample per row) with other parameters of the same shapes.
     pub fn forward_with(&self, params: &[LayerParams], features: &DMatrix<f32>) -> DMatrix<f32> {
-        let mut h = features.clone();
-        for (spec, p) in self.layers.iter().zip(params) {
+        self.forward_layers(params, features, 0..self.layers.len())
+    }
+
+    /// Runs layers `range` of the head (with their parameters in `params`, indexed like the
+    /// head's layers) on `input`, one sample per row: what layer `range.start` reads in, what
+    /// layer `range.end - 1` puts out.
+    pub fn forward_layers(
+        &self,
+        params: &[LayerParams],
+        input: &DMatrix<f32>,
+        range: std::ops::Range<usize>,
+    ) -> DMatrix<f32> {
+        let mut h = input.clone();
+        for (spec, p) in self.layers[range.clone()].iter().zip(&params[range]) {
             let mut z = &h * p.weight.transpose();
             if let Some(b) = &p.bias {
                 for mut row in z.row_iter_mut() {

@@ -1,0 +1,431 @@
+//! The few primitives head training needs, behind one trait so the training loop is written once:
+//! the CPU implementation here (matrixmultiply and plain loops), a GPU one later. Matrices are
+//! row-major buffers.
+
+use crate::model::head::Activation;
+
+/// Floating-point types the CPU backend runs in: f32 for training, f64 for gradient checks.
+pub trait Real: Copy + Default + PartialOrd + Send + Sync + std::fmt::Debug + 'static {
+    /// From f64.
+    fn from_f64(v: f64) -> Self;
+    /// To f64.
+    fn to_f64(self) -> f64;
+    /// Row-major `C = alpha·op(A)·op(B) + beta·C` with matrixmultiply.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: Self,
+        a: &[Self],
+        b: &[Self],
+        beta: Self,
+        c: &mut [Self],
+    );
+}
+
+macro_rules! real {
+    ($t:ty, $gemm:path) => {
+        impl Real for $t {
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn gemm(
+                ta: bool,
+                tb: bool,
+                m: usize,
+                n: usize,
+                k: usize,
+                alpha: Self,
+                a: &[Self],
+                b: &[Self],
+                beta: Self,
+                c: &mut [Self],
+            ) {
+                // op(A) is m x k, op(B) is k x n; strides say how each is laid out in memory.
+                let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+                let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+                assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operand too small");
+                // SAFETY: the asserts above keep every access inside the slices.
+                unsafe {
+                    $gemm(
+                        m,
+                        k,
+                        n,
+                        alpha,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        beta,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+            }
+        }
+    };
+}
+
+real!(f32, matrixmultiply::sgemm);
+real!(f64, matrixmultiply::dgemm);
+
+/// One AdamW step's settings. The decoupled decay pulls toward the source weights (L2-SP), not
+/// toward zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Decoupled pull toward the source weights, per unit of learning rate.
+    pub pull: f64,
+    /// Step number, from 1.
+    pub t: u64,
+}
+
+/// The primitives of head training.
+pub trait Compute {
+    /// Element type.
+    type Elem: Real;
+    /// A buffer on the device.
+    type Buf;
+    /// Copies host values to the device.
+    fn upload(&self, host: &[Self::Elem]) -> Self::Buf;
+    /// Copies device values to the host.
+    fn download(&self, buf: &Self::Buf, out: &mut [Self::Elem]);
+    /// A buffer of `n` zeros.
+    fn zeros(&self, n: usize) -> Self::Buf;
+    /// Row-major `C = alpha·op(A)·op(B) + beta·C`, `op(A)` m×k, `op(B)` k×n.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f64,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        beta: f64,
+        c: &mut Self::Buf,
+    );
+    /// Adds `bias` to every row of `z` (rows×cols), then writes `act(z)` into `out`.
+    fn bias_act_forward(
+        &self,
+        z: &mut Self::Buf,
+        bias: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        act: Activation,
+        out: &mut Self::Buf,
+    );
+    /// Turns `grad` (dL/dA) into dL/dZ in place: `grad *= act'(z)`, over `n` elements.
+    fn act_backward(&self, grad: &mut Self::Buf, z: &Self::Buf, act: Activation, n: usize);
+    /// Sums the columns of `x` (rows×cols) into `out` (cols).
+    fn column_sums(&self, x: &Self::Buf, rows: usize, cols: usize, out: &mut Self::Buf);
+    /// Mean squared error over all rows×cols elements; writes its gradient into `grad`.
+    fn mse(&self, pred: &Self::Buf, target: &Self::Buf, n: usize, grad: &mut Self::Buf) -> f64;
+    /// One AdamW step on `n` parameters `p` with gradient `g`, moments `m`, `v`, pulled
+    /// toward `src`.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        src: &Self::Buf,
+        n: usize,
+        s: AdamStep,
+    );
+    /// Copies rows `idx` of `x` (cols wide) into `out`, in that order.
+    fn gather_rows(&self, x: &Self::Buf, idx: &[usize], cols: usize, out: &mut Self::Buf);
+}
+
+/// The CPU backend.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu<T>(std::marker::PhantomData<T>);
+
+impl<T> Cpu<T> {
+    /// The CPU backend.
+    pub fn new() -> Cpu<T> {
+        Cpu(std::marker::PhantomData)
+    }
+}
+
+impl<T: Real> Compute for Cpu<T> {
+    type Elem = T;
+    type Buf = Vec<T>;
+
+    fn upload(&self, host: &[T]) -> Vec<T> {
+        host.to_vec()
+    }
+
+    fn download(&self, buf: &Vec<T>, out: &mut [T]) {
+        out.copy_from_slice(&buf[..out.len()]);
+    }
+
+    fn zeros(&self, n: usize) -> Vec<T> {
+        vec![T::default(); n]
+    }
+
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f64,
+        a: &Vec<T>,
+        b: &Vec<T>,
+        beta: f64,
+        c: &mut Vec<T>,
+    ) {
+        T::gemm(ta, tb, m, n, k, T::from_f64(alpha), a, b, T::from_f64(beta), c);
+    }
+
+    fn bias_act_forward(
+        &self,
+        z: &mut Vec<T>,
+        bias: &Vec<T>,
+        rows: usize,
+        cols: usize,
+        act: Activation,
+        out: &mut Vec<T>,
+    ) {
+        for (zr, or) in z.chunks_mut(cols).zip(out.chunks_mut(cols)).take(rows) {
+            for ((zv, ov), b) in zr.iter_mut().zip(or).zip(bias) {
+                let v = zv.to_f64() + b.to_f64();
+                *zv = T::from_f64(v);
+                *ov = T::from_f64(act.apply_f64(v));
+            }
+        }
+    }
+
+    fn act_backward(&self, grad: &mut Vec<T>, z: &Vec<T>, act: Activation, n: usize) {
+        if act == Activation::Identity {
+            return;
+        }
+        for i in 0..n {
+            grad[i] = T::from_f64(grad[i].to_f64() * act.derivative_f64(z[i].to_f64()));
+        }
+    }
+
+    fn column_sums(&self, x: &Vec<T>, rows: usize, cols: usize, out: &mut Vec<T>) {
+        let mut acc = vec![0.0f64; cols];
+        for r in 0..rows {
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a += x[r * cols + c].to_f64();
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = T::from_f64(a);
+        }
+    }
+
+    fn mse(&self, pred: &Vec<T>, target: &Vec<T>, n: usize, grad: &mut Vec<T>) -> f64 {
+        let mut sum = 0.0;
+        let scale = 2.0 / n as f64;
+        for i in 0..n {
+            let d = pred[i].to_f64() - target[i].to_f64();
+            sum += d * d;
+            grad[i] = T::from_f64(scale * d);
+        }
+        sum / n as f64
+    }
+
+    fn adamw(&self, p: &mut Vec<T>, g: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, src: &Vec<T>, n: usize, s: AdamStep) {
+        let c1 = 1.0 - s.beta1.powi(s.t as i32);
+        let c2 = 1.0 - s.beta2.powi(s.t as i32);
+        for i in 0..n {
+            let gi = g[i].to_f64();
+            let mi = s.beta1 * m[i].to_f64() + (1.0 - s.beta1) * gi;
+            let vi = s.beta2 * v[i].to_f64() + (1.0 - s.beta2) * gi * gi;
+            m[i] = T::from_f64(mi);
+            v[i] = T::from_f64(vi);
+            let pi = p[i].to_f64();
+            let decayed = pi - s.lr * s.pull * (pi - src[i].to_f64());
+            p[i] = T::from_f64(decayed - s.lr * (mi / c1) / ((vi / c2).sqrt() + s.eps));
+        }
+    }
+
+    fn gather_rows(&self, x: &Vec<T>, idx: &[usize], cols: usize, out: &mut Vec<T>) {
+        for (r, &i) in idx.iter().enumerate() {
+            out[r * cols..(r + 1) * cols].copy_from_slice(&x[i * cols..(i + 1) * cols]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACTS: [Activation; 9] = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu(0.1),
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Elu(0.7),
+        Activation::GeluErf,
+        Activation::GeluTanh,
+        Activation::Silu,
+    ];
+
+    fn values(seed: u64, n: usize) -> Vec<f64> {
+        crate::bench::seeded(seed, n).iter().map(|&v| v as f64).collect()
+    }
+
+    /// Central finite difference of `f` at `x` along coordinate `i`.
+    fn fd(f: &dyn Fn(&[f64]) -> f64, x: &[f64], i: usize) -> f64 {
+        let h = 1e-6;
+        let (mut a, mut b) = (x.to_vec(), x.to_vec());
+        a[i] += h;
+        b[i] -= h;
+        (f(&a) - f(&b)) / (2.0 * h)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-6 + 1e-5 * b.abs()
+    }
+
+    #[test]
+    fn gemm_in_every_transpose_form_matches_the_definition() {
+        let c = Cpu::<f64>::new();
+        let (m, n, k) = (3, 4, 5);
+        let a = values(1, m * k);
+        let b = values(2, k * n);
+        let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let want: Vec<f64> = (0..m * n)
+            .map(|i| (0..k).map(|j| a[(i / n) * k + j] * b[j * n + i % n]).sum::<f64>() * 2.0 + 1.0)
+            .collect();
+        for (ta, tb, aa, bb) in
+            [(false, false, &a, &b), (true, false, &at, &b), (false, true, &a, &bt), (true, true, &at, &bt)]
+        {
+            let mut out = vec![1.0; m * n];
+            c.gemm(ta, tb, m, n, k, 2.0, aa, bb, 1.0, &mut out);
+            assert!(out.iter().zip(&want).all(|(x, y)| close(*x, *y)), "ta={ta} tb={tb}");
+        }
+    }
+
+    #[test]
+    fn activation_gradients_match_finite_differences() {
+        let c = Cpu::<f64>::new();
+        let z = values(3, 40).iter().map(|v| v * 3.0 + 0.013).collect::<Vec<_>>();
+        for act in ACTS {
+            let mut g = vec![1.0; z.len()];
+            c.act_backward(&mut g, &z, act, z.len());
+            for i in 0..z.len() {
+                let f = |x: &[f64]| act.apply_f64(x[i]);
+                assert!(close(g[i], fd(&f, &z, i)), "{act} at {}: {} vs {}", z[i], g[i], fd(&f, &z, i));
+            }
+        }
+    }
+
+    #[test]
+    fn a_layer_and_its_loss_backpropagate_like_finite_differences() {
+        // loss(W, b) = mse(act(X Wᵀ + b), Y): the gradients the training loop builds from the
+        // primitives must equal finite differences of the forward primitives.
+        let c = Cpu::<f64>::new();
+        let (n, d, o) = (6, 4, 3);
+        let x = values(4, n * d);
+        let y = values(5, n * o);
+        for act in ACTS {
+            let forward = |w: &[f64], b: &[f64]| -> f64 {
+                let mut z = vec![0.0; n * o];
+                c.gemm(false, true, n, o, d, 1.0, &x, &w.to_vec(), 0.0, &mut z);
+                let mut a = vec![0.0; n * o];
+                c.bias_act_forward(&mut z, &b.to_vec(), n, o, act, &mut a);
+                c.mse(&a, &y, n * o, &mut vec![0.0; n * o])
+            };
+            let w = values(6, o * d);
+            let b = values(7, o);
+            let mut z = vec![0.0; n * o];
+            c.gemm(false, true, n, o, d, 1.0, &x, &w, 0.0, &mut z);
+            let mut a = vec![0.0; n * o];
+            c.bias_act_forward(&mut z, &b, n, o, act, &mut a);
+            let mut g = vec![0.0; n * o];
+            c.mse(&a, &y, n * o, &mut g);
+            c.act_backward(&mut g, &z, act, n * o);
+            let mut gw = vec![0.0; o * d];
+            c.gemm(true, false, o, d, n, 1.0, &g, &x, 0.0, &mut gw);
+            let mut gb = vec![0.0; o];
+            c.column_sums(&g, n, o, &mut gb);
+            for (i, &g) in gw.iter().enumerate() {
+                let f = |w: &[f64]| forward(w, &b);
+                assert!(close(g, fd(&f, &w, i)), "{act}: dW[{i}] {g} vs {}", fd(&f, &w, i));
+            }
+            for (i, &g) in gb.iter().enumerate() {
+                let f = |bb: &[f64]| forward(&w, bb);
+                assert!(close(g, fd(&f, &b, i)), "{act}: db[{i}]");
+            }
+            // and the input gradient, which flows to the layer below
+            let mut gx = vec![0.0; n * d];
+            c.gemm(false, false, n, d, o, 1.0, &g, &w, 0.0, &mut gx);
+            let fx = |xx: &[f64]| {
+                let mut z = vec![0.0; n * o];
+                c.gemm(false, true, n, o, d, 1.0, &xx.to_vec(), &w, 0.0, &mut z);
+                let mut a = vec![0.0; n * o];
+                c.bias_act_forward(&mut z, &b, n, o, act, &mut a);
+                c.mse(&a, &y, n * o, &mut vec![0.0; n * o])
+            };
+            for (i, &g) in gx.iter().enumerate() {
+                assert!(close(g, fd(&fx, &x, i)), "{act}: dX[{i}]");
+            }
+        }
+    }
+
+    #[test]
+    fn adamw_follows_its_update_rule_and_pulls_toward_the_source() {
+        let c = Cpu::<f64>::new();
+        let mut p = vec![1.0, -2.0];
+        let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
+        let src = vec![0.0, 0.0];
+        let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: 0.5, t: 1 };
+        c.adamw(&mut p, &vec![0.2, -0.4], &mut m, &mut v, &src, 2, s);
+        // First step: m̂ = g, v̂ = g², so the Adam step is lr·sign(g); the pull first moves
+        // each weight lr·pull of the way to the source.
+        assert!(close(p[0], 1.0 - 0.1 * 0.5 * 1.0 - 0.1));
+        assert!(close(p[1], -2.0 + 0.1 * 0.5 * 2.0 + 0.1));
+        let mut q = vec![3.0];
+        let (mut m, mut v) = (vec![0.0], vec![0.0]);
+        for t in 1..=2000 {
+            c.adamw(&mut q, &vec![0.0], &mut m, &mut v, &vec![1.0], 1, AdamStep { t, ..s });
+        }
+        assert!((q[0] - 1.0).abs() < 1e-6, "with no gradient the weight settles on the source: {}", q[0]);
+    }
+
+    #[test]
+    fn f32_matches_f64() {
+        let (c32, c64) = (Cpu::<f32>::new(), Cpu::<f64>::new());
+        let (m, n, k) = (7, 5, 9);
+        let a = values(8, m * k);
+        let b = values(9, k * n);
+        let mut o64 = vec![0.0; m * n];
+        c64.gemm(false, true, m, n, k, 1.0, &a, &b, 0.0, &mut o64);
+        let mut o32 = vec![0.0f32; m * n];
+        let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+        let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+        c32.gemm(false, true, m, n, k, 1.0, &a32, &b32, 0.0, &mut o32);
+        assert!(o32.iter().zip(&o64).all(|(x, y)| (*x as f64 - y).abs() < 1e-5));
+        let mut out = vec![0.0f32; 2 * n];
+        c32.gather_rows(&o32, &[3, 1], n, &mut out);
+        assert_eq!(out[..n], o32[3 * n..4 * n]);
+    }
+}

@@ -1,0 +1,336 @@
+//! Fine-tuning the last K layers of a head with AdamW, written once against [`Compute`]:
+//! mini-batches in an order shuffled on the host from a seed (same seed, same result), mean
+//! squared error, a decoupled pull of every weight toward its source value (L2-SP), and early
+//! stopping on held-out data.
+
+use super::compute::{AdamStep, Compute};
+use crate::model::head::{Activation, LayerParams};
+use nalgebra::{DMatrix, DVector};
+
+/// The shape of one trainable layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+    /// Activation after it.
+    pub activation: Activation,
+    /// Whether it has a bias.
+    pub bias: bool,
+}
+
+/// Training settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Most epochs.
+    pub epochs: usize,
+    /// Samples per mini-batch.
+    pub batch: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// Decoupled pull toward the source weights, per unit of learning rate.
+    pub pull: f64,
+    /// Epochs without a better held-out loss before stopping.
+    pub patience: usize,
+    /// Seed of the batch order.
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { epochs: 50, batch: 256, lr: 1e-3, pull: 1e-2, patience: 5, seed: 0 }
+    }
+}
+
+/// Rows of inputs (to the first trainable layer) and targets, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    /// Inputs, rows × input width.
+    pub x: Vec<f32>,
+    /// Targets, rows × output width.
+    pub y: Vec<f32>,
+    /// Rows.
+    pub rows: usize,
+}
+
+/// One epoch's losses.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Epoch {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train: f64,
+    /// Held-out loss after the epoch, when there is held-out data.
+    pub held_out: Option<f64>,
+}
+
+/// What training produced.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// Parameters of the trainable layers (the best epoch's when there is held-out data).
+    pub params: Vec<LayerParams>,
+    /// Losses per epoch.
+    pub curve: Vec<Epoch>,
+    /// The epoch whose parameters were kept.
+    pub best_epoch: usize,
+}
+
+/// SplitMix64: a small, well-mixed generator, so the batch order is the same on every machine.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn shuffle(&mut self, v: &mut [usize]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+struct Layer<B> {
+    w: B,
+    b: B,
+    mw: B,
+    vw: B,
+    mb: B,
+    vb: B,
+    src_w: B,
+    src_b: B,
+    gw: B,
+    gb: B,
+    z: B,
+    a: B,
+    g: B,
+    shape: Shape,
+}
+
+fn flat_w(p: &LayerParams) -> Vec<f32> {
+    p.weight.transpose().as_slice().to_vec()
+}
+
+/// Trains layers of `shapes` from `init`, pulled toward `source`, on `train`; with `held_out`,
+/// keeps the best epoch and stops after `patience` epochs without improvement. `on_epoch` is
+/// called after every epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn train<C: Compute<Elem = f32>>(
+    c: &C,
+    shapes: &[Shape],
+    init: &[LayerParams],
+    source: &[LayerParams],
+    train: &Data,
+    held_out: Option<&Data>,
+    s: &Settings,
+    on_epoch: &mut dyn FnMut(&Epoch),
+) -> Trained {
+    let batch = s.batch.max(1).min(train.rows.max(1));
+    let d_in = shapes[0].inputs;
+    let d_out = shapes.last().map_or(0, |l| l.outputs);
+    let mut layers: Vec<Layer<C::Buf>> = shapes
+        .iter()
+        .zip(init)
+        .zip(source)
+        .map(|((shape, p), src)| {
+            let bias =
+                |p: &LayerParams| p.bias.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or(vec![0.0; shape.outputs]);
+            Layer {
+                w: c.upload(&flat_w(p)),
+                b: c.upload(&bias(p)),
+                mw: c.zeros(shape.inputs * shape.outputs),
+                vw: c.zeros(shape.inputs * shape.outputs),
+                mb: c.zeros(shape.outputs),
+                vb: c.zeros(shape.outputs),
+                src_w: c.upload(&flat_w(src)),
+                src_b: c.upload(&bias(src)),
+                gw: c.zeros(shape.inputs * shape.outputs),
+                gb: c.zeros(shape.outputs),
+                z: c.zeros(batch * shape.outputs),
+                a: c.zeros(batch * shape.outputs),
+                g: c.zeros(batch * shape.outputs),
+                shape: *shape,
+            }
+        })
+        .collect();
+    let x_all = c.upload(&train.x);
+    let y_all = c.upload(&train.y);
+    let mut xb = c.zeros(batch * d_in);
+    let mut yb = c.zeros(batch * d_out);
+    let mut gx: Vec<C::Buf> = shapes.iter().map(|l| c.zeros(batch * l.inputs)).collect();
+    let mut order: Vec<usize> = (0..train.rows).collect();
+    let mut rng = SplitMix(s.seed);
+    let mut curve = Vec::new();
+    let mut best: Option<(f64, usize, Vec<LayerParams>)> = None;
+    let mut step = 0u64;
+    for epoch in 1..=s.epochs {
+        rng.shuffle(&mut order);
+        let mut loss_sum = 0.0;
+        let mut batches = 0;
+        for idx in order.chunks(batch) {
+            let rows = idx.len();
+            c.gather_rows(&x_all, idx, d_in, &mut xb);
+            c.gather_rows(&y_all, idx, d_out, &mut yb);
+            forward(c, &mut layers, &xb, rows);
+            let out = layers.last_mut().expect("at least one layer");
+            loss_sum += c.mse(&out.a, &yb, rows * d_out, &mut out.g);
+            batches += 1;
+            step += 1;
+            for k in (0..layers.len()).rev() {
+                let (below, rest) = layers.split_at_mut(k);
+                let l = &mut rest[0];
+                let out = l.shape.outputs;
+                c.act_backward(&mut l.g, &l.z, l.shape.activation, rows * out);
+                let input = if k == 0 { &xb } else { &below[k - 1].a };
+                c.gemm(true, false, out, l.shape.inputs, rows, 1.0, &l.g, input, 0.0, &mut l.gw);
+                c.column_sums(&l.g, rows, out, &mut l.gb);
+                if k > 0 {
+                    c.gemm(false, false, rows, l.shape.inputs, out, 1.0, &l.g, &l.w, 0.0, &mut gx[k]);
+                    let prev = &mut below[k - 1];
+                    std::mem::swap(&mut prev.g, &mut gx[k]);
+                }
+                let a = AdamStep { lr: s.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: s.pull, t: step };
+                c.adamw(&mut l.w, &l.gw, &mut l.mw, &mut l.vw, &l.src_w, out * l.shape.inputs, a);
+                if l.shape.bias {
+                    c.adamw(&mut l.b, &l.gb, &mut l.mb, &mut l.vb, &l.src_b, out, a);
+                }
+            }
+        }
+        let held = held_out.map(|h| evaluate(c, &mut layers, h, batch));
+        let e = Epoch { epoch, train: loss_sum / batches.max(1) as f64, held_out: held };
+        on_epoch(&e);
+        curve.push(e);
+        match held {
+            Some(loss) if best.as_ref().is_none_or(|(b, _, _)| loss < *b) => {
+                best = Some((loss, epoch, download(c, &layers)))
+            }
+            Some(_) if best.as_ref().is_some_and(|(_, at, _)| epoch - at >= s.patience) => break,
+            _ => {}
+        }
+    }
+    match best {
+        Some((_, epoch, params)) => Trained { params, curve, best_epoch: epoch },
+        None => Trained { params: download(c, &layers), best_epoch: curve.len(), curve },
+    }
+}
+
+fn forward<C: Compute<Elem = f32>>(c: &C, layers: &mut [Layer<C::Buf>], x: &C::Buf, rows: usize) {
+    for k in 0..layers.len() {
+        let (below, rest) = layers.split_at_mut(k);
+        let l = &mut rest[0];
+        let input = if k == 0 { x } else { &below[k - 1].a };
+        c.gemm(false, true, rows, l.shape.outputs, l.shape.inputs, 1.0, input, &l.w, 0.0, &mut l.z);
+        c.bias_act_forward(&mut l.z, &l.b, rows, l.shape.outputs, l.shape.activation, &mut l.a);
+    }
+}
+
+/// Mean squared error of the current layers on `data`.
+fn evaluate<C: Compute<Elem = f32>>(c: &C, layers: &mut [Layer<C::Buf>], data: &Data, batch: usize) -> f64 {
+    let d_in = layers[0].shape.inputs;
+    let d_out = layers.last().map_or(0, |l| l.shape.outputs);
+    let x = c.upload(&data.x);
+    let y = c.upload(&data.y);
+    let mut xb = c.zeros(batch * d_in);
+    let mut yb = c.zeros(batch * d_out);
+    let mut sum = 0.0;
+    let idx: Vec<usize> = (0..data.rows).collect();
+    for chunk in idx.chunks(batch) {
+        let rows = chunk.len();
+        c.gather_rows(&x, chunk, d_in, &mut xb);
+        c.gather_rows(&y, chunk, d_out, &mut yb);
+        forward(c, layers, &xb, rows);
+        let last = layers.last_mut().expect("at least one layer");
+        let mut scratch = c.zeros(rows * d_out);
+        sum += c.mse(&last.a, &yb, rows * d_out, &mut scratch) * (rows * d_out) as f64;
+    }
+    sum / (data.rows * d_out).max(1) as f64
+}
+
+fn download<C: Compute<Elem = f32>>(c: &C, layers: &[Layer<C::Buf>]) -> Vec<LayerParams> {
+    layers
+        .iter()
+        .map(|l| {
+            let (o, i) = (l.shape.outputs, l.shape.inputs);
+            let mut w = vec![0.0f32; o * i];
+            c.download(&l.w, &mut w);
+            let bias = l.shape.bias.then(|| {
+                let mut b = vec![0.0f32; o];
+                c.download(&l.b, &mut b);
+                DVector::from_vec(b)
+            });
+            LayerParams { weight: DMatrix::from_row_slice(o, i, &w), bias }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::compute::Cpu;
+    use super::*;
+
+    fn problem() -> (Vec<Shape>, Vec<LayerParams>, Data) {
+        let shapes = vec![
+            Shape { inputs: 4, outputs: 8, activation: Activation::Tanh, bias: true },
+            Shape { inputs: 8, outputs: 2, activation: Activation::Identity, bias: true },
+        ];
+        let v = crate::bench::seeded(1, 200 * 4);
+        let x: Vec<f32> = v.clone();
+        let y: Vec<f32> = (0..200).flat_map(|r| [x[r * 4] * 0.5 - x[r * 4 + 1], (x[r * 4 + 2] * 2.0).tanh()]).collect();
+        let init = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let w = crate::bench::seeded(10 + k as u64, s.inputs * s.outputs);
+                LayerParams {
+                    weight: DMatrix::from_row_slice(s.outputs, s.inputs, &w).map(|v| v * 0.5),
+                    bias: Some(DVector::zeros(s.outputs)),
+                }
+            })
+            .collect();
+        (shapes, init, Data { x, y, rows: 200 })
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_the_same_seed_gives_the_same_result() {
+        let (shapes, init, data) = problem();
+        let s = Settings { epochs: 60, batch: 32, lr: 1e-2, pull: 0.0, patience: 100, seed: 4 };
+        let c = Cpu::<f32>::new();
+        let a = train(&c, &shapes, &init, &init, &data, Some(&data), &s, &mut |_| {});
+        let b = train(&c, &shapes, &init, &init, &data, Some(&data), &s, &mut |_| {});
+        assert_eq!(a.params, b.params, "same seed, same weights");
+        let first = a.curve[0].held_out.unwrap();
+        let best = a.curve.iter().filter_map(|e| e.held_out).fold(f64::INFINITY, f64::min);
+        assert!(best < first * 0.2, "the loss fell only from {first} to {best}");
+        let other = train(&c, &shapes, &init, &init, &data, Some(&data), &Settings { seed: 5, ..s }, &mut |_| {});
+        assert_ne!(other.params, a.params, "another seed, another batch order");
+    }
+
+    #[test]
+    fn early_stopping_keeps_the_best_epoch() {
+        let (shapes, init, data) = problem();
+        let held =
+            Data { x: data.x[..40 * 4].to_vec(), y: data.y[..40 * 2].iter().map(|v| v + 3.0).collect(), rows: 40 };
+        let s = Settings { epochs: 200, batch: 16, lr: 3e-2, pull: 0.0, patience: 3, seed: 1 };
+        let t = train(&Cpu::<f32>::new(), &shapes, &init, &init, &data, Some(&held), &s, &mut |_| {});
+        assert!(t.curve.len() < 200, "stopped early");
+        let best = t.curve.iter().min_by(|a, b| a.held_out.unwrap().total_cmp(&b.held_out.unwrap())).unwrap();
+        assert_eq!(t.best_epoch, best.epoch);
+        assert_eq!(t.curve.len(), t.best_epoch + 3);
+    }
+
+    #[test]
+    fn a_strong_pull_keeps_the_source_weights() {
+        let (shapes, init, data) = problem();
+        let s = Settings { epochs: 30, batch: 32, lr: 1e-2, pull: 50.0, patience: 100, seed: 2 };
+        let t = train(&Cpu::<f32>::new(), &shapes, &init, &init, &data, None, &s, &mut |_| {});
+        for (p, q) in t.params.iter().zip(&init) {
+            assert!((&p.weight - &q.weight).abs().max() < 0.05, "the pull held the weights near the source");
+        }
+    }
+}

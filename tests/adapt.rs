@@ -1,0 +1,308 @@
+//! Adaptation end to end on recorded episodes: demonstrations come from a "teacher", the example
+//! skill with another head (what the target robot needs); ridge and fine-tuning must recover it,
+//! pass the gate, and export a skill that reproduces the trained head. Demonstrations of the
+//! source itself must be rejected. Ridge is held to scikit-learn.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nalgebra::DMatrix;
+use skillgraft::adapt::finetune::Settings;
+use skillgraft::adapt::{self, AdaptError, Method, Options, Quiet, ridge};
+use skillgraft::control::observer::Extractor;
+use skillgraft::model::export;
+use skillgraft::record::dataset;
+use skillgraft::record::episode::{ChannelSpec, EpisodeWriter};
+use skillgraft::skill::{self, Skill};
+
+fn example() -> Skill {
+    Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
+}
+
+/// The example skill with its last layer changed: what the target robot's expert does.
+fn teacher(dir: &Path) -> Skill {
+    let s = example();
+    let mut params = s.model.head.params.clone();
+    let last = params.last_mut().unwrap();
+    let delta = DMatrix::from_row_slice(
+        last.weight.nrows(),
+        last.weight.ncols(),
+        &skillgraft::bench::seeded(77, last.weight.len()),
+    );
+    last.weight += delta * 0.15;
+    last.bias = last.bias.as_ref().map(|b| b.map(|v| v + 0.02));
+    let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();
+    skill::write_skill(&dir.join("teacher"), &s.manifest, &export::encode(&proto)).unwrap()
+}
+
+/// An episode of `n` demonstrations by `expert` on random observations; returns its file.
+fn episode(dir: &Path, id: &str, expert: &mut Skill, seed: u64, n: usize) -> PathBuf {
+    let m = expert.manifest.clone();
+    let mut channels: Vec<ChannelSpec> = m
+        .observations
+        .iter()
+        .enumerate()
+        .map(|(i, o)| ChannelSpec {
+            topic: o.topic.clone(),
+            type_name: o.msg_type.clone(),
+            role: format!("observation.{i}"),
+        })
+        .collect();
+    channels.push(ChannelSpec {
+        topic: m.action.topic.clone(),
+        type_name: m.action.msg_type.clone(),
+        role: "action".into(),
+    });
+    let mut meta = BTreeMap::new();
+    meta.insert("robot".to_string(), "arm-b".to_string());
+    let mut w = EpisodeWriter::create(dir, id, &channels, &meta, Duration::from_secs(1)).unwrap();
+    let fields: Vec<Extractor> = m.observations.iter().map(Extractor::new).collect();
+    let act = Extractor::for_action(&m.action);
+    let noise = skillgraft::bench::seeded(seed, n * 30);
+    let t0 = 1_764_000_000_000_000_000u64;
+    for k in 0..n {
+        let mut obs = Vec::new();
+        for (i, (e, o)) in fields.iter().zip(&m.observations).enumerate() {
+            let v: Vec<f64> =
+                (0..e.width).map(|j| o.mean[j] + o.std[j] * noise[k * 30 + (i * 7 + j) % 30] as f64).collect();
+            w.write(i, t0 + k as u64 * 20_000_000, &e.compose(&v).encode().unwrap()).unwrap();
+            obs.extend(v);
+        }
+        let (_, a) = expert.step(&obs).unwrap();
+        w.write(fields.len(), t0 + k as u64 * 20_000_000 + 5_000_000, &act.compose(&a).encode().unwrap()).unwrap();
+    }
+    w.finish(&meta).unwrap()
+}
+
+fn episodes(dir: &Path, expert: &mut Skill, count: usize) -> Vec<dataset::Episode> {
+    let paths: Vec<PathBuf> =
+        (0..count).map(|i| episode(dir, &format!("ep{i}"), expert, 100 + i as u64, 120)).collect();
+    dataset::load(&paths, &example().manifest).unwrap()
+}
+
+fn max_diff(a: &DMatrix<f32>, b: &DMatrix<f32>) -> f32 {
+    (a - b).abs().max()
+}
+
+#[test]
+fn ridge_recovers_the_teachers_last_layer_passes_the_gate_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = teacher(dir.path());
+    let eps = episodes(dir.path(), &mut t, 4);
+    assert!(eps.iter().all(|e| e.samples.len() == 120 && e.stale == 0));
+    let source = example();
+    let opts = Options { cache: Some(dir.path().join("cache")), ..Options::default() };
+    let out = adapt::adapt(&source, &eps, &opts, &Quiet).unwrap();
+    let r = &out.report;
+    assert!(r.accepted, "{:?}", r.reasons);
+    assert!(r.improvement > 0.99, "the teacher is linear in the same features: {}", r.improvement);
+    assert_eq!((r.folds, r.layers, r.samples, r.cached), (4, 1, 480, 0));
+    assert!(r.lambda.unwrap() > 0.0);
+    let want = t.model.head.params.last().unwrap();
+    assert!(max_diff(&out.params.last().unwrap().weight, &want.weight) < 1e-3, "the last layer is the teacher's");
+    assert_eq!(out.params[0], source.model.head.params[0], "the layer before stays frozen");
+
+    let again = adapt::adapt(&source, &eps, &opts, &Quiet).unwrap();
+    assert_eq!(again.report.cached, 4, "features come from the cache the second time");
+    assert_eq!(again.params, out.params);
+
+    let written = adapt::write(&source, &out, &dir.path().join("adapted"), None, Some("arm-b")).unwrap();
+    let loaded = Skill::load(&dir.path().join("adapted")).unwrap();
+    assert_eq!(loaded.digest, written.digest);
+    assert_eq!(loaded.manifest.version, semver::Version::new(0, 2, 0));
+    assert_eq!(loaded.manifest.provenance.parent.as_deref(), Some(source.digest.as_str()));
+    assert_eq!(loaded.manifest.provenance.method, "adapted-ridge");
+    assert_eq!(loaded.manifest.provenance.source_robot, "arm-b");
+    assert!(loaded.manifest.provenance.details.contains_key("lambda"));
+    assert_eq!(loaded.model.file.metadata()["skillgraft.parent"], source.digest);
+    for (a, b) in loaded.model.head.params.iter().zip(&out.params) {
+        assert!(max_diff(&a.weight, &b.weight) < 1e-5, "the exported head reproduces the trained one");
+    }
+    let obs: Vec<f64> = eps[0].samples[0].raw_observation.iter().map(|&v| v as f64).collect();
+    let mut loaded = loaded;
+    let (_, got) = loaded.step(&obs).unwrap();
+    let (_, want) = t.step(&obs).unwrap();
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-3), "{got:?} vs {want:?}");
+}
+
+#[test]
+fn finetune_is_deterministic_and_beats_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = teacher(dir.path());
+    let eps = episodes(dir.path(), &mut t, 3);
+    let source = example();
+    let settings = Settings { epochs: 40, batch: 64, lr: 3e-3, pull: 1e-3, patience: 5, seed: 9 };
+    let opts =
+        Options { method: Method::Finetune { layers: Some(2), settings, ridge_init: true }, ..Options::default() };
+    let a = adapt::adapt(&source, &eps, &opts, &Quiet).unwrap();
+    let b = adapt::adapt(&source, &eps, &opts, &Quiet).unwrap();
+    assert_eq!(a.params, b.params, "same seed, same head");
+    assert!(a.report.accepted, "{:?}", a.report.reasons);
+    assert!(a.report.improvement > 0.5, "{}", a.report.improvement);
+    assert_eq!(a.report.layers, 2);
+    assert!(!a.report.curve.is_empty() && a.report.epochs.is_some());
+    let out = dir.path().join("ft");
+    adapt::write(&source, &a, &out, Some(semver::Version::new(1, 0, 0)), None).unwrap();
+    let loaded = Skill::load(&out).unwrap();
+    assert_eq!(loaded.manifest.version, semver::Version::new(1, 0, 0));
+    assert_eq!(loaded.manifest.provenance.method, "adapted-finetune");
+    for (x, y) in loaded.model.head.params.iter().zip(&a.params) {
+        assert!(max_diff(&x.weight, &y.weight) < 1e-5);
+    }
+}
+
+#[test]
+fn demonstrations_of_the_source_itself_are_rejected_with_the_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut same = example();
+    let eps = episodes(dir.path(), &mut same, 3);
+    let out = adapt::adapt(&example(), &eps, &Options::default(), &Quiet).unwrap();
+    assert!(!out.report.accepted);
+    assert!(out.report.reasons[0].contains("not 5 % below the source's"), "{:?}", out.report.reasons);
+}
+
+#[test]
+fn too_little_data_and_unsupported_heads_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = teacher(dir.path());
+    let eps = episodes(dir.path(), &mut t, 1);
+    let err = adapt::adapt(&example(), &eps, &Options::default(), &Quiet).unwrap_err();
+    assert!(matches!(err, AdaptError::Data(_)) && err.to_string().contains("at least 2"), "{err}");
+    let conv = common::init_fixture(&dir.path().join("conv"), "conv");
+    let conv = Skill::load(&conv).unwrap();
+    let err = adapt::adapt(&conv, &[eps[0].clone(), eps[0].clone()], &Options::default(), &Quiet).unwrap_err();
+    assert!(err.to_string().contains("use --method finetune"), "{err}");
+}
+
+#[test]
+fn ridge_equals_scikit_learn() {
+    let (n, d, a) = (300, 12, 3);
+    let h = DMatrix::from_row_slice(n, d, &skillgraft::bench::seeded(5, n * d)).map(|v| v as f64 * 2.0 + 0.3);
+    let y = DMatrix::from_row_slice(n, a, &skillgraft::bench::seeded(6, n * a)).map(|v| v as f64);
+    let dir = tempfile::tempdir().unwrap();
+    let data = serde_json::json!({
+        "h": h.row_iter().map(|r| r.iter().copied().collect::<Vec<f64>>()).collect::<Vec<_>>(),
+        "y": y.row_iter().map(|r| r.iter().copied().collect::<Vec<f64>>()).collect::<Vec<_>>(),
+        "alphas": [0.01, 1.0, 100.0],
+    });
+    let file = dir.path().join("data.json");
+    std::fs::write(&file, data.to_string()).unwrap();
+    let script = r#"
+import json, sys
+import numpy as np
+from sklearn.linear_model import Ridge
+d = json.load(open(sys.argv[1]))
+out = []
+for a in d["alphas"]:
+    m = Ridge(alpha=a, fit_intercept=True, solver="cholesky").fit(np.array(d["h"]), np.array(d["y"]))
+    out.append({"coef": m.coef_.tolist(), "intercept": m.intercept_.tolist()})
+print(json.dumps(out))
+"#;
+    let run = Command::new(common::ros_python()).arg("-c").arg(script).arg(&file).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let sk: Vec<serde_json::Value> = serde_json::from_slice(&run.stdout).unwrap();
+    let stats = ridge::Stats::of(&h, &y);
+    for (fit_sk, lambda) in sk.iter().zip([0.01, 1.0, 100.0]) {
+        let ours = ridge::fit(&stats, &DMatrix::zeros(a, d), lambda);
+        for i in 0..a {
+            for j in 0..d {
+                let want = fit_sk["coef"][i][j].as_f64().unwrap();
+                assert!((ours.weight[(i, j)] - want).abs() <= 1e-6 * want.abs().max(1e-3), "λ={lambda} W[{i},{j}]");
+            }
+            let want = fit_sk["intercept"][i].as_f64().unwrap();
+            assert!((ours.bias[i] - want).abs() <= 1e-6 * want.abs().max(1e-3), "λ={lambda} b[{i}]");
+        }
+    }
+}
+
+#[test]
+fn the_cli_adapts_prints_the_table_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = teacher(dir.path());
+    let paths: Vec<String> =
+        (0..3).map(|i| episode(dir.path(), &format!("ep{i}"), &mut t, 200 + i, 100).display().to_string()).collect();
+    let skill = Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6");
+    let out = dir.path().join("adapted");
+    let mut args = vec!["adapt", skill.to_str().unwrap()];
+    args.extend(paths.iter().map(String::as_str));
+    args.extend(["--method", "ridge", "--out", out.to_str().unwrap()]);
+    let text = common::succeeds(&args);
+    for want in ["source RMSE", "adapted RMSE", "data[5]", "accepted", "wrote"] {
+        assert!(text.contains(want), "missing {want:?}:\n{text}");
+    }
+    assert!(Skill::load(&out).is_ok());
+    let err = common::fails(&args);
+    assert!(err.contains("already exists"), "{err}");
+    let mut one = vec!["adapt", skill.to_str().unwrap(), paths[0].as_str()];
+    one.extend(["--method", "ridge"]);
+    let err = common::fails(&one);
+    assert!(err.contains("at least 2"), "{err}");
+}
+
+#[test]
+fn the_cli_finetunes_with_a_loss_plot_and_a_rejection_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = teacher(dir.path());
+    let good = dir.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    for i in 0..3 {
+        episode(&good, &format!("ep{i}"), &mut t, 300 + i, 100);
+    }
+    let skill = Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6");
+    let out = dir.path().join("ft");
+    let args = [
+        "adapt",
+        skill.to_str().unwrap(),
+        good.to_str().unwrap(),
+        "--method",
+        "finetune",
+        "--layers",
+        "1",
+        "--epochs",
+        "30",
+        "--batch",
+        "32",
+        "--lr",
+        "3e-3",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let v: serde_json::Value = serde_json::from_str(&common::succeeds(&args)).unwrap();
+    assert_eq!(v["report"]["accepted"], true, "{v}");
+    assert_eq!(v["report"]["layers"], 1);
+    assert!(good.join(".features").is_dir(), "features are cached beside the episodes by default");
+    let png = std::fs::read(dir.path().join("ft-loss.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let svg = std::fs::read_to_string(dir.path().join("ft-loss.svg")).unwrap();
+    assert!(svg.contains("epoch") && svg.contains("training"));
+    assert_eq!(Skill::load(&out).unwrap().digest, v["digest"].as_str().unwrap());
+
+    let err = common::fails(&["adapt", skill.to_str().unwrap(), good.to_str().unwrap(), "--layers", "1"]);
+    assert!(err.contains("--layers applies to --method finetune"), "{err}");
+
+    // Demonstrations of the source itself: nothing to gain, so nothing is written.
+    let mut same = example();
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    for i in 0..3 {
+        episode(&plain, &format!("ep{i}"), &mut same, 400 + i, 100);
+    }
+    let rejected = dir.path().join("rejected");
+    let run = common::skillgraft(&[
+        "adapt",
+        skill.to_str().unwrap(),
+        plain.to_str().unwrap(),
+        "--out",
+        rejected.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stdout.contains("source RMSE") && stderr.starts_with("rejected: "), "{stdout}{stderr}");
+    assert!(!rejected.exists());
+}

@@ -14,29 +14,16 @@ use nalgebra::DMatrix;
 use skillgraft::adapt::finetune::Settings;
 use skillgraft::adapt::{self, AdaptError, Method, Options, Quiet, ridge};
 use skillgraft::control::observer::Extractor;
-use skillgraft::model::export;
 use skillgraft::record::dataset;
 use skillgraft::record::episode::{ChannelSpec, EpisodeWriter};
-use skillgraft::skill::{self, Skill};
+use skillgraft::skill::Skill;
 
 fn example() -> Skill {
     Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
 }
 
-/// The example skill with its last layer changed: what the target robot's expert does.
 fn teacher(dir: &Path) -> Skill {
-    let s = example();
-    let mut params = s.model.head.params.clone();
-    let last = params.last_mut().unwrap();
-    let delta = DMatrix::from_row_slice(
-        last.weight.nrows(),
-        last.weight.ncols(),
-        &skillgraft::bench::seeded(77, last.weight.len()),
-    );
-    last.weight += delta * 0.15;
-    last.bias = last.bias.as_ref().map(|b| b.map(|v| v + 0.02));
-    let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();
-    skill::write_skill(&dir.join("teacher"), &s.manifest, &export::encode(&proto)).unwrap()
+    common::teacher(dir)
 }
 
 /// An episode of `n` demonstrations by `expert` on random observations; returns its file.

@@ -9,6 +9,7 @@
 pub mod compute;
 pub mod features;
 pub mod finetune;
+pub mod live;
 pub mod plot;
 pub mod ridge;
 
@@ -80,6 +81,10 @@ pub trait Progress {
     fn step(&self, _message: &str) {}
     /// The phase ended.
     fn done(&self) {}
+    /// Whether to give up (checked between folds).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Progress that goes nowhere.
@@ -102,6 +107,9 @@ pub enum AdaptError {
     /// Writing the adapted skill failed.
     #[error(transparent)]
     Skill(#[from] SkillError),
+    /// Stopped before the end (the node is stopping).
+    #[error("adaptation cancelled: the node is stopping")]
+    Cancelled,
 }
 
 /// What adaptation found, in numbers.
@@ -402,6 +410,9 @@ pub fn adapt(
     progress.phase("held-out folds", folds as u64 + 1);
     let mut best_epochs = Vec::new();
     for f in 0..folds {
+        if progress.cancelled() {
+            return Err(AdaptError::Cancelled);
+        }
         let train: Vec<usize> = (0..n_ep).filter(|i| i % folds != f).collect();
         let test: Vec<usize> = (0..n_ep).filter(|i| i % folds == f).collect();
         let (fitted, _, epochs, _) = problem.fit(&train, None);

@@ -8,6 +8,7 @@ pub mod actuator;
 pub mod diagnostics;
 pub mod observer;
 pub mod safety;
+pub mod skills;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use triple_buffer::{Input, Output, triple_buffer};
 
-use crate::model::plan::ControlPlan;
+use crate::adapt::live::{Live, LiveConfig};
 use crate::record::episode::ChannelSpec;
 use crate::record::{Recorder, RecorderConfig, Tap};
 use crate::ros::args::{ArgsError, RosArgs};
@@ -25,11 +26,12 @@ use crate::ros::cdr;
 use crate::ros::msg::{Bool, DiagnosticArray, Header, RosMessage, StringMsg};
 use crate::ros::transport::{Qos, RawPublisher, Transport, TransportError};
 use crate::skill::Skill;
-use crate::skill::manifest::{Manifest, Normaliser};
+use crate::skill::manifest::Manifest;
 use actuator::ActionEncoder;
 use diagnostics::{NodeStats, Reporter};
 use observer::Assembler;
 use safety::{Counters, Intervention, SafetyConfig, SafetyFilter};
+use skills::{ActiveSkill, SkillInfo, Skills, SwapSlot};
 
 /// Everything the node runs with: the skill's manifest with the node's parameters applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +70,14 @@ pub struct NodeConfig {
     pub record_queue: usize,
     /// QoS of the observation and demonstration-action subscriptions.
     pub input_qos: Qos,
+    /// Folder adapted skills are written into.
+    pub adapted_dir: std::path::PathBuf,
+    /// Resolved adaptation request topic (`~/adapt`).
+    pub adapt_topic: String,
+    /// Resolved adaptation status topic (`~/adapt/status`).
+    pub adapt_status_topic: String,
+    /// Resolved rollback topic (`~/skill/rollback`).
+    pub rollback_topic: String,
 }
 
 /// Parameters the node reads, with their meaning; anything else is refused.
@@ -90,6 +100,7 @@ pub const PARAMETERS: &[(&str, &str)] = &[
         "observation_reliability",
         "string: best_effort (default: matches every publisher) or reliable (no loss from reliable publishers)",
     ),
+    ("adapted_dir", "string: folder adapted skills are written into (default \"adapted\")"),
     ("use_sim_time", "bool: accepted; skillgraft runs on the wall clock"),
 ];
 
@@ -167,6 +178,10 @@ impl NodeConfig {
             demo_action_topic: topic(&args.get::<String>("demo_action_topic")?.unwrap_or_else(|| a.topic.clone()))?,
             demo_control_topic: topic("~/demo/control")?,
             demo_status_topic: topic("~/demo/status")?,
+            adapted_dir: args.get::<String>("adapted_dir")?.unwrap_or_else(|| "adapted".into()).into(),
+            adapt_topic: topic("~/adapt")?,
+            adapt_status_topic: topic("~/adapt/status")?,
+            rollback_topic: topic("~/skill/rollback")?,
             record_chunk: Duration::from_secs_f64(positive(
                 "record_chunk_s",
                 args.get::<f64>("record_chunk_s")?.unwrap_or(1.0),
@@ -204,24 +219,6 @@ pub enum NodeError {
     Incompatible(String, String),
 }
 
-/// The skill the control thread runs: its plan and the numbers around it.
-struct ActiveSkill {
-    plan: ControlPlan,
-    norm: Normaliser,
-}
-
-impl ActiveSkill {
-    fn new(skill: Skill) -> Box<ActiveSkill> {
-        Box::new(ActiveSkill { norm: skill.manifest.normaliser(), plan: skill.model.control })
-    }
-}
-
-#[derive(Default)]
-struct SwapSlot {
-    pending: Option<Box<ActiveSkill>>,
-    retired: Option<Box<ActiveSkill>>,
-}
-
 /// One control tick's output, handed to the publisher thread.
 #[derive(Clone)]
 struct ActionFrame {
@@ -256,9 +253,8 @@ pub struct RunningNode {
     threads: Vec<JoinHandle<()>>,
     /// Its counters.
     pub stats: Arc<NodeStats>,
-    swap: Arc<Mutex<SwapSlot>>,
-    manifest: Manifest,
-    skill_label: Arc<Mutex<String>>,
+    skills: Arc<Skills>,
+    live: Option<Arc<Live>>,
     recorder: Option<Recorder>,
     _transport: Arc<dyn Transport>,
 }
@@ -375,8 +371,38 @@ impl RunningNode {
         }
         let diagnostics = transport.publisher("/diagnostics", DiagnosticArray::TYPE, Qos::RELIABLE)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let swap = Arc::new(Mutex::new(SwapSlot::default()));
         let skill_label = Arc::new(Mutex::new(label));
+        let skills = Arc::new(Skills::new(&skill, skill_label.clone(), tap.clone(), cfg.policy));
+        let swap = skills.slot.clone();
+        let live = Arc::new(
+            Live::start(
+                LiveConfig { episodes_dir: cfg.episodes_dir.clone(), adapted_dir: cfg.adapted_dir.clone() },
+                skills.clone(),
+                transport.publisher(&cfg.adapt_status_topic, StringMsg::TYPE, Qos::LATCHED)?,
+            )
+            .map_err(|e| NodeError::Thread("skillgraft-adapt", e))?,
+        );
+        {
+            let (live, topic) = (live.clone(), cfg.adapt_topic.clone());
+            transport.subscribe(
+                &cfg.adapt_topic,
+                StringMsg::TYPE,
+                Qos::RELIABLE,
+                Box::new(move |s| match cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE) {
+                    Ok(m) => live.request(&m.data),
+                    Err(e) => tracing::warn!(topic = %topic, "adaptation request rejected: {e}"),
+                }),
+            )?;
+        }
+        {
+            let live = live.clone();
+            transport.subscribe(
+                &cfg.rollback_topic,
+                StringMsg::TYPE,
+                Qos::RELIABLE,
+                Box::new(move |_| live.rollback()),
+            )?;
+        }
         let mut threads = Vec::new();
 
         if cfg.policy {
@@ -438,9 +464,8 @@ impl RunningNode {
             stop,
             threads,
             stats,
-            swap,
-            manifest,
-            skill_label,
+            skills,
+            live: Some(live),
             recorder: Some(recorder),
             _transport: transport,
         })
@@ -458,28 +483,23 @@ impl RunningNode {
 
     /// Hands a new skill to the control thread, which swaps it in between two ticks and blends
     /// to it. The skill must read and write the same topics and fields.
-    pub fn swap_skill(&self, skill: Skill) -> Result<(), NodeError> {
-        let (a, b) = (&self.manifest, &skill.manifest);
-        let name = format!("{} {}", b.name, b.version);
-        let same_inputs = a.observations.len() == b.observations.len()
-            && a.observations.iter().zip(&b.observations).all(|(x, y)| {
-                (&x.topic, &x.msg_type, &x.fields, &x.joints) == (&y.topic, &y.msg_type, &y.fields, &y.joints)
-                    && x.max_age_ms == y.max_age_ms
-            });
-        if !same_inputs || a.control.history != b.control.history {
-            return Err(NodeError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
-        }
-        if (&a.action.topic, &a.action.msg_type, &a.action.fields, &a.action.joints)
-            != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
-        {
-            return Err(NodeError::Incompatible(name, "its action output differs from the running skill's".into()));
-        }
-        let active = ActiveSkill::new(skill);
-        let mut slot = self.swap.lock().unwrap_or_else(|p| p.into_inner());
-        slot.retired = None;
-        slot.pending = Some(active);
-        *self.skill_label.lock().unwrap_or_else(|p| p.into_inner()) = name;
-        Ok(())
+    pub fn swap_skill(&self, skill: Skill) -> Result<SkillInfo, NodeError> {
+        self.skills.swap(skill)
+    }
+
+    /// Returns to the skill that ran before the current one; returns the one that runs now.
+    pub fn rollback(&self) -> Result<SkillInfo, String> {
+        self.skills.rollback()
+    }
+
+    /// The skills the node runs and has run.
+    pub fn skills(&self) -> &Skills {
+        &self.skills
+    }
+
+    /// The state of adaptation, as `~/adapt/status` last said it.
+    pub fn adapt_status(&self) -> Option<crate::adapt::live::Status> {
+        self.live.as_ref().map(|l| l.status())
     }
 
     /// Stops every thread and waits for them; an episode being recorded is finished and kept.
@@ -488,6 +508,9 @@ impl RunningNode {
         for t in self.threads.drain(..) {
             t.thread().unpark();
             let _ = t.join();
+        }
+        if let Some(live) = self.live.take() {
+            live.stop();
         }
         if let Some(r) = self.recorder.take() {
             r.stop();
@@ -571,7 +594,8 @@ impl ControlThread {
         if let Ok(mut slot) = self.swap.try_lock()
             && let Some(next) = slot.pending.take()
         {
-            slot.retired = Some(std::mem::replace(&mut self.active, next));
+            let keep = slot.keep_replaced;
+            slot.retired = Some((std::mem::replace(&mut self.active, next), keep));
             self.filter.restart_blend();
             self.stats.swaps.fetch_add(1, Ordering::Relaxed);
         }

@@ -130,7 +130,12 @@ enum Role {
 
 /// Reads one episode into samples for the skill `m`.
 pub fn load_episode(path: &Path, m: &Manifest) -> Result<Episode, DatasetError> {
-    let file = episode::read(path)?;
+    pair(episode::read(path)?, m)
+}
+
+/// Pairs an episode already read into samples for the skill `m`.
+pub fn pair(file: episode::EpisodeFile, m: &Manifest) -> Result<Episode, DatasetError> {
+    let path = file.path.as_path();
     let roles = roles(&file, m)?;
     let mut messages: Vec<&episode::Recorded> = file.messages.iter().collect();
     messages.sort_by_key(|r| r.log_time);

@@ -104,9 +104,18 @@ pub struct Tap {
     pub status: Mutex<Status>,
     /// CPU time of the recorder thread, ns.
     pub cpu_ns: AtomicU64,
+    /// Metadata that replaces the configured one from the next episode (the skill after a swap).
+    metadata: Mutex<BTreeMap<String, String>>,
 }
 
 impl Tap {
+    /// Replaces entries of the episode metadata from the next episode on.
+    pub fn set_metadata(&self, entries: BTreeMap<String, String>) {
+        if let Ok(mut m) = self.metadata.lock() {
+            m.extend(entries);
+        }
+    }
+
     /// Whether a demonstration is under way (the policy must not publish).
     pub fn muted(&self) -> bool {
         self.muted.load(Ordering::Relaxed)
@@ -169,6 +178,7 @@ impl Recorder {
             dropped: AtomicU64::new(0),
             status: Mutex::new(Status { state: "idle".into(), ..Default::default() }),
             cpu_ns: AtomicU64::new(0),
+            metadata: Mutex::new(BTreeMap::new()),
         });
         let shared = tap.clone();
         let thread = std::thread::Builder::new().name("skillgraft-record".into()).spawn(move || {
@@ -321,6 +331,7 @@ impl RecorderThread {
             id = format!("{base}-{n}");
         }
         let mut meta = self.cfg.metadata.clone();
+        meta.extend(self.tap.metadata.lock().map(|m| m.clone()).unwrap_or_default());
         meta.insert("label".into(), label.clone());
         meta.insert("start".into(), rfc3339(started));
         meta.insert("status".into(), "recording".into());

@@ -179,3 +179,18 @@ pub fn isolated(test: &str) -> bool {
     print!("{stdout}");
     false
 }
+
+/// The example skill with its last layer changed and written to `dir/teacher`: the expert of a
+/// target robot, whose demonstrations adaptation must recover.
+pub fn teacher(dir: &Path) -> skillgraft::skill::Skill {
+    use skillgraft::model::export;
+    let s = skillgraft::skill::Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap();
+    let mut params = s.model.head.params.clone();
+    let last = params.last_mut().unwrap();
+    let (rows, cols) = last.weight.shape();
+    let delta = nalgebra::DMatrix::from_row_slice(rows, cols, &skillgraft::bench::seeded(77, rows * cols));
+    last.weight += delta * 0.15;
+    last.bias = last.bias.as_ref().map(|b| b.map(|v| v + 0.02));
+    let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();
+    skillgraft::skill::write_skill(&dir.join("teacher"), &s.manifest, &export::encode(&proto)).unwrap()
+}

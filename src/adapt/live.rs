@@ -1,0 +1,479 @@
+//! Adaptation inside the running node. A request on `~/adapt` (std_msgs/String: a method and
+//! `key=value` options) adapts the running skill on the episodes this node recorded for it (or
+//! for the skills it ran before), in a background thread at the lowest CPU priority; an accepted
+//! skill is written under `adapted_dir` and swapped in between two ticks, blending in. Every step
+//! and the numbers go out as JSON on `~/adapt/status`; `~/skill/rollback` returns to the skill
+//! before.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::finetune::Settings;
+use super::{Method, Options, Progress, Report};
+use crate::control::skills::{SkillInfo, Skills};
+use crate::record::{dataset, episode};
+use crate::ros::cdr;
+use crate::ros::msg::StringMsg;
+use crate::ros::transport::RawPublisher;
+use crate::skill::Skill;
+
+/// A parsed `~/adapt` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Method and settings.
+    pub options: Options,
+    /// Only episodes with this label.
+    pub label: Option<String>,
+    /// Only the most recent episodes, this many.
+    pub last: Option<usize>,
+}
+
+/// The request syntax, for error messages.
+pub const SYNTAX: &str = "`ridge` or `finetune`, then key=value options: margin, folds, label, last; for finetune also \
+     layers, epochs, batch, lr, pull, patience, seed, ridge_init (e.g. `finetune layers=1 epochs=30`)";
+
+impl Request {
+    /// Parses `METHOD [key=value ...]`; an empty request means `ridge`.
+    pub fn parse(text: &str) -> Result<Request, String> {
+        let mut words = text.split_whitespace();
+        let method = words.next().unwrap_or("ridge");
+        let mut settings = Settings::default();
+        let (mut layers, mut ridge_init) = (None, true);
+        let mut r = Request { options: Options::default(), label: None, last: None };
+        let finetune = match method {
+            "ridge" => false,
+            "finetune" => true,
+            other => return Err(format!("unknown method {other:?}; send {SYNTAX}")),
+        };
+        for word in words {
+            let (key, value) =
+                word.split_once('=').ok_or_else(|| format!("{word:?} is not key=value; send {SYNTAX}"))?;
+            let bad = |what: &str| format!("option {key}={value:?}: give {what}");
+            let count = || value.parse::<usize>().ok().filter(|v| *v > 0).ok_or_else(|| bad("a whole number above 0"));
+            let real = || {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| bad("a number, 0 or more"))
+            };
+            let only_finetune =
+                || if finetune { Ok(()) } else { Err(format!("option {key} applies to finetune only")) };
+            match key {
+                "margin" => r.options.margin = real()?,
+                "folds" => r.options.folds = count()?,
+                "label" => r.label = Some(value.to_string()),
+                "last" => r.last = Some(count()?),
+                "layers" => {
+                    only_finetune()?;
+                    layers = Some(count()?)
+                }
+                "epochs" => {
+                    only_finetune()?;
+                    settings.epochs = count()?
+                }
+                "batch" => {
+                    only_finetune()?;
+                    settings.batch = count()?
+                }
+                "patience" => {
+                    only_finetune()?;
+                    settings.patience = count()?
+                }
+                "lr" => {
+                    only_finetune()?;
+                    settings.lr = real()?
+                }
+                "pull" => {
+                    only_finetune()?;
+                    settings.pull = real()?
+                }
+                "seed" => {
+                    only_finetune()?;
+                    settings.seed = value.parse().map_err(|_| bad("a whole number"))?
+                }
+                "ridge_init" => {
+                    only_finetune()?;
+                    ridge_init = value.parse().map_err(|_| bad("true or false"))?
+                }
+                other => return Err(format!("unknown option {other:?}; send {SYNTAX}")),
+            }
+        }
+        if finetune {
+            r.options.method = Method::Finetune { layers, settings, ridge_init };
+        }
+        Ok(r)
+    }
+}
+
+/// What `~/adapt/status` says.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// `idle`, `adapting`, `accepted`, `rejected`, `failed` or `rolled_back`.
+    pub state: String,
+    /// The request of the last adaptation.
+    pub request: String,
+    /// What the adaptation is doing now.
+    pub phase: String,
+    /// The skill that runs.
+    pub skill: Option<SkillInfo>,
+    /// Skills a rollback returns to, most recent first.
+    pub earlier: Vec<SkillInfo>,
+    /// The adapted skill written by the last adaptation.
+    pub adapted: Option<SkillInfo>,
+    /// Whether it was swapped in.
+    pub swapped: bool,
+    /// The last adaptation's numbers.
+    pub report: Option<Report>,
+    /// The last problem: a failed adaptation, a refused request or rollback.
+    pub error: Option<String>,
+    /// Seconds the last adaptation took.
+    pub seconds: f64,
+}
+
+/// Where the node's adaptation finds episodes and writes skills.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveConfig {
+    /// Folder of episode files.
+    pub episodes_dir: PathBuf,
+    /// Folder adapted skills are written into.
+    pub adapted_dir: PathBuf,
+}
+
+struct Board {
+    status: Mutex<Status>,
+    publisher: Mutex<Box<dyn RawPublisher>>,
+}
+
+impl Board {
+    fn update(&self, skills: &Skills, f: impl FnOnce(&mut Status)) {
+        let snapshot = {
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut s);
+            s.skill = Some(skills.current());
+            s.earlier = skills.earlier();
+            s.clone()
+        };
+        let text = serde_json::to_string(&snapshot).unwrap_or_default();
+        let msg = StringMsg { data: text };
+        match cdr::encode(&msg) {
+            Ok(buf) => {
+                if let Err(e) = self.publisher.lock().unwrap_or_else(|p| p.into_inner()).publish(&buf) {
+                    tracing::warn!("cannot publish the adaptation status: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot encode the adaptation status: {e}"),
+        }
+    }
+}
+
+/// The node's adaptation: a worker thread and the status it publishes.
+pub struct Live {
+    tx: Mutex<Option<SyncSender<(String, Request)>>>,
+    busy: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    board: Arc<Board>,
+    skills: Arc<Skills>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Live {
+    /// Starts the worker thread and publishes the idle status.
+    pub fn start(cfg: LiveConfig, skills: Arc<Skills>, publisher: Box<dyn RawPublisher>) -> std::io::Result<Live> {
+        let board = Arc::new(Board {
+            status: Mutex::new(Status { state: "idle".into(), ..Default::default() }),
+            publisher: Mutex::new(publisher),
+        });
+        let (tx, rx) = sync_channel(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (board, skills, busy, stop) = (board.clone(), skills.clone(), busy.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("skillgraft-adapt".into())
+                .spawn(move || worker(rx, &cfg, &skills, &board, &busy, &stop))?
+        };
+        board.update(&skills, |_| {});
+        Ok(Live { tx: Mutex::new(Some(tx)), busy, stop, board, skills, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Handles a `~/adapt` request: queues it, or says on the status why not.
+    pub fn request(&self, text: &str) {
+        let refuse = |why: String| {
+            tracing::warn!("adaptation request {text:?} refused: {why}");
+            self.board.update(&self.skills, |s| s.error = Some(why));
+        };
+        let request = match Request::parse(text) {
+            Ok(r) => r,
+            Err(e) => return refuse(e),
+        };
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return refuse("an adaptation is running; wait for its result on ~/adapt/status".into());
+        }
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((text.trim().to_string(), request)).is_ok());
+        if !sent {
+            self.busy.store(false, Ordering::Release);
+            refuse("the adaptation worker is not taking requests (the node is stopping)".into());
+        }
+    }
+
+    /// Handles `~/skill/rollback`.
+    pub fn rollback(&self) {
+        match self.skills.rollback() {
+            Ok(now) => {
+                tracing::info!("rolled back to {}", now.label());
+                self.board.update(&self.skills, |s| {
+                    s.state = "rolled_back".into();
+                    s.error = None;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("rollback refused: {e}");
+                self.board.update(&self.skills, |s| s.error = Some(e));
+            }
+        }
+    }
+
+    /// The status as last published.
+    pub fn status(&self) -> Status {
+        self.board.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the worker; an adaptation under way ends at its next fold.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The lowest CPU priority for the calling thread, so adaptation takes only time the control,
+/// subscription and recorder threads leave.
+fn lowest_priority() {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+            tracing::debug!("cannot lower the adaptation thread's priority");
+        }
+    }
+}
+
+struct Reporter<'a> {
+    board: &'a Board,
+    skills: &'a Skills,
+    stop: &'a AtomicBool,
+    phase: Mutex<(String, u64, u64)>,
+}
+
+impl Progress for Reporter<'_> {
+    fn phase(&self, name: &str, total: u64) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = (name.to_string(), 0, total);
+        self.board.update(self.skills, |s| s.phase = format!("{name}: 0 of {total}"));
+    }
+
+    fn step(&self, message: &str) {
+        let text = {
+            let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+            p.1 += 1;
+            format!("{}: {} of {} ({message})", p.0, p.1, p.2)
+        };
+        self.board.update(self.skills, |s| s.phase = text);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+fn worker(
+    rx: Receiver<(String, Request)>,
+    cfg: &LiveConfig,
+    skills: &Skills,
+    board: &Board,
+    busy: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    lowest_priority();
+    while let Ok((text, request)) = rx.recv() {
+        let t0 = Instant::now();
+        board.update(skills, |s| {
+            *s = Status {
+                state: "adapting".into(),
+                request: text.clone(),
+                phase: "reading episodes".into(),
+                ..Default::default()
+            }
+        });
+        let progress = Reporter { board, skills, stop, phase: Mutex::new((String::new(), 0, 0)) };
+        let outcome = run(cfg, skills, &request, &progress);
+        let seconds = t0.elapsed().as_secs_f64();
+        match outcome {
+            Ok(done) => {
+                tracing::info!(
+                    "adaptation {text:?}: {} ({:.1} % better on held-out episodes){}",
+                    if done.report.accepted { "accepted" } else { "rejected" },
+                    done.report.improvement * 100.0,
+                    done.note.as_deref().map(|n| format!("; {n}")).unwrap_or_default()
+                );
+                board.update(skills, |s| {
+                    s.state = if done.report.accepted { "accepted" } else { "rejected" }.into();
+                    s.phase = String::new();
+                    s.adapted = done.adapted;
+                    s.swapped = done.swapped;
+                    s.error = match (done.note, done.report.accepted) {
+                        (Some(n), _) => Some(n),
+                        (None, false) => Some(done.report.reasons.join("; ")),
+                        (None, true) => None,
+                    };
+                    s.report = Some(done.report);
+                    s.seconds = seconds;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("adaptation {text:?} failed: {e}");
+                board.update(skills, |s| {
+                    s.state = "failed".into();
+                    s.phase = String::new();
+                    s.error = Some(e);
+                    s.seconds = seconds;
+                });
+            }
+        }
+        busy.store(false, Ordering::Release);
+    }
+}
+
+struct Done {
+    report: Report,
+    adapted: Option<SkillInfo>,
+    swapped: bool,
+    note: Option<String>,
+}
+
+/// Episode files in `dir` recorded for one of `digests`, complete, oldest first.
+fn select(dir: &Path, digests: &[String], request: &Request) -> Result<Vec<episode::EpisodeFile>, String> {
+    let mut files = Vec::new();
+    if !dir.exists() {
+        // Nothing recorded yet: the recorder makes the folder with the first episode.
+        return Ok(files);
+    }
+    let listed = episode::list(dir).map_err(|e| e.to_string())?;
+    for path in listed.iter().filter(|p| p.extension().is_some_and(|e| e == "mcap")) {
+        let f = match episode::read(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("episode {} left out: {e}", path.display());
+                continue;
+            }
+        };
+        let meta = |k: &str| f.metadata.get(k).map(String::as_str).unwrap_or_default();
+        if !digests.iter().any(|d| d == meta("skill_digest")) {
+            continue;
+        }
+        if request.label.as_deref().is_some_and(|l| l != meta("label")) {
+            continue;
+        }
+        files.push(f);
+    }
+    if let Some(n) = request.last {
+        let skip = files.len().saturating_sub(n);
+        files.drain(..skip);
+    }
+    Ok(files)
+}
+
+fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter<'_>) -> Result<Done, String> {
+    let active = skills.current();
+    let source = Skill::load(&active.dir).map_err(|e| e.to_string())?;
+    if source.digest != active.digest {
+        return Err(format!(
+            "the folder of the running skill {} changed on disk since it was loaded ({} now); restore it or restart the node",
+            active.dir.display(),
+            source.digest
+        ));
+    }
+    let files = select(&cfg.episodes_dir, &skills.lineage(), request)?;
+    let episodes: Vec<dataset::Episode> = files
+        .into_iter()
+        .map(|f| dataset::pair(f, &source.manifest).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    if episodes.len() < 2 {
+        return Err(format!(
+            "{} episode(s) in {} were recorded for the running skill{}; record at least 2 on ~/demo/control",
+            episodes.len(),
+            cfg.episodes_dir.display(),
+            request.label.as_deref().map(|l| format!(" with label {l:?}")).unwrap_or_default()
+        ));
+    }
+    let options = Options { cache: Some(cfg.episodes_dir.join(".features")), ..request.options.clone() };
+    let adapted = super::adapt(&source, &episodes, &options, progress).map_err(|e| e.to_string())?;
+    if !adapted.report.accepted {
+        return Ok(Done { report: adapted.report, adapted: None, swapped: false, note: None });
+    }
+    let mut version = super::next_version(&source.manifest.version);
+    let folder = |v: &semver::Version| cfg.adapted_dir.join(format!("{}-{v}", source.manifest.name));
+    while folder(&version).exists() {
+        version = super::next_version(&version);
+    }
+    let robot = super::robot_of(&episodes);
+    let written = super::write(&source, &adapted, &folder(&version), Some(version), robot.as_deref())
+        .map_err(|e| e.to_string())?;
+    let info = SkillInfo::of(&written);
+    if skills.current().digest != active.digest {
+        let note = format!(
+            "the running skill changed while adapting; {} is written to {} but not swapped in",
+            info.label(),
+            info.dir.display()
+        );
+        return Ok(Done { report: adapted.report, adapted: Some(info), swapped: false, note: Some(note) });
+    }
+    match skills.swap(written) {
+        Ok(_) => Ok(Done { report: adapted.report, adapted: Some(info), swapped: true, note: None }),
+        Err(e) => {
+            let note = format!("{e}; the skill is written to {}", info.dir.display());
+            Ok(Done { report: adapted.report, adapted: Some(info), swapped: false, note: Some(note) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_say_what_to_send() {
+        let r = Request::parse("").unwrap();
+        assert_eq!(r.options.method, Method::Ridge);
+        let r = Request::parse("ridge margin=0.1 last=3 label=pick").unwrap();
+        assert_eq!((r.options.margin, r.last, r.label.as_deref()), (0.1, Some(3), Some("pick")));
+        let r = Request::parse("finetune layers=1 epochs=30 lr=3e-3 seed=4 ridge_init=false").unwrap();
+        let Method::Finetune { layers, settings, ridge_init } = r.options.method else { panic!("finetune") };
+        assert_eq!((layers, settings.epochs, settings.lr, settings.seed, ridge_init), (Some(1), 30, 3e-3, 4, false));
+        for (bad, want) in [
+            ("sgd", "unknown method"),
+            ("ridge layers=2", "finetune only"),
+            ("finetune epochs=0", "above 0"),
+            ("ridge margin=-1", "0 or more"),
+            ("ridge speed=9", "unknown option"),
+            ("ridge fast", "not key=value"),
+        ] {
+            let e = Request::parse(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+}

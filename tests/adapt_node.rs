@@ -1,0 +1,245 @@
+//! Adaptation inside the running node, driven over real DDS on loopback (inside `unshare -n`) the
+//! way an operator drives it: demonstrations of a target-robot expert are recorded through
+//! `~/demo/control`, `~/adapt` adapts the running skill on them, the accepted skill is swapped in
+//! (the node's actions become the expert's) and `~/skill/rollback` returns to the source.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skillgraft::control::{NodeConfig, RunningNode};
+use skillgraft::ros::args::RosArgs;
+use skillgraft::ros::cdr;
+use skillgraft::ros::dds::DdsTransport;
+use skillgraft::ros::msg::*;
+use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
+use skillgraft::skill::Skill;
+
+const JOINTS: [&str; 6] = ["base", "shoulder", "elbow", "wrist_1", "wrist_2", "wrist_3"];
+
+fn example() -> Skill {
+    Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
+}
+
+struct Operator {
+    js: Box<dyn RawPublisher>,
+    point: Box<dyn RawPublisher>,
+    twist: Box<dyn RawPublisher>,
+    teleop: Box<dyn RawPublisher>,
+    demo: Box<dyn RawPublisher>,
+    adapt: Box<dyn RawPublisher>,
+    rollback: Box<dyn RawPublisher>,
+    actions: mpsc::Receiver<Vec<f64>>,
+    status: mpsc::Receiver<Value>,
+    _peer: DdsTransport,
+}
+
+fn say(p: &mut Box<dyn RawPublisher>, text: &str) {
+    p.publish(&cdr::encode(&StringMsg { data: text.into() }).unwrap()).unwrap();
+}
+
+impl Operator {
+    fn observe(&mut self, obs: &[f64]) {
+        let js = JointState {
+            name: JOINTS.iter().map(|s| s.to_string()).collect(),
+            position: obs[0..6].to_vec(),
+            velocity: obs[6..12].to_vec(),
+            effort: obs[12..18].to_vec(),
+            ..Default::default()
+        };
+        self.js.publish(&cdr::encode(&js).unwrap()).unwrap();
+        self.point.publish(&cdr::encode(&Point { x: obs[18], y: obs[19], z: obs[20] }).unwrap()).unwrap();
+        let twist = Twist { linear: Vector3 { x: obs[21], y: obs[22], z: obs[23] }, ..Default::default() };
+        self.twist.publish(&cdr::encode(&twist).unwrap()).unwrap();
+    }
+
+    /// Teleoperates like the expert: each observation is held for 30 ms and the expert's action
+    /// for it is sent twice on the teleop topic while it holds.
+    fn demonstrate(&mut self, expert: &mut Skill, seed: u64, steps: usize) {
+        let m = expert.manifest.clone();
+        let noise = skillgraft::bench::seeded(seed, steps * 24);
+        for k in 0..steps {
+            let obs: Vec<f64> = m
+                .observations
+                .iter()
+                .flat_map(|o| o.mean.iter().zip(&o.std).map(|(mu, sd)| (*mu, *sd)).collect::<Vec<_>>())
+                .enumerate()
+                .map(|(j, (mu, sd))| mu + 0.5 * sd * noise[k * 24 + j] as f64)
+                .collect();
+            let (_, action) = expert.step(&obs).unwrap();
+            let msg = Float64MultiArray { data: action, ..Default::default() };
+            self.observe(&obs);
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(10));
+                self.teleop.publish(&cdr::encode(&msg).unwrap()).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Keeps publishing `obs` for `d`; returns the actions that arrived.
+    fn hold(&mut self, obs: &[f64], d: Duration) -> Vec<Vec<f64>> {
+        let end = Instant::now() + d;
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            self.observe(obs);
+            std::thread::sleep(Duration::from_millis(5));
+            got.extend(self.actions.try_iter());
+        }
+        got
+    }
+
+    /// Holds `obs` until a status matches; returns it.
+    fn until(&mut self, obs: &[f64], what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.hold(obs, Duration::from_millis(20));
+            if let Some(s) = self.status.try_iter().find(|s| pred(s)) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no status with {what}");
+        }
+    }
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+#[test]
+fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
+    if !common::isolated("a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut expert = common::teacher(dir.path());
+    let episodes = dir.path().join("episodes");
+    let adapted = dir.path().join("adapted");
+    let args: Vec<String> = [
+        "--ros-args".to_string(),
+        "-p".into(),
+        "rate_hz:=200.0".into(),
+        "-p".into(),
+        "blend_s:=0.1".into(),
+        "-p".into(),
+        "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]".into(),
+        "-p".into(),
+        "demo_action_topic:=/teleop/cmd".into(),
+        "-p".into(),
+        format!("episodes_dir:={}", episodes.display()),
+        "-p".into(),
+        format!("adapted_dir:={}", adapted.display()),
+    ]
+    .to_vec();
+    let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
+    let skill = example();
+    let source_digest = skill.digest.clone();
+    let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
+    let transport: Arc<dyn Transport> = Arc::new(
+        DdsTransport::new(NodeIdentity { name: "skillgraft".into(), namespace: "/".into() }, 47, true).unwrap(),
+    );
+    let node = RunningNode::start(skill, cfg, transport).unwrap();
+
+    let peer = DdsTransport::new(NodeIdentity { name: "operator".into(), namespace: "/".into() }, 47, true).unwrap();
+    let (tx, actions) = mpsc::channel();
+    peer.subscribe(
+        "/arm/joint_velocity_cmd",
+        Float64MultiArray::TYPE,
+        Qos::RELIABLE,
+        Box::new(move |s| {
+            let _ = tx.send(cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE).unwrap().data);
+        }),
+    )
+    .unwrap();
+    let (stx, status) = mpsc::channel();
+    peer.subscribe(
+        "/skillgraft/adapt/status",
+        StringMsg::TYPE,
+        Qos::LATCHED,
+        Box::new(move |s| {
+            let text = cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE).unwrap().data;
+            let _ = stx.send(serde_json::from_str::<Value>(&text).unwrap());
+        }),
+    )
+    .unwrap();
+    let mut op = Operator {
+        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
+        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
+        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
+        teleop: peer.publisher("/teleop/cmd", Float64MultiArray::TYPE, Qos::RELIABLE).unwrap(),
+        demo: peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        adapt: peer.publisher("/skillgraft/adapt", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        rollback: peer.publisher("/skillgraft/skill/rollback", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        actions,
+        status,
+        _peer: peer,
+    };
+    let obs: Vec<f64> = skillgraft::bench::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
+    let want_source = example().step(&obs).unwrap().1;
+    let want_expert = expert.step(&obs).unwrap().1;
+    assert!(!close(&want_source, &want_expert, 5e-3));
+    let idle = op.until(&obs, "the idle state", |s| s["state"] == "idle");
+    assert_eq!(idle["skill"]["digest"], source_digest.as_str());
+
+    // Asking before there is anything to learn from fails with the way out.
+    say(&mut op.adapt, "ridge");
+    let failed = op.until(&obs, "a failed adaptation", |s| s["state"] == "failed");
+    assert!(failed["error"].as_str().unwrap().contains("record at least 2"), "{failed}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !op.hold(&obs, Duration::from_millis(100)).iter().any(|a| close(a, &want_source, 1e-6)) {
+        assert!(Instant::now() < deadline, "the node never published the source skill's action");
+    }
+    for (i, seed) in [11u64, 12, 13].iter().enumerate() {
+        let label = format!("reach-{i}");
+        let recording = Instant::now() + Duration::from_secs(20);
+        while node.recorder_status().unwrap().state != "recording" {
+            say(&mut op.demo, &format!("start {label}"));
+            op.hold(&obs, Duration::from_millis(200));
+            assert!(Instant::now() < recording, "the episode never started");
+        }
+        op.demonstrate(&mut expert, *seed, 40);
+        say(&mut op.demo, "stop");
+        while node.recorder_status().unwrap().episodes_written < i as u64 + 1 {
+            op.hold(&obs, Duration::from_millis(50));
+        }
+    }
+
+    say(&mut op.adapt, "ridge nonsense");
+    let refused = op.until(&obs, "a refused request", |s| s["error"].as_str().is_some_and(|e| e.contains("key=value")));
+    assert_eq!(refused["skill"]["digest"], source_digest.as_str(), "a bad request changes nothing");
+
+    say(&mut op.adapt, "ridge");
+    let done = op.until(&obs, "the adaptation's result", |s| {
+        ["accepted", "rejected", "failed"].contains(&s["state"].as_str().unwrap())
+    });
+    assert_eq!(done["state"], "accepted", "{done}");
+    assert_eq!(done["swapped"], true);
+    assert_eq!(done["report"]["episodes"].as_array().unwrap().len(), 3);
+    assert!(done["report"]["improvement"].as_f64().unwrap() > 0.9, "{done}");
+    let new_dir = done["adapted"]["dir"].as_str().unwrap();
+    assert!(new_dir.starts_with(adapted.to_str().unwrap()), "{new_dir}");
+    let written = Skill::load(Path::new(new_dir)).unwrap();
+    assert_eq!(written.manifest.provenance.parent.as_deref(), Some(source_digest.as_str()));
+    assert_eq!(done["skill"]["digest"], written.digest.as_str());
+    assert_eq!(done["earlier"][0]["digest"], source_digest.as_str());
+
+    let after = op.hold(&obs, Duration::from_millis(600));
+    assert!(after.last().is_some_and(|a| close(a, &want_expert, 2e-3)), "{:?} vs {want_expert:?}", after.last());
+
+    say(&mut op.rollback, "");
+    let back = op.until(&obs, "the rollback", |s| s["state"] == "rolled_back");
+    assert_eq!(back["skill"]["digest"], source_digest.as_str());
+    let after = op.hold(&obs, Duration::from_millis(600));
+    assert!(after.last().is_some_and(|a| close(a, &want_source, 1e-6)), "{:?}", after.last());
+
+    say(&mut op.rollback, "");
+    let nothing =
+        op.until(&obs, "a refused rollback", |s| s["error"].as_str().is_some_and(|e| e.contains("no earlier skill")));
+    assert_eq!(nothing["skill"]["digest"], source_digest.as_str());
+    node.stop();
+}

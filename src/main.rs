@@ -94,7 +94,7 @@ enum Command {
         /// finetune: epochs without a better held-out loss before stopping.
         #[arg(long, default_value_t = 5)]
         patience: usize,
-        /// finetune: seed of the batch order (same seed, same result).
+        /// finetune: seed of the batch order (the same seed and --threads, the same result).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// finetune: start the last layer from the source's weights rather than the ridge fit.
@@ -106,6 +106,9 @@ enum Command {
         /// Do not read or write cached features.
         #[arg(long, conflicts_with = "cache")]
         no_cache: bool,
+        /// Threads for the fitting (default: every core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -220,6 +223,42 @@ enum BenchCommand {
         /// SCHED_FIFO priority for the control thread (0: normal scheduling).
         #[arg(long, default_value_t = 0)]
         rt_priority: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adaptation next to its references in one run (ridge against scikit-learn, finetune of a
+    /// 512→256→6 head against PyTorch), then the node's tick latency while it adapts.
+    Adapt {
+        /// Python with scikit-learn and PyTorch (tools/requirements-bench.txt); a missing one
+        /// leaves its rows without a reference.
+        #[arg(long, env = "SKILLGRAFT_PYTHON", default_value = "python3")]
+        python: String,
+        /// Threads each side may use (the references are limited to the same number).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
+        /// Timed runs per row.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        repeats: u16,
+        /// Training rows (split into 20 episodes; a fifth as many are held out).
+        #[arg(long, default_value_t = skillgraft::bench::adapt::ROWS as u32, value_parser = clap::value_parser!(u32).range(20..))]
+        rows: u32,
+        /// Skill the node runs for the latency measurement.
+        #[cfg(feature = "dds")]
+        #[arg(long, default_value = "skills/example-arm6")]
+        skill: PathBuf,
+        /// Control rate of the latency measurement, Hz.
+        #[cfg(feature = "dds")]
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Seconds measured idle, then adapting (0: skip the latency measurement).
+        #[cfg(feature = "dds")]
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// What the node is sent on ~/adapt, again and again while measured.
+        #[cfg(feature = "dds")]
+        #[arg(long, default_value = "finetune epochs=200 patience=200")]
+        request: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -371,6 +410,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             no_ridge_init,
             cache,
             no_cache,
+            threads,
             json,
         } => {
             let method = match method {
@@ -393,7 +433,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     dir.join(".features")
                 }),
             };
-            let opts = Options { method, margin, folds, cache };
+            let threads =
+                threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+            let opts = Options { method, margin, folds, cache, threads };
             adapt_cli(&skill, &episodes, &opts, out, version, json)
         }
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
@@ -413,6 +455,44 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let report = skillgraft::bench::control::control(&skill, &rates, seconds, rt_priority)?;
+            print(&report, json)
+        }
+        Command::Bench(BenchCommand::Adapt {
+            python,
+            threads,
+            repeats,
+            rows,
+            #[cfg(feature = "dds")]
+            skill,
+            #[cfg(feature = "dds")]
+            rate,
+            #[cfg(feature = "dds")]
+            seconds,
+            #[cfg(feature = "dds")]
+            request,
+            json,
+        }) => {
+            let dir = tempfile_dir()?;
+            let (repeats, threads) = (usize::from(repeats), usize::from(threads));
+            let rows = skillgraft::bench::adapt::compute(&python, threads, repeats, rows as usize, &dir);
+            #[cfg(feature = "dds")]
+            let latency = match rows.is_ok() && seconds > 0.0 {
+                true => {
+                    // SAFETY: set before the node's threads start; the bench keeps DDS on this host.
+                    unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+                    Some(skillgraft::bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0))
+                }
+                false => None,
+            };
+            let _ = std::fs::remove_dir_all(&dir);
+            let report = skillgraft::bench::adapt::AdaptReport {
+                rows: rows?,
+                threads,
+                repeats,
+                optimised: !cfg!(debug_assertions),
+                #[cfg(feature = "dds")]
+                latency: latency.transpose()?,
+            };
             print(&report, json)
         }
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {

@@ -192,7 +192,7 @@ print(json.dumps(out))
     let run = Command::new(common::ros_python()).arg("-c").arg(script).arg(&file).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let sk: Vec<serde_json::Value> = serde_json::from_slice(&run.stdout).unwrap();
-    let stats = ridge::Stats::of(&h, &y);
+    let stats = ridge::Stats::of(&h, &y, &skillgraft::adapt::compute::Threads::new(2));
     for (fit_sk, lambda) in sk.iter().zip([0.01, 1.0, 100.0]) {
         let ours = ridge::fit(&stats, &DMatrix::zeros(a, d), lambda);
         for i in 0..a {
@@ -292,4 +292,38 @@ fn the_cli_finetunes_with_a_loss_plot_and_a_rejection_writes_nothing() {
     assert_eq!(run.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stdout.contains("source RMSE") && stderr.starts_with("rejected: "), "{stdout}{stderr}");
     assert!(!rejected.exists());
+}
+
+/// `bench adapt` on a small problem: both sides run on the same data and agree (the PyTorch row
+/// runs where the Python has torch, which CI's does not; it must then say why).
+#[test]
+fn the_adaptation_bench_runs_both_sides_and_they_agree() {
+    let python = common::ros_python().display().to_string();
+    let text = common::succeeds(&[
+        "bench",
+        "adapt",
+        "--python",
+        &python,
+        "--rows",
+        "200",
+        "--repeats",
+        "1",
+        "--seconds",
+        "0",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{v}");
+    for row in &rows[..2] {
+        assert!(row["reference"].as_str().unwrap().starts_with("scikit-learn 1.8.0"), "{row}");
+        assert!(row["reference_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["difference"].as_f64().unwrap() < 1e-6, "ridge equals scikit-learn: {row}");
+    }
+    assert!(rows[1]["agreement"].as_str().unwrap().contains("the same"), "the same λ: {}", rows[1]);
+    let ft = &rows[2];
+    match ft["difference"].as_f64() {
+        Some(d) => assert!(d < 0.02, "finetune within 2 % of PyTorch: {ft}"),
+        None => assert!(ft["reference"].as_str().unwrap().contains("not run ("), "{ft}"),
+    }
 }

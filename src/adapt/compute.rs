@@ -4,13 +4,16 @@
 
 use crate::model::head::Activation;
 
+pub use super::threads::Threads;
+
 /// Floating-point types the CPU backend runs in: f32 for training, f64 for gradient checks.
-pub trait Real: Copy + Default + PartialOrd + Send + Sync + std::fmt::Debug + 'static {
+pub trait Real: nalgebra::RealField + Copy + Default + PartialOrd + Send + Sync + std::fmt::Debug + 'static {
     /// From f64.
-    fn from_f64(v: f64) -> Self;
+    fn of_f64(v: f64) -> Self;
     /// To f64.
-    fn to_f64(self) -> f64;
-    /// Row-major `C = alpha·op(A)·op(B) + beta·C` with matrixmultiply.
+    fn as_f64(self) -> f64;
+    /// Row-major `C = alpha·op(A)·op(B) + beta·C` with matrixmultiply; `lda` and `ldb` are
+    /// the row lengths of A and B as stored (so a block of rows of op(A) can be passed).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         ta: bool,
@@ -20,19 +23,27 @@ pub trait Real: Copy + Default + PartialOrd + Send + Sync + std::fmt::Debug + 's
         k: usize,
         alpha: Self,
         a: &[Self],
+        lda: usize,
         b: &[Self],
+        ldb: usize,
         beta: Self,
         c: &mut [Self],
     );
 }
 
+/// Index one past the last element a stored operand of `rows` × `cols` with row length `ld`
+/// touches.
+fn extent(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
 macro_rules! real {
     ($t:ty, $gemm:path) => {
         impl Real for $t {
-            fn from_f64(v: f64) -> Self {
+            fn of_f64(v: f64) -> Self {
                 v as $t
             }
-            fn to_f64(self) -> f64 {
+            fn as_f64(self) -> f64 {
                 self as f64
             }
             fn gemm(
@@ -43,14 +54,18 @@ macro_rules! real {
                 k: usize,
                 alpha: Self,
                 a: &[Self],
+                lda: usize,
                 b: &[Self],
+                ldb: usize,
                 beta: Self,
                 c: &mut [Self],
             ) {
                 // op(A) is m x k, op(B) is k x n; strides say how each is laid out in memory.
-                let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
-                let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-                assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operand too small");
+                let (rsa, csa) = if ta { (1, lda as isize) } else { (lda as isize, 1) };
+                let (rsb, csb) = if tb { (1, ldb as isize) } else { (ldb as isize, 1) };
+                let a_need = if ta { extent(k, m, lda) } else { extent(m, k, lda) };
+                let b_need = if tb { extent(n, k, ldb) } else { extent(k, n, ldb) };
+                assert!(a.len() >= a_need && b.len() >= b_need && c.len() >= m * n, "gemm operand too small");
                 // SAFETY: the asserts above keep every access inside the slices.
                 unsafe {
                     $gemm(
@@ -156,14 +171,98 @@ pub trait Compute {
     fn gather_rows(&self, x: &Self::Buf, idx: &[usize], cols: usize, out: &mut Self::Buf);
 }
 
+/// Row-major `C = alpha·op(A)·op(B) + beta·C` for densely stored A and B, `op(A)` m×k and
+/// `op(B)` k×n, with the rows of C split over the threads when the product is large enough to
+/// pay for them. The split can move the last bits of an element (matrixmultiply's tiles fall
+/// differently), so results are reproducible for the same thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Real>(
+    threads: &Threads,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    let lda = if ta { m } else { k };
+    let ldb = if tb { k } else { n };
+    // Below about a million multiply-adds, starting a thread costs more than it saves.
+    let parts = if m * n * k < 1 << 20 { 1 } else { threads.count().clamp(1, m.div_ceil(16)) };
+    if parts == 1 {
+        T::gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c);
+        return;
+    }
+    let per = m.div_ceil(parts);
+    threads.each(c[..m * n].chunks_mut(per * n).enumerate(), |(i, block)| {
+        let rows = block.len() / n;
+        let a = if ta { &a[i * per..] } else { &a[i * per * lda..] };
+        T::gemm(ta, tb, rows, n, k, alpha, a, lda, b, ldb, beta, block)
+    });
+}
+
+/// One AdamW step over slices of the same length (see [`Compute::adamw`]).
+fn adamw_slice<T: Real>(p: &mut [T], m: &mut [T], v: &mut [T], g: &[T], src: &[T], s: AdamStep) {
+    // In the element type, as PyTorch does: f32 keeps the loop in vector registers.
+    let t = |v: f64| T::of_f64(v);
+    let (b1, b2, nb1, nb2) = (t(s.beta1), t(s.beta2), t(1.0 - s.beta1), t(1.0 - s.beta2));
+    let step = t(s.lr / (1.0 - s.beta1.powi(s.t as i32)));
+    let unbias_v = t(1.0 / (1.0 - s.beta2.powi(s.t as i32)));
+    let (decay, eps) = (t(s.lr * s.pull), t(s.eps));
+    for ((((p, m), v), &g), &src) in p.iter_mut().zip(m).zip(v).zip(g).zip(src) {
+        let mi = b1 * *m + nb1 * g;
+        let vi = b2 * *v + nb2 * g * g;
+        *m = mi;
+        *v = vi;
+        *p = *p - decay * (*p - src) - step * mi / ((vi * unbias_v).sqrt() + eps);
+    }
+}
+
 /// The CPU backend.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Cpu<T>(std::marker::PhantomData<T>);
+#[derive(Debug, Clone)]
+pub struct Cpu<T> {
+    threads: Threads,
+    elem: std::marker::PhantomData<T>,
+}
 
 impl<T> Cpu<T> {
-    /// The CPU backend.
+    /// The CPU backend on the calling thread alone.
     pub fn new() -> Cpu<T> {
-        Cpu(std::marker::PhantomData)
+        Cpu::with_threads(Threads::default())
+    }
+
+    /// The CPU backend with its work spread over `threads`.
+    pub fn with_threads(threads: Threads) -> Cpu<T> {
+        Cpu { threads, elem: std::marker::PhantomData }
+    }
+}
+
+impl<T> Default for Cpu<T> {
+    fn default() -> Self {
+        Cpu::new()
+    }
+}
+
+/// `z += bias` row by row, then `out = f(z)`; generic over `f` so that each activation gets a
+/// loop of its own (identity and ReLU become vector code).
+fn add_bias_then<T: Real>(z: &mut [T], bias: &[T], cols: usize, out: &mut [T], f: impl Fn(f64) -> f64) {
+    for (zr, or) in z.chunks_mut(cols).zip(out.chunks_mut(cols)) {
+        for ((zv, ov), b) in zr.iter_mut().zip(or).zip(bias) {
+            let v = zv.as_f64() + b.as_f64();
+            *zv = T::of_f64(v);
+            *ov = T::of_f64(f(v));
+        }
+    }
+}
+
+/// `grad *= d(z)`, generic over `d` for the same reason.
+fn scale_by<T: Real>(grad: &mut [T], z: &[T], d: impl Fn(f64) -> f64) {
+    for (g, zv) in grad.iter_mut().zip(z) {
+        *g = T::of_f64(g.as_f64() * d(zv.as_f64()));
     }
 }
 
@@ -196,7 +295,7 @@ impl<T: Real> Compute for Cpu<T> {
         beta: f64,
         c: &mut Vec<T>,
     ) {
-        T::gemm(ta, tb, m, n, k, T::from_f64(alpha), a, b, T::from_f64(beta), c);
+        gemm(&self.threads, ta, tb, m, n, k, T::of_f64(alpha), a, b, T::of_f64(beta), c);
     }
 
     fn bias_act_forward(
@@ -208,21 +307,20 @@ impl<T: Real> Compute for Cpu<T> {
         act: Activation,
         out: &mut Vec<T>,
     ) {
-        for (zr, or) in z.chunks_mut(cols).zip(out.chunks_mut(cols)).take(rows) {
-            for ((zv, ov), b) in zr.iter_mut().zip(or).zip(bias) {
-                let v = zv.to_f64() + b.to_f64();
-                *zv = T::from_f64(v);
-                *ov = T::from_f64(act.apply_f64(v));
-            }
+        let (z, out) = (&mut z[..rows * cols], &mut out[..rows * cols]);
+        match act {
+            Activation::Identity => add_bias_then(z, bias, cols, out, |v| v),
+            Activation::Relu => add_bias_then(z, bias, cols, out, |v| v.max(0.0)),
+            other => add_bias_then(z, bias, cols, out, |v| other.apply_f64(v)),
         }
     }
 
     fn act_backward(&self, grad: &mut Vec<T>, z: &Vec<T>, act: Activation, n: usize) {
-        if act == Activation::Identity {
-            return;
-        }
-        for i in 0..n {
-            grad[i] = T::from_f64(grad[i].to_f64() * act.derivative_f64(z[i].to_f64()));
+        let (grad, z) = (&mut grad[..n], &z[..n]);
+        match act {
+            Activation::Identity => {}
+            Activation::Relu => scale_by(grad, z, |v| if v > 0.0 { 1.0 } else { 0.0 }),
+            other => scale_by(grad, z, |v| other.derivative_f64(v)),
         }
     }
 
@@ -230,11 +328,11 @@ impl<T: Real> Compute for Cpu<T> {
         let mut acc = vec![0.0f64; cols];
         for r in 0..rows {
             for (c, a) in acc.iter_mut().enumerate() {
-                *a += x[r * cols + c].to_f64();
+                *a += x[r * cols + c].as_f64();
             }
         }
         for (o, a) in out.iter_mut().zip(acc) {
-            *o = T::from_f64(a);
+            *o = T::of_f64(a);
         }
     }
 
@@ -242,26 +340,20 @@ impl<T: Real> Compute for Cpu<T> {
         let mut sum = 0.0;
         let scale = 2.0 / n as f64;
         for i in 0..n {
-            let d = pred[i].to_f64() - target[i].to_f64();
+            let d = pred[i].as_f64() - target[i].as_f64();
             sum += d * d;
-            grad[i] = T::from_f64(scale * d);
+            grad[i] = T::of_f64(scale * d);
         }
         sum / n as f64
     }
 
     fn adamw(&self, p: &mut Vec<T>, g: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, src: &Vec<T>, n: usize, s: AdamStep) {
-        let c1 = 1.0 - s.beta1.powi(s.t as i32);
-        let c2 = 1.0 - s.beta2.powi(s.t as i32);
-        for i in 0..n {
-            let gi = g[i].to_f64();
-            let mi = s.beta1 * m[i].to_f64() + (1.0 - s.beta1) * gi;
-            let vi = s.beta2 * v[i].to_f64() + (1.0 - s.beta2) * gi * gi;
-            m[i] = T::from_f64(mi);
-            v[i] = T::from_f64(vi);
-            let pi = p[i].to_f64();
-            let decayed = pi - s.lr * s.pull * (pi - src[i].to_f64());
-            p[i] = T::from_f64(decayed - s.lr * (mi / c1) / ((vi / c2).sqrt() + s.eps));
-        }
+        // Below this many parameters, starting a thread costs more than it saves.
+        let parts = if n >= 1 << 16 { self.threads.count() } else { 1 };
+        let per = n.div_ceil(parts).max(1);
+        let slices = p[..n].chunks_mut(per).zip(m[..n].chunks_mut(per)).zip(v[..n].chunks_mut(per));
+        let slices = slices.zip(g[..n].chunks(per)).zip(src[..n].chunks(per));
+        self.threads.each(slices, |((((p, m), v), g), src)| adamw_slice(p, m, v, g, src, s));
     }
 
     fn gather_rows(&self, x: &Vec<T>, idx: &[usize], cols: usize, out: &mut Vec<T>) {
@@ -322,6 +414,31 @@ mod tests {
             c.gemm(ta, tb, m, n, k, 2.0, aa, bb, 1.0, &mut out);
             assert!(out.iter().zip(&want).all(|(x, y)| close(*x, *y)), "ta={ta} tb={tb}");
         }
+    }
+
+    #[test]
+    fn work_split_over_threads_equals_the_single_thread_work() {
+        let (m, n, k) = (150, 70, 130);
+        let a: Vec<f32> = crate::bench::seeded(4, m * k);
+        let b: Vec<f32> = crate::bench::seeded(5, k * n);
+        let team = Threads::new(3);
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut one = vec![0.5f32; m * n];
+            let mut three = one.clone();
+            gemm(&Threads::default(), ta, tb, m, n, k, 1.5, &a, &b, 0.5, &mut one);
+            gemm(&team, ta, tb, m, n, k, 1.5, &a, &b, 0.5, &mut three);
+            let worst = one.iter().zip(&three).map(|(x, y)| (x - y).abs() / x.abs().max(1.0)).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "ta={ta} tb={tb}: split products differ by {worst} relative");
+        }
+        let s = AdamStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: 0.1, t: 3 };
+        let n = 1 << 17;
+        let g: Vec<f32> = crate::bench::seeded(6, n);
+        let run = |c: &Cpu<f32>| {
+            let (mut p, mut m, mut v) = (crate::bench::seeded(7, n), vec![0.1f32; n], vec![0.2f32; n]);
+            c.adamw(&mut p, &g, &mut m, &mut v, &vec![0.0; n], n, s);
+            (p, m, v)
+        };
+        assert_eq!(run(&Cpu::new()), run(&Cpu::with_threads(team)), "AdamW split over threads");
     }
 
     #[test]

@@ -87,12 +87,29 @@ impl SplitMix {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+}
 
-    fn shuffle(&mut self, v: &mut [usize]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
+/// The order in which training visits its rows, epoch after epoch: each epoch's order is a
+/// Fisher-Yates shuffle of the one before, driven by SplitMix64 from the seed. Public so that a
+/// reference implementation (`tools/bench_adapt.py`) can be fed the very same batches.
+pub struct BatchOrder {
+    order: Vec<usize>,
+    rng: SplitMix,
+}
+
+impl BatchOrder {
+    /// The order over `rows` rows for `seed`, before the first epoch.
+    pub fn new(rows: usize, seed: u64) -> BatchOrder {
+        BatchOrder { order: (0..rows).collect(), rng: SplitMix(seed) }
+    }
+
+    /// Shuffles for the next epoch and returns its order.
+    pub fn next_epoch(&mut self) -> &[usize] {
+        for i in (1..self.order.len()).rev() {
+            let j = (self.rng.next() % (i as u64 + 1)) as usize;
+            self.order.swap(i, j);
         }
+        &self.order
     }
 }
 
@@ -164,16 +181,14 @@ pub fn train<C: Compute<Elem = f32>>(
     let mut xb = c.zeros(batch * d_in);
     let mut yb = c.zeros(batch * d_out);
     let mut gx: Vec<C::Buf> = shapes.iter().map(|l| c.zeros(batch * l.inputs)).collect();
-    let mut order: Vec<usize> = (0..train.rows).collect();
-    let mut rng = SplitMix(s.seed);
+    let mut order = BatchOrder::new(train.rows, s.seed);
     let mut curve = Vec::new();
     let mut best: Option<(f64, usize, Vec<LayerParams>)> = None;
     let mut step = 0u64;
     for epoch in 1..=s.epochs {
-        rng.shuffle(&mut order);
         let mut loss_sum = 0.0;
         let mut batches = 0;
-        for idx in order.chunks(batch) {
+        for idx in order.next_epoch().chunks(batch) {
             let rows = idx.len();
             c.gather_rows(&x_all, idx, d_in, &mut xb);
             c.gather_rows(&y_all, idx, d_out, &mut yb);

@@ -35,7 +35,7 @@ pub struct Request {
 }
 
 /// The request syntax, for error messages.
-pub const SYNTAX: &str = "`ridge` or `finetune`, then key=value options: margin, folds, label, last; for finetune also \
+pub const SYNTAX: &str = "`ridge` or `finetune`, then key=value options: margin, folds, label, last, threads; for finetune also \
      layers, epochs, batch, lr, pull, patience, seed, ridge_init (e.g. `finetune layers=1 epochs=30`)";
 
 impl Request {
@@ -69,6 +69,7 @@ impl Request {
                 "margin" => r.options.margin = real()?,
                 "folds" => r.options.folds = count()?,
                 "label" => r.label = Some(value.to_string()),
+                "threads" => r.options.threads = count()?,
                 "last" => r.last = Some(count()?),
                 "layers" => {
                     only_finetune()?;
@@ -262,13 +263,17 @@ impl Live {
 }
 
 /// The lowest CPU priority for the calling thread, so adaptation takes only time the control,
-/// subscription and recorder threads leave.
+/// subscription and recorder threads leave: SCHED_IDLE (it runs only on a core nothing else
+/// wants, and any waking thread preempts it), else nice 19. Threads it starts inherit this.
 fn lowest_priority() {
-    // SAFETY: plain syscalls on the calling thread.
+    // SAFETY: plain syscalls on the calling thread (pid 0 and its own tid name it).
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
-            tracing::debug!("cannot lower the adaptation thread's priority");
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+                tracing::debug!("cannot lower the adaptation thread's priority");
+            }
         }
     }
 }
@@ -459,8 +464,10 @@ mod tests {
     fn requests_parse_and_bad_ones_say_what_to_send() {
         let r = Request::parse("").unwrap();
         assert_eq!(r.options.method, Method::Ridge);
-        let r = Request::parse("ridge margin=0.1 last=3 label=pick").unwrap();
+        assert_eq!(r.options.threads, 1, "one fitting thread unless asked");
+        let r = Request::parse("ridge margin=0.1 last=3 label=pick threads=2").unwrap();
         assert_eq!((r.options.margin, r.last, r.label.as_deref()), (0.1, Some(3), Some("pick")));
+        assert_eq!(r.options.threads, 2);
         let r = Request::parse("finetune layers=1 epochs=30 lr=3e-3 seed=4 ridge_init=false").unwrap();
         let Method::Finetune { layers, settings, ridge_init } = r.options.method else { panic!("finetune") };
         assert_eq!((layers, settings.epochs, settings.lr, settings.seed, ridge_init), (Some(1), 30, 3e-3, 4, false));
@@ -468,6 +475,7 @@ mod tests {
             ("sgd", "unknown method"),
             ("ridge layers=2", "finetune only"),
             ("finetune epochs=0", "above 0"),
+            ("ridge threads=0", "above 0"),
             ("ridge margin=-1", "0 or more"),
             ("ridge speed=9", "unknown option"),
             ("ridge fast", "not key=value"),

@@ -12,6 +12,7 @@ pub mod finetune;
 pub mod live;
 pub mod plot;
 pub mod ridge;
+pub mod threads;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,11 +66,13 @@ pub struct Options {
     pub folds: usize,
     /// Folder of cached features (None: no cache).
     pub cache: Option<PathBuf>,
+    /// Threads the fitting may use (matrix products and cross-validation folds).
+    pub threads: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { method: Method::Ridge, margin: 0.05, folds: 5, cache: None }
+        Options { method: Method::Ridge, margin: 0.05, folds: 5, cache: None, threads: 1 }
     }
 }
 
@@ -179,14 +182,14 @@ impl std::fmt::Display for Report {
         writeln!(f, "{:<w$}  {:>13}  {:>13}  {:>8}", "action", "source RMSE", "adapted RMSE", "change")?;
         for ((l, s), a) in self.labels.iter().zip(&self.source_rmse).zip(&self.adapted_rmse) {
             let change = if *s > 0.0 { format!("{:+.1} %", (a / s - 1.0) * 100.0) } else { "-".into() };
-            writeln!(f, "{l:<w$}  {s:>13.6}  {a:>13.6}  {change:>8}")?;
+            writeln!(f, "{l:<w$}  {:>13}  {:>13}  {change:>8}", sig(*s), sig(*a))?;
         }
         writeln!(
             f,
-            "{:<w$}  {:>13.6}  {:>13.6}  {:>8}",
+            "{:<w$}  {:>13}  {:>13}  {:>8}",
             ALL,
-            self.source_mse,
-            self.adapted_mse,
+            sig(self.source_mse),
+            sig(self.adapted_mse),
             format!("{:+.1} %", -self.improvement * 100.0)
         )?;
         writeln!(
@@ -208,6 +211,12 @@ impl std::fmt::Display for Report {
             writeln!(f, "rejected: {}", self.reasons.join("; "))
         }
     }
+}
+
+/// Four significant digits, in scientific notation where fixed would hide them (errors of a
+/// well-fitted head are far below 1e-3).
+fn sig(v: f64) -> String {
+    if v == 0.0 || (1e-3..1e5).contains(&v.abs()) { format!("{v:.4}") } else { format!("{v:.3e}") }
 }
 
 /// The result: numbers and, for every head layer, the adapted parameters.
@@ -246,6 +255,7 @@ struct Problem<'a> {
     targets: Vec<&'a DMatrix<f32>>,
     first: usize,
     method: Method,
+    threads: compute::Threads,
 }
 
 impl Problem<'_> {
@@ -298,7 +308,7 @@ impl Problem<'_> {
                 let y = stack(&fit_on.iter().map(|&i| self.targets[i]).collect::<Vec<_>>());
                 let s = Settings { epochs: fixed_epochs.unwrap_or(settings.epochs), ..settings };
                 let t = finetune::train(
-                    &Cpu::<f32>::new(),
+                    &Cpu::<f32>::with_threads(self.threads.clone()),
                     &shapes,
                     &init,
                     source,
@@ -334,7 +344,7 @@ impl Problem<'_> {
         let folds: Vec<usize> = (0..groups.len()).map(|i| i % groups.len().min(10)).collect();
         let refs: Vec<(&DMatrix<f64>, &DMatrix<f64>)> = groups.iter().map(|(h, y)| (h, y)).collect();
         let w0 = head.params[last].weight.map(|v| v as f64);
-        let fit = ridge::fit_cv(&refs, &folds, &w0);
+        let fit = ridge::fit_cv(&refs, &folds, &w0, &self.threads);
         let p = LayerParams { weight: fit.weight.map(|v| v as f32), bias: Some(fit.bias.map(|v| v as f32)) };
         (p, fit.lambda)
     }
@@ -399,8 +409,14 @@ pub fn adapt(
     let t1 = Instant::now();
     let inputs: Vec<DMatrix<f32>> =
         feats.iter().map(|e| head.forward_layers(&head.params, &e.features, 0..first)).collect();
-    let problem =
-        Problem { skill, inputs, targets: feats.iter().map(|e| &e.targets).collect(), first, method: opts.method };
+    let problem = Problem {
+        skill,
+        inputs,
+        targets: feats.iter().map(|e| &e.targets).collect(),
+        first,
+        method: opts.method,
+        threads: compute::Threads::new(opts.threads),
+    };
     let n_ep = feats.len();
     let folds = opts.folds.clamp(2, n_ep);
     let a = skill.manifest.action_width();

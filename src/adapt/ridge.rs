@@ -6,6 +6,8 @@
 
 use nalgebra::{DMatrix, DVector};
 
+use super::compute::{Threads, gemm};
+
 /// Sufficient statistics of a set of rows: Σ h hᵀ, Σ h yᵀ, Σ h, Σ y, n.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -17,15 +19,18 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Statistics of rows `h` (n×d) with targets `y` (n×a).
-    pub fn of(h: &DMatrix<f64>, y: &DMatrix<f64>) -> Stats {
-        Stats {
-            hh: h.tr_mul(h),
-            hy: h.tr_mul(y),
-            h: h.row_sum().transpose(),
-            y: y.row_sum().transpose(),
-            n: h.nrows() as f64,
-        }
+    /// Statistics of rows `h` (n×d) with targets `y` (n×a); the products run on up to
+    /// `threads`.
+    pub fn of(h: &DMatrix<f64>, y: &DMatrix<f64>, threads: &Threads) -> Stats {
+        let (n, d, a) = (h.nrows(), h.ncols(), y.ncols());
+        // Column-major h is row-major hᵀ (d×n), so both products are row-major gemms on the
+        // buffers as they are: hᵀh (d×d), and yᵀh (a×d), which read column-major is hᵀy.
+        let mut hh = DMatrix::zeros(d, d);
+        gemm(threads, false, true, d, d, n, 1.0, h.as_slice(), h.as_slice(), 0.0, hh.as_mut_slice());
+        hh.fill_upper_triangle_with_lower_triangle();
+        let mut hy = DMatrix::zeros(d, a);
+        gemm(threads, false, true, a, d, n, 1.0, y.as_slice(), h.as_slice(), 0.0, hy.as_mut_slice());
+        Stats { hh, hy, h: h.row_sum().transpose(), y: y.row_sum().transpose(), n: n as f64 }
     }
 
     fn empty(d: usize, a: usize) -> Stats {
@@ -101,63 +106,80 @@ pub fn fit(stats: &Stats, w0: &DMatrix<f64>, lambda: f64) -> Fit {
 }
 
 /// Held-out squared error of every λ in `grid`, summed over the groups (episodes) held out one
-/// at a time (groups with the same fold index are held out together).
+/// at a time (groups with the same fold index are held out together). Folds run spread over
+/// `threads`; their sums are added in fold order, so the result does not depend on the spread.
 pub fn cv_errors(
     groups: &[(Stats, &DMatrix<f64>, &DMatrix<f64>)],
     folds: &[usize],
     w0: &DMatrix<f64>,
     grid: &[f64],
+    threads: &Threads,
 ) -> Vec<f64> {
-    let (d, a) = (w0.ncols(), w0.nrows());
-    let mut sse = vec![0.0; grid.len()];
     let n_folds = folds.iter().max().map_or(0, |m| m + 1);
-    for f in 0..n_folds {
-        let mut train = Stats::empty(d, a);
-        for (g, _) in groups.iter().zip(folds).filter(|(_, k)| **k != f) {
-            train.add(&g.0);
-        }
-        if train.n < 2.0 {
-            continue;
-        }
-        let (g, c, mh, my) = train.centred();
-        let eig = g.symmetric_eigen();
-        let e = eig.eigenvalues.map(|v| v.max(0.0));
-        let q = &eig.eigenvectors;
-        let p = q.tr_mul(&c);
-        let r = q.tr_mul(&w0.transpose());
-        for ((_, h, y), _) in groups.iter().zip(folds).filter(|(_, k)| **k == f) {
-            let mut hc = (*h).clone();
-            for mut row in hc.row_iter_mut() {
-                row -= mh.transpose();
-            }
-            let v = hc * q;
-            for (i, &lambda) in grid.iter().enumerate() {
-                let mut z = &p + &r * lambda;
-                for (mut row, ev) in z.row_iter_mut().zip(e.iter()) {
-                    row /= ev + lambda;
-                }
-                let mut pred = &v * z;
-                for mut row in pred.row_iter_mut() {
-                    row += my.transpose();
-                }
-                sse[i] += (pred - *y).norm_squared();
-            }
-        }
+    let mut per_fold: Vec<Option<Vec<f64>>> = vec![None; n_folds];
+    threads.each(per_fold.iter_mut().enumerate(), |(f, out)| *out = fold_errors(groups, folds, f, w0, grid));
+    let mut sse = vec![0.0; grid.len()];
+    for e in per_fold.into_iter().flatten() {
+        sse.iter_mut().zip(e).for_each(|(s, v)| *s += v);
     }
     sse
 }
 
-/// Fits by cross-validating λ over `groups` (rows per episode) assigned to `folds`; returns the
-/// fit on all groups with the best λ.
-pub fn fit_cv(groups: &[(&DMatrix<f64>, &DMatrix<f64>)], folds: &[usize], w0: &DMatrix<f64>) -> Fit {
+/// Held-out squared error of every λ for fold `f`; None when too few rows are left to fit.
+fn fold_errors(
+    groups: &[(Stats, &DMatrix<f64>, &DMatrix<f64>)],
+    folds: &[usize],
+    f: usize,
+    w0: &DMatrix<f64>,
+    grid: &[f64],
+) -> Option<Vec<f64>> {
+    let (d, a) = (w0.ncols(), w0.nrows());
+    let mut sse = vec![0.0; grid.len()];
+    let mut train = Stats::empty(d, a);
+    for (g, _) in groups.iter().zip(folds).filter(|(_, k)| **k != f) {
+        train.add(&g.0);
+    }
+    if train.n < 2.0 {
+        return None;
+    }
+    let (g, c, mh, my) = train.centred();
+    let eig = g.symmetric_eigen();
+    let e = eig.eigenvalues.map(|v| v.max(0.0));
+    let q = &eig.eigenvectors;
+    let p = q.tr_mul(&c);
+    let r = q.tr_mul(&w0.transpose());
+    for ((_, h, y), _) in groups.iter().zip(folds).filter(|(_, k)| **k == f) {
+        let mut hc = (*h).clone();
+        for mut row in hc.row_iter_mut() {
+            row -= mh.transpose();
+        }
+        let v = hc * q;
+        for (i, &lambda) in grid.iter().enumerate() {
+            let mut z = &p + &r * lambda;
+            for (mut row, ev) in z.row_iter_mut().zip(e.iter()) {
+                row /= ev + lambda;
+            }
+            let mut pred = &v * z;
+            for mut row in pred.row_iter_mut() {
+                row += my.transpose();
+            }
+            sse[i] += (pred - *y).norm_squared();
+        }
+    }
+    Some(sse)
+}
+
+/// Fits by cross-validating λ over `groups` (rows per episode) assigned to `folds`, spread over
+/// `threads`; returns the fit on all groups with the best λ.
+pub fn fit_cv(groups: &[(&DMatrix<f64>, &DMatrix<f64>)], folds: &[usize], w0: &DMatrix<f64>, threads: &Threads) -> Fit {
     let stats: Vec<(Stats, &DMatrix<f64>, &DMatrix<f64>)> =
-        groups.iter().map(|(h, y)| (Stats::of(h, y), *h, *y)).collect();
+        groups.iter().map(|(h, y)| (Stats::of(h, y, threads), *h, *y)).collect();
     let mut all = Stats::empty(w0.ncols(), w0.nrows());
     for s in &stats {
         all.add(&s.0);
     }
     let grid = grid(&all);
-    let errors = cv_errors(&stats, folds, w0, &grid);
+    let errors = cv_errors(&stats, folds, w0, &grid, threads);
     let best = errors.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     fit(&all, w0, grid[best])
 }
@@ -181,7 +203,7 @@ mod tests {
             row += b_true.transpose();
         }
         let w0 = data(3, 3, 6);
-        let s = Stats::of(&h, &y);
+        let s = Stats::of(&h, &y, &Threads::new(2));
         let f = fit(&s, &w0, 1e-9);
         assert!((f.weight - &w_true).abs().max() < 1e-6);
         assert!((f.bias - &b_true).abs().max() < 1e-6);
@@ -199,10 +221,11 @@ mod tests {
             groups.push((h, y));
         }
         let w0 = data(6, 2, 5);
-        let stats: Vec<_> = groups.iter().map(|(h, y)| (Stats::of(h, y), h, y)).collect();
+        let stats: Vec<_> = groups.iter().map(|(h, y)| (Stats::of(h, y, &Threads::default()), h, y)).collect();
         let folds = [0, 1, 2, 3];
         let grid = [1e-3, 0.1, 10.0, 1000.0];
-        let fast = cv_errors(&stats, &folds, &w0, &grid);
+        let fast = cv_errors(&stats, &folds, &w0, &grid, &Threads::default());
+        assert_eq!(fast, cv_errors(&stats, &folds, &w0, &grid, &Threads::new(3)), "threads change nothing");
         for (i, &lambda) in grid.iter().enumerate() {
             let mut slow = 0.0;
             for (f, (h, y)) in groups.iter().enumerate() {
@@ -222,9 +245,9 @@ mod tests {
         let base = data(7, 50, 3);
         let h = DMatrix::from_fn(50, 6, |i, j| base[(i, j % 3)]);
         let y = data(8, 50, 2);
-        let f = fit(&Stats::of(&h, &y), &DMatrix::zeros(2, 6), 1e-6);
+        let f = fit(&Stats::of(&h, &y, &Threads::default()), &DMatrix::zeros(2, 6), 1e-6);
         assert!(f.weight.iter().all(|v| v.is_finite()));
-        let refit = fit_cv(&[(&h, &y)], &[0], &DMatrix::zeros(2, 6));
+        let refit = fit_cv(&[(&h, &y)], &[0], &DMatrix::zeros(2, 6), &Threads::new(2));
         assert!(refit.weight.iter().all(|v| v.is_finite()));
     }
 }

@@ -8,6 +8,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod adapt;
+#[cfg(feature = "dds")]
+pub mod adapt_latency;
 #[cfg(feature = "dds")]
 pub mod control;
 #[cfg(feature = "dds")]
@@ -94,15 +97,20 @@ pub fn seeded(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// Median wall time of `f` in microseconds, over `iters` runs after `iters / 10 + 1` warm-ups.
-pub fn median_us(iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..iters / 10 + 1 {
+pub fn median_us(iters: usize, f: impl FnMut()) -> f64 {
+    median_seconds(iters / 10 + 1, iters, f) * 1e6
+}
+
+/// Median wall time of `f` in seconds, over `runs` runs after `warmups` untimed ones.
+pub fn median_seconds(warmups: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmups {
         f();
     }
-    let mut t: Vec<f64> = (0..iters.max(1))
+    let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
             f();
-            start.elapsed().as_secs_f64() * 1e6
+            start.elapsed().as_secs_f64()
         })
         .collect();
     t.sort_by(f64::total_cmp);

@@ -269,6 +269,20 @@ pub struct LayerParams {
     pub bias: Option<DVector<f32>>,
 }
 
+impl LayerParams {
+    /// `act(x Wᵀ + b)` for inputs `x`, one sample per row.
+    pub fn forward(&self, act: Activation, x: &DMatrix<f32>) -> DMatrix<f32> {
+        let mut z = x * self.weight.transpose();
+        if let Some(b) = &self.bias {
+            for mut row in z.row_iter_mut() {
+                row += b.transpose();
+            }
+        }
+        z.apply(|v| *v = act.apply(*v));
+        z
+    }
+}
+
 /// The adaptable head of a policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
@@ -395,15 +409,7 @@ impl Head {
     ) -> DMatrix<f32> {
         let mut h = input.clone();
         for (spec, p) in self.layers[range.clone()].iter().zip(&params[range]) {
-            let mut z = &h * p.weight.transpose();
-            if let Some(b) = &p.bias {
-                for mut row in z.row_iter_mut() {
-                    row += b.transpose();
-                }
-            }
-            let act = spec.activation;
-            z.apply(|v| *v = act.apply(*v));
-            h = z;
+            h = p.forward(spec.activation, &h);
         }
         h
     }

@@ -11,4 +11,5 @@ pub mod control;
 pub mod model;
 pub mod record;
 pub mod ros;
+pub mod sim;
 pub mod skill;

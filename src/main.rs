@@ -138,6 +138,67 @@ enum Command {
     /// Look at, export and recover recorded episodes.
     #[command(subcommand)]
     Episodes(EpisodesCommand),
+    /// A simulated arm (arm-a, arm-b, arm-c): record its expert's demonstrations without ROS.
+    Sim {
+        /// The simulated robot.
+        #[arg(long)]
+        robot: String,
+        /// Record this many expert reaches into --out, in simulated time, and exit.
+        #[arg(long)]
+        demos: usize,
+        /// Seed of the reaches (start poses and targets).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Noise added to the executed commands, rad/s (the recorded ones stay the expert's), so
+        /// the demonstrations also show recoveries.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
+        /// Folder of the episodes (created).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train a whole MLP policy from scratch on demonstrations and write it as a skill.
+    Train {
+        /// Episode files, or folders of them.
+        #[arg(required = true)]
+        episodes: Vec<PathBuf>,
+        /// The simulated robot the episodes come from: the skill drives its topics.
+        #[arg(long, conflicts_with = "like")]
+        robot: Option<String>,
+        /// A skill whose manifest (topics, fields, limits) the new skill takes.
+        #[arg(long)]
+        like: Option<PathBuf>,
+        /// The skill folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The skill's name (default: the folder's).
+        #[arg(long)]
+        name: Option<String>,
+        /// Hidden layer widths (tanh).
+        #[arg(long, value_delimiter = ',', default_value = "128,128,64")]
+        hidden: Vec<usize>,
+        /// The hidden layer (from 0) whose output is the features; the layers after it are the head.
+        #[arg(long, default_value_t = 1)]
+        features_after: usize,
+        /// Most epochs.
+        #[arg(long, default_value_t = 300)]
+        epochs: usize,
+        /// Samples per mini-batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Adam learning rate.
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
+        /// Epochs without a better held-out loss before stopping.
+        #[arg(long, default_value_t = 30)]
+        patience: usize,
+        /// Seed of the initial weights and the batch order.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Threads (1 keeps the result bit-for-bit the same on every machine).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
+    },
     /// Benchmarks that print a table of medians and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -260,6 +321,32 @@ enum BenchCommand {
         #[arg(long, default_value = "finetune epochs=200 patience=200")]
         request: String,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Learning curves of transfer on the simulated arms: the source skill unadapted, adapted
+    /// (ridge, finetune) and the same MLP trained from scratch, for several numbers of
+    /// demonstrations and seeds.
+    Transfer {
+        /// The source skill.
+        #[arg(long, default_value = "skills/reach-arm-a")]
+        source: PathBuf,
+        /// Target robots.
+        #[arg(long, value_delimiter = ',', default_value = "arm-b,arm-c")]
+        robots: Vec<String>,
+        /// Numbers of demonstrations.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,20")]
+        demos: Vec<usize>,
+        /// Seeds per point.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Reaches each policy is scored on.
+        #[arg(long, default_value_t = 50)]
+        reaches: usize,
+        /// The learning-curve plot is written to PLOT.png and PLOT.svg.
+        #[arg(long, default_value = "transfer-curves")]
+        plot: PathBuf,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -441,6 +528,71 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
+        Command::Sim { robot, demos, seed, noise, out } => {
+            let robot = skillgraft::sim::robot(&robot)?;
+            let tasks = skillgraft::sim::tasks(seed, demos, robot.home);
+            let files = skillgraft::sim::episodes::record(&robot, &tasks, &out, &format!("sim-{}", robot.name), noise)?;
+            eprintln!("wrote {} episode(s) of {}'s expert to {}", files.len(), robot.name, out.display());
+            Ok(())
+        }
+        Command::Train {
+            episodes,
+            robot,
+            like,
+            out,
+            name,
+            hidden,
+            features_after,
+            epochs,
+            batch,
+            lr,
+            patience,
+            seed,
+            threads,
+        } => {
+            let name = name.unwrap_or_else(|| out.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            let template = match (robot, like) {
+                (Some(r), _) => {
+                    let r = skillgraft::sim::robot(&r)?;
+                    skillgraft::sim::episodes::manifest(&name, &r.name, &skillgraft::sim::episodes::Scaling::identity())
+                }
+                (None, Some(like)) => {
+                    let mut m = skillgraft::skill::Skill::load(&like)?.manifest;
+                    m.name = name.clone();
+                    m
+                }
+                (None, None) => return Err("say what the skill drives: --robot SIM_ROBOT or --like SKILL".into()),
+            };
+            let eps = skillgraft::record::dataset::load(&episodes, &template)?;
+            let settings = Settings { epochs, batch, lr, pull: 0.0, patience, seed };
+            let opts = skillgraft::adapt::train::TrainOptions {
+                hidden,
+                features_after,
+                settings,
+                init_seed: seed,
+                threads: usize::from(threads),
+            };
+            let t = skillgraft::adapt::train::train(&template, &eps, &opts)?;
+            let skill = skillgraft::skill::write_skill(&out, &t.manifest, &t.model)?;
+            let held = t.curve.get(t.best_epoch.saturating_sub(1)).and_then(|e| e.held_out);
+            println!(
+                "trained {} on {} episodes ({} samples): best epoch {} of {}{}",
+                name,
+                eps.len(),
+                t.samples,
+                t.best_epoch,
+                t.curve.len(),
+                held.map(|h| format!(", held-out MSE {h:.3e} (policy units)")).unwrap_or_default()
+            );
+            println!(
+                "wrote skill `{}` {} to {} (digest {})",
+                name,
+                skill.manifest.version,
+                out.display(),
+                skill.digest
+            );
+            Ok(())
+        }
         #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::Record { skill, seconds, observation_reliability, json }) => {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
@@ -494,6 +646,23 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 latency: latency.transpose()?,
             };
             print(&report, json)
+        }
+        Command::Bench(BenchCommand::Transfer { source, robots, demos, seeds, reaches, plot, json }) => {
+            let opts = skillgraft::bench::transfer::TransferOptions { source, robots, demos, seeds, reaches };
+            let dir = tempfile_dir()?;
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            let report =
+                skillgraft::bench::transfer::transfer(&opts, &dir, &mut |what| bar.set_message(what.to_string()));
+            bar.finish_and_clear();
+            let _ = std::fs::remove_dir_all(&dir);
+            let report = report?;
+            print(&report, json)?;
+            match report.plot(&plot) {
+                Ok((png, svg)) => eprintln!("learning curves: {} {}", png.display(), svg.display()),
+                Err(e) => eprintln!("warning: no plot: {e}"),
+            }
+            Ok(())
         }
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
             let report = skillgraft::bench::inference(&fixtures, &python, iters)?;

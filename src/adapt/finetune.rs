@@ -76,16 +76,27 @@ pub struct Trained {
     pub best_epoch: usize,
 }
 
-/// SplitMix64: a small, well-mixed generator, so the batch order is the same on every machine.
-struct SplitMix(u64);
+/// SplitMix64: a small, well-mixed generator, so batch orders, initial weights and simulated
+/// tasks are the same on every machine.
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), with 53 bits.
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [-1, 1), with 24 bits, in f32.
+    pub(crate) fn symmetric_f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
 

@@ -13,6 +13,7 @@ pub mod live;
 pub mod plot;
 pub mod ridge;
 pub mod threads;
+pub mod train;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,7 +151,8 @@ pub struct Report {
     pub accepted: bool,
     /// Why it did not.
     pub reasons: Vec<String>,
-    /// Predictions of the adapted skill on the data that fall outside the action limits.
+    /// Predictions of the adapted skill on the data that fall outside the action limits by more
+    /// than 5 % of their range.
     pub outside_limits: usize,
     /// Training losses per epoch of the exported fit's validation run (finetune).
     pub curve: Vec<Epoch>,
@@ -488,7 +490,10 @@ pub fn adapt(
             for c in 0..a {
                 let v = pred[(r, c)] as f64 * act.std[c] + act.mean[c];
                 non_finite |= !v.is_finite();
-                if v < act.lower[c] || v > act.upper[c] {
+                // Demonstrations that ride a limit make any fit overshoot it a little, and the
+                // safety filter clamps that; beyond 5 % of the range the head is off.
+                let slack = 0.05 * (act.upper[c] - act.lower[c]);
+                if v < act.lower[c] - slack || v > act.upper[c] + slack {
                     outside += 1;
                 }
             }
@@ -498,7 +503,9 @@ pub fn adapt(
         reasons.push("the adapted head gives values that are not finite".into());
     }
     if outside > 0 {
-        reasons.push(format!("{outside} predictions on the demonstrations fall outside the action limits"));
+        reasons.push(format!(
+            "{outside} predictions on the demonstrations fall outside the action limits (by more than 5 % of their range)"
+        ));
     }
     let report = Report {
         method: opts.method.name().into(),

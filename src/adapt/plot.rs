@@ -1,4 +1,4 @@
-//! The fine-tuning loss curve as PNG and SVG.
+//! Plots as PNG and SVG: the fine-tuning loss curve, and the learning curves of transfer.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -83,17 +83,101 @@ where
     root.present().map_err(err)
 }
 
-/// Writes the loss curve to `stem.png` and `stem.svg`; returns the two paths.
-pub fn loss_curve(curve: &[Epoch], stem: &Path, title: &str) -> Result<(PathBuf, PathBuf), String> {
-    font()?;
+/// `stem.png` and `stem.svg`.
+fn paths(stem: &Path) -> (PathBuf, PathBuf) {
     let with = |ext: &str| {
         let mut name = stem.as_os_str().to_os_string();
         name.push(ext);
         PathBuf::from(name)
     };
-    let (png, svg) = (with(".png"), with(".svg"));
+    (with(".png"), with(".svg"))
+}
+
+/// Writes the loss curve to `stem.png` and `stem.svg`; returns the two paths.
+pub fn loss_curve(curve: &[Epoch], stem: &Path, title: &str) -> Result<(PathBuf, PathBuf), String> {
+    font()?;
+    let (png, svg) = paths(stem);
     draw(BitMapBackend::new(&png, (800, 500)).into_drawing_area(), curve, title)?;
     draw(SVGBackend::new(&svg, (800, 500)).into_drawing_area(), curve, title)?;
+    Ok((png, svg))
+}
+
+/// One line of a learning-curve panel: a label and (x, mean, spread) points.
+pub type Series = (String, Vec<(f64, f64, f64)>);
+
+const COLOURS: [RGBColor; 6] = [BLACK, BLUE, RED, GREEN, MAGENTA, CYAN];
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    panels: &[(String, Vec<Series>)],
+    x_desc: &str,
+    y_desc: &str,
+    y_max: f64,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for ((title, series), area) in panels.iter().zip(areas) {
+        let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+        let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        let (lo, hi) = if lo.is_finite() && lo > 0.0 { (lo / 1.3, hi * 1.3) } else { (0.5, 30.0) };
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((lo..hi).log_scale(), 0.0..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(err)?;
+        for (k, (label, points)) in series.iter().enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), colour.stroke_width(2)))
+                .map_err(err)?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            chart
+                .draw_series(points.iter().map(|&(x, m, s)| {
+                    ErrorBar::new_vertical(x, (m - s).max(0.0), m, (m + s).min(y_max), colour.filled(), 6)
+                }))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}
+
+/// Writes side-by-side panels of lines with error bars (x on a log scale, y from 0 to `y_max`)
+/// to `stem.png` and `stem.svg`; returns the two paths.
+pub fn curves(
+    panels: &[(String, Vec<Series>)],
+    stem: &Path,
+    x_desc: &str,
+    y_desc: &str,
+    y_max: f64,
+) -> Result<(PathBuf, PathBuf), String> {
+    font()?;
+    let (png, svg) = paths(stem);
+    let size = (560 * panels.len().max(1) as u32, 460);
+    draw_panels(BitMapBackend::new(&png, size).into_drawing_area(), panels, x_desc, y_desc, y_max)?;
+    draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), panels, x_desc, y_desc, y_max)?;
     Ok((png, svg))
 }
 

@@ -17,6 +17,7 @@ pub mod control;
 pub mod record;
 #[cfg(feature = "dds")]
 pub mod rig;
+pub mod transfer;
 
 use crate::model::Model;
 use crate::model::onnx::OnnxFile;

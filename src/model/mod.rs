@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod head;
+pub mod mlp;
 pub mod onnx;
 pub mod plan;
 

@@ -1,0 +1,307 @@
+//! `skillgraft bench transfer`: learning curves of skill transfer on the simulated arms. For each
+//! target robot, number of demonstrations and seed, the expert demonstrates that many reaches;
+//! the source skill is adapted on them (ridge, finetune), the same MLP is trained from scratch on
+//! them, and every policy is scored in closed loop on a fixed set of reaches the demonstrations
+//! did not include, next to the unadapted source and the expert.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::adapt::finetune::Settings;
+use crate::adapt::train::{self, TrainOptions};
+use crate::adapt::{self, Method, Options, Quiet};
+use crate::control::safety::{Counters, SafetyConfig, SafetyFilter};
+use crate::record::dataset;
+use crate::sim::{self, Expert, JOINTS, Score, Task};
+use crate::skill::{self, Skill};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// The source skill.
+    pub source: PathBuf,
+    /// Target robots.
+    pub robots: Vec<String>,
+    /// Numbers of demonstrations.
+    pub demos: Vec<usize>,
+    /// Seeds per point (which reaches are demonstrated).
+    pub seeds: usize,
+    /// Reaches each policy is scored on.
+    pub reaches: usize,
+}
+
+/// One point of a learning curve: a method with some demonstrations on a robot, over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Target robot.
+    pub robot: String,
+    /// `source`, `ridge`, `finetune` or `from scratch`.
+    pub method: String,
+    /// Demonstrations.
+    pub demos: usize,
+    /// Success rate per seed.
+    pub success: Vec<f64>,
+    /// Mean final distance per seed, m.
+    pub distance: Vec<f64>,
+    /// Seeds whose adapted skill the gate accepted (adaptation only).
+    pub accepted: Option<usize>,
+    /// CPU seconds of each fit (adaptation and training).
+    pub cpu_s: Vec<f64>,
+    /// Why the method could not run, when it could not.
+    pub skipped: Option<String>,
+    /// Why the gate rejected adapted skills, per rejection.
+    pub rejections: Vec<String>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn spread(v: &[f64]) -> f64 {
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
+impl Point {
+    /// Mean success rate over seeds.
+    pub fn success_mean(&self) -> f64 {
+        mean(&self.success)
+    }
+}
+
+/// The benchmark's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferReport {
+    /// `name version` of the source skill.
+    pub source: String,
+    /// The expert's score per robot.
+    pub expert: Vec<(String, Score)>,
+    /// Every point.
+    pub points: Vec<Point>,
+    /// Reaches scored per policy.
+    pub reaches: usize,
+    /// Seeds per point.
+    pub seeds: usize,
+}
+
+/// Process CPU time, s (the fitting threads included).
+fn cpu_s() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes the calling process's CPU clock into `t`.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Scores `skill` on `robot`: each tick the skill's action goes through the safety filter with
+/// the skill's limits, as the node sends it.
+pub fn score_skill(skill: &mut Skill, robot: &sim::Robot, tasks: &[Task]) -> Score {
+    let a = &skill.manifest.action;
+    let cfg = SafetyConfig {
+        lower: a.lower.clone(),
+        upper: a.upper.clone(),
+        max_delta: a.max_delta.clone(),
+        safe: a.safe,
+        blend_ticks: 0,
+    };
+    let mut total = Score { success_rate: 0.0, mean_distance: 0.0, reaches: 0 };
+    for task in tasks {
+        // A fresh filter per reach: each starts with the robot at rest, as after a reset.
+        let mut filter = SafetyFilter::new(cfg.clone(), Arc::new(Counters::default()));
+        let mut out = vec![0.0; JOINTS];
+        let s = sim::score(robot, std::slice::from_ref(task), &mut |obs| {
+            match skill.step(obs) {
+                Ok((_, action)) => {
+                    filter.filter(&action, &mut out);
+                }
+                Err(_) => out.iter_mut().for_each(|v| *v = 0.0),
+            }
+            out.clone()
+        });
+        total.success_rate += s.success_rate;
+        total.mean_distance += s.mean_distance;
+        total.reaches += 1;
+    }
+    let n = total.reaches.max(1) as f64;
+    Score { success_rate: total.success_rate / n, mean_distance: total.mean_distance / n, reaches: total.reaches }
+}
+
+/// Demonstration reaches for `seed`: never the scored ones (those come from seed 0).
+pub fn demo_tasks(seed: u64, n: usize, home: [f64; JOINTS]) -> Vec<Task> {
+    sim::tasks(1000 + seed, n, home)
+}
+
+/// The reaches every policy is scored on.
+pub fn scored_tasks(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
+    sim::tasks(0, n, home)
+}
+
+/// How adaptation runs in the benchmark: ridge, and finetune of the whole head.
+pub fn methods() -> Vec<(&'static str, Method)> {
+    vec![
+        ("ridge", Method::Ridge),
+        ("finetune", Method::Finetune { layers: None, settings: Settings::default(), ridge_init: true }),
+    ]
+}
+
+/// Runs the benchmark in `dir` (demonstrations and skills are written there); `progress` is told
+/// each point as it starts.
+pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<TransferReport, String> {
+    let mut source = Skill::load(&opts.source).map_err(|e| e.to_string())?;
+    let label = format!("{} {}", source.manifest.name, source.manifest.version);
+    let template = sim::episodes::manifest("scratch", "demonstrations", &sim::episodes::Scaling::identity());
+    let mut expert_scores = Vec::new();
+    let mut points = Vec::new();
+    for name in &opts.robots {
+        let robot = sim::robot(name)?;
+        let scored = scored_tasks(opts.reaches, robot.home);
+        let expert = Expert::new(robot.clone());
+        let e = sim::score(&robot, &scored, &mut |obs| expert.command(&obs[..JOINTS], [obs[6], obs[7]]).to_vec());
+        expert_scores.push((name.clone(), e));
+        progress(&format!("{name}: source"));
+        let zero = score_skill(&mut source, &robot, &scored);
+        for &n in &opts.demos {
+            let mut rows: Vec<Point> = ["source", "ridge", "finetune", "from scratch"]
+                .iter()
+                .map(|m| Point {
+                    robot: name.clone(),
+                    method: m.to_string(),
+                    demos: n,
+                    success: Vec::new(),
+                    distance: Vec::new(),
+                    accepted: m.starts_with("ridge").then_some(0).or(m.starts_with("finetune").then_some(0)),
+                    cpu_s: Vec::new(),
+                    skipped: None,
+                    rejections: Vec::new(),
+                })
+                .collect();
+            for seed in 0..opts.seeds as u64 {
+                progress(&format!("{name}: {n} demonstration(s), seed {seed}"));
+                let folder = dir.join(format!("{name}-{n}-{seed}"));
+                let files = sim::episodes::record(
+                    &robot,
+                    &demo_tasks(seed, n, robot.home),
+                    &folder.join("episodes"),
+                    "demo",
+                    0.0,
+                )?;
+                rows[0].success.push(zero.success_rate);
+                rows[0].distance.push(zero.mean_distance);
+                let episodes = dataset::load(&files, &source.manifest).map_err(|e| e.to_string())?;
+                for (i, (mname, method)) in methods().into_iter().enumerate() {
+                    let row = &mut rows[1 + i];
+                    let o = Options { method, threads: 1, ..Options::default() };
+                    let t = cpu_s();
+                    let adapted = match adapt::adapt(&source, &episodes, &o, &Quiet) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            row.skipped = Some(e.to_string());
+                            continue;
+                        }
+                    };
+                    row.cpu_s.push(cpu_s() - t);
+                    if adapted.report.accepted {
+                        *row.accepted.get_or_insert(0) += 1;
+                    } else {
+                        row.rejections.push(adapted.report.reasons.join("; "));
+                    }
+                    // Scored whatever the gate said: the curve shows what the fit achieves; the
+                    // table says how often the gate let it through.
+                    let out = folder.join(mname);
+                    let mut skill =
+                        adapt::write(&source, &adapted, &out, None, Some(name)).map_err(|e| e.to_string())?;
+                    let s = score_skill(&mut skill, &robot, &scored);
+                    row.success.push(s.success_rate);
+                    row.distance.push(s.mean_distance);
+                }
+                let scratch_eps = dataset::load(&files, &template).map_err(|e| e.to_string())?;
+                let t = cpu_s();
+                let trained = train::train(&template, &scratch_eps, &TrainOptions::default())?;
+                rows[3].cpu_s.push(cpu_s() - t);
+                let mut skill = skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
+                    .map_err(|e| e.to_string())?;
+                let s = score_skill(&mut skill, &robot, &scored);
+                rows[3].success.push(s.success_rate);
+                rows[3].distance.push(s.mean_distance);
+            }
+            points.extend(rows);
+        }
+    }
+    Ok(TransferReport { source: label, expert: expert_scores, points, reaches: opts.reaches, seeds: opts.seeds })
+}
+
+impl TransferReport {
+    /// Success rate against demonstrations, a panel per robot, a line per method with the
+    /// spread over seeds, and the expert's level: `stem.png` and `stem.svg`.
+    pub fn plot(&self, stem: &Path) -> Result<(PathBuf, PathBuf), String> {
+        let mut panels = Vec::new();
+        for (robot, expert) in &self.expert {
+            let points: Vec<&Point> = self.points.iter().filter(|p| &p.robot == robot).collect();
+            let xs: Vec<f64> = points.iter().map(|p| p.demos as f64).collect();
+            let mut series: Vec<crate::adapt::plot::Series> = vec![(
+                "expert".into(),
+                [xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(0.0, f64::max)]
+                    .iter()
+                    .map(|&x| (x, expert.success_rate * 100.0, 0.0))
+                    .collect(),
+            )];
+            for method in ["source", "ridge", "finetune", "from scratch"] {
+                let line: Vec<(f64, f64, f64)> = points
+                    .iter()
+                    .filter(|p| p.method == method && !p.success.is_empty())
+                    .map(|p| (p.demos as f64, mean(&p.success) * 100.0, spread(&p.success) * 100.0))
+                    .collect();
+                series.push((method.into(), line));
+            }
+            panels.push((robot.clone(), series));
+        }
+        crate::adapt::plot::curves(&panels, stem, "demonstrations", "success (%)", 105.0)
+    }
+}
+
+impl fmt::Display for TransferReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "source skill {}; success = tip within {} m after {} s; {} scored reaches, {} seed(s) per point (mean ± spread over seeds)",
+            self.source,
+            sim::SUCCESS_M,
+            sim::EPISODE_TICKS as f64 / sim::RATE_HZ,
+            self.reaches,
+            self.seeds
+        )?;
+        for (robot, e) in &self.expert {
+            writeln!(
+                f,
+                "\n{robot}: expert {:.0} % success, final distance {:.3} m",
+                e.success_rate * 100.0,
+                e.mean_distance
+            )?;
+            writeln!(f, "| demos | method | success (%) | final distance (m) | gate accepted | fit CPU (s) |")?;
+            writeln!(f, "|---:|---|---:|---:|---:|---:|")?;
+            for p in self.points.iter().filter(|p| &p.robot == robot) {
+                if let Some(why) = &p.skipped
+                    && p.success.is_empty()
+                {
+                    writeln!(f, "| {} | {} | n/a | n/a | n/a | {why} |", p.demos, p.method)?;
+                    continue;
+                }
+                let accepted = p.accepted.map_or("-".into(), |a| format!("{a}/{}", p.success.len()));
+                let cpu = if p.cpu_s.is_empty() { "-".into() } else { format!("{:.2}", mean(&p.cpu_s)) };
+                writeln!(
+                    f,
+                    "| {} | {} | {:.0} ± {:.0} | {:.3} ± {:.3} | {accepted} | {cpu} |",
+                    p.demos,
+                    p.method,
+                    mean(&p.success) * 100.0,
+                    spread(&p.success) * 100.0,
+                    mean(&p.distance),
+                    spread(&p.distance)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -138,14 +138,45 @@ enum Command {
     /// Look at, export and recover recorded episodes.
     #[command(subcommand)]
     Episodes(EpisodesCommand),
-    /// A simulated arm (arm-a, arm-b, arm-c): record its expert's demonstrations without ROS.
+    /// The transfer demo, over DDS on this host: the simulated target arm, the node with a skill
+    /// learnt on another arm, and the expert. Scores the skill, records demonstrations, adapts
+    /// live, and scores it again.
+    #[cfg(feature = "dds")]
+    Demo {
+        /// The source skill.
+        #[arg(long, default_value = "skills/reach-arm-a")]
+        skill: PathBuf,
+        /// The simulated target robot.
+        #[arg(long, default_value = "arm-b")]
+        robot: String,
+        /// Demonstrations to record.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..))]
+        demos: u16,
+        /// Reaches scored before and after.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        reaches: u16,
+        /// What the node is sent on ~/adapt.
+        #[arg(long, default_value = "ridge")]
+        request: String,
+        /// The before/after plot is written to PLOT.png and PLOT.svg.
+        #[arg(long, default_value = "demo")]
+        plot: PathBuf,
+        /// Keep the episodes and the adapted skill in this folder (default: a temporary one).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A simulated arm (arm-a, arm-b, arm-c) as a ROS 2 node, or its expert's demonstrations
+    /// recorded without ROS (--demos).
     Sim {
         /// The simulated robot.
         #[arg(long)]
         robot: String,
         /// Record this many expert reaches into --out, in simulated time, and exit.
-        #[arg(long)]
-        demos: usize,
+        #[arg(long, requires = "out")]
+        demos: Option<usize>,
         /// Seed of the reaches (start poses and targets).
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -155,7 +186,30 @@ enum Command {
         noise: f64,
         /// Folder of the episodes (created).
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// ROS arguments of the node (`--ros-args -r __ns:=/robot1 ...`).
+        #[arg(last = true)]
+        ros_args: Vec<String>,
+    },
+    /// The simulated arm's expert as a teleoperator: records demonstrations through a running
+    /// node's ~/demo/control, resetting the arm (its ~/reset) before each.
+    #[cfg(feature = "dds")]
+    Teleop {
+        /// The simulated robot (the expert knows its true parameters).
+        #[arg(long)]
+        robot: String,
+        /// Demonstrations to record.
+        #[arg(long, default_value_t = 5)]
+        episodes: usize,
+        /// The skillgraft node.
+        #[arg(long, default_value = "/skillgraft")]
+        node: String,
+        /// The simulated arm's node.
+        #[arg(long, default_value = "/sim")]
+        sim: String,
+        /// Seconds per demonstration.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
     /// Train a whole MLP policy from scratch on demonstrations and write it as a skill.
     Train {
@@ -528,12 +582,19 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
-        Command::Sim { robot, demos, seed, noise, out } => {
+        Command::Sim { robot, demos: Some(demos), seed, noise, out: Some(out), .. } => {
             let robot = skillgraft::sim::robot(&robot)?;
             let tasks = skillgraft::sim::tasks(seed, demos, robot.home);
             let files = skillgraft::sim::episodes::record(&robot, &tasks, &out, &format!("sim-{}", robot.name), noise)?;
             eprintln!("wrote {} episode(s) of {}'s expert to {}", files.len(), robot.name, out.display());
             Ok(())
+        }
+        Command::Sim { robot, seed, ros_args, .. } => sim_node(&robot, seed, &ros_args),
+        #[cfg(feature = "dds")]
+        Command::Teleop { robot, episodes, node, sim, seconds } => teleop(&robot, episodes, &node, &sim, seconds),
+        #[cfg(feature = "dds")]
+        Command::Demo { skill, robot, demos, reaches, request, plot, keep, json } => {
+            demo(skill, robot, demos, reaches, request, &plot, keep, json)
         }
         Command::Train {
             episodes,
@@ -783,6 +844,113 @@ fn adapt_cli(
             r.reasons.join("; ")
         )))),
     }
+}
+
+/// Runs a simulated arm as a node until Ctrl-C.
+fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    let robot = skillgraft::sim::robot(robot)?;
+    let args = skillgraft::ros::args::RosArgs::parse(ros_args, &[], "sim")?;
+    let identity =
+        skillgraft::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
+    let transport: std::sync::Arc<dyn skillgraft::ros::transport::Transport> =
+        std::sync::Arc::from(skillgraft::ros::transport::connect(identity, skillgraft::ros::args::domain_id()?)?);
+    let _node = skillgraft::sim::node::SimNode::start(transport, &args, robot.clone(), seed)?;
+    eprintln!(
+        "simulated {} as node {}: joints on {}, target on {}, commands on {}, ~/reset, ~/tip; Ctrl-C to stop",
+        robot.name,
+        args.fully_qualified_name(),
+        args.resolve_topic(skillgraft::sim::episodes::JOINT_TOPIC)?,
+        args.resolve_topic(skillgraft::sim::episodes::TARGET_TOPIC)?,
+        args.resolve_topic(skillgraft::sim::episodes::COMMAND_TOPIC)?
+    );
+    let _ = rx.recv();
+    Ok(())
+}
+
+/// Records demonstrations of the simulated arm's expert through a running node.
+#[cfg(feature = "dds")]
+fn teleop(robot: &str, episodes: usize, node: &str, sim: &str, seconds: f64) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::ros::msg::{RosMessage, StringMsg};
+    use skillgraft::ros::transport::{Qos, Transport};
+    let robot = skillgraft::sim::robot(robot)?;
+    let args = skillgraft::ros::args::RosArgs::parse(&[], &[], "teleop")?;
+    let identity =
+        skillgraft::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
+    let transport: std::sync::Arc<dyn Transport> =
+        std::sync::Arc::from(skillgraft::ros::transport::connect(identity, skillgraft::ros::args::domain_id()?)?);
+    let expert = skillgraft::sim::node::Teleop::start(transport.clone(), &args, robot)?;
+    let mut control = transport.publisher(&format!("{node}/demo/control"), StringMsg::TYPE, Qos::RELIABLE)?;
+    let mut reset = transport.publisher(&format!("{sim}/reset"), StringMsg::TYPE, Qos::RELIABLE)?;
+    let say = |p: &mut Box<dyn skillgraft::ros::transport::RawPublisher>, text: &str| {
+        skillgraft::ros::cdr::encode(&StringMsg { data: text.into() })
+            .map_err(|e| e.to_string())
+            .and_then(|b| p.publish(&b).map_err(|e| e.to_string()))
+    };
+    // Discovery: reliable messages sent before the subscribers are matched are lost.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for k in 0..episodes {
+        say(&mut reset, "")?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        say(&mut control, &format!("start teleop-{k}"))?;
+        expert.enable(true);
+        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+        expert.enable(false);
+        say(&mut control, "stop")?;
+        eprintln!("demonstration {} of {episodes} done", k + 1);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    Ok(())
+}
+
+/// The transfer demo.
+#[cfg(feature = "dds")]
+#[allow(clippy::too_many_arguments)]
+fn demo(
+    skill: PathBuf,
+    robot: String,
+    demos: u16,
+    reaches: u16,
+    request: String,
+    plot: &std::path::Path,
+    keep: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: set before any thread is started; the demo keeps DDS on this host.
+    unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+    let dir = match &keep {
+        Some(k) => {
+            std::fs::create_dir_all(k)?;
+            k.clone()
+        }
+        None => tempfile_dir()?,
+    };
+    let opts = skillgraft::sim::demo::DemoOptions {
+        skill,
+        robot,
+        demos: usize::from(demos),
+        reaches: usize::from(reaches),
+        request,
+        domain: 90 + (std::process::id() % 40) as u16,
+        dir: dir.clone(),
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let report = skillgraft::sim::demo::run(&opts, &mut |what| bar.set_message(what.to_string()));
+    bar.finish_and_clear();
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = report?;
+    print(&report, json)?;
+    match report.plot(plot) {
+        Ok((png, svg)) => eprintln!("plot: {} {}", png.display(), svg.display()),
+        Err(e) => eprintln!("warning: no plot: {e}"),
+    }
+    Ok(())
 }
 
 /// A fresh folder under the system's temporary folder, for a benchmark's episodes.

@@ -121,7 +121,9 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     peer.subscribe(
         "/arm/joint_velocity_cmd",
         Float64MultiArray::TYPE,
-        Qos::RELIABLE,
+        // A deep history: on a loaded machine this reader may lag, and the blend after the swap
+        // lasts only 20 actions.
+        Qos { depth: 1000, ..Qos::RELIABLE },
         Box::new(move |s| {
             tx.send(cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE).unwrap().data).unwrap();
         }),

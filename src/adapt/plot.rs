@@ -122,22 +122,22 @@ where
     let areas = root.split_evenly((1, panels.len().max(1)));
     for ((title, series), area) in panels.iter().zip(areas) {
         let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-        let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        let (lo, hi) = if lo.is_finite() && lo > 0.0 { (lo / 1.3, hi * 1.3) } else { (0.5, 30.0) };
+        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        let (lo, hi) = if lo.is_finite() { (lo - 0.5, hi + 0.5) } else { (0.0, 1.0) };
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d((lo..hi).log_scale(), 0.0..y_max)
+            .build_cartesian_2d(lo..hi, 0.0..y_max)
             .map_err(err)?;
         chart
             .configure_mesh()
             .light_line_style(WHITE)
             .x_desc(x_desc)
             .y_desc(y_desc)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { String::new() })
+            .y_label_formatter(&|v| if y_max < 20.0 { format!("{v:.1}") } else { format!("{v:.0}") })
             .draw()
             .map_err(err)?;
         for (k, (label, points)) in series.iter().enumerate() {
@@ -164,7 +164,7 @@ where
     root.present().map_err(err)
 }
 
-/// Writes side-by-side panels of lines with error bars (x on a log scale, y from 0 to `y_max`)
+/// Writes side-by-side panels of lines with error bars (y from 0 to `y_max`)
 /// to `stem.png` and `stem.svg`; returns the two paths.
 pub fn curves(
     panels: &[(String, Vec<Series>)],

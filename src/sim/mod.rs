@@ -3,7 +3,10 @@
 //! differ (link lengths, joint zero offsets, actuator gains and lag, sensor bias), so a policy
 //! learnt on one does not simply work on another.
 
+#[cfg(feature = "dds")]
+pub mod demo;
 pub mod episodes;
+pub mod node;
 
 use nalgebra::{DMatrix, DVector};
 

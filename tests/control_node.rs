@@ -182,7 +182,12 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let incompatible = skill::write_skill(&dir.path().join("other"), &other.0, &other.1).unwrap();
     assert!(matches!(node.swap_skill(incompatible), Err(NodeError::Incompatible(..))));
 
-    node.swap_skill(variant(&dir.path().join("again"))).unwrap();
+    // Making the skills above took long enough for the inputs to go stale (the safe action,
+    // from which a swap does not blend): feed fresh ones first, so the swap meets the running
+    // policy, as on a robot.
+    let again = variant(&dir.path().join("again"));
+    feed.hold(&obs, Duration::from_millis(300), &actions);
+    node.swap_skill(again).unwrap();
     let after = feed.hold(&obs, Duration::from_millis(600), &actions);
     assert_eq!(node.stats.swaps.load(Ordering::Relaxed), 1);
     let first_b = after.iter().position(|a| close(a, &want_b)).expect("the swapped skill's action arrives");

@@ -138,6 +138,12 @@ enum Command {
     /// Look at, export and recover recorded episodes.
     #[command(subcommand)]
     Episodes(EpisodesCommand),
+    /// Signing keys for skill bundles.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Signed skill bundles: pack a skill folder, verify a bundle.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// The transfer demo, over DDS on this host: the simulated target arm, the node with a skill
     /// learnt on another arm, and the expert. Scores the skill, records demonstrations, adapts
     /// live, and scores it again.
@@ -300,6 +306,48 @@ enum EpisodesCommand {
     Recover {
         /// Folder of episode files.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a signing key: NAME.key (secret, owner-only) and NAME.pub (give it to robots).
+    New {
+        /// Path of the key files, without extension.
+        name: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Pack a skill folder into a signed bundle.
+    Pack {
+        /// The skill folder.
+        dir: PathBuf,
+        /// The secret key to sign with (NAME.key from `keys new`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The bundle to write (default: NAME-VERSION.skill here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Allow robots to install it over a newer version.
+        #[arg(long)]
+        downgrade: bool,
+    },
+    /// Check a bundle: every file against the signed list, the signature against trusted keys,
+    /// and that the skill loads.
+    Verify {
+        /// The bundle.
+        file: PathBuf,
+        /// Files of trusted public keys (.pub).
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// Largest bundle, and largest unpacked skill, in MiB.
+        #[arg(long, default_value_t = 512)]
+        max_mib: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -582,6 +630,59 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
+        Command::Keys(KeysCommand::New { name }) => {
+            let (secret, public) = skillgraft::skill::bundle::new_key(&name)?;
+            println!(
+                "wrote {} (secret: keep it on the fleet server) and {} (give it to robots)",
+                secret.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Command::Bundle(BundleCommand::Pack { dir, key, out, downgrade }) => {
+            let key = skillgraft::skill::bundle::read_secret(&key)?;
+            let out = match out {
+                Some(o) => o,
+                None => {
+                    let m = skillgraft::skill::Skill::load(&dir)?.manifest;
+                    PathBuf::from(format!("{}-{}.{}", m.name, m.version, skillgraft::skill::bundle::EXTENSION))
+                }
+            };
+            let c = skillgraft::skill::bundle::pack(&dir, &key, &out, downgrade)?;
+            println!(
+                "packed {} {} ({} files) into {}, signed by {}",
+                c.name,
+                c.version,
+                c.files.len(),
+                out.display(),
+                skillgraft::skill::bundle::key_id(&key.verifying_key())
+            );
+            Ok(())
+        }
+        Command::Bundle(BundleCommand::Verify { file, trust, max_mib, json }) => {
+            let trusted = skillgraft::skill::bundle::read_trusted(&trust)?;
+            let limits = skillgraft::skill::bundle::Limits { max_bytes: max_mib.saturating_mul(1 << 20) };
+            let v = skillgraft::skill::bundle::verify(&file, &trusted, limits)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"contents": v.contents, "signer": v.signer}))?
+                );
+            } else {
+                println!(
+                    "{}: {} {} ({}), signed by {}",
+                    file.display(),
+                    v.contents.name,
+                    v.contents.version,
+                    v.contents.digest,
+                    v.signer
+                );
+                for f in &v.contents.files {
+                    println!("  {}  {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
+                }
+            }
+            Ok(())
+        }
         Command::Sim { robot, demos: Some(demos), seed, noise, out: Some(out), .. } => {
             let robot = skillgraft::sim::robot(&robot)?;
             let tasks = skillgraft::sim::tasks(seed, demos, robot.home);

@@ -1,6 +1,7 @@
 //! Skills: a folder holding `skill.toml` and the policy's ONNX file. Loading validates the manifest
 //! against the graph; writing is atomic (a temporary folder renamed into place).
 
+pub mod bundle;
 pub mod inspect;
 pub mod manifest;
 

@@ -144,6 +144,9 @@ enum Command {
     /// Signed skill bundles: pack a skill folder, verify a bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// The robot's skill store: install signed bundles, list, activate, roll back.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The transfer demo, over DDS on this host: the simulated target arm, the node with a skill
     /// learnt on another arm, and the expert. Scores the skill, records demonstrations, adapts
     /// live, and scores it again.
@@ -348,6 +351,51 @@ enum BundleCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify a bundle, test it, and install it as the active version of its skill.
+    Install {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Files of trusted public keys (.pub).
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// Largest bundle, and largest unpacked skill, in MiB.
+        #[arg(long, default_value_t = 512)]
+        max_mib: u64,
+    },
+    /// Installed skills, their versions, the active and the previous one.
+    List {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an installed version active.
+    Activate {
+        /// Skill name.
+        name: String,
+        /// Version.
+        version: semver::Version,
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Return to the version active before the current one.
+    Rollback {
+        /// Skill name.
+        name: String,
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
     },
 }
 
@@ -630,6 +678,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
+        Command::Store(cmd) => store(cmd),
         Command::Keys(KeysCommand::New { name }) => {
             let (secret, public) = skillgraft::skill::bundle::new_key(&name)?;
             println!(
@@ -945,6 +994,36 @@ fn adapt_cli(
             r.reasons.join("; ")
         )))),
     }
+}
+
+/// The skill store commands.
+fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::skill::store::{Entry, Store};
+    let show = |e: &Entry| {
+        let versions: Vec<String> = e.versions.iter().map(|v| v.to_string()).collect();
+        let previous = e.state.previous.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        println!("{}: active {}, previous {previous}, installed {}", e.name, e.state.active, versions.join(", "));
+    };
+    match cmd {
+        StoreCommand::Install { bundle, store, trust, max_mib } => {
+            let trusted = skillgraft::skill::bundle::read_trusted(&trust)?;
+            let limits = skillgraft::skill::bundle::Limits { max_bytes: max_mib.saturating_mul(1 << 20) };
+            show(&Store::open(&store)?.install(&bundle, &trusted, limits)?);
+        }
+        StoreCommand::List { store, json } => {
+            let list = Store::open(&store)?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no skills installed in {}", store.display());
+            } else {
+                list.iter().for_each(show);
+            }
+        }
+        StoreCommand::Activate { name, version, store } => show(&Store::open(&store)?.activate(&name, &version)?),
+        StoreCommand::Rollback { name, store } => show(&Store::open(&store)?.rollback(&name)?),
+    }
+    Ok(())
 }
 
 /// Runs a simulated arm as a node until Ctrl-C.

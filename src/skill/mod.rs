@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod inspect;
 pub mod manifest;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::io::Write;

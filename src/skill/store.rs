@@ -1,0 +1,242 @@
+//! The robot's skill store: every installed version of every skill, which one is active and
+//! which ran before it. A version is installed from a signed bundle by unpacking it into a
+//! scratch folder, checking it (signature, files, a smoke inference), and renaming it into
+//! place; only then does the skill's `state.json` (replaced atomically) point at it. A crash at
+//! any point leaves either the old or the new version active, never neither.
+//!
+//! ```text
+//! ROOT/.incoming/             scratch, emptied when the store opens
+//! ROOT/NAME/versions/VERSION/ installed skill folders, never changed once there
+//! ROOT/NAME/state.json        {"active": VERSION, "previous": VERSION or null}
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::Skill;
+use super::bundle::{self, BundleError, Limits};
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The bundle is not to be trusted.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// A file of the store could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The request does not fit what is installed; the message says what would.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// Which version of a skill runs, and which ran before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// The active version.
+    pub active: semver::Version,
+    /// The version active before it, for rollback.
+    pub previous: Option<semver::Version>,
+}
+
+/// One installed skill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Skill name.
+    pub name: String,
+    /// Installed versions, lowest first.
+    pub versions: Vec<semver::Version>,
+    /// Which is active, and which was before.
+    pub state: State,
+}
+
+/// The store at a folder.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    /// One change at a time in this process.
+    changing: Mutex<()>,
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("sync", dir))
+}
+
+impl Store {
+    /// Opens (creating) the store at `root`, discarding what an interrupted install left.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let incoming = root.join(".incoming");
+        if incoming.exists() {
+            std::fs::remove_dir_all(&incoming).map_err(io("clear", &incoming))?;
+        }
+        std::fs::create_dir_all(&incoming).map_err(io("create", &incoming))?;
+        Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()) })
+    }
+
+    fn state_path(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("state.json")
+    }
+
+    /// The folder of an installed version.
+    pub fn dir(&self, name: &str, version: &semver::Version) -> PathBuf {
+        self.root.join(name).join("versions").join(version.to_string())
+    }
+
+    /// The state of skill `name`, if it is installed.
+    pub fn state(&self, name: &str) -> Result<Option<State>, StoreError> {
+        let path = self.state_path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StoreError::Refused(format!("{}: {e}; restore it from the versions folder beside it", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Replaces the state atomically: a new file, synced, renamed over the old, folder synced.
+    fn write_state(&self, name: &str, state: &State) -> Result<(), StoreError> {
+        let path = self.state_path(name);
+        let tmp = path.with_extension("json.part");
+        let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+        std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        fsync_dir(&self.root.join(name))
+    }
+
+    /// Every installed skill.
+    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+            .map_err(io("read", &self.root))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        for name in names {
+            let Some(state) = self.state(&name)? else { continue };
+            let vdir = self.root.join(&name).join("versions");
+            let mut versions: Vec<semver::Version> = std::fs::read_dir(&vdir)
+                .map_err(io("read", &vdir))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                .collect();
+            versions.sort();
+            out.push(Entry { name, versions, state });
+        }
+        Ok(out)
+    }
+
+    /// Verifies `bundle` against `trusted`, test-loads it and runs one inference, and installs it
+    /// as the active version of its skill (the one active before becomes `previous`). A version
+    /// not above the active one is refused unless the bundle was signed with `downgrade`.
+    pub fn install(&self, bundle: &Path, trusted: &[VerifyingKey], limits: Limits) -> Result<Entry, StoreError> {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let scratch = self.root.join(".incoming").join(format!("{}-{}", std::process::id(), unique()));
+        let result = self.install_from(bundle, trusted, limits, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        result
+    }
+
+    fn install_from(
+        &self,
+        bundle_path: &Path,
+        trusted: &[VerifyingKey],
+        limits: Limits,
+        scratch: &Path,
+    ) -> Result<Entry, StoreError> {
+        let v = bundle::unpack(bundle_path, trusted, scratch, limits)?;
+        let (name, version) = (v.contents.name.clone(), v.contents.version.clone());
+        let state = self.state(&name)?;
+        if let Some(s) = &state
+            && version <= s.active
+            && !v.contents.downgrade
+        {
+            return Err(StoreError::Refused(format!(
+                "{name} {version} is not above the active {}; a fleet that means it signs the bundle with --downgrade",
+                s.active
+            )));
+        }
+        let target = self.dir(&name, &version);
+        if target.exists() {
+            return Err(StoreError::Refused(format!(
+                "{name} {version} is already installed; activate it instead, or bump the version"
+            )));
+        }
+        smoke(&v.dir).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
+        let versions = target.parent().expect("a versions folder");
+        std::fs::create_dir_all(versions).map_err(io("create", versions))?;
+        fsync_dir(&v.dir)?;
+        std::fs::rename(&v.dir, &target).map_err(io("install", &target))?;
+        fsync_dir(versions)?;
+        let previous = state.map(|s| s.active);
+        self.write_state(&name, &State { active: version, previous })?;
+        self.entry(&name)
+    }
+
+    fn entry(&self, name: &str) -> Result<Entry, StoreError> {
+        self.list()?
+            .into_iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))
+    }
+
+    /// Makes an installed version active (the active one becomes `previous`).
+    pub fn activate(&self, name: &str, version: &semver::Version) -> Result<Entry, StoreError> {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state(name)?.ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))?;
+        if !self.dir(name, version).is_dir() {
+            return Err(StoreError::Refused(format!("{name} {version} is not installed; install its bundle first")));
+        }
+        if &state.active != version {
+            self.write_state(name, &State { active: version.clone(), previous: Some(state.active) })?;
+        }
+        self.entry(name)
+    }
+
+    /// Returns to the version active before the current one.
+    pub fn rollback(&self, name: &str) -> Result<Entry, StoreError> {
+        let state = self.state(name)?.ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))?;
+        let previous = state
+            .previous
+            .ok_or_else(|| StoreError::Refused(format!("{name} has no previous version to roll back to")))?;
+        self.activate(name, &previous)
+    }
+}
+
+/// Loads the skill and runs one inference on its mean observation: the output must be finite.
+fn smoke(dir: &Path) -> Result<(), String> {
+    let mut skill = Skill::load(dir).map_err(|e| format!("the skill does not load: {e}"))?;
+    let m = &skill.manifest;
+    let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
+    let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
+    let (_, action) = skill.step(&obs).map_err(|e| format!("the smoke inference failed: {e}"))?;
+    if action.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err("the smoke inference gave values that are not finite".into())
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

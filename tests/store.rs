@@ -1,0 +1,120 @@
+//! The robot's skill store through the CLI: install signed bundles, the version rule, activate,
+//! roll back, and bad bundles that change nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")
+}
+
+/// A copy of the example skill at `version`.
+fn version(dir: &Path, v: &str) -> PathBuf {
+    let out = dir.join(format!("arm6-{v}"));
+    common::copy_tree(&example(), &out);
+    let toml = out.join("skill.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace("version = \"0.1.0\"", &format!("version = \"{v}\""));
+    std::fs::write(&toml, text).unwrap();
+    out
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = dir.path().join("fleet");
+    common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
+    let (key, public) = (stem.with_extension("key"), stem.with_extension("pub"));
+    let pack = |v: &str, extra: &[&str]| {
+        let src = version(dir.path(), v);
+        let out = dir.path().join(format!("arm6-{v}{}.skill", if extra.is_empty() { "" } else { "-down" }));
+        let mut args = vec![
+            "bundle",
+            "pack",
+            src.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        common::succeeds(&args);
+        std::fs::remove_dir_all(&src).unwrap();
+        out
+    };
+    let b1 = pack("0.1.0", &[]);
+    let b2 = pack("0.2.0", &[]);
+    let b1_down = pack("0.1.0", &["--downgrade"]);
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let install = |b: &Path| {
+        common::skillgraft(&[
+            "store",
+            "install",
+            b.to_str().unwrap(),
+            "--store",
+            s,
+            "--trust",
+            public.to_str().unwrap(),
+        ])
+    };
+
+    let out = String::from_utf8(install(&b1).stdout).unwrap();
+    assert!(out.contains("example-arm6: active 0.1.0, previous none"), "{out}");
+    let out = String::from_utf8(install(&b2).stdout).unwrap();
+    assert!(out.contains("active 0.2.0, previous 0.1.0"), "{out}");
+
+    // An older or equal version is refused unless signed for it; nothing changes.
+    let before = snapshot(&store);
+    let refused = install(&b1);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not above the active 0.2.0"));
+    let again = install(&b2);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not above the active"));
+    // A tampered bundle: refused, nothing changes.
+    let mut bytes = std::fs::read(&b2).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    let bad = dir.path().join("bad.skill");
+    std::fs::write(&bad, bytes).unwrap();
+    assert_eq!(install(&bad).status.code(), Some(1));
+    assert_eq!(snapshot(&store), before, "refused bundles leave the store as it was");
+
+    // Signed for a downgrade, but that version is installed: activate it instead.
+    let err = String::from_utf8_lossy(&install(&b1_down).stderr).into_owned();
+    assert!(err.contains("already installed; activate it instead"), "{err}");
+    let out = common::succeeds(&["store", "rollback", "example-arm6", "--store", s]);
+    assert!(out.contains("active 0.1.0, previous 0.2.0"), "{out}");
+    let out = common::succeeds(&["store", "activate", "example-arm6", "0.2.0", "--store", s]);
+    assert!(out.contains("active 0.2.0, previous 0.1.0"), "{out}");
+    let err = common::fails(&["store", "activate", "example-arm6", "9.9.9", "--store", s]);
+    assert!(err.contains("not installed"), "{err}");
+    let list: serde_json::Value =
+        serde_json::from_str(&common::succeeds(&["store", "list", "--store", s, "--json"])).unwrap();
+    assert_eq!(list[0]["versions"], serde_json::json!(["0.1.0", "0.2.0"]));
+
+    // What an install killed half way leaves in the scratch folder is cleared on open, and the
+    // active version stays.
+    std::fs::create_dir_all(store.join(".incoming/123-0/skill")).unwrap();
+    common::succeeds(&["store", "list", "--store", s]);
+    assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0);
+    let state = std::fs::read_to_string(store.join("example-arm6/state.json")).unwrap();
+    assert!(state.contains("\"active\": \"0.2.0\""), "{state}");
+}

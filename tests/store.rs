@@ -118,3 +118,52 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     let state = std::fs::read_to_string(store.join("example-arm6/state.json")).unwrap();
     assert!(state.contains("\"active\": \"0.2.0\""), "{state}");
 }
+
+/// An install SIGKILLed at each of its steps leaves the old or the new version active, whole,
+/// and the store usable.
+#[test]
+fn an_install_killed_at_any_step_leaves_a_consistent_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = dir.path().join("fleet");
+    common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
+    let (key, public) = (stem.with_extension("key"), stem.with_extension("pub"));
+    let mut bundles = Vec::new();
+    for v in ["0.1.0", "0.2.0"] {
+        let src = version(dir.path(), v);
+        let out = dir.path().join(format!("arm6-{v}.skill"));
+        common::succeeds(&[
+            "bundle",
+            "pack",
+            src.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        bundles.push(out);
+    }
+    for (step, active) in [
+        ("unpacked", "0.1.0"),
+        ("smoked", "0.1.0"),
+        ("renamed", "0.1.0"),
+        ("state-written", "0.1.0"),
+        ("state-renamed", "0.2.0"),
+    ] {
+        let store = dir.path().join(format!("store-{step}"));
+        let s = store.to_str().unwrap();
+        let trust = public.to_str().unwrap();
+        common::succeeds(&["store", "install", bundles[0].to_str().unwrap(), "--store", s, "--trust", trust]);
+        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(["store", "install", bundles[1].to_str().unwrap(), "--store", s, "--trust", trust])
+            .env("SKILLGRAFT_STORE_KILL_AT", step)
+            .output()
+            .unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "{step}: killed there");
+        let list: serde_json::Value =
+            serde_json::from_str(&common::succeeds(&["store", "list", "--store", s, "--json"])).unwrap();
+        assert_eq!(list[0]["state"]["active"], active, "{step}: {list}");
+        let folder = store.join("example-arm6/versions").join(active);
+        assert!(skillgraft::skill::Skill::load(&folder).is_ok(), "{step}: the active version is whole");
+        assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0, "{step}: scratch cleared");
+    }
+}

@@ -73,6 +73,15 @@ pub struct Store {
     changing: Mutex<()>,
 }
 
+/// Crash tests name a step in `SKILLGRAFT_STORE_KILL_AT`; the process SIGKILLs itself there, so
+/// the store's crash consistency is checked at every step of a real install.
+fn kill_point(step: &str) {
+    if std::env::var("SKILLGRAFT_STORE_KILL_AT").is_ok_and(|s| s == step) {
+        // SAFETY: sends a signal to this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("sync", dir))
 }
@@ -116,7 +125,9 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync", &tmp))?;
+        kill_point("state-written");
         std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        kill_point("state-renamed");
         fsync_dir(&self.root.join(name))
     }
 
@@ -163,6 +174,7 @@ impl Store {
         scratch: &Path,
     ) -> Result<Entry, StoreError> {
         let v = bundle::unpack(bundle_path, trusted, scratch, limits)?;
+        kill_point("unpacked");
         let (name, version) = (v.contents.name.clone(), v.contents.version.clone());
         let state = self.state(&name)?;
         if let Some(s) = &state
@@ -184,8 +196,10 @@ impl Store {
         let versions = target.parent().expect("a versions folder");
         std::fs::create_dir_all(versions).map_err(io("create", versions))?;
         fsync_dir(&v.dir)?;
+        kill_point("smoked");
         std::fs::rename(&v.dir, &target).map_err(io("install", &target))?;
         fsync_dir(versions)?;
+        kill_point("renamed");
         let previous = state.map(|s| s.active);
         self.write_state(&name, &State { active: version, previous })?;
         self.entry(&name)

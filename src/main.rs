@@ -1026,6 +1026,15 @@ fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The transport of the node `args` names, on the domain of `ROS_DOMAIN_ID`.
+fn connect(
+    args: &skillgraft::ros::args::RosArgs,
+) -> Result<std::sync::Arc<dyn skillgraft::ros::transport::Transport>, Box<dyn std::error::Error>> {
+    let identity =
+        skillgraft::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
+    Ok(std::sync::Arc::from(skillgraft::ros::transport::connect(identity, skillgraft::ros::args::domain_id()?)?))
+}
+
 /// Runs a simulated arm as a node until Ctrl-C.
 fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -1034,10 +1043,7 @@ fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn s
     })?;
     let robot = skillgraft::sim::robot(robot)?;
     let args = skillgraft::ros::args::RosArgs::parse(ros_args, &[], "sim")?;
-    let identity =
-        skillgraft::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
-    let transport: std::sync::Arc<dyn skillgraft::ros::transport::Transport> =
-        std::sync::Arc::from(skillgraft::ros::transport::connect(identity, skillgraft::ros::args::domain_id()?)?);
+    let transport = connect(&args)?;
     let _node = skillgraft::sim::node::SimNode::start(transport, &args, robot.clone(), seed)?;
     eprintln!(
         "simulated {} as node {}: joints on {}, target on {}, commands on {}, ~/reset, ~/tip; Ctrl-C to stop",
@@ -1055,13 +1061,10 @@ fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn s
 #[cfg(feature = "dds")]
 fn teleop(robot: &str, episodes: usize, node: &str, sim: &str, seconds: f64) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::ros::msg::{RosMessage, StringMsg};
-    use skillgraft::ros::transport::{Qos, Transport};
+    use skillgraft::ros::transport::Qos;
     let robot = skillgraft::sim::robot(robot)?;
     let args = skillgraft::ros::args::RosArgs::parse(&[], &[], "teleop")?;
-    let identity =
-        skillgraft::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
-    let transport: std::sync::Arc<dyn Transport> =
-        std::sync::Arc::from(skillgraft::ros::transport::connect(identity, skillgraft::ros::args::domain_id()?)?);
+    let transport = connect(&args)?;
     let expert = skillgraft::sim::node::Teleop::start(transport.clone(), &args, robot)?;
     let mut control = transport.publisher(&format!("{node}/demo/control"), StringMsg::TYPE, Qos::RELIABLE)?;
     let mut reset = transport.publisher(&format!("{sim}/reset"), StringMsg::TYPE, Qos::RELIABLE)?;

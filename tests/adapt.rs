@@ -29,21 +29,8 @@ fn teacher(dir: &Path) -> Skill {
 /// An episode of `n` demonstrations by `expert` on random observations; returns its file.
 fn episode(dir: &Path, id: &str, expert: &mut Skill, seed: u64, n: usize) -> PathBuf {
     let m = expert.manifest.clone();
-    let mut channels: Vec<ChannelSpec> = m
-        .observations
-        .iter()
-        .enumerate()
-        .map(|(i, o)| ChannelSpec {
-            topic: o.topic.clone(),
-            type_name: o.msg_type.clone(),
-            role: format!("observation.{i}"),
-        })
-        .collect();
-    channels.push(ChannelSpec {
-        topic: m.action.topic.clone(),
-        type_name: m.action.msg_type.clone(),
-        role: "action".into(),
-    });
+    let topics: Vec<String> = m.observations.iter().map(|o| o.topic.clone()).collect();
+    let channels = ChannelSpec::for_skill(&m, &topics, &m.action.topic);
     let mut meta = BTreeMap::new();
     meta.insert("robot".to_string(), "arm-b".to_string());
     let mut w = EpisodeWriter::create(dir, id, &channels, &meta, Duration::from_secs(1)).unwrap();

@@ -18,6 +18,12 @@ struct Fleet {
     public: PathBuf,
 }
 
+/// Packs the example skill into `out`, signed with the secret key `key`; returns what pack says.
+fn pack(key: &Path, out: &Path) -> String {
+    let (skill, key, out) = (example(), key.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
+    common::succeeds(&["bundle", "pack", skill.to_str().unwrap(), "--key", &key, "--out", &out])
+}
+
 fn fleet() -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let stem = dir.path().join("fleet");
@@ -78,15 +84,7 @@ fn entries(path: &Path) -> Vec<(String, Vec<u8>)> {
 fn a_packed_bundle_verifies_with_the_fleet_key_and_unpacks_the_same_skill() {
     let f = fleet();
     let out = f.dir.path().join("arm6.skill");
-    let text = common::succeeds(&[
-        "bundle",
-        "pack",
-        example().to_str().unwrap(),
-        "--key",
-        f.key.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let text = pack(&f.key, &out);
     assert!(text.contains("example-arm6 0.1.0"), "{text}");
     let v: serde_json::Value = serde_json::from_str(&common::succeeds(&[
         "bundle",
@@ -118,15 +116,7 @@ fn a_packed_bundle_verifies_with_the_fleet_key_and_unpacks_the_same_skill() {
 fn bad_bundles_are_refused_with_the_reason_and_leave_nothing() {
     let f = fleet();
     let good = f.dir.path().join("good.skill");
-    common::succeeds(&[
-        "bundle",
-        "pack",
-        example().to_str().unwrap(),
-        "--key",
-        f.key.to_str().unwrap(),
-        "--out",
-        good.to_str().unwrap(),
-    ]);
+    pack(&f.key, &good);
     let real = entries(&good);
     let get = |name: &str| real.iter().find(|(n, _)| n == name).unwrap().1.clone();
     let (json, sig, manifest, onnx) =
@@ -138,15 +128,7 @@ fn bad_bundles_are_refused_with_the_reason_and_leave_nothing() {
     let stranger_stem = other.path().join("stranger");
     common::succeeds(&["keys", "new", stranger_stem.to_str().unwrap()]);
     let stranger = other.path().join("stranger.skill");
-    common::succeeds(&[
-        "bundle",
-        "pack",
-        example().to_str().unwrap(),
-        "--key",
-        stranger_stem.with_extension("key").to_str().unwrap(),
-        "--out",
-        stranger.to_str().unwrap(),
-    ]);
+    pack(&stranger_stem.with_extension("key"), &stranger);
     let r = tar::EntryType::Regular;
     let cases: Vec<(&str, Maker, &str)> = vec![
         (

@@ -30,21 +30,8 @@ type Expected = Vec<(Vec<f64>, Vec<f64>)>;
 fn write_episode(dir: &Path, chunk: Duration) -> (PathBuf, Expected) {
     let s = example();
     let m = &s.manifest;
-    let mut channels: Vec<ChannelSpec> = m
-        .observations
-        .iter()
-        .enumerate()
-        .map(|(i, o)| ChannelSpec {
-            topic: o.topic.clone(),
-            type_name: o.msg_type.clone(),
-            role: format!("observation.{i}"),
-        })
-        .collect();
-    channels.push(ChannelSpec {
-        topic: "/teleop/cmd".into(),
-        type_name: m.action.msg_type.clone(),
-        role: "action".into(),
-    });
+    let topics: Vec<String> = m.observations.iter().map(|o| o.topic.clone()).collect();
+    let channels = ChannelSpec::for_skill(m, &topics, "/teleop/cmd");
     let mut meta = BTreeMap::new();
     meta.insert("label".to_string(), "pick".to_string());
     meta.insert("skill_dir".to_string(), s.dir.display().to_string());

@@ -19,6 +19,26 @@ fn version(dir: &Path, v: &str) -> PathBuf {
     out
 }
 
+/// A fleet key pair in `dir`: the secret and the public key files.
+fn keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let stem = dir.join("fleet");
+    common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
+    (stem.with_extension("key"), stem.with_extension("pub"))
+}
+
+/// The example skill at version `v`, packed into `dir/arm6-V[-down].skill` with `key` and `extra`
+/// pack options.
+fn pack(dir: &Path, key: &Path, v: &str, extra: &[&str]) -> PathBuf {
+    let src = version(dir, v);
+    let out = dir.join(format!("arm6-{v}{}.skill", if extra.is_empty() { "" } else { "-down" }));
+    let mut args =
+        vec!["bundle", "pack", src.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(extra);
+    common::succeeds(&args);
+    std::fs::remove_dir_all(&src).unwrap();
+    out
+}
+
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -39,29 +59,10 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let stem = dir.path().join("fleet");
-    common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
-    let (key, public) = (stem.with_extension("key"), stem.with_extension("pub"));
-    let pack = |v: &str, extra: &[&str]| {
-        let src = version(dir.path(), v);
-        let out = dir.path().join(format!("arm6-{v}{}.skill", if extra.is_empty() { "" } else { "-down" }));
-        let mut args = vec![
-            "bundle",
-            "pack",
-            src.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        common::succeeds(&args);
-        std::fs::remove_dir_all(&src).unwrap();
-        out
-    };
-    let b1 = pack("0.1.0", &[]);
-    let b2 = pack("0.2.0", &[]);
-    let b1_down = pack("0.1.0", &["--downgrade"]);
+    let (key, public) = keys(dir.path());
+    let b1 = pack(dir.path(), &key, "0.1.0", &[]);
+    let b2 = pack(dir.path(), &key, "0.2.0", &[]);
+    let b1_down = pack(dir.path(), &key, "0.1.0", &["--downgrade"]);
     let store = dir.path().join("store");
     let s = store.to_str().unwrap();
     let install = |b: &Path| {
@@ -124,24 +125,8 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
 #[test]
 fn an_install_killed_at_any_step_leaves_a_consistent_store() {
     let dir = tempfile::tempdir().unwrap();
-    let stem = dir.path().join("fleet");
-    common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
-    let (key, public) = (stem.with_extension("key"), stem.with_extension("pub"));
-    let mut bundles = Vec::new();
-    for v in ["0.1.0", "0.2.0"] {
-        let src = version(dir.path(), v);
-        let out = dir.path().join(format!("arm6-{v}.skill"));
-        common::succeeds(&[
-            "bundle",
-            "pack",
-            src.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        bundles.push(out);
-    }
+    let (key, public) = keys(dir.path());
+    let bundles = [pack(dir.path(), &key, "0.1.0", &[]), pack(dir.path(), &key, "0.2.0", &[])];
     for (step, active) in [
         ("unpacked", "0.1.0"),
         ("smoked", "0.1.0"),

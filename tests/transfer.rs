@@ -93,10 +93,10 @@ fn the_committed_source_skill_reaches_on_its_own_robot_and_misses_on_arm_b() {
     assert_eq!(skill.manifest.provenance.source_robot, "arm-a");
     let a = sim::robot("arm-a").unwrap();
     let tasks = scored_tasks(20, a.home);
-    let own = score_skill(&mut skill, &a, &tasks);
+    let own = score_skill(&mut skill, &a, &tasks).unwrap();
     assert!(own.success_rate >= 0.9, "on arm-a: {own:?}");
     let b = sim::robot("arm-b").unwrap();
-    let other = score_skill(&mut skill, &b, &tasks);
+    let other = score_skill(&mut skill, &b, &tasks).unwrap();
     assert!(other.success_rate < 0.5, "arm-b differs enough to need adapting: {other:?}");
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::rig::{Feeder, Rig};
+use super::rig::{Feeder, Rig, until};
 use crate::control::diagnostics::percentiles;
 use crate::ros::cdr;
 use crate::ros::msg::{RosMessage, StringMsg};
@@ -145,18 +145,6 @@ pub fn latency(
     let report = LatencyReport { skill: rig.skill.clone(), rate_hz, request: request.into(), episodes, phases };
     rig.node.stop();
     Ok(report)
-}
-
-/// Polls `done` every 5 ms for at most `limit`; whether it came true.
-fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
 }
 
 /// Says `text` on `p` every 300 ms until `done` (reliable topics can lose the first message to

@@ -130,6 +130,18 @@ impl Drop for Feeder {
     }
 }
 
+/// Polls `done` every 5 ms for at most `limit`; whether it came true.
+pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 /// Peak resident memory of this process, MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

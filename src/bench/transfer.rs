@@ -13,8 +13,10 @@ use serde::Serialize;
 use crate::adapt::finetune::Settings;
 use crate::adapt::train::{self, TrainOptions};
 use crate::adapt::{self, Method, Options, Quiet};
-use crate::control::safety::{Counters, SafetyConfig, SafetyFilter};
+use crate::control::NodeConfig;
+use crate::control::safety::{Counters, SafetyFilter};
 use crate::record::dataset;
+use crate::ros::args::RosArgs;
 use crate::sim::{self, Expert, JOINTS, Score, Task};
 use crate::skill::{self, Skill};
 
@@ -95,37 +97,31 @@ fn cpu_s() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
-/// Scores `skill` on `robot`: each tick the skill's action goes through the safety filter with
-/// the skill's limits, as the node sends it.
-pub fn score_skill(skill: &mut Skill, robot: &sim::Robot, tasks: &[Task]) -> Score {
-    let a = &skill.manifest.action;
-    let cfg = SafetyConfig {
-        lower: a.lower.clone(),
-        upper: a.upper.clone(),
-        max_delta: a.max_delta.clone(),
-        safe: a.safe,
-        blend_ticks: 0,
-    };
-    let mut total = Score { success_rate: 0.0, mean_distance: 0.0, reaches: 0 };
-    for task in tasks {
-        // A fresh filter per reach: each starts with the robot at rest, as after a reset.
-        let mut filter = SafetyFilter::new(cfg.clone(), Arc::new(Counters::default()));
-        let mut out = vec![0.0; JOINTS];
-        let s = sim::score(robot, std::slice::from_ref(task), &mut |obs| {
-            match skill.step(obs) {
-                Ok((_, action)) => {
-                    filter.filter(&action, &mut out);
+/// Scores `skill` on `robot`: each tick the skill's action goes through the safety filter
+/// configured as the node configures it (without blend-in), as the node sends it.
+pub fn score_skill(skill: &mut Skill, robot: &sim::Robot, tasks: &[Task]) -> Result<Score, String> {
+    let args = RosArgs::parse(&["--ros-args".into(), "-p".into(), "blend_s:=0.0".into()], &[], "score")
+        .map_err(|e| e.to_string())?;
+    let cfg = NodeConfig::new(&skill.manifest, &args).map_err(|e| e.to_string())?.safety;
+    let distances: Vec<f64> = tasks
+        .iter()
+        .map(|task| {
+            // A fresh filter per reach: each starts with the robot at rest, as after a reset.
+            let mut filter = SafetyFilter::new(cfg.clone(), Arc::new(Counters::default()));
+            let mut out = vec![0.0; JOINTS];
+            let mut controller = |obs: &[f64]| {
+                match skill.step(obs) {
+                    Ok((_, action)) => {
+                        filter.filter(&action, &mut out);
+                    }
+                    Err(_) => out.iter_mut().for_each(|v| *v = 0.0),
                 }
-                Err(_) => out.iter_mut().for_each(|v| *v = 0.0),
-            }
-            out.clone()
-        });
-        total.success_rate += s.success_rate;
-        total.mean_distance += s.mean_distance;
-        total.reaches += 1;
-    }
-    let n = total.reaches.max(1) as f64;
-    Score { success_rate: total.success_rate / n, mean_distance: total.mean_distance / n, reaches: total.reaches }
+                out.clone()
+            };
+            sim::reach(robot, task, &mut controller, &mut |_, _, _| {}).final_distance
+        })
+        .collect();
+    Ok(Score::of(&distances))
 }
 
 /// Demonstration reaches for `seed`: never the scored ones (those come from seed 0).
@@ -161,7 +157,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
         let e = sim::score(&robot, &scored, &mut |obs| expert.command(&obs[..JOINTS], [obs[6], obs[7]]).to_vec());
         expert_scores.push((name.clone(), e));
         progress(&format!("{name}: source"));
-        let zero = score_skill(&mut source, &robot, &scored);
+        let zero = score_skill(&mut source, &robot, &scored)?;
         for &n in &opts.demos {
             let mut rows: Vec<Point> = ["source", "ridge", "finetune", "from scratch"]
                 .iter()
@@ -212,7 +208,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     let out = folder.join(mname);
                     let mut skill =
                         adapt::write(&source, &adapted, &out, None, Some(name)).map_err(|e| e.to_string())?;
-                    let s = score_skill(&mut skill, &robot, &scored);
+                    let s = score_skill(&mut skill, &robot, &scored)?;
                     row.success.push(s.success_rate);
                     row.distance.push(s.mean_distance);
                 }
@@ -222,7 +218,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                 rows[3].cpu_s.push(cpu_s() - t);
                 let mut skill = skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
                     .map_err(|e| e.to_string())?;
-                let s = score_skill(&mut skill, &robot, &scored);
+                let s = score_skill(&mut skill, &robot, &scored)?;
                 rows[3].success.push(s.success_rate);
                 rows[3].distance.push(s.mean_distance);
             }

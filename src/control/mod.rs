@@ -271,23 +271,8 @@ impl RunningNode {
         let inputs = writers.iter().zip(&cfg.observation_topics).map(|(w, t)| (t.clone(), w.stats.clone())).collect();
         let stats = Arc::new(NodeStats::new(inputs, interventions.clone()));
 
-        let mut channels: Vec<ChannelSpec> = cfg
-            .observation_topics
-            .iter()
-            .zip(&manifest.observations)
-            .enumerate()
-            .map(|(i, (topic, o))| ChannelSpec {
-                topic: topic.clone(),
-                type_name: crate::ros::schema::full_type_name(&o.msg_type),
-                role: format!("observation.{i}"),
-            })
-            .collect();
-        let action_type = crate::ros::schema::full_type_name(&manifest.action.msg_type);
-        channels.push(ChannelSpec {
-            topic: cfg.demo_action_topic.clone(),
-            type_name: action_type.clone(),
-            role: "action".into(),
-        });
+        let channels = ChannelSpec::for_skill(&manifest, &cfg.observation_topics, &cfg.demo_action_topic);
+        let action_type = channels[channels.len() - 1].type_name.clone();
         let mut metadata = BTreeMap::new();
         metadata.insert("skill".to_string(), manifest.name.clone());
         metadata.insert("skill_version".to_string(), manifest.version.to_string());

@@ -13,6 +13,7 @@ use mcap::records::{MessageHeader, Metadata, Record, op};
 use mcap::{WriteOptions, Writer};
 
 use crate::ros::msg_defs;
+use crate::skill::manifest::Manifest;
 
 /// Suffix of an episode being written (or left by a crash).
 pub const PART_SUFFIX: &str = ".mcap.part";
@@ -69,6 +70,29 @@ pub struct ChannelSpec {
     pub type_name: String,
     /// What the topic is for the skill: `observation.<i>` or `action`.
     pub role: String,
+}
+
+impl ChannelSpec {
+    /// The channels an episode of the skill `m` records: each observation input on its topic in
+    /// `observation_topics` (`observation.<i>`), and the demonstrated actions on `action_topic`.
+    pub fn for_skill(m: &Manifest, observation_topics: &[String], action_topic: &str) -> Vec<ChannelSpec> {
+        let mut channels: Vec<ChannelSpec> = observation_topics
+            .iter()
+            .zip(&m.observations)
+            .enumerate()
+            .map(|(i, (topic, o))| ChannelSpec {
+                topic: topic.clone(),
+                type_name: crate::ros::schema::full_type_name(&o.msg_type),
+                role: format!("observation.{i}"),
+            })
+            .collect();
+        channels.push(ChannelSpec {
+            topic: action_topic.to_string(),
+            type_name: crate::ros::schema::full_type_name(&m.action.msg_type),
+            role: "action".into(),
+        });
+        channels
+    }
 }
 
 /// Types whose first field is a std_msgs/Header, so the publish time can be read from the stamp.

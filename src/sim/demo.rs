@@ -66,27 +66,16 @@ pub struct DemoReport {
     pub total_s: f64,
 }
 
-fn rate(d: &[f64]) -> f64 {
-    d.iter().filter(|v| **v < SUCCESS_M).count() as f64 / d.len().max(1) as f64
-}
-
-fn mean(d: &[f64]) -> f64 {
-    d.iter().sum::<f64>() / d.len().max(1) as f64
-}
-
 fn say(p: &mut Box<dyn RawPublisher>, text: &str) -> Result<(), String> {
     p.publish(&cdr::encode(&StringMsg { data: text.into() }).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
 }
 
-fn wait(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(format!("{what} did not happen within {} s", limit.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+fn wait(limit: Duration, what: &str, done: impl FnMut() -> bool) -> Result<(), String> {
+    if crate::bench::rig::until(limit, done) {
+        Ok(())
+    } else {
+        Err(format!("{what} did not happen within {} s", limit.as_secs()))
     }
-    Ok(())
 }
 
 /// The reaches scored before and after (never demonstrated).
@@ -246,20 +235,21 @@ impl fmt::Display for DemoReport {
         )?;
         writeln!(f, "| policy | success | mean final distance (cm) |")?;
         writeln!(f, "|---|---:|---:|")?;
+        let (before, after_score) = (Score::of(&self.before), Score::of(&self.after));
         writeln!(
             f,
             "| {} unadapted | {:.0} % | {:.1} |",
             self.skill,
-            rate(&self.before) * 100.0,
-            mean(&self.before) * 100.0
+            before.success_rate * 100.0,
+            before.mean_distance * 100.0
         )?;
         let after = self.adapted.clone().unwrap_or_else(|| "not swapped in".into());
         writeln!(
             f,
             "| adapted on {} demonstrations ({after}) | {:.0} % | {:.1} |",
             self.demos,
-            rate(&self.after) * 100.0,
-            mean(&self.after) * 100.0
+            after_score.success_rate * 100.0,
+            after_score.mean_distance * 100.0
         )?;
         writeln!(
             f,

@@ -128,12 +128,11 @@ pub fn manifest(name: &str, source: &str, s: &Scaling) -> Manifest {
     }
 }
 
+/// The channels of a simulated demonstration: those of the simulated arms' skill manifest.
 fn channels() -> Vec<ChannelSpec> {
-    vec![
-        ChannelSpec { topic: JOINT_TOPIC.into(), type_name: JointState::TYPE.into(), role: "observation.0".into() },
-        ChannelSpec { topic: TARGET_TOPIC.into(), type_name: Point::TYPE.into(), role: "observation.1".into() },
-        ChannelSpec { topic: COMMAND_TOPIC.into(), type_name: Float64MultiArray::TYPE.into(), role: "action".into() },
-    ]
+    let m = manifest("sim", "sim", &Scaling::identity());
+    let topics: Vec<String> = m.observations.iter().map(|o| o.topic.clone()).collect();
+    ChannelSpec::for_skill(&m, &topics, &m.action.topic)
 }
 
 /// Records the expert of `robot` doing each of `tasks` into `dir`, one episode per task named

@@ -289,12 +289,20 @@ pub struct Score {
 
 /// Scores `controller` on every task.
 pub fn score(robot: &Robot, tasks: &[Task], controller: &mut dyn FnMut(&[f64]) -> Vec<f64>) -> Score {
-    let outcomes: Vec<Outcome> = tasks.iter().map(|t| reach(robot, t, controller, &mut |_, _, _| {})).collect();
-    let n = outcomes.len().max(1) as f64;
-    Score {
-        success_rate: outcomes.iter().filter(|o| o.success).count() as f64 / n,
-        mean_distance: outcomes.iter().map(|o| o.final_distance).sum::<f64>() / n,
-        reaches: outcomes.len(),
+    let distances: Vec<f64> =
+        tasks.iter().map(|t| reach(robot, t, controller, &mut |_, _, _| {}).final_distance).collect();
+    Score::of(&distances)
+}
+
+impl Score {
+    /// The score of reaches that ended `distances` from their targets.
+    pub fn of(distances: &[f64]) -> Score {
+        let n = distances.len().max(1) as f64;
+        Score {
+            success_rate: distances.iter().filter(|d| **d < SUCCESS_M).count() as f64 / n,
+            mean_distance: distances.iter().sum::<f64>() / n,
+            reaches: distances.len(),
+        }
     }
 }
 

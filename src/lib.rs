@@ -8,6 +8,7 @@ pub mod adapt;
 pub mod alloc;
 pub mod bench;
 pub mod control;
+pub mod fleet;
 pub mod model;
 pub mod record;
 pub mod ros;

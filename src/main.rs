@@ -147,6 +147,27 @@ enum Command {
     /// The robot's skill store: install signed bundles, list, activate, roll back.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The robot's HTTP inbox on its own, without a node (the node runs it with `store_dir`).
+    Inbox {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Files of trusted public keys (.pub).
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// File of accepted bearer tokens (`keys token FILE`).
+        #[arg(long)]
+        tokens: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = skillgraft::fleet::inbox::DEFAULT_LISTEN)]
+        listen: String,
+        /// Largest bundle, and largest unpacked skill, in MiB.
+        #[arg(long, default_value_t = 512)]
+        max_mib: u64,
+    },
+    /// The fleet: serve a catalog, push bundles to robots, upload adapted skills.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// The transfer demo, over DDS on this host: the simulated target arm, the node with a skill
     /// learnt on another arm, and the expert. Scores the skill, records demonstrations, adapts
     /// live, and scores it again.
@@ -318,6 +339,113 @@ enum KeysCommand {
     New {
         /// Path of the key files, without extension.
         name: PathBuf,
+    },
+    /// Make a bearer token file (owner-only) for an inbox or the fleet server.
+    Token {
+        /// The file to write (never overwritten).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Serve the catalog of bundles and the robot registry (DIR/robots.toml) over HTTP.
+    Serve {
+        /// The fleet folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// Files of public keys whose bundles the catalog takes (the fleet's and its robots').
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// File of accepted bearer tokens.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = skillgraft::fleet::server::DEFAULT_LISTEN)]
+        listen: String,
+        /// Largest bundle, MiB.
+        #[arg(long, default_value_t = 512)]
+        max_mib: u64,
+    },
+    /// Push a bundle to every robot of a registry at once; prints one line per robot.
+    Push {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The robot registry ([[robot]] name, url, token_file).
+        #[arg(long)]
+        robots: PathBuf,
+        /// Robots pushed to at once (default: all).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// Further tries after a failure that may pass on another try (no answer, 502-504).
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+        /// Seconds a whole upload and install may take, per try.
+        #[arg(long, default_value_t = 300.0)]
+        timeout_s: f64,
+        /// Seconds a connection may take to open.
+        #[arg(long, default_value_t = 5.0)]
+        connect_timeout_s: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a bundle (an adapted skill, say) to the fleet server's catalog.
+    Upload {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The fleet server, http://host:port.
+        #[arg(long)]
+        fleet: String,
+        /// File holding the token to send.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the fleet server's catalog, with each skill's provenance.
+    Catalog {
+        /// The fleet server, http://host:port.
+        #[arg(long)]
+        fleet: String,
+        /// File holding the token to send.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What every robot of a registry runs and has installed.
+    Status {
+        /// The robot registry.
+        #[arg(long)]
+        robots: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an installed version active on one robot (its node swaps to it).
+    Activate {
+        /// The robot, as the registry names it.
+        robot: String,
+        /// Skill name.
+        name: String,
+        /// Version.
+        version: semver::Version,
+        /// The robot registry.
+        #[arg(long)]
+        robots: PathBuf,
+    },
+    /// Return one robot's skill to the version active before.
+    Rollback {
+        /// The robot, as the registry names it.
+        robot: String,
+        /// Skill name.
+        name: String,
+        /// The robot registry.
+        #[arg(long)]
+        robots: PathBuf,
     },
 }
 
@@ -500,6 +628,19 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One bundle pushed by `fleet push` to many robot inboxes on loopback at once: total time,
+    /// the pushing process's peak RSS, and the robots' install times.
+    Push {
+        /// Robot inboxes (in this process, each with its own store).
+        #[arg(long, default_value_t = 20)]
+        robots: usize,
+        /// Bundle sizes, MiB.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        mib: Vec<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// tract (control step at batch 1, feature extraction at batch 256) next to onnxruntime on
     /// the same ONNX files.
     Inference {
@@ -679,6 +820,31 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
         Command::Store(cmd) => store(cmd),
+        Command::Keys(KeysCommand::Token { file }) => {
+            skillgraft::fleet::auth::new_token(&file)?;
+            println!(
+                "wrote a bearer token to {} (owner-only); give it to the server and to its clients",
+                file.display()
+            );
+            Ok(())
+        }
+        Command::Inbox { store, trust, tokens, listen, max_mib } => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            ctrlc::set_handler(move || {
+                let _ = tx.send(());
+            })?;
+            let settings = skillgraft::fleet::inbox::InboxSettings { listen, store, trust, tokens, max_mib };
+            let inbox = skillgraft::fleet::inbox::Inbox::start(&settings, None)?;
+            eprintln!(
+                "skillgraft: inbox on http://{} for store {}; Ctrl-C to stop",
+                inbox.addr(),
+                settings.store.display()
+            );
+            let _ = rx.recv();
+            inbox.stop();
+            Ok(())
+        }
+        Command::Fleet(cmd) => fleet(cmd),
         Command::Keys(KeysCommand::New { name }) => {
             let (secret, public) = skillgraft::skill::bundle::new_key(&name)?;
             println!(
@@ -875,6 +1041,16 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
+        Command::Bench(BenchCommand::Push { robots, mib, json }) => {
+            let opts = skillgraft::bench::push::PushOptions { robots, mib, exe: std::env::current_exe()? };
+            let rows = skillgraft::bench::push::run(&opts, &mut |s| eprintln!("bench push: {s}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", skillgraft::bench::push::table(&rows));
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
             let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
@@ -882,7 +1058,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// The adapted skill did not pass the gate.
+/// The work ran but its result was refused: the adapted skill did not pass the gate, or robots refused a push.
 #[derive(Debug)]
 struct Rejected(String);
 
@@ -994,6 +1170,198 @@ fn adapt_cli(
             r.reasons.join("; ")
         )))),
     }
+}
+
+/// The fleet commands.
+fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::fleet::{auth, push, server};
+    use std::time::Duration;
+    let rt = skillgraft::fleet::http::runtime(2)?;
+    let seconds = |s: f64, what: &str| -> Result<Duration, String> {
+        if s.is_finite() && s > 0.0 { Ok(Duration::from_secs_f64(s)) } else { Err(format!("--{what} must be above 0")) }
+    };
+    let timeout = Duration::from_secs(60);
+    match cmd {
+        FleetCommand::Serve { store, trust, tokens, listen, max_mib } => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let tx = std::sync::Mutex::new(Some(tx));
+            ctrlc::set_handler(move || {
+                if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(());
+                }
+            })?;
+            let settings = server::ServerSettings { store, listen, trust, tokens, max_mib };
+            rt.block_on(server::serve(
+                &settings,
+                async {
+                    let _ = rx.await;
+                },
+                |addr| {
+                    eprintln!(
+                        "skillgraft: fleet server on http://{addr} for {}; Ctrl-C to stop",
+                        settings.store.display()
+                    )
+                },
+            ))?;
+        }
+        FleetCommand::Push { bundle, robots, parallel, retries, timeout_s, connect_timeout_s, json } => {
+            let registry = push::Robots::load(&robots)?;
+            let opts = push::PushOptions {
+                timeout: seconds(timeout_s, "timeout-s")?,
+                connect_timeout: seconds(connect_timeout_s, "connect-timeout-s")?,
+                retries,
+                parallel: parallel.unwrap_or(registry.robots.len()).max(1),
+            };
+            let started = std::time::Instant::now();
+            let results = rt.block_on(push::push(&bundle, &registry, &opts))?;
+            let failed = results.iter().filter(|r| !r.ok).count();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                println!("| robot | result | swapped | attempts | seconds | robot install (ms) |");
+                println!("|---|---|---|---:|---:|---:|");
+                for r in &results {
+                    println!(
+                        "| {} | {} | {} | {} | {:.2} | {} |",
+                        r.robot,
+                        r.outcome.replace('|', "/"),
+                        if r.swapped { "yes" } else { "no" },
+                        r.attempts,
+                        r.seconds,
+                        r.install_ms.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
+                    );
+                }
+                println!(
+                    "{} of {} robots installed it in {:.2} s",
+                    results.len() - failed,
+                    results.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if failed > 0 {
+                return Err(Box::new(Rejected(format!(
+                    "{failed} of {} robots did not install the bundle",
+                    results.len()
+                ))));
+            }
+        }
+        FleetCommand::Upload { bundle, fleet, token_file, json } => {
+            let token = auth::read_token(&token_file)?;
+            let entry = rt.block_on(push::upload(&bundle, &fleet, &token, Duration::from_secs(600)))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entry)?);
+            } else {
+                println!(
+                    "{fleet} has {} {} (digest {}, signed by {})",
+                    entry["name"].as_str().unwrap_or("?"),
+                    entry["version"].as_str().unwrap_or("?"),
+                    entry["digest"].as_str().unwrap_or("?"),
+                    entry["signer"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        FleetCommand::Catalog { fleet, token_file, json } => {
+            let token = auth::read_token(&token_file)?;
+            let list = rt.block_on(push::catalog(&fleet, &token, timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let bundles = list["bundles"].as_array().cloned().unwrap_or_default();
+                if bundles.is_empty() {
+                    println!("the catalog of {fleet} is empty");
+                }
+                for b in bundles {
+                    let p = &b["provenance"];
+                    println!(
+                        "{} {}  {}  from {} ({}{})  {} bytes",
+                        b["name"].as_str().unwrap_or("?"),
+                        b["version"].as_str().unwrap_or("?"),
+                        b["digest"].as_str().unwrap_or("?"),
+                        p["source_robot"].as_str().unwrap_or("?"),
+                        p["method"].as_str().unwrap_or("?"),
+                        p["parent"].as_str().map(|x| format!(", parent {x}")).unwrap_or_default(),
+                        b["bytes"]
+                    );
+                }
+            }
+        }
+        FleetCommand::Status { robots, json } => {
+            let registry = push::Robots::load(&robots)?;
+            let list = rt.block_on(push::status(&registry, Duration::from_secs(10)));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("| robot | url | running | installed |");
+                println!("|---|---|---|---|");
+                for s in &list {
+                    let installed = match &s.error {
+                        Some(e) => format!("unreachable: {e}"),
+                        None => s.installed.join(", "),
+                    };
+                    println!(
+                        "| {} | {} | {} | {} |",
+                        s.robot,
+                        s.url,
+                        s.running.as_deref().unwrap_or("-"),
+                        installed.replace('|', "/")
+                    );
+                }
+            }
+        }
+        FleetCommand::Activate { robot, name, version, robots } => {
+            let registry = push::Robots::load(&robots)?;
+            let r = find_robot(&registry, &robot)?;
+            let body = skillgraft::fleet::client::Upload::Json(serde_json::json!({ "version": version.to_string() }));
+            robot_change(rt.block_on(push::ask(
+                r,
+                hyper::Method::POST,
+                &format!("/skills/{name}/activate"),
+                body,
+                timeout,
+            ))?)?;
+        }
+        FleetCommand::Rollback { robot, name, robots } => {
+            let registry = push::Robots::load(&robots)?;
+            let r = find_robot(&registry, &robot)?;
+            let empty = skillgraft::fleet::client::Upload::Empty;
+            robot_change(rt.block_on(push::ask(
+                r,
+                hyper::Method::POST,
+                &format!("/skills/{name}/rollback"),
+                empty,
+                timeout,
+            ))?)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_robot<'a>(
+    registry: &'a skillgraft::fleet::push::Robots,
+    name: &str,
+) -> Result<&'a skillgraft::fleet::push::Robot, String> {
+    registry.robots.iter().find(|r| r.name == name).ok_or_else(|| {
+        let names: Vec<&str> = registry.robots.iter().map(|r| r.name.as_str()).collect();
+        format!("no robot {name:?} in the registry; it lists {}", names.join(", "))
+    })
+}
+
+fn robot_change(r: skillgraft::fleet::client::Reply) -> Result<(), Box<dyn std::error::Error>> {
+    if !r.status.is_success() {
+        return Err(Box::new(Rejected(format!("refused ({}): {}", r.status.as_u16(), r.error()))));
+    }
+    let e = &r.body["installed"];
+    println!(
+        "{}: active {}, previous {}; running {}",
+        e["name"].as_str().unwrap_or("?"),
+        e["state"]["active"].as_str().unwrap_or("?"),
+        e["state"]["previous"].as_str().unwrap_or("none"),
+        match (r.body["running"]["name"].as_str(), r.body["running"]["version"].as_str()) {
+            (Some(n), Some(v)) => format!("{n} {v}"),
+            _ => "no node".into(),
+        }
+    );
+    Ok(())
 }
 
 /// The skill store commands.

@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use skillgraft::skill::bundle::{self, Limits};
 
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")
-}
+use common::bundles::example;
 
 struct Fleet {
     dir: tempfile::TempDir,
@@ -30,54 +27,6 @@ fn fleet() -> Fleet {
     let out = common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
     assert!(out.contains("fleet.key") && out.contains("fleet.pub"), "{out}");
     Fleet { key: stem.with_extension("key"), public: stem.with_extension("pub"), dir }
-}
-
-/// Writes a bundle by hand: `entries` are (path, kind, bytes), signed by `key` over `contents`.
-fn forge(out: &Path, contents: &[u8], sig: Option<&[u8]>, entries: &[(&str, tar::EntryType, &[u8])]) {
-    let file = std::fs::File::create(out).unwrap();
-    let mut b = tar::Builder::new(zstd::Encoder::new(file, 3).unwrap());
-    let mut add = |name: &str, kind: tar::EntryType, bytes: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_size(if kind == tar::EntryType::Regular { bytes.len() as u64 } else { 0 });
-        h.set_mode(0o644);
-        if kind == tar::EntryType::Symlink {
-            h.set_link_name("/etc/passwd").unwrap();
-        }
-        // Written raw so that paths the tar crate would refuse (`..`, absolute) get through.
-        let name_field = &mut h.as_old_mut().name;
-        name_field.fill(0);
-        name_field[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_cksum();
-        let data: &[u8] = if kind == tar::EntryType::Regular { bytes } else { &[] };
-        b.append(&h, data).unwrap();
-    };
-    add("bundle.json", tar::EntryType::Regular, contents);
-    if let Some(sig) = sig {
-        add("bundle.sig", tar::EntryType::Regular, sig);
-    }
-    for (name, kind, bytes) in entries {
-        add(name, *kind, bytes);
-    }
-    b.into_inner().unwrap().finish().unwrap().flush().unwrap();
-}
-
-/// Writes one bad bundle at the path given.
-type Maker<'a> = Box<dyn Fn(&Path) + 'a>;
-
-/// The real bundle's entries, to tamper with.
-fn entries(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut a = tar::Archive::new(zstd::Decoder::new(std::fs::File::open(path).unwrap()).unwrap());
-    a.entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().display().to_string();
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
-            (name, bytes)
-        })
-        .collect()
 }
 
 #[test]
@@ -117,84 +66,7 @@ fn bad_bundles_are_refused_with_the_reason_and_leave_nothing() {
     let f = fleet();
     let good = f.dir.path().join("good.skill");
     pack(&f.key, &good);
-    let real = entries(&good);
-    let get = |name: &str| real.iter().find(|(n, _)| n == name).unwrap().1.clone();
-    let (json, sig, manifest, onnx) =
-        (get("bundle.json"), get("bundle.sig"), get("skill/skill.toml"), get("skill/policy.onnx"));
-    let mut altered = onnx.clone();
-    let last = altered.len() - 1;
-    altered[last] ^= 1;
-    let other = tempfile::tempdir().unwrap();
-    let stranger_stem = other.path().join("stranger");
-    common::succeeds(&["keys", "new", stranger_stem.to_str().unwrap()]);
-    let stranger = other.path().join("stranger.skill");
-    pack(&stranger_stem.with_extension("key"), &stranger);
-    let r = tar::EntryType::Regular;
-    let cases: Vec<(&str, Maker, &str)> = vec![
-        (
-            "tampered",
-            Box::new(|p| {
-                forge(p, &json, Some(&sig), &[("skill/skill.toml", r, &manifest), ("skill/policy.onnx", r, &altered)])
-            }),
-            "does not match its digest",
-        ),
-        (
-            "unsigned",
-            Box::new(|p| forge(p, &json, None, &[("skill/skill.toml", r, &manifest), ("skill/policy.onnx", r, &onnx)])),
-            "not signed",
-        ),
-        (
-            "traversal",
-            Box::new(|p| {
-                forge(p, &json, Some(&sig), &[("skill/../../escape", r, b"x"), ("skill/policy.onnx", r, &onnx)])
-            }),
-            "climbs out",
-        ),
-        (
-            "absolute",
-            Box::new(|p| forge(p, &json, Some(&sig), &[("/tmp/skillgraft-absolute", r, b"x")])),
-            "absolute path",
-        ),
-        (
-            "symlink",
-            Box::new(|p| forge(p, &json, Some(&sig), &[("skill/link", tar::EntryType::Symlink, b"")])),
-            "not a regular file",
-        ),
-        (
-            "device",
-            Box::new(|p| forge(p, &json, Some(&sig), &[("skill/dev", tar::EntryType::Char, b"")])),
-            "not a regular file",
-        ),
-        (
-            "extra file",
-            Box::new(|p| {
-                forge(
-                    p,
-                    &json,
-                    Some(&sig),
-                    &[
-                        ("skill/skill.toml", r, &manifest),
-                        ("skill/policy.onnx", r, &onnx),
-                        ("skill/x.sh", r, b"rm -rf /"),
-                    ],
-                )
-            }),
-            "not in the signed list",
-        ),
-        (
-            "truncated",
-            Box::new(|p| {
-                let bytes = std::fs::read(&good).unwrap();
-                std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
-            }),
-            "damaged or truncated",
-        ),
-        ("garbage", Box::new(|p| std::fs::write(p, b"not an archive at all").unwrap()), "not a skillgraft bundle"),
-        ("untrusted key", Box::new(|p| std::fs::copy(&stranger, p).map(drop).unwrap()), "not a trusted key"),
-    ];
-    for (name, make, want) in cases {
-        let path = f.dir.path().join(format!("{}.skill", name.replace(' ', "-")));
-        make(&path);
+    for (name, path, want) in common::bundles::bad(f.dir.path(), &good, &f.key) {
         let err = common::fails(&["bundle", "verify", path.to_str().unwrap(), "--trust", f.public.to_str().unwrap()]);
         assert!(err.contains(want), "{name}: expected {want:?} in: {err}");
         let trusted = bundle::read_trusted(std::slice::from_ref(&f.public)).unwrap();

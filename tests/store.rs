@@ -5,55 +5,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")
-}
+use common::bundles::pack;
 
-/// A copy of the example skill at `version`.
-fn version(dir: &Path, v: &str) -> PathBuf {
-    let out = dir.join(format!("arm6-{v}"));
-    common::copy_tree(&example(), &out);
-    let toml = out.join("skill.toml");
-    let text = std::fs::read_to_string(&toml).unwrap().replace("version = \"0.1.0\"", &format!("version = \"{v}\""));
-    std::fs::write(&toml, text).unwrap();
-    out
-}
-
-/// A fleet key pair in `dir`: the secret and the public key files.
 fn keys(dir: &Path) -> (PathBuf, PathBuf) {
-    let stem = dir.join("fleet");
-    common::succeeds(&["keys", "new", stem.to_str().unwrap()]);
-    (stem.with_extension("key"), stem.with_extension("pub"))
-}
-
-/// The example skill at version `v`, packed into `dir/arm6-V[-down].skill` with `key` and `extra`
-/// pack options.
-fn pack(dir: &Path, key: &Path, v: &str, extra: &[&str]) -> PathBuf {
-    let src = version(dir, v);
-    let out = dir.join(format!("arm6-{v}{}.skill", if extra.is_empty() { "" } else { "-down" }));
-    let mut args =
-        vec!["bundle", "pack", src.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    args.extend(extra);
-    common::succeeds(&args);
-    std::fs::remove_dir_all(&src).unwrap();
-    out
-}
-
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    common::bundles::keys(dir, "fleet")
 }
 
 #[test]
@@ -83,7 +38,7 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     assert!(out.contains("active 0.2.0, previous 0.1.0"), "{out}");
 
     // An older or equal version is refused unless signed for it; nothing changes.
-    let before = snapshot(&store);
+    let before = common::snapshot(&store);
     let refused = install(&b1);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not above the active 0.2.0"));
@@ -96,7 +51,7 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     let bad = dir.path().join("bad.skill");
     std::fs::write(&bad, bytes).unwrap();
     assert_eq!(install(&bad).status.code(), Some(1));
-    assert_eq!(snapshot(&store), before, "refused bundles leave the store as it was");
+    assert_eq!(common::snapshot(&store), before, "refused bundles leave the store as it was");
 
     // Signed for a downgrade, but that version is installed: activate it instead.
     let err = String::from_utf8_lossy(&install(&b1_down).stderr).into_owned();
@@ -113,7 +68,7 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
 
     // What an install killed half way leaves in the scratch folder is cleared on open, and the
     // active version stays.
-    std::fs::create_dir_all(store.join(".incoming/123-0/skill")).unwrap();
+    std::fs::create_dir_all(store.join(".incoming/999999999-install-0/skill")).unwrap();
     common::succeeds(&["store", "list", "--store", s]);
     assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0);
     let state = std::fs::read_to_string(store.join("example-arm6/state.json")).unwrap();
@@ -151,4 +106,34 @@ fn an_install_killed_at_any_step_leaves_a_consistent_store() {
         assert!(skillgraft::skill::Skill::load(&folder).is_ok(), "{step}: the active version is whole");
         assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0, "{step}: scratch cleared");
     }
+}
+
+/// Several processes installing one bundle into one store at once: the store's lock file makes
+/// them take turns, so exactly one installs it and the others are told it is installed.
+#[test]
+fn concurrent_installs_from_several_processes_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keys(dir.path());
+    let b = pack(dir.path(), &key, "0.4.0", &[]);
+    let store = dir.path().join("store");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+                .args(["store", "install", b.to_str().unwrap(), "--store", store.to_str().unwrap()])
+                .args(["--trust", public.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1, "{outs:?}");
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not above the active 0.4.0") || err.contains("already installed"), "{err}");
+    }
+    let versions: Vec<_> = std::fs::read_dir(store.join("example-arm6/versions")).unwrap().collect();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0, "no scratch left behind");
 }

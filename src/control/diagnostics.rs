@@ -76,6 +76,14 @@ pub struct NodeStats {
     pub control_malloc_calls: AtomicU64,
     /// Ticks the policy was silent because a demonstration was being recorded.
     pub muted_ticks: AtomicU64,
+    /// Other parts of the node that report on `/diagnostics` (the inbox).
+    pub extra: std::sync::Mutex<Vec<Arc<dyn Counted>>>,
+}
+
+/// A part of the node with counters of its own for `/diagnostics`.
+pub trait Counted: Send + Sync {
+    /// Its key-value pairs, now.
+    fn values(&self) -> Vec<(String, String)>;
 }
 
 impl NodeStats {
@@ -95,6 +103,7 @@ impl NodeStats {
             swaps: AtomicU64::new(0),
             control_malloc_calls: AtomicU64::new(0),
             muted_ticks: AtomicU64::new(0),
+            extra: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -224,6 +233,9 @@ impl Reporter {
             if st.state == "failed" {
                 recorder_failed = st.error.clone();
             }
+        }
+        for source in s.extra.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            values.extend(source.values().into_iter().map(|(k, v)| KeyValue { key: k, value: v }));
         }
         let mallocs = s.control_malloc_calls.load(Ordering::Relaxed);
         values.push(kv(

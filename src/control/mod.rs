@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use triple_buffer::{Input, Output, triple_buffer};
 
 use crate::adapt::live::{Live, LiveConfig};
+use crate::fleet::inbox::{self, Inbox, InboxSettings, Runner};
 use crate::record::episode::ChannelSpec;
 use crate::record::{Recorder, RecorderConfig, Tap};
 use crate::ros::args::{ArgsError, RosArgs};
@@ -78,6 +79,8 @@ pub struct NodeConfig {
     pub adapt_status_topic: String,
     /// Resolved rollback topic (`~/skill/rollback`).
     pub rollback_topic: String,
+    /// The skill store and its HTTP inbox (None: no inbox).
+    pub inbox: Option<InboxSettings>,
 }
 
 /// Parameters the node reads, with their meaning; anything else is refused.
@@ -101,6 +104,11 @@ pub const PARAMETERS: &[(&str, &str)] = &[
         "string: best_effort (default: matches every publisher) or reliable (no loss from reliable publishers)",
     ),
     ("adapted_dir", "string: folder adapted skills are written into (default \"adapted\")"),
+    ("store_dir", "string: skill store folder; turns on the HTTP inbox, and the store's active version runs"),
+    ("inbox_address", "string: address the inbox listens on (default \"127.0.0.1:8740\": this host only)"),
+    ("inbox_trust", "string array: public key files (.pub) whose bundles the inbox installs"),
+    ("inbox_tokens", "string: file of bearer tokens the inbox accepts, one per line"),
+    ("inbox_max_mib", "integer: largest bundle, and largest unpacked skill, in MiB (default 512)"),
     ("use_sim_time", "bool: accepted; skillgraft runs on the wall clock"),
 ];
 
@@ -156,7 +164,36 @@ impl NodeConfig {
             args.get::<f64>("diagnostics_period_s")?.unwrap_or(1.0),
         )?);
         let topic = |t: &str| args.resolve_topic(t);
+        let inbox = match args.get::<String>("store_dir")? {
+            None => {
+                if let Some(p) = ["inbox_address", "inbox_trust", "inbox_tokens", "inbox_max_mib"]
+                    .iter()
+                    .find(|p| args.params.contains_key(**p))
+                {
+                    return Err(ArgsError(format!("parameter `{p}` needs `store_dir`, the store the inbox installs into")));
+                }
+                None
+            }
+            Some(store) => Some(InboxSettings {
+                listen: args.get::<String>("inbox_address")?.unwrap_or_else(|| inbox::DEFAULT_LISTEN.into()),
+                store: store.into(),
+                trust: args.get::<Vec<String>>("inbox_trust")?.unwrap_or_default().into_iter().map(Into::into).collect(),
+                tokens: args
+                    .get::<String>("inbox_tokens")?
+                    .ok_or_else(|| {
+                        ArgsError(
+                            "parameter `store_dir` turns on the inbox, which needs `inbox_tokens`: a file of bearer tokens (`skillgraft keys token FILE`)".into(),
+                        )
+                    })?
+                    .into(),
+                max_mib: match args.get::<i64>("inbox_max_mib")?.unwrap_or(512) {
+                    m @ 1..=1_000_000 => m as u64,
+                    m => return Err(ArgsError(format!("parameter `inbox_max_mib` is {m}; give 1 or more"))),
+                },
+            }),
+        };
         Ok(NodeConfig {
+            inbox,
             rate_hz,
             observation_topics: m.observations.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
             action_topic: topic(&a.topic)?,
@@ -217,6 +254,27 @@ pub enum NodeError {
     /// A swapped-in skill reads or writes other topics or fields.
     #[error("cannot swap in `{0}`: {1}")]
     Incompatible(String, String),
+    /// The inbox could not start.
+    #[error("inbox: {0}")]
+    Inbox(#[from] crate::fleet::FleetError),
+}
+
+/// The inbox's view of the node: the skill slot.
+struct NodeRunner(Arc<Skills>);
+
+impl Runner for NodeRunner {
+    fn running(&self) -> (String, String) {
+        let c = self.0.current();
+        (c.name, c.version)
+    }
+
+    fn check(&self, skill: &Skill) -> Result<(), String> {
+        self.0.compatible(&skill.manifest).map_err(|e| e.to_string())
+    }
+
+    fn swap(&self, skill: Skill) -> Result<(), String> {
+        self.0.swap(skill).map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 /// One control tick's output, handed to the publisher thread.
@@ -256,6 +314,7 @@ pub struct RunningNode {
     skills: Arc<Skills>,
     live: Option<Arc<Live>>,
     recorder: Option<Recorder>,
+    inbox: Option<Inbox>,
     _transport: Arc<dyn Transport>,
 }
 
@@ -445,6 +504,14 @@ impl RunningNode {
                 )
             })?);
         }
+        let inbox = match (&cfg.inbox, cfg.policy) {
+            (Some(settings), true) => {
+                let inbox = Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone()))))?;
+                stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
+                Some(inbox)
+            }
+            _ => None,
+        };
         Ok(RunningNode {
             stop,
             threads,
@@ -452,6 +519,7 @@ impl RunningNode {
             skills,
             live: Some(live),
             recorder: Some(recorder),
+            inbox,
             _transport: transport,
         })
     }
@@ -489,6 +557,9 @@ impl RunningNode {
 
     /// Stops every thread and waits for them; an episode being recorded is finished and kept.
     pub fn stop(mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.stop();
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             t.thread().unpark();
@@ -713,6 +784,31 @@ impl From<TransportError> for LaunchError {
     }
 }
 
+/// The store's active version of `skill`, when the store has one: after a restart the robot
+/// runs what the fleet last installed, not the folder it was first launched with.
+fn from_store(skill: Skill, store: &std::path::Path) -> Result<Skill, LaunchError> {
+    let store = crate::skill::store::Store::open(store)
+        .map_err(|e| NodeError::Inbox(crate::fleet::FleetError::Config(e.to_string())))?;
+    let name = skill.manifest.name.clone();
+    match store.state(&name).map_err(|e| NodeError::Inbox(crate::fleet::FleetError::Config(e.to_string())))? {
+        Some(state) => {
+            let dir = store.dir(&name, &state.active);
+            let active = Skill::load(&dir)?;
+            if active.digest != skill.digest {
+                tracing::info!(
+                    "running {name} {} from the store {} (in place of {} {})",
+                    state.active,
+                    dir.display(),
+                    skill.dir.display(),
+                    skill.manifest.version
+                );
+            }
+            Ok(active)
+        }
+        None => Ok(skill),
+    }
+}
+
 /// Loads a skill, applies the ROS arguments and starts the node (with the policy running, or a
 /// recorder only); returns it and a line that says what runs where.
 pub fn launch(
@@ -722,8 +818,12 @@ pub fn launch(
     policy: bool,
 ) -> Result<(RunningNode, String), LaunchError> {
     let args = RosArgs::parse(ros_args, params_files, "skillgraft")?;
-    let skill = Skill::load(skill)?;
+    let mut skill = Skill::load(skill)?;
     let mut cfg = NodeConfig::new(&skill.manifest, &args)?;
+    if let Some(settings) = cfg.inbox.as_ref().filter(|_| policy) {
+        skill = from_store(skill, &settings.store)?;
+        cfg = NodeConfig::new(&skill.manifest, &args)?;
+    }
     cfg.policy = policy;
     let identity = crate::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
     let transport: Arc<dyn Transport> =

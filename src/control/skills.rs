@@ -168,24 +168,7 @@ impl Skills {
     /// it; the one it replaces is kept for rollback. It must read and write the same topics and
     /// fields as the running skill.
     pub fn swap(&self, skill: Skill) -> Result<SkillInfo, NodeError> {
-        let (a, b) = (&self.contract, &skill.manifest);
-        let name = format!("{} {}", b.name, b.version);
-        if !self.policy {
-            return Err(NodeError::Incompatible(name, "this node runs no policy (`skillgraft record`)".into()));
-        }
-        let same_inputs = a.observations.len() == b.observations.len()
-            && a.observations.iter().zip(&b.observations).all(|(x, y)| {
-                (&x.topic, &x.msg_type, &x.fields, &x.joints) == (&y.topic, &y.msg_type, &y.fields, &y.joints)
-                    && x.max_age_ms == y.max_age_ms
-            });
-        if !same_inputs || a.control.history != b.control.history {
-            return Err(NodeError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
-        }
-        if (&a.action.topic, &a.action.msg_type, &a.action.fields, &a.action.joints)
-            != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
-        {
-            return Err(NodeError::Incompatible(name, "its action output differs from the running skill's".into()));
-        }
+        self.compatible(&skill.manifest)?;
         let next = ActiveSkill::new(skill);
         let info = next.info.clone();
         let mut st = lock(&self.state);
@@ -211,6 +194,30 @@ impl Skills {
         drop(st);
         self.announce(&info);
         Ok(info)
+    }
+
+    /// Whether a skill with manifest `b` could be swapped in: it must read and write the same
+    /// topics and fields as the running skill, and this node must run a policy.
+    pub fn compatible(&self, b: &Manifest) -> Result<(), NodeError> {
+        let a = &self.contract;
+        let name = format!("{} {}", b.name, b.version);
+        if !self.policy {
+            return Err(NodeError::Incompatible(name, "this node runs no policy (`skillgraft record`)".into()));
+        }
+        let same_inputs = a.observations.len() == b.observations.len()
+            && a.observations.iter().zip(&b.observations).all(|(x, y)| {
+                (&x.topic, &x.msg_type, &x.fields, &x.joints) == (&y.topic, &y.msg_type, &y.fields, &y.joints)
+                    && x.max_age_ms == y.max_age_ms
+            });
+        if !same_inputs || a.control.history != b.control.history {
+            return Err(NodeError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
+        }
+        if (&a.action.topic, &a.action.msg_type, &a.action.fields, &a.action.joints)
+            != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
+        {
+            return Err(NodeError::Incompatible(name, "its action output differs from the running skill's".into()));
+        }
+        Ok(())
     }
 
     /// Returns to the skill before the current one (blending to it); a skill not yet swapped in

@@ -312,6 +312,17 @@ impl FromParam for Vec<f64> {
     }
 }
 
+impl FromParam for Vec<String> {
+    const TYPE: &'static str = "string array";
+    fn from_param(v: &ParamValue) -> Option<Vec<String>> {
+        match v {
+            ParamValue::StringArray(s) => Some(s.clone()),
+            ParamValue::String(s) => Some(vec![s.clone()]),
+            _ => None,
+        }
+    }
+}
+
 fn fully_qualified(namespace: &str, node: &str) -> String {
     if namespace == "/" { format!("/{node}") } else { format!("{namespace}/{node}") }
 }

@@ -5,7 +5,8 @@
 //! any point leaves either the old or the new version active, never neither.
 //!
 //! ```text
-//! ROOT/.incoming/             scratch, emptied when the store opens
+//! ROOT/.lock                  flock()ed while a change is made, so processes take turns
+//! ROOT/.incoming/             scratch (PID-...), cleared of dead processes' leftovers on open
 //! ROOT/NAME/versions/VERSION/ installed skill folders, never changed once there
 //! ROOT/NAME/state.json        {"active": VERSION, "previous": VERSION or null}
 //! ```
@@ -69,8 +70,15 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    /// One change at a time in this process.
+    /// One change at a time in this process (the lock file orders processes, not threads).
     changing: Mutex<()>,
+}
+
+/// Held while a change is made: this process's mutex and the store's lock file, so the node's
+/// inbox and a `skillgraft store` command on the same robot never interleave two changes.
+struct Changing<'a> {
+    _thread: std::sync::MutexGuard<'a, ()>,
+    _file: std::fs::File,
 }
 
 /// Crash tests name a step in `SKILLGRAFT_STORE_KILL_AT`; the process SIGKILLs itself there, so
@@ -87,14 +95,50 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens (creating) the store at `root`, discarding what an interrupted install left.
+    /// Opens (creating) the store at `root`, discarding what interrupted installs left. Scratch
+    /// entries are named after their process, and only those of processes that are gone are
+    /// removed: another process may be installing into the same store right now.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let incoming = root.join(".incoming");
-        if incoming.exists() {
-            std::fs::remove_dir_all(&incoming).map_err(io("clear", &incoming))?;
-        }
         std::fs::create_dir_all(&incoming).map_err(io("create", &incoming))?;
+        for entry in std::fs::read_dir(&incoming).map_err(io("read", &incoming))?.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            if owner.is_none_or(|pid| pid == std::process::id() as i32 || !alive(pid)) {
+                let path = entry.path();
+                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                removed.map_err(io("clear", &path))?;
+            }
+        }
         Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()) })
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh path in the store's scratch folder (same file system as the versions, so an
+    /// upload spooled there costs no copy); `open` removes it if this process dies.
+    pub fn scratch(&self, what: &str) -> PathBuf {
+        self.root.join(".incoming").join(format!("{}-{what}-{}", std::process::id(), unique()))
+    }
+
+    fn lock(&self) -> Result<Changing<'_>, StoreError> {
+        let thread = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+        }
+        Ok(Changing { _thread: thread, _file: file })
     }
 
     fn state_path(&self, name: &str) -> PathBuf {
@@ -159,9 +203,21 @@ impl Store {
     /// as the active version of its skill (the one active before becomes `previous`). A version
     /// not above the active one is refused unless the bundle was signed with `downgrade`.
     pub fn install(&self, bundle: &Path, trusted: &[VerifyingKey], limits: Limits) -> Result<Entry, StoreError> {
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
-        let scratch = self.root.join(".incoming").join(format!("{}-{}", std::process::id(), unique()));
-        let result = self.install_from(bundle, trusted, limits, &scratch);
+        self.install_checked(bundle, trusted, limits, &|_| Ok(()))
+    }
+
+    /// As `install`, with one more check of the unpacked, smoke-tested skill before anything is
+    /// committed (a running node refuses a skill that reads or writes other topics).
+    pub fn install_checked(
+        &self,
+        bundle: &Path,
+        trusted: &[VerifyingKey],
+        limits: Limits,
+        check: &dyn Fn(&Skill) -> Result<(), String>,
+    ) -> Result<Entry, StoreError> {
+        let _one = self.lock()?;
+        let scratch = self.scratch("install");
+        let result = self.install_from(bundle, trusted, limits, &scratch, check);
         let _ = std::fs::remove_dir_all(&scratch);
         result
     }
@@ -172,6 +228,7 @@ impl Store {
         trusted: &[VerifyingKey],
         limits: Limits,
         scratch: &Path,
+        check: &dyn Fn(&Skill) -> Result<(), String>,
     ) -> Result<Entry, StoreError> {
         let v = bundle::unpack(bundle_path, trusted, scratch, limits)?;
         kill_point("unpacked");
@@ -192,7 +249,9 @@ impl Store {
                 "{name} {version} is already installed; activate it instead, or bump the version"
             )));
         }
-        smoke(&v.dir).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
+        let skill = smoke(&v.dir).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
+        check(&skill).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
+        drop(skill);
         let versions = target.parent().expect("a versions folder");
         std::fs::create_dir_all(versions).map_err(io("create", versions))?;
         fsync_dir(&v.dir)?;
@@ -214,7 +273,11 @@ impl Store {
 
     /// Makes an installed version active (the active one becomes `previous`).
     pub fn activate(&self, name: &str, version: &semver::Version) -> Result<Entry, StoreError> {
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.lock()?;
+        self.make_active(name, version)
+    }
+
+    fn make_active(&self, name: &str, version: &semver::Version) -> Result<Entry, StoreError> {
         let state = self.state(name)?.ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))?;
         if !self.dir(name, version).is_dir() {
             return Err(StoreError::Refused(format!("{name} {version} is not installed; install its bundle first")));
@@ -225,28 +288,39 @@ impl Store {
         self.entry(name)
     }
 
+    /// The version `rollback` would return to, or why there is none.
+    pub fn rollback_target(&self, name: &str) -> Result<semver::Version, StoreError> {
+        let state = self.state(name)?.ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))?;
+        state.previous.ok_or_else(|| StoreError::Refused(format!("{name} has no previous version to roll back to")))
+    }
+
     /// Returns to the version active before the current one.
     pub fn rollback(&self, name: &str) -> Result<Entry, StoreError> {
-        let state = self.state(name)?.ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))?;
-        let previous = state
-            .previous
-            .ok_or_else(|| StoreError::Refused(format!("{name} has no previous version to roll back to")))?;
-        self.activate(name, &previous)
+        let _one = self.lock()?;
+        let previous = self.rollback_target(name)?;
+        self.make_active(name, &previous)
     }
 }
 
 /// Loads the skill and runs one inference on its mean observation: the output must be finite.
-fn smoke(dir: &Path) -> Result<(), String> {
+fn smoke(dir: &Path) -> Result<Skill, String> {
     let mut skill = Skill::load(dir).map_err(|e| format!("the skill does not load: {e}"))?;
     let m = &skill.manifest;
     let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
     let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
     let (_, action) = skill.step(&obs).map_err(|e| format!("the smoke inference failed: {e}"))?;
     if action.iter().all(|v| v.is_finite()) {
-        Ok(())
+        Ok(skill)
     } else {
         Err("the smoke inference gave values that are not finite".into())
     }
+}
+
+/// Whether process `pid` exists (EPERM: it does, owned by someone else).
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 fn unique() -> u64 {

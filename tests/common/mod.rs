@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: fixtures, the CLI, and a small ONNX builder.
 #![allow(dead_code)]
 
+pub mod bundles;
 pub mod onnx_builder;
 
 use std::path::{Path, PathBuf};

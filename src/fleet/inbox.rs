@@ -1,0 +1,414 @@
+//! The robot's inbox: an HTTP server (in the node, or on its own with `skillgraft inbox`) that
+//! takes signed bundles into the skill store and, when a bundle or an activated version is of
+//! the skill the node runs, swaps it in between two ticks (blend-in applies).
+//!
+//! ```text
+//! GET  /health                    {"status": "ok", "running": ..., counters}
+//! GET  /skills                    {"running": {...} | null, "installed": [store entries]}
+//! POST /skills                    body: a .skill bundle; 201 {"installed": entry, "swapped": bool, ...}
+//! POST /skills/{name}/activate    body: {"version": "1.2.0"}
+//! POST /skills/{name}/rollback    back to the version active before
+//! ```
+//!
+//! Every request needs a bearer token (see `auth`). A refused request changes nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use ed25519_dalek::VerifyingKey;
+
+use super::auth::Tokens;
+use super::http::{problem, reply, spool, unauthorized};
+use super::{FleetError, io};
+use crate::skill::Skill;
+use crate::skill::bundle::{self, BundleError, Limits};
+use crate::skill::store::{Store, StoreError};
+
+/// Default address: loopback only, so a robot is reachable from elsewhere only when its
+/// operator says so.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8740";
+
+/// What the inbox is configured with, as paths (the node's parameters, or `skillgraft inbox`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxSettings {
+    /// Address to listen on.
+    pub listen: String,
+    /// The skill store folder.
+    pub store: PathBuf,
+    /// Public keys (.pub) whose bundles are trusted.
+    pub trust: Vec<PathBuf>,
+    /// File of accepted bearer tokens.
+    pub tokens: PathBuf,
+    /// Largest bundle, and largest unpacked skill, in MiB.
+    pub max_mib: u64,
+}
+
+/// What the inbox drives besides the store: the skill a node runs.
+pub trait Runner: Send + Sync {
+    /// Name and version of the running skill.
+    fn running(&self) -> (String, String);
+    /// Why `skill` could not replace the running one, if it could not.
+    fn check(&self, skill: &Skill) -> Result<(), String>;
+    /// Hands `skill` to the control loop, which swaps it in between two ticks.
+    fn swap(&self, skill: Skill) -> Result<(), String>;
+}
+
+/// Counters of the inbox, also reported on `/diagnostics`.
+#[derive(Debug, Default)]
+pub struct InboxStats {
+    /// Bundles installed.
+    pub accepted: AtomicU64,
+    /// Bundles refused, by reason.
+    pub rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests without an accepted token.
+    pub unauthorized: AtomicU64,
+    /// The last refusal, for people.
+    pub last_rejection: Mutex<Option<String>>,
+    /// The address the inbox listens on.
+    pub address: Mutex<String>,
+}
+
+impl InboxStats {
+    fn reject(&self, reason: &'static str, message: &str) {
+        tracing::warn!(reason, "bundle rejected: {message}");
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+        *self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_string());
+    }
+
+    /// Bundles refused, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+}
+
+impl crate::control::diagnostics::Counted for InboxStats {
+    fn values(&self) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("inbox.address".to_string(), self.address.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            ("inbox.bundles_accepted".to_string(), self.accepted.load(Ordering::Relaxed).to_string()),
+            ("inbox.bundles_rejected".to_string(), self.rejected_total().to_string()),
+        ];
+        for (reason, n) in self.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            v.push((format!("inbox.bundles_rejected.{reason}"), n.to_string()));
+        }
+        v.push(("inbox.unauthorized_requests".to_string(), self.unauthorized.load(Ordering::Relaxed).to_string()));
+        if let Some(last) = self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            v.push(("inbox.last_rejection".to_string(), last.clone()));
+        }
+        v
+    }
+}
+
+struct Shared {
+    store: Store,
+    trusted: Vec<VerifyingKey>,
+    tokens: Tokens,
+    limits: Limits,
+    runner: Option<Arc<dyn Runner>>,
+    stats: Arc<InboxStats>,
+}
+
+/// A running inbox.
+pub struct Inbox {
+    addr: SocketAddr,
+    stats: Arc<InboxStats>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Inbox {
+    /// Reads the keys and tokens, opens the store, binds the address and serves on a thread of
+    /// its own. Installs run on blocking threads, never on the control thread.
+    pub fn start(settings: &InboxSettings, runner: Option<Arc<dyn Runner>>) -> Result<Inbox, FleetError> {
+        if settings.trust.is_empty() {
+            return Err(FleetError::Config(
+                "the inbox trusts no key, so it could install nothing; give the fleet's public key (.pub)".into(),
+            ));
+        }
+        let trusted = bundle::read_trusted(&settings.trust).map_err(|e| FleetError::Config(e.to_string()))?;
+        let tokens = Tokens::load(&settings.tokens)?;
+        let store = Store::open(&settings.store).map_err(|e| FleetError::Config(e.to_string()))?;
+        let listener = std::net::TcpListener::bind(&settings.listen)
+            .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
+        listener.set_nonblocking(true).map_err(io("configure", Path::new(&settings.listen)))?;
+        let addr = listener.local_addr().map_err(io("configure", Path::new(&settings.listen)))?;
+        let stats = Arc::new(InboxStats::default());
+        *stats.address.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
+        let shared = Arc::new(Shared {
+            store,
+            trusted,
+            tokens,
+            limits: Limits { max_bytes: settings.max_mib.saturating_mul(1 << 20) },
+            runner,
+            stats: stats.clone(),
+        });
+        let app = axum::Router::new()
+            .route("/health", get(health))
+            .route("/skills", get(list).post(install))
+            .route("/skills/{name}/activate", post(activate))
+            .route("/skills/{name}/rollback", post(rollback))
+            .with_state(shared);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let rt = super::http::runtime(1).map_err(io("start the runtime of", Path::new(&settings.listen)))?;
+        std::thread::Builder::new()
+            .name("skillgraft-inbox".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!("inbox: {e}"),
+                    };
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = served.await {
+                        tracing::error!("inbox stopped: {e}");
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(io("start a thread for", Path::new(&settings.listen)))?;
+        tracing::info!(address = %addr, store = %settings.store.display(), "inbox listening");
+        Ok(Inbox { addr, stats, shutdown: Some(tx), done })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<InboxStats> {
+        self.stats.clone()
+    }
+
+    /// Stops taking requests; waits a little for those in flight.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.done.recv_timeout(std::time::Duration::from_secs(3));
+    }
+}
+
+fn running_json(s: &Shared) -> serde_json::Value {
+    match &s.runner {
+        Some(r) => {
+            let (name, version) = r.running();
+            serde_json::json!({ "name": name, "version": version })
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+async fn health(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = guard(&s, &headers) {
+        return r;
+    }
+    reply(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "ok",
+            "running": running_json(&s),
+            "bundles_accepted": s.stats.accepted.load(Ordering::Relaxed),
+            "bundles_rejected": s.stats.rejected_total(),
+            "bundles_rejected_by_reason": s.stats.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "unauthorized_requests": s.stats.unauthorized.load(Ordering::Relaxed),
+        }),
+    )
+}
+
+/// A 401 reply (counted and logged), unless the request carries an accepted token.
+fn guard(s: &Shared, headers: &HeaderMap) -> Option<Response> {
+    unauthorized(&s.tokens, headers).inspect(|_| {
+        s.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("inbox: request without an accepted token refused");
+    })
+}
+
+async fn list(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = guard(&s, &headers) {
+        return r;
+    }
+    let s2 = s.clone();
+    match tokio::task::spawn_blocking(move || s2.store.list()).await {
+        Ok(Ok(entries)) => {
+            reply(StatusCode::OK, serde_json::json!({ "running": running_json(&s), "installed": entries }))
+        }
+        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A store error as a reply, and the reason it is counted under.
+fn store_problem(e: &StoreError) -> (StatusCode, &'static str) {
+    match e {
+        StoreError::Bundle(BundleError::Io { .. }) | StoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+        StoreError::Bundle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        StoreError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+    }
+}
+
+async fn install(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(r) = guard(&s, &headers) {
+        return r;
+    }
+    // A task of its own: when the client goes away mid-upload, hyper drops this handler, but the
+    // upload still ends (as truncated), is counted and its scratch file removed.
+    let work = tokio::spawn(receive(s, headers, body));
+    work.await.unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let upload_started = Instant::now();
+    let path = s.store.scratch("upload.skill");
+    let bytes = match spool(&headers, body, &path, s.limits.max_bytes).await {
+        Ok(n) => n,
+        Err(e) => {
+            let (r, reason) = e.reply();
+            s.stats.reject(reason, &format!("upload refused: {e}"));
+            return r;
+        }
+    };
+    let upload_ms = upload_started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let s2 = s.clone();
+    let p2 = path.clone();
+    let outcome = tokio::task::spawn_blocking(move || install_blocking(&s2, &p2)).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    let install_ms = started.elapsed().as_secs_f64() * 1e3;
+    match outcome {
+        Ok(Ok((entry, swapped))) => {
+            s.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(skill = %entry.name, version = %entry.state.active, swapped, "bundle installed");
+            reply(
+                StatusCode::CREATED,
+                serde_json::json!({
+                    "installed": entry, "swapped": swapped, "running": running_json(&s),
+                    "bytes": bytes, "upload_ms": upload_ms, "install_ms": install_ms,
+                }),
+            )
+        }
+        Ok(Err((status, reason, message))) => {
+            s.stats.reject(reason, &message);
+            problem(status, message)
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+type Refusal = (StatusCode, &'static str, String);
+
+fn install_blocking(s: &Shared, path: &Path) -> Result<(crate::skill::store::Entry, bool), Refusal> {
+    let running = s.runner.as_ref().map(|r| (r.clone(), r.running().0));
+    let check = |skill: &Skill| match &running {
+        Some((r, name)) if skill.manifest.name == *name => r.check(skill),
+        _ => Ok(()),
+    };
+    let entry = s.store.install_checked(path, &s.trusted, s.limits, &check).map_err(|e| {
+        let (status, reason) = store_problem(&e);
+        (status, reason, e.to_string())
+    })?;
+    let Some((runner, name)) = running.filter(|(_, n)| *n == entry.name) else { return Ok((entry, false)) };
+    match swap(&*runner, &s.store, &name, &entry.state.active) {
+        Ok(()) => Ok((entry, true)),
+        Err(e) => {
+            // Installed but not running: put the store back to what runs, so the two agree.
+            let _ = s.store.rollback(&name);
+            Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "swap",
+                format!("installed, but the node could not swap it in: {e}"),
+            ))
+        }
+    }
+}
+
+fn swap(runner: &dyn Runner, store: &Store, name: &str, version: &semver::Version) -> Result<(), String> {
+    let skill = Skill::load(&store.dir(name, version)).map_err(|e| e.to_string())?;
+    runner.swap(skill)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateRequest {
+    version: semver::Version,
+}
+
+async fn activate(
+    State(s): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = guard(&s, &headers) {
+        return r;
+    }
+    let req: ActivateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("the body must be {{\"version\": \"X.Y.Z\"}}: {e}")),
+    };
+    change(s, name, Some(req.version)).await
+}
+
+async fn rollback(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
+    if let Some(r) = guard(&s, &headers) {
+        return r;
+    }
+    change(s, name, None).await
+}
+
+/// Activates `version` of `name` (None: the previous one): the node checks and swaps the skill
+/// first, so a version it cannot run is refused before the store changes.
+async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) -> Response {
+    let s2 = s.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        let refused = |e: StoreError| {
+            let (status, reason) = store_problem(&e);
+            (status, reason, e.to_string())
+        };
+        let version = match version {
+            Some(v) => v,
+            None => s2.store.rollback_target(&name).map_err(refused)?,
+        };
+        let dir = s2.store.dir(&name, &version);
+        if !dir.is_dir() {
+            return Err(refused(StoreError::Refused(format!(
+                "{name} {version} is not installed; install its bundle first"
+            ))));
+        }
+        let runner = s2.runner.as_ref().filter(|r| r.running().0 == name);
+        let skill = match runner {
+            Some(r) => {
+                let skill = Skill::load(&dir).map_err(|e| (StatusCode::CONFLICT, "refused", e.to_string()))?;
+                r.check(&skill).map_err(|e| (StatusCode::CONFLICT, "refused", e))?;
+                Some(skill)
+            }
+            None => None,
+        };
+        let entry = s2.store.activate(&name, &version).map_err(refused)?;
+        if let (Some(r), Some(skill)) = (runner, skill) {
+            r.swap(skill).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "swap", e))?;
+        }
+        Ok(entry)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(entry)) => {
+            tracing::info!(skill = %entry.name, version = %entry.state.active, "skill version activated");
+            reply(StatusCode::OK, serde_json::json!({ "installed": entry, "running": running_json(&s) }))
+        }
+        Ok(Err((status, _, message))) => problem(status, message),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

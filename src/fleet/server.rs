@@ -1,0 +1,308 @@
+//! The fleet server (`skillgraft fleet serve --store DIR`): a catalog of signed bundles that
+//! robots and people upload and download, and the registry of robots that `fleet push` reads.
+//!
+//! ```text
+//! DIR/catalog/NAME/VERSION.skill   bundles, verified on upload, never changed afterwards
+//! DIR/catalog/NAME/VERSION.json    what the catalog says of it: digest, signer, provenance
+//! DIR/robots.toml                  the registry: [[robot]] name, url, token_file
+//! DIR/.incoming/                   uploads being received
+//! ```
+//!
+//! ```text
+//! GET  /health
+//! GET  /catalog                    {"bundles": [entries]}
+//! GET  /catalog/{name}/{version}   the bundle file
+//! POST /catalog                    body: a .skill bundle; 201 entry (200 when already there)
+//! GET  /robots                     {"robots": [{"name", "url"}]}
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Tokens;
+use super::http::{problem, reply, spool, unauthorized};
+use super::push::Robots;
+use super::{FleetError, io};
+use crate::skill::Skill;
+use crate::skill::bundle::{self, Limits};
+use crate::skill::manifest::Provenance;
+
+/// Default address of the fleet server.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+
+/// One bundle in the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Skill name.
+    pub name: String,
+    /// Version.
+    pub version: semver::Version,
+    /// The skill's digest.
+    pub digest: String,
+    /// Key that signed the bundle.
+    pub signer: String,
+    /// Bundle size, bytes.
+    pub bytes: u64,
+    /// When it reached the catalog, RFC 3339.
+    pub added: String,
+    /// Where the skill came from: its manifest's provenance (robot, method, parent, metrics).
+    pub provenance: Provenance,
+}
+
+/// What `fleet serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The fleet folder.
+    pub store: PathBuf,
+    /// Address to listen on.
+    pub listen: String,
+    /// Keys whose bundles the catalog takes (the fleet's own, and its robots').
+    pub trust: Vec<PathBuf>,
+    /// File of accepted bearer tokens.
+    pub tokens: PathBuf,
+    /// Largest bundle, MiB.
+    pub max_mib: u64,
+}
+
+struct Shared {
+    root: PathBuf,
+    trusted: Vec<VerifyingKey>,
+    tokens: Tokens,
+    limits: Limits,
+    seq: std::sync::atomic::AtomicU64,
+    /// One catalog change at a time: two uploads of one version must not both pass the check.
+    adding: std::sync::Mutex<()>,
+}
+
+/// Serves until `shutdown` resolves. Errors in the settings are returned before anything listens.
+pub async fn serve(
+    settings: &ServerSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    bound: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), FleetError> {
+    let trusted = bundle::read_trusted(&settings.trust).map_err(|e| FleetError::Config(e.to_string()))?;
+    let tokens = Tokens::load(&settings.tokens)?;
+    let root = settings.store.clone();
+    for d in [root.join("catalog"), root.join(".incoming")] {
+        std::fs::create_dir_all(&d).map_err(io("create", &d))?;
+    }
+    let incoming = root.join(".incoming");
+    for e in std::fs::read_dir(&incoming).map_err(io("read", &incoming))?.filter_map(|e| e.ok()) {
+        let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+    }
+    let registry = root.join("robots.toml");
+    if registry.exists() {
+        Robots::load(&registry)?;
+    }
+    let shared = Arc::new(Shared {
+        root,
+        trusted,
+        tokens,
+        limits: Limits { max_bytes: settings.max_mib.saturating_mul(1 << 20) },
+        seq: Default::default(),
+        adding: Default::default(),
+    });
+    let app = axum::Router::new()
+        .route("/health", get(health))
+        .route("/catalog", get(catalog).post(upload))
+        .route("/catalog/{name}/{version}", get(download))
+        .route("/robots", get(robots))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(io("configure", Path::new(&settings.listen)))?;
+    bound(addr);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(io("serve on", Path::new(&settings.listen)))
+}
+
+async fn health(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, &headers) {
+        return r;
+    }
+    reply(StatusCode::OK, serde_json::json!({ "status": "ok" }))
+}
+
+/// Every entry of the catalog, by name then version.
+pub fn entries(root: &Path) -> Result<Vec<CatalogEntry>, FleetError> {
+    let dir = root.join("catalog");
+    let mut out = Vec::new();
+    for name in std::fs::read_dir(&dir).map_err(io("read", &dir))?.filter_map(|e| e.ok()) {
+        for f in std::fs::read_dir(name.path()).map_err(io("read", &name.path()))?.filter_map(|e| e.ok()) {
+            let p = f.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read(&p).map_err(io("read", &p))?;
+                out.push(serde_json::from_slice(&text).map_err(|e| {
+                    FleetError::Config(format!("{}: {e}; remove it and upload its bundle again", p.display()))
+                })?);
+            }
+        }
+    }
+    out.sort_by(|a: &CatalogEntry, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    Ok(out)
+}
+
+async fn catalog(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, &headers) {
+        return r;
+    }
+    let root = s.root.clone();
+    match tokio::task::spawn_blocking(move || entries(&root)).await {
+        Ok(Ok(list)) => reply(StatusCode::OK, serde_json::json!({ "bundles": list })),
+        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn bundle_path(root: &Path, name: &str, version: &semver::Version) -> PathBuf {
+    root.join("catalog").join(name).join(format!("{version}.skill"))
+}
+
+async fn download(
+    State(s): State<Arc<Shared>>,
+    UrlPath((name, version)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, &headers) {
+        return r;
+    }
+    let Ok(version) = version.parse::<semver::Version>() else {
+        return problem(StatusCode::BAD_REQUEST, format!("{version:?} is not a version (X.Y.Z)"));
+    };
+    if name.contains(['/', '\\']) || name.starts_with('.') {
+        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a skill name"));
+    }
+    let path = bundle_path(&s.root, &name, &version);
+    match tokio::fs::File::open(&path).await {
+        Ok(f) => {
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(_) => {
+            problem(StatusCode::NOT_FOUND, format!("{name} {version} is not in the catalog; GET /catalog lists it"))
+        }
+    }
+}
+
+async fn robots(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, &headers) {
+        return r;
+    }
+    let path = s.root.join("robots.toml");
+    if !path.exists() {
+        return reply(StatusCode::OK, serde_json::json!({ "robots": [] }));
+    }
+    match Robots::load(&path) {
+        Ok(r) => reply(
+            StatusCode::OK,
+            serde_json::json!({ "robots": r.robots.iter().map(|r| serde_json::json!({"name": r.name, "url": r.url})).collect::<Vec<_>>() }),
+        ),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn upload(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, &headers) {
+        return r;
+    }
+    // A task of its own, so an upload cut off by its client still cleans up after itself.
+    let work = tokio::spawn(receive(s, headers, body));
+    work.await.unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let n = s.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = s.root.join(".incoming").join(format!("upload-{n}.skill"));
+    let bytes = match spool(&headers, body, &path, s.limits.max_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (r, reason) = e.reply();
+            tracing::warn!(reason, "catalog upload refused: {e}");
+            return r;
+        }
+    };
+    let s2 = s.clone();
+    let p2 = path.clone();
+    let outcome = tokio::task::spawn_blocking(move || add(&s2, &p2, bytes, n)).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    match outcome {
+        Ok(Ok((entry, created))) => {
+            tracing::info!(skill = %entry.name, version = %entry.version, signer = %entry.signer, "bundle added to the catalog");
+            reply(
+                if created { StatusCode::CREATED } else { StatusCode::OK },
+                serde_json::to_value(&entry).unwrap_or_default(),
+            )
+        }
+        Ok(Err((status, message))) => {
+            tracing::warn!("catalog upload refused: {message}");
+            problem(status, message)
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Verifies the spooled bundle and moves it into the catalog; `false` when the same bundle was
+/// already there.
+fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
+    let scratch = s.root.join(".incoming").join(format!("unpack-{n}"));
+    let verified = bundle::unpack(path, &s.trusted, &scratch, s.limits);
+    let manifest = verified.as_ref().ok().map(|v| Skill::load(&v.dir).map(|k| k.manifest));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let v = verified.map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let manifest = manifest.expect("verified").map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let c = &v.contents;
+    let entry = CatalogEntry {
+        name: c.name.clone(),
+        version: c.version.clone(),
+        digest: c.digest.clone(),
+        signer: v.signer.clone(),
+        bytes,
+        added: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        provenance: manifest.provenance,
+    };
+    let target = bundle_path(&s.root, &c.name, &c.version);
+    let meta = target.with_extension("json");
+    let internal = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+    if let Ok(text) = std::fs::read(&meta)
+        && let Ok(old) = serde_json::from_slice::<CatalogEntry>(&text)
+    {
+        return if old.digest == entry.digest {
+            Ok((old, false))
+        } else {
+            Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "{} {} is already in the catalog with another digest ({}); bump the version",
+                    c.name, c.version, old.digest
+                ),
+            ))
+        };
+    }
+    std::fs::create_dir_all(target.parent().expect("a folder")).map_err(internal)?;
+    std::fs::rename(path, &target).map_err(internal)?;
+    let part = meta.with_extension("json.part");
+    std::fs::write(&part, serde_json::to_vec_pretty(&entry).expect("serialises")).map_err(internal)?;
+    std::fs::rename(&part, &meta).map_err(internal)?;
+    Ok((entry, true))
+}

@@ -1,0 +1,563 @@
+//! The fleet over real HTTP on 127.0.0.1: the robot's inbox (on its own and inside a running
+//! node), the fleet server's catalog, and `fleet push` to several robots. Every bad request is
+//! refused with its reason and leaves the store as it was.
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::bundles;
+use serde_json::Value;
+
+/// A `skillgraft` server process (inbox, fleet server or node), killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `skillgraft ARGS` and waits for the `http://ADDR` line it prints on stderr.
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("http://") {
+                    let addr: String = line[at + 7..].chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{args:?} printed no address; its log:\n{}", log.lock().unwrap()));
+        Server { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the JSON body.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    raw(addr, head.as_bytes(), body, false).expect("an answer")
+}
+
+/// Sends `head` and `body` as they are (from another thread, so an early answer is read while
+/// the body is still going out), and reads the answer; `hang_up` closes the sending side after
+/// the body, as a client that dies does. None when the server closed without answering.
+fn raw(addr: &str, head: &[u8], body: &[u8], hang_up: bool) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut out = head.to_vec();
+    out.extend_from_slice(body);
+    let writer = std::thread::spawn(move || {
+        // The server may answer (and close) before the whole body is sent: that is the point of
+        // early refusals, so a failed write is not an error here.
+        let _ = w.write_all(&out);
+        if hang_up {
+            let _ = w.shutdown(std::net::Shutdown::Write);
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok())?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    Some((status, json))
+}
+
+/// A bundle upload, whole.
+fn post_bundle(addr: &str, path: &str, token: &str, bundle: &Path) -> (u16, Value) {
+    http(addr, "POST", path, Some(token), &std::fs::read(bundle).unwrap())
+}
+
+fn token(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    common::succeeds(&["keys", "token", path.to_str().unwrap()]);
+    let t = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    (path, t)
+}
+
+/// The store's files, without the scratch folder's (which must be empty anyway).
+fn store_files(store: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let incoming: Vec<_> = std::fs::read_dir(store.join(".incoming")).unwrap().collect();
+    assert!(incoming.is_empty(), "the scratch folder keeps {incoming:?}");
+    common::snapshot(store)
+}
+
+#[test]
+fn the_inbox_refuses_every_bad_request_and_leaves_the_store_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = bundles::keys(d, "fleet");
+    let (tokens, t) = token(d, "robot.token");
+    let store = d.join("store");
+    let inbox = Server::start(&[
+        "inbox",
+        "--store",
+        store.to_str().unwrap(),
+        "--trust",
+        public.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--max-mib",
+        "1",
+    ]);
+    let a = inbox.addr.as_str();
+    let b1 = bundles::pack(d, &key, "0.1.0", &[]);
+    let b2 = bundles::pack(d, &key, "0.2.0", &[]);
+    let (status, body) = post_bundle(a, "/skills", &t, &b2);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["installed"]["state"]["active"], "0.2.0");
+    assert_eq!(body["swapped"], false, "no node runs beside this inbox");
+    let before = store_files(&store);
+    let mut refused = 0;
+
+    // Each bad bundle: refused with its reason, nothing installed.
+    let bad_dir = d.join("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    for (name, path, want) in bundles::bad(&bad_dir, &b1, &key) {
+        let (status, body) = post_bundle(a, "/skills", &t, &path);
+        assert!((400..500).contains(&status), "{name}: {status} {body}");
+        assert!(body["error"].as_str().unwrap().contains(want), "{name}: expected {want:?} in {body}");
+        assert_eq!(store_files(&store), before, "{name} changed the store");
+        refused += 1;
+    }
+    assert!(!Path::new("/tmp/skillgraft-absolute").exists());
+
+    // An older version, and the same version again.
+    for (b, want) in [(&b1, "not above the active 0.2.0"), (&b2, "not above the active 0.2.0")] {
+        let (status, body) = post_bundle(a, "/skills", &t, b);
+        assert_eq!(status, 409, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(want), "{body}");
+        refused += 1;
+    }
+
+    // Larger than the limit: refused from Content-Length before the body is read, and, sent
+    // chunked with no length, refused as soon as it passes the limit.
+    let big = vec![7u8; 3 << 20];
+    let (status, body) = http(a, "POST", "/skills", Some(&t), &big);
+    assert_eq!(status, 413, "{body}");
+    let mut chunked = Vec::new();
+    for piece in big.chunks(64 << 10) {
+        chunked.extend(format!("{:x}\r\n", piece.len()).bytes());
+        chunked.extend(piece);
+        chunked.extend(b"\r\n");
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let head = format!(
+        "POST /skills HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    // The refusal may be lost to the connection reset that follows it (the client is still
+    // sending); the inbox's counters say what it did.
+    if let Some((status, body)) = raw(a, head.as_bytes(), &chunked, false) {
+        assert_eq!(status, 413, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("larger than this server's limit of 1 MiB"), "{body}");
+    }
+    refused += 2;
+
+    // A truncated upload: the connection ends before Content-Length bytes arrived.
+    let whole = std::fs::read(&b2).unwrap();
+    let head = format!(
+        "POST /skills HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer {t}\r\nContent-Length: {}\r\n\r\n",
+        whole.len()
+    );
+    if let Some((status, body)) = raw(a, head.as_bytes(), &whole[..whole.len() / 2], true) {
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("ended early"), "{body}");
+    }
+    refused += 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(a, "GET", "/health", Some(&t), b"").1["bundles_rejected_by_reason"]["truncated"] != 1 {
+        assert!(Instant::now() < deadline, "the truncated upload was not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Wrong and missing tokens: refused before anything is read or counted as a bundle.
+    let b3 = bundles::pack(d, &key, "0.3.0", &[]);
+    for tok in [Some("not-the-token-not-the-token"), None] {
+        let (status, body) = http(a, "POST", "/skills", tok, &std::fs::read(&b3).unwrap());
+        assert_eq!(status, 401, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("bearer token"), "{body}");
+        let (status, _) = http(a, "GET", "/skills", tok, b"");
+        assert_eq!(status, 401);
+        let (status, _) = http(a, "POST", "/skills/example-arm6/rollback", tok, b"");
+        assert_eq!(status, 401);
+    }
+    assert_eq!(store_files(&store), before, "refused requests changed the store");
+
+    // Concurrent pushes of one bundle: exactly one installs it, the others are told why not.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| post_bundle(a, "/skills", &t, &b3))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = answers.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(ok, 1, "{answers:?}");
+    for (s, body) in answers.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!(*s, 409, "{body}");
+        let e = body["error"].as_str().unwrap();
+        assert!(e.contains("already installed") || e.contains("not above"), "{e}");
+    }
+    refused += 5;
+
+    // Activate and roll back over HTTP; a version that is not installed is refused.
+    let (status, body) = http(a, "POST", "/skills/example-arm6/activate", Some(&t), br#"{"version": "0.2.0"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["installed"]["state"], serde_json::json!({"active": "0.2.0", "previous": "0.3.0"}));
+    let (status, body) = http(a, "POST", "/skills/example-arm6/rollback", Some(&t), b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["installed"]["state"]["active"], "0.3.0");
+    let (status, body) = http(a, "POST", "/skills/example-arm6/activate", Some(&t), br#"{"version": "9.0.0"}"#);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http(a, "POST", "/skills/example-arm6/activate", Some(&t), b"0.2.0");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("{\"version\": \"X.Y.Z\"}"), "{body}");
+
+    let (status, health) = http(a, "GET", "/health", Some(&t), b"");
+    assert_eq!(status, 200);
+    assert_eq!(health["bundles_accepted"], 2, "{health}");
+    assert_eq!(health["bundles_rejected"], refused, "{health}");
+    assert_eq!(
+        health["bundles_rejected_by_reason"],
+        serde_json::json!({"invalid": 12, "refused": 7, "too_large": 2, "truncated": 1}),
+        "{health}"
+    );
+    assert_eq!(health["unauthorized_requests"], 6, "{health}");
+    let (_, list) = http(a, "GET", "/skills", Some(&t), b"");
+    assert_eq!(list["installed"][0]["versions"], serde_json::json!(["0.2.0", "0.3.0"]));
+    let log = inbox.log.lock().unwrap().clone();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A robot registry in `dir` for these inbox URLs, each with the token in `token_file`.
+fn registry(dir: &Path, robots: &[(&str, String)], token_file: &Path) -> PathBuf {
+    let mut text = String::new();
+    for (name, url) in robots {
+        text.push_str(&format!(
+            "[[robot]]\nname = \"{name}\"\nurl = \"{url}\"\ntoken_file = \"{}\"\n\n",
+            token_file.display()
+        ));
+    }
+    let path = dir.join("robots.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_fleet_server_catalogs_uploads_with_their_provenance_and_push_reaches_every_robot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
+    let (robot_key, robot_pub) = bundles::keys(d, "robot");
+    let (fleet_tokens, ft) = token(d, "fleet.token");
+    let (robot_tokens, _) = token(d, "robot.token");
+    let fleet_dir = d.join("fleet");
+    let server = Server::start(&[
+        "fleet",
+        "serve",
+        "--store",
+        fleet_dir.to_str().unwrap(),
+        "--trust",
+        fleet_pub.to_str().unwrap(),
+        "--trust",
+        robot_pub.to_str().unwrap(),
+        "--tokens",
+        fleet_tokens.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+
+    // A robot uploads its adapted skill, signed with its own key: it appears with its provenance.
+    let source = skillgraft::skill::Skill::load(&bundles::example()).unwrap();
+    let adapted = bundles::version(d, "0.2.0");
+    let toml = adapted.join("skill.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "source_robot = \"arm6-sim\"\nmethod = \"imported\"",
+        &format!("source_robot = \"arm6-b-07\"\nmethod = \"adapted-ridge\"\nparent = \"{}\"", source.digest),
+    );
+    std::fs::write(&toml, text).unwrap();
+    let up = bundles::pack_dir(&adapted, &robot_key, &d.join("adapted.skill"), &[]);
+    let (url, ftf) = (server.url(), fleet_tokens.to_str().unwrap().to_string());
+    let out = common::succeeds(&["fleet", "upload", up.to_str().unwrap(), "--fleet", &url, "--token-file", &ftf]);
+    assert!(out.contains("example-arm6 0.2.0"), "{out}");
+    let again = common::succeeds(&["fleet", "upload", up.to_str().unwrap(), "--fleet", &url, "--token-file", &ftf]);
+    assert!(again.contains("example-arm6 0.2.0"), "uploading the same bundle again is harmless: {again}");
+    let listing = common::succeeds(&["fleet", "catalog", "--fleet", &url, "--token-file", &ftf]);
+    assert!(listing.contains("from arm6-b-07 (adapted-ridge, parent sha256:"), "{listing}");
+    let (status, bytes) = {
+        let (s, _) = http(&server.addr, "GET", "/catalog/example-arm6/0.2.0", Some(&ft), b"");
+        (s, std::fs::read(fleet_dir.join("catalog/example-arm6/0.2.0.skill")).unwrap())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(bytes, std::fs::read(&up).unwrap(), "the catalog keeps the bundle as uploaded");
+
+    // Refused: another bundle under a version the catalog has, an untrusted signer, no token.
+    let other = bundles::pack(d, &fleet_key, "0.2.0", &[]);
+    let err = common::fails(&["fleet", "upload", other.to_str().unwrap(), "--fleet", &url, "--token-file", &ftf]);
+    assert!(err.contains("(409)") && err.contains("bump the version"), "{err}");
+    let (stranger_key, _) = bundles::keys(d, "stranger");
+    let strange = bundles::pack_dir(&bundles::version(d, "0.3.0"), &stranger_key, &d.join("s.skill"), &[]);
+    let err = common::fails(&["fleet", "upload", strange.to_str().unwrap(), "--fleet", &url, "--token-file", &ftf]);
+    assert!(err.contains("(422)") && err.contains("not a trusted key"), "{err}");
+    let rtf = robot_tokens.to_str().unwrap();
+    let err = common::fails(&["fleet", "upload", up.to_str().unwrap(), "--fleet", &url, "--token-file", rtf]);
+    assert!(err.contains("(401)"), "{err}");
+    let catalog: Value =
+        serde_json::from_str(&common::succeeds(&["fleet", "catalog", "--fleet", &url, "--token-file", &ftf, "--json"]))
+            .unwrap();
+    assert_eq!(catalog["bundles"].as_array().unwrap().len(), 1, "{catalog}");
+
+    // Push to two inboxes and a robot that is down: both installed, the third reported.
+    let inboxes: Vec<(Server, PathBuf)> = (0..2)
+        .map(|i| {
+            let store = d.join(format!("store-{i}"));
+            let s = Server::start(&[
+                "inbox",
+                "--store",
+                store.to_str().unwrap(),
+                "--trust",
+                fleet_pub.to_str().unwrap(),
+                "--tokens",
+                rtf,
+                "--listen",
+                "127.0.0.1:0",
+            ]);
+            (s, store)
+        })
+        .collect();
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let robots = registry(
+        d,
+        &[("r0", inboxes[0].0.url()), ("r1", inboxes[1].0.url()), ("r2", format!("http://{down}"))],
+        &robot_tokens,
+    );
+    let b1 = bundles::pack(d, &fleet_key, "0.1.0", &[]);
+    let started = Instant::now();
+    let out = common::skillgraft(&[
+        "fleet",
+        "push",
+        b1.to_str().unwrap(),
+        "--robots",
+        robots.to_str().unwrap(),
+        "--retries",
+        "1",
+        "--connect-timeout-s",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "one robot is down: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, r) in results.as_array().unwrap().iter().enumerate().take(2) {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["robot"], format!("r{i}"));
+        assert!(r["install_ms"].as_f64().unwrap() > 0.0);
+        let state = std::fs::read_to_string(inboxes[i].1.join("example-arm6/state.json")).unwrap();
+        assert!(state.contains("\"active\": \"0.1.0\""), "{state}");
+    }
+    let r2 = &results[2];
+    assert_eq!(r2["ok"], false);
+    assert_eq!(r2["attempts"], 2, "a robot that does not answer is tried again: {r2}");
+    assert!(r2["outcome"].as_str().unwrap().starts_with("unreachable"), "{r2}");
+
+    // The table, and a refusal: pushing the same version again is refused by every robot.
+    let out = common::skillgraft(&[
+        "fleet",
+        "push",
+        b1.to_str().unwrap(),
+        "--robots",
+        robots.to_str().unwrap(),
+        "--retries",
+        "0",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| r0 | refused (409): example-arm6 0.1.0 is not above the active 0.1.0"), "{table}");
+    assert!(table.contains("0 of 3 robots installed it"), "{table}");
+    let status = common::succeeds(&["fleet", "status", "--robots", robots.to_str().unwrap()]);
+    assert!(status.contains("| r1 | ") && status.contains("example-arm6 0.1.0"), "{status}");
+    assert!(status.contains("| r2 | ") && status.contains("unreachable"), "{status}");
+    let (status, robots_list) = http(&server.addr, "GET", "/robots", Some(&ft), b"");
+    assert_eq!(status, 200);
+    assert_eq!(robots_list["robots"], serde_json::json!([]), "no registry in the fleet folder yet");
+}
+
+#[test]
+fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
+    if !common::isolated("the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics") {
+        return;
+    }
+    use skillgraft::ros::cdr;
+    use skillgraft::ros::dds::DdsTransport;
+    use skillgraft::ros::msg::{DiagnosticArray, RosMessage};
+    use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = bundles::keys(d, "fleet");
+    let (tokens, t) = token(d, "robot.token");
+    let store = d.join("store");
+    let skill = d.join("launched");
+    common::copy_tree(&bundles::example(), &skill);
+    // In a network namespace of its own, the default port is free.
+    let addr = "127.0.0.1:8740";
+    let ros = |extra: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = ["run", skill.to_str().unwrap(), "--ros-args"].iter().map(|s| s.to_string()).collect();
+        for p in [
+            format!("store_dir:={}", store.display()),
+            format!("inbox_tokens:={}", tokens.display()),
+            format!("inbox_trust:=['{}']", public.display()),
+            "diagnostics_period_s:=0.2".to_string(),
+        ]
+        .iter()
+        .chain(extra)
+        {
+            v.push("-p".into());
+            v.push(p.clone());
+        }
+        v
+    };
+    // Killed when dropped: a node left running would hold the test's output open.
+    let log = d.join("node.log");
+    let spawn = |args: Vec<String>| Server {
+        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(&args)
+            .env("ROS_DOMAIN_ID", "47")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        addr: addr.to_string(),
+        log: Default::default(),
+    };
+    let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let node = spawn(ros(&[]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the node's inbox never listened on {addr}: {}", node_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peer = DdsTransport::new(NodeIdentity { name: "watcher".into(), namespace: "/".into() }, 47, true).unwrap();
+    let (tx, diagnostics) = std::sync::mpsc::channel();
+    peer.subscribe(
+        "/diagnostics",
+        DiagnosticArray::TYPE,
+        Qos::RELIABLE,
+        Box::new(move |s| {
+            let _ = tx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap());
+        }),
+    )
+    .unwrap();
+    let running = || http(addr, "GET", "/skills", Some(&t), b"").1["running"]["version"].clone();
+    assert_eq!(running(), "0.1.0");
+
+    // The running version's bundle, so the store can return to it; then a newer version: both
+    // installed, and the node swaps to each.
+    let robots = registry(d, &[("arm", format!("http://{addr}"))], &tokens);
+    let b1 = bundles::pack(d, &key, "0.1.0", &[]);
+    let out = common::succeeds(&["fleet", "push", b1.to_str().unwrap(), "--robots", robots.to_str().unwrap()]);
+    assert!(out.contains("| arm | installed example-arm6 0.1.0 | yes | 1 |"), "{out}");
+    let b2 = bundles::pack(d, &key, "0.2.0", &[]);
+    let out = common::succeeds(&["fleet", "push", b2.to_str().unwrap(), "--robots", robots.to_str().unwrap()]);
+    assert!(out.contains("| arm | installed example-arm6 0.2.0 | yes | 1 |"), "{out}");
+    assert_eq!(running(), "0.2.0");
+
+    // Same name, but it drives another topic: refused before the store changes.
+    let moved = bundles::version(d, "0.3.0");
+    let toml = moved.join("skill.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace("/arm/joint_velocity_cmd", "/elsewhere/cmd");
+    std::fs::write(&toml, text).unwrap();
+    let b3 = bundles::pack_dir(&moved, &key, &d.join("moved.skill"), &[]);
+    let before = store_files(&store);
+    let (status, body) = post_bundle(addr, "/skills", &t, &b3);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("action output differs"), "{body}");
+    assert_eq!(store_files(&store), before);
+    assert_eq!(running(), "0.2.0");
+
+    // Activate the first version on the robot, then roll back, through the registry.
+    let r = robots.to_str().unwrap();
+    let out = common::succeeds(&["fleet", "activate", "arm", "example-arm6", "0.1.0", "--robots", r]);
+    assert!(out.contains("active 0.1.0, previous 0.2.0; running example-arm6 0.1.0"), "{out}");
+    let out = common::succeeds(&["fleet", "rollback", "arm", "example-arm6", "--robots", r]);
+    assert!(out.contains("active 0.2.0, previous 0.1.0; running example-arm6 0.2.0"), "{out}");
+
+    // /diagnostics counts the accepted and the refused bundle, and shows the swaps applied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = diagnostics.recv_timeout(Duration::from_secs(5)).ok();
+        let values = got.map(|a| a.status[0].values.clone()).unwrap_or_default();
+        let value = |k: &str| values.iter().find(|kv| kv.key == k).map(|kv| kv.value.clone());
+        if value("inbox.bundles_accepted").as_deref() == Some("2")
+            && value("inbox.bundles_rejected.refused").as_deref() == Some("1")
+            && value("skill").as_deref() == Some("example-arm6 0.2.0")
+            && value("skill_swaps").is_some_and(|n| n.parse::<u64>().unwrap() >= 4)
+        {
+            assert_eq!(value("inbox.address").as_deref(), Some(addr));
+            assert!(value("inbox.last_rejection").unwrap().contains("action output differs"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "/diagnostics never showed the inbox counters: {values:?}");
+    }
+
+    // Restarted with its first folder, the node runs what the store says is active.
+    drop(node);
+    let node = spawn(ros(&[]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the restarted node's inbox never listened: {}", node_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(running(), "0.2.0");
+    drop(node);
+
+    // A node told to run an inbox without tokens refuses to start, and says what is missing.
+    let out = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(["run", skill.to_str().unwrap(), "--ros-args", "-p", &format!("store_dir:={}", store.display())])
+        .env("ROS_DOMAIN_ID", "47")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs `inbox_tokens`"), "{err}");
+}

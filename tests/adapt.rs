@@ -241,7 +241,7 @@ fn the_cli_says_why_it_cannot_fine_tune_on_cuda() {
     args.extend(paths.iter().map(String::as_str));
     args.extend(["--method", "finetune", "--epochs", "2", "--out", out.to_str().unwrap(), "--device", "cuda"]);
     let err = common::fails(&args);
-    let why = if cfg!(feature = "cuda") { "not installed or not on the library path" } else { "--features cuda" };
+    let why = if cfg!(feature = "cuda") { "use device auto or cpu" } else { "--features cuda" };
     assert!(err.contains("device cuda") && err.contains(why), "{err}");
     assert!(!out.exists(), "nothing written");
     assert!(!dir.path().join(".features").exists(), "the backbone did not run");

@@ -109,6 +109,10 @@ enum Command {
         /// Threads for the fitting (default: every core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
+        /// finetune: auto (the GPU when this build has the `cuda` feature and CUDA works, else
+        /// the CPU), cpu or cuda. Ridge always runs on the CPU.
+        #[arg(long, default_value = "auto")]
+        device: adapt::device::Device,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -282,6 +286,9 @@ enum Command {
         /// Threads (1 keeps the result bit-for-bit the same on every machine).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         threads: u16,
+        /// cpu (the same bits on every machine), cuda, or auto (the GPU when CUDA works).
+        #[arg(long, default_value = "cpu")]
+        device: adapt::device::Device,
     },
     /// Benchmarks that print a table of medians and ratios.
     #[command(subcommand)]
@@ -602,6 +609,25 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tuning on the CPU against the GPU (the `cuda` feature) for heads of 100k to 10M
+    /// parameters and 1k to 100k samples; the CPU figures always, the GPU's where one works.
+    Gpu {
+        /// The smaller grid (heads up to 1M parameters, up to 10k samples).
+        #[arg(long)]
+        quick: bool,
+        /// CPU threads.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
+        /// Timed runs per cell (a run over 5 s is timed once).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repeats: u16,
+        /// Epochs per fine-tune.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        epochs: u16,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Learning curves of transfer on the simulated arms: the source skill unadapted, adapted
     /// (ridge, finetune) and the same MLP trained from scratch, for several numbers of
     /// demonstrations and seeds.
@@ -789,6 +815,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             cache,
             no_cache,
             threads,
+            device,
             json,
         } => {
             let method = match method {
@@ -813,7 +840,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             };
             let threads =
                 threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-            let opts = Options { method, margin, folds, cache, threads };
+            let opts = Options { method, margin, folds, cache, threads, device };
             adapt_cli(&skill, &episodes, &opts, out, version, json)
         }
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
@@ -926,6 +953,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             patience,
             seed,
             threads,
+            device,
         } => {
             let name = name.unwrap_or_else(|| out.file_name().unwrap_or_default().to_string_lossy().into_owned());
             let template = match (robot, like) {
@@ -948,6 +976,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 settings,
                 init_seed: seed,
                 threads: usize::from(threads),
+                device,
             };
             let t = skillgraft::adapt::train::train(&template, &eps, &opts)?;
             let skill = skillgraft::skill::write_skill(&out, &t.manifest, &t.model)?;
@@ -1022,6 +1051,23 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 #[cfg(feature = "dds")]
                 latency: latency.transpose()?,
             };
+            print(&report, json)
+        }
+        Command::Bench(BenchCommand::Gpu { quick, threads, repeats, epochs, json }) => {
+            let opts = skillgraft::bench::gpu::GpuOptions {
+                quick,
+                threads: usize::from(threads),
+                repeats: usize::from(repeats),
+                epochs: usize::from(epochs),
+            };
+            if !json {
+                eprintln!("{}", skillgraft::bench::gpu::HEADER);
+            }
+            let report = skillgraft::bench::gpu::gpu(&opts, &mut |cell| {
+                if !json {
+                    eprintln!("{}", cell.line());
+                }
+            })?;
             print(&report, json)
         }
         Command::Bench(BenchCommand::Transfer { source, robots, demos, seeds, reaches, plot, json }) => {

@@ -1,6 +1,6 @@
 //! The few primitives head training needs, behind one trait so the training loop is written once:
-//! the CPU implementation here (matrixmultiply and plain loops), a GPU one later. Matrices are
-//! row-major buffers.
+//! the CPU implementation here (matrixmultiply and plain loops), the CUDA one in `cuda` (cargo
+//! feature `cuda`). Matrices are row-major buffers.
 
 use crate::model::head::Activation;
 
@@ -111,18 +111,24 @@ pub struct AdamStep {
     pub t: u64,
 }
 
-/// The primitives of head training.
+/// A primitive failed on its device (an allocation, a copy or a kernel launch); the CPU backend
+/// never fails.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ComputeError(pub String);
+
+/// The primitives of head training. Each can fail on a device, so each returns a result.
 pub trait Compute {
     /// Element type.
     type Elem: Real;
     /// A buffer on the device.
     type Buf;
     /// Copies host values to the device.
-    fn upload(&self, host: &[Self::Elem]) -> Self::Buf;
+    fn upload(&self, host: &[Self::Elem]) -> Result<Self::Buf, ComputeError>;
     /// Copies device values to the host.
-    fn download(&self, buf: &Self::Buf, out: &mut [Self::Elem]);
+    fn download(&self, buf: &Self::Buf, out: &mut [Self::Elem]) -> Result<(), ComputeError>;
     /// A buffer of `n` zeros.
-    fn zeros(&self, n: usize) -> Self::Buf;
+    fn zeros(&self, n: usize) -> Result<Self::Buf, ComputeError>;
     /// Row-major `C = alpha·op(A)·op(B) + beta·C`, `op(A)` m×k, `op(B)` k×n.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
@@ -137,7 +143,7 @@ pub trait Compute {
         b: &Self::Buf,
         beta: f64,
         c: &mut Self::Buf,
-    );
+    ) -> Result<(), ComputeError>;
     /// Adds `bias` to every row of `z` (rows×cols), then writes `act(z)` into `out`.
     fn bias_act_forward(
         &self,
@@ -147,13 +153,13 @@ pub trait Compute {
         cols: usize,
         act: Activation,
         out: &mut Self::Buf,
-    );
+    ) -> Result<(), ComputeError>;
     /// Turns `grad` (dL/dA) into dL/dZ in place: `grad *= act'(z)`, over `n` elements.
-    fn act_backward(&self, grad: &mut Self::Buf, z: &Self::Buf, act: Activation, n: usize);
+    fn act_backward(&self, grad: &mut Self::Buf, z: &Self::Buf, act: Activation, n: usize) -> Result<(), ComputeError>;
     /// Sums the columns of `x` (rows×cols) into `out` (cols).
-    fn column_sums(&self, x: &Self::Buf, rows: usize, cols: usize, out: &mut Self::Buf);
+    fn column_sums(&self, x: &Self::Buf, rows: usize, cols: usize, out: &mut Self::Buf) -> Result<(), ComputeError>;
     /// Mean squared error over all rows×cols elements; writes its gradient into `grad`.
-    fn mse(&self, pred: &Self::Buf, target: &Self::Buf, n: usize, grad: &mut Self::Buf) -> f64;
+    fn mse(&self, pred: &Self::Buf, target: &Self::Buf, n: usize, grad: &mut Self::Buf) -> Result<f64, ComputeError>;
     /// One AdamW step on `n` parameters `p` with gradient `g`, moments `m`, `v`, pulled
     /// toward `src`.
     #[allow(clippy::too_many_arguments)]
@@ -166,9 +172,9 @@ pub trait Compute {
         src: &Self::Buf,
         n: usize,
         s: AdamStep,
-    );
+    ) -> Result<(), ComputeError>;
     /// Copies rows `idx` of `x` (cols wide) into `out`, in that order.
-    fn gather_rows(&self, x: &Self::Buf, idx: &[usize], cols: usize, out: &mut Self::Buf);
+    fn gather_rows(&self, x: &Self::Buf, idx: &[usize], cols: usize, out: &mut Self::Buf) -> Result<(), ComputeError>;
 }
 
 /// Row-major `C = alpha·op(A)·op(B) + beta·C` for densely stored A and B, `op(A)` m×k and
@@ -270,16 +276,17 @@ impl<T: Real> Compute for Cpu<T> {
     type Elem = T;
     type Buf = Vec<T>;
 
-    fn upload(&self, host: &[T]) -> Vec<T> {
-        host.to_vec()
+    fn upload(&self, host: &[T]) -> Result<Vec<T>, ComputeError> {
+        Ok(host.to_vec())
     }
 
-    fn download(&self, buf: &Vec<T>, out: &mut [T]) {
+    fn download(&self, buf: &Vec<T>, out: &mut [T]) -> Result<(), ComputeError> {
         out.copy_from_slice(&buf[..out.len()]);
+        Ok(())
     }
 
-    fn zeros(&self, n: usize) -> Vec<T> {
-        vec![T::default(); n]
+    fn zeros(&self, n: usize) -> Result<Vec<T>, ComputeError> {
+        Ok(vec![T::default(); n])
     }
 
     fn gemm(
@@ -294,8 +301,9 @@ impl<T: Real> Compute for Cpu<T> {
         b: &Vec<T>,
         beta: f64,
         c: &mut Vec<T>,
-    ) {
+    ) -> Result<(), ComputeError> {
         gemm(&self.threads, ta, tb, m, n, k, T::of_f64(alpha), a, b, T::of_f64(beta), c);
+        Ok(())
     }
 
     fn bias_act_forward(
@@ -306,25 +314,27 @@ impl<T: Real> Compute for Cpu<T> {
         cols: usize,
         act: Activation,
         out: &mut Vec<T>,
-    ) {
+    ) -> Result<(), ComputeError> {
         let (z, out) = (&mut z[..rows * cols], &mut out[..rows * cols]);
         match act {
             Activation::Identity => add_bias_then(z, bias, cols, out, |v| v),
             Activation::Relu => add_bias_then(z, bias, cols, out, |v| v.max(0.0)),
             other => add_bias_then(z, bias, cols, out, |v| other.apply_f64(v)),
         }
+        Ok(())
     }
 
-    fn act_backward(&self, grad: &mut Vec<T>, z: &Vec<T>, act: Activation, n: usize) {
+    fn act_backward(&self, grad: &mut Vec<T>, z: &Vec<T>, act: Activation, n: usize) -> Result<(), ComputeError> {
         let (grad, z) = (&mut grad[..n], &z[..n]);
         match act {
             Activation::Identity => {}
             Activation::Relu => scale_by(grad, z, |v| if v > 0.0 { 1.0 } else { 0.0 }),
             other => scale_by(grad, z, |v| other.derivative_f64(v)),
         }
+        Ok(())
     }
 
-    fn column_sums(&self, x: &Vec<T>, rows: usize, cols: usize, out: &mut Vec<T>) {
+    fn column_sums(&self, x: &Vec<T>, rows: usize, cols: usize, out: &mut Vec<T>) -> Result<(), ComputeError> {
         let mut acc = vec![0.0f64; cols];
         for r in 0..rows {
             for (c, a) in acc.iter_mut().enumerate() {
@@ -334,9 +344,10 @@ impl<T: Real> Compute for Cpu<T> {
         for (o, a) in out.iter_mut().zip(acc) {
             *o = T::of_f64(a);
         }
+        Ok(())
     }
 
-    fn mse(&self, pred: &Vec<T>, target: &Vec<T>, n: usize, grad: &mut Vec<T>) -> f64 {
+    fn mse(&self, pred: &Vec<T>, target: &Vec<T>, n: usize, grad: &mut Vec<T>) -> Result<f64, ComputeError> {
         let mut sum = 0.0;
         let scale = 2.0 / n as f64;
         for i in 0..n {
@@ -344,22 +355,33 @@ impl<T: Real> Compute for Cpu<T> {
             sum += d * d;
             grad[i] = T::of_f64(scale * d);
         }
-        sum / n as f64
+        Ok(sum / n as f64)
     }
 
-    fn adamw(&self, p: &mut Vec<T>, g: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, src: &Vec<T>, n: usize, s: AdamStep) {
+    fn adamw(
+        &self,
+        p: &mut Vec<T>,
+        g: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        src: &Vec<T>,
+        n: usize,
+        s: AdamStep,
+    ) -> Result<(), ComputeError> {
         // Below this many parameters, starting a thread costs more than it saves.
         let parts = if n >= 1 << 16 { self.threads.count() } else { 1 };
         let per = n.div_ceil(parts).max(1);
         let slices = p[..n].chunks_mut(per).zip(m[..n].chunks_mut(per)).zip(v[..n].chunks_mut(per));
         let slices = slices.zip(g[..n].chunks(per)).zip(src[..n].chunks(per));
         self.threads.each(slices, |((((p, m), v), g), src)| adamw_slice(p, m, v, g, src, s));
+        Ok(())
     }
 
-    fn gather_rows(&self, x: &Vec<T>, idx: &[usize], cols: usize, out: &mut Vec<T>) {
+    fn gather_rows(&self, x: &Vec<T>, idx: &[usize], cols: usize, out: &mut Vec<T>) -> Result<(), ComputeError> {
         for (r, &i) in idx.iter().enumerate() {
             out[r * cols..(r + 1) * cols].copy_from_slice(&x[i * cols..(i + 1) * cols]);
         }
+        Ok(())
     }
 }
 
@@ -411,7 +433,7 @@ mod tests {
             [(false, false, &a, &b), (true, false, &at, &b), (false, true, &a, &bt), (true, true, &at, &bt)]
         {
             let mut out = vec![1.0; m * n];
-            c.gemm(ta, tb, m, n, k, 2.0, aa, bb, 1.0, &mut out);
+            c.gemm(ta, tb, m, n, k, 2.0, aa, bb, 1.0, &mut out).unwrap();
             assert!(out.iter().zip(&want).all(|(x, y)| close(*x, *y)), "ta={ta} tb={tb}");
         }
     }
@@ -435,7 +457,7 @@ mod tests {
         let g: Vec<f32> = crate::bench::seeded(6, n);
         let run = |c: &Cpu<f32>| {
             let (mut p, mut m, mut v) = (crate::bench::seeded(7, n), vec![0.1f32; n], vec![0.2f32; n]);
-            c.adamw(&mut p, &g, &mut m, &mut v, &vec![0.0; n], n, s);
+            c.adamw(&mut p, &g, &mut m, &mut v, &vec![0.0; n], n, s).unwrap();
             (p, m, v)
         };
         assert_eq!(run(&Cpu::new()), run(&Cpu::with_threads(team)), "AdamW split over threads");
@@ -447,7 +469,7 @@ mod tests {
         let z = values(3, 40).iter().map(|v| v * 3.0 + 0.013).collect::<Vec<_>>();
         for act in ACTS {
             let mut g = vec![1.0; z.len()];
-            c.act_backward(&mut g, &z, act, z.len());
+            c.act_backward(&mut g, &z, act, z.len()).unwrap();
             for i in 0..z.len() {
                 let f = |x: &[f64]| act.apply_f64(x[i]);
                 assert!(close(g[i], fd(&f, &z, i)), "{act} at {}: {} vs {}", z[i], g[i], fd(&f, &z, i));
@@ -466,24 +488,24 @@ mod tests {
         for act in ACTS {
             let forward = |w: &[f64], b: &[f64]| -> f64 {
                 let mut z = vec![0.0; n * o];
-                c.gemm(false, true, n, o, d, 1.0, &x, &w.to_vec(), 0.0, &mut z);
+                c.gemm(false, true, n, o, d, 1.0, &x, &w.to_vec(), 0.0, &mut z).unwrap();
                 let mut a = vec![0.0; n * o];
-                c.bias_act_forward(&mut z, &b.to_vec(), n, o, act, &mut a);
-                c.mse(&a, &y, n * o, &mut vec![0.0; n * o])
+                c.bias_act_forward(&mut z, &b.to_vec(), n, o, act, &mut a).unwrap();
+                c.mse(&a, &y, n * o, &mut vec![0.0; n * o]).unwrap()
             };
             let w = values(6, o * d);
             let b = values(7, o);
             let mut z = vec![0.0; n * o];
-            c.gemm(false, true, n, o, d, 1.0, &x, &w, 0.0, &mut z);
+            c.gemm(false, true, n, o, d, 1.0, &x, &w, 0.0, &mut z).unwrap();
             let mut a = vec![0.0; n * o];
-            c.bias_act_forward(&mut z, &b, n, o, act, &mut a);
+            c.bias_act_forward(&mut z, &b, n, o, act, &mut a).unwrap();
             let mut g = vec![0.0; n * o];
-            c.mse(&a, &y, n * o, &mut g);
-            c.act_backward(&mut g, &z, act, n * o);
+            c.mse(&a, &y, n * o, &mut g).unwrap();
+            c.act_backward(&mut g, &z, act, n * o).unwrap();
             let mut gw = vec![0.0; o * d];
-            c.gemm(true, false, o, d, n, 1.0, &g, &x, 0.0, &mut gw);
+            c.gemm(true, false, o, d, n, 1.0, &g, &x, 0.0, &mut gw).unwrap();
             let mut gb = vec![0.0; o];
-            c.column_sums(&g, n, o, &mut gb);
+            c.column_sums(&g, n, o, &mut gb).unwrap();
             for (i, &g) in gw.iter().enumerate() {
                 let f = |w: &[f64]| forward(w, &b);
                 assert!(close(g, fd(&f, &w, i)), "{act}: dW[{i}] {g} vs {}", fd(&f, &w, i));
@@ -494,13 +516,13 @@ mod tests {
             }
             // and the input gradient, which flows to the layer below
             let mut gx = vec![0.0; n * d];
-            c.gemm(false, false, n, d, o, 1.0, &g, &w, 0.0, &mut gx);
+            c.gemm(false, false, n, d, o, 1.0, &g, &w, 0.0, &mut gx).unwrap();
             let fx = |xx: &[f64]| {
                 let mut z = vec![0.0; n * o];
-                c.gemm(false, true, n, o, d, 1.0, &xx.to_vec(), &w, 0.0, &mut z);
+                c.gemm(false, true, n, o, d, 1.0, &xx.to_vec(), &w, 0.0, &mut z).unwrap();
                 let mut a = vec![0.0; n * o];
-                c.bias_act_forward(&mut z, &b, n, o, act, &mut a);
-                c.mse(&a, &y, n * o, &mut vec![0.0; n * o])
+                c.bias_act_forward(&mut z, &b, n, o, act, &mut a).unwrap();
+                c.mse(&a, &y, n * o, &mut vec![0.0; n * o]).unwrap()
             };
             for (i, &g) in gx.iter().enumerate() {
                 assert!(close(g, fd(&fx, &x, i)), "{act}: dX[{i}]");
@@ -515,7 +537,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
         let src = vec![0.0, 0.0];
         let s = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: 0.5, t: 1 };
-        c.adamw(&mut p, &vec![0.2, -0.4], &mut m, &mut v, &src, 2, s);
+        c.adamw(&mut p, &vec![0.2, -0.4], &mut m, &mut v, &src, 2, s).unwrap();
         // First step: m̂ = g, v̂ = g², so the Adam step is lr·sign(g); the pull first moves
         // each weight lr·pull of the way to the source.
         assert!(close(p[0], 1.0 - 0.1 * 0.5 * 1.0 - 0.1));
@@ -523,7 +545,7 @@ mod tests {
         let mut q = vec![3.0];
         let (mut m, mut v) = (vec![0.0], vec![0.0]);
         for t in 1..=2000 {
-            c.adamw(&mut q, &vec![0.0], &mut m, &mut v, &vec![1.0], 1, AdamStep { t, ..s });
+            c.adamw(&mut q, &vec![0.0], &mut m, &mut v, &vec![1.0], 1, AdamStep { t, ..s }).unwrap();
         }
         assert!((q[0] - 1.0).abs() < 1e-6, "with no gradient the weight settles on the source: {}", q[0]);
     }
@@ -535,14 +557,14 @@ mod tests {
         let a = values(8, m * k);
         let b = values(9, k * n);
         let mut o64 = vec![0.0; m * n];
-        c64.gemm(false, true, m, n, k, 1.0, &a, &b, 0.0, &mut o64);
+        c64.gemm(false, true, m, n, k, 1.0, &a, &b, 0.0, &mut o64).unwrap();
         let mut o32 = vec![0.0f32; m * n];
         let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
         let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
-        c32.gemm(false, true, m, n, k, 1.0, &a32, &b32, 0.0, &mut o32);
+        c32.gemm(false, true, m, n, k, 1.0, &a32, &b32, 0.0, &mut o32).unwrap();
         assert!(o32.iter().zip(&o64).all(|(x, y)| (*x as f64 - y).abs() < 1e-5));
         let mut out = vec![0.0f32; 2 * n];
-        c32.gather_rows(&o32, &[3, 1], n, &mut out);
+        c32.gather_rows(&o32, &[3, 1], n, &mut out).unwrap();
         assert_eq!(out[..n], o32[3 * n..4 * n]);
     }
 }

@@ -3,7 +3,7 @@
 //! squared error, a decoupled pull of every weight toward its source value (L2-SP), and early
 //! stopping on held-out data.
 
-use super::compute::{AdamStep, Compute};
+use super::compute::{AdamStep, Compute, ComputeError};
 use crate::model::head::{Activation, LayerParams};
 use nalgebra::{DMatrix, DVector};
 
@@ -138,6 +138,8 @@ struct Layer<B> {
     z: B,
     a: B,
     g: B,
+    /// dL/d(input), swapped into the layer below as its `g`.
+    gx: B,
     shape: Shape,
 }
 
@@ -147,7 +149,7 @@ fn flat_w(p: &LayerParams) -> Vec<f32> {
 
 /// Trains layers of `shapes` from `init`, pulled toward `source`, on `train`; with `held_out`,
 /// keeps the best epoch and stops after `patience` epochs without improvement. `on_epoch` is
-/// called after every epoch.
+/// called after every epoch. Fails only when the backend's device does.
 #[allow(clippy::too_many_arguments)]
 pub fn train<C: Compute<Elem = f32>>(
     c: &C,
@@ -158,40 +160,15 @@ pub fn train<C: Compute<Elem = f32>>(
     held_out: Option<&Data>,
     s: &Settings,
     on_epoch: &mut dyn FnMut(&Epoch),
-) -> Trained {
+) -> Result<Trained, ComputeError> {
     let batch = s.batch.max(1).min(train.rows.max(1));
     let d_in = shapes[0].inputs;
     let d_out = shapes.last().map_or(0, |l| l.outputs);
-    let mut layers: Vec<Layer<C::Buf>> = shapes
-        .iter()
-        .zip(init)
-        .zip(source)
-        .map(|((shape, p), src)| {
-            let bias =
-                |p: &LayerParams| p.bias.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or(vec![0.0; shape.outputs]);
-            Layer {
-                w: c.upload(&flat_w(p)),
-                b: c.upload(&bias(p)),
-                mw: c.zeros(shape.inputs * shape.outputs),
-                vw: c.zeros(shape.inputs * shape.outputs),
-                mb: c.zeros(shape.outputs),
-                vb: c.zeros(shape.outputs),
-                src_w: c.upload(&flat_w(src)),
-                src_b: c.upload(&bias(src)),
-                gw: c.zeros(shape.inputs * shape.outputs),
-                gb: c.zeros(shape.outputs),
-                z: c.zeros(batch * shape.outputs),
-                a: c.zeros(batch * shape.outputs),
-                g: c.zeros(batch * shape.outputs),
-                shape: *shape,
-            }
-        })
-        .collect();
-    let x_all = c.upload(&train.x);
-    let y_all = c.upload(&train.y);
-    let mut xb = c.zeros(batch * d_in);
-    let mut yb = c.zeros(batch * d_out);
-    let mut gx: Vec<C::Buf> = shapes.iter().map(|l| c.zeros(batch * l.inputs)).collect();
+    let mut layers = build(c, shapes, init, source, batch)?;
+    let x_all = c.upload(&train.x)?;
+    let y_all = c.upload(&train.y)?;
+    let mut xb = c.zeros(batch * d_in)?;
+    let mut yb = c.zeros(batch * d_out)?;
     let mut order = BatchOrder::new(train.rows, s.seed);
     let mut curve = Vec::new();
     let mut best: Option<(f64, usize, Vec<LayerParams>)> = None;
@@ -201,96 +178,194 @@ pub fn train<C: Compute<Elem = f32>>(
         let mut batches = 0;
         for idx in order.next_epoch().chunks(batch) {
             let rows = idx.len();
-            c.gather_rows(&x_all, idx, d_in, &mut xb);
-            c.gather_rows(&y_all, idx, d_out, &mut yb);
-            forward(c, &mut layers, &xb, rows);
+            c.gather_rows(&x_all, idx, d_in, &mut xb)?;
+            c.gather_rows(&y_all, idx, d_out, &mut yb)?;
+            forward(c, &mut layers, &xb, rows)?;
             let out = layers.last_mut().expect("at least one layer");
-            loss_sum += c.mse(&out.a, &yb, rows * d_out, &mut out.g);
+            loss_sum += c.mse(&out.a, &yb, rows * d_out, &mut out.g)?;
             batches += 1;
             step += 1;
-            for k in (0..layers.len()).rev() {
-                let (below, rest) = layers.split_at_mut(k);
-                let l = &mut rest[0];
-                let out = l.shape.outputs;
-                c.act_backward(&mut l.g, &l.z, l.shape.activation, rows * out);
-                let input = if k == 0 { &xb } else { &below[k - 1].a };
-                c.gemm(true, false, out, l.shape.inputs, rows, 1.0, &l.g, input, 0.0, &mut l.gw);
-                c.column_sums(&l.g, rows, out, &mut l.gb);
-                if k > 0 {
-                    c.gemm(false, false, rows, l.shape.inputs, out, 1.0, &l.g, &l.w, 0.0, &mut gx[k]);
-                    let prev = &mut below[k - 1];
-                    std::mem::swap(&mut prev.g, &mut gx[k]);
-                }
-                let a = AdamStep { lr: s.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: s.pull, t: step };
-                c.adamw(&mut l.w, &l.gw, &mut l.mw, &mut l.vw, &l.src_w, out * l.shape.inputs, a);
+            backward(c, &mut layers, &xb, rows)?;
+            let a = AdamStep { lr: s.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: s.pull, t: step };
+            for l in &mut layers {
+                let (out, inp) = (l.shape.outputs, l.shape.inputs);
+                c.adamw(&mut l.w, &l.gw, &mut l.mw, &mut l.vw, &l.src_w, out * inp, a)?;
                 if l.shape.bias {
-                    c.adamw(&mut l.b, &l.gb, &mut l.mb, &mut l.vb, &l.src_b, out, a);
+                    c.adamw(&mut l.b, &l.gb, &mut l.mb, &mut l.vb, &l.src_b, out, a)?;
                 }
             }
         }
-        let held = held_out.map(|h| evaluate(c, &mut layers, h, batch));
+        let held = held_out.map(|h| evaluate(c, &mut layers, h, batch)).transpose()?;
         let e = Epoch { epoch, train: loss_sum / batches.max(1) as f64, held_out: held };
         on_epoch(&e);
         curve.push(e);
         match held {
             Some(loss) if best.as_ref().is_none_or(|(b, _, _)| loss < *b) => {
-                best = Some((loss, epoch, download(c, &layers)))
+                best = Some((loss, epoch, download(c, &layers)?))
             }
             Some(_) if best.as_ref().is_some_and(|(_, at, _)| epoch - at >= s.patience) => break,
             _ => {}
         }
     }
-    match best {
+    Ok(match best {
         Some((_, epoch, params)) => Trained { params, curve, best_epoch: epoch },
-        None => Trained { params: download(c, &layers), best_epoch: curve.len(), curve },
-    }
+        None => Trained { params: download(c, &layers)?, best_epoch: curve.len(), curve },
+    })
 }
 
-fn forward<C: Compute<Elem = f32>>(c: &C, layers: &mut [Layer<C::Buf>], x: &C::Buf, rows: usize) {
+/// The layers on the device, with moments and scratch for batches of up to `batch` rows.
+fn build<C: Compute<Elem = f32>>(
+    c: &C,
+    shapes: &[Shape],
+    init: &[LayerParams],
+    source: &[LayerParams],
+    batch: usize,
+) -> Result<Vec<Layer<C::Buf>>, ComputeError> {
+    shapes
+        .iter()
+        .zip(init)
+        .zip(source)
+        .enumerate()
+        .map(|(k, ((shape, p), src))| {
+            let bias =
+                |p: &LayerParams| p.bias.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or(vec![0.0; shape.outputs]);
+            Ok(Layer {
+                w: c.upload(&flat_w(p))?,
+                b: c.upload(&bias(p))?,
+                mw: c.zeros(shape.inputs * shape.outputs)?,
+                vw: c.zeros(shape.inputs * shape.outputs)?,
+                mb: c.zeros(shape.outputs)?,
+                vb: c.zeros(shape.outputs)?,
+                src_w: c.upload(&flat_w(src))?,
+                src_b: c.upload(&bias(src))?,
+                gw: c.zeros(shape.inputs * shape.outputs)?,
+                gb: c.zeros(shape.outputs)?,
+                z: c.zeros(batch * shape.outputs)?,
+                a: c.zeros(batch * shape.outputs)?,
+                g: c.zeros(batch * shape.outputs)?,
+                // Nothing flows below the first trained layer.
+                gx: c.zeros(if k == 0 { 0 } else { batch * shape.inputs })?,
+                shape: *shape,
+            })
+        })
+        .collect()
+}
+
+/// From dL/d(output) in the last layer's `g`, the gradients `gw` and `gb` of every layer
+/// (after a [`forward`] of the same `rows` rows of `x`).
+fn backward<C: Compute<Elem = f32>>(
+    c: &C,
+    layers: &mut [Layer<C::Buf>],
+    x: &C::Buf,
+    rows: usize,
+) -> Result<(), ComputeError> {
+    for k in (0..layers.len()).rev() {
+        let (below, rest) = layers.split_at_mut(k);
+        let l = &mut rest[0];
+        let out = l.shape.outputs;
+        c.act_backward(&mut l.g, &l.z, l.shape.activation, rows * out)?;
+        let input = if k == 0 { x } else { &below[k - 1].a };
+        c.gemm(true, false, out, l.shape.inputs, rows, 1.0, &l.g, input, 0.0, &mut l.gw)?;
+        c.column_sums(&l.g, rows, out, &mut l.gb)?;
+        if k > 0 {
+            c.gemm(false, false, rows, l.shape.inputs, out, 1.0, &l.g, &l.w, 0.0, &mut l.gx)?;
+            std::mem::swap(&mut below[k - 1].g, &mut l.gx);
+        }
+    }
+    Ok(())
+}
+
+/// The loss and the gradients of every layer's weights and biases for `params` on all rows of
+/// `data` as one batch: what a training step computes before its AdamW update, on backend `c`.
+/// The backends are held to each other with it.
+pub fn gradients<C: Compute<Elem = f32>>(
+    c: &C,
+    shapes: &[Shape],
+    params: &[LayerParams],
+    data: &Data,
+) -> Result<(f64, Vec<LayerParams>), ComputeError> {
+    let rows = data.rows;
+    let d_out = shapes.last().map_or(0, |l| l.outputs);
+    let mut layers = build(c, shapes, params, params, rows.max(1))?;
+    let x = c.upload(&data.x)?;
+    let y = c.upload(&data.y)?;
+    forward(c, &mut layers, &x, rows)?;
+    let out = layers.last_mut().expect("at least one layer");
+    let loss = c.mse(&out.a, &y, rows * d_out, &mut out.g)?;
+    backward(c, &mut layers, &x, rows)?;
+    let grads = layers
+        .iter()
+        .map(|l| {
+            let (o, i) = (l.shape.outputs, l.shape.inputs);
+            let mut w = vec![0.0f32; o * i];
+            c.download(&l.gw, &mut w)?;
+            let mut b = vec![0.0f32; o];
+            c.download(&l.gb, &mut b)?;
+            Ok(LayerParams { weight: DMatrix::from_row_slice(o, i, &w), bias: Some(DVector::from_vec(b)) })
+        })
+        .collect::<Result<_, ComputeError>>()?;
+    Ok((loss, grads))
+}
+
+fn forward<C: Compute<Elem = f32>>(
+    c: &C,
+    layers: &mut [Layer<C::Buf>],
+    x: &C::Buf,
+    rows: usize,
+) -> Result<(), ComputeError> {
     for k in 0..layers.len() {
         let (below, rest) = layers.split_at_mut(k);
         let l = &mut rest[0];
         let input = if k == 0 { x } else { &below[k - 1].a };
-        c.gemm(false, true, rows, l.shape.outputs, l.shape.inputs, 1.0, input, &l.w, 0.0, &mut l.z);
-        c.bias_act_forward(&mut l.z, &l.b, rows, l.shape.outputs, l.shape.activation, &mut l.a);
+        c.gemm(false, true, rows, l.shape.outputs, l.shape.inputs, 1.0, input, &l.w, 0.0, &mut l.z)?;
+        c.bias_act_forward(&mut l.z, &l.b, rows, l.shape.outputs, l.shape.activation, &mut l.a)?;
     }
+    Ok(())
 }
 
 /// Mean squared error of the current layers on `data`.
-fn evaluate<C: Compute<Elem = f32>>(c: &C, layers: &mut [Layer<C::Buf>], data: &Data, batch: usize) -> f64 {
+fn evaluate<C: Compute<Elem = f32>>(
+    c: &C,
+    layers: &mut [Layer<C::Buf>],
+    data: &Data,
+    batch: usize,
+) -> Result<f64, ComputeError> {
     let d_in = layers[0].shape.inputs;
     let d_out = layers.last().map_or(0, |l| l.shape.outputs);
-    let x = c.upload(&data.x);
-    let y = c.upload(&data.y);
-    let mut xb = c.zeros(batch * d_in);
-    let mut yb = c.zeros(batch * d_out);
+    let x = c.upload(&data.x)?;
+    let y = c.upload(&data.y)?;
+    let mut xb = c.zeros(batch * d_in)?;
+    let mut yb = c.zeros(batch * d_out)?;
     let mut sum = 0.0;
     let idx: Vec<usize> = (0..data.rows).collect();
     for chunk in idx.chunks(batch) {
         let rows = chunk.len();
-        c.gather_rows(&x, chunk, d_in, &mut xb);
-        c.gather_rows(&y, chunk, d_out, &mut yb);
-        forward(c, layers, &xb, rows);
+        c.gather_rows(&x, chunk, d_in, &mut xb)?;
+        c.gather_rows(&y, chunk, d_out, &mut yb)?;
+        forward(c, layers, &xb, rows)?;
         let last = layers.last_mut().expect("at least one layer");
-        let mut scratch = c.zeros(rows * d_out);
-        sum += c.mse(&last.a, &yb, rows * d_out, &mut scratch) * (rows * d_out) as f64;
+        let mut scratch = c.zeros(rows * d_out)?;
+        sum += c.mse(&last.a, &yb, rows * d_out, &mut scratch)? * (rows * d_out) as f64;
     }
-    sum / (data.rows * d_out).max(1) as f64
+    Ok(sum / (data.rows * d_out).max(1) as f64)
 }
 
-fn download<C: Compute<Elem = f32>>(c: &C, layers: &[Layer<C::Buf>]) -> Vec<LayerParams> {
+fn download<C: Compute<Elem = f32>>(c: &C, layers: &[Layer<C::Buf>]) -> Result<Vec<LayerParams>, ComputeError> {
     layers
         .iter()
         .map(|l| {
             let (o, i) = (l.shape.outputs, l.shape.inputs);
             let mut w = vec![0.0f32; o * i];
-            c.download(&l.w, &mut w);
-            let bias = l.shape.bias.then(|| {
-                let mut b = vec![0.0f32; o];
-                c.download(&l.b, &mut b);
-                DVector::from_vec(b)
-            });
-            LayerParams { weight: DMatrix::from_row_slice(o, i, &w), bias }
+            c.download(&l.w, &mut w)?;
+            let bias = match l.shape.bias {
+                true => {
+                    let mut b = vec![0.0f32; o];
+                    c.download(&l.b, &mut b)?;
+                    Some(DVector::from_vec(b))
+                }
+                false => None,
+            };
+            Ok(LayerParams { weight: DMatrix::from_row_slice(o, i, &w), bias })
         })
         .collect()
 }
@@ -327,13 +402,14 @@ mod tests {
         let (shapes, init, data) = problem();
         let s = Settings { epochs: 60, batch: 32, lr: 1e-2, pull: 0.0, patience: 100, seed: 4 };
         let c = Cpu::<f32>::new();
-        let a = train(&c, &shapes, &init, &init, &data, Some(&data), &s, &mut |_| {});
-        let b = train(&c, &shapes, &init, &init, &data, Some(&data), &s, &mut |_| {});
+        let a = train(&c, &shapes, &init, &init, &data, Some(&data), &s, &mut |_| {}).unwrap();
+        let b = train(&c, &shapes, &init, &init, &data, Some(&data), &s, &mut |_| {}).unwrap();
         assert_eq!(a.params, b.params, "same seed, same weights");
         let first = a.curve[0].held_out.unwrap();
         let best = a.curve.iter().filter_map(|e| e.held_out).fold(f64::INFINITY, f64::min);
         assert!(best < first * 0.2, "the loss fell only from {first} to {best}");
-        let other = train(&c, &shapes, &init, &init, &data, Some(&data), &Settings { seed: 5, ..s }, &mut |_| {});
+        let other =
+            train(&c, &shapes, &init, &init, &data, Some(&data), &Settings { seed: 5, ..s }, &mut |_| {}).unwrap();
         assert_ne!(other.params, a.params, "another seed, another batch order");
     }
 
@@ -343,7 +419,7 @@ mod tests {
         let held =
             Data { x: data.x[..40 * 4].to_vec(), y: data.y[..40 * 2].iter().map(|v| v + 3.0).collect(), rows: 40 };
         let s = Settings { epochs: 200, batch: 16, lr: 3e-2, pull: 0.0, patience: 3, seed: 1 };
-        let t = train(&Cpu::<f32>::new(), &shapes, &init, &init, &data, Some(&held), &s, &mut |_| {});
+        let t = train(&Cpu::<f32>::new(), &shapes, &init, &init, &data, Some(&held), &s, &mut |_| {}).unwrap();
         assert!(t.curve.len() < 200, "stopped early");
         let best = t.curve.iter().min_by(|a, b| a.held_out.unwrap().total_cmp(&b.held_out.unwrap())).unwrap();
         assert_eq!(t.best_epoch, best.epoch);
@@ -354,7 +430,7 @@ mod tests {
     fn a_strong_pull_keeps_the_source_weights() {
         let (shapes, init, data) = problem();
         let s = Settings { epochs: 30, batch: 32, lr: 1e-2, pull: 50.0, patience: 100, seed: 2 };
-        let t = train(&Cpu::<f32>::new(), &shapes, &init, &init, &data, None, &s, &mut |_| {});
+        let t = train(&Cpu::<f32>::new(), &shapes, &init, &init, &data, None, &s, &mut |_| {}).unwrap();
         for (p, q) in t.params.iter().zip(&init) {
             assert!((&p.weight - &q.weight).abs().max() < 0.05, "the pull held the weights near the source");
         }

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::device::Device;
 use super::finetune::Settings;
 use super::{Method, Options, Progress, Report};
 use crate::control::skills::{SkillInfo, Skills};
@@ -32,11 +33,13 @@ pub struct Request {
     pub label: Option<String>,
     /// Only the most recent episodes, this many.
     pub last: Option<usize>,
+    /// Where fine-tuning runs, when the request says (else the node's `adapt_device`).
+    pub device: Option<Device>,
 }
 
 /// The request syntax, for error messages.
 pub const SYNTAX: &str = "`ridge` or `finetune`, then key=value options: margin, folds, label, last, threads; for finetune also \
-     layers, epochs, batch, lr, pull, patience, seed, ridge_init (e.g. `finetune layers=1 epochs=30`)";
+     layers, epochs, batch, lr, pull, patience, seed, ridge_init, device (e.g. `finetune layers=1 epochs=30`)";
 
 impl Request {
     /// Parses `METHOD [key=value ...]`; an empty request means `ridge`.
@@ -45,7 +48,7 @@ impl Request {
         let method = words.next().unwrap_or("ridge");
         let mut settings = Settings::default();
         let (mut layers, mut ridge_init) = (None, true);
-        let mut r = Request { options: Options::default(), label: None, last: None };
+        let mut r = Request { options: Options::default(), label: None, last: None, device: None };
         let finetune = match method {
             "ridge" => false,
             "finetune" => true,
@@ -103,6 +106,10 @@ impl Request {
                     only_finetune()?;
                     ridge_init = value.parse().map_err(|_| bad("true or false"))?
                 }
+                "device" => {
+                    only_finetune()?;
+                    r.device = Some(value.parse().map_err(|_| bad("auto, cpu or cuda"))?)
+                }
                 other => return Err(format!("unknown option {other:?}; send {SYNTAX}")),
             }
         }
@@ -145,6 +152,8 @@ pub struct LiveConfig {
     pub episodes_dir: PathBuf,
     /// Folder adapted skills are written into.
     pub adapted_dir: PathBuf,
+    /// Where fine-tuning runs unless a request says otherwise.
+    pub device: Device,
 }
 
 struct Board {
@@ -425,7 +434,11 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
             request.label.as_deref().map(|l| format!(" with label {l:?}")).unwrap_or_default()
         ));
     }
-    let options = Options { cache: Some(cfg.episodes_dir.join(".features")), ..request.options.clone() };
+    let options = Options {
+        cache: Some(cfg.episodes_dir.join(".features")),
+        device: request.device.unwrap_or(cfg.device),
+        ..request.options.clone()
+    };
     let adapted = super::adapt(&source, &episodes, &options, progress).map_err(|e| e.to_string())?;
     if !adapted.report.accepted {
         return Ok(Done { report: adapted.report, adapted: None, swapped: false, note: None });
@@ -468,9 +481,11 @@ mod tests {
         let r = Request::parse("ridge margin=0.1 last=3 label=pick threads=2").unwrap();
         assert_eq!((r.options.margin, r.last, r.label.as_deref()), (0.1, Some(3), Some("pick")));
         assert_eq!(r.options.threads, 2);
-        let r = Request::parse("finetune layers=1 epochs=30 lr=3e-3 seed=4 ridge_init=false").unwrap();
+        assert_eq!(r.device, None, "the node's adapt_device unless the request says");
+        let r = Request::parse("finetune layers=1 epochs=30 lr=3e-3 seed=4 ridge_init=false device=cpu").unwrap();
         let Method::Finetune { layers, settings, ridge_init } = r.options.method else { panic!("finetune") };
         assert_eq!((layers, settings.epochs, settings.lr, settings.seed, ridge_init), (Some(1), 30, 3e-3, 4, false));
+        assert_eq!(r.device, Some(Device::Cpu));
         for (bad, want) in [
             ("sgd", "unknown method"),
             ("ridge layers=2", "finetune only"),
@@ -479,6 +494,8 @@ mod tests {
             ("ridge margin=-1", "0 or more"),
             ("ridge speed=9", "unknown option"),
             ("ridge fast", "not key=value"),
+            ("finetune device=gpu", "auto, cpu or cuda"),
+            ("ridge device=cuda", "finetune only"),
         ] {
             let e = Request::parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");

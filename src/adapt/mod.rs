@@ -7,6 +7,9 @@
 //! one; the exported skill is then fitted on every episode.
 
 pub mod compute;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 pub mod features;
 pub mod finetune;
 pub mod live;
@@ -26,7 +29,8 @@ use crate::model::head::{Activation, LayerParams};
 use crate::model::{ModelError, export};
 use crate::record::dataset::Episode;
 use crate::skill::{self, Skill, SkillError};
-use compute::Cpu;
+use compute::ComputeError;
+use device::{Backend, Device};
 use features::EpisodeFeatures;
 use finetune::{Data, Epoch, Settings, Shape};
 
@@ -69,11 +73,13 @@ pub struct Options {
     pub cache: Option<PathBuf>,
     /// Threads the fitting may use (matrix products and cross-validation folds).
     pub threads: usize,
+    /// Where fine-tuning runs.
+    pub device: Device,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { method: Method::Ridge, margin: 0.05, folds: 5, cache: None, threads: 1 }
+        Options { method: Method::Ridge, margin: 0.05, folds: 5, cache: None, threads: 1, device: Device::Auto }
     }
 }
 
@@ -114,6 +120,12 @@ pub enum AdaptError {
     /// Stopped before the end (the node is stopping).
     #[error("adaptation cancelled: the node is stopping")]
     Cancelled,
+    /// The device asked for cannot be used.
+    #[error("{0}")]
+    Device(String),
+    /// Training failed on its device.
+    #[error("fine-tuning failed on the device: {0}")]
+    Compute(#[from] ComputeError),
 }
 
 /// What adaptation found, in numbers.
@@ -162,6 +174,8 @@ pub struct Report {
     pub cached: usize,
     /// Seconds spent fitting and evaluating.
     pub fit_s: f64,
+    /// Where the fitting ran: `cpu` or `cuda: GPU (compute_XY)` (ridge: always `cpu`).
+    pub device: String,
 }
 
 impl std::fmt::Display for Report {
@@ -196,11 +210,12 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "features {:.2} s ({} of {} episodes cached), fit and evaluation {:.2} s",
+            "features {:.2} s ({} of {} episodes cached), fit and evaluation {:.2} s on {}",
             self.features_s,
             self.cached,
             self.episodes.len(),
-            self.fit_s
+            self.fit_s,
+            self.device
         )?;
         if self.accepted {
             writeln!(
@@ -250,6 +265,10 @@ fn data(x: &DMatrix<f32>, y: &DMatrix<f32>) -> Data {
     Data { x: x.transpose().as_slice().to_vec(), y: y.transpose().as_slice().to_vec(), rows: x.nrows() }
 }
 
+/// What one fit gives: the re-fitted layers' parameters, λ (ridge) or the best epoch
+/// (finetune), and the loss curve.
+type Fit = (Vec<LayerParams>, Option<f64>, Option<usize>, Vec<Epoch>);
+
 /// The fitting problem: the input each episode gives the first re-fitted layer, and targets.
 struct Problem<'a> {
     skill: &'a Skill,
@@ -258,6 +277,7 @@ struct Problem<'a> {
     first: usize,
     method: Method,
     threads: compute::Threads,
+    backend: Backend,
 }
 
 impl Problem<'_> {
@@ -274,17 +294,13 @@ impl Problem<'_> {
 
     /// Fits the re-fitted layers on episodes `train`; returns their parameters, λ or the best
     /// epoch, and the curve.
-    fn fit(
-        &self,
-        train: &[usize],
-        fixed_epochs: Option<usize>,
-    ) -> (Vec<LayerParams>, Option<f64>, Option<usize>, Vec<Epoch>) {
+    fn fit(&self, train: &[usize], fixed_epochs: Option<usize>) -> Result<Fit, AdaptError> {
         let head = &self.skill.model.head;
         let last = head.layers.len() - 1;
         match self.method {
             Method::Ridge => {
                 let (p, lambda) = self.ridge(train);
-                (vec![p], Some(lambda), None, Vec::new())
+                Ok((vec![p], Some(lambda), None, Vec::new()))
             }
             Method::Finetune { settings, ridge_init, .. } => {
                 let mut init: Vec<LayerParams> = self.source()[self.first..].to_vec();
@@ -309,17 +325,8 @@ impl Problem<'_> {
                 let x = stack(&fit_on.iter().map(|&i| &self.inputs[i]).collect::<Vec<_>>());
                 let y = stack(&fit_on.iter().map(|&i| self.targets[i]).collect::<Vec<_>>());
                 let s = Settings { epochs: fixed_epochs.unwrap_or(settings.epochs), ..settings };
-                let t = finetune::train(
-                    &Cpu::<f32>::with_threads(self.threads.clone()),
-                    &shapes,
-                    &init,
-                    source,
-                    &data(&x, &y),
-                    held.as_ref(),
-                    &s,
-                    &mut |_| {},
-                );
-                (t.params, None, Some(t.best_epoch), t.curve)
+                let t = self.backend.train(&shapes, &init, source, &data(&x, &y), held.as_ref(), &s, &mut |_| {})?;
+                Ok((t.params, None, Some(t.best_epoch), t.curve))
             }
         }
     }
@@ -400,6 +407,13 @@ pub fn adapt(
         },
     };
     let first = n_layers - k;
+    // Before the backbone runs, so that a device that cannot be used costs nothing.
+    let threads = compute::Threads::new(opts.threads);
+    let backend = match opts.method {
+        Method::Ridge => Backend::select(Device::Cpu, threads.clone()),
+        Method::Finetune { .. } => Backend::select(opts.device, threads.clone()),
+    }
+    .map_err(AdaptError::Device)?;
     let t0 = Instant::now();
     progress.phase("features", used.len() as u64);
     let owned: Vec<Episode> = used.iter().map(|e| (*e).clone()).collect();
@@ -417,7 +431,8 @@ pub fn adapt(
         targets: feats.iter().map(|e| &e.targets).collect(),
         first,
         method: opts.method,
-        threads: compute::Threads::new(opts.threads),
+        threads,
+        backend,
     };
     let n_ep = feats.len();
     let folds = opts.folds.clamp(2, n_ep);
@@ -433,7 +448,7 @@ pub fn adapt(
         }
         let train: Vec<usize> = (0..n_ep).filter(|i| i % folds != f).collect();
         let test: Vec<usize> = (0..n_ep).filter(|i| i % folds == f).collect();
-        let (fitted, _, epochs, _) = problem.fit(&train, None);
+        let (fitted, _, epochs, _) = problem.fit(&train, None)?;
         best_epochs.extend(epochs);
         for &i in &test {
             let y = problem.targets[i];
@@ -451,13 +466,13 @@ pub fn adapt(
     }
     let all: Vec<usize> = (0..n_ep).collect();
     let (final_layers, lambda, epochs, curve) = match opts.method {
-        Method::Ridge => problem.fit(&all, None),
+        Method::Ridge => problem.fit(&all, None)?,
         Method::Finetune { .. } => {
             // The curve and the epoch count come from a run that holds the last episode out;
             // the exported head then trains on every episode for that many epochs.
-            let (_, _, best, curve) = problem.fit(&all, None);
+            let (_, _, best, curve) = problem.fit(&all, None)?;
             let epochs = best.unwrap_or(1).max(1);
-            let (params, ..) = problem.fit(&all, Some(epochs));
+            let (params, ..) = problem.fit(&all, Some(epochs))?;
             (params, None, Some(epochs), curve)
         }
     };
@@ -529,6 +544,7 @@ pub fn adapt(
         features_s,
         cached: feats.iter().filter(|e| e.cached).count(),
         fit_s: t1.elapsed().as_secs_f64(),
+        device: problem.backend.describe(),
     };
     Ok(Adapted { report, params })
 }

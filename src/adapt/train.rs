@@ -4,8 +4,9 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use super::compute::{Cpu, Threads};
-use super::finetune::{self, Data, Epoch, Settings, Shape, SplitMix};
+use super::compute::Threads;
+use super::device::{Backend, Device};
+use super::finetune::{Data, Epoch, Settings, Shape, SplitMix};
 use crate::model::head::{Activation, LayerParams};
 use crate::model::{export, mlp};
 use crate::record::dataset::Episode;
@@ -26,6 +27,8 @@ pub struct TrainOptions {
     pub init_seed: u64,
     /// Threads for the matrix products (1 keeps the result bit-for-bit reproducible everywhere).
     pub threads: usize,
+    /// Where training runs (the CPU unless asked: only it gives the same bits on every machine).
+    pub device: Device,
 }
 
 impl Default for TrainOptions {
@@ -36,6 +39,7 @@ impl Default for TrainOptions {
             settings: Settings { epochs: 300, batch: 256, lr: 3e-3, pull: 0.0, patience: 30, seed: 0 },
             init_seed: 0,
             threads: 1,
+            device: Device::Cpu,
         }
     }
 }
@@ -147,16 +151,10 @@ pub fn train(template: &Manifest, episodes: &[Episode], opts: &TrainOptions) -> 
         })
         .collect();
     let settings = Settings { pull: 0.0, ..opts.settings };
-    let t = finetune::train(
-        &Cpu::<f32>::with_threads(Threads::new(opts.threads)),
-        &shapes,
-        &init,
-        &init,
-        &train_data,
-        held_data.as_ref(),
-        &settings,
-        &mut |_| {},
-    );
+    let backend = Backend::select(opts.device, Threads::new(opts.threads))?;
+    let t = backend
+        .train(&shapes, &init, &init, &train_data, held_data.as_ref(), &settings, &mut |_| {})
+        .map_err(|e| format!("training failed on {}: {e}", backend.describe()))?;
     let layers: Vec<(LayerParams, Activation)> =
         t.params.iter().cloned().zip(shapes.iter().map(|s| s.activation)).collect();
     let metadata = vec![

@@ -242,7 +242,7 @@ pub fn compute(python: &str, threads: usize, repeats: usize, rows: usize, dir: &
     let ft_ms = median_ms(repeats, || {
         trained = Some(finetune::train(&c, &p.shapes, &p.source, &p.source, &p.train, None, &settings(), &mut |_| {}))
     });
-    let (one, cv, trained) = (one.expect("ran"), cv.expect("ran"), trained.expect("ran"));
+    let (one, cv, trained) = (one.expect("ran"), cv.expect("ran"), trained.expect("ran").map_err(err)?);
     let ours_mse = p.held_out_mse(&trained.params);
 
     let reference = run_reference(python, dir);

@@ -13,6 +13,7 @@ pub mod adapt;
 pub mod adapt_latency;
 #[cfg(feature = "dds")]
 pub mod control;
+pub mod gpu;
 pub mod push;
 #[cfg(feature = "dds")]
 pub mod record;

@@ -73,6 +73,8 @@ pub struct NodeConfig {
     pub input_qos: Qos,
     /// Folder adapted skills are written into.
     pub adapted_dir: std::path::PathBuf,
+    /// Where the node's fine-tuning runs.
+    pub adapt_device: crate::adapt::device::Device,
     /// Resolved adaptation request topic (`~/adapt`).
     pub adapt_topic: String,
     /// Resolved adaptation status topic (`~/adapt/status`).
@@ -109,6 +111,10 @@ pub const PARAMETERS: &[(&str, &str)] = &[
     ("inbox_trust", "string array: public key files (.pub) whose bundles the inbox installs"),
     ("inbox_tokens", "string: file of bearer tokens the inbox accepts, one per line"),
     ("inbox_max_mib", "integer: largest bundle, and largest unpacked skill, in MiB (default 512)"),
+    (
+        "adapt_device",
+        "string: where fine-tuning runs: auto (the GPU when CUDA works, else the CPU; default), cpu or cuda",
+    ),
     ("use_sim_time", "bool: accepted; skillgraft runs on the wall clock"),
 ];
 
@@ -216,6 +222,10 @@ impl NodeConfig {
             demo_control_topic: topic("~/demo/control")?,
             demo_status_topic: topic("~/demo/status")?,
             adapted_dir: args.get::<String>("adapted_dir")?.unwrap_or_else(|| "adapted".into()).into(),
+            adapt_device: match args.get::<String>("adapt_device")? {
+                Some(d) => d.parse().map_err(|e| ArgsError(format!("parameter `adapt_device`: {e}")))?,
+                None => crate::adapt::device::Device::Auto,
+            },
             adapt_topic: topic("~/adapt")?,
             adapt_status_topic: topic("~/adapt/status")?,
             rollback_topic: topic("~/skill/rollback")?,
@@ -420,7 +430,11 @@ impl RunningNode {
         let swap = skills.slot.clone();
         let live = Arc::new(
             Live::start(
-                LiveConfig { episodes_dir: cfg.episodes_dir.clone(), adapted_dir: cfg.adapted_dir.clone() },
+                LiveConfig {
+                    episodes_dir: cfg.episodes_dir.clone(),
+                    adapted_dir: cfg.adapted_dir.clone(),
+                    device: cfg.adapt_device,
+                },
                 skills.clone(),
                 transport.publisher(&cfg.adapt_status_topic, StringMsg::TYPE, Qos::LATCHED)?,
             )

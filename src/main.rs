@@ -575,6 +575,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The firmware bridge: frames encoded and decoded per second, and the round trip of a
+    /// command to its echo over a pseudo-terminal to the simulated controller.
+    Bridge {
+        /// Joints per frame.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=16))]
+        joints: u8,
+        /// Command rates, Hz.
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        rates: Vec<f64>,
+        /// Seconds measured per rate (after the link is up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// tract (control step at batch 1, feature extraction at batch 256) next to onnxruntime on
     /// the same ONNX files.
     Inference {
@@ -951,6 +967,13 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Bridge(cli) => bridge(cli),
+        Command::Bench(BenchCommand::Bridge { joints, rates, seconds, json }) => {
+            if let Some(r) = rates.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 10_000.0)) {
+                return Err(format!("--rates: {r} is not a rate in Hz above 0, at most 10000").into());
+            }
+            let report = skillgraft::bench::bridge::bridge(joints, &rates, seconds)?;
+            print(&report, json)
+        }
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
             let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
             print(&report, json)

@@ -50,7 +50,7 @@ fn the_watchdog_trips_when_commands_stop_and_recovers_when_they_resume() {
     assert_eq!(followed(&mut d, 0), None, "safe until the first command");
     assert_eq!(d.state(), DeviceState::Waiting);
 
-    d.receive(&frame(1, 111, command([0.5, -0.5])), 1 * MS);
+    d.receive(&frame(1, 111, command([0.5, -0.5])), MS);
     let c = followed(&mut d, 2 * MS).expect("follows the command");
     assert_eq!(c.joints[1].velocity, -0.5);
     let fb = sent(&mut d, 2 * MS);

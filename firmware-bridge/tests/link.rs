@@ -2,7 +2,7 @@
 //! commands and feedback with round trips, the watchdog taking the controller safe when commands
 //! stop, link loss when the controller goes away, and reconnection when it comes back.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,13 +23,13 @@ fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-fn sim(link: &PathBuf) -> SimMcu {
+fn sim(link: &Path) -> SimMcu {
     SimMcu::start(SimOptions {
         joints: 2,
         watchdog_ms: 100,
         feedback_period_ms: 20,
         tick_hz: 1000.0,
-        link: Some(link.clone()),
+        link: Some(link.to_path_buf()),
     })
     .unwrap()
 }

@@ -194,7 +194,7 @@ impl Bridge {
             }
             LinkEvent::Down(why) => {
                 // Logged when the reason changes, not on every retry; /diagnostics counts them all.
-                let head = why.split("; retrying").next().unwrap_or(why);
+                let head = why.split(" (retrying").next().unwrap_or(why);
                 if head != last_down {
                     tracing::warn!("link to the controller down: {why}");
                     last_down = head.to_string();
@@ -355,6 +355,7 @@ fn status(port: &str, l: &LinkStats, b: &BridgeStats, errors_before: u64) -> (Di
     values.extend([
         kv("commands_sent", get(&l.commands_sent)),
         kv("commands_stale", get(&l.commands_stale)),
+        kv("periods_missed", get(&l.periods_missed)),
         kv("feedback_received", get(&l.feedback)),
         kv("device.state", device),
         kv("device.configured", l.configured.load(Ordering::Relaxed)),

@@ -9,6 +9,27 @@
 //! 3. calls [`Device::transmit`] with the measured joints until it returns `None`, writing each
 //!    frame to the UART: queued answers (heartbeats, config acknowledgements, faults) first, then
 //!    feedback after each new command and at least every feedback period.
+//!
+//! ```
+//! use firmware_bridge::device::{Device, DeviceConfig, Target};
+//! use firmware_bridge::protocol::*;
+//!
+//! let mut device = Device::new(DeviceConfig { joints: 2, watchdog_ms: 100, feedback_period_ms: 10 });
+//! // What the host sends: a velocity command for both joints.
+//! let cmd = Command { mode: Mode::Velocity, joints: [JointTarget { velocity: 0.5, ..Default::default() }; 2].into_iter().collect() };
+//! let mut wire = [0u8; MAX_ENCODED];
+//! let n = encode(&Frame { seq: 1, stamp_us: 0, message: Message::Command(cmd) }, &mut wire).unwrap();
+//!
+//! // The firmware's loop: bytes in, watchdog, motors, feedback out.
+//! device.receive(&wire[..n], 1_000);
+//! assert!(matches!(device.tick(2_000), Target::Follow(c) if c.joints[1].velocity == 0.5));
+//! let mut tx = [0u8; MAX_ENCODED];
+//! let measured = [JointFeedback::default(); 2];
+//! let len = device.transmit(2_000, &measured, &mut tx).unwrap().unwrap(); // write tx[..len] to the UART
+//! assert!(len > 0);
+//! // No command for longer than the watchdog: the safe state.
+//! assert_eq!(device.tick(200_000), Target::Safe);
+//! ```
 
 use heapless::Deque;
 

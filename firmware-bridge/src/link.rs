@@ -86,6 +86,8 @@ pub struct LinkStats {
     pub commands_sent: AtomicU64,
     /// Control periods with no command sent because the latest one was too old (or none yet).
     pub commands_stale: AtomicU64,
+    /// Control periods skipped because the link's thread woke too late for them.
+    pub periods_missed: AtomicU64,
     /// Feedback frames received.
     pub feedback: AtomicU64,
     /// Faults the controller reported.
@@ -201,7 +203,7 @@ fn run(opts: &LinkOptions, s: &Shared, mut events: EventSink) {
             Ok(p) => p,
             Err(e) => {
                 LinkStats::add(&s.stats.open_failures, 1);
-                down(s, &mut events, &format!("{e}; retrying in {} ms", backoff.as_millis()));
+                down(s, &mut events, &format!("{e} (retrying in {} ms)", backoff.as_millis()));
                 if !nap(backoff, &s.stop) {
                     return;
                 }
@@ -275,10 +277,10 @@ fn serve(
             }
         }
         if now >= next_tick {
-            next_tick += period;
-            if next_tick < now {
-                next_tick = now + period;
-            }
+            // Late by whole periods: those are skipped (and counted), not sent in a burst.
+            let late = (now - next_tick).as_nanos() / period.as_nanos().max(1);
+            LinkStats::add(&st.periods_missed, late as u64);
+            next_tick += period * (late as u32 + 1);
             let fresh = lock(&s.command)
                 .as_ref()
                 .filter(|(_, at)| at.elapsed() <= opts.max_command_age)

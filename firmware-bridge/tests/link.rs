@@ -137,3 +137,38 @@ fn a_port_that_cannot_be_opened_says_why_and_what_to_do() {
     assert!(baud.contains("--baud 12345") && baud.contains("115200"), "{baud}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_controller_that_stops_answering_is_a_lost_link_and_the_port_is_reopened() {
+    // A pty whose controller end is held open but never answers: the port opens fine, and only
+    // the silence shows the link is gone.
+    let pty = firmware_bridge::serial::Pty::open().unwrap();
+    let downs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let d = downs.clone();
+    let link = Link::start(
+        LinkOptions {
+            port: pty.path.clone(),
+            baud: 115_200,
+            rate_hz: 100.0,
+            heartbeat: Duration::from_millis(20),
+            link_timeout: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            max_command_age: Duration::from_millis(100),
+            config: Config { joints: 2, watchdog_ms: 60, feedback_period_ms: 10 },
+        },
+        Box::new(move |e| {
+            if let LinkEvent::Down(why) = e {
+                d.lock().unwrap().push(why.to_string());
+            }
+        }),
+    )
+    .unwrap();
+    let st = link.stats();
+    assert!(until(Duration::from_secs(5), || st.link_losses.load(Ordering::Relaxed) >= 2));
+    assert!(st.connects.load(Ordering::Relaxed) >= 2, "the port is reopened after each loss");
+    assert!(!st.connected.load(Ordering::Relaxed));
+    assert!(st.frames_sent.load(Ordering::Relaxed) > 0, "heartbeats and the config went out");
+    let why = downs.lock().unwrap()[0].clone();
+    assert!(why.contains("no valid frame from the controller") && why.contains("100 ms"), "{why}");
+}

@@ -32,6 +32,8 @@ pub struct RoundTripRow {
     pub rate_hz: f64,
     /// Commands sent in the measurement.
     pub sent: u64,
+    /// Control periods the link's thread woke too late for (skipped, not sent).
+    pub missed: u64,
     /// Round trips measured (commands whose echo came back).
     pub echoed: usize,
     /// Round trip p50, p99, max, µs.
@@ -136,12 +138,13 @@ fn round_trip_at(joints: u8, rate: f64, seconds: f64) -> Result<RoundTripRow, St
     }
     // Warm-up done: measure from here.
     st.take_rtt_us();
-    let (sent0, start) = (st.commands_sent.load(Relaxed), Instant::now());
+    let (sent0, missed0, start) = (st.commands_sent.load(Relaxed), st.periods_missed.load(Relaxed), Instant::now());
     while start.elapsed().as_secs_f64() < seconds {
         std::thread::sleep(Duration::from_millis(50));
     }
     let rtt = st.take_rtt_us();
     let sent = st.commands_sent.load(Relaxed) - sent0;
+    let missed = st.periods_missed.load(Relaxed) - missed0;
     let d = mcu.stats();
     let errors = st.rx_errors.iter().map(|c| c.load(Relaxed)).sum::<u64>()
         + u64::from(d.decode.total_errors())
@@ -154,7 +157,7 @@ fn round_trip_at(joints: u8, rate: f64, seconds: f64) -> Result<RoundTripRow, St
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
         (at(0.5), at(0.99), v[v.len() - 1])
     });
-    Ok(RoundTripRow { rate_hz: rate, sent, echoed, rtt_us, errors })
+    Ok(RoundTripRow { rate_hz: rate, sent, missed, echoed, rtt_us, errors })
 }
 
 impl fmt::Display for BridgeReport {
@@ -182,15 +185,15 @@ impl fmt::Display for BridgeReport {
         writeln!(f)?;
         writeln!(
             f,
-            "| command rate (Hz) | commands sent | round trips measured | round trip p50 / p99 / max (µs) | frames dropped or unsent |"
+            "| command rate (Hz) | commands sent | periods missed | round trips measured | round trip p50 / p99 / max (µs) | frames dropped or unsent |"
         )?;
-        writeln!(f, "|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.round_trip {
             let rtt = match r.rtt_us {
                 Some((a, b, c)) => format!("{a} / {b} / {c}"),
                 None => "n/a".into(),
             };
-            writeln!(f, "| {} | {} | {} | {rtt} | {} |", r.rate_hz, r.sent, r.echoed, r.errors)?;
+            writeln!(f, "| {} | {} | {} | {} | {rtt} | {} |", r.rate_hz, r.sent, r.missed, r.echoed, r.errors)?;
         }
         Ok(())
     }

@@ -1179,7 +1179,16 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
             mcu.path().display(),
             mcu.path().display()
         );
-        let _ = rx.recv();
+        let failed = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(e) = mcu.failure() {
+                        break Some(e);
+                    }
+                }
+                _ => break None,
+            }
+        };
         let s = mcu.stats();
         eprintln!(
             "sim-mcu: {} frames received, {} dropped as invalid, {} commands applied, {} refused, {} watchdog trips, {} frames unsent",
@@ -1190,7 +1199,10 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
             s.watchdog_trips,
             mcu.tx_dropped()
         );
-        return Ok(());
+        return match failed {
+            Some(e) => Err(format!("the simulated controller stopped: {e}").into()),
+            None => Ok(()),
+        };
     }
     let port = cli.port.ok_or("give the controller's serial port with --port PATH (e.g. /dev/ttyACM0), or run `skillgraft bridge sim-mcu` for a simulated one")?;
     if !(cli.diagnostics_period.is_finite() && cli.diagnostics_period > 0.0) {

@@ -65,8 +65,8 @@ impl Motors {
                 }
                 Target::Safe => -self.v[i] / TAU_S,
             };
-            // Implicit in the lag so a coarse dt cannot overshoot.
-            let dv = accel * dt / (1.0 + dt / TAU_S).max(1.0);
+            // Semi-implicit in the lag, so a coarse dt cannot overshoot the target velocity.
+            let dv = accel * dt / (1.0 + dt / TAU_S);
             self.v[i] += dv;
             self.q[i] += self.v[i] * dt;
             self.effort[i] = accel;
@@ -88,6 +88,7 @@ pub struct SimMcu {
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<DeviceStats>>,
     tx_dropped: Arc<AtomicU64>,
+    failure: Arc<Mutex<Option<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -112,12 +113,15 @@ impl SimMcu {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(DeviceStats::default()));
         let tx_dropped = Arc::new(AtomicU64::new(0));
+        let failure = Arc::new(Mutex::new(None));
         let (path, link) = (pty.path.clone(), opts.link.clone());
-        let (flag, st, dropped) = (stop.clone(), stats.clone(), tx_dropped.clone());
+        let (flag, st, dropped, failed) = (stop.clone(), stats.clone(), tx_dropped.clone(), failure.clone());
         let thread = std::thread::Builder::new().name("sim-mcu".into()).spawn(move || {
-            firmware(pty, &opts, &flag, &st, &dropped);
+            if let Err(e) = firmware(pty, &opts, &flag, &st, &dropped) {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
         })?;
-        Ok(SimMcu { path, link, stop, stats, tx_dropped, thread: Some(thread) })
+        Ok(SimMcu { path, link, stop, stats, tx_dropped, failure, thread: Some(thread) })
     }
 
     /// The pty a host opens as its serial port.
@@ -128,6 +132,11 @@ impl SimMcu {
     /// The device half's counters.
     pub fn stats(&self) -> DeviceStats {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the simulated firmware stopped on its own (its pty failed), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Frames the simulated firmware could not write because nobody read them.
@@ -151,8 +160,14 @@ impl Drop for SimMcu {
     }
 }
 
-/// The simulated firmware's main loop.
-fn firmware(mut pty: Pty, opts: &SimOptions, stop: &AtomicBool, stats: &Mutex<DeviceStats>, tx_dropped: &AtomicU64) {
+/// The simulated firmware's main loop, until stopped or its pty fails.
+fn firmware(
+    mut pty: Pty,
+    opts: &SimOptions,
+    stop: &AtomicBool,
+    stats: &Mutex<DeviceStats>,
+    tx_dropped: &AtomicU64,
+) -> std::io::Result<()> {
     let mut device = Device::new(DeviceConfig {
         joints: opts.joints,
         watchdog_ms: opts.watchdog_ms,
@@ -167,13 +182,9 @@ fn firmware(mut pty: Pty, opts: &SimOptions, stop: &AtomicBool, stats: &Mutex<De
     let mut tx = [0u8; MAX_ENCODED];
     while !stop.load(Ordering::Relaxed) {
         // The pty's other end is held open by `pty`, so these fail only if the pty itself breaks.
-        if wait_readable(&pty.master, next.saturating_duration_since(Instant::now())).is_err() {
-            break;
-        }
-        match read_some(&mut pty.master, &mut rx) {
-            Ok(ReadOutcome::Bytes(n)) => device.receive(&rx[..n], now_us()),
-            Ok(ReadOutcome::Idle) => {}
-            Err(_) => break,
+        wait_readable(&pty.master, next.saturating_duration_since(Instant::now()))?;
+        if let ReadOutcome::Bytes(n) = read_some(&mut pty.master, &mut rx)? {
+            device.receive(&rx[..n], now_us());
         }
         if Instant::now() >= next {
             next += period;
@@ -191,4 +202,5 @@ fn firmware(mut pty: Pty, opts: &SimOptions, stop: &AtomicBool, stats: &Mutex<De
         }
         *stats.lock().unwrap_or_else(|p| p.into_inner()) = device.stats();
     }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod adapt;
 pub mod alloc;
 pub mod bench;
+pub mod bridge;
 pub mod control;
 pub mod fleet;
 pub mod model;

@@ -293,6 +293,81 @@ enum Command {
     /// Benchmarks that print a table of medians and ratios.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The firmware bridge: the action topic to a motor controller over a serial link, its
+    /// feedback back as sensor_msgs/JointState, link statistics on /diagnostics; or `bridge
+    /// sim-mcu`, a simulated controller behind a pseudo-terminal.
+    Bridge(BridgeCli),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BridgeCli {
+    #[command(subcommand)]
+    sim: Option<BridgeSub>,
+    /// The controller's serial port (a UART or USB CDC tty, or the pty `bridge sim-mcu` prints).
+    #[arg(long)]
+    port: Option<PathBuf>,
+    /// Baud rate of the port.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// Commands per second (the control rate).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Joint names in the controller's order; the action holds one value per joint, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "shoulder,elbow,wrist")]
+    joints: Vec<String>,
+    /// The action topic (std_msgs/Float64MultiArray), as the skill's manifest names it.
+    #[arg(long, default_value = "/arm/cmd")]
+    action_topic: String,
+    /// What the action's values are.
+    #[arg(long, value_enum, default_value = "velocity")]
+    mode: ModeArg,
+    /// Where the controller's feedback is published (sensor_msgs/JointState).
+    #[arg(long, default_value = "/joint_states")]
+    joint_states: String,
+    /// The controller goes to its safe state this long after the last valid command, ms.
+    #[arg(long, default_value_t = 100)]
+    watchdog_ms: u16,
+    /// The controller sends feedback at least this often, ms (and after every command).
+    #[arg(long, default_value_t = 10)]
+    feedback_ms: u16,
+    /// No valid frame for this long: the link is lost, and the port reopened with backoff, ms.
+    #[arg(long, default_value_t = 500)]
+    link_timeout_ms: u64,
+    /// An action older than this is not sent on, ms (the controller's watchdog then takes it safe).
+    #[arg(long, default_value_t = 100)]
+    max_action_age_ms: u64,
+    /// `/diagnostics` period, s.
+    #[arg(long, default_value_t = 1.0)]
+    diagnostics_period: f64,
+}
+
+#[derive(Subcommand)]
+enum BridgeSub {
+    /// A simulated motor controller: the device half and a motor model behind a pseudo-terminal.
+    /// Prints the pty's path; `skillgraft bridge --port PATH` opens it.
+    SimMcu {
+        /// Joints.
+        #[arg(long, default_value_t = 3)]
+        joints: u8,
+        /// Also make this symlink to the pty (replaced atomically), so a bridge keeps one --port
+        /// across restarts of the simulated controller.
+        #[arg(long)]
+        link: Option<PathBuf>,
+        /// Watchdog until the bridge configures its own, ms.
+        #[arg(long, default_value_t = 100)]
+        watchdog_ms: u16,
+        /// Feedback period until the bridge configures its own, ms.
+        #[arg(long, default_value_t = 10)]
+        feedback_ms: u16,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Position,
+    Velocity,
+    Effort,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -664,6 +739,22 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "10,100")]
         mib: Vec<u64>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The firmware bridge: frames encoded and decoded per second, and the round trip of a
+    /// command to its echo over a pseudo-terminal to the simulated controller.
+    Bridge {
+        /// Joints per frame.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=16))]
+        joints: u8,
+        /// Command rates, Hz.
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        rates: Vec<f64>,
+        /// Seconds measured per rate (after the link is up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -1097,6 +1188,14 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
+        Command::Bridge(cli) => bridge(cli),
+        Command::Bench(BenchCommand::Bridge { joints, rates, seconds, json }) => {
+            if let Some(r) = rates.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 10_000.0)) {
+                return Err(format!("--rates: {r} is not a rate in Hz above 0, at most 10000").into());
+            }
+            let report = skillgraft::bench::bridge::bridge(joints, &rates, seconds)?;
+            print(&report, json)
+        }
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
             let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
@@ -1466,6 +1565,90 @@ fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn s
         args.resolve_topic(skillgraft::sim::episodes::JOINT_TOPIC)?,
         args.resolve_topic(skillgraft::sim::episodes::TARGET_TOPIC)?,
         args.resolve_topic(skillgraft::sim::episodes::COMMAND_TOPIC)?
+    );
+    let _ = rx.recv();
+    Ok(())
+}
+
+/// `skillgraft bridge` and `skillgraft bridge sim-mcu`, until Ctrl-C.
+fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
+    use firmware_bridge::protocol::Mode;
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    if let Some(BridgeSub::SimMcu { joints, link, watchdog_ms, feedback_ms }) = cli.sim {
+        let mcu = firmware_bridge::sim::SimMcu::start(firmware_bridge::sim::SimOptions {
+            joints,
+            watchdog_ms,
+            feedback_period_ms: feedback_ms.max(1),
+            tick_hz: 1000.0,
+            link: link.clone(),
+        })?;
+        // The path alone on stdout, for scripts; the rest on stderr.
+        println!("{}", mcu.path().display());
+        let via = link.map(|l| format!(" (and {})", l.display())).unwrap_or_default();
+        eprintln!(
+            "simulated controller, {joints} joints, on {}{via}: `skillgraft bridge --port {}`; Ctrl-C to stop",
+            mcu.path().display(),
+            mcu.path().display()
+        );
+        let failed = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(e) = mcu.failure() {
+                        break Some(e);
+                    }
+                }
+                _ => break None,
+            }
+        };
+        let s = mcu.stats();
+        eprintln!(
+            "sim-mcu: {} frames received, {} dropped as invalid, {} commands applied, {} refused, {} watchdog trips, {} frames unsent",
+            s.decode.frames,
+            s.decode.total_errors(),
+            s.commands,
+            s.rejected,
+            s.watchdog_trips,
+            mcu.tx_dropped()
+        );
+        return match failed {
+            Some(e) => Err(format!("the simulated controller stopped: {e}").into()),
+            None => Ok(()),
+        };
+    }
+    let port = cli.port.ok_or("give the controller's serial port with --port PATH (e.g. /dev/ttyACM0), or run `skillgraft bridge sim-mcu` for a simulated one")?;
+    if !(cli.diagnostics_period.is_finite() && cli.diagnostics_period > 0.0) {
+        return Err(format!("--diagnostics-period {}: give seconds above 0", cli.diagnostics_period).into());
+    }
+    let opts = skillgraft::bridge::BridgeOptions {
+        port: port.clone(),
+        baud: cli.baud,
+        rate_hz: cli.rate,
+        joints: cli.joints,
+        mode: match cli.mode {
+            ModeArg::Position => Mode::Position,
+            ModeArg::Velocity => Mode::Velocity,
+            ModeArg::Effort => Mode::Effort,
+        },
+        action_topic: cli.action_topic.clone(),
+        joint_state_topic: cli.joint_states.clone(),
+        watchdog_ms: cli.watchdog_ms,
+        feedback_period_ms: cli.feedback_ms,
+        link_timeout_ms: cli.link_timeout_ms,
+        max_action_age_ms: cli.max_action_age_ms,
+        diagnostics_period: std::time::Duration::from_secs_f64(cli.diagnostics_period),
+    };
+    opts.check()?;
+    let args = skillgraft::ros::args::RosArgs::parse(&[], &[], "bridge")?;
+    let transport = connect(&args)?;
+    let _bridge = skillgraft::bridge::Bridge::start(transport, opts)?;
+    eprintln!(
+        "bridge on {}: {} -> controller -> {}, link statistics on /diagnostics; Ctrl-C to stop",
+        port.display(),
+        cli.action_topic,
+        cli.joint_states
     );
     let _ = rx.recv();
     Ok(())

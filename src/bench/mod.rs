@@ -11,6 +11,7 @@ use serde::Serialize;
 pub mod adapt;
 #[cfg(feature = "dds")]
 pub mod adapt_latency;
+pub mod bridge;
 #[cfg(feature = "dds")]
 pub mod control;
 pub mod gpu;

@@ -267,6 +267,9 @@ pub enum NodeError {
     /// The inbox could not start.
     #[error("inbox: {0}")]
     Inbox(#[from] crate::fleet::FleetError),
+    /// The skill store could not be read.
+    #[error("skill store: {0}")]
+    Store(#[from] crate::skill::store::StoreError),
 }
 
 /// The inbox's view of the node: the skill slot.
@@ -461,6 +464,21 @@ impl RunningNode {
                 Box::new(move |_| live.rollback()),
             )?;
         }
+        // Before any thread of the node starts: a bad token file or a busy port stops the node
+        // with nothing left running.
+        let inbox = match (&cfg.inbox, cfg.policy) {
+            (Some(settings), true) => match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone())))) {
+                Ok(inbox) => {
+                    stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
+                    Some(inbox)
+                }
+                Err(e) => {
+                    live.stop();
+                    return Err(e.into());
+                }
+            },
+            _ => None,
+        };
         let mut threads = Vec::new();
 
         if cfg.policy {
@@ -518,14 +536,6 @@ impl RunningNode {
                 )
             })?);
         }
-        let inbox = match (&cfg.inbox, cfg.policy) {
-            (Some(settings), true) => {
-                let inbox = Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone()))))?;
-                stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
-                Some(inbox)
-            }
-            _ => None,
-        };
         Ok(RunningNode {
             stop,
             threads,

@@ -197,7 +197,8 @@ impl Skills {
     }
 
     /// Whether a skill with manifest `b` could be swapped in: it must read and write the same
-    /// topics and fields as the running skill, and this node must run a policy.
+    /// topics and fields, with the same limits and rate, as the running skill, and this node
+    /// must run a policy.
     pub fn compatible(&self, b: &Manifest) -> Result<(), NodeError> {
         let a = &self.contract;
         let name = format!("{} {}", b.name, b.version);
@@ -216,6 +217,16 @@ impl Skills {
             != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
         {
             return Err(NodeError::Incompatible(name, "its action output differs from the running skill's".into()));
+        }
+        // The safety filter and the tick period were set up for the running skill's manifest:
+        // a skill that asks for other limits or another rate needs a node started with it.
+        if (&a.action.lower, &a.action.upper, &a.action.max_delta, &a.action.safe, a.control.rate_hz)
+            != (&b.action.lower, &b.action.upper, &b.action.max_delta, &b.action.safe, b.control.rate_hz)
+        {
+            return Err(NodeError::Incompatible(
+                name,
+                "its action limits, safe action or control rate differ from the running skill's; restart the node with it".into(),
+            ));
         }
         Ok(())
     }

@@ -73,6 +73,9 @@ impl SpoolError {
     }
 }
 
+/// Longest silence in the middle of an upload.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Streams a request body into the new file `dest`, refusing more than `max` bytes (before
 /// reading anything when `Content-Length` says so). On any error `dest` is removed.
 pub async fn spool(headers: &HeaderMap, body: Body, dest: &Path, max: u64) -> Result<u64, SpoolError> {
@@ -93,7 +96,13 @@ async fn spool_to(body: Body, dest: &Path, max: u64, declared: Option<u64>) -> R
         tokio::fs::OpenOptions::new().write(true).create_new(true).open(dest).await.map_err(SpoolError::Io)?;
     let mut stream = body.into_data_stream();
     let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        // A client that stops sending is a truncated upload, not one that holds its scratch
+        // file and its turn forever.
+        let next = tokio::time::timeout(IDLE, stream.next())
+            .await
+            .map_err(|_| SpoolError::Truncated(format!("no data for {} s", IDLE.as_secs())))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| SpoolError::Truncated(e.to_string()))?;
         n += chunk.len() as u64;
         if n > max {

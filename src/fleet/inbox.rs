@@ -37,6 +37,9 @@ use crate::skill::store::{Store, StoreError};
 /// operator says so.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8740";
 
+/// Uploads an inbox receives at once.
+const MAX_UPLOADS: usize = 4;
+
 /// What the inbox is configured with, as paths (the node's parameters, or `skillgraft inbox`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxSettings {
@@ -109,6 +112,12 @@ impl crate::control::diagnostics::Counted for InboxStats {
 }
 
 struct Shared {
+    /// Held from a change's check through the store write to the swap, so the store and the
+    /// running node never end up naming different versions when requests overlap.
+    commit: Mutex<()>,
+    /// Uploads received at once; more are answered 503 (which `fleet push` retries), so stalled
+    /// clients cannot fill the robot's disk.
+    uploads: Arc<tokio::sync::Semaphore>,
     store: Store,
     trusted: Vec<VerifyingKey>,
     tokens: Tokens,
@@ -144,6 +153,8 @@ impl Inbox {
         let stats = Arc::new(InboxStats::default());
         *stats.address.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
         let shared = Arc::new(Shared {
+            commit: Mutex::new(()),
+            uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
             store,
             trusted,
             tokens,
@@ -263,9 +274,19 @@ async fn install(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
     if let Some(r) = guard(&s, &headers) {
         return r;
     }
+    let Ok(turn) = s.uploads.clone().try_acquire_owned() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_UPLOADS} uploads are in progress; try again shortly"),
+        );
+    };
     // A task of its own: when the client goes away mid-upload, hyper drops this handler, but the
     // upload still ends (as truncated), is counted and its scratch file removed.
-    let work = tokio::spawn(receive(s, headers, body));
+    let work = tokio::spawn(async move {
+        let r = receive(s, headers, body).await;
+        drop(turn);
+        r
+    });
     work.await.unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
@@ -310,16 +331,27 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
 type Refusal = (StatusCode, &'static str, String);
 
 fn install_blocking(s: &Shared, path: &Path) -> Result<(crate::skill::store::Entry, bool), Refusal> {
-    let running = s.runner.as_ref().map(|r| (r.clone(), r.running().0));
-    let check = |skill: &Skill| match &running {
-        Some((r, name)) if skill.manifest.name == *name => r.check(skill),
+    let _one = s.commit.lock().unwrap_or_else(|p| p.into_inner());
+    let running = s.runner.as_ref().map(|r| (r.clone(), r.running()));
+    let check = |skill: &Skill, downgrade: bool| match &running {
+        Some((r, (name, version))) if skill.manifest.name == *name => {
+            r.check(skill)?;
+            // The node may run a version the store never had (the folder it was launched
+            // with): the version rule holds against it too.
+            match version.parse::<semver::Version>() {
+                Ok(v) if skill.manifest.version < v && !downgrade => Err(format!(
+                    "the node runs {v}, which is newer; a fleet that means it signs the bundle with --downgrade"
+                )),
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     };
     let entry = s.store.install_checked(path, &s.trusted, s.limits, &check).map_err(|e| {
         let (status, reason) = store_problem(&e);
         (status, reason, e.to_string())
     })?;
-    let Some((runner, name)) = running.filter(|(_, n)| *n == entry.name) else { return Ok((entry, false)) };
+    let Some((runner, (name, _))) = running.filter(|(_, (n, _))| *n == entry.name) else { return Ok((entry, false)) };
     match swap(&*runner, &s.store, &name, &entry.state.active) {
         Ok(()) => Ok((entry, true)),
         Err(e) => {
@@ -371,8 +403,12 @@ async fn rollback(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, 
 /// Activates `version` of `name` (None: the previous one): the node checks and swaps the skill
 /// first, so a version it cannot run is refused before the store changes.
 async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) -> Response {
+    if !crate::skill::manifest::valid_name(&name) {
+        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a skill name"));
+    }
     let s2 = s.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        let _one = s2.commit.lock().unwrap_or_else(|p| p.into_inner());
         let refused = |e: StoreError| {
             let (status, reason) = store_problem(&e);
             (status, reason, e.to_string())
@@ -408,7 +444,10 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
             tracing::info!(skill = %entry.name, version = %entry.state.active, "skill version activated");
             reply(StatusCode::OK, serde_json::json!({ "installed": entry, "running": running_json(&s) }))
         }
-        Ok(Err((status, _, message))) => problem(status, message),
+        Ok(Err((status, _, message))) => {
+            tracing::warn!("activation refused: {message}");
+            problem(status, message)
+        }
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -185,12 +185,12 @@ async fn push_one(
                     result.install_ms = reply.body["install_ms"].as_f64();
                     result.outcome = format!("installed {name} {version}");
                 } else if reply.status == StatusCode::CONFLICT
-                    && result.attempts > 1
                     && active_version(client, robot, name, opts).await.as_ref() == Some(version)
                 {
-                    // An earlier try installed it and its answer was lost.
+                    // Pushing again is harmless: the robot already runs it (an earlier push, or an
+                    // earlier try whose answer was lost).
                     result.ok = true;
-                    result.outcome = format!("installed {name} {version} (confirmed after a lost answer)");
+                    result.outcome = format!("already active: {name} {version}");
                 } else {
                     result.outcome = format!("refused ({}): {}", reply.status.as_u16(), reply.error());
                 }

@@ -143,9 +143,11 @@ pub fn entries(root: &Path) -> Result<Vec<CatalogEntry>, FleetError> {
             let p = f.path();
             if p.extension().is_some_and(|x| x == "json") {
                 let text = std::fs::read(&p).map_err(io("read", &p))?;
-                out.push(serde_json::from_slice(&text).map_err(|e| {
-                    FleetError::Config(format!("{}: {e}; remove it and upload its bundle again", p.display()))
-                })?);
+                // One damaged entry must not hide the rest of the catalog.
+                match serde_json::from_slice(&text) {
+                    Ok(e) => out.push(e),
+                    Err(e) => tracing::warn!("{}: {e}; remove it and upload its bundle again", p.display()),
+                }
             }
         }
     }
@@ -180,7 +182,7 @@ async fn download(
     let Ok(version) = version.parse::<semver::Version>() else {
         return problem(StatusCode::BAD_REQUEST, format!("{version:?} is not a version (X.Y.Z)"));
     };
-    if name.contains(['/', '\\']) || name.starts_with('.') {
+    if !crate::skill::manifest::valid_name(&name) {
         return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a skill name"));
     }
     let path = bundle_path(&s.root, &name, &version);
@@ -303,6 +305,7 @@ fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, boo
     std::fs::rename(path, &target).map_err(internal)?;
     let part = meta.with_extension("json.part");
     std::fs::write(&part, serde_json::to_vec_pretty(&entry).expect("serialises")).map_err(internal)?;
+    std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(internal)?;
     std::fs::rename(&part, &meta).map_err(internal)?;
     Ok((entry, true))
 }

@@ -505,7 +505,8 @@ pub fn verify(bundle: &Path, trusted: &[VerifyingKey], limits: Limits) -> Result
     result
 }
 
-fn unique() -> u64 {
+/// A number not handed out before in this process, for scratch names.
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)

@@ -12,6 +12,12 @@ use crate::ros::schema::{self, MessageSchema, Selector};
 /// The manifest's file name inside a skill folder.
 pub const MANIFEST_FILE: &str = "skill.toml";
 
+/// Whether `name` may name a skill: letters, digits, `-`, `_` and `.`, not starting with `.`. It
+/// becomes a folder name in the store and a path segment in URLs, so nothing else is allowed.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// A skill manifest, as written in `skill.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,10 +312,7 @@ impl Manifest {
             field: field.to_string(),
             problem,
         };
-        if self.name.is_empty()
-            || self.name.starts_with('.')
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !valid_name(&self.name) {
             return Err(err(
                 "name",
                 format!(

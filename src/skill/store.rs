@@ -94,6 +94,16 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("sync", dir))
 }
 
+/// Syncs a folder and every folder under it, so a renamed version is whole after a power cut.
+fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    for e in std::fs::read_dir(dir).map_err(io("read", dir))?.filter_map(|e| e.ok()) {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            sync_tree(&e.path())?;
+        }
+    }
+    fsync_dir(dir)
+}
+
 impl Store {
     /// Opens (creating) the store at `root`, discarding what interrupted installs left. Scratch
     /// entries are named after their process, and only those of processes that are gone are
@@ -113,15 +123,10 @@ impl Store {
         Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()) })
     }
 
-    /// The store's folder.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// A fresh path in the store's scratch folder (same file system as the versions, so an
     /// upload spooled there costs no copy); `open` removes it if this process dies.
     pub fn scratch(&self, what: &str) -> PathBuf {
-        self.root.join(".incoming").join(format!("{}-{what}-{}", std::process::id(), unique()))
+        self.root.join(".incoming").join(format!("{}-{what}-{}", std::process::id(), super::bundle::unique()))
     }
 
     fn lock(&self) -> Result<Changing<'_>, StoreError> {
@@ -145,6 +150,18 @@ impl Store {
         self.root.join(name).join("state.json")
     }
 
+    /// `name` if it can name a skill folder here; anything else (`..`, `/`) is refused before
+    /// it reaches a path.
+    fn checked<'n>(&self, name: &'n str) -> Result<&'n str, StoreError> {
+        if super::manifest::valid_name(name) {
+            Ok(name)
+        } else {
+            Err(StoreError::Refused(format!(
+                "{name:?} is not a skill name (letters, digits, `-`, `_`, `.`, not starting with `.`)"
+            )))
+        }
+    }
+
     /// The folder of an installed version.
     pub fn dir(&self, name: &str, version: &semver::Version) -> PathBuf {
         self.root.join(name).join("versions").join(version.to_string())
@@ -152,7 +169,7 @@ impl Store {
 
     /// The state of skill `name`, if it is installed.
     pub fn state(&self, name: &str) -> Result<Option<State>, StoreError> {
-        let path = self.state_path(name);
+        let path = self.state_path(self.checked(name)?);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 StoreError::Refused(format!("{}: {e}; restore it from the versions folder beside it", path.display()))
@@ -203,17 +220,18 @@ impl Store {
     /// as the active version of its skill (the one active before becomes `previous`). A version
     /// not above the active one is refused unless the bundle was signed with `downgrade`.
     pub fn install(&self, bundle: &Path, trusted: &[VerifyingKey], limits: Limits) -> Result<Entry, StoreError> {
-        self.install_checked(bundle, trusted, limits, &|_| Ok(()))
+        self.install_checked(bundle, trusted, limits, &|_, _| Ok(()))
     }
 
-    /// As `install`, with one more check of the unpacked, smoke-tested skill before anything is
-    /// committed (a running node refuses a skill that reads or writes other topics).
+    /// As `install`, with one more check of the unpacked, smoke-tested skill (and whether it was
+    /// signed for a downgrade) before anything is committed: a running node refuses a skill that
+    /// reads or writes other topics, or one older than what it runs.
     pub fn install_checked(
         &self,
         bundle: &Path,
         trusted: &[VerifyingKey],
         limits: Limits,
-        check: &dyn Fn(&Skill) -> Result<(), String>,
+        check: &dyn Fn(&Skill, bool) -> Result<(), String>,
     ) -> Result<Entry, StoreError> {
         let _one = self.lock()?;
         let scratch = self.scratch("install");
@@ -228,7 +246,7 @@ impl Store {
         trusted: &[VerifyingKey],
         limits: Limits,
         scratch: &Path,
-        check: &dyn Fn(&Skill) -> Result<(), String>,
+        check: &dyn Fn(&Skill, bool) -> Result<(), String>,
     ) -> Result<Entry, StoreError> {
         let v = bundle::unpack(bundle_path, trusted, scratch, limits)?;
         kill_point("unpacked");
@@ -250,11 +268,16 @@ impl Store {
             )));
         }
         let skill = smoke(&v.dir).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
-        check(&skill).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
+        check(&skill, v.contents.downgrade).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
         drop(skill);
         let versions = target.parent().expect("a versions folder");
+        let new_skill = !versions.exists();
         std::fs::create_dir_all(versions).map_err(io("create", versions))?;
-        fsync_dir(&v.dir)?;
+        if new_skill {
+            fsync_dir(&self.root.join(&name))?;
+            fsync_dir(&self.root)?;
+        }
+        sync_tree(&v.dir)?;
         kill_point("smoked");
         std::fs::rename(&v.dir, &target).map_err(io("install", &target))?;
         fsync_dir(versions)?;
@@ -278,6 +301,7 @@ impl Store {
     }
 
     fn make_active(&self, name: &str, version: &semver::Version) -> Result<Entry, StoreError> {
+        let name = self.checked(name)?;
         let state = self.state(name)?.ok_or_else(|| StoreError::Refused(format!("no skill {name:?} is installed")))?;
         if !self.dir(name, version).is_dir() {
             return Err(StoreError::Refused(format!("{name} {version} is not installed; install its bundle first")));
@@ -321,10 +345,4 @@ fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }

@@ -31,7 +31,6 @@ use super::auth::Tokens;
 use super::http::{problem, reply, spool, unauthorized};
 use super::push::Robots;
 use super::{FleetError, io};
-use crate::skill::Skill;
 use crate::skill::bundle::{self, Limits};
 use crate::skill::manifest::Provenance;
 
@@ -267,11 +266,10 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
 /// already there.
 fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
     let scratch = s.root.join(".incoming").join(format!("unpack-{n}"));
-    let verified = bundle::unpack(path, &s.trusted, &scratch, s.limits);
-    let manifest = verified.as_ref().ok().map(|v| Skill::load(&v.dir).map(|k| k.manifest));
+    let verified = bundle::unpack_loaded(path, &s.trusted, &scratch, s.limits);
     let _ = std::fs::remove_dir_all(&scratch);
-    let v = verified.map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let manifest = manifest.expect("verified").map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let (v, skill) = verified.map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let manifest = skill.manifest;
     let c = &v.contents;
     let entry = CatalogEntry {
         name: c.name.clone(),

@@ -326,6 +326,17 @@ fn safe_path(raw: &Path) -> Result<PathBuf, String> {
 /// one of `trusted`, and loading as a skill. On any failure `dest` is removed and nothing else is
 /// touched.
 pub fn unpack(bundle: &Path, trusted: &[VerifyingKey], dest: &Path, limits: Limits) -> Result<Verified, BundleError> {
+    unpack_loaded(bundle, trusted, dest, limits).map(|(v, _)| v)
+}
+
+/// As [`unpack`], also handing back the skill loaded while checking it, so a caller that runs
+/// it next (the store's smoke test) does not parse and optimise the model a second time.
+pub fn unpack_loaded(
+    bundle: &Path,
+    trusted: &[VerifyingKey],
+    dest: &Path,
+    limits: Limits,
+) -> Result<(Verified, Skill), BundleError> {
     if dest.exists() {
         return Err(BundleError::Rejected {
             path: dest.to_path_buf(),
@@ -339,7 +350,12 @@ pub fn unpack(bundle: &Path, trusted: &[VerifyingKey], dest: &Path, limits: Limi
     result
 }
 
-fn unpack_into(bundle: &Path, trusted: &[VerifyingKey], dest: &Path, limits: Limits) -> Result<Verified, BundleError> {
+fn unpack_into(
+    bundle: &Path,
+    trusted: &[VerifyingKey],
+    dest: &Path,
+    limits: Limits,
+) -> Result<(Verified, Skill), BundleError> {
     let reject = |problem: String| BundleError::Rejected { path: bundle.to_path_buf(), problem };
     let file = File::open(bundle).map_err(io("open", bundle))?;
     let size = file.metadata().map_err(io("read", bundle))?.len();
@@ -473,7 +489,7 @@ fn unpack_into(bundle: &Path, trusted: &[VerifyingKey], dest: &Path, limits: Lim
             skill.manifest.name, skill.manifest.version, skill.digest, contents.name, contents.version, contents.digest
         )));
     }
-    Ok(Verified { contents, signer: sig.key, dir: skill_dir })
+    Ok((Verified { contents, signer: sig.key, dir: skill_dir }, skill))
 }
 
 /// What a bundle says it holds, read without checking anything: for labels and reports only,

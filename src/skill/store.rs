@@ -248,7 +248,7 @@ impl Store {
         scratch: &Path,
         check: &dyn Fn(&Skill, bool) -> Result<(), String>,
     ) -> Result<Entry, StoreError> {
-        let v = bundle::unpack(bundle_path, trusted, scratch, limits)?;
+        let (v, loaded) = bundle::unpack_loaded(bundle_path, trusted, scratch, limits)?;
         kill_point("unpacked");
         let (name, version) = (v.contents.name.clone(), v.contents.version.clone());
         let state = self.state(&name)?;
@@ -267,7 +267,7 @@ impl Store {
                 "{name} {version} is already installed; activate it instead, or bump the version"
             )));
         }
-        let skill = smoke(&v.dir).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
+        let skill = smoke(loaded).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
         check(&skill, v.contents.downgrade).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
         drop(skill);
         let versions = target.parent().expect("a versions folder");
@@ -326,9 +326,8 @@ impl Store {
     }
 }
 
-/// Loads the skill and runs one inference on its mean observation: the output must be finite.
-fn smoke(dir: &Path) -> Result<Skill, String> {
-    let mut skill = Skill::load(dir).map_err(|e| format!("the skill does not load: {e}"))?;
+/// Runs one inference of the loaded skill on its mean observation: the output must be finite.
+fn smoke(mut skill: Skill) -> Result<Skill, String> {
     let m = &skill.manifest;
     let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
     let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();

@@ -1180,7 +1180,10 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Bench(BenchCommand::Push { robots, mib, json }) => {
             let opts = skillgraft::bench::push::PushOptions { robots, mib, exe: std::env::current_exe()? };
-            let rows = skillgraft::bench::push::run(&opts, &mut |s| eprintln!("bench push: {s}"))?;
+            let dir = tempfile_dir()?;
+            let rows = skillgraft::bench::push::run(&opts, &dir, &mut |s| eprintln!("bench push: {s}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let rows = rows?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -1733,7 +1736,7 @@ fn demo(
     Ok(())
 }
 
-/// A fresh folder under the system's temporary folder, for a benchmark's episodes.
+/// A fresh folder under the system's temporary folder, for a benchmark's files.
 fn tempfile_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("skillgraft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::rig::{Feeder, Rig, peak_rss_mib};
+use super::rig::{Feeder, Rig};
 use crate::control::diagnostics::percentiles;
 
 /// One rate's figures.
@@ -93,7 +93,7 @@ pub fn control(skill_dir: &Path, rates: &[f64], seconds: f64, rt_priority: i64) 
         });
         rig.node.stop();
     }
-    Ok(ControlReport { skill: label, rows, peak_rss_mib: peak_rss_mib(), transport: backend, rt_priority })
+    Ok(ControlReport { skill: label, rows, peak_rss_mib: super::peak_rss_mib(None), transport: backend, rt_priority })
 }
 
 impl fmt::Display for ControlReport {

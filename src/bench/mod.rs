@@ -238,3 +238,12 @@ impl fmt::Display for InferenceReport {
         Ok(())
     }
 }
+
+/// Peak resident memory (`VmHWM`) of process `pid`, or of this one, MiB.
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -79,14 +79,6 @@ fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Peak resident memory of a running process (`VmHWM`), KiB. Read from `/proc` rather than
-/// `wait4`'s `ru_maxrss`, which also counts the forked copy of this process before `exec`.
-fn peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Runs `exe fleet push` and samples its peak memory until it exits.
 fn push(exe: &Path, bundle: &Path, robots: &Path) -> Result<(String, f64, f64), String> {
     let started = Instant::now();
@@ -106,11 +98,13 @@ fn push(exe: &Path, bundle: &Path, robots: &Path) -> Result<(String, f64, f64), 
         let _ = stdout.read_to_string(&mut s);
         s
     });
-    let mut peak = 0;
+    let mut peak = 0.0f64;
     loop {
         // The high-water mark only grows, so the last reading before the exit is the peak.
-        if let Some(k) = peak_kib(child.id()) {
-            peak = peak.max(k);
+        // From `/proc`, not `wait4`'s `ru_maxrss`, which also counts the forked copy of this
+        // process before `exec`.
+        if let Some(m) = super::peak_rss_mib(Some(child.id())) {
+            peak = peak.max(m);
         }
         match child.try_wait() {
             Ok(Some(_)) => break,
@@ -120,41 +114,14 @@ fn push(exe: &Path, bundle: &Path, robots: &Path) -> Result<(String, f64, f64), 
     }
     let total = started.elapsed().as_secs_f64();
     let out = reader.join().map_err(|_| "the reader thread failed".to_string())?;
-    Ok((out, total, peak as f64 / 1024.0))
+    Ok((out, total, peak))
 }
 
-/// Measures each bundle size.
-pub fn run(opts: &PushOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<PushRow>, String> {
+/// Measures each bundle size, with its skills, stores and keys in `dir`.
+pub fn run(opts: &PushOptions, dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Vec<PushRow>, String> {
     if opts.robots == 0 || opts.mib.is_empty() {
         return Err("give at least one robot and one bundle size".into());
     }
-    let dir = tempfile_dir()?;
-    let result = run_in(opts, dir.path(), progress);
-    drop(dir);
-    result
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> Result<TempDir, String> {
-    let d = std::env::temp_dir().join(format!("skillgraft-bench-push-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    Ok(TempDir(d))
-}
-
-fn run_in(opts: &PushOptions, dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Vec<PushRow>, String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let (secret, public) = bundle::new_key(&dir.join("fleet")).map_err(|x| e(&x))?;
     let key = bundle::read_secret(&secret).map_err(|x| e(&x))?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::rig::{Feeder, Rig, Stream, peak_rss_mib};
+use super::rig::{Feeder, Rig, Stream};
 use crate::control::diagnostics::percentiles;
 use crate::record::episode;
 use crate::ros::cdr;
@@ -152,7 +152,7 @@ pub fn record(skill_dir: &Path, dir: &Path, seconds: f64, reliability: &str) -> 
         lost: lost.iter().map(|(_, n)| n).sum(),
         lost_by_topic: lost,
         queue_dropped,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: super::peak_rss_mib(None),
     };
     rig.node.stop();
     Ok(report)

@@ -141,11 +141,3 @@ pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     true
 }
-
-/// Peak resident memory of this process, MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}

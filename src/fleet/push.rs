@@ -285,6 +285,23 @@ pub async fn status(robots: &Robots, timeout: Duration) -> Vec<RobotStatus> {
     futures::future::join_all(asks).await
 }
 
+/// One request to `base` (named `who` in errors): the reply, or why none came.
+async fn call(
+    who: &str,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    upload: &Upload,
+    timeout: Duration,
+) -> Result<Reply, FleetError> {
+    let uri = join(base, path).map_err(|e| FleetError::Config(e.to_string()))?;
+    Client::new(timeout)
+        .request(method, uri, token, upload, timeout)
+        .await
+        .map_err(|e| FleetError::Remote(format!("{who}: {e}")))
+}
+
 /// Sends a request to one robot of the registry (activate, rollback): the reply, or why none.
 pub async fn ask(
     robot: &Robot,
@@ -293,11 +310,7 @@ pub async fn ask(
     upload: Upload,
     timeout: Duration,
 ) -> Result<Reply, FleetError> {
-    let uri = join(&robot.url, path).map_err(|e| FleetError::Config(e.to_string()))?;
-    Client::new(timeout)
-        .request(method, uri, &robot.token, &upload, timeout)
-        .await
-        .map_err(|e| FleetError::Remote(format!("{}: {e}", robot.name)))
+    call(&robot.name, &robot.url, method, path, &robot.token, &upload, timeout).await
 }
 
 /// Uploads a bundle to the fleet server's catalog; returns the catalog entry.
@@ -307,11 +320,7 @@ pub async fn upload(
     token: &str,
     timeout: Duration,
 ) -> Result<serde_json::Value, FleetError> {
-    let uri = join(fleet, "/catalog").map_err(|e| FleetError::Config(e.to_string()))?;
-    let r = Client::new(timeout)
-        .request(Method::POST, uri, token, &Upload::File(bundle.into()), timeout)
-        .await
-        .map_err(|e| FleetError::Remote(format!("{fleet}: {e}")))?;
+    let r = call(fleet, fleet, Method::POST, "/catalog", token, &Upload::File(bundle.into()), timeout).await?;
     if r.status.is_success() {
         Ok(r.body)
     } else {
@@ -321,11 +330,7 @@ pub async fn upload(
 
 /// Reads the fleet server's catalog.
 pub async fn catalog(fleet: &str, token: &str, timeout: Duration) -> Result<serde_json::Value, FleetError> {
-    let uri = join(fleet, "/catalog").map_err(|e| FleetError::Config(e.to_string()))?;
-    let r = Client::new(timeout)
-        .request(Method::GET, uri, token, &Upload::Empty, timeout)
-        .await
-        .map_err(|e| FleetError::Remote(format!("{fleet}: {e}")))?;
+    let r = call(fleet, fleet, Method::GET, "/catalog", token, &Upload::Empty, timeout).await?;
     if r.status.is_success() {
         Ok(r.body)
     } else {

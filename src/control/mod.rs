@@ -811,10 +811,9 @@ impl From<TransportError> for LaunchError {
 /// The store's active version of `skill`, when the store has one: after a restart the robot
 /// runs what the fleet last installed, not the folder it was first launched with.
 fn from_store(skill: Skill, store: &std::path::Path) -> Result<Skill, LaunchError> {
-    let store = crate::skill::store::Store::open(store)
-        .map_err(|e| NodeError::Inbox(crate::fleet::FleetError::Config(e.to_string())))?;
+    let store = crate::skill::store::Store::open(store).map_err(NodeError::from)?;
     let name = skill.manifest.name.clone();
-    match store.state(&name).map_err(|e| NodeError::Inbox(crate::fleet::FleetError::Config(e.to_string())))? {
+    match store.state(&name).map_err(NodeError::from)? {
         Some(state) => {
             let dir = store.dir(&name, &state.active);
             let active = Skill::load(&dir)?;

@@ -261,13 +261,14 @@ async fn list(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     }
 }
 
-/// A store error as a reply, and the reason it is counted under.
-fn store_problem(e: &StoreError) -> (StatusCode, &'static str) {
-    match e {
+/// A store error as a refusal: the reply's status, the reason it is counted under, the message.
+fn refusal(e: StoreError) -> Refusal {
+    let (status, reason) = match &e {
         StoreError::Bundle(BundleError::Io { .. }) | StoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
         StoreError::Bundle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
         StoreError::Refused(_) => (StatusCode::CONFLICT, "refused"),
-    }
+    };
+    (status, reason, e.to_string())
 }
 
 async fn install(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
@@ -347,10 +348,7 @@ fn install_blocking(s: &Shared, path: &Path) -> Result<(crate::skill::store::Ent
         }
         _ => Ok(()),
     };
-    let entry = s.store.install_checked(path, &s.trusted, s.limits, &check).map_err(|e| {
-        let (status, reason) = store_problem(&e);
-        (status, reason, e.to_string())
-    })?;
+    let entry = s.store.install_checked(path, &s.trusted, s.limits, &check).map_err(refusal)?;
     let Some((runner, (name, _))) = running.filter(|(_, (n, _))| *n == entry.name) else { return Ok((entry, false)) };
     match swap(&*runner, &s.store, &name, &entry.state.active) {
         Ok(()) => Ok((entry, true)),
@@ -400,8 +398,9 @@ async fn rollback(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, 
     change(s, name, None).await
 }
 
-/// Activates `version` of `name` (None: the previous one): the node checks and swaps the skill
-/// first, so a version it cannot run is refused before the store changes.
+/// Activates `version` of `name` (None: the previous one): the node checks the skill before the
+/// store changes, so a version it cannot run is refused with the store untouched, and swaps to
+/// it after.
 async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) -> Response {
     if !crate::skill::manifest::valid_name(&name) {
         return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a skill name"));
@@ -409,17 +408,13 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
     let s2 = s.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
         let _one = s2.commit.lock().unwrap_or_else(|p| p.into_inner());
-        let refused = |e: StoreError| {
-            let (status, reason) = store_problem(&e);
-            (status, reason, e.to_string())
-        };
         let version = match version {
             Some(v) => v,
-            None => s2.store.rollback_target(&name).map_err(refused)?,
+            None => s2.store.rollback_target(&name).map_err(refusal)?,
         };
         let dir = s2.store.dir(&name, &version);
         if !dir.is_dir() {
-            return Err(refused(StoreError::Refused(format!(
+            return Err(refusal(StoreError::Refused(format!(
                 "{name} {version} is not installed; install its bundle first"
             ))));
         }
@@ -432,7 +427,7 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
             }
             None => None,
         };
-        let entry = s2.store.activate(&name, &version).map_err(refused)?;
+        let entry = s2.store.activate(&name, &version).map_err(refusal)?;
         if let (Some(r), Some(skill)) = (runner, skill) {
             r.swap(skill).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "swap", e))?;
         }

@@ -87,6 +87,7 @@ fn actions_follow_observations_from_a_cyclonedds_peer() {
     let (lower, upper) = ("[-0.03, -0.03, -0.03, -0.04, -0.04, -0.04]", "[0.03, 0.03, 0.03, 0.04, 0.04, 0.04]");
     let _node = Node::start(&[
         "blend_s:=0.0",
+        "estop_wait_s:=0.0",
         "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]",
         &format!("action.lower:={lower}"),
         &format!("action.upper:={upper}"),
@@ -118,7 +119,8 @@ fn the_safe_action_follows_within_the_max_age_when_observations_stop() {
     if !common::isolated("the_safe_action_follows_within_the_max_age_when_observations_stop") {
         return;
     }
-    let _node = Node::start(&["blend_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
+    let _node =
+        Node::start(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let report = peer("stale", &[]);
     assert!(close(&vec(&report["before"]), &vec(&report["expected"])), "{report}");
     let after: Vec<(f64, Vec<f64>)> =
@@ -139,7 +141,8 @@ fn bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_runnin
     if !common::isolated("bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_running") {
         return;
     }
-    let mut node = Node::start(&["blend_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
+    let mut node =
+        Node::start(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let r = peer("safety", &[]);
     let expected = vec(&r["expected"]);
     assert!(close(&vec(&r["good"]), &expected), "{r}");

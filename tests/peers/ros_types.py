@@ -99,23 +99,24 @@ class DiagnosticArray(IdlStruct, typename="diagnostic_msgs::msg::dds_::Diagnosti
     status: sequence[DiagnosticStatus] = field(default_factory=list)
 
 
-GID_LEN = 24  # Humble; 16 from Iron on
+def graph_types(gid_len):
+    """rmw_dds_common's ParticipantEntitiesInfo with a Gid of `gid_len` bytes: 24 up to Humble,
+    16 from Iron on. Built on demand, since both layouts share their DDS type names."""
 
+    @dataclass
+    class Gid(IdlStruct, typename="rmw_dds_common::msg::dds_::Gid_"):
+        data: array[uint8, gid_len] = field(default_factory=lambda: [0] * gid_len)
 
-@dataclass
-class Gid(IdlStruct, typename="rmw_dds_common::msg::dds_::Gid_"):
-    data: array[uint8, GID_LEN] = field(default_factory=lambda: [0] * GID_LEN)
+    @dataclass
+    class NodeEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::NodeEntitiesInfo_"):
+        node_namespace: bounded_str[256] = ""
+        node_name: bounded_str[256] = ""
+        reader_gid_seq: sequence[Gid] = field(default_factory=list)
+        writer_gid_seq: sequence[Gid] = field(default_factory=list)
 
+    @dataclass
+    class ParticipantEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::ParticipantEntitiesInfo_"):
+        gid: Gid = field(default_factory=Gid)
+        node_entities_info_seq: sequence[NodeEntitiesInfo] = field(default_factory=list)
 
-@dataclass
-class NodeEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::NodeEntitiesInfo_"):
-    node_namespace: bounded_str[256] = ""
-    node_name: bounded_str[256] = ""
-    reader_gid_seq: sequence[Gid] = field(default_factory=list)
-    writer_gid_seq: sequence[Gid] = field(default_factory=list)
-
-
-@dataclass
-class ParticipantEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::ParticipantEntitiesInfo_"):
-    gid: Gid = field(default_factory=Gid)
-    node_entities_info_seq: sequence[NodeEntitiesInfo] = field(default_factory=list)
+    return ParticipantEntitiesInfo

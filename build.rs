@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=AMENT_PREFIX_PATH");
-    // `rcl-check` type-checks r2r's doc-only stubs and links nothing.
-    if std::env::var_os("CARGO_FEATURE_RCL").is_none() || std::env::var_os("CARGO_FEATURE_RCL_CHECK").is_some() {
+    if std::env::var_os("CARGO_FEATURE_RCL").is_none() {
         return;
     }
     let prefixes: Vec<PathBuf> = std::env::var("AMENT_PREFIX_PATH")
@@ -24,17 +23,6 @@ fn main() {
 
 /// A ROS prefix that is a Python venv: the ROS 2 wheels from PyPI.
 fn wheels(prefix: &Path) {
-    let lib = prefix.join("lib");
-    // The wheels link rmw_fastrtps_cpp into librcl instead of building librmw_implementation,
-    // which r2r links: a linker script of that name stands in for it.
-    if !lib.join("librmw_implementation.so").exists() {
-        let shim = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("rmw-shim");
-        std::fs::create_dir_all(&shim).expect("create the rmw shim folder");
-        std::fs::write(shim.join("librmw_implementation.so"), "INPUT(-lrmw_fastrtps_cpp)\n")
-            .expect("write the rmw shim");
-        println!("cargo:rustc-link-search=native={}", shim.display());
-        println!("cargo:rustc-link-search=native={}", lib.display());
-    }
     // The wheels' librcl loads the message packages' Python extensions, which need libpython's
     // symbols: link the venv's own libpython, and find it at run time without LD_LIBRARY_PATH.
     let cfg = std::fs::read_to_string(prefix.join("pyvenv.cfg")).unwrap_or_default();

@@ -13,6 +13,9 @@ export AMENT_PREFIX_PATH="$_sg_venv"
 export ROS_DISTRO=jazzy
 # The wheels carry Fast DDS only, built into librcl; rcl exits 102 on any other RMW name.
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
+# The wheels link rmw_fastrtps_cpp into librcl instead of building librmw_implementation, which
+# r2r links (its build script too): a linker script of that name stands in for it.
+[ -e "$_sg_venv/lib/librmw_implementation.so" ] || echo 'INPUT(-lrmw_fastrtps_cpp)' >"$_sg_venv/lib/librmw_implementation.so"
 # The ROS libraries, and the ros_*.libs folders of libraries the wheels bundle (tinyxml2, ...),
 # whose RPATHs do not resolve from $VENV/lib.
 _sg_libs="$_sg_venv/lib"

@@ -98,14 +98,14 @@ pub fn json_f32(v: &serde_json::Value) -> Vec<f32> {
 }
 
 /// The Python with the ROS peers' packages (tools/requirements-ros.txt): `SKILLGRAFT_ROS_PYTHON`,
-/// or `.venv-ros` in the repository, which `.ci/run` makes.
+/// or the venv tools/test.sh makes in the target folder.
 pub fn ros_python() -> PathBuf {
-    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ros/bin/python"));
+    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target folder").join("venv-ros/bin/python")
+    });
     assert!(
         p.exists(),
-        "{} not found: these tests need the Python of the CycloneDDS and MCAP peers. .ci/run makes it; by hand: python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt",
+        "{} not found: these tests need the Python of the ROS 2 peers; tools/test.sh makes it (and runs every test)",
         p.display()
     );
     p

@@ -19,6 +19,7 @@ Modes:
             and services by node name
   params    (rclpy) the node's parameters through rclpy's parameter client: list, describe, get,
             a limit set and the next actions clamped to it, sets that must be refused
+  service   (cyclone) list_parameters called with rmw_cyclonedds' request header
   adapt     (rclpy) three demonstrations of a teacher skill (--teacher), `ridge` on ~/adapt, the
             status until the adapted skill runs, and the node's actions then
 """
@@ -452,6 +453,24 @@ def check_file(path, sent, skill):
         "bad_publish_time": undecodable, "metadata": meta.get("skillgraft.episode", {})}
 
 
+def service(peer, args):
+    """(cyclone) `/skillgraft/list_parameters` called the way rmw_cyclonedds calls a service."""
+    mw = peer.mw
+    t = mw.t
+    request = mw.writer("/skillgraft/list_parametersRequest", t.ListParametersCycloneRequest, "reliable", prefix="rq")
+    replies = mw.reader("/skillgraft/list_parametersReply", t.ListParametersCycloneResponse, "reliable", prefix="rr")
+    client, seq = 0x1122334455667788, 42
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        request.write(t.ListParametersCycloneRequest(client=client, seq=seq, prefixes=["action"], depth=0))
+        time.sleep(0.2)
+        for r in replies.take(10):
+            return {"client": r.client == client, "seq": r.seq, "names": list(r.result.names),
+                    "prefixes": list(r.result.prefixes)}
+        seq += 1
+    return {"error": "no reply to list_parameters within 20 s"}
+
+
 def graph(peer, args):
     vec, msgs = peer.observation()
     end = time.monotonic() + args.wait
@@ -576,7 +595,8 @@ def last(got):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["follow", "stale", "safety", "latched", "record", "graph", "params", "adapt"])
+    ap.add_argument("mode", choices=["follow", "stale", "safety", "latched", "record", "graph", "params", "adapt",
+                                     "service"])
     ap.add_argument("--via", choices=["cyclone", "rclpy"], default="cyclone")
     ap.add_argument("--gid-len", type=int, default=24, help="Gid bytes in ros_discovery_info (cyclone)")
     ap.add_argument("--obs-qos", choices=["reliable", "sensor"], default="reliable",
@@ -599,7 +619,7 @@ def main():
         print(json.dumps({"error": "no action from the node within 30 s"}))
         return 1
     modes = {"follow": follow, "stale": stale, "safety": safety, "latched": latched, "record": record, "graph": graph,
-             "params": params, "adapt": adapt}
+             "params": params, "adapt": adapt, "service": service}
     report = modes[args.mode](peer, args)
     report["nodes"] = sorted(mw.nodes())
     print(json.dumps(report))

@@ -5,7 +5,7 @@ of skillgraft's Rust structs."""
 from dataclasses import dataclass, field
 
 from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.types import array, bounded_str, float64, int32, sequence, uint8, uint32
+from cyclonedds.idl.types import array, bounded_str, float64, int32, int64, sequence, uint8, uint32, uint64
 
 
 @dataclass
@@ -120,3 +120,27 @@ def graph_types(gid_len):
         node_entities_info_seq: sequence[NodeEntitiesInfo] = field(default_factory=list)
 
     return ParticipantEntitiesInfo
+
+
+@dataclass
+class ListParametersCycloneRequest(IdlStruct, typename="rcl_interfaces::srv::dds_::ListParameters_Request_"):
+    """rcl_interfaces/srv/ListParameters' request as rmw_cyclonedds puts it on the wire: its request
+    header (the client's id and a sequence number) before the fields."""
+    client: uint64 = 0
+    seq: int64 = 0
+    prefixes: sequence[str] = field(default_factory=list)
+    depth: uint64 = 0
+
+
+@dataclass
+class ListParametersResult(IdlStruct, typename="rcl_interfaces::msg::dds_::ListParametersResult_"):
+    names: sequence[str] = field(default_factory=list)
+    prefixes: sequence[str] = field(default_factory=list)
+
+
+@dataclass
+class ListParametersCycloneResponse(IdlStruct, typename="rcl_interfaces::srv::dds_::ListParameters_Response_"):
+    """The response, with the request header echoed before the fields."""
+    client: uint64 = 0
+    seq: int64 = 0
+    result: ListParametersResult = field(default_factory=ListParametersResult)

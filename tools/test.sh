@@ -4,9 +4,12 @@
 #     installed when missing and root), then the peers' Python and the ROS 2 wheels (pinned in
 #     tools/requirements-ros.txt) in ${CARGO_TARGET_DIR:-target}/venv-ros, remade when the
 #     requirements change;
-#  2. `cargo test --workspace` (default features: the RustDDS transport), with any arguments given;
+#  2. `cargo test --workspace` (default features: the RustDDS transport), with any arguments given
+#     (e.g. `tools/test.sh --test ros2_interop`);
 #  3. the ROS 2 tests again over the rcl transport (`--features rcl`, r2r built for real against
-#     the ROS 2 wheels; tools/ros2-env.sh), unless SKILLGRAFT_TEST_RCL=0.
+#     the ROS 2 wheels; tools/ros2-env.sh), then `colcon build` of the package against the same
+#     ROS prefix with its install layout checked (tools/colcon-check.sh). SKILLGRAFT_TEST_RCL=0
+#     skips this part, =1 runs it; by default it runs when no arguments narrow the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -41,8 +44,9 @@ export SKILLGRAFT_ROS_PYTHON="$venv/bin/python"
 
 cargo test --workspace --locked "$@"
 
-if [[ "${SKILLGRAFT_TEST_RCL:-1}" != 0 ]]; then
+if [[ "${SKILLGRAFT_TEST_RCL:-$(($# == 0))}" != 0 ]]; then
   # shellcheck source=tools/ros2-env.sh
   . tools/ros2-env.sh "$venv"
   cargo test --locked --features rcl --test ros2_interop
+  SKILLGRAFT_VENV="$venv" tools/colcon-check.sh
 fi

@@ -97,7 +97,7 @@ pub struct InboxStats {
 impl InboxStats {
     fn reject(&self, reason: &'static str, message: &str) {
         // Messages quote names from the bundle shortened already; this bounds everything else.
-        let message = bundle::shown(message);
+        let message = clipped(message, 2048);
         tracing::warn!(reason, "bundle rejected: {message}");
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
         *self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
@@ -126,6 +126,18 @@ impl crate::control::diagnostics::Counted for InboxStats {
         }
         v
     }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn clipped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 struct Shared {

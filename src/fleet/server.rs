@@ -279,7 +279,7 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
             )
         }
         Ok(Err((status, message))) => {
-            let message = bundle::shown(&redact(&message, &s.root));
+            let message = redact(&message, &s.root);
             tracing::warn!("catalog upload refused: {message}");
             problem(status, message)
         }

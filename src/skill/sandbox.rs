@@ -133,6 +133,12 @@ impl Sandbox {
         {
             return match a {
                 Answer::Verified(v) => Ok(v),
+                // tract turns a failed allocation into an error: the cap, not the bundle's
+                // wording, is what the reader needs to know.
+                Answer::Rejected(problem) if problem.contains("failed to allocate") => Err(reject(format!(
+                    "{problem}: checking it needed more than the worker's memory limit of {} MiB",
+                    self.memory_mib
+                ))),
                 Answer::Rejected(problem) => Err(reject(problem)),
                 Answer::Io { action, path, message, os } => Err(BundleError::Io {
                     action: leak_action(&action),

@@ -329,3 +329,41 @@ pub fn hostile(
         ),
     ]
 }
+
+/// The example skill with a branch on its input that makes 4 GiB of zeros and adds their sum (0)
+/// to the observation: a valid skill whose loading or first inference needs more memory than a
+/// bundle check worker may have. What a careless, trusted fleet could sign.
+pub fn memory_hog(dir: &Path) -> PathBuf {
+    use prost::Message;
+    use tract_onnx::pb::{NodeProto, TensorProto, tensor_proto::DataType};
+    let out = dir.join("hog");
+    super::copy_tree(&example(), &out);
+    let path = out.join("policy.onnx");
+    let mut model = tract_onnx::pb::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let g = model.graph.as_mut().unwrap();
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut().filter(|i| *i == "obs") {
+            *i = "obs_hogged".into();
+        }
+    }
+    g.initializer.push(TensorProto {
+        name: "hog_shape".into(),
+        dims: vec![1],
+        data_type: DataType::Int64 as i32,
+        int64_data: vec![1 << 30],
+        ..Default::default()
+    });
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        name: format!("hog_{output}"),
+        ..Default::default()
+    };
+    let mut zeros = node("ConstantOfShape", &["hog_shape"], "hog_zeros");
+    zeros.attribute.push(super::onnx_builder::attr_t("value", super::onnx_builder::tensor("v", &[1], &[0.0])));
+    let hog = vec![zeros, node("ReduceSum", &["hog_zeros"], "hog_sum"), node("Add", &["obs", "hog_sum"], "obs_hogged")];
+    g.node.splice(0..0, hog);
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    out
+}

@@ -779,3 +779,123 @@ fn a_bundle_needing_more_memory_than_the_worker_may_have_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("memory limit of 1024 MiB"), "{err}");
 }
+
+/// Every attack on a running node's inbox: the hostile archives, a signed bundle needing 4 GiB,
+/// connections that never finish their head, a stranger's large bodies. Each is refused, the
+/// store stays as it was, and the control loop ticks through all of it (every /diagnostics
+/// period reports ticks, and the node is still running at the end).
+#[test]
+fn the_node_ticks_through_every_attack_on_its_inbox() {
+    if !common::isolated("the_node_ticks_through_every_attack_on_its_inbox") {
+        return;
+    }
+    use skillgraft::ros::cdr;
+    use skillgraft::ros::dds::DdsTransport;
+    use skillgraft::ros::msg::{DiagnosticArray, RosMessage};
+    use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = bundles::keys(d, "fleet");
+    let (tokens, t) = token(d, "robot.token");
+    let store = d.join("store");
+    let skill = d.join("launched");
+    common::copy_tree(&bundles::example(), &skill);
+    let addr = "127.0.0.1:8740";
+    let mut args: Vec<String> = ["run", skill.to_str().unwrap(), "--ros-args"].iter().map(|s| s.to_string()).collect();
+    for p in [
+        format!("store_dir:={}", store.display()),
+        format!("inbox_tokens:={}", tokens.display()),
+        format!("inbox_trust:=['{}']", public.display()),
+        "diagnostics_period_s:=0.2".to_string(),
+    ] {
+        args.push("-p".into());
+        args.push(p);
+    }
+    let log = d.join("node.log");
+    let mut node = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(&args)
+            .env("ROS_DOMAIN_ID", "48")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        addr: addr.to_string(),
+        log: Default::default(),
+    };
+    let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the node's inbox never listened on {addr}: {}", node_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peer = DdsTransport::new(NodeIdentity { name: "watcher".into(), namespace: "/".into() }, 48, true).unwrap();
+    let rates: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let sink = rates.clone();
+    peer.subscribe(
+        "/diagnostics",
+        DiagnosticArray::TYPE,
+        Qos::RELIABLE,
+        Box::new(move |s| {
+            let a = cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap();
+            if let Some(r) = a.status[0].values.iter().find(|kv| kv.key == "rate_hz") {
+                sink.lock().unwrap().push(r.value.parse().unwrap());
+            }
+        }),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rates.lock().unwrap().iter().filter(|r| **r > 0.0).count() < 2 {
+        assert!(Instant::now() < deadline, "no ticking reported on /diagnostics: {}", node_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b1 = bundles::pack(d, &key, "0.1.0", &[]);
+    assert_eq!(post_bundle(addr, "/skills", &t, &b1).0, 201);
+    let before = store_files(&store);
+    rates.lock().unwrap().clear();
+
+    let bad_dir = d.join("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let mut attacks = bundles::bad(&bad_dir, &b1, &key);
+    let hog_dir = bundles::memory_hog(d);
+    let hog = d.join("hog.skill");
+    let (manifest, model) =
+        (std::fs::read(hog_dir.join("skill.toml")).unwrap(), std::fs::read(hog_dir.join("policy.onnx")).unwrap());
+    bundles::signed(&hog, &key, "example-arm6", "0.1.0", &[("skill.toml", &manifest), ("policy.onnx", &model)]);
+    attacks.push(("4 GiB model", hog, "allocate"));
+    for (name, path, want) in &attacks {
+        let (status, body) = post_bundle(addr, "/skills", &t, path);
+        assert_eq!(status, 422, "{name}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(want), "{name}: expected {want:?} in {body}");
+        assert_eq!(store_files(&store), before, "{name} changed the store");
+    }
+    let partial: Vec<TcpStream> = (0..100)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(addr).ok()?;
+            let _ = s.write_all(b"POST /skills HTTP/1.1\r\nHost: x\r\n");
+            Some(s)
+        })
+        .collect();
+    for path in ["/skills", "/skills/example-arm6/activate"] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2000000\r\n\r\n");
+        if let Some((status, _)) = raw(addr, head.as_bytes(), b"", true) {
+            assert_eq!(status, 401, "{path}");
+        }
+    }
+    drop(partial);
+    let health = healthy(addr, &t, Duration::from_secs(30));
+    assert_eq!(health["bundles_rejected_by_reason"]["invalid"], attacks.len(), "{health}");
+    // Two more periods after the last attack, so every period of it has been reported.
+    let seen = rates.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rates.lock().unwrap().len() < seen + 2 {
+        assert!(Instant::now() < deadline, "/diagnostics stopped: {}", node_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rates = rates.lock().unwrap().clone();
+    assert!(rates.len() >= 3 && rates.iter().all(|r| *r > 0.0), "a period without ticks during the attacks: {rates:?}");
+    assert!(node.child.try_wait().unwrap().is_none(), "the node is still running: {}", node_log());
+    assert_eq!(store_files(&store), before);
+    assert!(!node_log().contains("panicked at"), "{}", node_log());
+}

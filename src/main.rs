@@ -729,6 +729,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The node's tick latency while its inbox installs a large bundle and while it receives
+    /// each attack of issue 15 (hostile archives, a model needing 4 GiB, unfinished request
+    /// heads, uploads at 1 byte/s, bodies without a token), against an idle phase.
+    #[cfg(feature = "dds")]
+    InboxAttack {
+        /// Skill the node runs.
+        #[arg(long, default_value = "skills/example-arm6")]
+        skill: PathBuf,
+        /// Control rate, Hz.
+        #[arg(long, default_value_t = 500.0)]
+        rate_hz: f64,
+        /// Size of the legitimate bundle installed, MiB.
+        #[arg(long, default_value_t = 64)]
+        big_mib: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Adaptation next to its references in one run (ridge against scikit-learn, finetune of a
     /// 512→256→6 head against PyTorch), then the node's tick latency while it adapts.
     Adapt {
@@ -1196,6 +1214,15 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             print(&report?, json)
         }
         #[cfg(feature = "dds")]
+        #[cfg(feature = "dds")]
+        Command::Bench(BenchCommand::InboxAttack { skill, rate_hz, big_mib, json }) => {
+            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
+            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+            let dir = tempfile_dir()?;
+            let report = skillgraft::bench::inbox_attack::inbox_attack(&skill, rate_hz, big_mib, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            print(&report?, json)
+        }
         Command::Bench(BenchCommand::Control { skill, rates, seconds, rt_priority, json }) => {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };

@@ -15,6 +15,8 @@ pub mod bridge;
 #[cfg(feature = "dds")]
 pub mod control;
 pub mod gpu;
+#[cfg(feature = "dds")]
+pub mod inbox_attack;
 pub mod push;
 #[cfg(feature = "dds")]
 pub mod record;

@@ -50,7 +50,7 @@ pub struct PushRow {
 
 /// A skill for the simulated arm whose policy weighs about `mib` MiB: two hidden layers of
 /// random weights, the second the features.
-fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
+pub(crate) fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
     let mut manifest =
         crate::sim::episodes::manifest("push-bench", "arm-a", &crate::sim::episodes::Scaling::identity());
     let (inputs, outputs) = (manifest.input_width(), manifest.action_width());

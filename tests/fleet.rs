@@ -686,6 +686,7 @@ fn the_inbox_outlasts_slow_and_unauthenticated_clients() {
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(text.starts_with("HTTP/1.1 401"), "{path}: {text}");
     }
+    assert_eq!(store_files(&store), before, "the refused requests changed the store");
 
     // Two token holders trickle 1 byte/s into both upload slots; a real push queues behind
     // them, and gets in when they are cut off for being too slow.

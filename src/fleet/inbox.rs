@@ -510,3 +510,52 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node whose control thread refuses every swap (it has stopped, say).
+    struct Stopped;
+
+    impl Runner for Stopped {
+        fn running(&self) -> (String, String) {
+            ("example-arm6".into(), "0.0.1".into())
+        }
+        fn check(&self, _: &Manifest) -> Result<(), String> {
+            Ok(())
+        }
+        fn swap(&self, _: Skill) -> Result<(), String> {
+            Err("the control thread has stopped".into())
+        }
+    }
+
+    #[test]
+    fn an_install_the_node_cannot_swap_in_is_undone_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, _) = bundle::new_key(&dir.path().join("fleet")).unwrap();
+        let key = bundle::read_secret(&secret).unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6");
+        let file = dir.path().join("b.skill");
+        bundle::pack(&example, &key, &file, None).unwrap();
+        let tokens = dir.path().join("tokens");
+        super::super::auth::new_token(&tokens).unwrap();
+        let shared = Shared {
+            commit: Mutex::new(()),
+            uploads: Arc::new(tokio::sync::Semaphore::new(1)),
+            http: HttpLimits::default(),
+            store: Store::open(&dir.path().join("store")).unwrap(),
+            trusted: vec![key.verifying_key()],
+            tokens: Tokens::load(&tokens).unwrap(),
+            limits: Limits::default(),
+            runner: Some(Arc::new(Stopped)),
+            stats: Arc::default(),
+        };
+        let (status, reason, message) = install_blocking(&shared, &file).unwrap_err();
+        assert_eq!((status, reason), (StatusCode::INTERNAL_SERVER_ERROR, "swap"));
+        assert!(message.contains("installed example-arm6 0.1.0, but the node could not swap it in"), "{message}");
+        assert!(message.contains("the store is back as it was"), "{message}");
+        assert_eq!(shared.store.state("example-arm6").unwrap(), None);
+        assert!(shared.store.list().unwrap().is_empty(), "the first install is removed");
+    }
+}

@@ -4,7 +4,7 @@
 //! manifest through its digest). Nothing is trusted until the whole archive has been read into a
 //! fresh folder, every file matches the list, and the signature is by a trusted key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -643,9 +643,12 @@ fn not_first(found: &str) -> String {
     )
 }
 
+/// The signed list: each path with its digest and size.
+type Listed = BTreeMap<String, (String, u64)>;
+
 /// The signed list as a map, after checking it: canonical safe paths, each once, none both a file
 /// and a folder, within the limits.
-fn check_list(contents: &Contents, limits: Limits) -> Result<BTreeMap<String, (String, u64)>, String> {
+fn check_list(contents: &Contents, limits: Limits) -> Result<Listed, String> {
     if contents.files.len() > limits.max_entries {
         return Err(format!(
             "the signed list has {} files, over the limit of {}",
@@ -688,7 +691,7 @@ fn check_signed(
     sig: &[u8],
     trusted: &[VerifyingKey],
     limits: Limits,
-) -> Result<(Contents, String, BTreeMap<String, (String, u64)>), String> {
+) -> Result<(Contents, String, Listed), String> {
     let sig: SignatureFile = serde_json::from_slice(sig).map_err(|e| format!("{SIGNATURE} is malformed: {e}"))?;
     let signer = trusted.iter().find(|k| key_id(k) == sig.key).ok_or_else(|| {
         format!(
@@ -755,8 +758,8 @@ fn unpack_into(
     let skill_dir = dest.join(SKILL_DIR);
     std::fs::create_dir_all(&skill_dir).map_err(io("create", &skill_dir))?;
     let mut json: Option<Vec<u8>> = None;
-    let mut signed: Option<(Contents, String, BTreeMap<String, (String, u64)>)> = None;
-    let mut found: BTreeMap<String, ()> = BTreeMap::new();
+    let mut signed: Option<(Contents, String, Listed)> = None;
+    let mut found: BTreeSet<String> = BTreeSet::new();
     let mut walker = Walker::new(limits);
     let entries =
         archive.entries().map_err(|e| reject(format!("not a skillgraft bundle: {}", read_error(e))))?.raw(true);
@@ -794,7 +797,7 @@ fn unpack_into(
         let Some((digest, listed_size)) = listed.get(inner) else {
             return Err(reject(format!("{} is in the archive but not in the signed list", shown(inner))));
         };
-        if found.insert(inner.to_string(), ()).is_some() {
+        if !found.insert(inner.to_string()) {
             return Err(reject(format!("entry {} appears twice", shown(&name))));
         }
         if size != *listed_size {
@@ -830,7 +833,7 @@ fn unpack_into(
     let (contents, signer, listed) = signed.ok_or_else(|| {
         reject(format!("no {SIGNATURE}: the bundle is not signed; pack it with `skillgraft bundle pack --key`"))
     })?;
-    if let Some(missing) = listed.keys().find(|p| !found.contains_key(*p)) {
+    if let Some(missing) = listed.keys().find(|p| !found.contains(*p)) {
         return Err(reject(format!("{} is listed but missing", shown(missing))));
     }
     // Messages name files as the bundle does (`skill.toml`), not by the scratch folder they
@@ -890,4 +893,50 @@ pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents(downgrade: bool, targets: &[&str], expires: Option<&str>) -> Contents {
+        Contents {
+            format: FORMAT,
+            name: "s".into(),
+            version: "1.0.0".parse().unwrap(),
+            digest: String::new(),
+            downgrade,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            expires: expires.map(str::to_string),
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn a_downgrade_holds_only_for_its_robots_until_it_expires() {
+        let now = humantime::parse_rfc3339("2026-12-01T12:00:00Z").unwrap();
+        let later = "2026-12-02T12:00:00Z";
+        assert!(contents(true, &["arm-1"], Some(later)).downgrade_for("arm-1", None, now).is_ok());
+        assert!(contents(true, &["lab"], Some(later)).downgrade_for("arm-1", Some("lab"), now).is_ok());
+        let cases: &[(Contents, &str)] = &[
+            (contents(false, &["arm-1"], Some(later)), "not signed as a downgrade"),
+            (contents(true, &["arm-2"], Some(later)), "is for `arm-2`, not for this robot \"arm-1\""),
+            (contents(true, &["arm-1"], Some("2026-12-01T11:59:59Z")), "expired at 2026-12-01T11:59:59Z"),
+            (contents(true, &["arm-1"], None), "without an expiry"),
+            (contents(true, &[], Some(later)), "names no robot"),
+            (contents(true, &["arm-1"], Some("soon")), "is not a date"),
+        ];
+        for (c, want) in cases {
+            let e = c.downgrade_for("arm-1", None, now).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_in_messages_are_escaped_and_cut_short() {
+        assert_eq!(shown("a\nb"), "`a\\nb`");
+        let long = "x".repeat(1 << 20);
+        let s = shown(&long);
+        assert!(s.len() < 200 && s.ends_with("(1048576 bytes)"), "{s}");
+    }
 }

@@ -165,7 +165,10 @@ fn death(status: std::process::ExitStatus, last_words: &str, memory_mib: u64, cp
         return format!("checking it needed more than the worker's memory limit of {memory_mib} MiB");
     }
     match status.signal() {
-        Some(libc::SIGXCPU) | Some(libc::SIGKILL) => format!("checking it used more than {cpu} s of CPU"),
+        Some(libc::SIGXCPU) => format!("checking it used more than {cpu} s of CPU"),
+        Some(libc::SIGKILL) => format!(
+            "the bundle check worker was killed: it used more than {cpu} s of CPU, or the system ran out of memory"
+        ),
         Some(libc::SIGXFSZ) => format!("it unpacks a file larger than the limit of {max_bytes} bytes"),
         _ => {
             let words = last_words.lines().last().unwrap_or_default();

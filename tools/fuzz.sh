@@ -9,17 +9,32 @@
 # cargo-fuzz needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept
 # them. Installs cargo-fuzz when missing. Crashes are written to */fuzz/artifacts/TARGET/ and
 # make the script fail.
+#
+#   tools/fuzz.sh [SECONDS [TARGET...]]     TARGETs: decoder bundle manifest (default: all three)
+#
+# With CARGO_TARGET_DIR set (a runner keeping a warm target/), the instrumented builds go below
+# it, so they are kept too.
 set -euo pipefail
 seconds="${1:-60}"
+shift || true
+[[ $# -gt 0 ]] && targets=("$@") || targets=(decoder bundle manifest)
 root="$(cd "$(dirname "$0")/.." && pwd)"
+want() { [[ " ${targets[*]} " == *" $1 "* ]]; }
+# Each fuzz crate has its own target folder: instrumented builds cannot share artifacts with
+# normal ones.
+firmware_target="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz-firmware}"
+firmware_target="${firmware_target:-$root/firmware-bridge/fuzz/target}"
+skillgraft_target="${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/fuzz-skillgraft}"
+skillgraft_target="${skillgraft_target:-$root/fuzz/target}"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-# Each fuzz crate has its own target folder: instrumented builds cannot share artifacts with
-# normal ones.
-cd "$root/firmware-bridge/fuzz"
-CARGO_TARGET_DIR="$PWD/target" RUSTC_BOOTSTRAP=1 cargo fuzz run decoder -- -max_total_time="$seconds" -max_len=4096
+if want decoder; then
+  cd "$root/firmware-bridge/fuzz"
+  CARGO_TARGET_DIR="$firmware_target" RUSTC_BOOTSTRAP=1 cargo fuzz run decoder -- -max_total_time="$seconds" -max_len=4096
+fi
+want bundle || want manifest || exit 0
 
 cd "$root/fuzz"
 # Seeds: every committed manifest; the example skill as a tar whose first entry is a bundle.json
@@ -44,6 +59,7 @@ cp "$root"/skills/example-arm6/* "$seed/skill/"
 { printf '\002'; tar --format=gnu -cf - -C "$seed" bundle.json skill; } > corpus/bundle/example-arm6
 rm -rf "$seed"
 for target in bundle manifest; do
-  CARGO_TARGET_DIR="$PWD/target" RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --debug-assertions "$target" -- \
+  want "$target" || continue
+  CARGO_TARGET_DIR="$skillgraft_target" RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --debug-assertions "$target" -- \
     -max_total_time="$seconds" -max_len=1048576 -rss_limit_mb=2048 -timeout=30
 done

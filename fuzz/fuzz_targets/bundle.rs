@@ -67,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
         1 => zstd::encode_all(rest, 1).expect("in memory"),
         _ => zstd::encode_all(signed(rest).as_slice(), 1).expect("in memory"),
     };
-    let dir = std::env::temp_dir().join(format!("skillgraft-fuzz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "skillgraft-fuzz-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).expect("a scratch folder");
     let path = dir.join("b.skill");
     std::fs::File::create(&path).and_then(|mut f| f.write_all(&file)).expect("written");

@@ -382,10 +382,10 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
         }
         let opcode = bytes[at];
         let len = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().expect("8 bytes"));
+        // A length over the limit is a chunk the writer had not finished (its length is written
+        // last) or damage: the file is read up to there, like one cut short.
         if len > MAX_RECORD {
-            return Err(bad(format!(
-                "a record of {len} bytes at offset {at}, over the limit of {MAX_RECORD}; the file is damaged"
-            )));
+            break;
         }
         let len = len as usize;
         let Some(body) = bytes.get(at + 9..(at + 9).saturating_add(len)) else {
@@ -405,10 +405,7 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
         }
         if let Record::Chunk { header, .. } = &record {
             if header.uncompressed_size > MAX_RECORD {
-                return Err(bad(format!(
-                    "a chunk of {} bytes uncompressed at offset {at}, over the limit of {MAX_RECORD}; the file is damaged",
-                    header.uncompressed_size
-                )));
+                break;
             }
             let inner = match chunk_records(&bytes[at..at + 9 + len]) {
                 Ok(r) => r,
@@ -484,10 +481,10 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, EpisodeError> {
 
 #[cfg(test)]
 mod tests {
-    /// A record or a chunk claiming more than the limit is refused with a message, before
-    /// anything is allocated for it.
+    /// A record claiming more than the limit ends what is read, as a cut does: nothing is
+    /// allocated for it, and the rest is counted as trailing bytes.
     #[test]
-    fn records_over_the_limit_are_refused() {
+    fn records_over_the_limit_end_the_reading() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.mcap");
         let mut bytes = mcap::MAGIC.to_vec();
@@ -495,8 +492,9 @@ mod tests {
         bytes.extend((1u64 << 40).to_le_bytes());
         bytes.extend([0u8; 64]);
         std::fs::write(&path, &bytes).unwrap();
-        let e = super::read(&path).unwrap_err().to_string();
-        assert!(e.contains("a record of 1099511627776 bytes at offset 8, over the limit"), "{e}");
+        let file = super::read(&path).unwrap();
+        assert!(file.messages.is_empty() && !file.complete);
+        assert_eq!(file.trailing_bytes, 9 + 64);
     }
 
     #[test]

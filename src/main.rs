@@ -168,6 +168,28 @@ enum Command {
         /// Largest bundle, and largest unpacked skill, in MiB.
         #[arg(long, default_value_t = 512)]
         max_mib: u64,
+        /// Memory cap of the worker that checks each bundle, MiB (default: 1024 + 4 x --max-mib).
+        #[arg(long)]
+        worker_mib: Option<u64>,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// The worker that checks one bundle for an inbox, a store or a fleet server, under the
+    /// limits its parent set (see skill::sandbox); not for people.
+    #[command(name = "__check-bundle", hide = true)]
+    CheckBundle {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        dest: PathBuf,
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        #[arg(long)]
+        max_bytes: u64,
+        #[arg(long)]
+        max_entries: usize,
+        #[arg(long)]
+        max_seconds: u64,
     },
     /// The fleet: serve a catalog, push bundles to robots, upload adapted skills.
     #[command(subcommand)]
@@ -448,6 +470,8 @@ enum FleetCommand {
         /// Largest bundle, MiB.
         #[arg(long, default_value_t = 512)]
         max_mib: u64,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Push a bundle to every robot of a registry at once; prints one line per robot.
     Push {
@@ -543,9 +567,16 @@ enum BundleCommand {
         /// The bundle to write (default: NAME-VERSION.skill here).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Allow robots to install it over a newer version.
-        #[arg(long)]
+        /// Allow the robots named by --for to install it over a newer version, until it expires.
+        #[arg(long, requires_all = ["targets", "expires_in"])]
         downgrade: bool,
+        /// A robot (or fleet) the downgrade is for, as its store names itself (`store identify`);
+        /// repeat for several.
+        #[arg(long = "for", value_name = "ROBOT", requires = "downgrade")]
+        targets: Vec<String>,
+        /// How long the downgrade stays valid (e.g. 2h, 1d; at most 30 days).
+        #[arg(long, value_parser = humantime::parse_duration, requires = "downgrade")]
+        expires_in: Option<std::time::Duration>,
     },
     /// Check a bundle: every file against the signed list, the signature against trusted keys,
     /// and that the skill loads.
@@ -564,6 +595,41 @@ enum BundleCommand {
     },
 }
 
+/// What an HTTP server allows each client (inbox and fleet server).
+#[derive(clap::Args, Debug, Clone)]
+struct HttpArgs {
+    /// Connections open at once; more are closed on arrival.
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's head.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout_s: f64,
+    /// Slowest upload accepted, KiB/s on average (after a 5 s start).
+    #[arg(long, default_value_t = 64)]
+    min_rate_kib: u64,
+    /// Uploads received at once.
+    #[arg(long, default_value_t = 4)]
+    uploads: usize,
+}
+
+impl HttpArgs {
+    fn limits(&self) -> Result<skillgraft::fleet::http::HttpLimits, String> {
+        if !(self.header_timeout_s.is_finite() && self.header_timeout_s > 0.0)
+            || self.max_connections == 0
+            || self.uploads == 0
+        {
+            return Err("--header-timeout-s, --max-connections and --uploads must be above 0".into());
+        }
+        Ok(skillgraft::fleet::http::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs_f64(self.header_timeout_s),
+            min_rate: self.min_rate_kib.saturating_mul(1024),
+            uploads: self.uploads,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Verify a bundle, test it, and install it as the active version of its skill.
@@ -579,6 +645,21 @@ enum StoreCommand {
         /// Largest bundle, and largest unpacked skill, in MiB.
         #[arg(long, default_value_t = 512)]
         max_mib: u64,
+        /// Memory cap of the worker that checks the bundle, MiB (default: 1024 + 4 x --max-mib).
+        #[arg(long)]
+        worker_mib: Option<u64>,
+    },
+    /// Name this robot (and its fleet): downgrade bundles must name one of them.
+    Identify {
+        /// The store folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// The robot's name (default until set: the host name).
+        #[arg(long)]
+        robot: String,
+        /// The fleet it belongs to.
+        #[arg(long)]
+        fleet: Option<String>,
     },
     /// Installed skills, their versions, the active and the previous one.
     List {
@@ -644,6 +725,24 @@ enum BenchCommand {
         /// SCHED_FIFO priority for the control thread (0: normal scheduling).
         #[arg(long, default_value_t = 0)]
         rt_priority: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's tick latency while its inbox installs a large bundle and while it receives
+    /// each attack of issue 15 (hostile archives, a model needing 4 GiB, unfinished request
+    /// heads, uploads at 1 byte/s, bodies without a token), against an idle phase.
+    #[cfg(feature = "dds")]
+    InboxAttack {
+        /// Skill the node runs.
+        #[arg(long, default_value = "skills/example-arm6")]
+        skill: PathBuf,
+        /// Control rate, Hz.
+        #[arg(long, default_value_t = 500.0)]
+        rate_hz: f64,
+        /// Size of the legitimate bundle installed, MiB.
+        #[arg(long, default_value_t = 64)]
+        big_mib: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -946,13 +1045,26 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
-        Command::Inbox { store, trust, tokens, listen, max_mib } => {
+        Command::CheckBundle { bundle, dest, keys, max_bytes, max_entries, max_seconds } => {
+            let args = skillgraft::skill::sandbox::WorkerArgs {
+                bundle,
+                dest,
+                keys,
+                limits: skillgraft::skill::bundle::Limits { max_bytes, max_entries, max_seconds },
+            };
+            match skillgraft::skill::sandbox::worker_main(&args) {
+                0 => Ok(()),
+                _ => Err("the bundle check worker could not write its answer".into()),
+            }
+        }
+        Command::Inbox { store, trust, tokens, listen, max_mib, worker_mib, http } => {
+            let limits = skillgraft::fleet::inbox::InboxLimits { http: http.limits()?, worker_mib };
             let (tx, rx) = std::sync::mpsc::channel();
             ctrlc::set_handler(move || {
                 let _ = tx.send(());
             })?;
             let settings = skillgraft::fleet::inbox::InboxSettings { listen, store, trust, tokens, max_mib };
-            let inbox = skillgraft::fleet::inbox::Inbox::start(&settings, None)?;
+            let inbox = skillgraft::fleet::inbox::Inbox::start_with(&settings, &limits, None)?;
             eprintln!(
                 "skillgraft: inbox on http://{} for store {}; Ctrl-C to stop",
                 inbox.addr(),
@@ -972,7 +1084,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
-        Command::Bundle(BundleCommand::Pack { dir, key, out, downgrade }) => {
+        Command::Bundle(BundleCommand::Pack { dir, key, out, downgrade, targets, expires_in }) => {
+            let downgrade = downgrade
+                .then(|| skillgraft::skill::bundle::Downgrade { targets, lifetime: expires_in.unwrap_or_default() });
             let key = skillgraft::skill::bundle::read_secret(&key)?;
             let out = match out {
                 Some(o) => o,
@@ -981,7 +1095,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     PathBuf::from(format!("{}-{}.{}", m.name, m.version, skillgraft::skill::bundle::EXTENSION))
                 }
             };
-            let c = skillgraft::skill::bundle::pack(&dir, &key, &out, downgrade)?;
+            let c = skillgraft::skill::bundle::pack(&dir, &key, &out, downgrade.as_ref())?;
             println!(
                 "packed {} {} ({} files) into {}, signed by {}",
                 c.name,
@@ -994,7 +1108,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Bundle(BundleCommand::Verify { file, trust, max_mib, json }) => {
             let trusted = skillgraft::skill::bundle::read_trusted(&trust)?;
-            let limits = skillgraft::skill::bundle::Limits { max_bytes: max_mib.saturating_mul(1 << 20) };
+            let limits = skillgraft::skill::bundle::Limits::mib(max_mib);
             let v = skillgraft::skill::bundle::verify(&file, &trusted, limits)?;
             if json {
                 println!(
@@ -1100,6 +1214,15 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             print(&report?, json)
         }
         #[cfg(feature = "dds")]
+        #[cfg(feature = "dds")]
+        Command::Bench(BenchCommand::InboxAttack { skill, rate_hz, big_mib, json }) => {
+            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
+            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+            let dir = tempfile_dir()?;
+            let report = skillgraft::bench::inbox_attack::inbox_attack(&skill, rate_hz, big_mib, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            print(&report?, json)
+        }
         Command::Bench(BenchCommand::Control { skill, rates, seconds, rt_priority, json }) => {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
@@ -1330,7 +1453,8 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
     };
     let timeout = Duration::from_secs(60);
     match cmd {
-        FleetCommand::Serve { store, trust, tokens, listen, max_mib } => {
+        FleetCommand::Serve { store, trust, tokens, listen, max_mib, http } => {
+            let http = http.limits()?;
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let tx = std::sync::Mutex::new(Some(tx));
             ctrlc::set_handler(move || {
@@ -1338,7 +1462,7 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
                     let _ = tx.send(());
                 }
             })?;
-            let settings = server::ServerSettings { store, listen, trust, tokens, max_mib };
+            let settings = server::ServerSettings { store, listen, trust, tokens, max_mib, http };
             rt.block_on(server::serve(
                 &settings,
                 async {
@@ -1521,10 +1645,20 @@ fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}: active {}, previous {previous}, installed {}", e.name, e.state.active, versions.join(", "));
     };
     match cmd {
-        StoreCommand::Install { bundle, store, trust, max_mib } => {
+        StoreCommand::Install { bundle, store, trust, max_mib, worker_mib } => {
             let trusted = skillgraft::skill::bundle::read_trusted(&trust)?;
-            let limits = skillgraft::skill::bundle::Limits { max_bytes: max_mib.saturating_mul(1 << 20) };
-            show(&Store::open(&store)?.install(&bundle, &trusted, limits)?);
+            let limits = skillgraft::skill::bundle::Limits::mib(max_mib);
+            let mut sandbox = skillgraft::skill::sandbox::Sandbox::current(max_mib)?;
+            sandbox.memory_mib = worker_mib.unwrap_or(sandbox.memory_mib);
+            show(&Store::open(&store)?.sandboxed(sandbox).install(&bundle, &trusted, limits)?);
+        }
+        StoreCommand::Identify { store, robot, fleet } => {
+            let identity = skillgraft::skill::store::Identity { robot, fleet };
+            Store::open(&store)?.identify(&identity)?;
+            match &identity.fleet {
+                Some(f) => println!("this robot is {} of fleet {f}", identity.robot),
+                None => println!("this robot is {}", identity.robot),
+            }
         }
         StoreCommand::List { store, json } => {
             let list = Store::open(&store)?.list()?;

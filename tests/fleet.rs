@@ -75,9 +75,9 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) 
 /// the body is still going out), and reads the answer; `hang_up` closes the sending side after
 /// the body, as a client that dies does. None when the server closed without answering.
 fn raw(addr: &str, head: &[u8], body: &[u8], hang_up: bool) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect(addr).unwrap();
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut w = s.try_clone().unwrap();
+    let mut w = s.try_clone().ok()?;
     let mut out = head.to_vec();
     out.extend_from_slice(body);
     let writer = std::thread::spawn(move || {
@@ -157,17 +157,21 @@ fn the_inbox_refuses_every_bad_request_and_leaves_the_store_as_it_was() {
     // Each bad bundle: refused with its reason, nothing installed.
     let bad_dir = d.join("bad");
     std::fs::create_dir_all(&bad_dir).unwrap();
-    for (name, path, want) in bundles::bad(&bad_dir, &b1, &key) {
+    let bad = bundles::bad(&bad_dir, &b1, &key);
+    let invalid = bad.len();
+    for (name, path, want) in bad {
         let (status, body) = post_bundle(a, "/skills", &t, &path);
         assert!((400..500).contains(&status), "{name}: {status} {body}");
         assert!(body["error"].as_str().unwrap().contains(want), "{name}: expected {want:?} in {body}");
+        assert!(!body.to_string().contains(d.to_str().unwrap()), "{name}: the reply names the robot's files: {body}");
         assert_eq!(store_files(&store), before, "{name} changed the store");
         refused += 1;
     }
     assert!(!Path::new("/tmp/skillgraft-absolute").exists());
 
     // An older version, and the same version again.
-    for (b, want) in [(&b1, "not above the active 0.2.0"), (&b2, "not above the active 0.2.0")] {
+    let want = "not above 0.2.0, the highest version installed here";
+    for (b, want) in [(&b1, want), (&b2, want)] {
         let (status, body) = post_bundle(a, "/skills", &t, b);
         assert_eq!(status, 409, "{body}");
         assert!(body["error"].as_str().unwrap().contains(want), "{body}");
@@ -248,7 +252,10 @@ fn the_inbox_refuses_every_bad_request_and_leaves_the_store_as_it_was() {
     // Activate and roll back over HTTP; a version that is not installed is refused.
     let (status, body) = http(a, "POST", "/skills/example-arm6/activate", Some(&t), br#"{"version": "0.2.0"}"#);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["installed"]["state"], serde_json::json!({"active": "0.2.0", "previous": "0.3.0"}));
+    assert_eq!(
+        body["installed"]["state"],
+        serde_json::json!({"active": "0.2.0", "previous": "0.3.0", "highest": "0.3.0"})
+    );
     let (status, body) = http(a, "POST", "/skills/example-arm6/rollback", Some(&t), b"");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["installed"]["state"]["active"], "0.3.0");
@@ -264,7 +271,7 @@ fn the_inbox_refuses_every_bad_request_and_leaves_the_store_as_it_was() {
     assert_eq!(health["bundles_rejected"], refused, "{health}");
     assert_eq!(
         health["bundles_rejected_by_reason"],
-        serde_json::json!({"invalid": 12, "refused": refused - 15, "too_large": 2, "truncated": 1}),
+        serde_json::json!({"invalid": invalid, "refused": refused - invalid - 3, "too_large": 2, "truncated": 1}),
         "{health}"
     );
     assert_eq!(health["unauthorized_requests"], 6, "{health}");
@@ -423,7 +430,12 @@ fn the_fleet_server_catalogs_uploads_with_their_provenance_and_push_reaches_ever
     assert!(table.contains("| r0 | already active: example-arm6 0.1.0 | no | 1 |"), "{table}");
     assert!(table.contains("2 of 3 robots installed it"), "{table}");
     let table = push(&bundles::pack(d, &fleet_key, "0.0.9", &[]));
-    assert!(table.contains("| r1 | refused (409): example-arm6 0.0.9 is not above the active 0.1.0"), "{table}");
+    assert!(
+        table.contains(
+            "| r1 | refused (409): example-arm6 0.0.9 is not above 0.1.0, the highest version installed here"
+        ),
+        "{table}"
+    );
     let status = common::succeeds(&["fleet", "status", "--robots", robots.to_str().unwrap()]);
     assert!(status.contains("| r1 | ") && status.contains("example-arm6 0.1.0"), "{status}");
     assert!(status.contains("| r2 | ") && status.contains("unreachable"), "{status}");
@@ -591,4 +603,308 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("needs `inbox_tokens`"), "{err}");
+}
+
+/// Starts `skillgraft inbox` on a store in `d` with `extra` options; returns it, the store, the
+/// fleet key and the token.
+fn inbox(d: &Path, extra: &[&str]) -> (Server, PathBuf, PathBuf, String) {
+    let (key, public) = bundles::keys(d, "fleet");
+    let (tokens, t) = token(d, "robot.token");
+    let store = d.join("store");
+    let mut args = vec![
+        "inbox",
+        "--store",
+        store.to_str().unwrap(),
+        "--trust",
+        public.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend(extra);
+    (Server::start(&args), store, key, t)
+}
+
+/// Waits (with a deadline) until the inbox answers `/health`; returns its counters.
+fn healthy(a: &str, t: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let head =
+            format!("GET /health HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nAuthorization: Bearer {t}\r\n\r\n");
+        if let Some((200, body)) = raw(a, head.as_bytes(), b"", false) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "the inbox did not answer /health within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The HTTP attacks of a token holder and of a stranger: connections that never finish their
+/// head, bodies sent without a token, uploads at 1 byte/s holding every slot. Each is cut off or
+/// refused with its reason, the inbox keeps answering, a real upload gets through, and the store
+/// is as it was until then.
+#[test]
+fn the_inbox_outlasts_slow_and_unauthenticated_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server, store, key, t) =
+        inbox(d, &["--header-timeout-s", "1", "--max-connections", "16", "--uploads", "2", "--min-rate-kib", "64"]);
+    let a = server.addr.as_str();
+    let b1 = bundles::pack(d, &key, "0.1.0", &[]);
+    assert_eq!(post_bundle(a, "/skills", &t, &b1).0, 201);
+    let before = store_files(&store);
+    let skill_before = common::snapshot(&store.join("example-arm6"));
+
+    // 40 connections that send half a request head and stop: 16 are held, the rest closed at
+    // once; the held ones are closed when their head is 1 s late. /health answers through it.
+    let partial: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            let _ = s.write_all(b"POST /skills HTTP/1.1\r\nHost: x\r\n");
+            s
+        })
+        .collect();
+    let counters = healthy(a, &t, Duration::from_secs(20));
+    for mut s in partial {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 256];
+        // Closed by the inbox: EOF, a reset, or a 408 answer and then EOF; never a hang.
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let refused = healthy(a, &t, Duration::from_secs(20))["connections_refused"].as_u64().unwrap();
+    assert!(refused >= 1, "connections over the cap are counted: {counters}");
+
+    // A stranger's 2 MB bodies: answered 401 from the head alone, before any body byte is sent.
+    for path in ["/skills", "/skills/example-arm6/activate"] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: {a}\r\nContent-Length: 2000000\r\n\r\n");
+        let mut s = TcpStream::connect(a).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 401"), "{path}: {text}");
+    }
+    assert_eq!(store_files(&store), before, "the refused requests changed the store");
+
+    // Two token holders trickle 1 byte/s into both upload slots; a real push queues behind
+    // them, and gets in when they are cut off for being too slow.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (a, t) = (a.to_string(), t.clone());
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&a).unwrap();
+                let head = format!(
+                    "POST /skills HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer {t}\r\nContent-Length: 100000\r\n\r\n"
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+                let mut answer = Vec::new();
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(60) {
+                    if s.write_all(b"x").is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; 4096];
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        Err(_) => {}
+                    }
+                    if !answer.is_empty() {
+                        break;
+                    }
+                }
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthy(a, &t, Duration::from_secs(20))["bundles_rejected_by_reason"]["too_slow"].is_null()
+        && Instant::now() < deadline
+    {
+        // The slow uploads hold both slots (their scratch files in .incoming); the skill is
+        // untouched meanwhile.
+        assert_eq!(common::snapshot(&store.join("example-arm6")), skill_before);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b2 = bundles::pack(d, &key, "0.2.0", &[]);
+    let (status, body) = post_bundle(a, "/skills", &t, &b2);
+    assert_eq!(status, 201, "the real upload got through: {body}");
+    for h in slow {
+        let answer = h.join().unwrap();
+        assert!(answer.is_empty() || answer.contains("408") && answer.contains("too slow"), "{answer}");
+    }
+    let health = healthy(a, &t, Duration::from_secs(20));
+    assert_eq!(health["bundles_rejected_by_reason"]["too_slow"], 2, "{health}");
+    assert_eq!(health["bundles_accepted"], 2, "{health}");
+    let log = server.log.lock().unwrap().clone();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A signed bundle whose model needs 4 GiB: the worker that checks it runs out of its memory
+/// cap, the bundle is refused with that reason, and neither the store command nor the inbox
+/// that received it is harmed; a normal bundle installs under the same cap.
+#[test]
+fn a_bundle_needing_more_memory_than_the_worker_may_have_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server, store, key, t) = inbox(d, &["--worker-mib", "1024"]);
+    let a = server.addr.as_str();
+    // Signed by hand: `bundle pack` would load the model here, outside any worker.
+    let hog_dir = bundles::memory_hog(d);
+    let hog = d.join("hog.skill");
+    let (manifest, model) =
+        (std::fs::read(hog_dir.join("skill.toml")).unwrap(), std::fs::read(hog_dir.join("policy.onnx")).unwrap());
+    bundles::signed(&hog, &key, "example-arm6", "0.1.0", &[("skill.toml", &manifest), ("policy.onnx", &model)]);
+    let (status, body) = post_bundle(a, "/skills", &t, &hog);
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("memory limit of 1024 MiB"), "{body}");
+    let left: Vec<_> = store_files(&store).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(left, vec![store.join(".lock")], "nothing installed, nothing left behind");
+    let b1 = bundles::pack(d, &key, "0.1.0", &[]);
+    assert_eq!(post_bundle(a, "/skills", &t, &b1).0, 201, "a normal bundle fits the same cap");
+    let out = common::skillgraft(&[
+        "store",
+        "install",
+        hog.to_str().unwrap(),
+        "--store",
+        d.join("other").to_str().unwrap(),
+        "--trust",
+        d.join("fleet.pub").to_str().unwrap(),
+        "--worker-mib",
+        "1024",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("memory limit of 1024 MiB"), "{err}");
+}
+
+/// Every attack on a running node's inbox: the hostile archives, a signed bundle needing 4 GiB,
+/// connections that never finish their head, a stranger's large bodies. Each is refused, the
+/// store stays as it was, and the control loop ticks through all of it (every /diagnostics
+/// period reports ticks, and the node is still running at the end).
+#[test]
+fn the_node_ticks_through_every_attack_on_its_inbox() {
+    if !common::isolated("the_node_ticks_through_every_attack_on_its_inbox") {
+        return;
+    }
+    use skillgraft::ros::cdr;
+    use skillgraft::ros::dds::{DdsConfig, DdsTransport};
+    use skillgraft::ros::msg::{DiagnosticArray, RosMessage};
+    use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = bundles::keys(d, "fleet");
+    let (tokens, t) = token(d, "robot.token");
+    let store = d.join("store");
+    let skill = d.join("launched");
+    common::copy_tree(&bundles::example(), &skill);
+    let addr = "127.0.0.1:8740";
+    let mut args: Vec<String> = ["run", skill.to_str().unwrap(), "--ros-args"].iter().map(|s| s.to_string()).collect();
+    for p in [
+        format!("store_dir:={}", store.display()),
+        format!("inbox_tokens:={}", tokens.display()),
+        format!("inbox_trust:=['{}']", public.display()),
+        "diagnostics_period_s:=0.2".to_string(),
+    ] {
+        args.push("-p".into());
+        args.push(p);
+    }
+    let log = d.join("node.log");
+    let mut node = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(&args)
+            .env("ROS_DOMAIN_ID", "48")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        addr: addr.to_string(),
+        log: Default::default(),
+    };
+    let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the node's inbox never listened on {addr}: {}", node_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "watcher".into(), namespace: "/".into() },
+        &DdsConfig::local(48).unwrap(),
+    )
+    .unwrap();
+    let rates: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let sink = rates.clone();
+    peer.subscribe(
+        "/diagnostics",
+        DiagnosticArray::TYPE,
+        Qos::RELIABLE,
+        Box::new(move |s| {
+            let a = cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap();
+            if let Some(r) = a.status[0].values.iter().find(|kv| kv.key == "rate_hz") {
+                sink.lock().unwrap().push(r.value.parse().unwrap());
+            }
+        }),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rates.lock().unwrap().iter().filter(|r| **r > 0.0).count() < 2 {
+        assert!(Instant::now() < deadline, "no ticking reported on /diagnostics: {}", node_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b1 = bundles::pack(d, &key, "0.1.0", &[]);
+    assert_eq!(post_bundle(addr, "/skills", &t, &b1).0, 201);
+    let before = store_files(&store);
+    rates.lock().unwrap().clear();
+
+    let bad_dir = d.join("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let mut attacks = bundles::bad(&bad_dir, &b1, &key);
+    let hog_dir = bundles::memory_hog(d);
+    let hog = d.join("hog.skill");
+    let (manifest, model) =
+        (std::fs::read(hog_dir.join("skill.toml")).unwrap(), std::fs::read(hog_dir.join("policy.onnx")).unwrap());
+    bundles::signed(&hog, &key, "example-arm6", "0.1.0", &[("skill.toml", &manifest), ("policy.onnx", &model)]);
+    attacks.push(("4 GiB model", hog, "allocate"));
+    for (name, path, want) in &attacks {
+        let (status, body) = post_bundle(addr, "/skills", &t, path);
+        assert_eq!(status, 422, "{name}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(want), "{name}: expected {want:?} in {body}");
+        assert_eq!(store_files(&store), before, "{name} changed the store");
+    }
+    let partial: Vec<TcpStream> = (0..100)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(addr).ok()?;
+            let _ = s.write_all(b"POST /skills HTTP/1.1\r\nHost: x\r\n");
+            Some(s)
+        })
+        .collect();
+    for path in ["/skills", "/skills/example-arm6/activate"] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2000000\r\n\r\n");
+        if let Some((status, _)) = raw(addr, head.as_bytes(), b"", true) {
+            assert_eq!(status, 401, "{path}");
+        }
+    }
+    drop(partial);
+    let health = healthy(addr, &t, Duration::from_secs(30));
+    assert_eq!(health["bundles_rejected_by_reason"]["invalid"], attacks.len(), "{health}");
+    // Two more periods after the last attack, so every period of it has been reported.
+    let seen = rates.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rates.lock().unwrap().len() < seen + 2 {
+        assert!(Instant::now() < deadline, "/diagnostics stopped: {}", node_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rates = rates.lock().unwrap().clone();
+    assert!(rates.len() >= 3 && rates.iter().all(|r| *r > 0.0), "a period without ticks during the attacks: {rates:?}");
+    assert!(node.child.try_wait().unwrap().is_none(), "the node is still running: {}", node_log());
+    assert_eq!(store_files(&store), before);
+    assert!(!node_log().contains("panicked at"), "{}", node_log());
 }

@@ -168,3 +168,29 @@ fn control_plan_reuses_its_input_tensor_and_state() {
     let err = model.control.step(&r.input[..w - 1], &mut b).unwrap_err().to_string();
     assert!(err.contains("observation"), "{err}");
 }
+
+/// A policy exported by the dynamo exporter with no dynamic shapes (its default since PyTorch
+/// 2.9): input [2, 8], output [2, 2], every intermediate shape fixed at batch 2. The leading axis
+/// is still the batch axis: the control plan runs it at 1, the backbone at any batch, and both
+/// match onnxruntime; `skill init` makes a skill of it.
+#[test]
+fn a_static_batch_dynamo_export_runs_at_any_batch() {
+    let r = Reference::load("mlp_static2");
+    let path = fixture("mlp_static2.onnx");
+    let model = Model::load(OnnxFile::read(&path).unwrap(), "obs", "linear_2", &r.features_tensor).unwrap();
+    assert_eq!(model.input_shape.fixed_batch, Some(2));
+    assert_eq!((model.input_shape.width(), model.control.output_width()), (8, 2));
+    let mut model = model;
+    let out = control_outputs(&mut model, &r.input, r.batch());
+    assert_close("static batch: control plan at batch 1", &out, &r.output);
+    for batch in [1, 2, 3] {
+        let feats = model.backbone.features(&r.input, r.batch(), batch).unwrap();
+        assert_close(&format!("static batch: backbone plan, batch {batch}"), &feats, &r.features);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("static");
+    let stdout = common::succeeds(&common::init_args(&path, &r.features_tensor, &out));
+    assert!(stdout.contains("wrote skill"), "{stdout}");
+    let mut s = Skill::load(&out).unwrap();
+    s.smoke_test().unwrap();
+}

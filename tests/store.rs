@@ -17,9 +17,11 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     let (key, public) = keys(dir.path());
     let b1 = pack(dir.path(), &key, "0.1.0", &[]);
     let b2 = pack(dir.path(), &key, "0.2.0", &[]);
-    let b1_down = pack(dir.path(), &key, "0.1.0", &["--downgrade"]);
+    let b1_down = pack(dir.path(), &key, "0.1.0", &["--downgrade", "--for", "arm-7", "--expires-in", "1h"]);
     let store = dir.path().join("store");
     let s = store.to_str().unwrap();
+    let out = common::succeeds(&["store", "identify", "--store", s, "--robot", "arm-7", "--fleet", "lab"]);
+    assert!(out.contains("this robot is arm-7 of fleet lab"), "{out}");
     let install = |b: &Path| {
         common::skillgraft(&[
             "store",
@@ -41,9 +43,20 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     let before = common::snapshot(&store);
     let refused = install(&b1);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not above the active 0.2.0"));
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(err.contains("not above 0.2.0, the highest version installed here (active 0.2.0)"), "{err}");
+    assert!(err.contains("not signed as a downgrade") && err.contains("--for arm-7"), "{err}");
     let again = install(&b2);
-    assert!(String::from_utf8_lossy(&again.stderr).contains("not above the active"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not above 0.2.0"));
+    // A downgrade for another robot, or one that names no robot and never expires: refused.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let other = pack(&elsewhere, &key, "0.1.0", &["--downgrade", "--for", "arm-8", "--expires-in", "1h"]);
+    let err = String::from_utf8_lossy(&install(&other).stderr).into_owned();
+    assert!(err.contains("the downgrade is for `arm-8`, not for this robot \"arm-7\" of fleet \"lab\""), "{err}");
+    let bare = common::skillgraft(&["bundle", "pack", s, "--key", key.to_str().unwrap(), "--downgrade"]);
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert!(!bare.status.success() && err.contains("--for") && err.contains("--expires-in"), "{err}");
     // A tampered bundle: refused, nothing changes.
     let mut bytes = std::fs::read(&b2).unwrap();
     let n = bytes.len();
@@ -65,6 +78,19 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     let list: serde_json::Value =
         serde_json::from_str(&common::succeeds(&["store", "list", "--store", s, "--json"])).unwrap();
     assert_eq!(list[0]["versions"], serde_json::json!(["0.1.0", "0.2.0"]));
+    assert_eq!(list[0]["state"]["highest"], "0.2.0");
+
+    // After a rollback to 0.1.0, a version between it and the highest ever installed (0.2.0)
+    // is still a downgrade: refused unless signed as one for this robot (or its fleet).
+    common::succeeds(&["store", "rollback", "example-arm6", "--store", s]);
+    let between = pack(dir.path(), &key, "0.1.5", &[]);
+    let err = String::from_utf8_lossy(&install(&between).stderr).into_owned();
+    assert!(err.contains("0.1.5 is not above 0.2.0, the highest version installed here (active 0.1.0)"), "{err}");
+    std::fs::remove_file(&between).unwrap();
+    let for_fleet = pack(dir.path(), &key, "0.1.5", &["--downgrade", "--for", "lab", "--expires-in", "10m"]);
+    let out = String::from_utf8(install(&for_fleet).stdout).unwrap();
+    assert!(out.contains("active 0.1.5, previous 0.1.0"), "a downgrade for the robot's fleet: {out}");
+    common::succeeds(&["store", "activate", "example-arm6", "0.2.0", "--store", s]);
 
     // What an install killed half way leaves in the scratch folder is cleared on open, and the
     // active version stays.
@@ -73,6 +99,41 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0);
     let state = std::fs::read_to_string(store.join("example-arm6/state.json")).unwrap();
     assert!(state.contains("\"active\": \"0.2.0\""), "{state}");
+}
+
+/// A first install SIGKILLed at each of its steps leaves either nothing or the new version
+/// active, and the same bundle installs afterwards (nothing wedged: not "already installed").
+#[test]
+fn a_first_install_killed_at_any_step_can_be_done_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keys(dir.path());
+    let b = pack(dir.path(), &key, "1.0.0", &[]);
+    let trust = public.to_str().unwrap();
+    for step in ["unpacked", "smoked", "renamed", "state-written", "state-renamed"] {
+        let store = dir.path().join(format!("first-{step}"));
+        let s = store.to_str().unwrap();
+        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(["store", "install", b.to_str().unwrap(), "--store", s, "--trust", trust])
+            .env("SKILLGRAFT_STORE_KILL_AT", step)
+            .output()
+            .unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "{step}: killed there");
+        let list: serde_json::Value =
+            serde_json::from_str(&common::succeeds(&["store", "list", "--store", s, "--json"])).unwrap();
+        let again = common::skillgraft(&["store", "install", b.to_str().unwrap(), "--store", s, "--trust", trust]);
+        let (out, err) = (String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
+        if step == "state-renamed" {
+            assert_eq!(list[0]["state"]["active"], "1.0.0", "{step}: {list}");
+            assert!(err.contains("not above 1.0.0"), "{step}: installed before the kill: {err}");
+        } else {
+            assert_eq!(list, serde_json::json!([]), "{step}: nothing was ever active");
+            assert!(again.status.success(), "{step}: {err}");
+            assert!(out.contains("active 1.0.0, previous none"), "{step}: {out}");
+        }
+        let activate = common::succeeds(&["store", "activate", "example-arm6", "1.0.0", "--store", s]);
+        assert!(activate.contains("active 1.0.0"), "{step}: {activate}");
+        assert_eq!(std::fs::read_dir(store.join(".incoming")).unwrap().count(), 0, "{step}: scratch cleared");
+    }
 }
 
 /// An install SIGKILLed at each of its steps leaves the old or the new version active, whole,
@@ -131,7 +192,7 @@ fn concurrent_installs_from_several_processes_take_turns() {
     assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1, "{outs:?}");
     for o in outs.iter().filter(|o| !o.status.success()) {
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("not above the active 0.4.0") || err.contains("already installed"), "{err}");
+        assert!(err.contains("not above 0.4.0") || err.contains("already installed"), "{err}");
     }
     let versions: Vec<_> = std::fs::read_dir(store.join("example-arm6/versions")).unwrap().collect();
     assert_eq!(versions.len(), 1);

@@ -8,6 +8,7 @@ independent runtime.
 
     python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install -r tools/requirements-fixtures.txt
     .venv-fixtures/bin/python tools/make_fixtures.py            # writes tests/fixtures/onnx/
+    .venv-fixtures/bin/python tools/make_fixtures.py mlp_static2   # only the fixtures named
 """
 
 import json
@@ -137,6 +138,34 @@ def export(name, module, input_shape, dynamo):
     return path
 
 
+class MlpStatic(nn.Module):
+    """8 -> 16 -> 16 | -> 2, exported by dynamo with no dynamic_shapes: every shape fixed at batch 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh())
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, obs):
+        return self.head(self.backbone(obs))
+
+
+def export_static(name, module, batch):
+    """What torch.onnx.export(..., dynamo=True) writes when told nothing of shapes (the default
+    exporter from PyTorch 2.9): input [batch, 8], output [batch, 2], the output named by the op."""
+    torch.manual_seed(7)
+    module = module().eval()
+    path = OUT / f"{name}.onnx"
+    torch.onnx.export(module, (torch.randn(batch, 8),), path, dynamo=True, external_data=False)
+    model = onnx.load(path)
+    for node in model.graph.node:
+        keep = [m for m in node.metadata_props if m.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(model, path)
+    return path
+
+
 def features_tensor(model, before_op_count):
     """The input tensor of the first head layer: the data input of the k-th linear from the end."""
     nodes = list(model.graph.node)
@@ -146,7 +175,7 @@ def features_tensor(model, before_op_count):
     return next(i for i in node.input if i not in inits)
 
 
-def reference(path, head_layers):
+def reference(path, head_layers, batch=BATCH):
     model = onnx.load(path)
     onnx.checker.check_model(model)
     feat = features_tensor(model, head_layers)
@@ -154,19 +183,19 @@ def reference(path, head_layers):
     probe.CopyFrom(model)
     probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(feat))
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    shape = [d.dim_value if d.dim_value else BATCH for d in model.graph.input[0].type.tensor_type.shape.dim]
+    shape = [d.dim_value if d.dim_value else batch for d in model.graph.input[0].type.tensor_type.shape.dim]
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(np.float32)
-    out, features = sess.run(None, {"obs": x})
+    out, features = sess.run(None, {model.graph.input[0].name: x})
     return {
         "producer": f"{model.producer_name} {model.producer_version}",
         "input_shape": shape,
         "input": x.reshape(-1).tolist(),
         "output": out.reshape(-1).tolist(),
-        "output_width": int(out.size // BATCH),
+        "output_width": int(out.size // batch),
         "features_tensor": feat,
         "features": features.reshape(-1).tolist(),
-        "features_width": int(features.size // BATCH),
+        "features_width": int(features.size // batch),
         "head_layers": head_layers,
     }
 
@@ -180,9 +209,15 @@ def main():
         ("mlp_layernorm", MlpLayerNorm, [BATCH, 8], False, 1),
         ("mlp_wide", MlpWide, [BATCH, 64], False, 2),
     ]
+    only = sys.argv[1:]
+    made = []
     for name, module, shape, dynamo, head_layers in specs:
-        path = export(name, module, shape, dynamo)
-        ref = reference(path, head_layers)
+        if not only or name in only:
+            made.append((name, export(name, module, shape, dynamo), head_layers, BATCH))
+    if not only or "mlp_static2" in only:
+        made.append(("mlp_static2", export_static("mlp_static2", MlpStatic, 2), 1, 2))
+    for name, path, head_layers, batch in made:
+        ref = reference(path, head_layers, batch)
         (OUT / f"{name}.json").write_text(json.dumps(ref, indent=1) + "\n")
         print(f"{path.name}: features `{ref['features_tensor']}` ({ref['features_width']}), "
               f"output {ref['output_width']}, {path.stat().st_size} bytes", file=sys.stderr)

@@ -70,8 +70,10 @@ pub struct DeviceStats {
     pub decode: DecodeStats,
     /// Valid commands applied.
     pub commands: u32,
-    /// Commands refused (wrong joint count, not finite).
+    /// Commands refused (wrong joint count, not finite, replayed).
     pub rejected: u32,
+    /// Of those, commands whose sequence number was not newer than the last one's.
+    pub replayed: u32,
     /// Times the watchdog tripped.
     pub watchdog_trips: u32,
     /// Answers dropped because the answer queue was full (the firmware did not call `transmit`).
@@ -90,7 +92,16 @@ pub struct Device {
     last_feedback_us: Option<u32>,
     answers: Deque<Message, 4>,
     seq: u16,
+    /// Sequence number of the last accepted command (or of the host's config, which starts a
+    /// session): a command must be newer than it.
+    last_seq: Option<u16>,
     stats: DeviceStats,
+}
+
+/// Whether `seq` comes after `last` in the host's wrapping sequence: within half the number
+/// space ahead of it (serial number arithmetic, RFC 1982).
+fn newer(seq: u16, last: u16) -> bool {
+    (1..0x8000).contains(&seq.wrapping_sub(last))
 }
 
 impl Device {
@@ -107,6 +118,7 @@ impl Device {
             last_feedback_us: None,
             answers: Deque::new(),
             seq: 0,
+            last_seq: None,
             stats: DeviceStats::default(),
         }
     }
@@ -123,8 +135,9 @@ impl Device {
 
     fn apply(&mut self, frame: Frame, now_us: u32) {
         match frame.message {
-            Message::Command(c) => match self.check(&c) {
+            Message::Command(c) => match self.check(&c, frame.seq) {
                 Ok(()) => {
+                    self.last_seq = Some(frame.seq);
                     self.command = Some(c);
                     self.command_at_us = now_us;
                     self.echo = (frame.seq, frame.stamp_us);
@@ -134,6 +147,9 @@ impl Device {
                 }
                 Err(why) => {
                     self.stats.rejected = self.stats.rejected.wrapping_add(1);
+                    if why == Reject::Replayed {
+                        self.stats.replayed = self.stats.replayed.wrapping_add(1);
+                    }
                     self.answer(Message::Fault(Fault {
                         code: FaultCode::CommandRejected,
                         joint: NO_JOINT,
@@ -154,6 +170,9 @@ impl Device {
                 if c.joints == self.config.joints && WATCHDOG_MS.contains(&c.watchdog_ms) && c.feedback_period_ms > 0 {
                     self.config.watchdog_ms = c.watchdog_ms;
                     self.config.feedback_period_ms = c.feedback_period_ms;
+                    // A host sends its config first on every connection: its commands count
+                    // from here, so a restarted host (whose numbers start again) is followed.
+                    self.last_seq = Some(frame.seq);
                     self.answer(Message::Config(Config {
                         joints: self.config.joints,
                         watchdog_ms: self.config.watchdog_ms,
@@ -172,7 +191,10 @@ impl Device {
         }
     }
 
-    fn check(&self, c: &Command) -> Result<(), Reject> {
+    fn check(&self, c: &Command, seq: u16) -> Result<(), Reject> {
+        if self.last_seq.is_some_and(|last| !newer(seq, last)) {
+            return Err(Reject::Replayed);
+        }
         if c.joints.len() != usize::from(self.config.joints) {
             return Err(Reject::JointCount);
         }

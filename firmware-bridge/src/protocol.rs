@@ -196,6 +196,8 @@ pub enum Reject {
     JointCount = 1,
     /// A target is NaN or infinite.
     NotFinite = 2,
+    /// Its sequence number is not newer than the last command's: a replayed or duplicated frame.
+    Replayed = 3,
 }
 
 /// Device to host: a fault.

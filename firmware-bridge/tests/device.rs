@@ -1,6 +1,6 @@
 //! The device half: commands are applied and echoed, bad ones refused and reported, the watchdog
 //! trips when commands stop and recovers when they resume, configs are applied or refused,
-//! heartbeats are answered with the device's counters.
+//! heartbeats are answered with the device's counters, replayed commands are refused.
 
 use firmware_bridge::device::{Device, DeviceConfig, Target};
 use firmware_bridge::protocol::*;
@@ -160,4 +160,37 @@ fn heartbeats_are_echoed_with_the_device_counters_and_feedback_keeps_its_period(
     assert!(sent(&mut d, 9 * MS).is_empty(), "nothing new before the feedback period");
     assert_eq!(sent(&mut d, 10 * MS).len(), 1);
     assert!(out[1].seq > out[0].seq, "the device numbers its frames");
+}
+
+#[test]
+fn replayed_commands_are_refused_and_a_new_host_session_is_followed() {
+    let mut d = device();
+    d.receive(&frame(10, 0, command([0.1, 0.1])), 0);
+    d.receive(&frame(11, 0, command([0.2, 0.2])), MS);
+    // The frame of seq 10 again (a duplicated or replayed frame), and an older one: refused,
+    // the newer command holds.
+    d.receive(&frame(10, 0, command([0.9, 0.9])), 2 * MS);
+    d.receive(&frame(3, 0, command([0.9, 0.9])), 3 * MS);
+    assert_eq!(followed(&mut d, 4 * MS).unwrap().joints[0].velocity, 0.2);
+    let st = d.stats();
+    assert_eq!((st.commands, st.rejected, st.replayed), (2, 2, 2));
+    let details: Vec<u32> = sent(&mut d, 5 * MS)
+        .iter()
+        .filter_map(|f| match f.message {
+            Message::Fault(Fault { code: FaultCode::CommandRejected, detail, .. }) => Some(detail),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(details, vec![Reject::Replayed as u32; 2]);
+    // Numbers wrap: 65535 -> 0 -> 1 is newer all the way.
+    let mut w = device();
+    for (k, seq) in [65534u16, 65535, 0, 1].into_iter().enumerate() {
+        w.receive(&frame(seq, 0, command([k as f32, 0.0])), 0);
+    }
+    assert_eq!((w.stats().commands, w.stats().replayed), (4, 0));
+    // A restarted host numbers from 1 again: its config starts a session, its commands follow.
+    d.receive(&frame(1, 0, Message::Config(Config { joints: 2, watchdog_ms: 50, feedback_period_ms: 10 })), 6 * MS);
+    d.receive(&frame(2, 0, command([0.3, 0.3])), 7 * MS);
+    assert_eq!(followed(&mut d, 8 * MS).unwrap().joints[0].velocity, 0.3);
+    assert_eq!(d.stats().replayed, 2);
 }

@@ -133,7 +133,7 @@ fn round_trip_at(joints: u8, rate: f64, seconds: f64) -> Result<RoundTripRow, St
     link.command(crate::bridge::command(Mode::Velocity, &vec![0.1; usize::from(joints)]));
     let st = link.stats();
     use std::sync::atomic::Ordering::Relaxed;
-    if !super::rig::until(Duration::from_secs(5), || st.feedback.load(Relaxed) > 10) {
+    if !super::until(Duration::from_secs(5), || st.feedback.load(Relaxed) > 10) {
         return Err(format!("the simulated controller on {} never answered", mcu.path().display()));
     }
     // Warm-up done: measure from here.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -15,6 +15,8 @@ pub mod bridge;
 #[cfg(feature = "dds")]
 pub mod control;
 pub mod gpu;
+#[cfg(feature = "dds")]
+pub mod inbox_attack;
 pub mod push;
 #[cfg(feature = "dds")]
 pub mod record;
@@ -24,6 +26,18 @@ pub mod transfer;
 
 use crate::model::Model;
 use crate::model::onnx::OnnxFile;
+
+/// Polls `done` every 5 ms for at most `limit`; whether it came true.
+pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
 
 /// Batch size of the feature-extraction measurement.
 pub const FEATURE_BATCH: usize = 256;

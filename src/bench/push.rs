@@ -50,7 +50,7 @@ pub struct PushRow {
 
 /// A skill for the simulated arm whose policy weighs about `mib` MiB: two hidden layers of
 /// random weights, the second the features.
-fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
+pub(crate) fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
     let mut manifest =
         crate::sim::episodes::manifest("push-bench", "arm-a", &crate::sim::episodes::Scaling::identity());
     let (inputs, outputs) = (manifest.input_width(), manifest.action_width());
@@ -133,7 +133,7 @@ pub fn run(opts: &PushOptions, dir: &Path, progress: &mut dyn FnMut(&str)) -> Re
         let skill = big_skill(dir, mib)?;
         let file = dir.join(format!("push-bench-{mib}.skill"));
         let t = Instant::now();
-        bundle::pack(&skill, &key, &file, false).map_err(|x| e(&x))?;
+        bundle::pack(&skill, &key, &file, None).map_err(|x| e(&x))?;
         let pack_s = t.elapsed().as_secs_f64();
         let bytes = std::fs::metadata(&file).map_err(|x| e(&x))?.len();
         std::fs::remove_dir_all(&skill).map_err(|x| e(&x))?;

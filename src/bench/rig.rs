@@ -131,14 +131,4 @@ impl Drop for Feeder {
     }
 }
 
-/// Polls `done` every 5 ms for at most `limit`; whether it came true.
-pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
+pub use super::until;

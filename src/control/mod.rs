@@ -242,8 +242,8 @@ impl Runner for NodeRunner {
         (c.name, c.version)
     }
 
-    fn check(&self, skill: &Skill) -> Result<(), String> {
-        self.0.compatible(&skill.manifest).map_err(|e| e.to_string())
+    fn check(&self, manifest: &Manifest) -> Result<(), String> {
+        self.0.compatible(manifest).map_err(|e| e.to_string())
     }
 
     fn swap(&self, skill: Skill) -> Result<(), String> {

@@ -34,6 +34,8 @@ fn digest(token: &str) -> [u8; 32] {
 /// The lines of a token file that hold tokens (blank lines and `#` comments skipped).
 fn lines(path: &Path) -> Result<Vec<String>, FleetError> {
     let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    // A token others can read is a token others can use.
+    crate::skill::bundle::check_mode(path, true).map_err(FleetError::Config)?;
     let tokens: Vec<String> =
         text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     for t in &tokens {
@@ -106,8 +108,16 @@ mod tests {
         assert!(!tokens.accepts(None));
         assert!(new_token(&path).is_err(), "an existing token file is never overwritten");
         std::fs::write(&path, "# none\n").unwrap();
+        assert!(
+            Tokens::load(&path).is_ok_and(|_| false)
+                || Tokens::load(&path).unwrap_err().to_string().contains("holds no token")
+        );
         assert!(Tokens::load(&path).unwrap_err().to_string().contains("holds no token"));
         std::fs::write(&path, "short\n").unwrap();
         assert!(Tokens::load(&path).unwrap_err().to_string().contains("shorter"));
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let e = Tokens::load(&path).unwrap_err().to_string();
+        assert!(e.contains("others can read it") && e.contains("chmod 600"), "{e}");
     }
 }

@@ -10,7 +10,11 @@
 //! POST /skills/{name}/rollback    back to the version active before
 //! ```
 //!
-//! Every request needs a bearer token (see `auth`). A refused request changes nothing.
+//! Every request needs a bearer token (see `auth`), checked before any body is read. Bundles are
+//! unpacked and checked in a worker process under its own limits (`skill::sandbox`), so no bundle
+//! can take the node's control loop down. Connections, request heads, uploads (how many at once,
+//! how slow) and whole requests are limited (`http::HttpLimits`). A refused request changes
+//! nothing, and replies never name the robot's files.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,26 +23,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use ed25519_dalek::VerifyingKey;
 
 use super::auth::Tokens;
-use super::http::{problem, reply, spool, unauthorized};
+use super::http::{HttpLimits, problem, redact, reply, small_body, spool, unauthorized, within};
 use super::{FleetError, io};
-use crate::skill::Skill;
 use crate::skill::bundle::{self, BundleError, Limits};
+use crate::skill::sandbox::Sandbox;
 use crate::skill::store::{Store, StoreError};
+use crate::skill::{Manifest, Skill};
 
 /// Default address: loopback only, so a robot is reachable from elsewhere only when its
 /// operator says so.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8740";
 
-/// Uploads an inbox receives at once.
-const MAX_UPLOADS: usize = 4;
+/// What an inbox allows its clients, and the memory of its bundle check worker.
+#[derive(Debug, Clone, Default)]
+pub struct InboxLimits {
+    /// Connections, request deadlines, uploads.
+    pub http: HttpLimits,
+    /// The worker's memory cap, MiB (None: `sandbox::default_memory_mib` of the bundle limit).
+    pub worker_mib: Option<u64>,
+}
 
 /// What the inbox is configured with, as paths (the node's parameters, or `skillgraft inbox`).
 #[derive(Debug, Clone, PartialEq)]
@@ -59,8 +71,8 @@ pub struct InboxSettings {
 pub trait Runner: Send + Sync {
     /// Name and version of the running skill.
     fn running(&self) -> (String, String);
-    /// Why `skill` could not replace the running one, if it could not.
-    fn check(&self, skill: &Skill) -> Result<(), String>;
+    /// Why a skill with this manifest could not replace the running one, if it could not.
+    fn check(&self, manifest: &Manifest) -> Result<(), String>;
     /// Hands `skill` to the control loop, which swaps it in between two ticks.
     fn swap(&self, skill: Skill) -> Result<(), String>;
 }
@@ -74,6 +86,8 @@ pub struct InboxStats {
     pub rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests without an accepted token.
     pub unauthorized: AtomicU64,
+    /// Connections closed on arrival because the connection cap was reached.
+    pub connections_refused: Arc<AtomicU64>,
     /// The last refusal, for people.
     pub last_rejection: Mutex<Option<String>>,
     /// The address the inbox listens on.
@@ -82,9 +96,11 @@ pub struct InboxStats {
 
 impl InboxStats {
     fn reject(&self, reason: &'static str, message: &str) {
+        // Messages quote names from the bundle shortened already; this bounds everything else.
+        let message = clipped(message, 2048);
         tracing::warn!(reason, "bundle rejected: {message}");
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
-        *self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_string());
+        *self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
     }
 
     /// Bundles refused, all reasons.
@@ -104,6 +120,7 @@ impl crate::control::diagnostics::Counted for InboxStats {
             v.push((format!("inbox.bundles_rejected.{reason}"), n.to_string()));
         }
         v.push(("inbox.unauthorized_requests".to_string(), self.unauthorized.load(Ordering::Relaxed).to_string()));
+        v.push(("inbox.connections_refused".to_string(), self.connections_refused.load(Ordering::Relaxed).to_string()));
         if let Some(last) = self.last_rejection.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             v.push(("inbox.last_rejection".to_string(), last.clone()));
         }
@@ -111,13 +128,26 @@ impl crate::control::diagnostics::Counted for InboxStats {
     }
 }
 
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn clipped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 struct Shared {
     /// Held from a change's check through the store write to the swap, so the store and the
     /// running node never end up naming different versions when requests overlap.
     commit: Mutex<()>,
-    /// Uploads received at once; more are answered 503 (which `fleet push` retries), so stalled
-    /// clients cannot fill the robot's disk.
+    /// Uploads received at once; more wait their turn a little and are then answered 503 (which
+    /// `fleet push` retries), so stalled clients cannot fill the robot's disk.
     uploads: Arc<tokio::sync::Semaphore>,
+    http: HttpLimits,
     store: Store,
     trusted: Vec<VerifyingKey>,
     tokens: Tokens,
@@ -136,8 +166,17 @@ pub struct Inbox {
 
 impl Inbox {
     /// Reads the keys and tokens, opens the store, binds the address and serves on a thread of
-    /// its own. Installs run on blocking threads, never on the control thread.
+    /// its own, with the default limits. Installs run in worker processes, never in this one.
     pub fn start(settings: &InboxSettings, runner: Option<Arc<dyn Runner>>) -> Result<Inbox, FleetError> {
+        Inbox::start_with(settings, &InboxLimits::default(), runner)
+    }
+
+    /// As [`Inbox::start`], under `limits`.
+    pub fn start_with(
+        settings: &InboxSettings,
+        limits: &InboxLimits,
+        runner: Option<Arc<dyn Runner>>,
+    ) -> Result<Inbox, FleetError> {
         if settings.trust.is_empty() {
             return Err(FleetError::Config(
                 "the inbox trusts no key, so it could install nothing; give the fleet's public key (.pub)".into(),
@@ -145,7 +184,11 @@ impl Inbox {
         }
         let trusted = bundle::read_trusted(&settings.trust).map_err(|e| FleetError::Config(e.to_string()))?;
         let tokens = Tokens::load(&settings.tokens)?;
-        let store = Store::open(&settings.store).map_err(|e| FleetError::Config(e.to_string()))?;
+        let mut sandbox = Sandbox::current(settings.max_mib).map_err(|e| FleetError::Config(e.to_string()))?;
+        if let Some(mib) = limits.worker_mib {
+            sandbox.memory_mib = mib;
+        }
+        let store = Store::open(&settings.store).map_err(|e| FleetError::Config(e.to_string()))?.sandboxed(sandbox);
         let listener = std::net::TcpListener::bind(&settings.listen)
             .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
         listener.set_nonblocking(true).map_err(io("configure", Path::new(&settings.listen)))?;
@@ -154,11 +197,12 @@ impl Inbox {
         *stats.address.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
         let shared = Arc::new(Shared {
             commit: Mutex::new(()),
-            uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+            uploads: Arc::new(tokio::sync::Semaphore::new(limits.http.uploads.max(1))),
+            http: limits.http,
             store,
             trusted,
             tokens,
-            limits: Limits { max_bytes: settings.max_mib.saturating_mul(1 << 20) },
+            limits: Limits::mib(settings.max_mib),
             runner,
             stats: stats.clone(),
         });
@@ -167,7 +211,9 @@ impl Inbox {
             .route("/skills", get(list).post(install))
             .route("/skills/{name}/activate", post(activate))
             .route("/skills/{name}/rollback", post(rollback))
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
             .with_state(shared);
+        let (http, refused) = (limits.http, stats.connections_refused.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = std::sync::mpsc::channel();
         let rt = super::http::runtime(1).map_err(io("start the runtime of", Path::new(&settings.listen)))?;
@@ -179,12 +225,10 @@ impl Inbox {
                         Ok(l) => l,
                         Err(e) => return tracing::error!("inbox: {e}"),
                     };
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    super::http::serve(listener, app, http, refused, async {
                         let _ = rx.await;
-                    });
-                    if let Err(e) = served.await {
-                        tracing::error!("inbox stopped: {e}");
-                    }
+                    })
+                    .await;
                 });
                 let _ = done_tx.send(());
             })
@@ -222,10 +266,7 @@ fn running_json(s: &Shared) -> serde_json::Value {
     }
 }
 
-async fn health(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = guard(&s, &headers) {
-        return r;
-    }
+async fn health(State(s): State<Arc<Shared>>) -> Response {
     reply(
         StatusCode::OK,
         serde_json::json!({
@@ -235,22 +276,27 @@ async fn health(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
             "bundles_rejected": s.stats.rejected_total(),
             "bundles_rejected_by_reason": s.stats.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             "unauthorized_requests": s.stats.unauthorized.load(Ordering::Relaxed),
+            "connections_refused": s.stats.connections_refused.load(Ordering::Relaxed),
         }),
     )
 }
 
-/// A 401 reply (counted and logged), unless the request carries an accepted token.
-fn guard(s: &Shared, headers: &HeaderMap) -> Option<Response> {
-    unauthorized(&s.tokens, headers).inspect(|_| {
+/// Every request, before its handler reads anything of its body: a 401 (counted and logged)
+/// unless it carries an accepted token; then the request-wide deadline for all but uploads.
+async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, req.headers()) {
         s.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("inbox: request without an accepted token refused");
-    })
-}
-
-async fn list(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = guard(&s, &headers) {
         return r;
     }
+    if req.method() == Method::POST && req.uri().path() == "/skills" {
+        next.run(req).await
+    } else {
+        within(s.http.request_timeout, next.run(req)).await
+    }
+}
+
+async fn list(State(s): State<Arc<Shared>>) -> Response {
     let s2 = s.clone();
     match tokio::task::spawn_blocking(move || s2.store.list()).await {
         Ok(Ok(entries)) => {
@@ -262,24 +308,34 @@ async fn list(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
 }
 
 /// A store error as a refusal: the reply's status, the reason it is counted under, the message.
+/// A refused bundle is described without the scratch path it was spooled to, and a failure of
+/// the robot's own disk without its paths (the log has them).
 fn refusal(e: StoreError) -> Refusal {
-    let (status, reason) = match &e {
-        StoreError::Bundle(BundleError::Io { .. }) | StoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
-        StoreError::Bundle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        StoreError::Refused(_) => (StatusCode::CONFLICT, "refused"),
-    };
-    (status, reason, e.to_string())
+    match e {
+        StoreError::Bundle(BundleError::Rejected { problem, .. }) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid", problem)
+        }
+        StoreError::Bundle(e @ (BundleError::Io { .. } | BundleError::Key { .. } | BundleError::Skill(_))) => {
+            tracing::error!("inbox: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "io", "the robot could not store the bundle; its log says why".into())
+        }
+        StoreError::Io { .. } => {
+            tracing::error!("inbox: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "io", "the robot could not store the bundle; its log says why".into())
+        }
+        StoreError::Refused(m) => (StatusCode::CONFLICT, "refused", m),
+    }
 }
 
 async fn install(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(r) = guard(&s, &headers) {
-        return r;
-    }
-    let Ok(turn) = s.uploads.clone().try_acquire_owned() else {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_UPLOADS} uploads are in progress; try again shortly"),
-        );
+    let turn = match tokio::time::timeout(s.http.queue, s.uploads.clone().acquire_owned()).await {
+        Ok(Ok(turn)) => turn,
+        _ => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} uploads are in progress; try again shortly", s.http.uploads),
+            );
+        }
     };
     // A task of its own: when the client goes away mid-upload, hyper drops this handler, but the
     // upload still ends (as truncated), is counted and its scratch file removed.
@@ -294,7 +350,7 @@ async fn install(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
 async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     let upload_started = Instant::now();
     let path = s.store.scratch("upload.skill");
-    let bytes = match spool(&headers, body, &path, s.limits.max_bytes).await {
+    let bytes = match spool(&headers, body, &path, s.limits.max_bytes, &s.http).await {
         Ok(n) => n,
         Err(e) => {
             let (r, reason) = e.reply();
@@ -322,6 +378,7 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
             )
         }
         Ok(Err((status, reason, message))) => {
+            let message = redact(&message, s.store.root());
             s.stats.reject(reason, &message);
             problem(status, message)
         }
@@ -331,36 +388,48 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
 
 type Refusal = (StatusCode, &'static str, String);
 
+/// After a change the node could not follow, the store is put back to `before`; the refusal
+/// says both what failed and whether the store is back, so nobody is left guessing.
+fn undo(s: &Shared, name: &str, before: Option<&crate::skill::store::State>, what: &str, e: String) -> Refusal {
+    let message = match s.store.restore(name, before) {
+        Ok(()) => format!("{what}, but the node could not swap it in: {e}; the store is back as it was"),
+        Err(r) => {
+            tracing::error!("inbox: the store could not be put back after a failed swap: {r}");
+            format!(
+                "{what}, but the node could not swap it in: {e}; and the store could not be put back ({r}): it names another version than the node runs until the next change"
+            )
+        }
+    };
+    (StatusCode::INTERNAL_SERVER_ERROR, "swap", message)
+}
+
 fn install_blocking(s: &Shared, path: &Path) -> Result<(crate::skill::store::Entry, bool), Refusal> {
     let _one = s.commit.lock().unwrap_or_else(|p| p.into_inner());
     let running = s.runner.as_ref().map(|r| (r.clone(), r.running()));
-    let check = |skill: &Skill, downgrade: bool| match &running {
-        Some((r, (name, version))) if skill.manifest.name == *name => {
-            r.check(skill)?;
+    let check = |manifest: &Manifest, downgrade: bool| match &running {
+        Some((r, (name, version))) if manifest.name == *name => {
+            r.check(manifest)?;
             // The node may run a version the store never had (the folder it was launched
             // with): the version rule holds against it too.
             match version.parse::<semver::Version>() {
-                Ok(v) if skill.manifest.version < v && !downgrade => Err(format!(
-                    "the node runs {v}, which is newer; a fleet that means it signs the bundle with --downgrade"
+                Ok(v) if manifest.version < v && !downgrade => Err(format!(
+                    "the node runs {v}, which is newer; a fleet that means it signs a downgrade for this robot (`bundle pack --downgrade --for ROBOT --expires-in 1d`)"
                 )),
                 _ => Ok(()),
             }
         }
         _ => Ok(()),
     };
+    let name = bundle::peek(path).ok().map(|c| c.name).filter(|n| crate::skill::manifest::valid_name(n));
+    let before = match &name {
+        Some(n) => s.store.state(n).map_err(refusal)?,
+        None => None,
+    };
     let entry = s.store.install_checked(path, &s.trusted, s.limits, &check).map_err(refusal)?;
     let Some((runner, (name, _))) = running.filter(|(_, (n, _))| *n == entry.name) else { return Ok((entry, false)) };
     match swap(&*runner, &s.store, &name, &entry.state.active) {
         Ok(()) => Ok((entry, true)),
-        Err(e) => {
-            // Installed but not running: put the store back to what runs, so the two agree.
-            let _ = s.store.rollback(&name);
-            Err((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "swap",
-                format!("installed, but the node could not swap it in: {e}"),
-            ))
-        }
+        Err(e) => Err(undo(s, &name, before.as_ref(), &format!("installed {name} {}", entry.state.active), e)),
     }
 }
 
@@ -375,15 +444,11 @@ struct ActivateRequest {
     version: semver::Version,
 }
 
-async fn activate(
-    State(s): State<Arc<Shared>>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = guard(&s, &headers) {
-        return r;
-    }
+async fn activate(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, body: Body) -> Response {
+    let body = match small_body(body, 4096).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req: ActivateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("the body must be {{\"version\": \"X.Y.Z\"}}: {e}")),
@@ -391,10 +456,7 @@ async fn activate(
     change(s, name, Some(req.version)).await
 }
 
-async fn rollback(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
-    if let Some(r) = guard(&s, &headers) {
-        return r;
-    }
+async fn rollback(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
     change(s, name, None).await
 }
 
@@ -422,14 +484,15 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
         let skill = match runner {
             Some(r) => {
                 let skill = Skill::load(&dir).map_err(|e| (StatusCode::CONFLICT, "refused", e.to_string()))?;
-                r.check(&skill).map_err(|e| (StatusCode::CONFLICT, "refused", e))?;
+                r.check(&skill.manifest).map_err(|e| (StatusCode::CONFLICT, "refused", e))?;
                 Some(skill)
             }
             None => None,
         };
+        let before = s2.store.state(&name).map_err(refusal)?;
         let entry = s2.store.activate(&name, &version).map_err(refusal)?;
         if let (Some(r), Some(skill)) = (runner, skill) {
-            r.swap(skill).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "swap", e))?;
+            r.swap(skill).map_err(|e| undo(&s2, &name, before.as_ref(), &format!("activated {name} {version}"), e))?;
         }
         Ok(entry)
     })
@@ -440,9 +503,59 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
             reply(StatusCode::OK, serde_json::json!({ "installed": entry, "running": running_json(&s) }))
         }
         Ok(Err((status, _, message))) => {
+            let message = redact(&message, s.store.root());
             tracing::warn!("activation refused: {message}");
             problem(status, message)
         }
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node whose control thread refuses every swap (it has stopped, say).
+    struct Stopped;
+
+    impl Runner for Stopped {
+        fn running(&self) -> (String, String) {
+            ("example-arm6".into(), "0.0.1".into())
+        }
+        fn check(&self, _: &Manifest) -> Result<(), String> {
+            Ok(())
+        }
+        fn swap(&self, _: Skill) -> Result<(), String> {
+            Err("the control thread has stopped".into())
+        }
+    }
+
+    #[test]
+    fn an_install_the_node_cannot_swap_in_is_undone_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, _) = bundle::new_key(&dir.path().join("fleet")).unwrap();
+        let key = bundle::read_secret(&secret).unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6");
+        let file = dir.path().join("b.skill");
+        bundle::pack(&example, &key, &file, None).unwrap();
+        let tokens = dir.path().join("tokens");
+        super::super::auth::new_token(&tokens).unwrap();
+        let shared = Shared {
+            commit: Mutex::new(()),
+            uploads: Arc::new(tokio::sync::Semaphore::new(1)),
+            http: HttpLimits::default(),
+            store: Store::open(&dir.path().join("store")).unwrap(),
+            trusted: vec![key.verifying_key()],
+            tokens: Tokens::load(&tokens).unwrap(),
+            limits: Limits::default(),
+            runner: Some(Arc::new(Stopped)),
+            stats: Arc::default(),
+        };
+        let (status, reason, message) = install_blocking(&shared, &file).unwrap_err();
+        assert_eq!((status, reason), (StatusCode::INTERNAL_SERVER_ERROR, "swap"));
+        assert!(message.contains("installed example-arm6 0.1.0, but the node could not swap it in"), "{message}");
+        assert!(message.contains("the store is back as it was"), "{message}");
+        assert_eq!(shared.store.state("example-arm6").unwrap(), None);
+        assert!(shared.store.list().unwrap().is_empty(), "the first install is removed");
     }
 }

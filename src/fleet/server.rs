@@ -20,19 +20,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ed25519_dalek::VerifyingKey;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Tokens;
-use super::http::{problem, reply, spool, unauthorized};
+use super::http::{HttpLimits, problem, redact, reply, spool, unauthorized, within};
 use super::push::Robots;
 use super::{FleetError, io};
 use crate::skill::bundle::{self, Limits};
 use crate::skill::manifest::Provenance;
+use crate::skill::sandbox::Sandbox;
 
 /// Default address of the fleet server.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
@@ -69,6 +72,8 @@ pub struct ServerSettings {
     pub tokens: PathBuf,
     /// Largest bundle, MiB.
     pub max_mib: u64,
+    /// What each client is allowed: connections, deadlines, uploads at once and how slow.
+    pub http: HttpLimits,
 }
 
 struct Shared {
@@ -76,8 +81,13 @@ struct Shared {
     trusted: Vec<VerifyingKey>,
     tokens: Tokens,
     limits: Limits,
+    http: HttpLimits,
+    sandbox: Sandbox,
     seq: std::sync::atomic::AtomicU64,
-    /// One catalog change at a time: two uploads of one version must not both pass the check.
+    /// Uploads received at once.
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// One check and catalog change at a time: two uploads of one version must not both pass
+    /// the check, and checks (each a worker process) do not pile up.
     adding: std::sync::Mutex<()>,
 }
 
@@ -101,35 +111,48 @@ pub async fn serve(
     if registry.exists() {
         Robots::load(&registry)?;
     }
+    let sandbox = Sandbox::current(settings.max_mib).map_err(|e| FleetError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
         root,
         trusted,
         tokens,
-        limits: Limits { max_bytes: settings.max_mib.saturating_mul(1 << 20) },
+        limits: Limits::mib(settings.max_mib),
+        http: settings.http,
+        sandbox,
         seq: Default::default(),
+        uploads: Arc::new(tokio::sync::Semaphore::new(settings.http.uploads.max(1))),
         adding: Default::default(),
     });
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let app = axum::Router::new()
         .route("/health", get(health))
         .route("/catalog", get(catalog).post(upload))
         .route("/catalog/{name}/{version}", get(download))
         .route("/robots", get(robots))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(io("configure", Path::new(&settings.listen)))?;
     bound(addr);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(io("serve on", Path::new(&settings.listen)))
+    super::http::serve(listener, app, settings.http, refused, shutdown).await;
+    Ok(())
 }
 
-async fn health(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, &headers) {
+/// Every request, before its handler reads anything of its body: the token, then the
+/// request-wide deadline for all but uploads and downloads (which carry their own).
+async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if let Some(r) = unauthorized(&s.tokens, req.headers()) {
+        tracing::warn!("fleet server: request without an accepted token refused");
         return r;
     }
+    let streams = (req.method() == Method::POST && req.uri().path() == "/catalog")
+        || (req.method() == Method::GET && req.uri().path().starts_with("/catalog/"));
+    if streams { next.run(req).await } else { within(s.http.request_timeout, next.run(req)).await }
+}
+
+async fn health() -> Response {
     reply(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
@@ -154,10 +177,7 @@ pub fn entries(root: &Path) -> Result<Vec<CatalogEntry>, FleetError> {
     Ok(out)
 }
 
-async fn catalog(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, &headers) {
-        return r;
-    }
+async fn catalog(State(s): State<Arc<Shared>>) -> Response {
     let root = s.root.clone();
     match tokio::task::spawn_blocking(move || entries(&root)).await {
         Ok(Ok(list)) => reply(StatusCode::OK, serde_json::json!({ "bundles": list })),
@@ -170,14 +190,7 @@ fn bundle_path(root: &Path, name: &str, version: &semver::Version) -> PathBuf {
     root.join("catalog").join(name).join(format!("{version}.skill"))
 }
 
-async fn download(
-    State(s): State<Arc<Shared>>,
-    UrlPath((name, version)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, &headers) {
-        return r;
-    }
+async fn download(State(s): State<Arc<Shared>>, UrlPath((name, version)): UrlPath<(String, String)>) -> Response {
     let Ok(version) = version.parse::<semver::Version>() else {
         return problem(StatusCode::BAD_REQUEST, format!("{version:?} is not a version (X.Y.Z)"));
     };
@@ -188,7 +201,11 @@ async fn download(
     match tokio::fs::File::open(&path).await {
         Ok(f) => {
             let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+            // A reader slower than the minimum rate loses the rest: it must not hold a connection.
+            let allowed = s.http.grace + std::time::Duration::from_secs_f64(len as f64 / s.http.min_rate.max(1) as f64);
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).take_until(tokio::time::sleep(allowed));
+            let body = Body::from_stream(stream);
             (
                 StatusCode::OK,
                 [
@@ -205,10 +222,7 @@ async fn download(
     }
 }
 
-async fn robots(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, &headers) {
-        return r;
-    }
+async fn robots(State(s): State<Arc<Shared>>) -> Response {
     let path = s.root.join("robots.toml");
     if !path.exists() {
         return reply(StatusCode::OK, serde_json::json!({ "robots": [] }));
@@ -223,18 +237,28 @@ async fn robots(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
 }
 
 async fn upload(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, &headers) {
-        return r;
-    }
+    let turn = match tokio::time::timeout(s.http.queue, s.uploads.clone().acquire_owned()).await {
+        Ok(Ok(turn)) => turn,
+        _ => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} uploads are in progress; try again shortly", s.http.uploads),
+            );
+        }
+    };
     // A task of its own, so an upload cut off by its client still cleans up after itself.
-    let work = tokio::spawn(receive(s, headers, body));
+    let work = tokio::spawn(async move {
+        let r = receive(s, headers, body).await;
+        drop(turn);
+        r
+    });
     work.await.unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     let n = s.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = s.root.join(".incoming").join(format!("upload-{n}.skill"));
-    let bytes = match spool(&headers, body, &path, s.limits.max_bytes).await {
+    let bytes = match spool(&headers, body, &path, s.limits.max_bytes, &s.http).await {
         Ok(b) => b,
         Err(e) => {
             let (r, reason) = e.reply();
@@ -255,6 +279,7 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
             )
         }
         Ok(Err((status, message))) => {
+            let message = redact(&message, &s.root);
             tracing::warn!("catalog upload refused: {message}");
             problem(status, message)
         }
@@ -262,14 +287,24 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     }
 }
 
-/// Verifies the spooled bundle and moves it into the catalog; `false` when the same bundle was
-/// already there.
+/// Verifies the spooled bundle (in a worker process) and moves it into the catalog; `false` when
+/// the same bundle was already there. The check and the move hold one lock, and every rename is
+/// followed by a sync of its folder, so a power cut leaves an entry whole or absent.
 fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
+    let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
     let scratch = s.root.join(".incoming").join(format!("unpack-{n}"));
-    let verified = bundle::unpack_loaded(path, &s.trusted, &scratch, s.limits);
+    let verified = s
+        .sandbox
+        .unpack(path, &s.trusted, &scratch, s.limits)
+        .and_then(|v| crate::skill::read_manifest(&v.dir).map(|m| (v, m)).map_err(bundle::BundleError::Skill));
     let _ = std::fs::remove_dir_all(&scratch);
-    let (v, skill) = verified.map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let manifest = skill.manifest;
+    let (v, manifest) = verified.map_err(|e| match e {
+        bundle::BundleError::Rejected { problem, .. } => (StatusCode::UNPROCESSABLE_ENTITY, problem),
+        e => {
+            tracing::error!("catalog: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the fleet server could not check the bundle; its log says why".into())
+        }
+    })?;
     let c = &v.contents;
     let entry = CatalogEntry {
         name: c.name.clone(),
@@ -282,8 +317,10 @@ fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, boo
     };
     let target = bundle_path(&s.root, &c.name, &c.version);
     let meta = target.with_extension("json");
-    let internal = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+    let internal = |e: std::io::Error| {
+        tracing::error!("catalog: {e}");
+        (StatusCode::INTERNAL_SERVER_ERROR, "the fleet server could not store the bundle; its log says why".to_string())
+    };
     if let Ok(text) = std::fs::read(&meta)
         && let Ok(old) = serde_json::from_slice::<CatalogEntry>(&text)
     {
@@ -299,11 +336,20 @@ fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, boo
             ))
         };
     }
-    std::fs::create_dir_all(target.parent().expect("a folder")).map_err(internal)?;
+    let folder = target.parent().expect("a folder");
+    let new_folder = !folder.exists();
+    std::fs::create_dir_all(folder).map_err(internal)?;
+    let sync = |dir: &Path| std::fs::File::open(dir).and_then(|f| f.sync_all());
+    if new_folder {
+        sync(&s.root.join("catalog")).map_err(internal)?;
+    }
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(internal)?;
     std::fs::rename(path, &target).map_err(internal)?;
+    sync(folder).map_err(internal)?;
     let part = meta.with_extension("json.part");
     std::fs::write(&part, serde_json::to_vec_pretty(&entry).expect("serialises")).map_err(internal)?;
     std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(internal)?;
     std::fs::rename(&part, &meta).map_err(internal)?;
+    sync(folder).map_err(internal)?;
     Ok((entry, true))
 }

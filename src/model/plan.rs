@@ -1,5 +1,8 @@
 //! tract plans built from one ONNX file: the control plan (batch 1, state reused every tick) and
-//! the backbone plan (input to `features`, any batch) for feature extraction.
+//! the backbone plan (input to `features`, any batch) for feature extraction. The leading axis of
+//! an input of rank 2 or more is the batch axis whatever it is declared as: a symbol, 1, or the
+//! fixed batch an exporter saw (the dynamo exporter writes fixed shapes unless told otherwise).
+//! Both plans pin it again: 1 for control, a symbol for the backbone.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -16,8 +19,11 @@ use super::{ModelError, Subject};
 pub struct InputShape {
     /// Dims as declared (numbers, or the symbol's name).
     pub declared: Vec<String>,
-    /// Whether dim 0 is a batch axis (symbolic or 1, on a tensor of rank 2 or more).
+    /// Whether dim 0 is a batch axis (any dim 0 of a tensor of rank 2 or more).
     pub batched: bool,
+    /// The batch the file fixes, when dim 0 is a number: the plans re-pin it, and the shapes the
+    /// exporter recorded at that batch (outputs, intermediate values) are not used.
+    pub fixed_batch: Option<usize>,
     /// Dims of one sample (without the batch axis).
     pub sample: Vec<usize>,
     /// Name of the batch symbol: the declared one, so the file's own shape annotations agree.
@@ -39,13 +45,17 @@ impl InputShape {
     }
 }
 
+/// Most values one sample of the input may have (64 MiB of f32): it sizes the tick's buffers.
+pub const MAX_SAMPLE: usize = 1 << 24;
+
 /// Reads the declared shape of the feed input and decides which axis is the batch.
 pub fn input_shape(file: &OnnxFile, declared: Vec<String>) -> Result<InputShape, ModelError> {
     let bad = |problem: String| ModelError::Shape { path: file.path.clone(), subject: Subject::Input, problem };
     if declared.is_empty() {
         return Err(bad("the input has no declared shape; re-export the model with input shapes".into()));
     }
-    let batched = declared.len() >= 2 && (declared[0] == "1" || declared[0].parse::<usize>().is_err());
+    let batched = declared.len() >= 2;
+    let fixed_batch = if batched { declared[0].parse::<usize>().ok() } else { None };
     let rest = if batched { &declared[1..] } else { &declared[..] };
     let sample = rest
         .iter()
@@ -57,13 +67,19 @@ pub fn input_shape(file: &OnnxFile, declared: Vec<String>) -> Result<InputShape,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let width = sample.iter().try_fold(1usize, |w, &d| w.checked_mul(d));
+    if width.is_none_or(|w| w == 0 || w > MAX_SAMPLE) {
+        return Err(bad(format!(
+            "one sample of the input is {declared:?} without the batch: not 1 to {MAX_SAMPLE} values; export the policy with a smaller input"
+        )));
+    }
     let batch_symbol = match declared.first() {
         Some(d) if batched && d.parse::<usize>().is_err() && d.chars().all(|c| c.is_alphanumeric() || c == '_') => {
             d.clone()
         }
         _ => "N".to_string(),
     };
-    Ok(InputShape { declared, batched, sample, batch_symbol })
+    Ok(InputShape { declared, batched, fixed_batch, sample, batch_symbol })
 }
 
 fn tract_err<'a>(path: &'a Path, stage: &'static str) -> impl Fn(TractError) -> ModelError + 'a {
@@ -85,9 +101,12 @@ fn guarded<T>(path: &Path, stage: &'static str, f: impl FnOnce() -> TractResult<
     }
 }
 
-fn parse(file: &OnnxFile) -> Result<InferenceModel, ModelError> {
+/// Parses the graph; with a fixed batch, without the output and intermediate shapes the exporter
+/// recorded at that batch, which would contradict the batch the plan pins.
+fn parse(file: &OnnxFile, shape: &InputShape) -> Result<InferenceModel, ModelError> {
     guarded(&file.path, "parse the graph", || {
-        let onnx = tract_onnx::onnx();
+        let repinned = shape.fixed_batch.is_some();
+        let onnx = tract_onnx::onnx().with_ignore_output_shapes(repinned).with_ignore_value_info(repinned);
         let dir = file.dir();
         let result = onnx.parse(&file.proto, dir.as_deref())?;
         if !result.unresolved_inputs.is_empty() {
@@ -110,7 +129,7 @@ pub struct ControlPlan {
 impl ControlPlan {
     /// Builds and optimises the batch-1 plan from the input to `output`.
     pub fn build(file: &OnnxFile, shape: &InputShape, output: &str) -> Result<ControlPlan, ModelError> {
-        let model = parse(file)?;
+        let model = parse(file, shape)?;
         let path = &file.path;
         let plan = guarded(path, "optimise the control plan", || {
             let n = model.symbols.sym(&shape.batch_symbol);
@@ -118,6 +137,16 @@ impl ControlPlan {
             let typed = model.with_input_fact(0, fact)?.with_outputs_by_name([output])?.into_typed()?;
             let batch_one = std::collections::HashMap::from([(n, 1.to_dim())]);
             typed.set_symbols(&batch_one)?.into_optimized()?.into_runnable()
+        })
+        .map_err(|e| match shape.fixed_batch {
+            Some(b) if b != 1 => ModelError::Shape {
+                path: path.clone(),
+                subject: Subject::Input,
+                problem: format!(
+                    "the model was exported with a fixed batch of {b} and does not run at batch 1 ({e}); its graph hard-codes the batch (a Reshape to [{b}, ...]): export it again with a dynamic batch (torch.onnx.export(..., dynamic_shapes=({{0: torch.export.Dim(\"N\")}},))) or with batch 1"
+                ),
+            },
+            _ => e,
         })?;
         let out_fact = guarded(path, "read the output shape", || Ok(plan.model().output_fact(0)?.clone()))?;
         let dims: Option<Vec<usize>> = out_fact.shape.as_concrete().map(<[usize]>::to_vec);
@@ -200,7 +229,7 @@ impl BackbonePlan {
         layout: Layout,
         width: usize,
     ) -> Result<BackbonePlan, ModelError> {
-        let model = parse(file)?;
+        let model = parse(file, shape)?;
         let path = &file.path;
         let batch_axis = shape.batched;
         let plan = guarded(path, "optimise the backbone plan", || {

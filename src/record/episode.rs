@@ -294,6 +294,36 @@ impl EpisodeFile {
     }
 }
 
+/// Largest record an episode may hold (a chunk, compressed or not, or a message): a bound on
+/// what a damaged or hostile file can make the reader allocate.
+pub const MAX_RECORD: u64 = 256 << 20;
+
+/// The records of one chunk, decompressed a record at a time under [`MAX_RECORD`].
+fn chunk_records(chunk: &[u8]) -> Result<Vec<Record<'static>>, String> {
+    use mcap::sans_io::{LinearReadEvent, LinearReader, LinearReaderOptions};
+    let options = LinearReaderOptions::default()
+        .with_skip_start_magic(true)
+        .with_skip_end_magic(true)
+        .with_record_length_limit(MAX_RECORD as usize);
+    let mut reader = LinearReader::new_with_options(options);
+    let mut rest = chunk;
+    let mut out = Vec::new();
+    while let Some(event) = reader.next_event() {
+        match event.map_err(|e| e.to_string())? {
+            LinearReadEvent::ReadRequest(need) => {
+                let n = need.min(rest.len());
+                reader.insert(n).copy_from_slice(&rest[..n]);
+                reader.notify_read(n);
+                rest = &rest[n..];
+            }
+            LinearReadEvent::Record { data, opcode } => {
+                out.push(mcap::parse_record(opcode, data).map_err(|e| e.to_string())?.into_owned())
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads an episode: every complete record, in order. A `.part` file (or any file cut short) is
 /// read up to its last complete record and the rest counted in `trailing_bytes`.
 pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
@@ -351,7 +381,13 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
             break;
         }
         let opcode = bytes[at];
-        let len = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().expect("8 bytes")) as usize;
+        let len = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().expect("8 bytes"));
+        // A length over the limit is a chunk the writer had not finished (its length is written
+        // last) or damage: the file is read up to there, like one cut short.
+        if len > MAX_RECORD {
+            break;
+        }
+        let len = len as usize;
         let Some(body) = bytes.get(at + 9..(at + 9).saturating_add(len)) else {
             break;
         };
@@ -367,15 +403,15 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
             }
             break;
         }
-        if let Record::Chunk { header, data } = record {
-            let inner: Vec<_> = match mcap::read::ChunkReader::new(header, &data) {
-                Ok(r) => r.collect(),
-                Err(_) => break,
-            };
-            if inner.iter().any(|r| r.is_err()) {
+        if let Record::Chunk { header, .. } = &record {
+            if header.uncompressed_size > MAX_RECORD {
                 break;
             }
-            for r in inner.into_iter().flatten() {
+            let inner = match chunk_records(&bytes[at..at + 9 + len]) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            for r in inner {
                 on_record(r, &mut file)?;
             }
         } else {
@@ -445,6 +481,22 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, EpisodeError> {
 
 #[cfg(test)]
 mod tests {
+    /// A record claiming more than the limit ends what is read, as a cut does: nothing is
+    /// allocated for it, and the rest is counted as trailing bytes.
+    #[test]
+    fn records_over_the_limit_end_the_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.mcap");
+        let mut bytes = mcap::MAGIC.to_vec();
+        bytes.push(mcap::records::op::MESSAGE);
+        bytes.extend((1u64 << 40).to_le_bytes());
+        bytes.extend([0u8; 64]);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = super::read(&path).unwrap();
+        assert!(file.messages.is_empty() && !file.complete);
+        assert_eq!(file.trailing_bytes, 9 + 64);
+    }
+
     #[test]
     fn mcap_errors_carry_the_os_error() {
         let e = mcap::McapError::Io(std::io::Error::from_raw_os_error(28));

@@ -201,6 +201,9 @@ impl MessageSchema {
     }
 }
 
+/// Highest array index a selector may name: a selector sizes the buffers it fills.
+pub const MAX_INDEX: usize = 65_536;
+
 fn parse_slice(field: &str, inner: &str) -> Result<Selector, String> {
     let bad = || {
         format!(
@@ -211,9 +214,12 @@ fn parse_slice(field: &str, inner: &str) -> Result<Selector, String> {
         Some((a, b)) => (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?),
         None => {
             let i = inner.trim().parse::<usize>().map_err(|_| bad())?;
-            (i, i + 1)
+            (i, i.saturating_add(1))
         }
     };
+    if end > MAX_INDEX {
+        return Err(format!("`{field}[{inner}]` reaches past index {MAX_INDEX}, the most a selector may name"));
+    }
     if end <= start {
         return Err(format!("`{field}[{inner}]` selects no elements; END must be greater than START"));
     }

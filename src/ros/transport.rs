@@ -98,6 +98,7 @@ pub fn ros_now() -> Time {
 }
 
 /// Joins every thread in the list: a transport's spin and subscription threads, once stopped.
+#[cfg(any(feature = "dds", feature = "rcl"))]
 pub(crate) fn join_all(threads: &std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>) {
     let handles = threads.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
     for t in handles {

@@ -18,6 +18,12 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// Most frames a policy input may stack.
+pub const MAX_HISTORY: usize = 1000;
+/// Most values a policy input (frame × history) or an action may have: they size the buffers of
+/// every tick.
+pub const MAX_VALUES: usize = 1 << 20;
+
 /// A skill manifest, as written in `skill.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -370,8 +376,11 @@ impl Manifest {
                 format!("{rate} is not a usable control rate; give a rate in Hz between 0 and 10000"),
             ));
         }
-        if self.control.history == 0 {
-            return Err(err("control.history", "is 0; give the number of stacked frames, at least 1".into()));
+        if self.control.history == 0 || self.control.history > MAX_HISTORY {
+            return Err(err(
+                "control.history",
+                format!("is {}; give the number of stacked frames, 1 to {MAX_HISTORY}", self.control.history),
+            ));
         }
         if self.observations.is_empty() {
             return Err(err("observation", "no observation inputs; add at least one [[observation]] table".into()));
@@ -391,6 +400,16 @@ impl Manifest {
                     ),
                 ));
             }
+        }
+        let frame = self.frame_width();
+        if frame.checked_mul(self.control.history).is_none_or(|w| w > MAX_VALUES) {
+            return Err(err(
+                "control.history",
+                format!(
+                    "{} frames of {frame} values make an input over {MAX_VALUES} values; stack fewer frames or select fewer fields",
+                    self.control.history
+                ),
+            ));
         }
         let a = &self.action;
         let at = |f: &str| format!("action.{f}");
@@ -654,7 +673,13 @@ safe = "hold"
             (("name = \"reach\"", "name = \"re ach\""), "name", "not a valid skill name"),
             (("sha256:0123", "sha1:0123"), "provenance.parent", "64 hex digits"),
             (("2026-11-29T18:00:00Z", "yesterday"), "provenance.created", "RFC 3339"),
-            (("history = 2", "history = 0"), "control.history", "at least 1"),
+            (("history = 2", "history = 0"), "control.history", "1 to 1000"),
+            (("history = 2", "history = 2305843009213693953"), "control.history", "1 to 1000"),
+            (
+                ("fields = [\"x\", \"y\"]", "fields = [\"x\", \"data[0..18446744073709551615]\"]"),
+                "observation[1].fields",
+                "",
+            ),
             (("joints = [\"shoulder\", \"elbow\"]", "joints = []"), "observation[0].joints", "list the joints"),
             (
                 ("joints = [\"shoulder\", \"elbow\"]", "joints = [\"elbow\", \"elbow\"]"),
@@ -685,6 +710,19 @@ safe = "hold"
             assert!(e.problem.contains(text), "{e}");
             assert!(e.to_string().starts_with("skill.toml: `"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_input_size_is_bounded_before_anything_is_sized_by_it() {
+        let ones = vec!["1.0"; 2000].join(", ");
+        let text = ARM.replacen("history = 2", "history = 1000", 1).replacen(
+            "fields = [\"x\", \"y\"]\nmean = [0.5, 0.0]\nstd = [0.25, 0.25]",
+            &format!("fields = [\"x\", \"y\"]\nmean = [0.5, 0.0]\nstd = [0.25, 0.25]\nmax_age_ms = 500.0\n\n[[observation]]\ntopic = \"/big\"\ntype = \"std_msgs/msg/Float64MultiArray\"\nfields = [\"data[0..2000]\"]\nmean = [{ones}]\nstd = [{ones}]"),
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, "control.history", "{e}");
+        assert!(e.problem.contains("over 1048576 values"), "{e}");
     }
 
     #[test]

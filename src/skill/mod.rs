@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod inspect;
 pub mod manifest;
+pub mod sandbox;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -91,12 +92,7 @@ impl Skill {
         if !manifest_path.is_file() {
             return Err(SkillError::NotASkill { path: path.to_path_buf() });
         }
-        let text = read(&manifest_path, "read the manifest")?;
-        let text = String::from_utf8(text).map_err(|_| ManifestError {
-            file: manifest_path.clone(),
-            field: "(file)".into(),
-            problem: "is not UTF-8 text; save it as UTF-8".into(),
-        })?;
+        let text = read_manifest_text(&manifest_path)?;
         let manifest = Manifest::parse(&text, &manifest_path)?;
         let model_path = dir.join(&manifest.model.file);
         if !model_path.is_file() {
@@ -195,6 +191,55 @@ impl Skill {
         let mut action = vec![0.0f64; raw.len()];
         norm.action_to_robot(&raw, &mut action);
         Ok((raw, action))
+    }
+}
+
+/// Largest `skill.toml` read: a manifest is a page of settings, and its size bounds what parsing
+/// it may allocate.
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
+
+fn read_manifest_text(manifest_path: &Path) -> Result<String, SkillError> {
+    let len = std::fs::metadata(manifest_path)
+        .map_err(|source| SkillError::Io { path: manifest_path.to_path_buf(), action: "read the manifest", source })?
+        .len();
+    if len > MANIFEST_LIMIT {
+        return Err(ManifestError {
+            file: manifest_path.to_path_buf(),
+            field: "(file)".into(),
+            problem: format!("is {len} bytes, over the limit of {MANIFEST_LIMIT}; a manifest is a page of settings"),
+        }
+        .into());
+    }
+    let text = read(manifest_path, "read the manifest")?;
+    String::from_utf8(text).map_err(|_| {
+        ManifestError {
+            file: manifest_path.to_path_buf(),
+            field: "(file)".into(),
+            problem: "is not UTF-8 text; save it as UTF-8".into(),
+        }
+        .into()
+    })
+}
+
+/// Reads and validates the manifest of the skill folder `dir` without loading its model.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, SkillError> {
+    let path = dir.join(MANIFEST_FILE);
+    Ok(Manifest::parse(&read_manifest_text(&path)?, &path)?)
+}
+
+impl Skill {
+    /// Runs one inference on the mean observation: the output must be finite. An install runs
+    /// it before anything is committed.
+    pub fn smoke_test(&mut self) -> Result<(), String> {
+        let m = &self.manifest;
+        let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
+        let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
+        let (_, action) = self.step(&obs).map_err(|e| format!("the smoke inference failed: {e}"))?;
+        if action.iter().all(|v| v.is_finite()) {
+            Ok(())
+        } else {
+            Err("the smoke inference gave values that are not finite".into())
+        }
     }
 }
 

@@ -6,10 +6,14 @@
 //!
 //! ```text
 //! ROOT/.lock                  flock()ed while a change is made, so processes take turns
-//! ROOT/.incoming/             scratch (PID-...), cleared of dead processes' leftovers on open
+//! ROOT/.incoming/             scratch (PID_START-...), cleared of dead processes' leftovers on open
+//! ROOT/.identity.json         {"robot": NAME, "fleet": NAME or null}: whom downgrades must name
 //! ROOT/NAME/versions/VERSION/ installed skill folders, never changed once there
-//! ROOT/NAME/state.json        {"active": VERSION, "previous": VERSION or null}
+//! ROOT/NAME/state.json        {"active": VERSION, "previous": VERSION or null, "highest": VERSION}
 //! ```
+//!
+//! A first install killed after its rename leaves a `versions/` folder and no `state.json`: no
+//! version of that skill was ever active, so the next install of it clears the folder first.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,8 +21,9 @@ use std::sync::Mutex;
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::Skill;
+use super::Manifest;
 use super::bundle::{self, BundleError, Limits};
+use super::sandbox::Sandbox;
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,20 @@ pub struct State {
     pub active: semver::Version,
     /// The version active before it, for rollback.
     pub previous: Option<semver::Version>,
+    /// The highest version ever installed: a new one must be above it (unless a downgrade).
+    #[serde(default)]
+    pub highest: Option<semver::Version>,
+}
+
+/// Whom this store's robot is: downgrade bundles must name it (or its fleet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The robot's name (default: the host name).
+    pub robot: String,
+    /// The fleet it belongs to, if it is named.
+    #[serde(default)]
+    pub fleet: Option<String>,
 }
 
 /// One installed skill.
@@ -72,6 +91,8 @@ pub struct Store {
     root: PathBuf,
     /// One change at a time in this process (the lock file orders processes, not threads).
     changing: Mutex<()>,
+    /// Where bundles are checked: a worker process, or (None) this one.
+    sandbox: Option<Sandbox>,
 }
 
 /// Held while a change is made: this process's mutex and the store's lock file, so the node's
@@ -113,20 +134,55 @@ impl Store {
         std::fs::create_dir_all(&incoming).map_err(io("create", &incoming))?;
         for entry in std::fs::read_dir(&incoming).map_err(io("read", &incoming))?.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
-            if owner.is_none_or(|pid| pid == std::process::id() as i32 || !alive(pid)) {
+            if !owner_alive(&name) {
                 let path = entry.path();
                 let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 removed.map_err(io("clear", &path))?;
             }
         }
-        Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()) })
+        Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()), sandbox: None })
+    }
+
+    /// Checks bundles in worker processes under `sandbox`'s limits from now on.
+    pub fn sandboxed(mut self, sandbox: Sandbox) -> Store {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// A fresh path in the store's scratch folder (same file system as the versions, so an
-    /// upload spooled there costs no copy); `open` removes it if this process dies.
+    /// upload spooled there costs no copy); `open` removes it once this process is gone.
     pub fn scratch(&self, what: &str) -> PathBuf {
-        self.root.join(".incoming").join(format!("{}-{what}-{}", std::process::id(), super::bundle::unique()))
+        self.root.join(".incoming").join(format!("{}-{what}-{}", scratch_owner(), super::bundle::unique()))
+    }
+
+    /// Whom this robot is, as `.identity.json` says, or the host name.
+    pub fn identity(&self) -> Result<Identity, StoreError> {
+        let path = self.root.join(".identity.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Refused(format!("{}: {e}; write it again with `skillgraft store identify`", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Identity { robot: hostname(), fleet: None }),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Names this robot (and its fleet) for downgrade bundles.
+    pub fn identify(&self, identity: &Identity) -> Result<(), StoreError> {
+        for n in std::iter::once(&identity.robot).chain(identity.fleet.iter()) {
+            if n.is_empty() || n.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(StoreError::Refused(format!("{n:?} is not a name: give letters, digits, `-`, `_`, `.`")));
+            }
+        }
+        let _one = self.lock()?;
+        let path = self.root.join(".identity.json");
+        write_atomic(&path, &serde_json::to_vec_pretty(identity).expect("identity serialises"))?;
+        fsync_dir(&self.root)
     }
 
     fn lock(&self) -> Result<Changing<'_>, StoreError> {
@@ -182,13 +238,7 @@ impl Store {
     /// Replaces the state atomically: a new file, synced, renamed over the old, folder synced.
     fn write_state(&self, name: &str, state: &State) -> Result<(), StoreError> {
         let path = self.state_path(name);
-        let tmp = path.with_extension("json.part");
-        let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync", &tmp))?;
-        kill_point("state-written");
-        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-        kill_point("state-renamed");
+        write_atomic(&path, &serde_json::to_vec_pretty(state).expect("state serialises"))?;
         fsync_dir(&self.root.join(name))
     }
 
@@ -198,6 +248,7 @@ impl Store {
         let mut names: Vec<String> = std::fs::read_dir(&self.root)
             .map_err(io("read", &self.root))?
             .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| !n.starts_with('.'))
             .collect();
@@ -218,20 +269,21 @@ impl Store {
 
     /// Verifies `bundle` against `trusted`, test-loads it and runs one inference, and installs it
     /// as the active version of its skill (the one active before becomes `previous`). A version
-    /// not above the active one is refused unless the bundle was signed with `downgrade`.
+    /// not above the highest ever installed is refused unless the bundle is a downgrade for this
+    /// robot that has not expired.
     pub fn install(&self, bundle: &Path, trusted: &[VerifyingKey], limits: Limits) -> Result<Entry, StoreError> {
         self.install_checked(bundle, trusted, limits, &|_, _| Ok(()))
     }
 
-    /// As `install`, with one more check of the unpacked, smoke-tested skill (and whether it was
-    /// signed for a downgrade) before anything is committed: a running node refuses a skill that
-    /// reads or writes other topics, or one older than what it runs.
+    /// As `install`, with one more check of the unpacked, smoke-tested skill's manifest (and
+    /// whether it may be installed as a downgrade here) before anything is committed: a running
+    /// node refuses a skill that reads or writes other topics, or one older than what it runs.
     pub fn install_checked(
         &self,
         bundle: &Path,
         trusted: &[VerifyingKey],
         limits: Limits,
-        check: &dyn Fn(&Skill, bool) -> Result<(), String>,
+        check: &dyn Fn(&Manifest, bool) -> Result<(), String>,
     ) -> Result<Entry, StoreError> {
         let _one = self.lock()?;
         let scratch = self.scratch("install");
@@ -240,25 +292,61 @@ impl Store {
         result
     }
 
+    /// Unpacks and checks a bundle (in the worker when sandboxed), smoke test included.
+    fn unpack_checked(
+        &self,
+        bundle_path: &Path,
+        trusted: &[VerifyingKey],
+        limits: Limits,
+        scratch: &Path,
+    ) -> Result<(bundle::Verified, Manifest), StoreError> {
+        match &self.sandbox {
+            Some(sandbox) => {
+                let v = sandbox.unpack(bundle_path, trusted, scratch, limits)?;
+                let manifest = super::read_manifest(&v.dir).map_err(|e| StoreError::Refused(e.to_string()))?;
+                Ok((v, manifest))
+            }
+            None => {
+                let (v, mut skill) = bundle::unpack_loaded(bundle_path, trusted, scratch, limits)?;
+                skill
+                    .smoke_test()
+                    .map_err(|problem| BundleError::Rejected { path: bundle_path.to_path_buf(), problem })?;
+                Ok((v, skill.manifest))
+            }
+        }
+    }
+
     fn install_from(
         &self,
         bundle_path: &Path,
         trusted: &[VerifyingKey],
         limits: Limits,
         scratch: &Path,
-        check: &dyn Fn(&Skill, bool) -> Result<(), String>,
+        check: &dyn Fn(&Manifest, bool) -> Result<(), String>,
     ) -> Result<Entry, StoreError> {
-        let (v, loaded) = bundle::unpack_loaded(bundle_path, trusted, scratch, limits)?;
+        let (v, manifest) = self.unpack_checked(bundle_path, trusted, limits, scratch)?;
         kill_point("unpacked");
         let (name, version) = (v.contents.name.clone(), v.contents.version.clone());
         let state = self.state(&name)?;
-        if let Some(s) = &state
-            && version <= s.active
-            && !v.contents.downgrade
+        if state.is_none() && self.root.join(&name).exists() {
+            // What a first install killed before its state was written left: never active.
+            tracing::warn!(skill = %name, "clearing the versions of an interrupted first install");
+            let dir = self.root.join(&name);
+            std::fs::remove_dir_all(&dir).map_err(io("clear", &dir))?;
+            fsync_dir(&self.root)?;
+        }
+        let identity = self.identity()?;
+        let downgrade =
+            v.contents.downgrade_for(&identity.robot, identity.fleet.as_deref(), std::time::SystemTime::now());
+        let highest = self.highest(&name, state.as_ref())?;
+        if let Some(h) = &highest
+            && version <= *h
+            && let Err(why) = &downgrade
         {
+            let active = state.as_ref().map(|s| format!(" (active {})", s.active)).unwrap_or_default();
             return Err(StoreError::Refused(format!(
-                "{name} {version} is not above the active {}; a fleet that means it signs the bundle with --downgrade",
-                s.active
+                "{name} {version} is not above {h}, the highest version installed here{active}, and {why}; a fleet that means it signs a downgrade for this robot ({}): `skillgraft bundle pack --downgrade --for {} --expires-in 1d`",
+                identity.robot, identity.robot
             )));
         }
         let target = self.dir(&name, &version);
@@ -267,9 +355,7 @@ impl Store {
                 "{name} {version} is already installed; activate it instead, or bump the version"
             )));
         }
-        let skill = smoke(loaded).map_err(|e| StoreError::Refused(format!("{}: {e}", bundle_path.display())))?;
-        check(&skill, v.contents.downgrade).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
-        drop(skill);
+        check(&manifest, downgrade.is_ok()).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
         let versions = target.parent().expect("a versions folder");
         let new_skill = !versions.exists();
         std::fs::create_dir_all(versions).map_err(io("create", versions))?;
@@ -283,8 +369,44 @@ impl Store {
         fsync_dir(versions)?;
         kill_point("renamed");
         let previous = state.map(|s| s.active);
-        self.write_state(&name, &State { active: version, previous })?;
+        let highest = Some(highest.map_or(version.clone(), |h| h.max(version.clone())));
+        self.write_state(&name, &State { active: version, previous, highest })?;
         self.entry(&name)
+    }
+
+    /// The highest version of `name` ever installed: the state's record, or what the versions
+    /// folder and the state name (for stores written before the record was kept).
+    fn highest(&self, name: &str, state: Option<&State>) -> Result<Option<semver::Version>, StoreError> {
+        let Some(state) = state else { return Ok(None) };
+        let vdir = self.root.join(name).join("versions");
+        let mut highest =
+            std::iter::once(state.active.clone()).chain(state.previous.clone()).chain(state.highest.clone()).max();
+        if vdir.is_dir() {
+            for e in std::fs::read_dir(&vdir).map_err(io("read", &vdir))?.filter_map(|e| e.ok()) {
+                if let Ok(v) = e.file_name().to_string_lossy().parse::<semver::Version>() {
+                    highest = highest.max(Some(v));
+                }
+            }
+        }
+        Ok(highest)
+    }
+
+    /// Puts a skill's state back to `state` (None: as before its first install, when no version
+    /// was active), after a change the node could not follow.
+    pub fn restore(&self, name: &str, state: Option<&State>) -> Result<(), StoreError> {
+        let name = self.checked(name)?;
+        let _one = self.lock()?;
+        match state {
+            Some(s) => self.write_state(name, s),
+            None => {
+                let dir = self.root.join(name);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => fsync_dir(&self.root),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io("clear", &dir)(e)),
+                }
+            }
+        }
     }
 
     fn entry(&self, name: &str) -> Result<Entry, StoreError> {
@@ -307,7 +429,8 @@ impl Store {
             return Err(StoreError::Refused(format!("{name} {version} is not installed; install its bundle first")));
         }
         if &state.active != version {
-            self.write_state(name, &State { active: version.clone(), previous: Some(state.active) })?;
+            let highest = state.highest.clone();
+            self.write_state(name, &State { active: version.clone(), previous: Some(state.active), highest })?;
         }
         self.entry(name)
     }
@@ -326,22 +449,60 @@ impl Store {
     }
 }
 
-/// Runs one inference of the loaded skill on its mean observation: the output must be finite.
-fn smoke(mut skill: Skill) -> Result<Skill, String> {
-    let m = &skill.manifest;
-    let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
-    let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
-    let (_, action) = skill.step(&obs).map_err(|e| format!("the smoke inference failed: {e}"))?;
-    if action.iter().all(|v| v.is_finite()) {
-        Ok(skill)
-    } else {
-        Err("the smoke inference gave values that are not finite".into())
+/// Writes `path` atomically: a new file, synced, renamed over the old.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("json.part");
+    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync", &tmp))?;
+    kill_point("state-written");
+    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))?;
+    kill_point("state-renamed");
+    Ok(())
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if ok && !h.is_empty() => h.to_string(),
+        _ => "robot".to_string(),
     }
 }
 
-/// Whether process `pid` exists (EPERM: it does, owned by someone else).
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+/// A process's start time (clock ticks after boot, /proc/PID/stat field 22), None when it is
+/// gone or a zombie: a zombie holds its PID but will never finish its work.
+fn started(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | Some(&"x")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// `PID_START`: this process, told apart from a later one that reuses its PID.
+fn scratch_owner() -> String {
+    let pid = std::process::id() as i32;
+    format!("{pid}_{}", started(pid).unwrap_or(0))
+}
+
+/// Whether the process that named a scratch entry `PID_START-...` still runs (this one counts
+/// as gone: an open clears what this process left before). A name of another form is anyone's
+/// leftover.
+fn owner_alive(name: &str) -> bool {
+    let owner = name.split('-').next().unwrap_or_default();
+    let (pid, start) = owner.split_once('_').unwrap_or((owner, ""));
+    let Ok(pid) = pid.parse::<i32>() else { return false };
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return false;
+    }
+    match (started(pid), start.parse::<u64>()) {
+        (Some(now), Ok(then)) => then == 0 || now == then,
+        (Some(_), Err(_)) => true,
+        (None, _) => false,
+    }
 }

@@ -1546,9 +1546,7 @@ fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
 fn connect(
     args: &skillgraft::ros::args::RosArgs,
 ) -> Result<std::sync::Arc<dyn skillgraft::ros::transport::Transport>, Box<dyn std::error::Error>> {
-    let identity =
-        skillgraft::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
-    Ok(std::sync::Arc::from(skillgraft::ros::transport::connect(identity, skillgraft::ros::args::domain_id()?)?))
+    Ok(std::sync::Arc::from(skillgraft::ros::transport::connect(args)?))
 }
 
 /// Runs a simulated arm as a node until Ctrl-C.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use skillgraft::control::{NodeConfig, RunningNode};
 use skillgraft::ros::args::RosArgs;
 use skillgraft::ros::cdr;
-use skillgraft::ros::dds::DdsTransport;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::msg::*;
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
@@ -128,6 +128,8 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
         "-p".into(),
         "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]".into(),
         "-p".into(),
+        "estop_wait_s:=0.0".into(),
+        "-p".into(),
         "demo_action_topic:=/teleop/cmd".into(),
         "-p".into(),
         format!("episodes_dir:={}", episodes.display()),
@@ -140,11 +142,19 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     let source_digest = skill.digest.clone();
     let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
     let transport: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(NodeIdentity { name: "skillgraft".into(), namespace: "/".into() }, 47, true).unwrap(),
+        DdsTransport::new(
+            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
+            &DdsConfig::local(47).unwrap(),
+        )
+        .unwrap(),
     );
     let node = RunningNode::start(skill, cfg, transport).unwrap();
 
-    let peer = DdsTransport::new(NodeIdentity { name: "operator".into(), namespace: "/".into() }, 47, true).unwrap();
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "operator".into(), namespace: "/".into() },
+        &DdsConfig::local(47).unwrap(),
+    )
+    .unwrap();
     let (tx, actions) = mpsc::channel();
     peer.subscribe(
         "/arm/joint_velocity_cmd",

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use skillgraft::ros::cdr;
-use skillgraft::ros::dds::DdsTransport;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::msg::*;
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
@@ -86,9 +86,11 @@ fn the_node_drives_a_simulated_controller_through_the_bridge_and_its_joint_state
     );
     let _node = spawn(&["run", "skills/reach-arm-a"], &logs("node"));
 
-    let peer =
-        DdsTransport::new(NodeIdentity { name: "peer".into(), namespace: "/".into() }, DOMAIN.parse().unwrap(), true)
-            .unwrap();
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "peer".into(), namespace: "/".into() },
+        &DdsConfig::local(DOMAIN.parse().unwrap()).unwrap(),
+    )
+    .unwrap();
     let (jtx, joints) = mpsc::channel();
     peer.subscribe(
         "/joint_states",

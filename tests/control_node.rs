@@ -15,7 +15,7 @@ use skillgraft::control::{NodeConfig, NodeError, RunningNode};
 use skillgraft::model::export;
 use skillgraft::ros::args::RosArgs;
 use skillgraft::ros::cdr;
-use skillgraft::ros::dds::DdsTransport;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::msg::*;
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::{self, Skill};
@@ -104,6 +104,8 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
         "blend_s:=0.1",
         "-p",
         "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]",
+        "-p",
+        "estop_wait_s:=0.0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -112,11 +114,19 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let skill = example();
     let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
     let transport: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(NodeIdentity { name: "skillgraft".into(), namespace: "/".into() }, 43, true).unwrap(),
+        DdsTransport::new(
+            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
+            &DdsConfig::local(43).unwrap(),
+        )
+        .unwrap(),
     );
     let node = RunningNode::start(skill, cfg, transport).unwrap();
 
-    let peer = DdsTransport::new(NodeIdentity { name: "feeder".into(), namespace: "/".into() }, 43, true).unwrap();
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "feeder".into(), namespace: "/".into() },
+        &DdsConfig::local(43).unwrap(),
+    )
+    .unwrap();
     let (tx, actions) = mpsc::channel();
     peer.subscribe(
         "/arm/joint_velocity_cmd",

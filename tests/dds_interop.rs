@@ -24,6 +24,10 @@ struct Node(Child);
 
 impl Node {
     fn start(params: &[&str]) -> Node {
+        Node::start_with(params, &[])
+    }
+
+    fn start_with(params: &[&str], env: &[(&str, &str)]) -> Node {
         let mut args = vec!["run".to_string(), skill().display().to_string(), "--ros-args".into()];
         for p in params {
             args.push("-p".into());
@@ -32,6 +36,7 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(&args)
             .env("ROS_DOMAIN_ID", DOMAIN)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -87,6 +92,7 @@ fn actions_follow_observations_from_a_cyclonedds_peer() {
     let (lower, upper) = ("[-0.03, -0.03, -0.03, -0.04, -0.04, -0.04]", "[0.03, 0.03, 0.03, 0.04, 0.04, 0.04]");
     let _node = Node::start(&[
         "blend_s:=0.0",
+        "estop_wait_s:=0.0",
         "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]",
         &format!("action.lower:={lower}"),
         &format!("action.upper:={upper}"),
@@ -118,7 +124,8 @@ fn the_safe_action_follows_within_the_max_age_when_observations_stop() {
     if !common::isolated("the_safe_action_follows_within_the_max_age_when_observations_stop") {
         return;
     }
-    let _node = Node::start(&["blend_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
+    let _node =
+        Node::start(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let report = peer("stale", &[]);
     assert!(close(&vec(&report["before"]), &vec(&report["expected"])), "{report}");
     let after: Vec<(f64, Vec<f64>)> =
@@ -139,7 +146,8 @@ fn bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_runnin
     if !common::isolated("bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_running") {
         return;
     }
-    let mut node = Node::start(&["blend_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
+    let mut node =
+        Node::start(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let r = peer("safety", &[]);
     let expected = vec(&r["expected"]);
     assert!(close(&vec(&r["good"]), &expected), "{r}");
@@ -166,4 +174,34 @@ fn bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_runnin
     }
     assert_eq!(r["diagnostics"]["name"], "skillgraft: /skillgraft");
     assert!(node.running(), "the node must keep running");
+}
+
+/// On a CycloneDDS robot (`RMW_IMPLEMENTATION=rmw_cyclonedds_cpp`), the parameter services answer
+/// requests laid out the way rmw_cyclonedds sends them (a request header before the fields) and
+/// echo the header, which is how the client pairs the reply with its request.
+#[test]
+fn parameter_services_answer_requests_laid_out_as_rmw_cyclonedds_sends_them() {
+    if !common::isolated("parameter_services_answer_requests_laid_out_as_rmw_cyclonedds_sends_them") {
+        return;
+    }
+    let _node = Node::start_with(&["estop_wait_s:=0.0"], &[("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")]);
+    let r = peer("service", &[]);
+    assert_eq!(r["client"], true, "the request header is echoed: {r}");
+    assert!(r["seq"].as_i64().unwrap() >= 42, "{r}");
+    let names: Vec<String> = serde_json::from_value(r["names"].clone()).unwrap();
+    assert_eq!(names, ["action.lower", "action.upper", "action.max_delta"], "{r}");
+    assert_eq!(r["prefixes"], serde_json::json!(["action"]));
+}
+
+/// With `ROS_DISTRO=jazzy` the node announces itself with Iron's 16-byte ids, which a peer
+/// decoding that layout reads.
+#[test]
+fn a_jazzy_robot_gets_the_16_byte_graph_layout() {
+    if !common::isolated("a_jazzy_robot_gets_the_16_byte_graph_layout") {
+        return;
+    }
+    let _node = Node::start_with(&["estop_wait_s:=0.0"], &[("ROS_DISTRO", "jazzy")]);
+    let r = peer("graph", &["--gid-len", "16"]);
+    let nodes: Vec<(String, String)> = serde_json::from_value(r["nodes"].clone()).unwrap();
+    assert!(nodes.contains(&("/".into(), "skillgraft".into())), "{nodes:?}");
 }

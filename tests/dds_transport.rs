@@ -7,12 +7,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use skillgraft::ros::cdr;
-use skillgraft::ros::dds::DdsTransport;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::msg::{Bool, JointState, RosMessage};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
 fn node(name: &str) -> DdsTransport {
-    DdsTransport::new(NodeIdentity { name: name.into(), namespace: "/".into() }, 37, true).unwrap()
+    DdsTransport::new(NodeIdentity { name: name.into(), namespace: "/".into() }, &DdsConfig::local(37).unwrap())
+        .unwrap()
 }
 
 #[test]

@@ -438,7 +438,7 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
         return;
     }
     use skillgraft::ros::cdr;
-    use skillgraft::ros::dds::DdsTransport;
+    use skillgraft::ros::dds::{DdsConfig, DdsTransport};
     use skillgraft::ros::msg::{DiagnosticArray, RosMessage};
     use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
@@ -487,7 +487,11 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
         assert!(Instant::now() < deadline, "the node's inbox never listened on {addr}: {}", node_log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let peer = DdsTransport::new(NodeIdentity { name: "watcher".into(), namespace: "/".into() }, 47, true).unwrap();
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "watcher".into(), namespace: "/".into() },
+        &DdsConfig::local(47).unwrap(),
+    )
+    .unwrap();
     let (tx, diagnostics) = std::sync::mpsc::channel();
     peer.subscribe(
         "/diagnostics",

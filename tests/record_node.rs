@@ -16,7 +16,7 @@ use skillgraft::control::{NodeConfig, RunningNode};
 use skillgraft::record::episode;
 use skillgraft::ros::args::RosArgs;
 use skillgraft::ros::cdr;
-use skillgraft::ros::dds::DdsTransport;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::msg::{RosMessage, StringMsg};
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
@@ -145,10 +145,18 @@ fn node_with(dir: &Path) -> (RunningNode, Feed) {
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
     let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
     let t: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(NodeIdentity { name: "skillgraft".into(), namespace: "/".into() }, 45, true).unwrap(),
+        DdsTransport::new(
+            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
+            &DdsConfig::local(45).unwrap(),
+        )
+        .unwrap(),
     );
     let node = RunningNode::start(skill, cfg, t).unwrap();
-    let peer = DdsTransport::new(NodeIdentity { name: "operator".into(), namespace: "/".into() }, 45, true).unwrap();
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "operator".into(), namespace: "/".into() },
+        &DdsConfig::local(45).unwrap(),
+    )
+    .unwrap();
     let control = peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap();
     (node, Feed { control, _peer: peer })
 }
@@ -213,7 +221,11 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     let (node, mut feed) = node_with(&full);
     wait_status(&node, |s| s.state == "idle", "the recorder never reported");
     assert_eq!(start(&node, &mut feed, "filling").state, "recording");
-    let obs_feed = DdsTransport::new(NodeIdentity { name: "sensors".into(), namespace: "/".into() }, 45, true).unwrap();
+    let obs_feed = DdsTransport::new(
+        NodeIdentity { name: "sensors".into(), namespace: "/".into() },
+        &DdsConfig::local(45).unwrap(),
+    )
+    .unwrap();
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
     let e = skillgraft::control::observer::Extractor::new(&skill.manifest.observations[0]);
     let mut js = obs_feed.publisher("/joint_states", &e.type_name, Qos::RELIABLE).unwrap();

@@ -26,7 +26,7 @@ fn a_parameter_file_with_wrong_types_is_refused() {
     assert!(err.contains("`action.lower` has 2 values; the action has 6"), "{err}");
     std::fs::write(&file, "skillgraft:\n  ros__parameters:\n    rt_priority: 200\n").unwrap();
     let err = fails(&["run", &example(), "--params-file", file.to_str().unwrap()]);
-    assert!(err.contains("`rt_priority` is 200"), "{err}");
+    assert!(err.contains("`rt_priority` (from") && err.contains("is 200; it must be within [0, 99]"), "{err}");
 }
 
 #[test]

@@ -4,8 +4,8 @@ and write them as golden fixtures: tests/fixtures/cdr/<pkg>__<Name>.json holds t
 JSON (field names as in the .msg) and the hex of its CDR bytes. The Rust tests build the same
 message from the JSON and must produce exactly these bytes, and decode them back.
 
-    python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt
-    .venv-ros/bin/python tools/make_cdr_fixtures.py
+    tools/test.sh --test ros_messages          # makes target/venv-ros (tools/requirements-ros.txt)
+    target/venv-ros/bin/python tools/make_cdr_fixtures.py
 """
 
 import json

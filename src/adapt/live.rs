@@ -159,6 +159,8 @@ pub struct LiveConfig {
 struct Board {
     status: Mutex<Status>,
     publisher: Mutex<Box<dyn RawPublisher>>,
+    /// The node's `adapt_device` now (it may change while the node runs).
+    device: Mutex<Device>,
 }
 
 impl Board {
@@ -199,6 +201,7 @@ impl Live {
         let board = Arc::new(Board {
             status: Mutex::new(Status { state: "idle".into(), ..Default::default() }),
             publisher: Mutex::new(publisher),
+            device: Mutex::new(cfg.device),
         });
         let (tx, rx) = sync_channel(1);
         let busy = Arc::new(AtomicBool::new(false));
@@ -211,6 +214,11 @@ impl Live {
         };
         board.update(&skills, |_| {});
         Ok(Live { tx: Mutex::new(Some(tx)), busy, stop, board, skills, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Where fine-tuning runs from the next adaptation on, unless a request says otherwise.
+    pub fn set_device(&self, device: Device) {
+        *self.board.device.lock().unwrap_or_else(|p| p.into_inner()) = device;
     }
 
     /// Handles a `~/adapt` request: queues it, or says on the status why not.
@@ -334,7 +342,8 @@ fn worker(
             }
         });
         let progress = Reporter { board, skills, stop, phase: Mutex::new((String::new(), 0, 0)) };
-        let outcome = run(cfg, skills, &request, &progress);
+        let device = *board.device.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = run(&LiveConfig { device, ..cfg.clone() }, skills, &request, &progress);
         let seconds = t0.elapsed().as_secs_f64();
         match outcome {
             Ok(done) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::control::observer::Extractor;
 use crate::control::{NodeConfig, RunningNode};
 use crate::ros::args::RosArgs;
-use crate::ros::dds::DdsTransport;
+use crate::ros::dds::{DdsConfig, DdsTransport};
 use crate::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use crate::skill::Skill;
 
@@ -40,7 +40,8 @@ impl Rig {
     /// kept on this host.
     pub fn start(skill_dir: &Path, params: &[String], domain: u16) -> Result<Rig, String> {
         let skill = Skill::load(skill_dir).map_err(err)?;
-        let mut args = vec!["--ros-args".to_string()];
+        // The rig publishes no e-stop: the node drives at once unless `params` say otherwise.
+        let mut args = vec!["--ros-args".to_string(), "-p".into(), "estop_wait_s:=0.0".into()];
         for p in params {
             args.push("-p".into());
             args.push(p.clone());
@@ -48,8 +49,8 @@ impl Rig {
         let args = RosArgs::parse(&args, &[], "skillgraft_bench").map_err(err)?;
         let cfg = NodeConfig::new(&skill.manifest, &args).map_err(err)?;
         let id = |name: &str| NodeIdentity { name: name.into(), namespace: "/".into() };
-        let transport: Arc<dyn Transport> =
-            Arc::new(DdsTransport::new(id("skillgraft_bench"), domain, true).map_err(err)?);
+        let dds = DdsConfig::local(domain).map_err(err)?;
+        let transport: Arc<dyn Transport> = Arc::new(DdsTransport::new(id("skillgraft_bench"), &dds).map_err(err)?);
         let backend = transport.backend();
         let inputs = skill
             .manifest
@@ -61,7 +62,7 @@ impl Rig {
         let action = Extractor::for_action(&skill.manifest.action);
         let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
         let node = RunningNode::start(skill, cfg.clone(), transport).map_err(err)?;
-        let feeder = DdsTransport::new(id("bench_feeder"), domain, true).map_err(err)?;
+        let feeder = DdsTransport::new(id("bench_feeder"), &dds).map_err(err)?;
         Ok(Rig { node, feeder, skill: label, backend, cfg, inputs, action })
     }
 

@@ -7,6 +7,7 @@
 pub mod actuator;
 pub mod diagnostics;
 pub mod observer;
+pub mod parameters;
 pub mod safety;
 pub mod skills;
 
@@ -19,10 +20,10 @@ use std::time::{Duration, Instant};
 use triple_buffer::{Input, Output, triple_buffer};
 
 use crate::adapt::live::{Live, LiveConfig};
-use crate::fleet::inbox::{self, Inbox, InboxSettings, Runner};
+use crate::fleet::inbox::{Inbox, InboxSettings, Runner};
 use crate::record::episode::ChannelSpec;
 use crate::record::{Recorder, RecorderConfig, Tap};
-use crate::ros::args::{ArgsError, RosArgs};
+use crate::ros::args::{ArgsError, FromParam, RosArgs};
 use crate::ros::cdr;
 use crate::ros::msg::{Bool, DiagnosticArray, Header, RosMessage, StringMsg};
 use crate::ros::transport::{Qos, RawPublisher, Transport, TransportError};
@@ -31,6 +32,7 @@ use crate::skill::manifest::Manifest;
 use actuator::ActionEncoder;
 use diagnostics::{NodeStats, Reporter};
 use observer::Assembler;
+use parameters::Tunables;
 use safety::{Counters, Intervention, SafetyConfig, SafetyFilter};
 use skills::{ActiveSkill, SkillInfo, Skills, SwapSlot};
 
@@ -47,10 +49,14 @@ pub struct NodeConfig {
     pub estop_topic: String,
     /// The e-stop topic must be younger than this (None: only its value counts).
     pub estop_timeout: Option<Duration>,
+    /// At start, the safe action goes out until the e-stop topic is heard, at most this long.
+    pub estop_wait: Duration,
     /// What the safety filter enforces.
     pub safety: SafetyConfig,
     /// Diagnostics period.
     pub diagnostics_period: Duration,
+    /// Resolved diagnostics topic (`/diagnostics`).
+    pub diagnostics_topic: String,
     /// `hardware_id` of the diagnostics status.
     pub hardware_id: String,
     /// SCHED_FIFO priority of the control thread (0: normal scheduling).
@@ -85,48 +91,22 @@ pub struct NodeConfig {
     pub inbox: Option<InboxSettings>,
 }
 
-/// Parameters the node reads, with their meaning; anything else is refused.
-pub const PARAMETERS: &[(&str, &str)] = &[
-    ("rate_hz", "double: control rate, overrides control.rate_hz"),
-    ("blend_s", "double: seconds over which the policy blends in from the safe action (default 0.5)"),
-    ("estop_topic", "string: std_msgs/Bool e-stop topic (default \"estop\")"),
-    ("estop_timeout_s", "double: if above 0, the e-stop topic must publish at least this often (default 0)"),
-    ("action.lower", "double array: overrides action.lower"),
-    ("action.upper", "double array: overrides action.upper"),
-    ("action.max_delta", "double array: overrides action.max_delta"),
-    ("diagnostics_period_s", "double: /diagnostics period (default 1.0)"),
-    ("hardware_id", "string: hardware_id on /diagnostics (default: the skill's source robot)"),
-    ("rt_priority", "integer: SCHED_FIFO priority (1-99) of the control thread; 0 keeps normal scheduling (default)"),
-    ("episodes_dir", "string: folder of episode files (default \"episodes\")"),
-    ("demo_action_topic", "string: topic of the demonstrated actions (default: the skill's action topic)"),
-    ("record_chunk_s", "double: seconds between synced chunks of an episode file (default 1.0)"),
-    ("record_queue", "integer: messages the recorder queue holds before it drops (default 65536)"),
-    (
-        "observation_reliability",
-        "string: best_effort (default: matches every publisher) or reliable (no loss from reliable publishers)",
-    ),
-    ("adapted_dir", "string: folder adapted skills are written into (default \"adapted\")"),
-    ("store_dir", "string: skill store folder; turns on the HTTP inbox, and the store's active version runs"),
-    ("inbox_address", "string: address the inbox listens on (default \"127.0.0.1:8740\": this host only)"),
-    ("inbox_trust", "string array: public key files (.pub) whose bundles the inbox installs"),
-    ("inbox_tokens", "string: file of bearer tokens the inbox accepts, one per line"),
-    ("inbox_max_mib", "integer: largest bundle, and largest unpacked skill, in MiB (default 512)"),
-    (
-        "adapt_device",
-        "string: where fine-tuning runs: auto (the GPU when CUDA works, else the CPU; default), cpu or cuda",
-    ),
-    ("use_sim_time", "bool: accepted; skillgraft runs on the wall clock"),
-];
+/// A parameter as given, else its default for the skill `m`.
+fn param<T: FromParam>(args: &RosArgs, m: &Manifest, name: &str) -> Result<T, ArgsError> {
+    if let Some(v) = args.get::<T>(name)? {
+        return Ok(v);
+    }
+    let default = parameters::spec(name).map(|p| (p.default)(m));
+    default
+        .as_ref()
+        .and_then(T::from_param)
+        .ok_or_else(|| ArgsError(format!("parameter `{name}` has no default {}", T::TYPE)))
+}
 
 impl NodeConfig {
     /// The manifest's settings with the node's parameters applied and topics resolved.
     pub fn new(m: &Manifest, args: &RosArgs) -> Result<NodeConfig, ArgsError> {
-        for name in args.params.keys() {
-            if !PARAMETERS.iter().any(|(p, _)| p == name) {
-                let known: Vec<&str> = PARAMETERS.iter().map(|(p, _)| *p).collect();
-                return Err(ArgsError(format!("unknown parameter `{name}`; skillgraft reads {}", known.join(", "))));
-            }
-        }
+        parameters::check_given(args)?;
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
@@ -134,112 +114,93 @@ impl NodeConfig {
                 Err(ArgsError(format!("parameter `{name}` is {v}; it must be above 0")))
             }
         };
-        let rate_hz = positive("rate_hz", args.get::<f64>("rate_hz")?.unwrap_or(m.control.rate_hz))?;
-        let blend_s = args.get::<f64>("blend_s")?.unwrap_or(0.5);
+        let rate_hz = positive("rate_hz", param::<f64>(args, m, "rate_hz")?)?;
+        let blend_s = param::<f64>(args, m, "blend_s")?;
         if !(blend_s.is_finite() && blend_s >= 0.0) {
             return Err(ArgsError(format!("parameter `blend_s` is {blend_s}; give seconds, 0 or more")));
         }
-        let estop_timeout = match args.get::<f64>("estop_timeout_s")?.unwrap_or(0.0) {
+        let estop_timeout = match param::<f64>(args, m, "estop_timeout_s")? {
             t if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
             0.0 => None,
             t => {
                 return Err(ArgsError(format!("parameter `estop_timeout_s` is {t}; give seconds, 0 to disable")));
             }
         };
-        let a = &m.action;
-        let n = a.lower.len();
-        let vector = |name: &str, default: &[f64]| -> Result<Vec<f64>, ArgsError> {
-            match args.get::<Vec<f64>>(name)? {
-                Some(v) if v.len() != n => {
+        let n = m.action.lower.len();
+        let vector = |name: &str| -> Result<Vec<f64>, ArgsError> {
+            match param::<Vec<f64>>(args, m, name)? {
+                v if v.len() != n => {
                     Err(ArgsError(format!("parameter `{name}` has {} values; the action has {n}", v.len())))
                 }
-                Some(v) => Ok(v),
-                None => Ok(default.to_vec()),
+                v => Ok(v),
             }
         };
         let safety = SafetyConfig {
-            lower: vector("action.lower", &a.lower)?,
-            upper: vector("action.upper", &a.upper)?,
-            max_delta: vector("action.max_delta", &a.max_delta)?,
-            safe: a.safe,
+            lower: vector("action.lower")?,
+            upper: vector("action.upper")?,
+            max_delta: vector("action.max_delta")?,
+            safe: m.action.safe,
             blend_ticks: (blend_s * rate_hz).round() as u32,
         };
         safety.check().map_err(ArgsError)?;
-        let diagnostics_period = Duration::from_secs_f64(positive(
-            "diagnostics_period_s",
-            args.get::<f64>("diagnostics_period_s")?.unwrap_or(1.0),
-        )?);
+        let diagnostics_period =
+            Duration::from_secs_f64(positive("diagnostics_period_s", param::<f64>(args, m, "diagnostics_period_s")?)?);
         let topic = |t: &str| args.resolve_topic(t);
-        let inbox = match args.get::<String>("store_dir")? {
-            None => {
-                if let Some(p) = ["inbox_address", "inbox_trust", "inbox_tokens", "inbox_max_mib"]
-                    .iter()
-                    .find(|p| args.params.contains_key(**p))
-                {
-                    return Err(ArgsError(format!("parameter `{p}` needs `store_dir`, the store the inbox installs into")));
-                }
-                None
+        let store = param::<String>(args, m, "store_dir")?;
+        let inbox = if store.is_empty() {
+            if let Some(p) = ["inbox_address", "inbox_trust", "inbox_tokens", "inbox_max_mib"]
+                .iter()
+                .find(|p| args.params.contains_key(**p))
+            {
+                return Err(ArgsError(format!("parameter `{p}` needs `store_dir`, the store the inbox installs into")));
             }
-            Some(store) => Some(InboxSettings {
-                listen: args.get::<String>("inbox_address")?.unwrap_or_else(|| inbox::DEFAULT_LISTEN.into()),
+            None
+        } else {
+            let tokens = param::<String>(args, m, "inbox_tokens")?;
+            if tokens.is_empty() {
+                return Err(ArgsError(
+                    "parameter `store_dir` turns on the inbox, which needs `inbox_tokens`: a file of bearer tokens (`skillgraft keys token FILE`)".into(),
+                ));
+            }
+            Some(InboxSettings {
+                listen: param::<String>(args, m, "inbox_address")?,
                 store: store.into(),
-                trust: args.get::<Vec<String>>("inbox_trust")?.unwrap_or_default().into_iter().map(Into::into).collect(),
-                tokens: args
-                    .get::<String>("inbox_tokens")?
-                    .ok_or_else(|| {
-                        ArgsError(
-                            "parameter `store_dir` turns on the inbox, which needs `inbox_tokens`: a file of bearer tokens (`skillgraft keys token FILE`)".into(),
-                        )
-                    })?
-                    .into(),
-                max_mib: match args.get::<i64>("inbox_max_mib")?.unwrap_or(512) {
-                    m @ 1..=1_000_000 => m as u64,
-                    m => return Err(ArgsError(format!("parameter `inbox_max_mib` is {m}; give 1 or more"))),
-                },
-            }),
+                trust: param::<Vec<String>>(args, m, "inbox_trust")?.into_iter().map(Into::into).collect(),
+                tokens: tokens.into(),
+                max_mib: param::<i64>(args, m, "inbox_max_mib")? as u64,
+            })
         };
         Ok(NodeConfig {
             inbox,
             rate_hz,
             observation_topics: m.observations.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
-            action_topic: topic(&a.topic)?,
-            estop_topic: topic(&args.get::<String>("estop_topic")?.unwrap_or_else(|| "estop".into()))?,
+            action_topic: topic(&m.action.topic)?,
+            estop_topic: topic(&param::<String>(args, m, "estop_topic")?)?,
             estop_timeout,
+            estop_wait: Duration::from_secs_f64(param::<f64>(args, m, "estop_wait_s")?),
             safety,
             diagnostics_period,
-            hardware_id: args.get::<String>("hardware_id")?.unwrap_or_else(|| m.provenance.source_robot.clone()),
-            rt_priority: match args.get::<i64>("rt_priority")?.unwrap_or(0) {
-                p @ 0..=99 => p as i32,
-                p => {
-                    return Err(ArgsError(format!(
-                        "parameter `rt_priority` is {p}; give 1 to 99 for SCHED_FIFO, or 0"
-                    )));
-                }
-            },
+            diagnostics_topic: topic("/diagnostics")?,
+            hardware_id: param::<String>(args, m, "hardware_id")?,
+            rt_priority: param::<i64>(args, m, "rt_priority")? as i32,
             policy: true,
-            episodes_dir: args.get::<String>("episodes_dir")?.unwrap_or_else(|| "episodes".into()).into(),
-            demo_action_topic: topic(&args.get::<String>("demo_action_topic")?.unwrap_or_else(|| a.topic.clone()))?,
+            episodes_dir: param::<String>(args, m, "episodes_dir")?.into(),
+            demo_action_topic: topic(&param::<String>(args, m, "demo_action_topic")?)?,
             demo_control_topic: topic("~/demo/control")?,
             demo_status_topic: topic("~/demo/status")?,
-            adapted_dir: args.get::<String>("adapted_dir")?.unwrap_or_else(|| "adapted".into()).into(),
-            adapt_device: match args.get::<String>("adapt_device")? {
-                Some(d) => d.parse().map_err(|e| ArgsError(format!("parameter `adapt_device`: {e}")))?,
-                None => crate::adapt::device::Device::Auto,
-            },
+            adapted_dir: param::<String>(args, m, "adapted_dir")?.into(),
+            adapt_device: param::<String>(args, m, "adapt_device")?
+                .parse()
+                .map_err(|e| ArgsError(format!("parameter `adapt_device`: {e}")))?,
             adapt_topic: topic("~/adapt")?,
             adapt_status_topic: topic("~/adapt/status")?,
             rollback_topic: topic("~/skill/rollback")?,
             record_chunk: Duration::from_secs_f64(positive(
                 "record_chunk_s",
-                args.get::<f64>("record_chunk_s")?.unwrap_or(1.0),
+                param::<f64>(args, m, "record_chunk_s")?,
             )?),
-            record_queue: match args.get::<i64>("record_queue")?.unwrap_or(65536) {
-                q @ 16..=10_000_000 => q as usize,
-                q => {
-                    return Err(ArgsError(format!("parameter `record_queue` is {q}; give 16 to 10000000 messages")));
-                }
-            },
-            input_qos: match args.get::<String>("observation_reliability")?.as_deref().unwrap_or("best_effort") {
+            record_queue: param::<i64>(args, m, "record_queue")? as usize,
+            input_qos: match param::<String>(args, m, "observation_reliability")?.as_str() {
                 "best_effort" => Qos::SENSOR_DATA_DEEP,
                 "reliable" => Qos { reliable: true, ..Qos::SENSOR_DATA_DEEP },
                 other => {
@@ -299,8 +260,11 @@ struct ActionFrame {
 
 struct EStop {
     engaged: AtomicBool,
+    heard: AtomicBool,
     last_ns: AtomicU64,
-    timeout: Option<Duration>,
+    /// How long after start the node waits for the topic before it drives unheard.
+    wait: Duration,
+    tunables: Arc<Tunables>,
 }
 
 impl EStop {
@@ -308,11 +272,15 @@ impl EStop {
         if self.engaged.load(Ordering::Relaxed) {
             return true;
         }
-        match self.timeout {
+        let heard = self.heard.load(Ordering::Acquire);
+        let since_start = now.saturating_duration_since(epoch);
+        if !heard && since_start < self.wait {
+            return true;
+        }
+        match self.tunables.estop_timeout() {
             None => false,
             Some(t) => {
-                let last = self.last_ns.load(Ordering::Relaxed);
-                last == 0 || now.saturating_duration_since(epoch).as_nanos() as u64 > last + t.as_nanos() as u64
+                !heard || since_start.as_nanos() as u64 > self.last_ns.load(Ordering::Relaxed) + t.as_nanos() as u64
             }
         }
     }
@@ -328,7 +296,10 @@ pub struct RunningNode {
     live: Option<Arc<Live>>,
     recorder: Option<Recorder>,
     inbox: Option<Inbox>,
-    _transport: Arc<dyn Transport>,
+    tunables: Arc<Tunables>,
+    manifest: Manifest,
+    parameters: Option<Arc<crate::ros::params::ParameterServer>>,
+    transport: Arc<dyn Transport>,
 }
 
 impl RunningNode {
@@ -405,8 +376,21 @@ impl RunningNode {
                 }),
             )?;
         }
-        let estop =
-            Arc::new(EStop { engaged: AtomicBool::new(false), last_ns: AtomicU64::new(0), timeout: cfg.estop_timeout });
+        let tunables = Arc::new(Tunables::new(&cfg));
+        let estop = Arc::new(EStop {
+            engaged: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
+            last_ns: AtomicU64::new(0),
+            wait: cfg.estop_wait,
+            tunables: tunables.clone(),
+        });
+        if !cfg.estop_wait.is_zero() && cfg.policy {
+            tracing::info!(
+                "the safe action goes out until {} is heard, for at most {:.1} s (estop_wait_s)",
+                cfg.estop_topic,
+                cfg.estop_wait.as_secs_f64()
+            );
+        }
         {
             let (estop, stats) = (estop.clone(), stats.clone());
             let topic = cfg.estop_topic.clone();
@@ -417,6 +401,7 @@ impl RunningNode {
                             tracing::warn!(topic = %topic, "e-stop {}", if b.data { "engaged" } else { "released" });
                         }
                         estop.last_ns.store(s.arrived.saturating_duration_since(epoch).as_nanos() as u64, Ordering::Relaxed);
+                        estop.heard.store(true, Ordering::Release);
                     }
                     Err(e) => {
                         if stats.estop_rejected.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -426,7 +411,7 @@ impl RunningNode {
                 }
             }))?;
         }
-        let diagnostics = transport.publisher("/diagnostics", DiagnosticArray::TYPE, Qos::RELIABLE)?;
+        let diagnostics = transport.publisher(&cfg.diagnostics_topic, DiagnosticArray::TYPE, Qos::RELIABLE)?;
         let stop = Arc::new(AtomicBool::new(false));
         let skill_label = Arc::new(Mutex::new(label));
         let skills = Arc::new(Skills::new(&skill, skill_label.clone(), tap.clone(), cfg.policy));
@@ -497,7 +482,8 @@ impl RunningNode {
             threads.push(publisher_thread);
             let filter = SafetyFilter::new(cfg.safety.clone(), interventions);
             let active = ActiveSkill::new(skill);
-            let (stop, stats, swap, tap) = (stop.clone(), stats.clone(), swap.clone(), tap.clone());
+            let (stop, stats, swap, tap, tunables) =
+                (stop.clone(), stats.clone(), swap.clone(), tap.clone(), tunables.clone());
             let period = Duration::from_secs_f64(period_s);
             let rt_priority = cfg.rt_priority;
             threads.push(spawn("skillgraft-control", move || {
@@ -512,6 +498,7 @@ impl RunningNode {
                     publisher: publisher_handle,
                     stats,
                     swap,
+                    tunables,
                     epoch,
                     seq: 0,
                 };
@@ -519,10 +506,10 @@ impl RunningNode {
             })?);
         }
         {
-            let (stop, stats, transport, label, tap) =
-                (stop.clone(), stats.clone(), transport.clone(), skill_label.clone(), tap);
+            let (stop, stats, transport, label, tap, tunables) =
+                (stop.clone(), stats.clone(), transport.clone(), skill_label.clone(), tap, tunables.clone());
             let name = fqn(transport.identity());
-            let (period, hardware_id) = (cfg.diagnostics_period, cfg.hardware_id.clone());
+            let hardware_id = cfg.hardware_id.clone();
             threads.push(spawn("skillgraft-diag", move || {
                 diagnostics_loop(
                     diagnostics,
@@ -531,7 +518,7 @@ impl RunningNode {
                     &name,
                     &hardware_id,
                     &label,
-                    period,
+                    &tunables,
                     &stop,
                 )
             })?);
@@ -544,8 +531,31 @@ impl RunningNode {
             live: Some(live),
             recorder: Some(recorder),
             inbox,
-            _transport: transport,
+            tunables,
+            manifest,
+            parameters: None,
+            transport,
         })
+    }
+
+    /// Serves the node's ROS 2 parameters (the parameter services and `/parameter_events`, so
+    /// `ros2 param` works) for a node started with `args`, which gave `cfg`.
+    pub fn serve_parameters(&mut self, args: &RosArgs, cfg: &NodeConfig) -> Result<(), NodeError> {
+        let (Some(live), Some(recorder)) = (self.live.as_ref(), self.recorder.as_ref()) else {
+            return Ok(());
+        };
+        let host = Arc::new(parameters::NodeParameters::new(
+            self.manifest.clone(),
+            args.clone(),
+            cfg.clone(),
+            self.tunables.clone(),
+            recorder.tap.clone(),
+            live.clone(),
+        ));
+        let name = fqn(self.transport.identity());
+        let resolve = |n: &str| args.resolve_topic(n);
+        self.parameters = Some(crate::ros::params::serve(&*self.transport, &name, &resolve, host)?);
+        Ok(())
     }
 
     /// CPU time the recorder thread has used, ns.
@@ -634,6 +644,7 @@ struct ControlThread {
     publisher: Thread,
     stats: Arc<NodeStats>,
     swap: Arc<Mutex<SwapSlot>>,
+    tunables: Arc<Tunables>,
     epoch: Instant,
     seq: u64,
 }
@@ -678,6 +689,11 @@ impl ControlThread {
             slot.retired = Some((std::mem::replace(&mut self.active, next), keep));
             self.filter.restart_blend();
             self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut slot) = self.tunables.safety.try_lock()
+            && let Some(limits) = slot.pending.take()
+        {
+            slot.retired = Some(self.filter.reconfigure(limits));
         }
         let now = Instant::now();
         let frame = self.action.input_buffer_mut();
@@ -760,10 +776,10 @@ fn diagnostics_loop(
     name: &str,
     hardware_id: &str,
     label: &Mutex<String>,
-    period: Duration,
+    tunables: &Tunables,
     stop: &AtomicBool,
 ) {
-    let mut next = Instant::now() + period;
+    let mut next = Instant::now() + tunables.diagnostics_period();
     let mut buf = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -771,7 +787,7 @@ fn diagnostics_loop(
             std::thread::park_timeout(next - now);
             continue;
         }
-        next += period;
+        next += tunables.diagnostics_period();
         let skill = label.lock().map(|l| l.clone()).unwrap_or_default();
         let (status, report) = reporter.status(name, hardware_id, &skill);
         tracing::debug!(?report, "diagnostics");
@@ -848,9 +864,7 @@ pub fn launch(
         cfg = NodeConfig::new(&skill.manifest, &args)?;
     }
     cfg.policy = policy;
-    let identity = crate::ros::transport::NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
-    let transport: Arc<dyn Transport> =
-        Arc::from(crate::ros::transport::connect(identity, crate::ros::args::domain_id()?)?);
+    let transport: Arc<dyn Transport> = Arc::from(crate::ros::transport::connect(&args)?);
     let what = if policy {
         format!("runs skill {} {} at {} Hz", skill.manifest.name, skill.manifest.version, cfg.rate_hz)
     } else {
@@ -866,6 +880,7 @@ pub fn launch(
         cfg.episodes_dir.display(),
         cfg.demo_action_topic
     );
-    let node = RunningNode::start(skill, cfg, transport)?;
+    let mut node = RunningNode::start(skill, cfg.clone(), transport)?;
+    node.serve_parameters(&args, &cfg)?;
     Ok((node, summary))
 }

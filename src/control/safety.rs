@@ -120,6 +120,19 @@ impl SafetyFilter {
         }
     }
 
+    /// New limits from this tick on (a parameter set while the node runs). The last action and
+    /// a blend's start are clamped into them, so a held action and the next rate-limited step
+    /// start inside the new limits: an action outside them is never published. Returns the
+    /// limits replaced.
+    pub fn reconfigure(&mut self, cfg: SafetyConfig) -> SafetyConfig {
+        for i in 0..self.last.len() {
+            self.last[i] = self.last[i].clamp(cfg.lower[i], cfg.upper[i]);
+            self.blend_from[i] = self.blend_from[i].clamp(cfg.lower[i], cfg.upper[i]);
+        }
+        self.blend_left = self.blend_left.min(cfg.blend_ticks);
+        std::mem::replace(&mut self.cfg, cfg)
+    }
+
     /// Turns the policy's de-normalised action into what is published; returns whether to
     /// publish. Allocates nothing.
     pub fn filter(&mut self, proposal: &[f64], out: &mut [f64]) -> bool {
@@ -300,6 +313,30 @@ mod tests {
         f.restart_blend();
         f.filter(&[0.6, 1.2], &mut out);
         assert_eq!(out, [0.4, 0.7]);
+    }
+
+    #[test]
+    fn tighter_limits_apply_from_the_next_tick_and_nothing_outside_them_is_sent() {
+        let (mut f, _) = filter(SafeAction::Hold, 0);
+        let mut out = [0.0; 2];
+        f.filter(&[0.9, 1.5], &mut out);
+        assert_eq!(out, [0.9, 1.5]);
+        let tight = SafetyConfig {
+            lower: vec![-0.5, -1.0],
+            upper: vec![0.5, 1.0],
+            max_delta: vec![0.1, f64::INFINITY],
+            safe: SafeAction::Hold,
+            blend_ticks: 0,
+        };
+        let old = f.reconfigure(tight.clone());
+        assert_eq!(old.upper, vec![1.0, 2.0], "the old limits come back to be freed elsewhere");
+        assert!(f.safe(Intervention::Stale, &mut out));
+        assert_eq!(out, [0.5, 1.0], "the held action is inside the new limits");
+        f.filter(&[0.9, 0.0], &mut out);
+        assert_eq!(out, [0.5, 0.0], "clamped, and rate-limited from inside the limits");
+        f.filter(&[-0.9, 0.0], &mut out);
+        assert_eq!(out, [0.4, 0.0], "max_delta 0.1 from now on");
+        assert_eq!(f.reconfigure(old), tight);
     }
 
     #[test]

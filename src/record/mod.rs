@@ -106,9 +106,16 @@ pub struct Tap {
     pub cpu_ns: AtomicU64,
     /// Metadata that replaces the configured one from the next episode (the skill after a swap).
     metadata: Mutex<BTreeMap<String, String>>,
+    /// How often a chunk is ended and synced, ns, from the next episode.
+    chunk_ns: AtomicU64,
 }
 
 impl Tap {
+    /// How often episodes from the next one on end a chunk and sync it.
+    pub fn set_chunk_period(&self, period: Duration) {
+        self.chunk_ns.store(period.as_nanos().max(1) as u64, Ordering::Relaxed);
+    }
+
     /// Replaces entries of the episode metadata from the next episode on.
     pub fn set_metadata(&self, entries: BTreeMap<String, String>) {
         if let Ok(mut m) = self.metadata.lock() {
@@ -179,6 +186,7 @@ impl Recorder {
             status: Mutex::new(Status { state: "idle".into(), ..Default::default() }),
             cpu_ns: AtomicU64::new(0),
             metadata: Mutex::new(BTreeMap::new()),
+            chunk_ns: AtomicU64::new(cfg.chunk_period.as_nanos().max(1) as u64),
         });
         let shared = tap.clone();
         let thread = std::thread::Builder::new().name("skillgraft-record".into()).spawn(move || {
@@ -216,6 +224,10 @@ struct RecorderThread {
 }
 
 impl RecorderThread {
+    fn chunk_period(&self) -> Duration {
+        Duration::from_nanos(self.tap.chunk_ns.load(Ordering::Relaxed))
+    }
+
     fn run(mut self, rx: Receiver<Event>) {
         let mut next_status = Instant::now();
         loop {
@@ -340,7 +352,7 @@ impl RecorderThread {
         }
         self.tap.muted.store(true, Ordering::Relaxed);
         let (writer, error) =
-            match EpisodeWriter::create(&self.cfg.dir, &id, &self.cfg.channels, &meta, self.cfg.chunk_period) {
+            match EpisodeWriter::create(&self.cfg.dir, &id, &self.cfg.channels, &meta, self.chunk_period()) {
                 Ok(w) => {
                     self.tap.recording.store(true, Ordering::Relaxed);
                     tracing::info!("episode {id} recording into {}", w.part_path().display());

@@ -244,6 +244,32 @@ impl RosArgs {
         Ok(expanded)
     }
 
+    /// The name to hand a middleware that applies these remapping rules itself (rcl does, from
+    /// the process's arguments): `resolved` when no rule matches it, else the source of the rule
+    /// that leads to it. Handing rcl the resolved name would remap it twice when rules chain
+    /// (`-r a:=b -r b:=c`) or swap (`-r a:=b -r b:=a`).
+    pub fn unremapped(&self, resolved: &str) -> Result<String, ArgsError> {
+        let remap = |expanded: &str| -> String {
+            self.remaps
+                .iter()
+                .find(|(from, _)| expand(from, &self.namespace, &self.node) == expanded)
+                .map_or_else(|| expanded.to_string(), |(_, to)| expand(to, &self.namespace, &self.node))
+        };
+        if remap(resolved) == resolved {
+            return Ok(resolved.to_string());
+        }
+        self.remaps
+            .iter()
+            .map(|(from, _)| expand(from, &self.namespace, &self.node))
+            .find(|source| remap(source) == resolved)
+            .ok_or_else(|| {
+                ArgsError(format!(
+                    "{resolved} cannot be opened: a remapping rule sends it to {} and no rule leads to it; name the topic before remapping",
+                    remap(resolved)
+                ))
+            })
+    }
+
     /// A parameter, when given; the error names it, where it came from, and the type wanted.
     pub fn get<T: FromParam>(&self, name: &str) -> Result<Option<T>, ArgsError> {
         match self.params.get(name) {
@@ -471,6 +497,23 @@ mod tests {
         let root = args(&[]).unwrap();
         assert_eq!(root.resolve_topic("~/estop").unwrap(), "/skillgraft/estop");
         assert_eq!(root.resolve_topic("estop").unwrap(), "/estop");
+    }
+
+    #[test]
+    fn names_for_rcl_are_remapped_once_by_rcl() {
+        let a = args(&["--ros-args", "-r", "left:=right", "-r", "right:=left", "-r", "a:=b", "-r", "b:=c"]).unwrap();
+        for declared in ["left", "right", "a", "b", "c", "other", "~/x"] {
+            let resolved = a.resolve_topic(declared).unwrap();
+            let for_rcl = a.unremapped(&resolved).unwrap();
+            assert_eq!(a.resolve_topic(&for_rcl).unwrap(), resolved, "{declared}: rcl's one remapping lands on it");
+        }
+        assert_eq!(a.resolve_topic("left").unwrap(), "/right");
+        assert_eq!(a.unremapped("/right").unwrap(), "/left", "swapped names are handed over unswapped");
+        assert_eq!(a.resolve_topic("a").unwrap(), "/b", "one rule per name");
+        assert_eq!(a.unremapped("/b").unwrap(), "/a", "a chain is not followed twice");
+        assert_eq!(a.unremapped("/c").unwrap(), "/c");
+        let e = a.unremapped("/a").unwrap_err().0;
+        assert!(e.contains("sends it to /b"), "{e}");
     }
 
     #[test]

@@ -5,9 +5,11 @@ pub mod args;
 pub mod cdr;
 #[cfg(feature = "dds")]
 pub mod dds;
+pub mod distro;
 pub mod msg;
 pub mod msg_defs;
 pub mod names;
+pub mod params;
 #[cfg(feature = "rcl")]
 pub mod rcl;
 pub mod schema;

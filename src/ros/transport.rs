@@ -4,6 +4,9 @@
 
 use std::time::Instant;
 
+use super::args::RosArgs;
+#[cfg(all(feature = "dds", not(feature = "rcl")))]
+use super::distro::RosDistro;
 use super::msg::Time;
 
 /// Delivery and history settings of a topic, in ROS 2 terms.
@@ -43,6 +46,11 @@ pub struct Sample {
 /// Called on the transport's thread for every sample of a subscription.
 pub type SampleSink = Box<dyn FnMut(Sample) + Send>;
 
+/// Answers one service's requests on the transport's thread: gets a request (encapsulation
+/// header and CDR body) and returns the response the same way. An error leaves the request
+/// unanswered; the transport logs it.
+pub type ServiceHandler = Box<dyn FnMut(&[u8]) -> Result<Vec<u8>, TransportError> + Send>;
+
 /// Why a transport operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -74,6 +82,8 @@ pub trait Transport: Send + Sync {
     fn publisher(&self, topic: &str, type_name: &str, qos: Qos) -> Result<Box<dyn RawPublisher>, TransportError>;
     /// Subscribes to `topic`; `sink` gets every sample, on the transport's thread.
     fn subscribe(&self, topic: &str, type_name: &str, qos: Qos, sink: SampleSink) -> Result<(), TransportError>;
+    /// Serves `service` (absolute, resolved) of type `pkg/srv/Name` with `handler`.
+    fn serve(&self, service: &str, type_name: &str, handler: ServiceHandler) -> Result<(), TransportError>;
     /// The current ROS time.
     fn now(&self) -> Time {
         ros_now()
@@ -103,6 +113,14 @@ pub fn split_type(type_name: &str) -> Result<(&str, &str), TransportError> {
     }
 }
 
+/// `pkg/srv/Name` split into package and name.
+pub fn split_service_type(type_name: &str) -> Result<(&str, &str), TransportError> {
+    match type_name.split('/').collect::<Vec<_>>().as_slice() {
+        [pkg, "srv", name] if !pkg.is_empty() && !name.is_empty() => Ok((pkg, name)),
+        _ => Err(TransportError(format!("{type_name:?} is not a service type name; write pkg/srv/Name"))),
+    }
+}
+
 /// Whether the ROS environment asks to keep discovery on this host (`ROS_LOCALHOST_ONLY=1`, or
 /// `ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST` from Iron on).
 pub fn localhost_only() -> bool {
@@ -110,20 +128,28 @@ pub fn localhost_only() -> bool {
         || std::env::var("ROS_AUTOMATIC_DISCOVERY_RANGE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("LOCALHOST"))
 }
 
-/// The transport this build provides: rcl when built with `rcl`, otherwise the DDS one.
-pub fn connect(identity: NodeIdentity, domain: u16) -> Result<Box<dyn Transport>, TransportError> {
+/// The transport of the node `args` names, on the domain of `ROS_DOMAIN_ID`: rcl when built with
+/// `rcl`, otherwise DDS in the graph layout of the robot's distro (`-p ros_distro:=...`, else
+/// `ROS_DISTRO`, else Humble's).
+pub fn connect(args: &RosArgs) -> Result<Box<dyn Transport>, TransportError> {
+    let identity = NodeIdentity { name: args.node.clone(), namespace: args.namespace.clone() };
     #[cfg(feature = "rcl")]
     {
-        let _ = domain;
-        Ok(Box::new(super::rcl::RclTransport::new(identity)?))
+        Ok(Box::new(super::rcl::RclTransport::new(identity, args)?))
     }
     #[cfg(all(feature = "dds", not(feature = "rcl")))]
     {
-        Ok(Box::new(super::dds::DdsTransport::new(identity, domain, localhost_only())?))
+        let distro = args.get::<String>("ros_distro").map_err(|e| TransportError(e.to_string()))?;
+        let config = super::dds::DdsConfig {
+            domain: super::args::domain_id().map_err(|e| TransportError(e.to_string()))?,
+            localhost_only: localhost_only(),
+            distro: RosDistro::choose(distro.as_deref()).map_err(|e| TransportError(e.to_string()))?,
+        };
+        Ok(Box::new(super::dds::DdsTransport::new(identity, &config)?))
     }
     #[cfg(not(any(feature = "dds", feature = "rcl")))]
     {
-        let _ = (identity, domain);
+        let _ = identity;
         Err(TransportError(
             "this skillgraft was built without a ROS 2 transport; build with the `dds` feature (the default) or `rcl`"
                 .into(),

@@ -17,7 +17,7 @@ use crate::adapt::Report;
 use crate::control::{NodeConfig, RunningNode};
 use crate::ros::args::RosArgs;
 use crate::ros::cdr;
-use crate::ros::dds::DdsTransport;
+use crate::ros::dds::{DdsConfig, DdsTransport};
 use crate::ros::msg::{RosMessage, StringMsg};
 use crate::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use crate::skill::Skill;
@@ -90,8 +90,9 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
     let skill = Skill::load(&opts.skill).map_err(|e| e.to_string())?;
     let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
     let id = |name: &str| NodeIdentity { name: name.into(), namespace: "/".into() };
+    let config = DdsConfig::local(opts.domain).map_err(|e| e.to_string())?;
     let dds = |name: &str| -> Result<Arc<dyn Transport>, String> {
-        Ok(Arc::new(DdsTransport::new(id(name), opts.domain, true).map_err(|e| e.to_string())?))
+        Ok(Arc::new(DdsTransport::new(id(name), &config).map_err(|e| e.to_string())?))
     };
     let args = |node: &str, params: &[String]| {
         let mut a = vec!["--ros-args".to_string()];
@@ -109,6 +110,8 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
             format!("episodes_dir:={}", opts.dir.join("episodes").display()),
             format!("adapted_dir:={}", opts.dir.join("adapted").display()),
             "blend_s:=0.1".into(),
+            // Nothing here publishes an e-stop: drive at once.
+            "estop_wait_s:=0.0".into(),
         ],
     )?;
     let cfg = NodeConfig::new(&skill.manifest, &node_args).map_err(|e| e.to_string())?;

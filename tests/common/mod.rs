@@ -98,17 +98,46 @@ pub fn json_f32(v: &serde_json::Value) -> Vec<f32> {
 }
 
 /// The Python with the ROS peers' packages (tools/requirements-ros.txt): `SKILLGRAFT_ROS_PYTHON`,
-/// or `.venv-ros` in the repository, which `.ci/run` makes.
+/// or the venv tools/test.sh makes in the target folder.
 pub fn ros_python() -> PathBuf {
-    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ros/bin/python"));
+    let p = std::env::var_os("SKILLGRAFT_ROS_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target folder").join("venv-ros/bin/python")
+    });
     assert!(
         p.exists(),
-        "{} not found: these tests need the Python of the CycloneDDS and MCAP peers. .ci/run makes it; by hand: python3 -m venv .venv-ros && .venv-ros/bin/pip install -r tools/requirements-ros.txt",
+        "{} not found: these tests need the Python of the ROS 2 peers; tools/test.sh makes it (and runs every test)",
         p.display()
     );
     p
+}
+
+/// The environment a process needs to use the ROS 2 installed in the peers' venv (the ROS 2
+/// wheels from PyPI install a whole ROS prefix at the venv's root): the prefix, its libraries
+/// (and the `ros_*.libs` folders of libraries the wheels bundle), and Fast DDS as the RMW.
+pub fn ros2_env() -> Vec<(&'static str, String)> {
+    let py = ros_python();
+    let venv = py.parent().and_then(Path::parent).expect("the venv of the peers' python");
+    let mut libs = vec![venv.join("lib")];
+    for lib in std::fs::read_dir(venv.join("lib")).unwrap().map(|e| e.unwrap().path()) {
+        if lib.file_name().unwrap().to_string_lossy().starts_with("python3") {
+            let site = lib.join("site-packages");
+            for e in std::fs::read_dir(&site).into_iter().flatten().map(|e| e.unwrap().path()) {
+                let name = e.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("ros_") && name.ends_with(".libs") {
+                    libs.push(e);
+                }
+            }
+        }
+    }
+    let mut path: Vec<String> = libs.iter().map(|p| p.display().to_string()).collect();
+    if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
+        path.push(old);
+    }
+    vec![
+        ("AMENT_PREFIX_PATH", venv.display().to_string()),
+        ("LD_LIBRARY_PATH", path.join(":")),
+        ("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp".into()),
+    ]
 }
 
 /// Copies a file or folder tree.

@@ -5,7 +5,7 @@ of skillgraft's Rust structs."""
 from dataclasses import dataclass, field
 
 from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.types import array, bounded_str, float64, int32, sequence, uint8, uint32
+from cyclonedds.idl.types import array, bounded_str, float64, int32, int64, sequence, uint8, uint32, uint64
 
 
 @dataclass
@@ -99,23 +99,48 @@ class DiagnosticArray(IdlStruct, typename="diagnostic_msgs::msg::dds_::Diagnosti
     status: sequence[DiagnosticStatus] = field(default_factory=list)
 
 
-GID_LEN = 24  # Humble; 16 from Iron on
+def graph_types(gid_len):
+    """rmw_dds_common's ParticipantEntitiesInfo with a Gid of `gid_len` bytes: 24 up to Humble,
+    16 from Iron on. Built on demand, since both layouts share their DDS type names."""
+
+    @dataclass
+    class Gid(IdlStruct, typename="rmw_dds_common::msg::dds_::Gid_"):
+        data: array[uint8, gid_len] = field(default_factory=lambda: [0] * gid_len)
+
+    @dataclass
+    class NodeEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::NodeEntitiesInfo_"):
+        node_namespace: bounded_str[256] = ""
+        node_name: bounded_str[256] = ""
+        reader_gid_seq: sequence[Gid] = field(default_factory=list)
+        writer_gid_seq: sequence[Gid] = field(default_factory=list)
+
+    @dataclass
+    class ParticipantEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::ParticipantEntitiesInfo_"):
+        gid: Gid = field(default_factory=Gid)
+        node_entities_info_seq: sequence[NodeEntitiesInfo] = field(default_factory=list)
+
+    return ParticipantEntitiesInfo
 
 
 @dataclass
-class Gid(IdlStruct, typename="rmw_dds_common::msg::dds_::Gid_"):
-    data: array[uint8, GID_LEN] = field(default_factory=lambda: [0] * GID_LEN)
+class ListParametersCycloneRequest(IdlStruct, typename="rcl_interfaces::srv::dds_::ListParameters_Request_"):
+    """rcl_interfaces/srv/ListParameters' request as rmw_cyclonedds puts it on the wire: its request
+    header (the client's id and a sequence number) before the fields."""
+    client: uint64 = 0
+    seq: int64 = 0
+    prefixes: sequence[str] = field(default_factory=list)
+    depth: uint64 = 0
 
 
 @dataclass
-class NodeEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::NodeEntitiesInfo_"):
-    node_namespace: bounded_str[256] = ""
-    node_name: bounded_str[256] = ""
-    reader_gid_seq: sequence[Gid] = field(default_factory=list)
-    writer_gid_seq: sequence[Gid] = field(default_factory=list)
+class ListParametersResult(IdlStruct, typename="rcl_interfaces::msg::dds_::ListParametersResult_"):
+    names: sequence[str] = field(default_factory=list)
+    prefixes: sequence[str] = field(default_factory=list)
 
 
 @dataclass
-class ParticipantEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::ParticipantEntitiesInfo_"):
-    gid: Gid = field(default_factory=Gid)
-    node_entities_info_seq: sequence[NodeEntitiesInfo] = field(default_factory=list)
+class ListParametersCycloneResponse(IdlStruct, typename="rcl_interfaces::srv::dds_::ListParameters_Response_"):
+    """The response, with the request header echoed before the fields."""
+    client: uint64 = 0
+    seq: int64 = 0
+    result: ListParametersResult = field(default_factory=ListParametersResult)

@@ -176,6 +176,25 @@ fn each_package_holds_the_binary_skills_launch_files_unit_and_configuration() {
         );
         assert!(glibc <= JETPACK_GLIBC, "the binary needs GLIBC_{}.{}: newer than JetPack 6's 2.35", glibc.0, glibc.1);
 
+        // What `ros2 launch skillgraft ...` looks up with /usr in AMENT_PREFIX_PATH: the package in
+        // the ament index, its executable in <prefix>/lib/skillgraft/, its launch files in the share
+        // folder (ament_index_python from the ROS 2 wheels in the peers' venv).
+        let lookup = r#"
+import os
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+prefix = get_package_prefix("skillgraft")
+share = get_package_share_directory("skillgraft")
+exe = os.path.join(prefix, "lib", "skillgraft", "skillgraft")
+assert os.access(exe, os.X_OK), exe
+assert os.path.realpath(exe) == os.path.realpath(os.path.join(prefix, "bin", "skillgraft")), exe
+for f in ("skillgraft.launch.py", "skillgraft.launch.xml", "params.yaml"):
+    assert os.path.isfile(os.path.join(share, "launch", f)), f
+print(prefix)
+"#;
+        let usr = root.join("usr");
+        let found = run(Command::new(common::ros_python()).arg("-c").arg(lookup).env("AMENT_PREFIX_PATH", &usr));
+        assert_eq!(found.trim(), usr.to_str().unwrap());
+
         // The installed binary runs and loads the skills it ships (tract plans on this architecture).
         let upstream = field(&deb, "Version").split('-').next().unwrap().to_string();
         let shown = run(Command::new(&bin).arg("--version"));
@@ -403,6 +422,18 @@ exec "$@""#;
             .unwrap_or_default()
     }
 
+    /// Waits for the service to exit on its own.
+    fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the service still runs after {within:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, as `systemctl stop` sends it; the service must exit 0 within 30 s.
     fn stop(mut self) {
         // SAFETY: a signal to our own child process.
@@ -477,6 +508,18 @@ fn each_package_installs_into_a_scratch_root_and_its_service_runs_the_store_with
         } else {
             eprintln!("systemd-analyze is not installed: the unit is not verified");
         }
+
+        // Until the admin puts the fleet's key in place the service refuses to start (systemd
+        // tries again, then gives up), naming the file it lacks; the store stays empty.
+        let mut service = Service::start(&root, &work);
+        let status = service.exit_status(Duration::from_secs(120));
+        assert_eq!(status.code(), Some(1), "{}", service.log());
+        assert!(service.log().contains("/etc/skillgraft/fleet.pub"), "{}", service.log());
+        assert!(
+            std::fs::read_dir(root.join("var/lib/skillgraft/store"))
+                .unwrap()
+                .all(|e| { e.unwrap().file_name().to_string_lossy().starts_with('.') })
+        );
 
         // What README tells the admin: the fleet's public key in /etc/skillgraft. The fleet side
         // (keys, bundle, push) is this machine's own build.

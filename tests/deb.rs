@@ -8,8 +8,9 @@
 //! files at their real paths (overlay mounts in a private mount namespace) and DDS in a private
 //! network namespace. systemd's sandboxing directives are not emulated; `systemd-analyze verify`
 //! checks the unit where it is installed. An arm64 package runs here under qemu-user (binfmt_misc
-//! and QEMU_LD_PREFIX, which CI sets up). Without SKILLGRAFT_DEB each test says it skipped;
-//! REQUIRE_DEB=1 makes that a failure.
+//! and QEMU_LD_PREFIX, which CI sets up). It needs root, as CI has: mount namespaces, overlay
+//! mounts, `dpkg --root`. Without SKILLGRAFT_DEB each test says it skipped; REQUIRE_DEB=1 makes
+//! that a failure.
 
 mod common;
 

@@ -118,6 +118,18 @@ mod tests {
         std::fs::write(&path, format!("{token}\n")).unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let e = Tokens::load(&path).unwrap_err().to_string();
-        assert!(e.contains("others can read it") && e.contains("chmod 600"), "{e}");
+        assert!(e.contains("anyone can read it") && e.contains("chmod"), "{e}");
+        // A root-owned token may be read by its group (how the package hands it to the service
+        // user); anyone else's may not.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        let uid = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        let e = Tokens::load(&path).err().map(|e| e.to_string());
+        match uid {
+            0 => assert!(e.is_none(), "{e:?}"),
+            _ => assert!(e.is_some_and(|e| e.contains("its group can read it") && e.contains("chmod 600"))),
+        }
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+        let e = Tokens::load(&path).unwrap_err().to_string();
+        assert!(e.contains("its group can"), "{e}");
     }
 }

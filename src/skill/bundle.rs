@@ -117,17 +117,26 @@ pub fn key_id(key: &VerifyingKey) -> String {
 
 /// Refuses a file others could read (`private`) or change: a secret key or token file must be
 /// its owner's alone, and a trusted key file must not be writable by others, who could add keys.
+///
+/// A secret owned by root may be readable by its group (PostgreSQL's rule for its TLS key): that
+/// is how a package hands a root-managed secret to a service user without giving it the file.
 pub fn check_mode(path: &Path, private: bool) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.permissions().mode();
-    let (mask, fix) = if private { (0o077, "chmod 600") } else { (0o022, "chmod go-w") };
-    if mode & mask != 0 {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    let (mask, fix) = match (private, meta.uid()) {
+        (true, 0) => (0o037, "chmod 640"),
+        (true, _) => (0o077, "chmod 600"),
+        (false, _) => (0o022, "chmod go-w"),
+    };
+    let bad = mode & mask;
+    if bad != 0 {
+        let who = if bad & 0o007 != 0 { "anyone" } else { "its group" };
         return Err(format!(
-            "{} has mode {:o}: {}; `{fix} {}`",
+            "{} has mode {:o}: {who} can {} it; `{fix} {}`",
             path.display(),
             mode & 0o777,
-            if private { "others can read it" } else { "others can change it" },
+            if private && bad & 0o044 != 0 { "read" } else { "change" },
             path.display()
         ));
     }

@@ -402,7 +402,7 @@ mod tests {
     ];
 
     fn values(seed: u64, n: usize) -> Vec<f64> {
-        crate::bench::seeded(seed, n).iter().map(|&v| v as f64).collect()
+        crate::rng::seeded(seed, n).iter().map(|&v| v as f64).collect()
     }
 
     /// Central finite difference of `f` at `x` along coordinate `i`.
@@ -441,8 +441,8 @@ mod tests {
     #[test]
     fn work_split_over_threads_equals_the_single_thread_work() {
         let (m, n, k) = (150, 70, 130);
-        let a: Vec<f32> = crate::bench::seeded(4, m * k);
-        let b: Vec<f32> = crate::bench::seeded(5, k * n);
+        let a: Vec<f32> = crate::rng::seeded(4, m * k);
+        let b: Vec<f32> = crate::rng::seeded(5, k * n);
         let team = Threads::new(3);
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut one = vec![0.5f32; m * n];
@@ -454,9 +454,9 @@ mod tests {
         }
         let s = AdamStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: 0.1, t: 3 };
         let n = 1 << 17;
-        let g: Vec<f32> = crate::bench::seeded(6, n);
+        let g: Vec<f32> = crate::rng::seeded(6, n);
         let run = |c: &Cpu<f32>| {
-            let (mut p, mut m, mut v) = (crate::bench::seeded(7, n), vec![0.1f32; n], vec![0.2f32; n]);
+            let (mut p, mut m, mut v) = (crate::rng::seeded(7, n), vec![0.1f32; n], vec![0.2f32; n]);
             c.adamw(&mut p, &g, &mut m, &mut v, &vec![0.0; n], n, s).unwrap();
             (p, m, v)
         };

@@ -5,6 +5,7 @@
 
 use super::compute::{AdamStep, Compute, ComputeError};
 use crate::model::head::{Activation, LayerParams};
+use crate::rng::SplitMix;
 use nalgebra::{DMatrix, DVector};
 
 /// The shape of one trainable layer.
@@ -76,30 +77,6 @@ pub struct Trained {
     pub best_epoch: usize,
 }
 
-/// SplitMix64: a small, well-mixed generator, so batch orders, initial weights and simulated
-/// tasks are the same on every machine.
-pub(crate) struct SplitMix(pub(crate) u64);
-
-impl SplitMix {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1), with 53 bits.
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [-1, 1), with 24 bits, in f32.
-    pub(crate) fn symmetric_f32(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 /// The order in which training visits its rows, epoch after epoch: each epoch's order is a
 /// Fisher-Yates shuffle of the one before, driven by SplitMix64 from the seed. Public so that a
 /// reference implementation (`tools/bench_adapt.py`) can be fed the very same batches.
@@ -117,7 +94,7 @@ impl BatchOrder {
     /// Shuffles for the next epoch and returns its order.
     pub fn next_epoch(&mut self) -> &[usize] {
         for i in (1..self.order.len()).rev() {
-            let j = (self.rng.next() % (i as u64 + 1)) as usize;
+            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
             self.order.swap(i, j);
         }
         &self.order
@@ -380,14 +357,14 @@ mod tests {
             Shape { inputs: 4, outputs: 8, activation: Activation::Tanh, bias: true },
             Shape { inputs: 8, outputs: 2, activation: Activation::Identity, bias: true },
         ];
-        let v = crate::bench::seeded(1, 200 * 4);
+        let v = crate::rng::seeded(1, 200 * 4);
         let x: Vec<f32> = v.clone();
         let y: Vec<f32> = (0..200).flat_map(|r| [x[r * 4] * 0.5 - x[r * 4 + 1], (x[r * 4 + 2] * 2.0).tanh()]).collect();
         let init = shapes
             .iter()
             .enumerate()
             .map(|(k, s)| {
-                let w = crate::bench::seeded(10 + k as u64, s.inputs * s.outputs);
+                let w = crate::rng::seeded(10 + k as u64, s.inputs * s.outputs);
                 LayerParams {
                     weight: DMatrix::from_row_slice(s.outputs, s.inputs, &w).map(|v| v * 0.5),
                     bias: Some(DVector::zeros(s.outputs)),

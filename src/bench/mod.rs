@@ -24,8 +24,8 @@ pub mod record;
 pub mod rig;
 pub mod transfer;
 
-use crate::model::Model;
-use crate::model::onnx::OnnxFile;
+use skillgraft::model::Model;
+use skillgraft::model::onnx::OnnxFile;
 
 /// Polls `done` every 5 ms for at most `limit`; whether it came true.
 pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -89,7 +89,7 @@ pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
         let output = file.graph().output[0].name.clone();
         let model = Model::load(file, &input, &output, &info.features_tensor).map_err(|e| e.to_string())?;
         let w = model.input_shape.width();
-        let batch = seeded(7, w * FEATURE_BATCH);
+        let batch = skillgraft::rng::seeded(7, w * FEATURE_BATCH);
         cases.push(InferenceCase {
             name: json.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
             single: batch[..w].to_vec(),
@@ -101,17 +101,6 @@ pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
         return Err(format!("no NAME.onnx + NAME.json fixtures in {}", dir.display()));
     }
     Ok(cases)
-}
-
-/// Deterministic pseudo-random values in [-1, 1), the same for the same seed on every machine.
-pub fn seeded(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Median wall time of `f` in microseconds, over `iters` runs after `iters / 10 + 1` warm-ups.
@@ -239,7 +228,7 @@ impl fmt::Display for InferenceReport {
         writeln!(
             f,
             "| model | measure | tract {}, 1 thread (µs, median) | {ort} (µs, median) | tract / onnxruntime |",
-            crate::model::TRACT_VERSION
+            skillgraft::model::TRACT_VERSION
         )?;
         writeln!(f, "|---|---|---:|---:|---:|")?;
         for r in &self.rows {

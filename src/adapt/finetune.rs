@@ -146,6 +146,9 @@ pub struct Gradient<T: Real> {
     pub bias: DVector<T>,
 }
 
+/// The loss on a batch and each layer's [`Gradient`] there.
+pub type LossAndGradients<T> = (f64, Vec<Gradient<T>>);
+
 /// Trains layers of `shapes` from `init`, pulled toward `source`, on `train`; with `held_out`,
 /// keeps the best epoch and stops after `patience` epochs without improvement. `on_epoch` is
 /// called after every epoch. Fails only when the backend's device does. Any element type
@@ -279,7 +282,7 @@ pub fn gradients<C: Compute>(
     shapes: &[Shape],
     params: &[LayerParams],
     data: &Data,
-) -> Result<(f64, Vec<Gradient<C::Elem>>), ComputeError> {
+) -> Result<LossAndGradients<C::Elem>, ComputeError> {
     let rows = data.rows;
     let d_out = shapes.last().map_or(0, |l| l.outputs);
     let mut layers = build(c, shapes, params, params, rows.max(1))?;

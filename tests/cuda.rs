@@ -175,7 +175,7 @@ fn one_training_step_gives_the_cpus_gradients_within_1e_5_relative() {
         // are held to the same absolute standard as the rest.
         let scale = b.weight.abs().max();
         let dw = (&a.weight - &b.weight).abs().max() / scale;
-        let (ab, bb) = (a.bias.as_ref().unwrap(), b.bias.as_ref().unwrap());
+        let (ab, bb) = (&a.bias, &b.bias);
         let db = (ab - bb).abs().max() / bb.abs().max();
         eprintln!("layer {k}: max |ΔdW| / max |dW| = {dw:.2e}, max |Δdb| / max |db| = {db:.2e}");
         assert!(dw <= 1e-5 && db <= 1e-5, "layer {k}: gradients differ by {dw:e} (weights), {db:e} (biases)");

@@ -2,6 +2,8 @@
 //! the CPU implementation here (matrixmultiply and plain loops), the CUDA one in `cuda` (cargo
 //! feature `cuda`). Matrices are row-major buffers.
 
+use std::borrow::Cow;
+
 use crate::model::head::Activation;
 
 pub use super::threads::Threads;
@@ -12,6 +14,8 @@ pub trait Real: nalgebra::RealField + Copy + Default + PartialOrd + Send + Sync 
     fn of_f64(v: f64) -> Self;
     /// To f64.
     fn as_f64(self) -> f64;
+    /// Host values kept in f32 (data, weights) in this type: borrowed when it is f32.
+    fn of_f32s(v: &[f32]) -> Cow<'_, [Self]>;
     /// Row-major `C = alpha·op(A)·op(B) + beta·C` with matrixmultiply; `lda` and `ldb` are
     /// the row lengths of A and B as stored (so a block of rows of op(A) can be passed).
     #[allow(clippy::too_many_arguments)]
@@ -38,13 +42,16 @@ fn extent(rows: usize, cols: usize, ld: usize) -> usize {
 }
 
 macro_rules! real {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path, $of_f32s:expr) => {
         impl Real for $t {
             fn of_f64(v: f64) -> Self {
                 v as $t
             }
             fn as_f64(self) -> f64 {
                 self as f64
+            }
+            fn of_f32s(v: &[f32]) -> Cow<'_, [Self]> {
+                $of_f32s(v)
             }
             fn gemm(
                 ta: bool,
@@ -90,8 +97,8 @@ macro_rules! real {
     };
 }
 
-real!(f32, matrixmultiply::sgemm);
-real!(f64, matrixmultiply::dgemm);
+real!(f32, matrixmultiply::sgemm, Cow::Borrowed);
+real!(f64, matrixmultiply::dgemm, |v: &[f32]| Cow::Owned(v.iter().map(|&x| f64::from(x)).collect()));
 
 /// One AdamW step's settings. The decoupled decay pulls toward the source weights (L2-SP), not
 /// toward zero.

@@ -12,6 +12,8 @@ pub mod cuda;
 pub mod device;
 pub mod features;
 pub mod finetune;
+#[cfg(test)]
+mod gradcheck;
 pub mod plot;
 pub mod ridge;
 pub mod synthetic;

@@ -3,7 +3,6 @@
 //! differ (link lengths, joint zero offsets, actuator gains and lag, sensor bias), so a policy
 //! learnt on one does not simply work on another.
 
-#[cfg(feature = "dds")]
 pub mod episodes;
 pub mod node;
 pub mod score;

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use skillgraft::bench::{FEATURE_BATCH, inference_cases};
+#[path = "../src/bench/cases.rs"]
+mod cases;
+
+use cases::{FEATURE_BATCH, inference_cases};
 
 fn inference(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx");

@@ -13,8 +13,8 @@ use firmware_bridge::protocol::{
     Command, Config, FaultCode, Frame, FrameError, JointTarget, MAX_ENCODED, MAX_JOINTS, Message, Mode, encode,
 };
 
-use crate::ros::cdr;
-use crate::ros::msg::{DiagnosticArray, DiagnosticStatus, Float64MultiArray, Header, JointState, KeyValue, RosMessage};
+use crate::msg::cdr;
+use crate::msg::{DiagnosticArray, DiagnosticStatus, Float64MultiArray, Header, JointState, KeyValue, RosMessage};
 use crate::ros::transport::{Qos, Transport, TransportError};
 
 /// What the bridge connects, and how.

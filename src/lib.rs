@@ -6,12 +6,16 @@
 
 pub mod adapt;
 pub mod alloc;
-pub mod bench;
 pub mod bridge;
 pub mod control;
 pub mod fleet;
 pub mod model;
+pub mod msg;
+pub mod node;
+pub mod observe;
 pub mod record;
+pub mod rng;
 pub mod ros;
 pub mod sim;
 pub mod skill;
+pub mod stats;

@@ -1,5 +1,8 @@
 //! The `skillgraft` command line: parses arguments and calls the library.
 
+mod bench;
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -761,7 +764,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
         repeats: u16,
         /// Training rows (split into 20 episodes; a fifth as many are held out).
-        #[arg(long, default_value_t = skillgraft::bench::adapt::ROWS as u32, value_parser = clap::value_parser!(u32).range(20..))]
+        #[arg(long, default_value_t = skillgraft::adapt::synthetic::ROWS as u32, value_parser = clap::value_parser!(u32).range(20..))]
         rows: u32,
         /// Skill the node runs for the latency measurement.
         #[cfg(feature = "dds")]
@@ -1209,7 +1212,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
-            let report = skillgraft::bench::record::record(&skill, &dir, seconds, &observation_reliability);
+            let report = bench::record::record(&skill, &dir, seconds, &observation_reliability);
             let _ = std::fs::remove_dir_all(&dir);
             print(&report?, json)
         }
@@ -1219,14 +1222,14 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
-            let report = skillgraft::bench::inbox_attack::inbox_attack(&skill, rate_hz, big_mib, &dir);
+            let report = bench::inbox_attack::inbox_attack(&skill, rate_hz, big_mib, &dir);
             let _ = std::fs::remove_dir_all(&dir);
             print(&report?, json)
         }
         Command::Bench(BenchCommand::Control { skill, rates, seconds, rt_priority, json }) => {
             // SAFETY: set before any thread is started; the bench keeps DDS on this host.
             unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
-            let report = skillgraft::bench::control::control(&skill, &rates, seconds, rt_priority)?;
+            let report = bench::control::control(&skill, &rates, seconds, rt_priority)?;
             print(&report, json)
         }
         Command::Bench(BenchCommand::Adapt {
@@ -1246,18 +1249,18 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }) => {
             let dir = tempfile_dir()?;
             let (repeats, threads) = (usize::from(repeats), usize::from(threads));
-            let rows = skillgraft::bench::adapt::compute(&python, threads, repeats, rows as usize, &dir);
+            let rows = bench::adapt::compute(&python, threads, repeats, rows as usize, &dir);
             #[cfg(feature = "dds")]
             let latency = match rows.is_ok() && seconds > 0.0 {
                 true => {
                     // SAFETY: set before the node's threads start; the bench keeps DDS on this host.
                     unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
-                    Some(skillgraft::bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0))
+                    Some(bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0))
                 }
                 false => None,
             };
             let _ = std::fs::remove_dir_all(&dir);
-            let report = skillgraft::bench::adapt::AdaptReport {
+            let report = bench::adapt::AdaptReport {
                 rows: rows?,
                 threads,
                 repeats,
@@ -1268,16 +1271,16 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             print(&report, json)
         }
         Command::Bench(BenchCommand::Gpu { quick, threads, repeats, epochs, json }) => {
-            let opts = skillgraft::bench::gpu::GpuOptions {
+            let opts = bench::gpu::GpuOptions {
                 quick,
                 threads: usize::from(threads),
                 repeats: usize::from(repeats),
                 epochs: usize::from(epochs),
             };
             if !json {
-                eprintln!("{}", skillgraft::bench::gpu::HEADER);
+                eprintln!("{}", bench::gpu::HEADER);
             }
-            let report = skillgraft::bench::gpu::gpu(&opts, &mut |cell| {
+            let report = bench::gpu::gpu(&opts, &mut |cell| {
                 if !json {
                     eprintln!("{}", cell.line());
                 }
@@ -1285,12 +1288,11 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             print(&report, json)
         }
         Command::Bench(BenchCommand::Transfer { source, robots, demos, seeds, reaches, plot, json }) => {
-            let opts = skillgraft::bench::transfer::TransferOptions { source, robots, demos, seeds, reaches };
+            let opts = bench::transfer::TransferOptions { source, robots, demos, seeds, reaches };
             let dir = tempfile_dir()?;
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            let report =
-                skillgraft::bench::transfer::transfer(&opts, &dir, &mut |what| bar.set_message(what.to_string()));
+            let report = bench::transfer::transfer(&opts, &dir, &mut |what| bar.set_message(what.to_string()));
             bar.finish_and_clear();
             let _ = std::fs::remove_dir_all(&dir);
             let report = report?;
@@ -1302,15 +1304,15 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Bench(BenchCommand::Push { robots, mib, json }) => {
-            let opts = skillgraft::bench::push::PushOptions { robots, mib, exe: std::env::current_exe()? };
+            let opts = bench::push::PushOptions { robots, mib, exe: std::env::current_exe()? };
             let dir = tempfile_dir()?;
-            let rows = skillgraft::bench::push::run(&opts, &dir, &mut |s| eprintln!("bench push: {s}"));
+            let rows = bench::push::run(&opts, &dir, &mut |s| eprintln!("bench push: {s}"));
             let _ = std::fs::remove_dir_all(&dir);
             let rows = rows?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", skillgraft::bench::push::table(&rows));
+                print!("{}", bench::push::table(&rows));
             }
             Ok(())
         }
@@ -1319,11 +1321,11 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(r) = rates.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 10_000.0)) {
                 return Err(format!("--rates: {r} is not a rate in Hz above 0, at most 10000").into());
             }
-            let report = skillgraft::bench::bridge::bridge(joints, &rates, seconds)?;
+            let report = bench::bridge::bridge(joints, &rates, seconds)?;
             print(&report, json)
         }
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
-            let report = skillgraft::bench::inference(&fixtures, &python, iters)?;
+            let report = bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
         }
     }
@@ -1792,7 +1794,7 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
 /// Records demonstrations of the simulated arm's expert through a running node.
 #[cfg(feature = "dds")]
 fn teleop(robot: &str, episodes: usize, node: &str, sim: &str, seconds: f64) -> Result<(), Box<dyn std::error::Error>> {
-    use skillgraft::ros::msg::{RosMessage, StringMsg};
+    use skillgraft::msg::{RosMessage, StringMsg};
     use skillgraft::ros::transport::Qos;
     let robot = skillgraft::sim::robot(robot)?;
     let args = skillgraft::ros::args::RosArgs::parse(&[], &[], "teleop")?;
@@ -1801,7 +1803,7 @@ fn teleop(robot: &str, episodes: usize, node: &str, sim: &str, seconds: f64) -> 
     let mut control = transport.publisher(&format!("{node}/demo/control"), StringMsg::TYPE, Qos::RELIABLE)?;
     let mut reset = transport.publisher(&format!("{sim}/reset"), StringMsg::TYPE, Qos::RELIABLE)?;
     let say = |p: &mut Box<dyn skillgraft::ros::transport::RawPublisher>, text: &str| {
-        skillgraft::ros::cdr::encode(&StringMsg { data: text.into() })
+        skillgraft::msg::cdr::encode(&StringMsg { data: text.into() })
             .map_err(|e| e.to_string())
             .and_then(|b| p.publish(&b).map_err(|e| e.to_string()))
     };
@@ -1843,7 +1845,7 @@ fn demo(
         }
         None => tempfile_dir()?,
     };
-    let opts = skillgraft::sim::demo::DemoOptions {
+    let opts = demo::DemoOptions {
         skill,
         robot,
         demos: usize::from(demos),
@@ -1854,7 +1856,7 @@ fn demo(
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let report = skillgraft::sim::demo::run(&opts, &mut |what| bar.set_message(what.to_string()));
+    let report = demo::run(&opts, &mut |what| bar.set_message(what.to_string()));
     bar.finish_and_clear();
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -1888,7 +1890,7 @@ fn serve(
     ctrlc::set_handler(move || {
         let _ = tx.send(());
     })?;
-    let (node, summary) = skillgraft::control::launch(skill, params_file, ros_args, policy)?;
+    let (node, summary) = skillgraft::node::launch(skill, params_file, ros_args, policy)?;
     eprintln!("skillgraft: {summary}; Ctrl-C to stop");
     let _ = rx.recv();
     eprintln!("skillgraft: stopping");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nalgebra::DMatrix;
 use skillgraft::adapt::finetune::Settings;
 use skillgraft::adapt::{self, AdaptError, Method, Options, Quiet, ridge};
-use skillgraft::control::observer::Extractor;
+use skillgraft::observe::Extractor;
 use skillgraft::record::dataset;
 use skillgraft::record::episode::{ChannelSpec, EpisodeWriter};
 use skillgraft::skill::Skill;
@@ -36,7 +36,7 @@ fn episode(dir: &Path, id: &str, expert: &mut Skill, seed: u64, n: usize) -> Pat
     let mut w = EpisodeWriter::create(dir, id, &channels, &meta, Duration::from_secs(1)).unwrap();
     let fields: Vec<Extractor> = m.observations.iter().map(Extractor::new).collect();
     let act = Extractor::for_action(&m.action);
-    let noise = skillgraft::bench::seeded(seed, n * 30);
+    let noise = skillgraft::rng::seeded(seed, n * 30);
     let t0 = 1_764_000_000_000_000_000u64;
     for k in 0..n {
         let mut obs = Vec::new();
@@ -155,8 +155,8 @@ fn too_little_data_and_unsupported_heads_are_explained() {
 #[test]
 fn ridge_equals_scikit_learn() {
     let (n, d, a) = (300, 12, 3);
-    let h = DMatrix::from_row_slice(n, d, &skillgraft::bench::seeded(5, n * d)).map(|v| v as f64 * 2.0 + 0.3);
-    let y = DMatrix::from_row_slice(n, a, &skillgraft::bench::seeded(6, n * a)).map(|v| v as f64);
+    let h = DMatrix::from_row_slice(n, d, &skillgraft::rng::seeded(5, n * d)).map(|v| v as f64 * 2.0 + 0.3);
+    let y = DMatrix::from_row_slice(n, a, &skillgraft::rng::seeded(6, n * a)).map(|v| v as f64);
     let dir = tempfile::tempdir().unwrap();
     let data = serde_json::json!({
         "h": h.row_iter().map(|r| r.iter().copied().collect::<Vec<f64>>()).collect::<Vec<_>>(),

@@ -11,11 +11,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skillgraft::control::{NodeConfig, RunningNode};
+use skillgraft::msg::cdr;
+use skillgraft::msg::*;
+use skillgraft::node::{NodeConfig, RunningNode};
 use skillgraft::ros::args::RosArgs;
-use skillgraft::ros::cdr;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-use skillgraft::ros::msg::*;
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
 
@@ -61,7 +61,7 @@ impl Operator {
     /// for it is sent twice on the teleop topic while it holds.
     fn demonstrate(&mut self, expert: &mut Skill, seed: u64, steps: usize) {
         let m = expert.manifest.clone();
-        let noise = skillgraft::bench::seeded(seed, steps * 24);
+        let noise = skillgraft::rng::seeded(seed, steps * 24);
         for k in 0..steps {
             let obs: Vec<f64> = m
                 .observations
@@ -188,7 +188,7 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
         status,
         _peer: peer,
     };
-    let obs: Vec<f64> = skillgraft::bench::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
+    let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
     let want_source = example().step(&obs).unwrap().1;
     let want_expert = expert.step(&obs).unwrap().1;
     assert!(!close(&want_source, &want_expert, 5e-3));

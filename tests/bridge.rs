@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use skillgraft::ros::cdr;
+use skillgraft::msg::cdr;
+use skillgraft::msg::*;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-use skillgraft::ros::msg::*;
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
 const DOMAIN: &str = "57";

@@ -11,12 +11,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use skillgraft::alloc::{self, TickAllocator};
-use skillgraft::control::{NodeConfig, NodeError, RunningNode};
+use skillgraft::control::skills::SwapError;
 use skillgraft::model::export;
+use skillgraft::msg::cdr;
+use skillgraft::msg::*;
+use skillgraft::node::{NodeConfig, NodeError, RunningNode};
 use skillgraft::ros::args::RosArgs;
-use skillgraft::ros::cdr;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-use skillgraft::ros::msg::*;
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::{self, Skill};
 
@@ -91,7 +92,7 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let dir = tempfile::tempdir().unwrap();
     let mut reference = example();
     let mut reference_b = variant(dir.path());
-    let obs: Vec<f64> = skillgraft::bench::seeded(3, 24).iter().map(|&v| v as f64 * 0.5 + 0.1).collect();
+    let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.5 + 0.1).collect();
     let want_a = reference.step(&obs).unwrap().1;
     let want_b = reference_b.step(&obs).unwrap().1;
     assert!(!close(&want_a, &want_b));
@@ -190,7 +191,7 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     )
     .unwrap();
     let incompatible = skill::write_skill(&dir.path().join("other"), &other.0, &other.1).unwrap();
-    assert!(matches!(node.swap_skill(incompatible), Err(NodeError::Incompatible(..))));
+    assert!(matches!(node.swap_skill(incompatible), Err(NodeError::Swap(SwapError::Incompatible(..)))));
 
     // Making the skills above took long enough for the inputs to go stale (the safe action,
     // from which a swap does not blend): feed fresh ones first, so the swap meets the running

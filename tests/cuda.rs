@@ -14,8 +14,8 @@ use skillgraft::adapt::compute::{AdamStep, Compute, Cpu};
 use skillgraft::adapt::cuda::CudaCompute;
 use skillgraft::adapt::device::{Backend, Device};
 use skillgraft::adapt::finetune::{self, Data, Settings, Shape};
-use skillgraft::bench::seeded;
 use skillgraft::model::head::{Activation, LayerParams};
+use skillgraft::rng::seeded;
 
 const EPS: f64 = f32::EPSILON as f64;
 
@@ -153,7 +153,7 @@ fn every_primitive_equals_the_cpu_within_its_reduction_bound() {
 
 /// A 512→256 (ReLU)→6 head and a batch of 256 rows, as the adaptation benchmark has them.
 fn problem() -> (Vec<Shape>, Vec<LayerParams>, Data) {
-    let p = skillgraft::bench::adapt::Problem::new(2000);
+    let p = skillgraft::adapt::synthetic::Problem::new(2000);
     let rows = 256;
     let data = Data {
         x: p.train.x[..rows * p.shapes[0].inputs].to_vec(),
@@ -175,7 +175,7 @@ fn one_training_step_gives_the_cpus_gradients_within_1e_5_relative() {
         // are held to the same absolute standard as the rest.
         let scale = b.weight.abs().max();
         let dw = (&a.weight - &b.weight).abs().max() / scale;
-        let (ab, bb) = (a.bias.as_ref().unwrap(), b.bias.as_ref().unwrap());
+        let (ab, bb) = (&a.bias, &b.bias);
         let db = (ab - bb).abs().max() / bb.abs().max();
         eprintln!("layer {k}: max |ΔdW| / max |dW| = {dw:.2e}, max |Δdb| / max |db| = {db:.2e}");
         assert!(dw <= 1e-5 && db <= 1e-5, "layer {k}: gradients differ by {dw:e} (weights), {db:e} (biases)");
@@ -185,7 +185,7 @@ fn one_training_step_gives_the_cpus_gradients_within_1e_5_relative() {
 #[test]
 fn a_whole_fine_tune_gives_the_cpus_loss_curve_within_1e_3() {
     let Some(g) = gpu() else { return };
-    let p = skillgraft::bench::adapt::Problem::new(4000);
+    let p = skillgraft::adapt::synthetic::Problem::new(4000);
     let s = Settings { epochs: 10, batch: 256, lr: 1e-3, pull: 1e-2, patience: 10, seed: 3 };
     let cpu = Backend::select(Device::Cpu, Default::default()).unwrap();
     let gpu = Backend::Cuda(Box::new(g));

@@ -6,9 +6,9 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use skillgraft::ros::cdr;
+use skillgraft::msg::cdr;
+use skillgraft::msg::{Bool, JointState, RosMessage};
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-use skillgraft::ros::msg::{Bool, JointState, RosMessage};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
 fn node(name: &str) -> DdsTransport {

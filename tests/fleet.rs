@@ -449,9 +449,9 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     if !common::isolated("the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics") {
         return;
     }
-    use skillgraft::ros::cdr;
+    use skillgraft::msg::cdr;
+    use skillgraft::msg::{DiagnosticArray, RosMessage};
     use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-    use skillgraft::ros::msg::{DiagnosticArray, RosMessage};
     use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
     let dir = tempfile::tempdir().unwrap();
@@ -794,9 +794,9 @@ fn the_node_ticks_through_every_attack_on_its_inbox() {
     if !common::isolated("the_node_ticks_through_every_attack_on_its_inbox") {
         return;
     }
-    use skillgraft::ros::cdr;
+    use skillgraft::msg::cdr;
+    use skillgraft::msg::{DiagnosticArray, RosMessage};
     use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-    use skillgraft::ros::msg::{DiagnosticArray, RosMessage};
     use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
     let dir = tempfile::tempdir().unwrap();

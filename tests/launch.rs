@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skillgraft::control::NodeConfig;
+use skillgraft::node::NodeConfig;
 use skillgraft::ros::args::RosArgs;
 use skillgraft::skill::Skill;
 

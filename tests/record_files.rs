@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{fails, succeeds};
-use skillgraft::control::observer::Extractor;
+use skillgraft::observe::Extractor;
 use skillgraft::record::dataset;
 use skillgraft::record::episode::{self, ChannelSpec, EpisodeWriter};
 use skillgraft::skill::Skill;

@@ -12,12 +12,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skillgraft::control::{NodeConfig, RunningNode};
+use skillgraft::msg::cdr;
+use skillgraft::msg::{RosMessage, StringMsg};
+use skillgraft::node::{NodeConfig, RunningNode};
 use skillgraft::record::episode;
 use skillgraft::ros::args::RosArgs;
-use skillgraft::ros::cdr;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-use skillgraft::ros::msg::{RosMessage, StringMsg};
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
 
@@ -227,7 +227,7 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     )
     .unwrap();
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
-    let e = skillgraft::control::observer::Extractor::new(&skill.manifest.observations[0]);
+    let e = skillgraft::observe::Extractor::new(&skill.manifest.observations[0]);
     let mut js = obs_feed.publisher("/joint_states", &e.type_name, Qos::RELIABLE).unwrap();
     let msg = e.compose(&[0.5; 18]).encode().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

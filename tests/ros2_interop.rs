@@ -348,9 +348,9 @@ fn rclpy_lists_describes_and_sets_the_node_parameters() {
 /// name would swap it back).
 #[test]
 fn remapping_rules_apply_once_even_when_they_swap_names() {
-    use skillgraft::ros::cdr;
+    use skillgraft::msg::cdr;
+    use skillgraft::msg::{Float64MultiArray, RosMessage};
     use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-    use skillgraft::ros::msg::{Float64MultiArray, RosMessage};
     use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
     use std::sync::mpsc;
 
@@ -394,9 +394,9 @@ fn remapping_rules_apply_once_even_when_they_swap_names() {
 #[cfg(feature = "rcl")]
 #[test]
 fn the_rcl_node_and_a_rustdds_participant_talk_both_ways() {
-    use skillgraft::ros::cdr;
+    use skillgraft::msg::cdr;
+    use skillgraft::msg::{Bool, Float64MultiArray, JointState, Point, RosMessage, StringMsg, Twist, Vector3};
     use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-    use skillgraft::ros::msg::{Bool, Float64MultiArray, JointState, Point, RosMessage, StringMsg, Twist, Vector3};
     use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
     use std::sync::mpsc;
 

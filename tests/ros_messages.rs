@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use skillgraft::ros::cdr;
-use skillgraft::ros::msg::*;
+use skillgraft::msg::cdr;
+use skillgraft::msg::*;
 
 fn check<M: RosMessage + PartialEq + std::fmt::Debug>(file: &serde_json::Value) -> usize {
     assert_eq!(file["type"], M::TYPE);

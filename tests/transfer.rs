@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use skillgraft::bench::transfer::{score_skill, scored_tasks};
 use skillgraft::record::dataset;
 use skillgraft::sim;
+use skillgraft::sim::score::{score_skill, scored_tasks};
 use skillgraft::skill::Skill;
 
 fn source_skill() -> Skill {

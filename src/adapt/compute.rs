@@ -2,6 +2,8 @@
 //! the CPU implementation here (matrixmultiply and plain loops), the CUDA one in `cuda` (cargo
 //! feature `cuda`). Matrices are row-major buffers.
 
+use std::borrow::Cow;
+
 use crate::model::head::Activation;
 
 pub use super::threads::Threads;
@@ -12,6 +14,8 @@ pub trait Real: nalgebra::RealField + Copy + Default + PartialOrd + Send + Sync 
     fn of_f64(v: f64) -> Self;
     /// To f64.
     fn as_f64(self) -> f64;
+    /// Host values kept in f32 (data, weights) in this type: borrowed when it is f32.
+    fn of_f32s(v: &[f32]) -> Cow<'_, [Self]>;
     /// Row-major `C = alpha·op(A)·op(B) + beta·C` with matrixmultiply; `lda` and `ldb` are
     /// the row lengths of A and B as stored (so a block of rows of op(A) can be passed).
     #[allow(clippy::too_many_arguments)]
@@ -38,13 +42,16 @@ fn extent(rows: usize, cols: usize, ld: usize) -> usize {
 }
 
 macro_rules! real {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path, $of_f32s:expr) => {
         impl Real for $t {
             fn of_f64(v: f64) -> Self {
                 v as $t
             }
             fn as_f64(self) -> f64 {
                 self as f64
+            }
+            fn of_f32s(v: &[f32]) -> Cow<'_, [Self]> {
+                $of_f32s(v)
             }
             fn gemm(
                 ta: bool,
@@ -90,8 +97,8 @@ macro_rules! real {
     };
 }
 
-real!(f32, matrixmultiply::sgemm);
-real!(f64, matrixmultiply::dgemm);
+real!(f32, matrixmultiply::sgemm, Cow::Borrowed);
+real!(f64, matrixmultiply::dgemm, |v: &[f32]| Cow::Owned(v.iter().map(|&x| f64::from(x)).collect()));
 
 /// One AdamW step's settings. The decoupled decay pulls toward the source weights (L2-SP), not
 /// toward zero.
@@ -402,7 +409,7 @@ mod tests {
     ];
 
     fn values(seed: u64, n: usize) -> Vec<f64> {
-        crate::bench::seeded(seed, n).iter().map(|&v| v as f64).collect()
+        crate::rng::seeded(seed, n).iter().map(|&v| v as f64).collect()
     }
 
     /// Central finite difference of `f` at `x` along coordinate `i`.
@@ -441,8 +448,8 @@ mod tests {
     #[test]
     fn work_split_over_threads_equals_the_single_thread_work() {
         let (m, n, k) = (150, 70, 130);
-        let a: Vec<f32> = crate::bench::seeded(4, m * k);
-        let b: Vec<f32> = crate::bench::seeded(5, k * n);
+        let a: Vec<f32> = crate::rng::seeded(4, m * k);
+        let b: Vec<f32> = crate::rng::seeded(5, k * n);
         let team = Threads::new(3);
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut one = vec![0.5f32; m * n];
@@ -454,9 +461,9 @@ mod tests {
         }
         let s = AdamStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, pull: 0.1, t: 3 };
         let n = 1 << 17;
-        let g: Vec<f32> = crate::bench::seeded(6, n);
+        let g: Vec<f32> = crate::rng::seeded(6, n);
         let run = |c: &Cpu<f32>| {
-            let (mut p, mut m, mut v) = (crate::bench::seeded(7, n), vec![0.1f32; n], vec![0.2f32; n]);
+            let (mut p, mut m, mut v) = (crate::rng::seeded(7, n), vec![0.1f32; n], vec![0.2f32; n]);
             c.adamw(&mut p, &g, &mut m, &mut v, &vec![0.0; n], n, s).unwrap();
             (p, m, v)
         };

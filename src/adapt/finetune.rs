@@ -3,8 +3,9 @@
 //! squared error, a decoupled pull of every weight toward its source value (L2-SP), and early
 //! stopping on held-out data.
 
-use super::compute::{AdamStep, Compute, ComputeError};
+use super::compute::{AdamStep, Compute, ComputeError, Real};
 use crate::model::head::{Activation, LayerParams};
+use crate::rng::SplitMix;
 use nalgebra::{DMatrix, DVector};
 
 /// The shape of one trainable layer.
@@ -76,30 +77,6 @@ pub struct Trained {
     pub best_epoch: usize,
 }
 
-/// SplitMix64: a small, well-mixed generator, so batch orders, initial weights and simulated
-/// tasks are the same on every machine.
-pub(crate) struct SplitMix(pub(crate) u64);
-
-impl SplitMix {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1), with 53 bits.
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [-1, 1), with 24 bits, in f32.
-    pub(crate) fn symmetric_f32(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 /// The order in which training visits its rows, epoch after epoch: each epoch's order is a
 /// Fisher-Yates shuffle of the one before, driven by SplitMix64 from the seed. Public so that a
 /// reference implementation (`tools/bench_adapt.py`) can be fed the very same batches.
@@ -117,7 +94,7 @@ impl BatchOrder {
     /// Shuffles for the next epoch and returns its order.
     pub fn next_epoch(&mut self) -> &[usize] {
         for i in (1..self.order.len()).rev() {
-            let j = (self.rng.next() % (i as u64 + 1)) as usize;
+            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
             self.order.swap(i, j);
         }
         &self.order
@@ -147,11 +124,38 @@ fn flat_w(p: &LayerParams) -> Vec<f32> {
     p.weight.transpose().as_slice().to_vec()
 }
 
+/// Uploads values the host keeps in f32 (data, weights) in the backend's element type.
+fn put<C: Compute>(c: &C, host: &[f32]) -> Result<C::Buf, ComputeError> {
+    c.upload(&C::Elem::of_f32s(host))
+}
+
+/// Downloads `n` values.
+fn take<C: Compute>(c: &C, buf: &C::Buf, n: usize) -> Result<Vec<C::Elem>, ComputeError> {
+    let mut out = vec![C::Elem::default(); n];
+    c.download(buf, &mut out)?;
+    Ok(out)
+}
+
+/// The gradient of the loss with respect to one layer's parameters, in the backend's element
+/// type (f64 on `Cpu<f64>`, where the gradient checks run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradient<T: Real> {
+    /// With respect to the weight, outputs × inputs.
+    pub weight: DMatrix<T>,
+    /// With respect to the bias (whether or not the layer has one).
+    pub bias: DVector<T>,
+}
+
+/// The loss on a batch and each layer's [`Gradient`] there.
+pub type LossAndGradients<T> = (f64, Vec<Gradient<T>>);
+
 /// Trains layers of `shapes` from `init`, pulled toward `source`, on `train`; with `held_out`,
 /// keeps the best epoch and stops after `patience` epochs without improvement. `on_epoch` is
-/// called after every epoch. Fails only when the backend's device does.
+/// called after every epoch. Fails only when the backend's device does. Any element type
+/// trains (f32 on the devices; f64 on the CPU for the gradient checks); parameters come back in
+/// f32.
 #[allow(clippy::too_many_arguments)]
-pub fn train<C: Compute<Elem = f32>>(
+pub fn train<C: Compute>(
     c: &C,
     shapes: &[Shape],
     init: &[LayerParams],
@@ -165,8 +169,8 @@ pub fn train<C: Compute<Elem = f32>>(
     let d_in = shapes[0].inputs;
     let d_out = shapes.last().map_or(0, |l| l.outputs);
     let mut layers = build(c, shapes, init, source, batch)?;
-    let x_all = c.upload(&train.x)?;
-    let y_all = c.upload(&train.y)?;
+    let x_all = put(c, &train.x)?;
+    let y_all = put(c, &train.y)?;
     let mut xb = c.zeros(batch * d_in)?;
     let mut yb = c.zeros(batch * d_out)?;
     let mut order = BatchOrder::new(train.rows, s.seed);
@@ -214,7 +218,7 @@ pub fn train<C: Compute<Elem = f32>>(
 }
 
 /// The layers on the device, with moments and scratch for batches of up to `batch` rows.
-fn build<C: Compute<Elem = f32>>(
+fn build<C: Compute>(
     c: &C,
     shapes: &[Shape],
     init: &[LayerParams],
@@ -230,14 +234,14 @@ fn build<C: Compute<Elem = f32>>(
             let bias =
                 |p: &LayerParams| p.bias.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or(vec![0.0; shape.outputs]);
             Ok(Layer {
-                w: c.upload(&flat_w(p))?,
-                b: c.upload(&bias(p))?,
+                w: put(c, &flat_w(p))?,
+                b: put(c, &bias(p))?,
                 mw: c.zeros(shape.inputs * shape.outputs)?,
                 vw: c.zeros(shape.inputs * shape.outputs)?,
                 mb: c.zeros(shape.outputs)?,
                 vb: c.zeros(shape.outputs)?,
-                src_w: c.upload(&flat_w(src))?,
-                src_b: c.upload(&bias(src))?,
+                src_w: put(c, &flat_w(src))?,
+                src_b: put(c, &bias(src))?,
                 gw: c.zeros(shape.inputs * shape.outputs)?,
                 gb: c.zeros(shape.outputs)?,
                 z: c.zeros(batch * shape.outputs)?,
@@ -253,12 +257,7 @@ fn build<C: Compute<Elem = f32>>(
 
 /// From dL/d(output) in the last layer's `g`, the gradients `gw` and `gb` of every layer
 /// (after a [`forward`] of the same `rows` rows of `x`).
-fn backward<C: Compute<Elem = f32>>(
-    c: &C,
-    layers: &mut [Layer<C::Buf>],
-    x: &C::Buf,
-    rows: usize,
-) -> Result<(), ComputeError> {
+fn backward<C: Compute>(c: &C, layers: &mut [Layer<C::Buf>], x: &C::Buf, rows: usize) -> Result<(), ComputeError> {
     for k in (0..layers.len()).rev() {
         let (below, rest) = layers.split_at_mut(k);
         let l = &mut rest[0];
@@ -277,18 +276,18 @@ fn backward<C: Compute<Elem = f32>>(
 
 /// The loss and the gradients of every layer's weights and biases for `params` on all rows of
 /// `data` as one batch: what a training step computes before its AdamW update, on backend `c`.
-/// The backends are held to each other with it.
-pub fn gradients<C: Compute<Elem = f32>>(
+/// The backends are held to each other with it, and to finite differences in f64 on `Cpu<f64>`.
+pub fn gradients<C: Compute>(
     c: &C,
     shapes: &[Shape],
     params: &[LayerParams],
     data: &Data,
-) -> Result<(f64, Vec<LayerParams>), ComputeError> {
+) -> Result<LossAndGradients<C::Elem>, ComputeError> {
     let rows = data.rows;
     let d_out = shapes.last().map_or(0, |l| l.outputs);
     let mut layers = build(c, shapes, params, params, rows.max(1))?;
-    let x = c.upload(&data.x)?;
-    let y = c.upload(&data.y)?;
+    let x = put(c, &data.x)?;
+    let y = put(c, &data.y)?;
     forward(c, &mut layers, &x, rows)?;
     let out = layers.last_mut().expect("at least one layer");
     let loss = c.mse(&out.a, &y, rows * d_out, &mut out.g)?;
@@ -297,22 +296,14 @@ pub fn gradients<C: Compute<Elem = f32>>(
         .iter()
         .map(|l| {
             let (o, i) = (l.shape.outputs, l.shape.inputs);
-            let mut w = vec![0.0f32; o * i];
-            c.download(&l.gw, &mut w)?;
-            let mut b = vec![0.0f32; o];
-            c.download(&l.gb, &mut b)?;
-            Ok(LayerParams { weight: DMatrix::from_row_slice(o, i, &w), bias: Some(DVector::from_vec(b)) })
+            let weight = DMatrix::from_row_slice(o, i, &take(c, &l.gw, o * i)?);
+            Ok(Gradient { weight, bias: DVector::from_vec(take(c, &l.gb, o)?) })
         })
         .collect::<Result<_, ComputeError>>()?;
     Ok((loss, grads))
 }
 
-fn forward<C: Compute<Elem = f32>>(
-    c: &C,
-    layers: &mut [Layer<C::Buf>],
-    x: &C::Buf,
-    rows: usize,
-) -> Result<(), ComputeError> {
+fn forward<C: Compute>(c: &C, layers: &mut [Layer<C::Buf>], x: &C::Buf, rows: usize) -> Result<(), ComputeError> {
     for k in 0..layers.len() {
         let (below, rest) = layers.split_at_mut(k);
         let l = &mut rest[0];
@@ -324,16 +315,11 @@ fn forward<C: Compute<Elem = f32>>(
 }
 
 /// Mean squared error of the current layers on `data`.
-fn evaluate<C: Compute<Elem = f32>>(
-    c: &C,
-    layers: &mut [Layer<C::Buf>],
-    data: &Data,
-    batch: usize,
-) -> Result<f64, ComputeError> {
+fn evaluate<C: Compute>(c: &C, layers: &mut [Layer<C::Buf>], data: &Data, batch: usize) -> Result<f64, ComputeError> {
     let d_in = layers[0].shape.inputs;
     let d_out = layers.last().map_or(0, |l| l.shape.outputs);
-    let x = c.upload(&data.x)?;
-    let y = c.upload(&data.y)?;
+    let x = put(c, &data.x)?;
+    let y = put(c, &data.y)?;
     let mut xb = c.zeros(batch * d_in)?;
     let mut yb = c.zeros(batch * d_out)?;
     let mut sum = 0.0;
@@ -350,22 +336,18 @@ fn evaluate<C: Compute<Elem = f32>>(
     Ok(sum / (data.rows * d_out).max(1) as f64)
 }
 
-fn download<C: Compute<Elem = f32>>(c: &C, layers: &[Layer<C::Buf>]) -> Result<Vec<LayerParams>, ComputeError> {
+fn download<C: Compute>(c: &C, layers: &[Layer<C::Buf>]) -> Result<Vec<LayerParams>, ComputeError> {
+    let f32s = |v: Vec<C::Elem>| v.into_iter().map(|x| x.as_f64() as f32).collect::<Vec<_>>();
     layers
         .iter()
         .map(|l| {
             let (o, i) = (l.shape.outputs, l.shape.inputs);
-            let mut w = vec![0.0f32; o * i];
-            c.download(&l.w, &mut w)?;
+            let weight = DMatrix::from_row_slice(o, i, &f32s(take(c, &l.w, o * i)?));
             let bias = match l.shape.bias {
-                true => {
-                    let mut b = vec![0.0f32; o];
-                    c.download(&l.b, &mut b)?;
-                    Some(DVector::from_vec(b))
-                }
+                true => Some(DVector::from_vec(f32s(take(c, &l.b, o)?))),
                 false => None,
             };
-            Ok(LayerParams { weight: DMatrix::from_row_slice(o, i, &w), bias })
+            Ok(LayerParams { weight, bias })
         })
         .collect()
 }
@@ -380,14 +362,14 @@ mod tests {
             Shape { inputs: 4, outputs: 8, activation: Activation::Tanh, bias: true },
             Shape { inputs: 8, outputs: 2, activation: Activation::Identity, bias: true },
         ];
-        let v = crate::bench::seeded(1, 200 * 4);
+        let v = crate::rng::seeded(1, 200 * 4);
         let x: Vec<f32> = v.clone();
         let y: Vec<f32> = (0..200).flat_map(|r| [x[r * 4] * 0.5 - x[r * 4 + 1], (x[r * 4 + 2] * 2.0).tanh()]).collect();
         let init = shapes
             .iter()
             .enumerate()
             .map(|(k, s)| {
-                let w = crate::bench::seeded(10 + k as u64, s.inputs * s.outputs);
+                let w = crate::rng::seeded(10 + k as u64, s.inputs * s.outputs);
                 LayerParams {
                     weight: DMatrix::from_row_slice(s.outputs, s.inputs, &w).map(|v| v * 0.5),
                     bias: Some(DVector::zeros(s.outputs)),

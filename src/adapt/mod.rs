@@ -12,9 +12,11 @@ pub mod cuda;
 pub mod device;
 pub mod features;
 pub mod finetune;
-pub mod live;
+#[cfg(test)]
+mod gradcheck;
 pub mod plot;
 pub mod ridge;
+pub mod synthetic;
 pub mod threads;
 pub mod train;
 

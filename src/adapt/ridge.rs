@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn data(seed: u64, n: usize, d: usize) -> DMatrix<f64> {
-        let v = crate::bench::seeded(seed, n * d);
+        let v = crate::rng::seeded(seed, n * d);
         DMatrix::from_fn(n, d, |i, j| v[i * d + j] as f64)
     }
 

@@ -6,10 +6,11 @@ use nalgebra::{DMatrix, DVector};
 
 use super::compute::Threads;
 use super::device::{Backend, Device};
-use super::finetune::{Data, Epoch, Settings, Shape, SplitMix};
+use super::finetune::{Data, Epoch, Settings, Shape};
 use crate::model::head::{Activation, LayerParams};
 use crate::model::{export, mlp};
 use crate::record::dataset::Episode;
+use crate::rng::SplitMix;
 use crate::skill::manifest::Manifest;
 
 /// How to train.

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::rig::{Feeder, Rig, until};
-use crate::control::diagnostics::percentiles;
-use crate::ros::cdr;
-use crate::ros::msg::{RosMessage, StringMsg};
-use crate::ros::transport::{Qos, RawPublisher, Transport};
+use skillgraft::msg::cdr;
+use skillgraft::msg::{RosMessage, StringMsg};
+use skillgraft::ros::transport::{Qos, RawPublisher, Transport};
+use skillgraft::stats::percentiles;
 
 /// One phase's figures.
 #[derive(Debug, Serialize)]

@@ -71,7 +71,7 @@ pub fn bridge(joints: u8, rates: &[f64], seconds: f64) -> Result<BridgeReport, S
     let command = Frame {
         seq: 40_000,
         stamp_us: 3_000_000_000,
-        message: Message::Command(crate::bridge::command(Mode::Velocity, &vec![0.123; n])),
+        message: Message::Command(skillgraft::bridge::command(Mode::Velocity, &vec![0.123; n])),
     };
     let feedback = Frame {
         seq: 40_001,
@@ -130,7 +130,7 @@ fn round_trip_at(joints: u8, rate: f64, seconds: f64) -> Result<RoundTripRow, St
         Box::new(|_| {}),
     )
     .map_err(|e| e.to_string())?;
-    link.command(crate::bridge::command(Mode::Velocity, &vec![0.1; usize::from(joints)]));
+    link.command(skillgraft::bridge::command(Mode::Velocity, &vec![0.1; usize::from(joints)]));
     let st = link.stats();
     use std::sync::atomic::Ordering::Relaxed;
     if !super::until(Duration::from_secs(5), || st.feedback.load(Relaxed) > 10) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::rig::{Feeder, Rig};
-use crate::control::diagnostics::percentiles;
+use skillgraft::stats::percentiles;
 
 /// One rate's figures.
 #[derive(Debug, Serialize)]

@@ -9,10 +9,10 @@ use std::time::Instant;
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 
-use crate::adapt::compute::Threads;
-use crate::adapt::device::{Backend, Device};
-use crate::adapt::finetune::{Data, Settings, Shape};
-use crate::model::head::{Activation, LayerParams};
+use skillgraft::adapt::compute::Threads;
+use skillgraft::adapt::device::{Backend, Device};
+use skillgraft::adapt::finetune::{Data, Settings, Shape};
+use skillgraft::model::head::{Activation, LayerParams};
 
 /// Action width of every benchmark head.
 const ACTIONS: usize = 6;
@@ -89,14 +89,14 @@ fn settings(epochs: usize) -> Settings {
 
 fn layer(seed: u64, out: usize, inp: usize) -> LayerParams {
     let scale = (3.0 / inp as f32).sqrt();
-    let w: Vec<f32> = super::seeded(seed, out * inp).iter().map(|v| v * scale).collect();
+    let w: Vec<f32> = skillgraft::rng::seeded(seed, out * inp).iter().map(|v| v * scale).collect();
     LayerParams { weight: DMatrix::from_row_slice(out, inp, &w), bias: Some(DVector::zeros(out)) }
 }
 
 /// Inputs and targets for `rows` samples of width `d_in`: the targets are a cheap fixed
 /// function of a few inputs, since only the timing and the two backends' agreement matter here.
 fn data(d_in: usize, rows: usize) -> Data {
-    let x = super::seeded(d_in as u64, rows * d_in);
+    let x = skillgraft::rng::seeded(d_in as u64, rows * d_in);
     let y = (0..rows)
         .flat_map(|r| {
             let xr = &x[r * d_in..(r + 1) * d_in];
@@ -146,8 +146,8 @@ pub fn gpu(o: &GpuOptions, row: &mut dyn FnMut(&Cell)) -> Result<GpuReport, Stri
         for &n in samples {
             let d = Data { x: all.x[..n * d_in].to_vec(), y: all.y[..n * ACTIONS].to_vec(), rows: n };
             let run = |b: &Backend| b.train(&shapes, &source, &source, &d, None, &s, &mut |_| {});
-            let last_loss = |t: Result<crate::adapt::finetune::Trained, _>| -> Result<f64, String> {
-                let t = t.map_err(|e: crate::adapt::compute::ComputeError| e.to_string())?;
+            let last_loss = |t: Result<skillgraft::adapt::finetune::Trained, _>| -> Result<f64, String> {
+                let t = t.map_err(|e: skillgraft::adapt::compute::ComputeError| e.to_string())?;
                 Ok(t.curve.last().map_or(f64::NAN, |e| e.train))
             };
             if let Some(g) = &gpu

@@ -17,9 +17,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::rig::{Feeder, Rig};
-use crate::control::diagnostics::percentiles;
-use crate::fleet::auth;
-use crate::skill::bundle;
+use skillgraft::fleet::auth;
+use skillgraft::skill::bundle;
+use skillgraft::stats::percentiles;
 
 /// One phase of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -251,9 +251,9 @@ pub fn inbox_attack(skill_dir: &Path, rate_hz: f64, big_mib: u64, dir: &Path) ->
     for (name, file) in &attacks {
         phase(name, &mut || target.upload(file));
     }
-    let skill_dir_files = crate::skill::Skill::load(skill_dir).map_err(|e| e.to_string())?;
+    let skill_dir_files = skillgraft::skill::Skill::load(skill_dir).map_err(|e| e.to_string())?;
     let model = std::fs::read(skill_dir.join(&skill_dir_files.manifest.model.file)).map_err(|e| e.to_string())?;
-    let manifest = std::fs::read(skill_dir.join(crate::skill::MANIFEST_FILE)).map_err(|e| e.to_string())?;
+    let manifest = std::fs::read(skill_dir.join(skillgraft::skill::MANIFEST_FILE)).map_err(|e| e.to_string())?;
     let model_file = skill_dir_files.manifest.model.file.clone();
     let hog = memory_hog(&model, &skill_dir_files.manifest.model.input)?;
     drop(skill_dir_files);

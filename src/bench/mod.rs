@@ -2,7 +2,7 @@
 //! taken within the same run, so figures from a shared, noisy machine can still be compared.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ pub mod adapt;
 #[cfg(feature = "dds")]
 pub mod adapt_latency;
 pub mod bridge;
+pub mod cases;
 #[cfg(feature = "dds")]
 pub mod control;
 pub mod gpu;
@@ -24,8 +25,7 @@ pub mod record;
 pub mod rig;
 pub mod transfer;
 
-use crate::model::Model;
-use crate::model::onnx::OnnxFile;
+pub use cases::{FEATURE_BATCH, inference_cases};
 
 /// Polls `done` every 5 ms for at most `limit`; whether it came true.
 pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -37,81 +37,6 @@ pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     true
-}
-
-/// Batch size of the feature-extraction measurement.
-pub const FEATURE_BATCH: usize = 256;
-
-/// One model to time: its control plan at batch 1 and its backbone plan at a large batch.
-pub struct InferenceCase {
-    /// Fixture name.
-    pub name: String,
-    /// The loaded model.
-    pub model: Model,
-    /// One observation.
-    pub single: Vec<f32>,
-    /// `FEATURE_BATCH` observations.
-    pub batch: Vec<f32>,
-}
-
-impl InferenceCase {
-    /// One control step.
-    pub fn step(&mut self, action: &mut [f32]) {
-        self.model.control.step(&self.single, action).expect("the benchmark model runs");
-    }
-
-    /// Features of the whole batch.
-    pub fn features(&self) -> Vec<f32> {
-        self.model.backbone.features(&self.batch, FEATURE_BATCH, FEATURE_BATCH).expect("the benchmark model runs")
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct FixtureInfo {
-    features_tensor: String,
-}
-
-/// Loads every `NAME.onnx` in `dir` that has a `NAME.json` naming its features tensor (the
-/// layout `tools/make_fixtures.py` writes), with seeded inputs.
-pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read {}: {e}; run from the repository root or pass --fixtures", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.with_extension("onnx").is_file())
-        .collect();
-    names.sort();
-    let mut cases = Vec::new();
-    for json in names {
-        let info: FixtureInfo = serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)
-            .map_err(|e| format!("{}: {e}", json.display()))?;
-        let file = OnnxFile::read(&json.with_extension("onnx")).map_err(|e| e.to_string())?;
-        let input = file.index().inputs().first().map(|i| i.name.clone()).unwrap_or_default();
-        let output = file.graph().output[0].name.clone();
-        let model = Model::load(file, &input, &output, &info.features_tensor).map_err(|e| e.to_string())?;
-        let w = model.input_shape.width();
-        let batch = seeded(7, w * FEATURE_BATCH);
-        cases.push(InferenceCase {
-            name: json.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
-            single: batch[..w].to_vec(),
-            batch,
-            model,
-        });
-    }
-    if cases.is_empty() {
-        return Err(format!("no NAME.onnx + NAME.json fixtures in {}", dir.display()));
-    }
-    Ok(cases)
-}
-
-/// Deterministic pseudo-random values in [-1, 1), the same for the same seed on every machine.
-pub fn seeded(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Median wall time of `f` in microseconds, over `iters` runs after `iters / 10 + 1` warm-ups.
@@ -239,7 +164,7 @@ impl fmt::Display for InferenceReport {
         writeln!(
             f,
             "| model | measure | tract {}, 1 thread (µs, median) | {ort} (µs, median) | tract / onnxruntime |",
-            crate::model::TRACT_VERSION
+            skillgraft::model::TRACT_VERSION
         )?;
         writeln!(f, "|---|---|---:|---:|---:|")?;
         for r in &self.rows {

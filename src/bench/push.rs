@@ -10,11 +10,11 @@ use std::time::Instant;
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 
-use crate::fleet::auth;
-use crate::fleet::inbox::{Inbox, InboxSettings};
-use crate::model::head::{Activation, LayerParams};
-use crate::model::{export, mlp};
-use crate::skill::bundle;
+use skillgraft::fleet::auth;
+use skillgraft::fleet::inbox::{Inbox, InboxSettings};
+use skillgraft::model::head::{Activation, LayerParams};
+use skillgraft::model::{export, mlp};
+use skillgraft::skill::bundle;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -52,13 +52,13 @@ pub struct PushRow {
 /// random weights, the second the features.
 pub(crate) fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
     let mut manifest =
-        crate::sim::episodes::manifest("push-bench", "arm-a", &crate::sim::episodes::Scaling::identity());
+        skillgraft::sim::episodes::manifest("push-bench", "arm-a", &skillgraft::sim::episodes::Scaling::identity());
     let (inputs, outputs) = (manifest.input_width(), manifest.action_width());
     let h = (((mib << 20) / 4) as f64).sqrt().max(8.0) as usize;
     let mut seed = 1;
     let mut layer = |out: usize, inp: usize| {
         seed += 1;
-        let w = crate::bench::seeded(seed, out * inp);
+        let w = skillgraft::rng::seeded(seed, out * inp);
         let scale = 1.0 / (inp as f32).sqrt();
         LayerParams {
             weight: DMatrix::from_iterator(out, inp, w.into_iter().map(|v| v * scale)),
@@ -75,7 +75,7 @@ pub(crate) fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
     manifest.model.output = mlp::OUTPUT.into();
     manifest.model.features = mlp::FEATURES.into();
     let out = dir.join(format!("skill-{mib}"));
-    crate::skill::write_skill(&out, &manifest, &export::encode(&proto)).map_err(|e| e.to_string())?;
+    skillgraft::skill::write_skill(&out, &manifest, &export::encode(&proto)).map_err(|e| e.to_string())?;
     Ok(out)
 }
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::rig::{Feeder, Rig, Stream};
-use crate::control::diagnostics::percentiles;
-use crate::record::episode;
-use crate::ros::cdr;
-use crate::ros::msg::{RosMessage, StringMsg};
-use crate::ros::transport::{Qos, Transport};
+use skillgraft::msg::cdr;
+use skillgraft::msg::{RosMessage, StringMsg};
+use skillgraft::record::episode;
+use skillgraft::ros::transport::{Qos, Transport};
+use skillgraft::stats::percentiles;
 
 /// One phase's figures.
 #[derive(Debug, Serialize)]
@@ -80,7 +80,7 @@ pub fn record(skill_dir: &Path, dir: &Path, seconds: f64, reliability: &str) -> 
         streams.iter().map(|(t, s)| (t.clone(), s.sent.clone())).collect();
     let feeder = Feeder::start(streams.into_iter().map(|(_, s)| s).collect(), 1000.0);
     let mut control = rig.feeder.publisher(&rig.cfg.demo_control_topic, StringMsg::TYPE, Qos::RELIABLE).map_err(err)?;
-    let say = |p: &mut Box<dyn crate::ros::transport::RawPublisher>, text: &str| {
+    let say = |p: &mut Box<dyn skillgraft::ros::transport::RawPublisher>, text: &str| {
         p.publish(&cdr::encode(&StringMsg { data: text.into() }).expect("a string encodes")).map_err(err)
     };
     std::thread::sleep(Duration::from_secs(3));

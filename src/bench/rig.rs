@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::control::observer::Extractor;
-use crate::control::{NodeConfig, RunningNode};
-use crate::ros::args::RosArgs;
-use crate::ros::dds::{DdsConfig, DdsTransport};
-use crate::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
-use crate::skill::Skill;
+use skillgraft::node::{NodeConfig, RunningNode};
+use skillgraft::observe::Extractor;
+use skillgraft::ros::args::RosArgs;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
+use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
+use skillgraft::skill::Skill;
 
 /// The node and its feeder's transport.
 pub struct Rig {

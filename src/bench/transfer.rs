@@ -6,19 +6,16 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::adapt::finetune::Settings;
-use crate::adapt::train::{self, TrainOptions};
-use crate::adapt::{self, Method, Options, Quiet};
-use crate::control::NodeConfig;
-use crate::control::safety::{Counters, SafetyFilter};
-use crate::record::dataset;
-use crate::ros::args::RosArgs;
-use crate::sim::{self, Expert, JOINTS, Score, Task};
-use crate::skill::{self, Skill};
+use skillgraft::adapt::finetune::Settings;
+use skillgraft::adapt::train::{self, TrainOptions};
+use skillgraft::adapt::{self, Method, Options, Quiet};
+use skillgraft::record::dataset;
+use skillgraft::sim::score::{demo_tasks, score_skill, scored_tasks};
+use skillgraft::sim::{self, Expert, JOINTS, Score};
+use skillgraft::skill::{self, Skill};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -67,13 +64,6 @@ fn spread(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
 
-impl Point {
-    /// Mean success rate over seeds.
-    pub fn success_mean(&self) -> f64 {
-        mean(&self.success)
-    }
-}
-
 /// The benchmark's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransferReport {
@@ -95,43 +85,6 @@ fn cpu_s() -> f64 {
     // SAFETY: writes the calling process's CPU clock into `t`.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
-/// Scores `skill` on `robot`: each tick the skill's action goes through the safety filter
-/// configured as the node configures it (without blend-in), as the node sends it.
-pub fn score_skill(skill: &mut Skill, robot: &sim::Robot, tasks: &[Task]) -> Result<Score, String> {
-    let args = RosArgs::parse(&["--ros-args".into(), "-p".into(), "blend_s:=0.0".into()], &[], "score")
-        .map_err(|e| e.to_string())?;
-    let cfg = NodeConfig::new(&skill.manifest, &args).map_err(|e| e.to_string())?.safety;
-    let distances: Vec<f64> = tasks
-        .iter()
-        .map(|task| {
-            // A fresh filter per reach: each starts with the robot at rest, as after a reset.
-            let mut filter = SafetyFilter::new(cfg.clone(), Arc::new(Counters::default()));
-            let mut out = vec![0.0; JOINTS];
-            let mut controller = |obs: &[f64]| {
-                match skill.step(obs) {
-                    Ok((_, action)) => {
-                        filter.filter(&action, &mut out);
-                    }
-                    Err(_) => out.iter_mut().for_each(|v| *v = 0.0),
-                }
-                out.clone()
-            };
-            sim::reach(robot, task, &mut controller, &mut |_, _, _| {}).final_distance
-        })
-        .collect();
-    Ok(Score::of(&distances))
-}
-
-/// Demonstration reaches for `seed`: never the scored ones (those come from seed 0).
-pub fn demo_tasks(seed: u64, n: usize, home: [f64; JOINTS]) -> Vec<Task> {
-    sim::tasks(1000 + seed, n, home)
-}
-
-/// The reaches every policy is scored on.
-pub fn scored_tasks(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
-    sim::tasks(0, n, home)
 }
 
 /// How adaptation runs in the benchmark: ridge, and finetune of the whole head.
@@ -236,7 +189,7 @@ impl TransferReport {
         for (robot, expert) in &self.expert {
             let points: Vec<&Point> = self.points.iter().filter(|p| &p.robot == robot).collect();
             let xs: Vec<f64> = points.iter().map(|p| p.demos as f64).collect();
-            let mut series: Vec<crate::adapt::plot::Series> = vec![(
+            let mut series: Vec<skillgraft::adapt::plot::Series> = vec![(
                 "expert".into(),
                 [xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(0.0, f64::max)]
                     .iter()
@@ -253,7 +206,7 @@ impl TransferReport {
             }
             panels.push((robot.clone(), series));
         }
-        crate::adapt::plot::curves(&panels, stem, "demonstrations", "success (%)", 105.0)
+        skillgraft::adapt::plot::curves(&panels, stem, "demonstrations", "success (%)", 105.0)
     }
 }
 

@@ -2,9 +2,9 @@
 //! Float32MultiArray, a JointState command, a Twist, or a single-point JointTrajectory): the
 //! action's field map composes it, then it is stamped and encoded.
 
-use super::observer::{AnyMessage, Extractor};
-use crate::ros::cdr::CdrError;
-use crate::ros::msg::{Duration, Time};
+use crate::msg::cdr::CdrError;
+use crate::msg::{Duration, Time};
+use crate::observe::{AnyMessage, Extractor};
 use crate::skill::manifest::ActionOutput;
 
 /// Builds and encodes action messages.
@@ -47,8 +47,8 @@ impl ActionEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ros::cdr;
-    use crate::ros::msg::*;
+    use crate::msg::cdr;
+    use crate::msg::*;
     use crate::skill::manifest::SafeAction;
 
     fn action(msg_type: &str, fields: &[&str], joints: &[&str]) -> ActionOutput {

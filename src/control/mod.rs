@@ -1,274 +1,98 @@
-//! The running node: subscriptions feed the observer, a control thread runs the skill at a fixed
-//! rate behind the safety filter, a publisher thread sends the actions, and a diagnostics thread
-//! reports on `/diagnostics`. The control thread allocates nothing, blocks on nothing and only
-//! ever try-locks (for a skill swap); everything it shares goes through latest-value cells and
-//! atomics.
+//! The control loop and the safety filter: a control thread runs the skill at a fixed rate behind
+//! the filter and hands each action to a publisher thread. The control thread allocates nothing,
+//! blocks on nothing and only ever try-locks (a skill swap, new limits); everything it shares goes
+//! through latest-value cells and atomics. The node wires it to the rest.
 
 pub mod actuator;
-pub mod diagnostics;
-pub mod observer;
-pub mod parameters;
 pub mod safety;
 pub mod skills;
+pub mod stats;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, Thread};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use triple_buffer::{Input, Output, triple_buffer};
+use triple_buffer::{Input, Output};
 
-use crate::adapt::live::{Live, LiveConfig};
-use crate::fleet::inbox::{Inbox, InboxSettings, Runner};
-use crate::record::episode::ChannelSpec;
-use crate::record::{Recorder, RecorderConfig, Tap};
-use crate::ros::args::{ArgsError, FromParam, RosArgs};
-use crate::ros::cdr;
-use crate::ros::msg::{Bool, DiagnosticArray, Header, RosMessage, StringMsg};
-use crate::ros::transport::{Qos, RawPublisher, Transport, TransportError};
-use crate::skill::Skill;
-use crate::skill::manifest::Manifest;
+use crate::observe::Assembler;
+use crate::record::Tap;
+use crate::ros::transport::{RawPublisher, Transport};
 use actuator::ActionEncoder;
-use diagnostics::{NodeStats, Reporter};
-use observer::Assembler;
-use parameters::Tunables;
-use safety::{Counters, Intervention, SafetyConfig, SafetyFilter};
-use skills::{ActiveSkill, SkillInfo, Skills, SwapSlot};
+use safety::{Intervention, SafetyConfig, SafetyFilter};
+use skills::{ActiveSkill, SwapSlot};
+use stats::NodeStats;
 
-/// Everything the node runs with: the skill's manifest with the node's parameters applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeConfig {
-    /// Control rate.
-    pub rate_hz: f64,
-    /// Resolved observation topics, in manifest order.
-    pub observation_topics: Vec<String>,
-    /// Resolved action topic.
-    pub action_topic: String,
-    /// Resolved e-stop topic.
-    pub estop_topic: String,
-    /// The e-stop topic must be younger than this (None: only its value counts).
-    pub estop_timeout: Option<Duration>,
-    /// At start, the safe action goes out until the e-stop topic is heard, at most this long.
-    pub estop_wait: Duration,
-    /// What the safety filter enforces.
-    pub safety: SafetyConfig,
-    /// Diagnostics period.
-    pub diagnostics_period: Duration,
-    /// Resolved diagnostics topic (`/diagnostics`).
-    pub diagnostics_topic: String,
-    /// `hardware_id` of the diagnostics status.
-    pub hardware_id: String,
-    /// SCHED_FIFO priority of the control thread (0: normal scheduling).
-    pub rt_priority: i32,
-    /// Whether the policy runs (false: a recorder-only node, `skillgraft record`).
-    pub policy: bool,
-    /// Folder of episode files.
-    pub episodes_dir: std::path::PathBuf,
-    /// Resolved topic of the demonstration actions (default: the action topic).
-    pub demo_action_topic: String,
-    /// Resolved episode control topic (`~/demo/control`).
-    pub demo_control_topic: String,
-    /// Resolved recorder status topic (`~/demo/status`).
-    pub demo_status_topic: String,
-    /// How often an episode's chunk is ended and synced.
-    pub record_chunk: Duration,
-    /// Messages the recorder queue holds before it drops.
-    pub record_queue: usize,
-    /// QoS of the observation and demonstration-action subscriptions.
-    pub input_qos: Qos,
-    /// Folder adapted skills are written into.
-    pub adapted_dir: std::path::PathBuf,
-    /// Where the node's fine-tuning runs.
-    pub adapt_device: crate::adapt::device::Device,
-    /// Resolved adaptation request topic (`~/adapt`).
-    pub adapt_topic: String,
-    /// Resolved adaptation status topic (`~/adapt/status`).
-    pub adapt_status_topic: String,
-    /// Resolved rollback topic (`~/skill/rollback`).
-    pub rollback_topic: String,
-    /// The skill store and its HTTP inbox (None: no inbox).
-    pub inbox: Option<InboxSettings>,
+/// New limits on their way to the control thread, and the ones they replaced on their way
+/// back: the tick swaps them and frees nothing (a free is a call into the system allocator).
+#[derive(Default)]
+pub struct SafetySlot {
+    /// Taken by the control thread at its next tick.
+    pub pending: Option<SafetyConfig>,
+    /// Left by the control thread; dropped by the next set.
+    pub retired: Option<SafetyConfig>,
 }
 
-/// A parameter as given, else its default for the skill `m`.
-fn param<T: FromParam>(args: &RosArgs, m: &Manifest, name: &str) -> Result<T, ArgsError> {
-    if let Some(v) = args.get::<T>(name)? {
-        return Ok(v);
-    }
-    let default = parameters::spec(name).map(|p| (p.default)(m));
-    default
-        .as_ref()
-        .and_then(T::from_param)
-        .ok_or_else(|| ArgsError(format!("parameter `{name}` has no default {}", T::TYPE)))
+/// What a change at run time reaches in the running node.
+pub struct Tunables {
+    /// The safety filter's limits on their way in.
+    pub safety: Mutex<SafetySlot>,
+    /// The e-stop topic's timeout, ns (0: off).
+    pub estop_timeout_ns: AtomicU64,
+    /// The /diagnostics period, ns.
+    pub diagnostics_period_ns: AtomicU64,
 }
 
-impl NodeConfig {
-    /// The manifest's settings with the node's parameters applied and topics resolved.
-    pub fn new(m: &Manifest, args: &RosArgs) -> Result<NodeConfig, ArgsError> {
-        parameters::check_given(args)?;
-        let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(v)
-            } else {
-                Err(ArgsError(format!("parameter `{name}` is {v}; it must be above 0")))
-            }
-        };
-        let rate_hz = positive("rate_hz", param::<f64>(args, m, "rate_hz")?)?;
-        let blend_s = param::<f64>(args, m, "blend_s")?;
-        if !(blend_s.is_finite() && blend_s >= 0.0) {
-            return Err(ArgsError(format!("parameter `blend_s` is {blend_s}; give seconds, 0 or more")));
+impl Tunables {
+    /// The settings at start.
+    pub fn new(estop_timeout: Option<Duration>, diagnostics_period: Duration) -> Tunables {
+        Tunables {
+            safety: Mutex::new(SafetySlot::default()),
+            estop_timeout_ns: AtomicU64::new(estop_timeout.map_or(0, |t| t.as_nanos() as u64)),
+            diagnostics_period_ns: AtomicU64::new(diagnostics_period.as_nanos() as u64),
         }
-        let estop_timeout = match param::<f64>(args, m, "estop_timeout_s")? {
-            t if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
-            0.0 => None,
-            t => {
-                return Err(ArgsError(format!("parameter `estop_timeout_s` is {t}; give seconds, 0 to disable")));
-            }
-        };
-        let n = m.action.lower.len();
-        let vector = |name: &str| -> Result<Vec<f64>, ArgsError> {
-            match param::<Vec<f64>>(args, m, name)? {
-                v if v.len() != n => {
-                    Err(ArgsError(format!("parameter `{name}` has {} values; the action has {n}", v.len())))
-                }
-                v => Ok(v),
-            }
-        };
-        let safety = SafetyConfig {
-            lower: vector("action.lower")?,
-            upper: vector("action.upper")?,
-            max_delta: vector("action.max_delta")?,
-            safe: m.action.safe,
-            blend_ticks: (blend_s * rate_hz).round() as u32,
-        };
-        safety.check().map_err(ArgsError)?;
-        let diagnostics_period =
-            Duration::from_secs_f64(positive("diagnostics_period_s", param::<f64>(args, m, "diagnostics_period_s")?)?);
-        let topic = |t: &str| args.resolve_topic(t);
-        let store = param::<String>(args, m, "store_dir")?;
-        let inbox = if store.is_empty() {
-            if let Some(p) = ["inbox_address", "inbox_trust", "inbox_tokens", "inbox_max_mib"]
-                .iter()
-                .find(|p| args.params.contains_key(**p))
-            {
-                return Err(ArgsError(format!("parameter `{p}` needs `store_dir`, the store the inbox installs into")));
-            }
-            None
-        } else {
-            let tokens = param::<String>(args, m, "inbox_tokens")?;
-            if tokens.is_empty() {
-                return Err(ArgsError(
-                    "parameter `store_dir` turns on the inbox, which needs `inbox_tokens`: a file of bearer tokens (`skillgraft keys token FILE`)".into(),
-                ));
-            }
-            Some(InboxSettings {
-                listen: param::<String>(args, m, "inbox_address")?,
-                store: store.into(),
-                trust: param::<Vec<String>>(args, m, "inbox_trust")?.into_iter().map(Into::into).collect(),
-                tokens: tokens.into(),
-                max_mib: param::<i64>(args, m, "inbox_max_mib")? as u64,
-            })
-        };
-        Ok(NodeConfig {
-            inbox,
-            rate_hz,
-            observation_topics: m.observations.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
-            action_topic: topic(&m.action.topic)?,
-            estop_topic: topic(&param::<String>(args, m, "estop_topic")?)?,
-            estop_timeout,
-            estop_wait: Duration::from_secs_f64(param::<f64>(args, m, "estop_wait_s")?),
-            safety,
-            diagnostics_period,
-            diagnostics_topic: topic("/diagnostics")?,
-            hardware_id: param::<String>(args, m, "hardware_id")?,
-            rt_priority: param::<i64>(args, m, "rt_priority")? as i32,
-            policy: true,
-            episodes_dir: param::<String>(args, m, "episodes_dir")?.into(),
-            demo_action_topic: topic(&param::<String>(args, m, "demo_action_topic")?)?,
-            demo_control_topic: topic("~/demo/control")?,
-            demo_status_topic: topic("~/demo/status")?,
-            adapted_dir: param::<String>(args, m, "adapted_dir")?.into(),
-            adapt_device: param::<String>(args, m, "adapt_device")?
-                .parse()
-                .map_err(|e| ArgsError(format!("parameter `adapt_device`: {e}")))?,
-            adapt_topic: topic("~/adapt")?,
-            adapt_status_topic: topic("~/adapt/status")?,
-            rollback_topic: topic("~/skill/rollback")?,
-            record_chunk: Duration::from_secs_f64(positive(
-                "record_chunk_s",
-                param::<f64>(args, m, "record_chunk_s")?,
-            )?),
-            record_queue: param::<i64>(args, m, "record_queue")? as usize,
-            input_qos: match param::<String>(args, m, "observation_reliability")?.as_str() {
-                "best_effort" => Qos::SENSOR_DATA_DEEP,
-                "reliable" => Qos { reliable: true, ..Qos::SENSOR_DATA_DEEP },
-                other => {
-                    return Err(ArgsError(format!(
-                        "parameter `observation_reliability` is {other:?}; give \"best_effort\" or \"reliable\""
-                    )));
-                }
-            },
-        })
-    }
-}
-
-/// Why the node could not start or swap a skill.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The transport refused.
-    #[error("{0}")]
-    Transport(#[from] TransportError),
-    /// A thread could not start.
-    #[error("cannot start the {0} thread: {1}")]
-    Thread(&'static str, std::io::Error),
-    /// A swapped-in skill reads or writes other topics or fields.
-    #[error("cannot swap in `{0}`: {1}")]
-    Incompatible(String, String),
-    /// The inbox could not start.
-    #[error("inbox: {0}")]
-    Inbox(#[from] crate::fleet::FleetError),
-    /// The skill store could not be read.
-    #[error("skill store: {0}")]
-    Store(#[from] crate::skill::store::StoreError),
-}
-
-/// The inbox's view of the node: the skill slot.
-struct NodeRunner(Arc<Skills>);
-
-impl Runner for NodeRunner {
-    fn running(&self) -> (String, String) {
-        let c = self.0.current();
-        (c.name, c.version)
     }
 
-    fn check(&self, manifest: &Manifest) -> Result<(), String> {
-        self.0.compatible(manifest).map_err(|e| e.to_string())
+    /// The e-stop timeout now.
+    pub fn estop_timeout(&self) -> Option<Duration> {
+        match self.estop_timeout_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
     }
 
-    fn swap(&self, skill: Skill) -> Result<(), String> {
-        self.0.swap(skill).map(|_| ()).map_err(|e| e.to_string())
+    /// The /diagnostics period now.
+    pub fn diagnostics_period(&self) -> Duration {
+        Duration::from_nanos(self.diagnostics_period_ns.load(Ordering::Relaxed).max(1))
     }
 }
 
 /// One control tick's output, handed to the publisher thread.
 #[derive(Clone)]
-struct ActionFrame {
-    values: Vec<f64>,
-    seq: u64,
+pub struct ActionFrame {
+    /// The action, in the robot's units.
+    pub values: Vec<f64>,
+    /// Its tick's number: the publisher counts the ones it never saw.
+    pub seq: u64,
 }
 
-struct EStop {
-    engaged: AtomicBool,
-    heard: AtomicBool,
-    last_ns: AtomicU64,
+/// The e-stop as the subscription last heard it, read by the control thread.
+pub struct EStop {
+    /// The last value heard.
+    pub engaged: AtomicBool,
+    /// Whether any message has been heard.
+    pub heard: AtomicBool,
+    /// When the last message arrived, ns after the node's epoch.
+    pub last_ns: AtomicU64,
     /// How long after start the node waits for the topic before it drives unheard.
-    wait: Duration,
-    tunables: Arc<Tunables>,
+    pub wait: Duration,
+    /// The e-stop timeout, which may change while the node runs.
+    pub tunables: Arc<Tunables>,
 }
 
 impl EStop {
-    fn engaged(&self, epoch: Instant, now: Instant) -> bool {
+    /// Whether the safe action must go out at `now`.
+    pub fn engaged(&self, epoch: Instant, now: Instant) -> bool {
         if self.engaged.load(Ordering::Relaxed) {
             return true;
         }
@@ -286,336 +110,10 @@ impl EStop {
     }
 }
 
-/// A node running a skill.
-pub struct RunningNode {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    /// Its counters.
-    pub stats: Arc<NodeStats>,
-    skills: Arc<Skills>,
-    live: Option<Arc<Live>>,
-    recorder: Option<Recorder>,
-    inbox: Option<Inbox>,
-    tunables: Arc<Tunables>,
-    manifest: Manifest,
-    parameters: Option<Arc<crate::ros::params::ParameterServer>>,
-    transport: Arc<dyn Transport>,
-}
-
-impl RunningNode {
-    /// Subscribes, advertises and starts the recorder and the control, publisher and
-    /// diagnostics threads (control and publisher only when `cfg.policy`).
-    pub fn start(skill: Skill, cfg: NodeConfig, transport: Arc<dyn Transport>) -> Result<RunningNode, NodeError> {
-        let manifest = skill.manifest.clone();
-        let label = format!("{} {}", manifest.name, manifest.version);
-        let epoch = Instant::now();
-        let (writers, assembler) = observer::observer(&manifest.observations, manifest.control.history, epoch);
-        let interventions = Arc::new(Counters::default());
-        let inputs = writers.iter().zip(&cfg.observation_topics).map(|(w, t)| (t.clone(), w.stats.clone())).collect();
-        let stats = Arc::new(NodeStats::new(inputs, interventions.clone()));
-
-        let channels = ChannelSpec::for_skill(&manifest, &cfg.observation_topics, &cfg.demo_action_topic);
-        let action_type = channels[channels.len() - 1].type_name.clone();
-        let mut metadata = BTreeMap::new();
-        metadata.insert("skill".to_string(), manifest.name.clone());
-        metadata.insert("skill_version".to_string(), manifest.version.to_string());
-        metadata.insert("skill_digest".to_string(), skill.digest.clone());
-        metadata.insert("skill_dir".to_string(), skill.dir.display().to_string());
-        metadata.insert("robot".to_string(), cfg.hardware_id.clone());
-        metadata.insert("node".to_string(), fqn(transport.identity()));
-        metadata.insert("rate_hz".to_string(), cfg.rate_hz.to_string());
-        let status = transport.publisher(&cfg.demo_status_topic, StringMsg::TYPE, Qos::LATCHED)?;
-        let recorder = Recorder::start(
-            RecorderConfig {
-                dir: cfg.episodes_dir.clone(),
-                channels,
-                chunk_period: cfg.record_chunk,
-                queue: cfg.record_queue,
-                metadata,
-            },
-            status,
-        )
-        .map_err(|e| NodeError::Thread("skillgraft-record", e))?;
-        let tap = recorder.tap.clone();
-
-        let n_inputs = manifest.observations.len();
-        for (i, ((mut writer, topic), input)) in
-            writers.into_iter().zip(&cfg.observation_topics).zip(&manifest.observations).enumerate()
-        {
-            let type_name = crate::ros::schema::full_type_name(&input.msg_type);
-            let tap = tap.clone();
-            transport.subscribe(
-                topic,
-                &type_name,
-                cfg.input_qos,
-                Box::new(move |s| {
-                    let _ = writer.on_message(&s.cdr, s.arrived);
-                    tap.offer(i, s);
-                }),
-            )?;
-        }
-        {
-            let tap = tap.clone();
-            transport.subscribe(
-                &cfg.demo_action_topic,
-                &action_type,
-                cfg.input_qos,
-                Box::new(move |s| tap.offer(n_inputs, s)),
-            )?;
-        }
-        {
-            let tap = tap.clone();
-            let topic = cfg.demo_control_topic.clone();
-            transport.subscribe(
-                &cfg.demo_control_topic,
-                StringMsg::TYPE,
-                Qos::RELIABLE,
-                Box::new(move |s| match cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE) {
-                    Ok(m) => tap.command(&m.data),
-                    Err(e) => tracing::warn!(topic = %topic, "episode command rejected: {e}"),
-                }),
-            )?;
-        }
-        let tunables = Arc::new(Tunables::new(&cfg));
-        let estop = Arc::new(EStop {
-            engaged: AtomicBool::new(false),
-            heard: AtomicBool::new(false),
-            last_ns: AtomicU64::new(0),
-            wait: cfg.estop_wait,
-            tunables: tunables.clone(),
-        });
-        if !cfg.estop_wait.is_zero() && cfg.policy {
-            tracing::info!(
-                "the safe action goes out until {} is heard, for at most {:.1} s (estop_wait_s)",
-                cfg.estop_topic,
-                cfg.estop_wait.as_secs_f64()
-            );
-        }
-        {
-            let (estop, stats) = (estop.clone(), stats.clone());
-            let topic = cfg.estop_topic.clone();
-            transport.subscribe(&cfg.estop_topic, Bool::TYPE, Qos::LATCHED, Box::new(move |s| {
-                match cdr::decode::<Bool>(&s.cdr, Bool::TYPE) {
-                    Ok(b) => {
-                        if estop.engaged.swap(b.data, Ordering::Relaxed) != b.data {
-                            tracing::warn!(topic = %topic, "e-stop {}", if b.data { "engaged" } else { "released" });
-                        }
-                        estop.last_ns.store(s.arrived.saturating_duration_since(epoch).as_nanos() as u64, Ordering::Relaxed);
-                        estop.heard.store(true, Ordering::Release);
-                    }
-                    Err(e) => {
-                        if stats.estop_rejected.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::warn!(topic = %topic, "e-stop message rejected: {e}; the e-stop state is unchanged");
-                        }
-                    }
-                }
-            }))?;
-        }
-        let diagnostics = transport.publisher(&cfg.diagnostics_topic, DiagnosticArray::TYPE, Qos::RELIABLE)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let skill_label = Arc::new(Mutex::new(label));
-        let skills = Arc::new(Skills::new(&skill, skill_label.clone(), tap.clone(), cfg.policy));
-        let swap = skills.slot.clone();
-        let live = Arc::new(
-            Live::start(
-                LiveConfig {
-                    episodes_dir: cfg.episodes_dir.clone(),
-                    adapted_dir: cfg.adapted_dir.clone(),
-                    device: cfg.adapt_device,
-                },
-                skills.clone(),
-                transport.publisher(&cfg.adapt_status_topic, StringMsg::TYPE, Qos::LATCHED)?,
-            )
-            .map_err(|e| NodeError::Thread("skillgraft-adapt", e))?,
-        );
-        {
-            let (live, topic) = (live.clone(), cfg.adapt_topic.clone());
-            transport.subscribe(
-                &cfg.adapt_topic,
-                StringMsg::TYPE,
-                Qos::RELIABLE,
-                Box::new(move |s| match cdr::decode::<StringMsg>(&s.cdr, StringMsg::TYPE) {
-                    Ok(m) => live.request(&m.data),
-                    Err(e) => tracing::warn!(topic = %topic, "adaptation request rejected: {e}"),
-                }),
-            )?;
-        }
-        {
-            let live = live.clone();
-            transport.subscribe(
-                &cfg.rollback_topic,
-                StringMsg::TYPE,
-                Qos::RELIABLE,
-                Box::new(move |_| live.rollback()),
-            )?;
-        }
-        // Before any thread of the node starts: a bad token file or a busy port stops the node
-        // with nothing left running.
-        let inbox = match (&cfg.inbox, cfg.policy) {
-            (Some(settings), true) => match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone())))) {
-                Ok(inbox) => {
-                    stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
-                    Some(inbox)
-                }
-                Err(e) => {
-                    live.stop();
-                    return Err(e.into());
-                }
-            },
-            _ => None,
-        };
-        let mut threads = Vec::new();
-
-        if cfg.policy {
-            let period_s = 1.0 / cfg.rate_hz;
-            let encoder = ActionEncoder::new(&manifest.action, period_s);
-            let publisher = transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
-            let (action_in, action_out) =
-                triple_buffer(&ActionFrame { values: vec![0.0; manifest.action_width()], seq: 0 });
-            let publisher_thread = {
-                let (stop, stats, transport) = (stop.clone(), stats.clone(), transport.clone());
-                spawn("skillgraft-publish", move || {
-                    publish_loop(action_out, encoder, publisher, &*transport, &stats, &stop)
-                })?
-            };
-            let publisher_handle = publisher_thread.thread().clone();
-            threads.push(publisher_thread);
-            let filter = SafetyFilter::new(cfg.safety.clone(), interventions);
-            let active = ActiveSkill::new(skill);
-            let (stop, stats, swap, tap, tunables) =
-                (stop.clone(), stats.clone(), swap.clone(), tap.clone(), tunables.clone());
-            let period = Duration::from_secs_f64(period_s);
-            let rt_priority = cfg.rt_priority;
-            threads.push(spawn("skillgraft-control", move || {
-                realtime(rt_priority);
-                let mut c = ControlThread {
-                    active,
-                    assembler,
-                    filter,
-                    estop,
-                    tap,
-                    action: action_in,
-                    publisher: publisher_handle,
-                    stats,
-                    swap,
-                    tunables,
-                    epoch,
-                    seq: 0,
-                };
-                c.run(period, &stop)
-            })?);
-        }
-        {
-            let (stop, stats, transport, label, tap, tunables) =
-                (stop.clone(), stats.clone(), transport.clone(), skill_label.clone(), tap, tunables.clone());
-            let name = fqn(transport.identity());
-            let hardware_id = cfg.hardware_id.clone();
-            threads.push(spawn("skillgraft-diag", move || {
-                diagnostics_loop(
-                    diagnostics,
-                    &*transport,
-                    Reporter::new(stats, Some(tap)),
-                    &name,
-                    &hardware_id,
-                    &label,
-                    &tunables,
-                    &stop,
-                )
-            })?);
-        }
-        Ok(RunningNode {
-            stop,
-            threads,
-            stats,
-            skills,
-            live: Some(live),
-            recorder: Some(recorder),
-            inbox,
-            tunables,
-            manifest,
-            parameters: None,
-            transport,
-        })
-    }
-
-    /// Serves the node's ROS 2 parameters (the parameter services and `/parameter_events`, so
-    /// `ros2 param` works) for a node started with `args`, which gave `cfg`.
-    pub fn serve_parameters(&mut self, args: &RosArgs, cfg: &NodeConfig) -> Result<(), NodeError> {
-        let (Some(live), Some(recorder)) = (self.live.as_ref(), self.recorder.as_ref()) else {
-            return Ok(());
-        };
-        let host = Arc::new(parameters::NodeParameters::new(
-            self.manifest.clone(),
-            args.clone(),
-            cfg.clone(),
-            self.tunables.clone(),
-            recorder.tap.clone(),
-            live.clone(),
-        ));
-        let name = fqn(self.transport.identity());
-        let resolve = |n: &str| args.resolve_topic(n);
-        self.parameters = Some(crate::ros::params::serve(&*self.transport, &name, &resolve, host)?);
-        Ok(())
-    }
-
-    /// CPU time the recorder thread has used, ns.
-    pub fn recorder_cpu_ns(&self) -> u64 {
-        self.recorder.as_ref().map_or(0, |r| r.tap.cpu_ns.load(Ordering::Relaxed))
-    }
-
-    /// The recorder's state.
-    pub fn recorder_status(&self) -> Option<crate::record::Status> {
-        self.recorder.as_ref().and_then(|r| r.tap.status.lock().ok().map(|s| s.clone()))
-    }
-
-    /// Hands a new skill to the control thread, which swaps it in between two ticks and blends
-    /// to it. The skill must read and write the same topics and fields.
-    pub fn swap_skill(&self, skill: Skill) -> Result<SkillInfo, NodeError> {
-        self.skills.swap(skill)
-    }
-
-    /// Returns to the skill that ran before the current one; returns the one that runs now.
-    pub fn rollback(&self) -> Result<SkillInfo, String> {
-        self.skills.rollback()
-    }
-
-    /// The skills the node runs and has run.
-    pub fn skills(&self) -> &Skills {
-        &self.skills
-    }
-
-    /// The state of adaptation, as `~/adapt/status` last said it.
-    pub fn adapt_status(&self) -> Option<crate::adapt::live::Status> {
-        self.live.as_ref().map(|l| l.status())
-    }
-
-    /// Stops every thread and waits for them; an episode being recorded is finished and kept.
-    pub fn stop(mut self) {
-        if let Some(inbox) = self.inbox.take() {
-            inbox.stop();
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-        if let Some(live) = self.live.take() {
-            live.stop();
-        }
-        if let Some(r) = self.recorder.take() {
-            r.stop();
-        }
-    }
-}
-
-fn fqn(id: &crate::ros::transport::NodeIdentity) -> String {
-    if id.namespace == "/" { format!("/{}", id.name) } else { format!("{}/{}", id.namespace, id.name) }
-}
-
 /// Tunes the calling (control) thread: a 1 ns timer slack so sleeps end at the deadline rather
 /// than up to 50 µs later, and SCHED_FIFO at `priority` when asked (needs CAP_SYS_NICE or an
 /// rtprio limit; a refusal is logged and the thread keeps normal scheduling).
-fn realtime(priority: i32) {
+pub fn realtime(priority: i32) {
     // SAFETY: plain syscalls on the calling thread with valid arguments.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
@@ -630,29 +128,38 @@ fn realtime(priority: i32) {
     }
 }
 
-fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, NodeError> {
-    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| NodeError::Thread(name, e))
+/// The control loop: what the control thread owns.
+pub(crate) struct ControlLoop {
+    /// The skill that runs.
+    pub(crate) active: Box<ActiveSkill>,
+    /// The observation inputs, read without waiting.
+    pub(crate) assembler: Assembler,
+    /// The safety filter.
+    pub(crate) filter: SafetyFilter,
+    /// The e-stop.
+    pub(crate) estop: Arc<EStop>,
+    /// The recorder's tap: a demonstration silences the policy.
+    pub(crate) tap: Arc<Tap>,
+    /// Where each tick's action goes.
+    pub(crate) action: Input<ActionFrame>,
+    /// The publisher thread, woken for each action.
+    pub(crate) publisher: Thread,
+    /// The node's counters.
+    pub(crate) stats: Arc<NodeStats>,
+    /// A skill to swap in, taken between ticks.
+    pub(crate) swap: Arc<Mutex<SwapSlot>>,
+    /// Settings that may change while the node runs.
+    pub(crate) tunables: Arc<Tunables>,
+    /// The node's start.
+    pub(crate) epoch: Instant,
+    /// The last tick's number.
+    pub(crate) seq: u64,
 }
 
-struct ControlThread {
-    active: Box<ActiveSkill>,
-    assembler: Assembler,
-    filter: SafetyFilter,
-    estop: Arc<EStop>,
-    tap: Arc<Tap>,
-    action: Input<ActionFrame>,
-    publisher: Thread,
-    stats: Arc<NodeStats>,
-    swap: Arc<Mutex<SwapSlot>>,
-    tunables: Arc<Tunables>,
-    epoch: Instant,
-    seq: u64,
-}
-
-impl ControlThread {
+impl ControlLoop {
     /// Ticks at absolute deadlines `start + k·period`, so the rate never drifts; a tick that
     /// overruns skips the deadlines it missed (counted) instead of bursting to catch up.
-    fn run(&mut self, period: Duration, stop: &AtomicBool) {
+    pub(crate) fn run(&mut self, period: Duration, stop: &AtomicBool) {
         let width = self.assembler.width();
         let mut input = vec![0.0f32; width];
         let mut raw = vec![0.0f32; self.active.norm.action_width()];
@@ -729,7 +236,9 @@ impl ControlThread {
     }
 }
 
-fn publish_loop(
+/// The publisher thread: encodes each new action and publishes it; counts actions it never saw
+/// or could not send.
+pub fn publish_loop(
     mut actions: Output<ActionFrame>,
     mut encoder: ActionEncoder,
     mut publisher: Box<dyn RawPublisher>,
@@ -766,121 +275,4 @@ fn publish_loop(
             }
         };
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn diagnostics_loop(
-    mut publisher: Box<dyn RawPublisher>,
-    transport: &dyn Transport,
-    mut reporter: Reporter,
-    name: &str,
-    hardware_id: &str,
-    label: &Mutex<String>,
-    tunables: &Tunables,
-    stop: &AtomicBool,
-) {
-    let mut next = Instant::now() + tunables.diagnostics_period();
-    let mut buf = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now < next {
-            std::thread::park_timeout(next - now);
-            continue;
-        }
-        next += tunables.diagnostics_period();
-        let skill = label.lock().map(|l| l.clone()).unwrap_or_default();
-        let (status, report) = reporter.status(name, hardware_id, &skill);
-        tracing::debug!(?report, "diagnostics");
-        let msg = DiagnosticArray {
-            header: Header { stamp: transport.now(), frame_id: String::new() },
-            status: vec![status],
-        };
-        buf.clear();
-        if cdr::encode_into(&msg, &mut buf).is_ok()
-            && let Err(e) = publisher.publish(&buf)
-        {
-            tracing::debug!("cannot publish diagnostics: {e}");
-        }
-    }
-}
-
-/// Why `skillgraft run` could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    /// Bad ROS arguments or parameters.
-    #[error(transparent)]
-    Args(#[from] ArgsError),
-    /// The skill did not load.
-    #[error(transparent)]
-    Skill(#[from] crate::skill::SkillError),
-    /// The node did not start.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-}
-
-impl From<TransportError> for LaunchError {
-    fn from(e: TransportError) -> Self {
-        LaunchError::Node(NodeError::Transport(e))
-    }
-}
-
-/// The store's active version of `skill`, when the store has one: after a restart the robot
-/// runs what the fleet last installed, not the folder it was first launched with.
-fn from_store(skill: Skill, store: &std::path::Path) -> Result<Skill, LaunchError> {
-    let store = crate::skill::store::Store::open(store).map_err(NodeError::from)?;
-    let name = skill.manifest.name.clone();
-    match store.state(&name).map_err(NodeError::from)? {
-        Some(state) => {
-            let dir = store.dir(&name, &state.active);
-            let active = Skill::load(&dir)?;
-            if active.digest != skill.digest {
-                tracing::info!(
-                    "running {name} {} from the store {} (in place of {} {})",
-                    state.active,
-                    dir.display(),
-                    skill.dir.display(),
-                    skill.manifest.version
-                );
-            }
-            Ok(active)
-        }
-        None => Ok(skill),
-    }
-}
-
-/// Loads a skill, applies the ROS arguments and starts the node (with the policy running, or a
-/// recorder only); returns it and a line that says what runs where.
-pub fn launch(
-    skill: &std::path::Path,
-    params_files: &[std::path::PathBuf],
-    ros_args: &[String],
-    policy: bool,
-) -> Result<(RunningNode, String), LaunchError> {
-    let args = RosArgs::parse(ros_args, params_files, "skillgraft")?;
-    let mut skill = Skill::load(skill)?;
-    let mut cfg = NodeConfig::new(&skill.manifest, &args)?;
-    if let Some(settings) = cfg.inbox.as_ref().filter(|_| policy) {
-        skill = from_store(skill, &settings.store)?;
-        cfg = NodeConfig::new(&skill.manifest, &args)?;
-    }
-    cfg.policy = policy;
-    let transport: Arc<dyn Transport> = Arc::from(crate::ros::transport::connect(&args)?);
-    let what = if policy {
-        format!("runs skill {} {} at {} Hz", skill.manifest.name, skill.manifest.version, cfg.rate_hz)
-    } else {
-        format!("records demonstrations for skill {} {}", skill.manifest.name, skill.manifest.version)
-    };
-    let summary = format!(
-        "node {} {what} over {}: {} -> {}; episodes: {} into {} ({})",
-        args.fully_qualified_name(),
-        transport.backend(),
-        cfg.observation_topics.join(", "),
-        cfg.action_topic,
-        cfg.demo_control_topic,
-        cfg.episodes_dir.display(),
-        cfg.demo_action_topic
-    );
-    let mut node = RunningNode::start(skill, cfg.clone(), transport)?;
-    node.serve_parameters(&args, &cfg)?;
-    Ok((node, summary))
 }

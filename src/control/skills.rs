@@ -9,11 +9,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
-use super::NodeError;
 use crate::model::plan::ControlPlan;
 use crate::record::Tap;
 use crate::skill::Skill;
 use crate::skill::manifest::{Manifest, Normaliser};
+
+/// Why a skill cannot be swapped in or rolled back to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwapError {
+    /// The skill reads or writes other topics or fields, or needs other limits or another rate.
+    #[error("cannot swap in `{0}`: {1}")]
+    Incompatible(String, String),
+    /// Nothing ran before the current skill.
+    #[error("no earlier skill to roll back to: this node has run only {0} since it started")]
+    NothingEarlier(String),
+}
 
 /// Earlier skills kept loaded for rollback.
 pub const KEPT: usize = 4;
@@ -167,7 +177,7 @@ impl Skills {
     /// Hands a skill to the control thread, which swaps it in between two ticks and blends to
     /// it; the one it replaces is kept for rollback. It must read and write the same topics and
     /// fields as the running skill.
-    pub fn swap(&self, skill: Skill) -> Result<SkillInfo, NodeError> {
+    pub fn swap(&self, skill: Skill) -> Result<SkillInfo, SwapError> {
         self.compatible(&skill.manifest)?;
         let next = ActiveSkill::new(skill);
         let info = next.info.clone();
@@ -199,11 +209,11 @@ impl Skills {
     /// Whether a skill with manifest `b` could be swapped in: it must read and write the same
     /// topics and fields, with the same limits and rate, as the running skill, and this node
     /// must run a policy.
-    pub fn compatible(&self, b: &Manifest) -> Result<(), NodeError> {
+    pub fn compatible(&self, b: &Manifest) -> Result<(), SwapError> {
         let a = &self.contract;
         let name = format!("{} {}", b.name, b.version);
         if !self.policy {
-            return Err(NodeError::Incompatible(name, "this node runs no policy (`skillgraft record`)".into()));
+            return Err(SwapError::Incompatible(name, "this node runs no policy (`skillgraft record`)".into()));
         }
         let same_inputs = a.observations.len() == b.observations.len()
             && a.observations.iter().zip(&b.observations).all(|(x, y)| {
@@ -211,19 +221,19 @@ impl Skills {
                     && x.max_age_ms == y.max_age_ms
             });
         if !same_inputs || a.control.history != b.control.history {
-            return Err(NodeError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
+            return Err(SwapError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
         }
         if (&a.action.topic, &a.action.msg_type, &a.action.fields, &a.action.joints)
             != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
         {
-            return Err(NodeError::Incompatible(name, "its action output differs from the running skill's".into()));
+            return Err(SwapError::Incompatible(name, "its action output differs from the running skill's".into()));
         }
         // The safety filter and the tick period were set up for the running skill's manifest:
         // a skill that asks for other limits or another rate needs a node started with it.
         if (&a.action.lower, &a.action.upper, &a.action.max_delta, &a.action.safe, a.control.rate_hz)
             != (&b.action.lower, &b.action.upper, &b.action.max_delta, &b.action.safe, b.control.rate_hz)
         {
-            return Err(NodeError::Incompatible(
+            return Err(SwapError::Incompatible(
                 name,
                 "its action limits, safe action or control rate differ from the running skill's; restart the node with it".into(),
             ));
@@ -233,7 +243,7 @@ impl Skills {
 
     /// Returns to the skill before the current one (blending to it); a skill not yet swapped in
     /// is dropped instead. Returns the skill that runs now.
-    pub fn rollback(&self) -> Result<SkillInfo, String> {
+    pub fn rollback(&self) -> Result<SkillInfo, SwapError> {
         let mut st = lock(&self.state);
         let mut slot = lock(&self.slot);
         Self::tidy(&mut slot, &mut st);
@@ -243,10 +253,7 @@ impl Skills {
             st.before_pending.take().expect("a pending skill records the one before it")
         } else {
             let Some(prev) = st.history.pop() else {
-                return Err(format!(
-                    "no earlier skill to roll back to: this node has run only {} since it started",
-                    st.current.label()
-                ));
+                return Err(SwapError::NothingEarlier(st.current.label()));
             };
             let info = prev.info.clone();
             if slot.pending.is_none() {
@@ -340,7 +347,7 @@ mod tests {
         tick(&skills, &mut active);
         assert_eq!(active.info.version, "0.1.0");
         assert!(skills.earlier().is_empty(), "the skill rolled back from is dropped");
-        assert!(skills.rollback().unwrap_err().contains("no earlier skill"));
+        assert!(skills.rollback().unwrap_err().to_string().contains("no earlier skill"));
 
         // A swap replaced before it ran leaves no trace.
         skills.swap(v(2)).unwrap();

@@ -109,7 +109,7 @@ impl InboxStats {
     }
 }
 
-impl crate::control::diagnostics::Counted for InboxStats {
+impl crate::stats::Counted for InboxStats {
     fn values(&self) -> Vec<(String, String)> {
         let mut v = vec![
             ("inbox.address".to_string(), self.address.lock().unwrap_or_else(|p| p.into_inner()).clone()),

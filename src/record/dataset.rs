@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::episode::{self, EpisodeError, EpisodeFile};
-use crate::control::observer::{self, Extractor};
-use crate::ros::schema::full_type_name;
+use crate::msg::schema::full_type_name;
+use crate::observe::{self, Extractor};
 use crate::skill::manifest::Manifest;
 
 /// One training sample, in the policy's units.
@@ -142,7 +142,7 @@ pub fn pair(file: episode::EpisodeFile, m: &Manifest) -> Result<Episode, Dataset
     let t0 = messages.first().map(|r| r.log_time).unwrap_or(0);
     let epoch = Instant::now();
     let at = |ns: u64| epoch + Duration::from_nanos(ns.saturating_sub(t0));
-    let (mut writers, mut assembler) = observer::observer(&m.observations, m.control.history, epoch);
+    let (mut writers, mut assembler) = observe::observer(&m.observations, m.control.history, epoch);
     let action_fields = Extractor::for_action(&m.action);
     let norm = m.normaliser();
     let period = (1e9 / m.control.rate_hz).max(1.0) as u64;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use mcap::records::{MessageHeader, Metadata, Record, op};
 use mcap::{WriteOptions, Writer};
 
-use crate::ros::msg_defs;
+use crate::msg::defs;
 use crate::skill::manifest::Manifest;
 
 /// Suffix of an episode being written (or left by a crash).
@@ -82,13 +82,13 @@ impl ChannelSpec {
             .enumerate()
             .map(|(i, (topic, o))| ChannelSpec {
                 topic: topic.clone(),
-                type_name: crate::ros::schema::full_type_name(&o.msg_type),
+                type_name: crate::msg::schema::full_type_name(&o.msg_type),
                 role: format!("observation.{i}"),
             })
             .collect();
         channels.push(ChannelSpec {
             topic: action_topic.to_string(),
-            type_name: crate::ros::schema::full_type_name(&m.action.msg_type),
+            type_name: crate::msg::schema::full_type_name(&m.action.msg_type),
             role: "action".into(),
         });
         channels
@@ -150,7 +150,7 @@ impl EpisodeWriter {
         let mut writer = options.create(BufWriter::new(file)).map_err(mc(&part))?;
         let mut ids = Vec::new();
         for c in channels {
-            let def = msg_defs::definition(&c.type_name).unwrap_or_default();
+            let def = defs::definition(&c.type_name).unwrap_or_default();
             let schema = writer.add_schema(&c.type_name, "ros2msg", def.as_bytes()).map_err(mc(&part))?;
             let mut meta = BTreeMap::new();
             meta.insert("skillgraft.role".to_string(), c.role.clone());

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::ros::cdr;
-use crate::ros::msg::StringMsg;
+use crate::msg::StringMsg;
+use crate::msg::cdr;
 use crate::ros::transport::{RawPublisher, Sample};
 use episode::{ChannelSpec, EpisodeWriter};
 

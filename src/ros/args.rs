@@ -201,7 +201,7 @@ impl RosArgs {
                 "__ns" => {
                     let ns = if to.starts_with('/') { to.clone() } else { format!("/{to}") };
                     if ns != "/" {
-                        crate::ros::names::check_topic(&ns).map_err(|e| ArgsError(format!("-r __ns:={to}: {e}")))?;
+                        crate::msg::names::check_topic(&ns).map_err(|e| ArgsError(format!("-r __ns:={to}: {e}")))?;
                     }
                     namespace = ns.trim_end_matches('/').to_string();
                     if namespace.is_empty() {
@@ -233,11 +233,11 @@ impl RosArgs {
     /// Expands a topic name (`~/x`, relative `x`) in the node's namespace and applies the first
     /// matching remapping rule.
     pub fn resolve_topic(&self, name: &str) -> Result<String, ArgsError> {
-        crate::ros::names::check_topic(name).map_err(ArgsError)?;
+        crate::msg::names::check_topic(name).map_err(ArgsError)?;
         let expanded = expand(name, &self.namespace, &self.node);
         for (from, to) in &self.remaps {
             if expand(from, &self.namespace, &self.node) == expanded {
-                crate::ros::names::check_topic(to).map_err(|e| ArgsError(format!("remapping {from}:={to}: {e}")))?;
+                crate::msg::names::check_topic(to).map_err(|e| ArgsError(format!("remapping {from}:={to}: {e}")))?;
                 return Ok(expand(to, &self.namespace, &self.node));
             }
         }

@@ -26,12 +26,12 @@ use rustdds::{
 use serde::ser::SerializeTuple;
 use serde::{Serialize, Serializer};
 
-use super::cdr::{self, CDR_BE, CDR_LE};
 use super::distro::RosDistro;
 use super::transport::{
     NodeIdentity, Qos, RawPublisher, Sample, SampleSink, ServiceHandler, Transport, TransportError, join_all, ros_now,
     split_service_type, split_type,
 };
+use crate::msg::cdr::{self, CDR_BE, CDR_LE};
 
 /// Where and how the DDS transport joins the ROS graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,16 +9,16 @@
 use std::sync::{Arc, Mutex};
 
 use super::args::{ArgsError, ParamValue};
-use super::cdr;
-use super::msg::parameter_services::{
+use super::transport::{Qos, RawPublisher, ServiceHandler, Transport, TransportError};
+use crate::msg::cdr;
+use crate::msg::parameter_services::{
     DescribeResponse, GetResponse, ListRequest, ListResponse, NamesRequest, SetAtomicallyResponse, SetRequest,
     SetResponse, TypesResponse,
 };
-use super::msg::{
+use crate::msg::{
     FloatingPointRange, IntegerRange, ListParametersResult, Parameter, ParameterDescriptor, ParameterEvent,
     ParameterValue, RosMessage, SetParametersResult, parameter_type as pt,
 };
-use super::transport::{Qos, RawPublisher, ServiceHandler, Transport, TransportError};
 
 /// The range a number parameter must stay in (both ends included).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::args::RosArgs;
 #[cfg(all(feature = "dds", not(feature = "rcl")))]
 use super::distro::RosDistro;
-use super::msg::Time;
+use crate::msg::Time;
 
 /// Delivery and history settings of a topic, in ROS 2 terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Expert, JOINT_NAMES, JOINTS, RATE_HZ, Robot, Task, reach};
-use crate::adapt::finetune::SplitMix;
+use crate::msg::cdr;
+use crate::msg::{Float64MultiArray, Header, JointState, Point, RosMessage, Time};
 use crate::record::episode::{ChannelSpec, EpisodeWriter};
-use crate::ros::cdr;
-use crate::ros::msg::{Float64MultiArray, Header, JointState, Point, RosMessage, Time};
+use crate::rng::SplitMix;
 use crate::skill::manifest::{ActionOutput, Control, Manifest, ModelSection, ObservationInput, Provenance, SafeAction};
 
 /// Where a simulated arm publishes its joints.

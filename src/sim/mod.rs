@@ -3,14 +3,13 @@
 //! differ (link lengths, joint zero offsets, actuator gains and lag, sensor bias), so a policy
 //! learnt on one does not simply work on another.
 
-#[cfg(feature = "dds")]
-pub mod demo;
 pub mod episodes;
 pub mod node;
+pub mod score;
 
 use nalgebra::{DMatrix, DVector};
 
-use crate::adapt::finetune::SplitMix;
+use crate::rng::SplitMix;
 
 /// Joints of every simulated arm.
 pub const JOINTS: usize = 3;

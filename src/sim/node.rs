@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::episodes::{COMMAND_TOPIC, JOINT_TOPIC, TARGET_TOPIC, command, joint_state, target};
 use super::{Arm, Expert, JOINTS, RATE_HZ, Robot, Task};
-use crate::adapt::finetune::SplitMix;
+use crate::msg::cdr;
+use crate::msg::{Float64MultiArray, JointState, Point, RosMessage, StringMsg};
+use crate::rng::SplitMix;
 use crate::ros::args::RosArgs;
-use crate::ros::cdr;
-use crate::ros::msg::{Float64MultiArray, JointState, Point, RosMessage, StringMsg};
 use crate::ros::transport::{Qos, Transport, TransportError};
 
 /// A command older than this stops the arm, as a motor controller's watchdog does.
@@ -115,7 +115,7 @@ impl SimNode {
                     Ok(task) => {
                         let mut st = lock(&s);
                         let task = task.unwrap_or_else(|| {
-                            let seed = st.tasks.next();
+                            let seed = st.tasks.next_u64();
                             super::tasks(seed, 1, home)[0]
                         });
                         st.reset(&task);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ros::names;
-use crate::ros::schema::{self, MessageSchema, Selector};
+use crate::msg::names;
+use crate::msg::schema::{self, MessageSchema, Selector};
 
 /// The manifest's file name inside a skill folder.
 pub const MANIFEST_FILE: &str = "skill.toml";

@@ -218,7 +218,7 @@ pub fn teacher(dir: &Path) -> skillgraft::skill::Skill {
     let mut params = s.model.head.params.clone();
     let last = params.last_mut().unwrap();
     let (rows, cols) = last.weight.shape();
-    let delta = nalgebra::DMatrix::from_row_slice(rows, cols, &skillgraft::bench::seeded(77, rows * cols));
+    let delta = nalgebra::DMatrix::from_row_slice(rows, cols, &skillgraft::rng::seeded(77, rows * cols));
     last.weight += delta * 0.15;
     last.bias = last.bias.as_ref().map(|b| b.map(|v| v + 0.02));
     let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();

@@ -86,7 +86,7 @@ pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn values(seed: u64, n: usize) -> Vec<f32> {
-    skillgraft::bench::seeded(seed, n)
+    skillgraft::rng::seeded(seed, n)
 }
 
 impl GraphBuilder {

@@ -1,112 +1,17 @@
-//! What the node reports about itself: counters the control, publisher and subscription threads
-//! update with atomics (never a lock), a ring of tick latencies, and the `/diagnostics` status
-//! built from them once per period.
+//! What the node reports about itself on `/diagnostics`: the control loop's counters, the
+//! inputs', the safety filter's and the recorder's, and those of other parts (the inbox), turned
+//! into one status per period.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use super::observer::{EXTRACT_KINDS, InputStats};
-use super::safety::{Counters, INTERVENTIONS};
+use crate::control::safety::INTERVENTIONS;
+use crate::control::stats::NodeStats;
+use crate::msg::{DiagnosticStatus, KeyValue};
+use crate::observe::EXTRACT_KINDS;
 use crate::record::Tap;
-use crate::ros::msg::{DiagnosticStatus, KeyValue};
-
-/// Tick latencies (ns from the deadline to the action handed to the publisher), newest last.
-pub struct LatencyRing {
-    samples: Box<[AtomicU32]>,
-    written: AtomicUsize,
-}
-
-impl LatencyRing {
-    /// A ring of `n` samples.
-    pub fn new(n: usize) -> LatencyRing {
-        LatencyRing { samples: (0..n).map(|_| AtomicU32::new(0)).collect(), written: AtomicUsize::new(0) }
-    }
-
-    /// Records one latency. Allocates nothing.
-    pub fn record(&self, d: Duration) {
-        let i = self.written.load(Ordering::Relaxed);
-        self.samples[i % self.samples.len()].store(d.as_nanos().min(u32::MAX as u128) as u32, Ordering::Relaxed);
-        self.written.store(i + 1, Ordering::Release);
-    }
-
-    /// Samples written since `from` (at most the ring's size), and the new position.
-    pub fn since(&self, from: usize) -> (Vec<u32>, usize) {
-        let end = self.written.load(Ordering::Acquire);
-        let start = from.max(end.saturating_sub(self.samples.len()));
-        ((start..end).map(|i| self.samples[i % self.samples.len()].load(Ordering::Relaxed)).collect(), end)
-    }
-}
-
-/// Median, 99th percentile and maximum, in µs.
-pub fn percentiles(mut ns: Vec<u32>) -> Option<(f64, f64, f64)> {
-    if ns.is_empty() {
-        return None;
-    }
-    ns.sort_unstable();
-    let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
-    Some((at(0.5), at(0.99), *ns.last().expect("not empty") as f64 / 1000.0))
-}
-
-/// Counters of a running node.
-pub struct NodeStats {
-    /// Node start.
-    pub epoch: Instant,
-    /// Control ticks run.
-    pub ticks: AtomicU64,
-    /// Deadlines missed (ticks skipped because a tick overran).
-    pub deadline_misses: AtomicU64,
-    /// Tick latencies: from the deadline to the action handed to the publisher.
-    pub latency: LatencyRing,
-    /// Tick compute times: from waking up to the action handed to the publisher.
-    pub compute: LatencyRing,
-    /// Safety interventions by kind.
-    pub interventions: Arc<Counters>,
-    /// Per observation input: topic and counters.
-    pub inputs: Vec<(String, Arc<InputStats>)>,
-    /// Actions published.
-    pub published: AtomicU64,
-    /// Actions that could not be published, or were replaced by a newer one first.
-    pub dropped: AtomicU64,
-    /// E-stop messages that did not decode.
-    pub estop_rejected: AtomicU64,
-    /// Skill swaps applied.
-    pub swaps: AtomicU64,
-    /// System-allocator calls the control thread has made (see `alloc::thread_system_calls`).
-    pub control_malloc_calls: AtomicU64,
-    /// Ticks the policy was silent because a demonstration was being recorded.
-    pub muted_ticks: AtomicU64,
-    /// Other parts of the node that report on `/diagnostics` (the inbox).
-    pub extra: std::sync::Mutex<Vec<Arc<dyn Counted>>>,
-}
-
-/// A part of the node with counters of its own for `/diagnostics`.
-pub trait Counted: Send + Sync {
-    /// Its key-value pairs, now.
-    fn values(&self) -> Vec<(String, String)>;
-}
-
-impl NodeStats {
-    /// Fresh counters for these inputs.
-    pub fn new(inputs: Vec<(String, Arc<InputStats>)>, interventions: Arc<Counters>) -> NodeStats {
-        NodeStats {
-            epoch: Instant::now(),
-            ticks: AtomicU64::new(0),
-            deadline_misses: AtomicU64::new(0),
-            latency: LatencyRing::new(1 << 14),
-            compute: LatencyRing::new(1 << 14),
-            interventions,
-            inputs,
-            published: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            estop_rejected: AtomicU64::new(0),
-            swaps: AtomicU64::new(0),
-            control_malloc_calls: AtomicU64::new(0),
-            muted_ticks: AtomicU64::new(0),
-            extra: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-}
+use crate::stats::percentiles;
 
 /// One period's report.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,22 +178,4 @@ impl Reporter {
 
 fn kv(key: &str, value: impl ToString) -> KeyValue {
     KeyValue { key: key.into(), value: value.to_string() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_keeps_the_newest_samples() {
-        let r = LatencyRing::new(4);
-        for i in 1..=6u64 {
-            r.record(Duration::from_micros(i));
-        }
-        let (v, next) = r.since(0);
-        assert_eq!(v, vec![3000, 4000, 5000, 6000]);
-        assert_eq!(next, 6);
-        assert_eq!(r.since(5).0, vec![6000]);
-        assert_eq!(percentiles(vec![1000, 2000, 3000, 100_000]), Some((3.0, 100.0, 100.0)));
-    }
 }

@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::device::Device;
-use super::finetune::Settings;
-use super::{Method, Options, Progress, Report};
+use crate::adapt::device::Device;
+use crate::adapt::finetune::Settings;
+use crate::adapt::{Method, Options, Progress, Report};
 use crate::control::skills::{SkillInfo, Skills};
+use crate::msg::StringMsg;
+use crate::msg::cdr;
 use crate::record::{dataset, episode};
-use crate::ros::cdr;
-use crate::ros::msg::StringMsg;
 use crate::ros::transport::RawPublisher;
 use crate::skill::Skill;
 
@@ -258,7 +258,7 @@ impl Live {
             }
             Err(e) => {
                 tracing::warn!("rollback refused: {e}");
-                self.board.update(&self.skills, |s| s.error = Some(e));
+                self.board.update(&self.skills, |s| s.error = Some(e.to_string()));
             }
         }
     }
@@ -448,17 +448,17 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
         device: request.device.unwrap_or(cfg.device),
         ..request.options.clone()
     };
-    let adapted = super::adapt(&source, &episodes, &options, progress).map_err(|e| e.to_string())?;
+    let adapted = crate::adapt::adapt(&source, &episodes, &options, progress).map_err(|e| e.to_string())?;
     if !adapted.report.accepted {
         return Ok(Done { report: adapted.report, adapted: None, swapped: false, note: None });
     }
-    let mut version = super::next_version(&source.manifest.version);
+    let mut version = crate::adapt::next_version(&source.manifest.version);
     let folder = |v: &semver::Version| cfg.adapted_dir.join(format!("{}-{v}", source.manifest.name));
     while folder(&version).exists() {
-        version = super::next_version(&version);
+        version = crate::adapt::next_version(&version);
     }
-    let robot = super::robot_of(&episodes);
-    let written = super::write(&source, &adapted, &folder(&version), Some(version), robot.as_deref())
+    let robot = crate::adapt::robot_of(&episodes);
+    let written = crate::adapt::write(&source, &adapted, &folder(&version), Some(version), robot.as_deref())
         .map_err(|e| e.to_string())?;
     let info = SkillInfo::of(&written);
     if skills.current().digest != active.digest {

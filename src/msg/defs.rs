@@ -87,7 +87,7 @@ mod tests {
             assert_eq!(t.matches(&format!("MSG: {nested}\n")).count(), 1, "{nested}");
         }
         assert!(definition("std_msgs/msg/Float64MultiArray").unwrap().contains("MSG: std_msgs/MultiArrayDimension"));
-        for s in crate::ros::schema::SCHEMAS {
+        for s in crate::msg::schema::SCHEMAS {
             assert!(definition(s.name).is_some(), "{} has no definition", s.name);
         }
         assert!(definition("nav_msgs/msg/Odometry").is_none());

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use triple_buffer::{Input, Output, triple_buffer};
 
-use crate::ros::cdr::{self, CdrError};
-use crate::ros::msg::*;
-use crate::ros::schema::{self, Selector};
+use crate::msg::cdr::{self, CdrError};
+use crate::msg::schema::{self, Selector};
+use crate::msg::*;
 use crate::skill::manifest::{ActionOutput, ObservationInput};
 
 /// Why a message gave no observation.

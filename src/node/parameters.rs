@@ -3,20 +3,20 @@
 //! way the same value given at start would be (one `NodeConfig::new`), and takes effect between
 //! two ticks: the control thread picks up new limits at the start of a tick, never in the middle.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use crate::adapt::live::Live;
+use crate::msg::parameter_type as pt;
+use crate::node::live::Live;
 use crate::record::Tap;
 use crate::ros::args::{ArgsError, Param, ParamValue, RosArgs};
 use crate::ros::distro::RosDistro;
-use crate::ros::msg::parameter_type as pt;
 use crate::ros::params::{ParamDescriptor, ParamRange, ParameterHost, Rejected};
 use crate::skill::manifest::Manifest;
 
 use super::NodeConfig;
-use super::safety::SafetyConfig;
+use crate::control::Tunables;
+use crate::control::safety::SafetyConfig;
 
 /// One parameter the node reads.
 pub struct ParamSpec {
@@ -343,50 +343,6 @@ pub fn check_given(args: &RosArgs) -> Result<(), ArgsError> {
         }
     }
     Ok(())
-}
-
-/// New limits on their way to the control thread, and the ones they replaced on their way
-/// back: the tick swaps them and frees nothing (a free is a call into the system allocator).
-#[derive(Default)]
-pub struct SafetySlot {
-    /// Taken by the control thread at its next tick.
-    pub pending: Option<SafetyConfig>,
-    /// Left by the control thread; dropped by the next set.
-    pub retired: Option<SafetyConfig>,
-}
-
-/// What a change at run time reaches in the running node.
-pub struct Tunables {
-    /// The safety filter's limits on their way in.
-    pub safety: Mutex<SafetySlot>,
-    /// The e-stop topic's timeout, ns (0: off).
-    pub estop_timeout_ns: AtomicU64,
-    /// The /diagnostics period, ns.
-    pub diagnostics_period_ns: AtomicU64,
-}
-
-impl Tunables {
-    /// The settings of a node started with `cfg`.
-    pub fn new(cfg: &NodeConfig) -> Tunables {
-        Tunables {
-            safety: Mutex::new(SafetySlot::default()),
-            estop_timeout_ns: AtomicU64::new(cfg.estop_timeout.map_or(0, |t| t.as_nanos() as u64)),
-            diagnostics_period_ns: AtomicU64::new(cfg.diagnostics_period.as_nanos() as u64),
-        }
-    }
-
-    /// The e-stop timeout now.
-    pub fn estop_timeout(&self) -> Option<Duration> {
-        match self.estop_timeout_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        }
-    }
-
-    /// The /diagnostics period now.
-    pub fn diagnostics_period(&self) -> Duration {
-        Duration::from_nanos(self.diagnostics_period_ns.load(Ordering::Relaxed).max(1))
-    }
 }
 
 /// The running node behind the parameter services.

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::node::{SimNode, Teleop};
-use super::{Expert, JOINTS, SUCCESS_M, Score, Task};
-use crate::adapt::Report;
-use crate::control::{NodeConfig, RunningNode};
-use crate::ros::args::RosArgs;
-use crate::ros::cdr;
-use crate::ros::dds::{DdsConfig, DdsTransport};
-use crate::ros::msg::{RosMessage, StringMsg};
-use crate::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
-use crate::skill::Skill;
+use skillgraft::adapt::Report;
+use skillgraft::msg::cdr;
+use skillgraft::msg::{RosMessage, StringMsg};
+use skillgraft::node::{NodeConfig, RunningNode};
+use skillgraft::ros::args::RosArgs;
+use skillgraft::ros::dds::{DdsConfig, DdsTransport};
+use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
+use skillgraft::sim::node::{SimNode, Teleop};
+use skillgraft::sim::{Expert, JOINTS, SUCCESS_M, Score, Task};
+use skillgraft::skill::Skill;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -80,13 +80,13 @@ fn wait(limit: Duration, what: &str, done: impl FnMut() -> bool) -> Result<(), S
 
 /// The reaches scored before and after (never demonstrated).
 pub fn scored(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
-    crate::bench::transfer::scored_tasks(n, home)
+    skillgraft::sim::score::scored_tasks(n, home)
 }
 
 /// Runs the demo; `progress` hears each step.
 pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
     let started = Instant::now();
-    let robot = super::robot(&opts.robot)?;
+    let robot = skillgraft::sim::robot(&opts.robot)?;
     let skill = Skill::load(&opts.skill).map_err(|e| e.to_string())?;
     let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
     let id = |name: &str| NodeIdentity { name: name.into(), namespace: "/".into() };
@@ -124,7 +124,7 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
     let mut adapt = operator.publisher(&adapt_topic, StringMsg::TYPE, Qos::RELIABLE).map_err(|e| e.to_string())?;
     wait(Duration::from_secs(20), "discovery (the node commanding the arm)", || sim.commanded())?;
 
-    let reach_s = super::EPISODE_TICKS as f64 / super::RATE_HZ;
+    let reach_s = skillgraft::sim::EPISODE_TICKS as f64 / skillgraft::sim::RATE_HZ;
     let tasks = scored(opts.reaches, robot.home);
     let score = |phase: &str, progress: &mut dyn FnMut(&str)| -> Vec<f64> {
         tasks
@@ -140,7 +140,7 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
     };
     let before = score(&format!("scoring {label} unadapted on {}", robot.name), progress);
 
-    let demo_tasks = crate::bench::transfer::demo_tasks(0, opts.demos, robot.home);
+    let demo_tasks = skillgraft::sim::score::demo_tasks(0, opts.demos, robot.home);
     for (k, t) in demo_tasks.iter().enumerate() {
         progress(&format!("recording demonstration {} of {} (the expert teleoperates)", k + 1, demo_tasks.len()));
         let written = node.recorder_status().map_or(0, |s| s.episodes_written);
@@ -190,7 +190,7 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
 
     let expert = Expert::new(robot.clone());
     let expert_score =
-        super::score(&robot, &tasks, &mut |obs| expert.command(&obs[..JOINTS], [obs[6], obs[7]]).to_vec());
+        skillgraft::sim::score(&robot, &tasks, &mut |obs| expert.command(&obs[..JOINTS], [obs[6], obs[7]]).to_vec());
     drop(teleop);
     drop(sim);
     node.stop();
@@ -221,7 +221,7 @@ impl DemoReport {
         ];
         let top = self.before.iter().chain(&self.after).fold(SUCCESS_M, |m, v| m.max(*v)) * 100.0 * 1.2;
         let title = format!("{} on {}: {} demonstrations", self.skill, self.robot, self.demos);
-        crate::adapt::plot::curves(&[(title, series)], stem, "reach", "final distance to the target (cm)", top)
+        skillgraft::adapt::plot::curves(&[(title, series)], stem, "reach", "final distance to the target (cm)", top)
     }
 }
 
@@ -234,7 +234,7 @@ impl fmt::Display for DemoReport {
             self.robot,
             self.before.len(),
             SUCCESS_M * 100.0,
-            super::EPISODE_TICKS as f64 / super::RATE_HZ
+            skillgraft::sim::EPISODE_TICKS as f64 / skillgraft::sim::RATE_HZ
         )?;
         writeln!(f, "| policy | success | mean final distance (cm) |")?;
         writeln!(f, "|---|---:|---:|")?;

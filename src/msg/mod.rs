@@ -1,6 +1,13 @@
-//! ROS 2 message types as serde structs: fields in `.msg` order, so the CDR bytes are what every
-//! ROS 2 middleware puts on the wire. Golden tests hold them to bytes made by an independent
-//! implementation (rosbags).
+//! Message knowledge, below everything that reads or writes messages and knowing no transport:
+//! ROS 2 message types as serde structs (fields in `.msg` order, so the CDR bytes are what every
+//! ROS 2 middleware puts on the wire; golden tests hold them to bytes made by an independent
+//! implementation, rosbags), the CDR codec, the message schemas and the fields a manifest can
+//! select (`schema`), their `.msg` definitions for recordings (`defs`), and ROS names (`names`).
+
+pub mod cdr;
+pub mod defs;
+pub mod names;
+pub mod schema;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 

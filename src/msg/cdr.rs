@@ -62,7 +62,7 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8], type_name: &'static str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ros::msg::*;
+    use crate::msg::*;
 
     #[test]
     fn the_float64_multi_array_from_the_notes_encodes_byte_for_byte() {

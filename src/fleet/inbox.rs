@@ -31,9 +31,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use ed25519_dalek::VerifyingKey;
 
+use super::FleetError;
 use super::auth::Tokens;
 use super::http::{HttpLimits, problem, redact, reply, small_body, spool, unauthorized, within};
-use super::{FleetError, io};
+use crate::file::FileError;
 use crate::skill::bundle::{self, BundleError, Limits};
 use crate::skill::sandbox::Sandbox;
 use crate::skill::store::{Store, StoreError};
@@ -191,8 +192,8 @@ impl Inbox {
         let store = Store::open(&settings.store).map_err(|e| FleetError::Config(e.to_string()))?.sandboxed(sandbox);
         let listener = std::net::TcpListener::bind(&settings.listen)
             .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
-        listener.set_nonblocking(true).map_err(io("configure", Path::new(&settings.listen)))?;
-        let addr = listener.local_addr().map_err(io("configure", Path::new(&settings.listen)))?;
+        listener.set_nonblocking(true).map_err(FileError::at("configure", Path::new(&settings.listen)))?;
+        let addr = listener.local_addr().map_err(FileError::at("configure", Path::new(&settings.listen)))?;
         let stats = Arc::new(InboxStats::default());
         *stats.address.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
         let shared = Arc::new(Shared {
@@ -216,7 +217,7 @@ impl Inbox {
         let (http, refused) = (limits.http, stats.connections_refused.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = std::sync::mpsc::channel();
-        let rt = super::http::runtime(1).map_err(io("start the runtime of", Path::new(&settings.listen)))?;
+        let rt = super::http::runtime(1).map_err(FileError::at("start the runtime of", Path::new(&settings.listen)))?;
         std::thread::Builder::new()
             .name("skillgraft-inbox".into())
             .spawn(move || {
@@ -232,7 +233,7 @@ impl Inbox {
                 });
                 let _ = done_tx.send(());
             })
-            .map_err(io("start a thread for", Path::new(&settings.listen)))?;
+            .map_err(FileError::at("start a thread for", Path::new(&settings.listen)))?;
         tracing::info!(address = %addr, store = %settings.store.display(), "inbox listening");
         Ok(Inbox { addr, stats, shutdown: Some(tx), done })
     }
@@ -315,11 +316,11 @@ fn refusal(e: StoreError) -> Refusal {
         StoreError::Bundle(BundleError::Rejected { problem, .. }) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid", problem)
         }
-        StoreError::Bundle(e @ (BundleError::Io { .. } | BundleError::Key { .. } | BundleError::Skill(_))) => {
+        StoreError::Bundle(e @ (BundleError::File(_) | BundleError::Key { .. } | BundleError::Skill(_))) => {
             tracing::error!("inbox: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "io", "the robot could not store the bundle; its log says why".into())
         }
-        StoreError::Io { .. } => {
+        StoreError::File(_) => {
             tracing::error!("inbox: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "io", "the robot could not store the bundle; its log says why".into())
         }

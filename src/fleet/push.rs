@@ -10,7 +10,8 @@ use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::client::{Client, ClientError, Reply, Upload, beside, join};
-use super::{FleetError, auth, io};
+use super::{FleetError, auth};
+use crate::file::FileError;
 use crate::skill::bundle;
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +51,7 @@ pub struct Robots {
 impl Robots {
     /// Reads and checks a registry file, and each robot's token.
     pub fn load(path: &Path) -> Result<Robots, FleetError> {
-        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
         let file: RobotsFile = toml::from_str(&text).map_err(|e| {
             FleetError::Config(format!(
                 "{}: {e}; each robot is a [[robot]] table with name, url and token_file",

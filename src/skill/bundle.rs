@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Skill;
+use crate::file::FileError;
 
 /// File name extension of bundles.
 pub const EXTENSION: &str = "skill";
@@ -31,15 +32,8 @@ const META_LIMIT: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// A file could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The archive is not a bundle this build can trust; the message says why and what to do.
     #[error("{}: {problem}", path.display())]
     Rejected {
@@ -59,10 +53,6 @@ pub enum BundleError {
     /// The skill folder cannot be packed.
     #[error(transparent)]
     Skill(#[from] super::SkillError),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BundleError + 'a {
-    move |source| BundleError::Io { action, path: path.to_path_buf(), source }
 }
 
 /// One file of the skill folder.
@@ -148,7 +138,7 @@ pub fn new_key(stem: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
                 path: p.to_path_buf(),
                 problem: "already exists; choose another name (a key is never overwritten)".into(),
             },
-            _ => io("create", p)(e),
+            _ => FileError::at("create", p)(e).into(),
         })
     };
     // Both names are taken (atomically, never over an existing file) before either is written.
@@ -163,15 +153,15 @@ pub fn new_key(stem: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| BundleError::Key { path: secret.clone(), problem: e.to_string() })?;
     let key = SigningKey::from_bytes(&seed);
-    writeln!(f, "ed25519-secret:{}", B64.encode(seed)).map_err(io("write", &secret))?;
-    writeln!(p, "{} {}", key_id(&key.verifying_key()), stem.display()).map_err(io("write", &public))?;
+    writeln!(f, "ed25519-secret:{}", B64.encode(seed)).map_err(FileError::at("write", &secret))?;
+    writeln!(p, "{} {}", key_id(&key.verifying_key()), stem.display()).map_err(FileError::at("write", &public))?;
     Ok((secret, public))
 }
 
 /// Reads a secret key written by [`new_key`]; refused when others can read the file.
 pub fn read_secret(path: &Path) -> Result<SigningKey, BundleError> {
     let bad = |problem: &str| BundleError::Key { path: path.to_path_buf(), problem: problem.into() };
-    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
     let b64 = text.trim().strip_prefix("ed25519-secret:").ok_or_else(|| {
         bad("not a secret key (it starts with `ed25519-secret:`); make one with `skillgraft keys new NAME`")
     })?;
@@ -196,7 +186,7 @@ pub fn parse_key(word: &str) -> Option<VerifyingKey> {
 pub fn read_trusted(paths: &[PathBuf]) -> Result<Vec<VerifyingKey>, BundleError> {
     let mut keys = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
         check_mode(path, false).map_err(|problem| BundleError::Key { path: path.clone(), problem })?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -229,13 +219,15 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// The regular files of `dir`, recursively, sorted; anything else is refused.
 fn files_of(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), BundleError> {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).map_err(io("read", dir))?.collect::<Result<Vec<_>, _>>().map_err(io("read", dir))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(FileError::at("read", dir))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(FileError::at("read", dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let kind = e.file_type().map_err(io("read", &path))?;
+        let kind = e.file_type().map_err(FileError::at("read", &path))?;
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         if kind.is_dir() {
             files_of(&path, &rel, out)?;
@@ -258,7 +250,7 @@ fn tar_file(builder: &mut tar::Builder<impl Write>, name: &str, bytes: &[u8], ou
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
-    builder.append_data(&mut header, name, bytes).map_err(io("write", out))
+    Ok(builder.append_data(&mut header, name, bytes).map_err(FileError::at("write", out))?)
 }
 
 /// Longest a downgrade bundle may stay valid.
@@ -331,7 +323,7 @@ pub fn pack(dir: &Path, key: &SigningKey, out: &Path, downgrade: Option<&Downgra
     let mut blobs = Vec::new();
     let mut files = Vec::new();
     for (rel, path) in listed {
-        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        let bytes = std::fs::read(&path).map_err(FileError::at("read", &path))?;
         files.push(FileEntry { path: rel.clone(), sha256: sha256(&bytes), size: bytes.len() as u64 });
         blobs.push((rel, bytes));
     }
@@ -350,26 +342,26 @@ pub fn pack(dir: &Path, key: &SigningKey, out: &Path, downgrade: Option<&Downgra
     let sig = SignatureFile { key: key_id(&key.verifying_key()), signature: B64.encode(key.sign(&json).to_bytes()) };
     let sig = serde_json::to_vec_pretty(&sig).expect("signature serialises");
     let part = PathBuf::from(format!("{}.part", out.display()));
-    let file = File::create(&part).map_err(io("create", &part))?;
-    let written = (|| {
+    let file = File::create(&part).map_err(FileError::at("create", &part))?;
+    let written = (|| -> Result<(), BundleError> {
         // Level 3: a model's float weights barely compress at any level (1 % between 3 and 19 on
         // a trained policy), and 19 takes half a second per MB.
-        let encoder = zstd::Encoder::new(file, 3).map_err(io("compress", &part))?;
+        let encoder = zstd::Encoder::new(file, 3).map_err(FileError::at("compress", &part))?;
         let mut builder = tar::Builder::new(encoder);
         tar_file(&mut builder, CONTENTS, &json, &part)?;
         tar_file(&mut builder, SIGNATURE, &sig, &part)?;
         for (rel, bytes) in &blobs {
             tar_file(&mut builder, &format!("{SKILL_DIR}/{rel}"), bytes, &part)?;
         }
-        let encoder = builder.into_inner().map_err(io("write", &part))?;
-        let file = encoder.finish().map_err(io("compress", &part))?;
-        file.sync_all().map_err(io("sync", &part))
+        let encoder = builder.into_inner().map_err(FileError::at("write", &part))?;
+        let file = encoder.finish().map_err(FileError::at("compress", &part))?;
+        Ok(file.sync_all().map_err(FileError::at("sync", &part))?)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&part);
         return Err(e);
     }
-    std::fs::rename(&part, out).map_err(io("rename", &part))?;
+    std::fs::rename(&part, out).map_err(FileError::at("rename", &part))?;
     Ok(contents)
 }
 
@@ -514,19 +506,19 @@ fn read_error(e: std::io::Error) -> String {
 /// capped by `limits`.
 fn open_archive(bundle: &Path, limits: Limits) -> Result<tar::Archive<impl Read>, BundleError> {
     let reject = |problem: String| BundleError::Rejected { path: bundle.to_path_buf(), problem };
-    let mut file = File::open(bundle).map_err(io("open", bundle))?;
-    let size = file.metadata().map_err(io("read", bundle))?.len();
+    let mut file = File::open(bundle).map_err(FileError::at("open", bundle))?;
+    let size = file.metadata().map_err(FileError::at("read", bundle))?.len();
     if size > limits.max_bytes {
         return Err(reject(format!("the bundle is {size} bytes, over the limit of {}", limits.max_bytes)));
     }
     let mut magic = [0u8; 4];
-    let head = file.read(&mut magic).map_err(io("read", bundle))?;
+    let head = file.read(&mut magic).map_err(FileError::at("read", bundle))?;
     if head < 4 || magic != [0x28, 0xB5, 0x2F, 0xFD] {
         return Err(reject("not a skillgraft bundle: it does not start as a zstd stream".into()));
     }
-    let mut decoder =
-        zstd::Decoder::new(std::io::Read::chain(std::io::Cursor::new(magic), file)).map_err(io("read", bundle))?;
-    decoder.window_log_max(WINDOW_LOG_MAX).map_err(io("read", bundle))?;
+    let mut decoder = zstd::Decoder::new(std::io::Read::chain(std::io::Cursor::new(magic), file))
+        .map_err(FileError::at("read", bundle))?;
+    decoder.window_log_max(WINDOW_LOG_MAX).map_err(FileError::at("read", bundle))?;
     let max = limits.stream_bytes();
     let capped = Capped {
         inner: decoder,
@@ -756,7 +748,7 @@ fn unpack_into(
     let reject = |problem: String| BundleError::Rejected { path: bundle.to_path_buf(), problem };
     let mut archive = open_archive(bundle, limits)?;
     let skill_dir = dest.join(SKILL_DIR);
-    std::fs::create_dir_all(&skill_dir).map_err(io("create", &skill_dir))?;
+    std::fs::create_dir_all(&skill_dir).map_err(FileError::at("create", &skill_dir))?;
     let mut json: Option<Vec<u8>> = None;
     let mut signed: Option<(Contents, String, Listed)> = None;
     let mut found: BTreeSet<String> = BTreeSet::new();
@@ -808,9 +800,9 @@ fn unpack_into(
         }
         let target = skill_dir.join(inner);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+            std::fs::create_dir_all(parent).map_err(FileError::at("create", parent))?;
         }
-        let mut out = File::create(&target).map_err(io("create", &target))?;
+        let mut out = File::create(&target).map_err(FileError::at("create", &target))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -819,9 +811,9 @@ fn unpack_into(
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io("write", &target))?;
+            out.write_all(&buf[..n]).map_err(FileError::at("write", &target))?;
         }
-        out.sync_all().map_err(io("sync", &target))?;
+        out.sync_all().map_err(FileError::at("sync", &target))?;
         if hex::encode(hasher.finalize()) != *digest {
             return Err(reject(format!("{} does not match its digest: it was altered after signing", shown(inner))));
         }

@@ -11,6 +11,16 @@ use skillgraft::adapt::finetune::Settings;
 use skillgraft::adapt::{self, Method, Options, Progress};
 use skillgraft::skill::{self, Skill, inspect};
 
+/// Writes to stdout like `print!`, but returns a closed stdout as an error (`print!` panics).
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*))? };
+}
+
+/// Writes a line to stdout like `println!`, but returns a closed stdout as an error.
+macro_rules! outln {
+    ($($t:tt)*) => { emit(format_args!("{}\n", format_args!($($t)*)))? };
+}
+
 #[global_allocator]
 static ALLOCATOR: skillgraft::alloc::TickAllocator = skillgraft::alloc::TickAllocator;
 
@@ -921,6 +931,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader has what it wanted (`skillgraft inspect SKILL | head -1`).
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) if e.is::<Rejected>() => {
             eprintln!("{e}");
             ExitCode::from(3)
@@ -958,9 +970,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 manifest.name = name;
             }
             let skill = skill::write_skill(&out, &manifest, &bytes)?;
-            println!("wrote skill `{}` {} to {}", manifest.name, manifest.version, out.display());
-            println!("digest {}", skill.digest);
-            println!(
+            outln!("wrote skill `{}` {} to {}", manifest.name, manifest.version, out.display());
+            outln!("digest {}", skill.digest);
+            outln!(
                 "next: edit {} (topics, normalisation, joint limits), then `skillgraft inspect {}`",
                 out.join(skill::MANIFEST_FILE).display(),
                 out.display()
@@ -980,11 +992,11 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     "action": action,
                     "labels": labels,
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("{:<28} {:>14} {:>14}", "action", "raw", "de-normalised");
+                outln!("{:<28} {:>14} {:>14}", "action", "raw", "de-normalised");
                 for ((l, r), a) in labels.iter().zip(&raw).zip(&action) {
-                    println!("{l:<28} {r:>14.6} {a:>14.6}");
+                    outln!("{l:<28} {r:>14.6} {a:>14.6}");
                 }
             }
             Ok(())
@@ -1042,10 +1054,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Store(cmd) => store(cmd),
         Command::Keys(KeysCommand::Token { file }) => {
             skillgraft::fleet::auth::new_token(&file)?;
-            println!(
-                "wrote a bearer token to {} (owner-only); give it to the server and to its clients",
-                file.display()
-            );
+            outln!("wrote a bearer token to {} (owner-only); give it to the server and to its clients", file.display());
             Ok(())
         }
         Command::CheckBundle { bundle, dest, keys, max_bytes, max_entries, max_seconds } => {
@@ -1080,7 +1089,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Fleet(cmd) => fleet(cmd),
         Command::Keys(KeysCommand::New { name }) => {
             let (secret, public) = skillgraft::skill::bundle::new_key(&name)?;
-            println!(
+            outln!(
                 "wrote {} (secret: keep it on the fleet server) and {} (give it to robots)",
                 secret.display(),
                 public.display()
@@ -1099,7 +1108,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 }
             };
             let c = skillgraft::skill::bundle::pack(&dir, &key, &out, downgrade.as_ref())?;
-            println!(
+            outln!(
                 "packed {} {} ({} files) into {}, signed by {}",
                 c.name,
                 c.version,
@@ -1114,12 +1123,12 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let limits = skillgraft::skill::bundle::Limits::mib(max_mib);
             let v = skillgraft::skill::bundle::verify(&file, &trusted, limits)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({"contents": v.contents, "signer": v.signer}))?
                 );
             } else {
-                println!(
+                outln!(
                     "{}: {} {} ({}), signed by {}",
                     file.display(),
                     v.contents.name,
@@ -1128,7 +1137,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     v.signer
                 );
                 for f in &v.contents.files {
-                    println!("  {}  {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
+                    outln!("  {}  {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
                 }
             }
             Ok(())
@@ -1189,7 +1198,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let t = skillgraft::adapt::train::train(&template, &eps, &opts)?;
             let skill = skillgraft::skill::write_skill(&out, &t.manifest, &t.model)?;
             let held = t.curve.get(t.best_epoch.saturating_sub(1)).and_then(|e| e.held_out);
-            println!(
+            outln!(
                 "trained {} on {} episodes ({} samples): best epoch {} of {}{}",
                 name,
                 eps.len(),
@@ -1198,13 +1207,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 t.curve.len(),
                 held.map(|h| format!(", held-out MSE {h:.3e} (policy units)")).unwrap_or_default()
             );
-            println!(
-                "wrote skill `{}` {} to {} (digest {})",
-                name,
-                skill.manifest.version,
-                out.display(),
-                skill.digest
-            );
+            outln!("wrote skill `{}` {} to {} (digest {})", name, skill.manifest.version, out.display(), skill.digest);
             Ok(())
         }
         #[cfg(feature = "dds")]
@@ -1310,9 +1313,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::fs::remove_dir_all(&dir);
             let rows = rows?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", bench::push::table(&rows));
+                out!("{}", bench::push::table(&rows));
             }
             Ok(())
         }
@@ -1328,6 +1331,21 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let report = bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
         }
+    }
+}
+
+/// stdout was closed by its reader: the command ends quietly. Only stdout's writes make it, so a
+/// broken pipe elsewhere (a socket, the bundle worker) is still an error.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+struct StdoutClosed;
+
+/// Writes to stdout; a broken pipe becomes [`StdoutClosed`].
+fn emit(args: std::fmt::Arguments<'_>) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_fmt(args) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Box::new(StdoutClosed)),
+        r => Ok(r?),
     }
 }
 
@@ -1419,15 +1437,15 @@ fn adapt_cli(
             "digest": written.as_ref().map(|s| s.digest.clone()),
             "plot": plot.as_ref().map(|(p, s)| [p.display().to_string(), s.display().to_string()]),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{} {} -> {version}", source.manifest.name, source.manifest.version);
-        print!("{r}");
+        outln!("{} {} -> {version}", source.manifest.name, source.manifest.version);
+        out!("{r}");
         if let Some((png, svg)) = &plot {
-            println!("loss curve: {} {}", png.display(), svg.display());
+            outln!("loss curve: {} {}", png.display(), svg.display());
         }
         if let Some(s) = &written {
-            println!(
+            outln!(
                 "wrote skill `{}` {} to {} (digest {})",
                 s.manifest.name,
                 s.manifest.version,
@@ -1490,12 +1508,12 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let results = rt.block_on(push::push(&bundle, &registry, &opts))?;
             let failed = results.iter().filter(|r| !r.ok).count();
             if json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
+                outln!("{}", serde_json::to_string_pretty(&results)?);
             } else {
-                println!("| robot | result | swapped | attempts | seconds | robot install (ms) |");
-                println!("|---|---|---|---:|---:|---:|");
+                outln!("| robot | result | swapped | attempts | seconds | robot install (ms) |");
+                outln!("|---|---|---|---:|---:|---:|");
                 for r in &results {
-                    println!(
+                    outln!(
                         "| {} | {} | {} | {} | {:.2} | {} |",
                         r.robot,
                         r.outcome.replace('|', "/"),
@@ -1505,7 +1523,7 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
                         r.install_ms.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
                     );
                 }
-                println!(
+                outln!(
                     "{} of {} robots installed it in {:.2} s",
                     results.len() - failed,
                     results.len(),
@@ -1523,9 +1541,9 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let token = auth::read_token(&token_file)?;
             let entry = rt.block_on(push::upload(&bundle, &fleet, &token, Duration::from_secs(600)))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entry)?);
+                outln!("{}", serde_json::to_string_pretty(&entry)?);
             } else {
-                println!(
+                outln!(
                     "{fleet} has {} {} (digest {}, signed by {})",
                     entry["name"].as_str().unwrap_or("?"),
                     entry["version"].as_str().unwrap_or("?"),
@@ -1538,15 +1556,15 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let token = auth::read_token(&token_file)?;
             let list = rt.block_on(push::catalog(&fleet, &token, timeout))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 let bundles = list["bundles"].as_array().cloned().unwrap_or_default();
                 if bundles.is_empty() {
-                    println!("the catalog of {fleet} is empty");
+                    outln!("the catalog of {fleet} is empty");
                 }
                 for b in bundles {
                     let p = &b["provenance"];
-                    println!(
+                    outln!(
                         "{} {}  {}  from {} ({}{})  {} bytes",
                         b["name"].as_str().unwrap_or("?"),
                         b["version"].as_str().unwrap_or("?"),
@@ -1563,16 +1581,16 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let registry = push::Robots::load(&robots)?;
             let list = rt.block_on(push::status(&registry, Duration::from_secs(10)));
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("| robot | url | running | installed |");
-                println!("|---|---|---|---|");
+                outln!("| robot | url | running | installed |");
+                outln!("|---|---|---|---|");
                 for s in &list {
                     let installed = match &s.error {
                         Some(e) => format!("unreachable: {e}"),
                         None => s.installed.join(", "),
                     };
-                    println!(
+                    outln!(
                         "| {} | {} | {} | {} |",
                         s.robot,
                         s.url,
@@ -1625,7 +1643,7 @@ fn robot_change(r: skillgraft::fleet::client::Reply) -> Result<(), Box<dyn std::
         return Err(Box::new(Rejected(format!("refused ({}): {}", r.status.as_u16(), r.error()))));
     }
     let e = &r.body["installed"];
-    println!(
+    outln!(
         "{}: active {}, previous {}; running {}",
         e["name"].as_str().unwrap_or("?"),
         e["state"]["active"].as_str().unwrap_or("?"),
@@ -1641,10 +1659,11 @@ fn robot_change(r: skillgraft::fleet::client::Reply) -> Result<(), Box<dyn std::
 /// The skill store commands.
 fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::skill::store::{Entry, Store};
-    let show = |e: &Entry| {
+    let show = |e: &Entry| -> Result<(), Box<dyn std::error::Error>> {
         let versions: Vec<String> = e.versions.iter().map(|v| v.to_string()).collect();
         let previous = e.state.previous.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".into());
-        println!("{}: active {}, previous {previous}, installed {}", e.name, e.state.active, versions.join(", "));
+        outln!("{}: active {}, previous {previous}, installed {}", e.name, e.state.active, versions.join(", "));
+        Ok(())
     };
     match cmd {
         StoreCommand::Install { bundle, store, trust, max_mib, worker_mib } => {
@@ -1652,28 +1671,30 @@ fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
             let limits = skillgraft::skill::bundle::Limits::mib(max_mib);
             let mut sandbox = skillgraft::skill::sandbox::Sandbox::current(max_mib)?;
             sandbox.memory_mib = worker_mib.unwrap_or(sandbox.memory_mib);
-            show(&Store::open(&store)?.sandboxed(sandbox).install(&bundle, &trusted, limits)?);
+            show(&Store::open(&store)?.sandboxed(sandbox).install(&bundle, &trusted, limits)?)?;
         }
         StoreCommand::Identify { store, robot, fleet } => {
             let identity = skillgraft::skill::store::Identity { robot, fleet };
             Store::open(&store)?.identify(&identity)?;
             match &identity.fleet {
-                Some(f) => println!("this robot is {} of fleet {f}", identity.robot),
-                None => println!("this robot is {}", identity.robot),
+                Some(f) => outln!("this robot is {} of fleet {f}", identity.robot),
+                None => outln!("this robot is {}", identity.robot),
             }
         }
         StoreCommand::List { store, json } => {
             let list = Store::open(&store)?.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
-                println!("no skills installed in {}", store.display());
+                outln!("no skills installed in {}", store.display());
             } else {
-                list.iter().for_each(show);
+                for e in &list {
+                    show(e)?;
+                }
             }
         }
-        StoreCommand::Activate { name, version, store } => show(&Store::open(&store)?.activate(&name, &version)?),
-        StoreCommand::Rollback { name, store } => show(&Store::open(&store)?.rollback(&name)?),
+        StoreCommand::Activate { name, version, store } => show(&Store::open(&store)?.activate(&name, &version)?)?,
+        StoreCommand::Rollback { name, store } => show(&Store::open(&store)?.rollback(&name)?)?,
     }
     Ok(())
 }
@@ -1723,7 +1744,7 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
             link: link.clone(),
         })?;
         // The path alone on stdout, for scripts; the rest on stderr.
-        println!("{}", mcu.path().display());
+        outln!("{}", mcu.path().display());
         let via = link.map(|l| format!(" (and {})", l.display())).unwrap_or_default();
         eprintln!(
             "simulated controller, {joints} joints, on {}{via}: `skillgraft bridge --port {}`; Ctrl-C to stop",
@@ -1922,11 +1943,11 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
         EpisodesCommand::List { dir, json } => {
             let rows = summary::list(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
-                println!("no episodes in {}", dir.display());
+                outln!("no episodes in {}", dir.display());
             } else {
-                print!("{}", summary::table(&rows));
+                out!("{}", summary::table(&rows));
             }
         }
         EpisodesCommand::Show { file, skill, json } => {
@@ -1952,7 +1973,7 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 out.push('\n');
             }
-            print!("{out}");
+            out!("{out}");
             eprintln!("{} samples ({} actions dropped for a stale observation)", ep.samples.len(), ep.stale);
         }
         EpisodesCommand::Recover { dir } => {
@@ -1961,11 +1982,11 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
                 .filter(|p| p.to_string_lossy().ends_with(episode::PART_SUFFIX))
                 .collect();
             if parts.is_empty() {
-                println!("no unfinished episodes in {}", dir.display());
+                outln!("no unfinished episodes in {}", dir.display());
             }
             for p in parts {
                 let r = episode::recover(&p)?;
-                println!(
+                outln!(
                     "recovered {} -> {}: kept {} messages, dropped {} bytes of the unfinished last chunk",
                     r.from.display(),
                     r.to.display(),
@@ -1980,9 +2001,9 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
 
 fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{report}");
+        out!("{report}");
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn scored(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
 /// Runs the demo; `progress` hears each step.
 pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
     let started = Instant::now();
-    let robot = skillgraft::sim::robot(&opts.robot)?;
+    let robot = skillgraft::sim::robot(&opts.robot).map_err(|e| e.to_string())?;
     let skill = Skill::load(&opts.skill).map_err(|e| e.to_string())?;
     let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
     let id = |name: &str| NodeIdentity { name: name.into(), namespace: "/".into() };
@@ -222,6 +222,7 @@ impl DemoReport {
         let top = self.before.iter().chain(&self.after).fold(SUCCESS_M, |m, v| m.max(*v)) * 100.0 * 1.2;
         let title = format!("{} on {}: {} demonstrations", self.skill, self.robot, self.demos);
         skillgraft::adapt::plot::curves(&[(title, series)], stem, "reach", "final distance to the target (cm)", top)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -121,8 +121,8 @@ pub enum AdaptError {
     #[error("adaptation cancelled: the node is stopping")]
     Cancelled,
     /// The device asked for cannot be used.
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
     /// Training failed on its device.
     #[error("fine-tuning failed on the device: {0}")]
     Compute(#[from] ComputeError),
@@ -413,8 +413,7 @@ pub fn adapt(
     let backend = match opts.method {
         Method::Ridge => Backend::select(Device::Cpu, threads.clone()),
         Method::Finetune { .. } => Backend::select(opts.device, threads.clone()),
-    }
-    .map_err(AdaptError::Device)?;
+    }?;
     let t0 = Instant::now();
     progress.phase("features", used.len() as u64);
     let owned: Vec<Episode> = used.iter().map(|e| (*e).clone()).collect();

@@ -36,7 +36,7 @@ fn digest(token: &str) -> [u8; 32] {
 fn lines(path: &Path) -> Result<Vec<String>, FleetError> {
     let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
     // A token others can read is a token others can use.
-    crate::skill::bundle::check_mode(path, true).map_err(FleetError::Config)?;
+    crate::skill::bundle::check_mode(path, true).map_err(|e| FleetError::Config(e.to_string()))?;
     let tokens: Vec<String> =
         text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     for t in &tokens {

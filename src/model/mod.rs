@@ -168,7 +168,7 @@ impl Model {
         let head = Head::discover(&ix, output, features).map_err(|e| ModelError::Head {
             path: path.clone(),
             features: features.to_string(),
-            problem: e.0,
+            problem: e.to_string(),
         })?;
         let input_shape = input_shape(&file, declared_shape(feed))?;
         let control = ControlPlan::build(&file, &input_shape, output)?;

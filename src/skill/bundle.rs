@@ -107,21 +107,38 @@ pub fn key_id(key: &VerifyingKey) -> String {
 
 /// Refuses a file others could read (`private`) or change: a secret key or token file must be
 /// its owner's alone, and a trusted key file must not be writable by others, who could add keys.
-pub fn check_mode(path: &Path, private: bool) -> Result<(), String> {
+pub fn check_mode(path: &Path, private: bool) -> Result<(), ModeError> {
     use std::os::unix::fs::PermissionsExt;
-    let mode =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.permissions().mode();
-    let (mask, fix) = if private { (0o077, "chmod 600") } else { (0o022, "chmod go-w") };
+    let mode = std::fs::metadata(path).map_err(FileError::at("read", path))?.permissions().mode();
+    let mask = if private { 0o077 } else { 0o022 };
     if mode & mask != 0 {
-        return Err(format!(
-            "{} has mode {:o}: {}; `{fix} {}`",
-            path.display(),
-            mode & 0o777,
-            if private { "others can read it" } else { "others can change it" },
-            path.display()
-        ));
+        return Err(ModeError::Open { path: path.to_path_buf(), mode: mode & 0o777, private });
     }
     Ok(())
+}
+
+/// A key or token file others can read or change.
+#[derive(Debug, thiserror::Error)]
+pub enum ModeError {
+    /// Its mode could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Others can read it (`private`) or change it.
+    #[error(
+        "{} has mode {mode:o}: {}; `{} {}`",
+        path.display(),
+        if *private { "others can read it" } else { "others can change it" },
+        if *private { "chmod 600" } else { "chmod go-w" },
+        path.display()
+    )]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Whether others may not even read it.
+        private: bool,
+    },
 }
 
 /// Makes a new signing key and writes `stem.key` (the secret, readable by its owner only) and
@@ -170,7 +187,7 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, BundleError> {
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| bad("the secret key is not 32 base64 bytes"))?;
-    check_mode(path, true).map_err(|e| bad(&e))?;
+    check_mode(path, true).map_err(|e| bad(&e.to_string()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -187,7 +204,7 @@ pub fn read_trusted(paths: &[PathBuf]) -> Result<Vec<VerifyingKey>, BundleError>
     let mut keys = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
-        check_mode(path, false).map_err(|problem| BundleError::Key { path: path.clone(), problem })?;
+        check_mode(path, false).map_err(|e| BundleError::Key { path: path.clone(), problem: e.to_string() })?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -268,17 +285,21 @@ pub struct Downgrade {
 impl Contents {
     /// Whether this bundle may be installed over a newer version on the robot `robot` of the
     /// fleet `fleet` at `now`; Err says why not.
-    pub fn downgrade_for(&self, robot: &str, fleet: Option<&str>, now: std::time::SystemTime) -> Result<(), String> {
+    pub fn downgrade_for(
+        &self,
+        robot: &str,
+        fleet: Option<&str>,
+        now: std::time::SystemTime,
+    ) -> Result<(), DowngradeError> {
         if !self.downgrade {
-            return Err("it is not signed as a downgrade".into());
+            return Err(DowngradeError::NotSigned);
         }
         let Some(expires) = &self.expires else {
-            return Err("it is a downgrade bundle without an expiry; re-pack it with --for and --expires-in".into());
+            return Err(DowngradeError::NoExpiry);
         };
-        let at =
-            humantime::parse_rfc3339(expires).map_err(|_| format!("its expiry {} is not a date", shown(expires)))?;
+        let at = humantime::parse_rfc3339(expires).map_err(|_| DowngradeError::BadExpiry(shown(expires)))?;
         if self.targets.is_empty() {
-            return Err("it is a downgrade bundle that names no robot; re-pack it with --for and --expires-in".into());
+            return Err(DowngradeError::NoTargets);
         }
         if !self.targets.iter().any(|t| t == robot || Some(t.as_str()) == fleet) {
             let here = match fleet {
@@ -286,13 +307,41 @@ impl Contents {
                 None => format!("robot {robot:?}"),
             };
             let list: Vec<String> = self.targets.iter().map(|t| shown(t)).collect();
-            return Err(format!("the downgrade is for {}, not for this {here}", list.join(", ")));
+            return Err(DowngradeError::NotHere { targets: list.join(", "), here });
         }
         if now > at {
-            return Err(format!("the downgrade expired at {expires}"));
+            return Err(DowngradeError::Expired(expires.clone()));
         }
         Ok(())
     }
+}
+
+/// Why a bundle may not be installed over a newer version here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DowngradeError {
+    /// It is an ordinary bundle.
+    #[error("it is not signed as a downgrade")]
+    NotSigned,
+    /// A downgrade without an expiry.
+    #[error("it is a downgrade bundle without an expiry; re-pack it with --for and --expires-in")]
+    NoExpiry,
+    /// The expiry does not parse (shown escaped).
+    #[error("its expiry {0} is not a date")]
+    BadExpiry(String),
+    /// A downgrade for nobody.
+    #[error("it is a downgrade bundle that names no robot; re-pack it with --for and --expires-in")]
+    NoTargets,
+    /// For other robots.
+    #[error("the downgrade is for {targets}, not for this {here}")]
+    NotHere {
+        /// The robots and fleets it names, escaped.
+        targets: String,
+        /// This robot (and fleet).
+        here: String,
+    },
+    /// Past its expiry.
+    #[error("the downgrade expired at {0}")]
+    Expired(String),
 }
 
 /// Packs the skill folder `dir` into `out`, signed with `key`; `downgrade` lets the robots it
@@ -919,7 +968,7 @@ mod tests {
             (contents(true, &["arm-1"], Some("soon")), "is not a date"),
         ];
         for (c, want) in cases {
-            let e = c.downgrade_for("arm-1", None, now).unwrap_err();
+            let e = c.downgrade_for("arm-1", None, now).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
     }

@@ -221,17 +221,24 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, SkillError> {
 impl Skill {
     /// Runs one inference on the mean observation: the output must be finite. An install runs
     /// it before anything is committed.
-    pub fn smoke_test(&mut self) -> Result<(), String> {
+    pub fn smoke_test(&mut self) -> Result<(), SmokeError> {
         let m = &self.manifest;
         let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
         let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
-        let (_, action) = self.step(&obs).map_err(|e| format!("the smoke inference failed: {e}"))?;
-        if action.iter().all(|v| v.is_finite()) {
-            Ok(())
-        } else {
-            Err("the smoke inference gave values that are not finite".into())
-        }
+        let (_, action) = self.step(&obs).map_err(|e| SmokeError::Failed(Box::new(e)))?;
+        if action.iter().all(|v| v.is_finite()) { Ok(()) } else { Err(SmokeError::NotFinite) }
     }
+}
+
+/// Why a skill failed its smoke inference.
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    /// The inference itself failed.
+    #[error("the smoke inference failed: {0}")]
+    Failed(#[source] Box<SkillError>),
+    /// It gave NaN or infinite values.
+    #[error("the smoke inference gave values that are not finite")]
+    NotFinite,
 }
 
 /// The digest of a set of named files: SHA-256 over, for each file in the order given, its name,

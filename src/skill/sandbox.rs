@@ -261,6 +261,6 @@ pub fn worker_main(args: &WorkerArgs) -> i32 {
 fn check(args: &WorkerArgs) -> Result<Verified, BundleError> {
     let trusted: Vec<VerifyingKey> = args.keys.iter().filter_map(|k| bundle::parse_key(k)).collect();
     let (v, mut skill) = bundle::unpack_loaded(&args.bundle, &trusted, &args.dest, args.limits)?;
-    skill.smoke_test().map_err(|problem| BundleError::Rejected { path: args.bundle.clone(), problem })?;
+    skill.smoke_test().map_err(|e| BundleError::Rejected { path: args.bundle.clone(), problem: e.to_string() })?;
     Ok(v)
 }

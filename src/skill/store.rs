@@ -40,6 +40,10 @@ pub enum StoreError {
     Refused(String),
 }
 
+/// What the caller checks before an install commits: the manifest, and whether the bundle is a
+/// downgrade valid here; its error (the node's reason, say) refuses the install.
+pub type Check<'a> = dyn Fn(&Manifest, bool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + 'a;
+
 /// Which version of a skill runs, and which ran before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,7 +277,7 @@ impl Store {
         bundle: &Path,
         trusted: &[VerifyingKey],
         limits: Limits,
-        check: &dyn Fn(&Manifest, bool) -> Result<(), String>,
+        check: &Check<'_>,
     ) -> Result<Entry, StoreError> {
         let _one = self.lock()?;
         let scratch = self.scratch("install");
@@ -300,7 +304,7 @@ impl Store {
                 let (v, mut skill) = bundle::unpack_loaded(bundle_path, trusted, scratch, limits)?;
                 skill
                     .smoke_test()
-                    .map_err(|problem| BundleError::Rejected { path: bundle_path.to_path_buf(), problem })?;
+                    .map_err(|e| BundleError::Rejected { path: bundle_path.to_path_buf(), problem: e.to_string() })?;
                 Ok((v, skill.manifest))
             }
         }
@@ -312,7 +316,7 @@ impl Store {
         trusted: &[VerifyingKey],
         limits: Limits,
         scratch: &Path,
-        check: &dyn Fn(&Manifest, bool) -> Result<(), String>,
+        check: &Check<'_>,
     ) -> Result<Entry, StoreError> {
         let (v, manifest) = self.unpack_checked(bundle_path, trusted, limits, scratch)?;
         kill_point("unpacked");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use skillgraft::adapt::finetune::Settings;
-use skillgraft::adapt::{self, Method, Options, Progress};
+use skillgraft::adapt::{self, Options, Progress};
 use skillgraft::skill::{self, Skill, inspect};
 
 /// Writes to stdout like `print!`, but returns a closed stdout as an error (`print!` panics).
@@ -74,58 +74,20 @@ enum Command {
         /// Episode files, or folders of them (at least 2 episodes).
         #[arg(required = true)]
         episodes: Vec<PathBuf>,
-        /// ridge: closed-form re-fit of the last layer; finetune: AdamW on the last --layers layers.
-        #[arg(long, value_enum, default_value = "ridge")]
-        method: MethodArg,
-        /// finetune: layers trained, counted from the output (default: the whole head).
-        #[arg(long)]
-        layers: Option<usize>,
+        #[command(flatten)]
+        how: adapt::args::MethodArgs,
         /// Folder of the adapted skill (default: next to the source, named NAME-VERSION).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Version of the adapted skill (default: the source's with the minor number raised).
         #[arg(long)]
         version: Option<semver::Version>,
-        /// Fraction by which the held-out error must fall for the skill to be accepted.
-        #[arg(long, default_value_t = 0.05)]
-        margin: f64,
-        /// Most folds of the held-out evaluation (whole episodes per fold).
-        #[arg(long, default_value_t = 5)]
-        folds: usize,
-        /// finetune: most epochs.
-        #[arg(long, default_value_t = 50)]
-        epochs: usize,
-        /// finetune: samples per mini-batch.
-        #[arg(long, default_value_t = 256)]
-        batch: usize,
-        /// finetune: AdamW learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// finetune: pull toward the source weights (L2-SP, decoupled like AdamW's decay).
-        #[arg(long, default_value_t = 1e-2)]
-        pull: f64,
-        /// finetune: epochs without a better held-out loss before stopping.
-        #[arg(long, default_value_t = 5)]
-        patience: usize,
-        /// finetune: seed of the batch order (the same seed and --threads, the same result).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// finetune: start the last layer from the source's weights rather than the ridge fit.
-        #[arg(long)]
-        no_ridge_init: bool,
         /// Folder of cached backbone features (default: .features in the first episodes folder).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Do not read or write cached features.
         #[arg(long, conflicts_with = "cache")]
         no_cache: bool,
-        /// Threads for the fitting (default: every core).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-        threads: Option<u16>,
-        /// finetune: auto (the GPU when this build has the `cuda` feature and CUDA works, else
-        /// the CPU), cpu or cuda. Ridge always runs on the CPU.
-        #[arg(long, default_value = "auto")]
-        device: adapt::device::Device,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -403,12 +365,6 @@ enum ModeArg {
     Position,
     Velocity,
     Effort,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum MethodArg {
-    Ridge,
-    Finetune,
 }
 
 #[derive(Subcommand)]
@@ -1001,40 +957,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Adapt {
-            skill,
-            episodes,
-            method,
-            layers,
-            out,
-            version,
-            margin,
-            folds,
-            epochs,
-            batch,
-            lr,
-            pull,
-            patience,
-            seed,
-            no_ridge_init,
-            cache,
-            no_cache,
-            threads,
-            device,
-            json,
-        } => {
-            let method = match method {
-                MethodArg::Ridge => {
-                    if layers.is_some() {
-                        return Err("--layers applies to --method finetune; ridge re-fits the last layer".into());
-                    }
-                    Method::Ridge
-                }
-                MethodArg::Finetune => {
-                    let settings = Settings { epochs, batch, lr, pull, patience, seed };
-                    Method::Finetune { layers, settings, ridge_init: !no_ridge_init }
-                }
-            };
+        Command::Adapt { skill, episodes, how, out, version, cache, no_cache, json } => {
             let cache = match (cache, no_cache) {
                 (_, true) => None,
                 (Some(c), false) => Some(c),
@@ -1043,9 +966,8 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     dir.join(".features")
                 }),
             };
-            let threads =
-                threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-            let opts = Options { method, margin, folds, cache, threads, device };
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            let opts = how.options(threads, adapt::device::Device::Auto, cache)?;
             adapt_cli(&skill, &episodes, &opts, out, version, json)
         }
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),

@@ -6,6 +6,7 @@
 //! episodes (choosing λ, or the early-stopping epoch, from those alone) and predicts the held-out
 //! one; the exported skill is then fitted on every episode.
 
+pub mod args;
 pub mod compute;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -128,26 +128,14 @@ enum Command {
     Store(StoreCommand),
     /// The robot's HTTP inbox on its own, without a node (the node runs it with `store_dir`).
     Inbox {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
-        /// Files of trusted public keys (.pub).
-        #[arg(long, required = true)]
-        trust: Vec<PathBuf>,
-        /// File of accepted bearer tokens (`keys token FILE`).
-        #[arg(long)]
-        tokens: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = skillgraft::fleet::inbox::DEFAULT_LISTEN)]
         listen: String,
-        /// Largest bundle, and largest unpacked skill, in MiB.
-        #[arg(long, default_value_t = 512)]
-        max_mib: u64,
+        #[command(flatten)]
+        intake: Intake,
         /// Memory cap of the worker that checks each bundle, MiB (default: 1024 + 4 x --max-mib).
         #[arg(long)]
         worker_mib: Option<u64>,
-        #[command(flatten)]
-        http: HttpArgs,
     },
     /// The worker that checks one bundle for an inbox, a store or a fleet server, under the
     /// limits its parent set (see skill::sandbox); not for people.
@@ -424,23 +412,11 @@ enum KeysCommand {
 enum FleetCommand {
     /// Serve the catalog of bundles and the robot registry (DIR/robots.toml) over HTTP.
     Serve {
-        /// The fleet folder.
-        #[arg(long)]
-        store: PathBuf,
-        /// Files of public keys whose bundles the catalog takes (the fleet's and its robots').
-        #[arg(long, required = true)]
-        trust: Vec<PathBuf>,
-        /// File of accepted bearer tokens.
-        #[arg(long)]
-        tokens: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = skillgraft::fleet::server::DEFAULT_LISTEN)]
         listen: String,
-        /// Largest bundle, MiB.
-        #[arg(long, default_value_t = 512)]
-        max_mib: u64,
         #[command(flatten)]
-        http: HttpArgs,
+        intake: Intake,
     },
     /// Push a bundle to every robot of a registry at once; prints one line per robot.
     Push {
@@ -562,6 +538,26 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What the robot's inbox and the fleet server take in: where bundles go, whose they take, from
+/// whom, how large.
+#[derive(clap::Args, Debug, Clone)]
+struct Intake {
+    /// The store folder (the robot's skill store, or the fleet's catalog folder).
+    #[arg(long)]
+    store: PathBuf,
+    /// Files of trusted public keys (.pub): the fleet's, and for the fleet server its robots'.
+    #[arg(long, required = true)]
+    trust: Vec<PathBuf>,
+    /// File of accepted bearer tokens (`keys token FILE`).
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Largest bundle (and, on a robot, largest unpacked skill), MiB.
+    #[arg(long, default_value_t = 512)]
+    max_mib: u64,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// What an HTTP server allows each client (inbox and fleet server).
@@ -885,6 +881,10 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rustdds=off,ros2_client=error")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if cli.command.on_this_host() {
+        // SAFETY: set before any thread is started.
+        unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader has what it wanted (`skillgraft inspect SKILL | head -1`).
@@ -896,6 +896,22 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// The benchmarks and the demo run a node and its peers on this host: their DDS traffic
+    /// stays on it.
+    fn on_this_host(&self) -> bool {
+        match self {
+            #[cfg(feature = "dds")]
+            Command::Demo { .. }
+            | Command::Bench(
+                BenchCommand::Record { .. } | BenchCommand::InboxAttack { .. } | BenchCommand::Control { .. },
+            ) => true,
+            Command::Bench(BenchCommand::Adapt { .. }) => cfg!(feature = "dds"),
+            _ => false,
         }
     }
 }
@@ -991,12 +1007,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 _ => Err("the bundle check worker could not write its answer".into()),
             }
         }
-        Command::Inbox { store, trust, tokens, listen, max_mib, worker_mib, http } => {
+        Command::Inbox { listen, intake: Intake { store, trust, tokens, max_mib, http }, worker_mib } => {
             let limits = skillgraft::fleet::inbox::InboxLimits { http: http.limits()?, worker_mib };
-            let (tx, rx) = std::sync::mpsc::channel();
-            ctrlc::set_handler(move || {
-                let _ = tx.send(());
-            })?;
+            let rx = interrupted()?;
             let settings = skillgraft::fleet::inbox::InboxSettings { listen, store, trust, tokens, max_mib };
             let inbox = skillgraft::fleet::inbox::Inbox::start_with(&settings, &limits, None)?;
             eprintln!(
@@ -1095,18 +1108,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             device,
         } => {
             let name = name.unwrap_or_else(|| out.file_name().unwrap_or_default().to_string_lossy().into_owned());
-            let template = match (robot, like) {
-                (Some(r), _) => {
-                    let r = skillgraft::sim::robot(&r)?;
-                    skillgraft::sim::episodes::manifest(&name, &r.name, &skillgraft::sim::episodes::Scaling::identity())
-                }
-                (None, Some(like)) => {
-                    let mut m = skillgraft::skill::Skill::load(&like)?.manifest;
-                    m.name = name.clone();
-                    m
-                }
-                (None, None) => return Err("say what the skill drives: --robot SIM_ROBOT or --like SKILL".into()),
-            };
+            let template = skillgraft::sim::episodes::template(robot.as_deref(), like.as_deref(), &name)?;
             let eps = skillgraft::record::dataset::load(&episodes, &template)?;
             let settings = Settings { epochs, batch, lr, pull: 0.0, patience, seed };
             let opts = skillgraft::adapt::train::TrainOptions {
@@ -1134,8 +1136,6 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::Record { skill, seconds, observation_reliability, json }) => {
-            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
-            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
             let report = bench::record::record(&skill, &dir, seconds, &observation_reliability);
             let _ = std::fs::remove_dir_all(&dir);
@@ -1144,16 +1144,12 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "dds")]
         #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::InboxAttack { skill, rate_hz, big_mib, json }) => {
-            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
-            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
             let report = bench::inbox_attack::inbox_attack(&skill, rate_hz, big_mib, &dir);
             let _ = std::fs::remove_dir_all(&dir);
             print(&report?, json)
         }
         Command::Bench(BenchCommand::Control { skill, rates, seconds, rt_priority, json }) => {
-            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
-            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let report = bench::control::control(&skill, &rates, seconds, rt_priority)?;
             print(&report, json)
         }
@@ -1177,11 +1173,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let rows = bench::adapt::compute(&python, threads, repeats, rows as usize, &dir);
             #[cfg(feature = "dds")]
             let latency = match rows.is_ok() && seconds > 0.0 {
-                true => {
-                    // SAFETY: set before the node's threads start; the bench keeps DDS on this host.
-                    unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
-                    Some(bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0))
-                }
+                true => Some(bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0)),
                 false => None,
             };
             let _ = std::fs::remove_dir_all(&dir);
@@ -1395,20 +1387,14 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
     };
     let timeout = Duration::from_secs(60);
     match cmd {
-        FleetCommand::Serve { store, trust, tokens, listen, max_mib, http } => {
+        FleetCommand::Serve { listen, intake: Intake { store, trust, tokens, max_mib, http } } => {
             let http = http.limits()?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let tx = std::sync::Mutex::new(Some(tx));
-            ctrlc::set_handler(move || {
-                if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
-                    let _ = tx.send(());
-                }
-            })?;
+            let rx = interrupted()?;
             let settings = server::ServerSettings { store, listen, trust, tokens, max_mib, http };
             rt.block_on(server::serve(
                 &settings,
                 async {
-                    let _ = rx.await;
+                    let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
                 },
                 |addr| {
                     eprintln!(
@@ -1630,10 +1616,7 @@ fn connect(
 
 /// Runs a simulated arm as a node until Ctrl-C.
 fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let rx = interrupted()?;
     let robot = skillgraft::sim::robot(robot)?;
     let args = skillgraft::ros::args::RosArgs::parse(ros_args, &[], "sim")?;
     let transport = connect(&args)?;
@@ -1653,10 +1636,7 @@ fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn s
 /// `skillgraft bridge` and `skillgraft bridge sim-mcu`, until Ctrl-C.
 fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
     use firmware_bridge::protocol::Mode;
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let rx = interrupted()?;
     if let Some(BridgeSub::SimMcu { joints, link, watchdog_ms, feedback_ms }) = cli.sim {
         let mcu = firmware_bridge::sim::SimMcu::start(firmware_bridge::sim::SimOptions {
             joints,
@@ -1779,8 +1759,6 @@ fn demo(
     keep: Option<PathBuf>,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: set before any thread is started; the demo keeps DDS on this host.
-    unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
     let dir = match &keep {
         Some(k) => {
             std::fs::create_dir_all(k)?;
@@ -1820,6 +1798,16 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Ctrl-C or SIGTERM (ctrlc's `termination` feature), as a channel that receives once per
+/// signal; set up before the work starts, so a signal during start-up still stops it cleanly.
+fn interrupted() -> Result<std::sync::mpsc::Receiver<()>, ctrlc::Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    Ok(rx)
+}
+
 /// Runs the node until Ctrl-C or SIGTERM.
 fn serve(
     skill: &std::path::Path,
@@ -1829,10 +1817,7 @@ fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     // The handler goes in first: a signal that arrives while the node starts must still stop
     // it cleanly (and finish an episode being recorded).
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let rx = interrupted()?;
     let (node, summary) = skillgraft::node::launch(skill, params_file, ros_args, policy)?;
     eprintln!("skillgraft: {summary}; Ctrl-C to stop");
     let _ = rx.recv();
@@ -1880,22 +1865,7 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
             let m = episode_skill(&file, skill)?
                 .ok_or("this episode names no skill folder that exists here; give one with --skill DIR")?;
             let ep = dataset::load_episode(&file, &m)?;
-            let mut out = String::from("t");
-            let labels =
-                m.input_labels().into_iter().chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
-            for l in labels {
-                out.push(',');
-                out.push_str(&l.replace(',', ";"));
-            }
-            out.push('\n');
-            for s in &ep.samples {
-                out.push_str(&format!("{:.6}", s.t));
-                for v in s.raw_observation.iter().chain(&s.raw_action) {
-                    out.push_str(&format!(",{v}"));
-                }
-                out.push('\n');
-            }
-            out!("{out}");
+            out!("{}", dataset::csv(&ep, &m));
             eprintln!("{} samples ({} actions dropped for a stale observation)", ep.samples.len(), ep.stale);
         }
         EpisodesCommand::Recover { dir } => {

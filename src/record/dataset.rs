@@ -128,6 +128,27 @@ enum Role {
     Action,
 }
 
+/// The episode's training samples as CSV in robot units: a header of `t`, the input labels and
+/// `action:` labels (a comma in a label becomes `;`), then one row per sample.
+pub fn csv(episode: &Episode, m: &Manifest) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("t");
+    let labels = m.input_labels().into_iter().chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
+    for l in labels {
+        out.push(',');
+        out.push_str(&l.replace(',', ";"));
+    }
+    out.push('\n');
+    for s in &episode.samples {
+        let _ = write!(out, "{:.6}", s.t);
+        for v in s.raw_observation.iter().chain(&s.raw_action) {
+            let _ = write!(out, ",{v}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Reads one episode into samples for the skill `m`.
 pub fn load_episode(path: &Path, m: &Manifest) -> Result<Episode, DatasetError> {
     pair(episode::read(path)?, m)

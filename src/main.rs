@@ -1453,10 +1453,10 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 outln!(
                     "{fleet} has {} {} (digest {}, signed by {})",
-                    entry["name"].as_str().unwrap_or("?"),
-                    entry["version"].as_str().unwrap_or("?"),
-                    entry["digest"].as_str().unwrap_or("?"),
-                    entry["signer"].as_str().unwrap_or("?")
+                    entry.name,
+                    entry.version,
+                    entry.digest,
+                    entry.signer
                 );
             }
         }
@@ -1465,24 +1465,10 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let list = rt.block_on(push::catalog(&fleet, &token, timeout))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.bundles.is_empty() {
+                outln!("the catalog of {fleet} is empty");
             } else {
-                let bundles = list["bundles"].as_array().cloned().unwrap_or_default();
-                if bundles.is_empty() {
-                    outln!("the catalog of {fleet} is empty");
-                }
-                for b in bundles {
-                    let p = &b["provenance"];
-                    outln!(
-                        "{} {}  {}  from {} ({}{})  {} bytes",
-                        b["name"].as_str().unwrap_or("?"),
-                        b["version"].as_str().unwrap_or("?"),
-                        b["digest"].as_str().unwrap_or("?"),
-                        p["source_robot"].as_str().unwrap_or("?"),
-                        p["method"].as_str().unwrap_or("?"),
-                        p["parent"].as_str().map(|x| format!(", parent {x}")).unwrap_or_default(),
-                        b["bytes"]
-                    );
-                }
+                out!("{list}");
             }
         }
         FleetCommand::Status { robots, json } => {
@@ -1510,58 +1496,28 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
         }
         FleetCommand::Activate { robot, name, version, robots } => {
             let registry = push::Robots::load(&robots)?;
-            let r = find_robot(&registry, &robot)?;
-            let body = skillgraft::fleet::client::Upload::Json(serde_json::json!({ "version": version.to_string() }));
-            robot_change(rt.block_on(push::ask(
-                r,
-                hyper::Method::POST,
-                &format!("/skills/{name}/activate"),
-                body,
-                timeout,
-            ))?)?;
+            changed(rt.block_on(push::change(registry.find(&robot)?, &name, Some(&version), timeout)))?;
         }
         FleetCommand::Rollback { robot, name, robots } => {
             let registry = push::Robots::load(&robots)?;
-            let r = find_robot(&registry, &robot)?;
-            let empty = skillgraft::fleet::client::Upload::Empty;
-            robot_change(rt.block_on(push::ask(
-                r,
-                hyper::Method::POST,
-                &format!("/skills/{name}/rollback"),
-                empty,
-                timeout,
-            ))?)?;
+            changed(rt.block_on(push::change(registry.find(&robot)?, &name, None, timeout)))?;
         }
     }
     Ok(())
 }
 
-fn find_robot<'a>(
-    registry: &'a skillgraft::fleet::push::Robots,
-    name: &str,
-) -> Result<&'a skillgraft::fleet::push::Robot, String> {
-    registry.robots.iter().find(|r| r.name == name).ok_or_else(|| {
-        let names: Vec<&str> = registry.robots.iter().map(|r| r.name.as_str()).collect();
-        format!("no robot {name:?} in the registry; it lists {}", names.join(", "))
-    })
-}
-
-fn robot_change(r: skillgraft::fleet::client::Reply) -> Result<(), Box<dyn std::error::Error>> {
-    if !r.status.is_success() {
-        return Err(Box::new(Rejected(format!("refused ({}): {}", r.status.as_u16(), r.error()))));
-    }
-    let e = &r.body["installed"];
-    outln!(
-        "{}: active {}, previous {}; running {}",
-        e["name"].as_str().unwrap_or("?"),
-        e["state"]["active"].as_str().unwrap_or("?"),
-        e["state"]["previous"].as_str().unwrap_or("none"),
-        match (r.body["running"]["name"].as_str(), r.body["running"]["version"].as_str()) {
-            (Some(n), Some(v)) => format!("{n} {v}"),
-            _ => "no node".into(),
+/// Prints a robot's answer to an activation or rollback; a refusal exits with 3.
+fn changed(
+    r: Result<skillgraft::fleet::push::Changed, skillgraft::fleet::FleetError>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match r {
+        Ok(c) => {
+            outln!("{c}");
+            Ok(())
         }
-    );
-    Ok(())
+        Err(e @ skillgraft::fleet::FleetError::Refused { .. }) => Err(Box::new(Rejected(e.to_string()))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The skill store commands.

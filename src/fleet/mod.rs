@@ -30,4 +30,12 @@ pub enum FleetError {
     /// A remote refused or failed the request.
     #[error("{0}")]
     Remote(String),
+    /// A robot answered and refused the change; the message says why.
+    #[error("refused ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The robot's reason.
+        message: String,
+    },
 }

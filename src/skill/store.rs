@@ -69,7 +69,7 @@ pub struct Identity {
 }
 
 /// One installed skill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Skill name.
     pub name: String,

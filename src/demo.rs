@@ -143,24 +143,10 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
     let demo_tasks = skillgraft::sim::score::demo_tasks(0, opts.demos, robot.home);
     for (k, t) in demo_tasks.iter().enumerate() {
         progress(&format!("recording demonstration {} of {} (the expert teleoperates)", k + 1, demo_tasks.len()));
-        let written = node.recorder_status().map_or(0, |s| s.episodes_written);
         sim.reset(t);
-        let recording = || node.recorder_status().is_some_and(|s| s.state == "recording");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !recording() {
-            say(&mut control, &format!("start demo-{k}"))?;
-            std::thread::sleep(Duration::from_millis(100));
-            if Instant::now() > deadline {
-                return Err("the recorder did not start an episode within 10 s".into());
-            }
-        }
-        teleop.enable(true);
-        std::thread::sleep(Duration::from_secs_f64(reach_s));
-        teleop.enable(false);
-        say(&mut control, "stop")?;
-        wait(Duration::from_secs(10), "the episode being written", || {
-            node.recorder_status().is_some_and(|s| s.episodes_written > written)
-        })?;
+        let status = || node.recorder_status();
+        skillgraft::sim::teleop::demonstrate(&mut *control, &status, &teleop, &format!("demo-{k}"), reach_s)
+            .map_err(|e| e.to_string())?;
     }
 
     progress(&format!("adapting live: `{}` on ~/adapt", opts.request));

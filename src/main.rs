@@ -1086,7 +1086,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Sim { robot, seed, ros_args, .. } => sim_node(&robot, seed, &ros_args),
         #[cfg(feature = "dds")]
-        Command::Teleop { robot, episodes, node, sim, seconds } => teleop(&robot, episodes, &node, &sim, seconds),
+        Command::Teleop { robot, episodes, node, sim, seconds } => {
+            teleop(&skillgraft::sim::teleop::TeleopOptions { robot, episodes, node, sim, seconds })
+        }
         #[cfg(feature = "dds")]
         Command::Demo { skill, robot, demos, reaches, request, plot, keep, json } => {
             demo(skill, robot, demos, reaches, request, &plot, keep, json)
@@ -1672,33 +1674,10 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Records demonstrations of the simulated arm's expert through a running node.
 #[cfg(feature = "dds")]
-fn teleop(robot: &str, episodes: usize, node: &str, sim: &str, seconds: f64) -> Result<(), Box<dyn std::error::Error>> {
-    use skillgraft::msg::{RosMessage, StringMsg};
-    use skillgraft::ros::transport::Qos;
-    let robot = skillgraft::sim::robot(robot)?;
+fn teleop(opts: &skillgraft::sim::teleop::TeleopOptions) -> Result<(), Box<dyn std::error::Error>> {
     let args = skillgraft::ros::args::RosArgs::parse(&[], &[], "teleop")?;
-    let transport = connect(&args)?;
-    let expert = skillgraft::sim::node::Teleop::start(transport.clone(), &args, robot)?;
-    let mut control = transport.publisher(&format!("{node}/demo/control"), StringMsg::TYPE, Qos::RELIABLE)?;
-    let mut reset = transport.publisher(&format!("{sim}/reset"), StringMsg::TYPE, Qos::RELIABLE)?;
-    let say = |p: &mut Box<dyn skillgraft::ros::transport::RawPublisher>, text: &str| {
-        skillgraft::msg::cdr::encode(&StringMsg { data: text.into() })
-            .map_err(|e| e.to_string())
-            .and_then(|b| p.publish(&b).map_err(|e| e.to_string()))
-    };
-    // Discovery: reliable messages sent before the subscribers are matched are lost.
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    for k in 0..episodes {
-        say(&mut reset, "")?;
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        say(&mut control, &format!("start teleop-{k}"))?;
-        expert.enable(true);
-        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
-        expert.enable(false);
-        say(&mut control, "stop")?;
-        eprintln!("demonstration {} of {episodes} done", k + 1);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    let n = opts.episodes;
+    skillgraft::sim::teleop::teleop(connect(&args)?, &args, opts, &mut |k| eprintln!("demonstration {k} of {n} done"))?;
     Ok(())
 }
 

@@ -76,7 +76,7 @@ enum Event {
 }
 
 /// The recorder's state, as published on `~/demo/status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Status {
     /// `idle`, `recording` or `failed`.
     pub state: String,

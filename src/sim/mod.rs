@@ -7,6 +7,7 @@
 pub mod episodes;
 pub mod node;
 pub mod score;
+pub mod teleop;
 
 use nalgebra::{DMatrix, DVector};
 

@@ -1761,24 +1761,6 @@ fn serve(
     Ok(())
 }
 
-/// The skill an episode is paired for: the one given, or the folder it was recorded with.
-fn episode_skill(
-    file: &std::path::Path,
-    skill: Option<PathBuf>,
-) -> Result<Option<skillgraft::skill::manifest::Manifest>, Box<dyn std::error::Error>> {
-    let dir = match skill {
-        Some(d) => Some(d),
-        None => {
-            let f = skillgraft::record::episode::read(file)?;
-            f.metadata.get("skill_dir").map(PathBuf::from).filter(|d| d.join(skill::MANIFEST_FILE).is_file())
-        }
-    };
-    Ok(match dir {
-        Some(d) => Some(Skill::load(&d)?.manifest),
-        None => None,
-    })
-}
-
 fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::record::{dataset, episode, summary};
     match cmd {
@@ -1793,11 +1775,11 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         EpisodesCommand::Show { file, skill, json } => {
-            let m = episode_skill(&file, skill)?;
+            let m = dataset::paired_manifest(&file, skill.as_deref())?;
             print(&summary::summarise(&file, m.as_ref())?, json)?;
         }
         EpisodesCommand::Export { file, csv: _, skill } => {
-            let m = episode_skill(&file, skill)?
+            let m = dataset::paired_manifest(&file, skill.as_deref())?
                 .ok_or("this episode names no skill folder that exists here; give one with --skill DIR")?;
             let ep = dataset::load_episode(&file, &m)?;
             out!("{}", dataset::csv(&ep, &m));

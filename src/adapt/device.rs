@@ -162,8 +162,10 @@ mod tests {
                 #[cfg(not(feature = "cuda"))]
                 assert!(why.to_string().contains("--features cuda"), "{why}");
                 #[cfg(feature = "cuda")]
-                let why = why.to_string();
-                assert!(why.contains("CUDA") || why.contains("NVRTC") || why.contains("cuBLAS"), "{why}");
+                {
+                    let why = why.to_string();
+                    assert!(why.contains("CUDA") || why.contains("NVRTC") || why.contains("cuBLAS"), "{why}");
+                }
             }
         }
     }

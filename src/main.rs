@@ -1315,11 +1315,7 @@ fn adapt_cli(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let source = Skill::load(skill_dir)?;
     let version = version.unwrap_or_else(|| adapt::next_version(&source.manifest.version));
-    let out = out.unwrap_or_else(|| {
-        let name =
-            source.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(source.manifest.name.clone());
-        source.dir.with_file_name(format!("{name}-{version}"))
-    });
+    let out = out.unwrap_or_else(|| adapt::default_out(&source, &version));
     // Refused before the work, not after it.
     if out.exists() {
         return Err(format!("{} already exists; choose another --out or remove it", out.display()).into());
@@ -1327,19 +1323,13 @@ fn adapt_cli(
     let eps = skillgraft::record::dataset::load(episodes, &source.manifest)?;
     let adapted = adapt::adapt(&source, &eps, opts, &Bars::default())?;
     let r = &adapted.report;
-    let plot = if r.curve.is_empty() {
-        None
-    } else {
-        let mut stem = out.as_os_str().to_os_string();
-        stem.push("-loss");
-        let title = format!("{} {}: fine-tuning loss", source.manifest.name, version);
-        match adapt::plot::loss_curve(&r.curve, &PathBuf::from(stem), &title) {
-            Ok(paths) => Some(paths),
-            Err(e) => {
-                tracing::warn!("no loss-curve plot: {e}");
-                None
-            }
+    let plot = match adapt::plot_loss(&source, &version, r, &out) {
+        Some(Ok(paths)) => Some(paths),
+        Some(Err(e)) => {
+            tracing::warn!("no loss-curve plot: {e}");
+            None
         }
+        None => None,
     };
     let written = if r.accepted {
         Some(adapt::write(&source, &adapted, &out, Some(version.clone()), adapt::robot_of(&eps).as_deref())?)

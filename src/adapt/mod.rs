@@ -564,6 +564,29 @@ pub fn next_version(v: &semver::Version) -> semver::Version {
     semver::Version::new(v.major, v.minor + 1, 0)
 }
 
+/// Where an adapted skill goes unless told: beside the source folder, named FOLDER-VERSION.
+pub fn default_out(source: &Skill, version: &semver::Version) -> PathBuf {
+    let name = source.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(source.manifest.name.clone());
+    source.dir.with_file_name(format!("{name}-{version}"))
+}
+
+/// Plots the fine-tuning loss curve of `report` beside `out` (OUT-loss.png and OUT-loss.svg);
+/// None when the method has no curve (ridge).
+pub fn plot_loss(
+    source: &Skill,
+    version: &semver::Version,
+    report: &Report,
+    out: &Path,
+) -> Option<Result<(PathBuf, PathBuf), plot::PlotError>> {
+    if report.curve.is_empty() {
+        return None;
+    }
+    let mut stem = out.as_os_str().to_os_string();
+    stem.push("-loss");
+    let title = format!("{} {}: fine-tuning loss", source.manifest.name, version);
+    Some(plot::loss_curve(&report.curve, &PathBuf::from(stem), &title))
+}
+
 /// Writes the adapted skill as a new folder `out`: the source's ONNX with the new head weights,
 /// and its manifest with a new version, `parent` = the source digest and the provenance.
 pub fn write(

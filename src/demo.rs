@@ -86,7 +86,7 @@ pub fn scored(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
 /// Runs the demo; `progress` hears each step.
 pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, String> {
     let started = Instant::now();
-    let robot = skillgraft::sim::robot(&opts.robot)?;
+    let robot = skillgraft::sim::robot(&opts.robot).map_err(|e| e.to_string())?;
     let skill = Skill::load(&opts.skill).map_err(|e| e.to_string())?;
     let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
     let id = |name: &str| NodeIdentity { name: name.into(), namespace: "/".into() };
@@ -143,24 +143,10 @@ pub fn run(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoRep
     let demo_tasks = skillgraft::sim::score::demo_tasks(0, opts.demos, robot.home);
     for (k, t) in demo_tasks.iter().enumerate() {
         progress(&format!("recording demonstration {} of {} (the expert teleoperates)", k + 1, demo_tasks.len()));
-        let written = node.recorder_status().map_or(0, |s| s.episodes_written);
         sim.reset(t);
-        let recording = || node.recorder_status().is_some_and(|s| s.state == "recording");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !recording() {
-            say(&mut control, &format!("start demo-{k}"))?;
-            std::thread::sleep(Duration::from_millis(100));
-            if Instant::now() > deadline {
-                return Err("the recorder did not start an episode within 10 s".into());
-            }
-        }
-        teleop.enable(true);
-        std::thread::sleep(Duration::from_secs_f64(reach_s));
-        teleop.enable(false);
-        say(&mut control, "stop")?;
-        wait(Duration::from_secs(10), "the episode being written", || {
-            node.recorder_status().is_some_and(|s| s.episodes_written > written)
-        })?;
+        let status = || node.recorder_status();
+        skillgraft::sim::teleop::demonstrate(&mut *control, &status, &teleop, &format!("demo-{k}"), reach_s)
+            .map_err(|e| e.to_string())?;
     }
 
     progress(&format!("adapting live: `{}` on ~/adapt", opts.request));
@@ -222,6 +208,7 @@ impl DemoReport {
         let top = self.before.iter().chain(&self.after).fold(SUCCESS_M, |m, v| m.max(*v)) * 100.0 * 1.2;
         let title = format!("{} on {}: {} demonstrations", self.skill, self.robot, self.demos);
         skillgraft::adapt::plot::curves(&[(title, series)], stem, "reach", "final distance to the target (cm)", top)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -4,10 +4,13 @@
 //! robot's topics. This crate loads skills, splits each policy into a frozen backbone and an
 //! adaptable head, runs it, and writes adapted heads back into plain ONNX files.
 
+#![warn(missing_docs)]
+
 pub mod adapt;
 pub mod alloc;
 pub mod bridge;
 pub mod control;
+pub mod file;
 pub mod fleet;
 pub mod model;
 pub mod msg;

@@ -8,8 +8,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use skillgraft::adapt::finetune::Settings;
-use skillgraft::adapt::{self, Method, Options, Progress};
+use skillgraft::adapt::{self, Options, Progress};
 use skillgraft::skill::{self, Skill, inspect};
+
+/// Writes to stdout like `print!`, but returns a closed stdout as an error (`print!` panics).
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*))? };
+}
+
+/// Writes a line to stdout like `println!`, but returns a closed stdout as an error.
+macro_rules! outln {
+    ($($t:tt)*) => { emit(format_args!("{}\n", format_args!($($t)*)))? };
+}
 
 #[global_allocator]
 static ALLOCATOR: skillgraft::alloc::TickAllocator = skillgraft::alloc::TickAllocator;
@@ -64,58 +74,20 @@ enum Command {
         /// Episode files, or folders of them (at least 2 episodes).
         #[arg(required = true)]
         episodes: Vec<PathBuf>,
-        /// ridge: closed-form re-fit of the last layer; finetune: AdamW on the last --layers layers.
-        #[arg(long, value_enum, default_value = "ridge")]
-        method: MethodArg,
-        /// finetune: layers trained, counted from the output (default: the whole head).
-        #[arg(long)]
-        layers: Option<usize>,
+        #[command(flatten)]
+        how: adapt::args::MethodArgs,
         /// Folder of the adapted skill (default: next to the source, named NAME-VERSION).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Version of the adapted skill (default: the source's with the minor number raised).
         #[arg(long)]
         version: Option<semver::Version>,
-        /// Fraction by which the held-out error must fall for the skill to be accepted.
-        #[arg(long, default_value_t = 0.05)]
-        margin: f64,
-        /// Most folds of the held-out evaluation (whole episodes per fold).
-        #[arg(long, default_value_t = 5)]
-        folds: usize,
-        /// finetune: most epochs.
-        #[arg(long, default_value_t = 50)]
-        epochs: usize,
-        /// finetune: samples per mini-batch.
-        #[arg(long, default_value_t = 256)]
-        batch: usize,
-        /// finetune: AdamW learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// finetune: pull toward the source weights (L2-SP, decoupled like AdamW's decay).
-        #[arg(long, default_value_t = 1e-2)]
-        pull: f64,
-        /// finetune: epochs without a better held-out loss before stopping.
-        #[arg(long, default_value_t = 5)]
-        patience: usize,
-        /// finetune: seed of the batch order (the same seed and --threads, the same result).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// finetune: start the last layer from the source's weights rather than the ridge fit.
-        #[arg(long)]
-        no_ridge_init: bool,
         /// Folder of cached backbone features (default: .features in the first episodes folder).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Do not read or write cached features.
         #[arg(long, conflicts_with = "cache")]
         no_cache: bool,
-        /// Threads for the fitting (default: every core).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-        threads: Option<u16>,
-        /// finetune: auto (the GPU when this build has the `cuda` feature and CUDA works, else
-        /// the CPU), cpu or cuda. Ridge always runs on the CPU.
-        #[arg(long, default_value = "auto")]
-        device: adapt::device::Device,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -156,26 +128,14 @@ enum Command {
     Store(StoreCommand),
     /// The robot's HTTP inbox on its own, without a node (the node runs it with `store_dir`).
     Inbox {
-        /// The store folder.
-        #[arg(long)]
-        store: PathBuf,
-        /// Files of trusted public keys (.pub).
-        #[arg(long, required = true)]
-        trust: Vec<PathBuf>,
-        /// File of accepted bearer tokens (`keys token FILE`).
-        #[arg(long)]
-        tokens: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = skillgraft::fleet::inbox::DEFAULT_LISTEN)]
         listen: String,
-        /// Largest bundle, and largest unpacked skill, in MiB.
-        #[arg(long, default_value_t = 512)]
-        max_mib: u64,
+        #[command(flatten)]
+        intake: Intake,
         /// Memory cap of the worker that checks each bundle, MiB (default: 1024 + 4 x --max-mib).
         #[arg(long)]
         worker_mib: Option<u64>,
-        #[command(flatten)]
-        http: HttpArgs,
     },
     /// The worker that checks one bundle for an inbox, a store or a fleet server, under the
     /// limits its parent set (see skill::sandbox); not for people.
@@ -395,12 +355,6 @@ enum ModeArg {
     Effort,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum MethodArg {
-    Ridge,
-    Finetune,
-}
-
 #[derive(Subcommand)]
 enum EpisodesCommand {
     /// The episodes in a folder: status, label, duration, messages.
@@ -458,23 +412,11 @@ enum KeysCommand {
 enum FleetCommand {
     /// Serve the catalog of bundles and the robot registry (DIR/robots.toml) over HTTP.
     Serve {
-        /// The fleet folder.
-        #[arg(long)]
-        store: PathBuf,
-        /// Files of public keys whose bundles the catalog takes (the fleet's and its robots').
-        #[arg(long, required = true)]
-        trust: Vec<PathBuf>,
-        /// File of accepted bearer tokens.
-        #[arg(long)]
-        tokens: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = skillgraft::fleet::server::DEFAULT_LISTEN)]
         listen: String,
-        /// Largest bundle, MiB.
-        #[arg(long, default_value_t = 512)]
-        max_mib: u64,
         #[command(flatten)]
-        http: HttpArgs,
+        intake: Intake,
     },
     /// Push a bundle to every robot of a registry at once; prints one line per robot.
     Push {
@@ -596,6 +538,26 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What the robot's inbox and the fleet server take in: where bundles go, whose they take, from
+/// whom, how large.
+#[derive(clap::Args, Debug, Clone)]
+struct Intake {
+    /// The store folder (the robot's skill store, or the fleet's catalog folder).
+    #[arg(long)]
+    store: PathBuf,
+    /// Files of trusted public keys (.pub): the fleet's, and for the fleet server its robots'.
+    #[arg(long, required = true)]
+    trust: Vec<PathBuf>,
+    /// File of accepted bearer tokens (`keys token FILE`).
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Largest bundle (and, on a robot, largest unpacked skill), MiB.
+    #[arg(long, default_value_t = 512)]
+    max_mib: u64,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// What an HTTP server allows each client (inbox and fleet server).
@@ -919,8 +881,14 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rustdds=off,ros2_client=error")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if cli.command.on_this_host() {
+        // SAFETY: set before any thread is started.
+        unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader has what it wanted (`skillgraft inspect SKILL | head -1`).
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) if e.is::<Rejected>() => {
             eprintln!("{e}");
             ExitCode::from(3)
@@ -928,6 +896,22 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// The benchmarks and the demo run a node and its peers on this host: their DDS traffic
+    /// stays on it.
+    fn on_this_host(&self) -> bool {
+        match self {
+            #[cfg(feature = "dds")]
+            Command::Demo { .. }
+            | Command::Bench(
+                BenchCommand::Record { .. } | BenchCommand::InboxAttack { .. } | BenchCommand::Control { .. },
+            ) => true,
+            Command::Bench(BenchCommand::Adapt { .. }) => cfg!(feature = "dds"),
+            _ => false,
         }
     }
 }
@@ -958,9 +942,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 manifest.name = name;
             }
             let skill = skill::write_skill(&out, &manifest, &bytes)?;
-            println!("wrote skill `{}` {} to {}", manifest.name, manifest.version, out.display());
-            println!("digest {}", skill.digest);
-            println!(
+            outln!("wrote skill `{}` {} to {}", manifest.name, manifest.version, out.display());
+            outln!("digest {}", skill.digest);
+            outln!(
                 "next: edit {} (topics, normalisation, joint limits), then `skillgraft inspect {}`",
                 out.join(skill::MANIFEST_FILE).display(),
                 out.display()
@@ -980,49 +964,16 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     "action": action,
                     "labels": labels,
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("{:<28} {:>14} {:>14}", "action", "raw", "de-normalised");
+                outln!("{:<28} {:>14} {:>14}", "action", "raw", "de-normalised");
                 for ((l, r), a) in labels.iter().zip(&raw).zip(&action) {
-                    println!("{l:<28} {r:>14.6} {a:>14.6}");
+                    outln!("{l:<28} {r:>14.6} {a:>14.6}");
                 }
             }
             Ok(())
         }
-        Command::Adapt {
-            skill,
-            episodes,
-            method,
-            layers,
-            out,
-            version,
-            margin,
-            folds,
-            epochs,
-            batch,
-            lr,
-            pull,
-            patience,
-            seed,
-            no_ridge_init,
-            cache,
-            no_cache,
-            threads,
-            device,
-            json,
-        } => {
-            let method = match method {
-                MethodArg::Ridge => {
-                    if layers.is_some() {
-                        return Err("--layers applies to --method finetune; ridge re-fits the last layer".into());
-                    }
-                    Method::Ridge
-                }
-                MethodArg::Finetune => {
-                    let settings = Settings { epochs, batch, lr, pull, patience, seed };
-                    Method::Finetune { layers, settings, ridge_init: !no_ridge_init }
-                }
-            };
+        Command::Adapt { skill, episodes, how, out, version, cache, no_cache, json } => {
             let cache = match (cache, no_cache) {
                 (_, true) => None,
                 (Some(c), false) => Some(c),
@@ -1031,9 +982,8 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     dir.join(".features")
                 }),
             };
-            let threads =
-                threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-            let opts = Options { method, margin, folds, cache, threads, device };
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            let opts = how.options(threads, adapt::device::Device::Auto, cache)?;
             adapt_cli(&skill, &episodes, &opts, out, version, json)
         }
         Command::Run { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, true),
@@ -1042,10 +992,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Store(cmd) => store(cmd),
         Command::Keys(KeysCommand::Token { file }) => {
             skillgraft::fleet::auth::new_token(&file)?;
-            println!(
-                "wrote a bearer token to {} (owner-only); give it to the server and to its clients",
-                file.display()
-            );
+            outln!("wrote a bearer token to {} (owner-only); give it to the server and to its clients", file.display());
             Ok(())
         }
         Command::CheckBundle { bundle, dest, keys, max_bytes, max_entries, max_seconds } => {
@@ -1060,12 +1007,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 _ => Err("the bundle check worker could not write its answer".into()),
             }
         }
-        Command::Inbox { store, trust, tokens, listen, max_mib, worker_mib, http } => {
+        Command::Inbox { listen, intake: Intake { store, trust, tokens, max_mib, http }, worker_mib } => {
             let limits = skillgraft::fleet::inbox::InboxLimits { http: http.limits()?, worker_mib };
-            let (tx, rx) = std::sync::mpsc::channel();
-            ctrlc::set_handler(move || {
-                let _ = tx.send(());
-            })?;
+            let rx = interrupted()?;
             let settings = skillgraft::fleet::inbox::InboxSettings { listen, store, trust, tokens, max_mib };
             let inbox = skillgraft::fleet::inbox::Inbox::start_with(&settings, &limits, None)?;
             eprintln!(
@@ -1080,7 +1024,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Fleet(cmd) => fleet(cmd),
         Command::Keys(KeysCommand::New { name }) => {
             let (secret, public) = skillgraft::skill::bundle::new_key(&name)?;
-            println!(
+            outln!(
                 "wrote {} (secret: keep it on the fleet server) and {} (give it to robots)",
                 secret.display(),
                 public.display()
@@ -1099,7 +1043,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 }
             };
             let c = skillgraft::skill::bundle::pack(&dir, &key, &out, downgrade.as_ref())?;
-            println!(
+            outln!(
                 "packed {} {} ({} files) into {}, signed by {}",
                 c.name,
                 c.version,
@@ -1114,12 +1058,12 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let limits = skillgraft::skill::bundle::Limits::mib(max_mib);
             let v = skillgraft::skill::bundle::verify(&file, &trusted, limits)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({"contents": v.contents, "signer": v.signer}))?
                 );
             } else {
-                println!(
+                outln!(
                     "{}: {} {} ({}), signed by {}",
                     file.display(),
                     v.contents.name,
@@ -1128,7 +1072,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     v.signer
                 );
                 for f in &v.contents.files {
-                    println!("  {}  {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
+                    outln!("  {}  {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
                 }
             }
             Ok(())
@@ -1142,7 +1086,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Sim { robot, seed, ros_args, .. } => sim_node(&robot, seed, &ros_args),
         #[cfg(feature = "dds")]
-        Command::Teleop { robot, episodes, node, sim, seconds } => teleop(&robot, episodes, &node, &sim, seconds),
+        Command::Teleop { robot, episodes, node, sim, seconds } => {
+            teleop(&skillgraft::sim::teleop::TeleopOptions { robot, episodes, node, sim, seconds })
+        }
         #[cfg(feature = "dds")]
         Command::Demo { skill, robot, demos, reaches, request, plot, keep, json } => {
             demo(skill, robot, demos, reaches, request, &plot, keep, json)
@@ -1164,18 +1110,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             device,
         } => {
             let name = name.unwrap_or_else(|| out.file_name().unwrap_or_default().to_string_lossy().into_owned());
-            let template = match (robot, like) {
-                (Some(r), _) => {
-                    let r = skillgraft::sim::robot(&r)?;
-                    skillgraft::sim::episodes::manifest(&name, &r.name, &skillgraft::sim::episodes::Scaling::identity())
-                }
-                (None, Some(like)) => {
-                    let mut m = skillgraft::skill::Skill::load(&like)?.manifest;
-                    m.name = name.clone();
-                    m
-                }
-                (None, None) => return Err("say what the skill drives: --robot SIM_ROBOT or --like SKILL".into()),
-            };
+            let template = skillgraft::sim::episodes::template(robot.as_deref(), like.as_deref(), &name)?;
             let eps = skillgraft::record::dataset::load(&episodes, &template)?;
             let settings = Settings { epochs, batch, lr, pull: 0.0, patience, seed };
             let opts = skillgraft::adapt::train::TrainOptions {
@@ -1189,7 +1124,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let t = skillgraft::adapt::train::train(&template, &eps, &opts)?;
             let skill = skillgraft::skill::write_skill(&out, &t.manifest, &t.model)?;
             let held = t.curve.get(t.best_epoch.saturating_sub(1)).and_then(|e| e.held_out);
-            println!(
+            outln!(
                 "trained {} on {} episodes ({} samples): best epoch {} of {}{}",
                 name,
                 eps.len(),
@@ -1198,19 +1133,11 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 t.curve.len(),
                 held.map(|h| format!(", held-out MSE {h:.3e} (policy units)")).unwrap_or_default()
             );
-            println!(
-                "wrote skill `{}` {} to {} (digest {})",
-                name,
-                skill.manifest.version,
-                out.display(),
-                skill.digest
-            );
+            outln!("wrote skill `{}` {} to {} (digest {})", name, skill.manifest.version, out.display(), skill.digest);
             Ok(())
         }
         #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::Record { skill, seconds, observation_reliability, json }) => {
-            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
-            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
             let report = bench::record::record(&skill, &dir, seconds, &observation_reliability);
             let _ = std::fs::remove_dir_all(&dir);
@@ -1219,16 +1146,12 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "dds")]
         #[cfg(feature = "dds")]
         Command::Bench(BenchCommand::InboxAttack { skill, rate_hz, big_mib, json }) => {
-            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
-            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let dir = tempfile_dir()?;
             let report = bench::inbox_attack::inbox_attack(&skill, rate_hz, big_mib, &dir);
             let _ = std::fs::remove_dir_all(&dir);
             print(&report?, json)
         }
         Command::Bench(BenchCommand::Control { skill, rates, seconds, rt_priority, json }) => {
-            // SAFETY: set before any thread is started; the bench keeps DDS on this host.
-            unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
             let report = bench::control::control(&skill, &rates, seconds, rt_priority)?;
             print(&report, json)
         }
@@ -1252,11 +1175,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let rows = bench::adapt::compute(&python, threads, repeats, rows as usize, &dir);
             #[cfg(feature = "dds")]
             let latency = match rows.is_ok() && seconds > 0.0 {
-                true => {
-                    // SAFETY: set before the node's threads start; the bench keeps DDS on this host.
-                    unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
-                    Some(bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0))
-                }
+                true => Some(bench::adapt_latency::latency(&skill, &dir, rate, seconds, &request, 3, 5.0)),
                 false => None,
             };
             let _ = std::fs::remove_dir_all(&dir);
@@ -1310,9 +1229,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::fs::remove_dir_all(&dir);
             let rows = rows?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", bench::push::table(&rows));
+                out!("{}", bench::push::table(&rows));
             }
             Ok(())
         }
@@ -1328,6 +1247,21 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let report = bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
         }
+    }
+}
+
+/// stdout was closed by its reader: the command ends quietly. Only stdout's writes make it, so a
+/// broken pipe elsewhere (a socket, the bundle worker) is still an error.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+struct StdoutClosed;
+
+/// Writes to stdout; a broken pipe becomes [`StdoutClosed`].
+fn emit(args: std::fmt::Arguments<'_>) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_fmt(args) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Box::new(StdoutClosed)),
+        r => Ok(r?),
     }
 }
 
@@ -1381,11 +1315,7 @@ fn adapt_cli(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let source = Skill::load(skill_dir)?;
     let version = version.unwrap_or_else(|| adapt::next_version(&source.manifest.version));
-    let out = out.unwrap_or_else(|| {
-        let name =
-            source.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(source.manifest.name.clone());
-        source.dir.with_file_name(format!("{name}-{version}"))
-    });
+    let out = out.unwrap_or_else(|| adapt::default_out(&source, &version));
     // Refused before the work, not after it.
     if out.exists() {
         return Err(format!("{} already exists; choose another --out or remove it", out.display()).into());
@@ -1393,19 +1323,13 @@ fn adapt_cli(
     let eps = skillgraft::record::dataset::load(episodes, &source.manifest)?;
     let adapted = adapt::adapt(&source, &eps, opts, &Bars::default())?;
     let r = &adapted.report;
-    let plot = if r.curve.is_empty() {
-        None
-    } else {
-        let mut stem = out.as_os_str().to_os_string();
-        stem.push("-loss");
-        let title = format!("{} {}: fine-tuning loss", source.manifest.name, version);
-        match adapt::plot::loss_curve(&r.curve, &PathBuf::from(stem), &title) {
-            Ok(paths) => Some(paths),
-            Err(e) => {
-                tracing::warn!("no loss-curve plot: {e}");
-                None
-            }
+    let plot = match adapt::plot_loss(&source, &version, r, &out) {
+        Some(Ok(paths)) => Some(paths),
+        Some(Err(e)) => {
+            tracing::warn!("no loss-curve plot: {e}");
+            None
         }
+        None => None,
     };
     let written = if r.accepted {
         Some(adapt::write(&source, &adapted, &out, Some(version.clone()), adapt::robot_of(&eps).as_deref())?)
@@ -1419,15 +1343,15 @@ fn adapt_cli(
             "digest": written.as_ref().map(|s| s.digest.clone()),
             "plot": plot.as_ref().map(|(p, s)| [p.display().to_string(), s.display().to_string()]),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{} {} -> {version}", source.manifest.name, source.manifest.version);
-        print!("{r}");
+        outln!("{} {} -> {version}", source.manifest.name, source.manifest.version);
+        out!("{r}");
         if let Some((png, svg)) = &plot {
-            println!("loss curve: {} {}", png.display(), svg.display());
+            outln!("loss curve: {} {}", png.display(), svg.display());
         }
         if let Some(s) = &written {
-            println!(
+            outln!(
                 "wrote skill `{}` {} to {} (digest {})",
                 s.manifest.name,
                 s.manifest.version,
@@ -1455,20 +1379,14 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
     };
     let timeout = Duration::from_secs(60);
     match cmd {
-        FleetCommand::Serve { store, trust, tokens, listen, max_mib, http } => {
+        FleetCommand::Serve { listen, intake: Intake { store, trust, tokens, max_mib, http } } => {
             let http = http.limits()?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let tx = std::sync::Mutex::new(Some(tx));
-            ctrlc::set_handler(move || {
-                if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
-                    let _ = tx.send(());
-                }
-            })?;
+            let rx = interrupted()?;
             let settings = server::ServerSettings { store, listen, trust, tokens, max_mib, http };
             rt.block_on(server::serve(
                 &settings,
                 async {
-                    let _ = rx.await;
+                    let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
                 },
                 |addr| {
                     eprintln!(
@@ -1490,12 +1408,12 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let results = rt.block_on(push::push(&bundle, &registry, &opts))?;
             let failed = results.iter().filter(|r| !r.ok).count();
             if json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
+                outln!("{}", serde_json::to_string_pretty(&results)?);
             } else {
-                println!("| robot | result | swapped | attempts | seconds | robot install (ms) |");
-                println!("|---|---|---|---:|---:|---:|");
+                outln!("| robot | result | swapped | attempts | seconds | robot install (ms) |");
+                outln!("|---|---|---|---:|---:|---:|");
                 for r in &results {
-                    println!(
+                    outln!(
                         "| {} | {} | {} | {} | {:.2} | {} |",
                         r.robot,
                         r.outcome.replace('|', "/"),
@@ -1505,7 +1423,7 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
                         r.install_ms.map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
                     );
                 }
-                println!(
+                outln!(
                     "{} of {} robots installed it in {:.2} s",
                     results.len() - failed,
                     results.len(),
@@ -1523,14 +1441,14 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let token = auth::read_token(&token_file)?;
             let entry = rt.block_on(push::upload(&bundle, &fleet, &token, Duration::from_secs(600)))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entry)?);
+                outln!("{}", serde_json::to_string_pretty(&entry)?);
             } else {
-                println!(
+                outln!(
                     "{fleet} has {} {} (digest {}, signed by {})",
-                    entry["name"].as_str().unwrap_or("?"),
-                    entry["version"].as_str().unwrap_or("?"),
-                    entry["digest"].as_str().unwrap_or("?"),
-                    entry["signer"].as_str().unwrap_or("?")
+                    entry.name,
+                    entry.version,
+                    entry.digest,
+                    entry.signer
                 );
             }
         }
@@ -1538,41 +1456,27 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             let token = auth::read_token(&token_file)?;
             let list = rt.block_on(push::catalog(&fleet, &token, timeout))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.bundles.is_empty() {
+                outln!("the catalog of {fleet} is empty");
             } else {
-                let bundles = list["bundles"].as_array().cloned().unwrap_or_default();
-                if bundles.is_empty() {
-                    println!("the catalog of {fleet} is empty");
-                }
-                for b in bundles {
-                    let p = &b["provenance"];
-                    println!(
-                        "{} {}  {}  from {} ({}{})  {} bytes",
-                        b["name"].as_str().unwrap_or("?"),
-                        b["version"].as_str().unwrap_or("?"),
-                        b["digest"].as_str().unwrap_or("?"),
-                        p["source_robot"].as_str().unwrap_or("?"),
-                        p["method"].as_str().unwrap_or("?"),
-                        p["parent"].as_str().map(|x| format!(", parent {x}")).unwrap_or_default(),
-                        b["bytes"]
-                    );
-                }
+                out!("{list}");
             }
         }
         FleetCommand::Status { robots, json } => {
             let registry = push::Robots::load(&robots)?;
             let list = rt.block_on(push::status(&registry, Duration::from_secs(10)));
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("| robot | url | running | installed |");
-                println!("|---|---|---|---|");
+                outln!("| robot | url | running | installed |");
+                outln!("|---|---|---|---|");
                 for s in &list {
                     let installed = match &s.error {
                         Some(e) => format!("unreachable: {e}"),
                         None => s.installed.join(", "),
                     };
-                    println!(
+                    outln!(
                         "| {} | {} | {} | {} |",
                         s.robot,
                         s.url,
@@ -1584,67 +1488,38 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
         }
         FleetCommand::Activate { robot, name, version, robots } => {
             let registry = push::Robots::load(&robots)?;
-            let r = find_robot(&registry, &robot)?;
-            let body = skillgraft::fleet::client::Upload::Json(serde_json::json!({ "version": version.to_string() }));
-            robot_change(rt.block_on(push::ask(
-                r,
-                hyper::Method::POST,
-                &format!("/skills/{name}/activate"),
-                body,
-                timeout,
-            ))?)?;
+            changed(rt.block_on(push::change(registry.find(&robot)?, &name, Some(&version), timeout)))?;
         }
         FleetCommand::Rollback { robot, name, robots } => {
             let registry = push::Robots::load(&robots)?;
-            let r = find_robot(&registry, &robot)?;
-            let empty = skillgraft::fleet::client::Upload::Empty;
-            robot_change(rt.block_on(push::ask(
-                r,
-                hyper::Method::POST,
-                &format!("/skills/{name}/rollback"),
-                empty,
-                timeout,
-            ))?)?;
+            changed(rt.block_on(push::change(registry.find(&robot)?, &name, None, timeout)))?;
         }
     }
     Ok(())
 }
 
-fn find_robot<'a>(
-    registry: &'a skillgraft::fleet::push::Robots,
-    name: &str,
-) -> Result<&'a skillgraft::fleet::push::Robot, String> {
-    registry.robots.iter().find(|r| r.name == name).ok_or_else(|| {
-        let names: Vec<&str> = registry.robots.iter().map(|r| r.name.as_str()).collect();
-        format!("no robot {name:?} in the registry; it lists {}", names.join(", "))
-    })
-}
-
-fn robot_change(r: skillgraft::fleet::client::Reply) -> Result<(), Box<dyn std::error::Error>> {
-    if !r.status.is_success() {
-        return Err(Box::new(Rejected(format!("refused ({}): {}", r.status.as_u16(), r.error()))));
-    }
-    let e = &r.body["installed"];
-    println!(
-        "{}: active {}, previous {}; running {}",
-        e["name"].as_str().unwrap_or("?"),
-        e["state"]["active"].as_str().unwrap_or("?"),
-        e["state"]["previous"].as_str().unwrap_or("none"),
-        match (r.body["running"]["name"].as_str(), r.body["running"]["version"].as_str()) {
-            (Some(n), Some(v)) => format!("{n} {v}"),
-            _ => "no node".into(),
+/// Prints a robot's answer to an activation or rollback; a refusal exits with 3.
+fn changed(
+    r: Result<skillgraft::fleet::push::Changed, skillgraft::fleet::FleetError>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match r {
+        Ok(c) => {
+            outln!("{c}");
+            Ok(())
         }
-    );
-    Ok(())
+        Err(e @ skillgraft::fleet::FleetError::Refused { .. }) => Err(Box::new(Rejected(e.to_string()))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The skill store commands.
 fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::skill::store::{Entry, Store};
-    let show = |e: &Entry| {
+    let show = |e: &Entry| -> Result<(), Box<dyn std::error::Error>> {
         let versions: Vec<String> = e.versions.iter().map(|v| v.to_string()).collect();
         let previous = e.state.previous.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".into());
-        println!("{}: active {}, previous {previous}, installed {}", e.name, e.state.active, versions.join(", "));
+        outln!("{}: active {}, previous {previous}, installed {}", e.name, e.state.active, versions.join(", "));
+        Ok(())
     };
     match cmd {
         StoreCommand::Install { bundle, store, trust, max_mib, worker_mib } => {
@@ -1652,28 +1527,30 @@ fn store(cmd: StoreCommand) -> Result<(), Box<dyn std::error::Error>> {
             let limits = skillgraft::skill::bundle::Limits::mib(max_mib);
             let mut sandbox = skillgraft::skill::sandbox::Sandbox::current(max_mib)?;
             sandbox.memory_mib = worker_mib.unwrap_or(sandbox.memory_mib);
-            show(&Store::open(&store)?.sandboxed(sandbox).install(&bundle, &trusted, limits)?);
+            show(&Store::open(&store)?.sandboxed(sandbox).install(&bundle, &trusted, limits)?)?;
         }
         StoreCommand::Identify { store, robot, fleet } => {
             let identity = skillgraft::skill::store::Identity { robot, fleet };
             Store::open(&store)?.identify(&identity)?;
             match &identity.fleet {
-                Some(f) => println!("this robot is {} of fleet {f}", identity.robot),
-                None => println!("this robot is {}", identity.robot),
+                Some(f) => outln!("this robot is {} of fleet {f}", identity.robot),
+                None => outln!("this robot is {}", identity.robot),
             }
         }
         StoreCommand::List { store, json } => {
             let list = Store::open(&store)?.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
-                println!("no skills installed in {}", store.display());
+                outln!("no skills installed in {}", store.display());
             } else {
-                list.iter().for_each(show);
+                for e in &list {
+                    show(e)?;
+                }
             }
         }
-        StoreCommand::Activate { name, version, store } => show(&Store::open(&store)?.activate(&name, &version)?),
-        StoreCommand::Rollback { name, store } => show(&Store::open(&store)?.rollback(&name)?),
+        StoreCommand::Activate { name, version, store } => show(&Store::open(&store)?.activate(&name, &version)?)?,
+        StoreCommand::Rollback { name, store } => show(&Store::open(&store)?.rollback(&name)?)?,
     }
     Ok(())
 }
@@ -1687,10 +1564,7 @@ fn connect(
 
 /// Runs a simulated arm as a node until Ctrl-C.
 fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let rx = interrupted()?;
     let robot = skillgraft::sim::robot(robot)?;
     let args = skillgraft::ros::args::RosArgs::parse(ros_args, &[], "sim")?;
     let transport = connect(&args)?;
@@ -1710,10 +1584,7 @@ fn sim_node(robot: &str, seed: u64, ros_args: &[String]) -> Result<(), Box<dyn s
 /// `skillgraft bridge` and `skillgraft bridge sim-mcu`, until Ctrl-C.
 fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
     use firmware_bridge::protocol::Mode;
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let rx = interrupted()?;
     if let Some(BridgeSub::SimMcu { joints, link, watchdog_ms, feedback_ms }) = cli.sim {
         let mcu = firmware_bridge::sim::SimMcu::start(firmware_bridge::sim::SimOptions {
             joints,
@@ -1723,7 +1594,7 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
             link: link.clone(),
         })?;
         // The path alone on stdout, for scripts; the rest on stderr.
-        println!("{}", mcu.path().display());
+        outln!("{}", mcu.path().display());
         let via = link.map(|l| format!(" (and {})", l.display())).unwrap_or_default();
         eprintln!(
             "simulated controller, {joints} joints, on {}{via}: `skillgraft bridge --port {}`; Ctrl-C to stop",
@@ -1793,33 +1664,10 @@ fn bridge(cli: BridgeCli) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Records demonstrations of the simulated arm's expert through a running node.
 #[cfg(feature = "dds")]
-fn teleop(robot: &str, episodes: usize, node: &str, sim: &str, seconds: f64) -> Result<(), Box<dyn std::error::Error>> {
-    use skillgraft::msg::{RosMessage, StringMsg};
-    use skillgraft::ros::transport::Qos;
-    let robot = skillgraft::sim::robot(robot)?;
+fn teleop(opts: &skillgraft::sim::teleop::TeleopOptions) -> Result<(), Box<dyn std::error::Error>> {
     let args = skillgraft::ros::args::RosArgs::parse(&[], &[], "teleop")?;
-    let transport = connect(&args)?;
-    let expert = skillgraft::sim::node::Teleop::start(transport.clone(), &args, robot)?;
-    let mut control = transport.publisher(&format!("{node}/demo/control"), StringMsg::TYPE, Qos::RELIABLE)?;
-    let mut reset = transport.publisher(&format!("{sim}/reset"), StringMsg::TYPE, Qos::RELIABLE)?;
-    let say = |p: &mut Box<dyn skillgraft::ros::transport::RawPublisher>, text: &str| {
-        skillgraft::msg::cdr::encode(&StringMsg { data: text.into() })
-            .map_err(|e| e.to_string())
-            .and_then(|b| p.publish(&b).map_err(|e| e.to_string()))
-    };
-    // Discovery: reliable messages sent before the subscribers are matched are lost.
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    for k in 0..episodes {
-        say(&mut reset, "")?;
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        say(&mut control, &format!("start teleop-{k}"))?;
-        expert.enable(true);
-        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
-        expert.enable(false);
-        say(&mut control, "stop")?;
-        eprintln!("demonstration {} of {episodes} done", k + 1);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    let n = opts.episodes;
+    skillgraft::sim::teleop::teleop(connect(&args)?, &args, opts, &mut |k| eprintln!("demonstration {k} of {n} done"))?;
     Ok(())
 }
 
@@ -1836,8 +1684,6 @@ fn demo(
     keep: Option<PathBuf>,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: set before any thread is started; the demo keeps DDS on this host.
-    unsafe { std::env::set_var("ROS_LOCALHOST_ONLY", "1") };
     let dir = match &keep {
         Some(k) => {
             std::fs::create_dir_all(k)?;
@@ -1877,6 +1723,16 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Ctrl-C or SIGTERM (ctrlc's `termination` feature), as a channel that receives once per
+/// signal; set up before the work starts, so a signal during start-up still stops it cleanly.
+fn interrupted() -> Result<std::sync::mpsc::Receiver<()>, ctrlc::Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    Ok(rx)
+}
+
 /// Runs the node until Ctrl-C or SIGTERM.
 fn serve(
     skill: &std::path::Path,
@@ -1886,10 +1742,7 @@ fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     // The handler goes in first: a signal that arrives while the node starts must still stop
     // it cleanly (and finish an episode being recorded).
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
+    let rx = interrupted()?;
     let (node, summary) = skillgraft::node::launch(skill, params_file, ros_args, policy)?;
     eprintln!("skillgraft: {summary}; Ctrl-C to stop");
     let _ = rx.recv();
@@ -1898,61 +1751,28 @@ fn serve(
     Ok(())
 }
 
-/// The skill an episode is paired for: the one given, or the folder it was recorded with.
-fn episode_skill(
-    file: &std::path::Path,
-    skill: Option<PathBuf>,
-) -> Result<Option<skillgraft::skill::manifest::Manifest>, Box<dyn std::error::Error>> {
-    let dir = match skill {
-        Some(d) => Some(d),
-        None => {
-            let f = skillgraft::record::episode::read(file)?;
-            f.metadata.get("skill_dir").map(PathBuf::from).filter(|d| d.join(skill::MANIFEST_FILE).is_file())
-        }
-    };
-    Ok(match dir {
-        Some(d) => Some(Skill::load(&d)?.manifest),
-        None => None,
-    })
-}
-
 fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::record::{dataset, episode, summary};
     match cmd {
         EpisodesCommand::List { dir, json } => {
             let rows = summary::list(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
-                println!("no episodes in {}", dir.display());
+                outln!("no episodes in {}", dir.display());
             } else {
-                print!("{}", summary::table(&rows));
+                out!("{}", summary::table(&rows));
             }
         }
         EpisodesCommand::Show { file, skill, json } => {
-            let m = episode_skill(&file, skill)?;
+            let m = dataset::paired_manifest(&file, skill.as_deref())?;
             print(&summary::summarise(&file, m.as_ref())?, json)?;
         }
         EpisodesCommand::Export { file, csv: _, skill } => {
-            let m = episode_skill(&file, skill)?
+            let m = dataset::paired_manifest(&file, skill.as_deref())?
                 .ok_or("this episode names no skill folder that exists here; give one with --skill DIR")?;
             let ep = dataset::load_episode(&file, &m)?;
-            let mut out = String::from("t");
-            let labels =
-                m.input_labels().into_iter().chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
-            for l in labels {
-                out.push(',');
-                out.push_str(&l.replace(',', ";"));
-            }
-            out.push('\n');
-            for s in &ep.samples {
-                out.push_str(&format!("{:.6}", s.t));
-                for v in s.raw_observation.iter().chain(&s.raw_action) {
-                    out.push_str(&format!(",{v}"));
-                }
-                out.push('\n');
-            }
-            print!("{out}");
+            out!("{}", dataset::csv(&ep, &m));
             eprintln!("{} samples ({} actions dropped for a stale observation)", ep.samples.len(), ep.stale);
         }
         EpisodesCommand::Recover { dir } => {
@@ -1961,11 +1781,11 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
                 .filter(|p| p.to_string_lossy().ends_with(episode::PART_SUFFIX))
                 .collect();
             if parts.is_empty() {
-                println!("no unfinished episodes in {}", dir.display());
+                outln!("no unfinished episodes in {}", dir.display());
             }
             for p in parts {
                 let r = episode::recover(&p)?;
-                println!(
+                outln!(
                     "recovered {} -> {}: kept {} messages, dropped {} bytes of the unfinished last chunk",
                     r.from.display(),
                     r.to.display(),
@@ -1980,9 +1800,9 @@ fn episodes(cmd: EpisodesCommand) -> Result<(), Box<dyn std::error::Error>> {
 
 fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{report}");
+        out!("{report}");
     }
     Ok(())
 }

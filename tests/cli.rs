@@ -144,3 +144,32 @@ fn the_readme_main_command_inspects_the_example_skill() {
         serde_json::from_str(&succeeds(&["step", skill.to_str().unwrap(), "--obs", &obs, "--json"])).unwrap();
     assert_eq!(json["action"].as_array().unwrap().len(), 6);
 }
+
+/// `skillgraft inspect SKILL | head -1`: the reader closes the pipe and the command ends quietly,
+/// with no panic and no error (the read end is closed before the program starts, so every write
+/// meets the closed pipe).
+#[test]
+fn a_closed_stdout_ends_each_command_quietly() {
+    let skill = concat!(env!("CARGO_MANIFEST_DIR"), "/skills/example-arm6");
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path().to_str().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["inspect", skill],
+        &["inspect", skill, "--json"],
+        &["step", skill, "--obs", &["0"; 24].join(",")],
+        &["store", "list", "--store", store],
+        &["--help"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.is_empty(), "{args:?}: {:?}, stderr: {stderr}", out.status);
+    }
+}

@@ -7,21 +7,25 @@ use std::path::Path;
 
 /// Every top-level module of the library, lowest first, with the modules it may use.
 const LAYERS: &[(&str, &[&str])] = &[
+    ("file", &[]),
     ("alloc", &[]),
     ("rng", &[]),
     ("stats", &[]),
     ("msg", &[]),
-    ("ros", &["msg"]),
-    ("model", &["alloc"]),
-    ("skill", &["model", "msg"]),
-    ("observe", &["msg", "skill"]),
-    ("record", &["msg", "ros", "skill", "observe"]),
-    ("control", &["alloc", "stats", "msg", "ros", "model", "skill", "observe", "record"]),
-    ("adapt", &["rng", "model", "skill", "observe", "record"]),
-    ("fleet", &["stats", "model", "skill"]),
-    ("bridge", &["msg", "ros"]),
-    ("node", &["alloc", "stats", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "fleet"]),
-    ("sim", &["rng", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "node"]),
+    ("ros", &["file", "msg"]),
+    ("model", &["file", "alloc"]),
+    ("skill", &["file", "model", "msg"]),
+    ("observe", &["file", "msg", "skill"]),
+    ("record", &["file", "msg", "ros", "skill", "observe"]),
+    ("control", &["file", "alloc", "stats", "msg", "ros", "model", "skill", "observe", "record"]),
+    ("adapt", &["file", "rng", "model", "skill", "observe", "record"]),
+    ("fleet", &["file", "stats", "model", "skill"]),
+    ("bridge", &["file", "msg", "ros"]),
+    (
+        "node",
+        &["file", "alloc", "stats", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "fleet"],
+    ),
+    ("sim", &["file", "rng", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "node"]),
 ];
 
 /// The modules `crate::` paths in `text` name, with their line numbers.

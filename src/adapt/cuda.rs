@@ -170,21 +170,21 @@ pub fn driver_present() -> bool {
 }
 
 /// NVRTC's version, `major.minor`.
-pub fn nvrtc_version() -> Result<String, String> {
+pub fn nvrtc_version() -> Result<String, Unavailable> {
     if !nvrtc_present() {
-        return Err(Unavailable::NoNvrtc.to_string());
+        return Err(Unavailable::NoNvrtc);
     }
     let (mut major, mut minor) = (0, 0);
     // SAFETY: NVRTC writes two ints through the pointers.
     let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    r.result().map_err(|e| format!("nvrtcVersion: {e:?}"))?;
+    r.result().map_err(|e| Unavailable::Kernels(format!("nvrtcVersion: {e:?}")))?;
     Ok(format!("{major}.{minor}"))
 }
 
 /// Compiles [`SOURCE`] to PTX for `arch` (`compute_87`, `compute_90`, ...) with NVRTC.
-pub fn compile(arch: &str) -> Result<String, String> {
+pub fn compile(arch: &str) -> Result<String, Unavailable> {
     if !nvrtc_present() {
-        return Err(Unavailable::NoNvrtc.to_string());
+        return Err(Unavailable::NoNvrtc);
     }
     let mut options: Vec<String> = OPTIONS.iter().map(|o| o.to_string()).collect();
     options.push(format!("--gpu-architecture={arch}"));
@@ -192,9 +192,9 @@ pub fn compile(arch: &str) -> Result<String, String> {
     match cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
-            Err(format!("NVRTC rejected the kernels for {arch}: {}", log.to_string_lossy()))
+            Err(Unavailable::Kernels(format!("NVRTC rejected the kernels for {arch}: {}", log.to_string_lossy())))
         }
-        Err(e) => Err(format!("NVRTC failed for {arch}: {e:?}")),
+        Err(e) => Err(Unavailable::Kernels(format!("NVRTC failed for {arch}: {e:?}"))),
     }
 }
 
@@ -261,7 +261,7 @@ pub enum Origin {
 /// The PTX for `arch`: from the cache in `dir` when a whole entry is there, else compiled and
 /// stored. A damaged entry is compiled again and replaced; a cache that cannot be written only
 /// costs the compile next time.
-pub fn ptx_for(dir: Option<&Path>, arch: &str) -> Result<(String, Origin), String> {
+pub fn ptx_for(dir: Option<&Path>, arch: &str) -> Result<(String, Origin), Unavailable> {
     let version = nvrtc_version()?;
     let file = dir.map(|d| cache_file(d, arch, &version));
     if let Some(ptx) = file.as_deref().and_then(read_cached) {
@@ -361,12 +361,12 @@ impl CudaCompute {
             Err(_) => return Err(Unavailable::Init("the CUDA driver library failed while starting".into())),
         };
         let arch = format!("compute_{major}{minor}");
-        let (ptx, origin) = ptx_for(cache, &arch).map_err(Unavailable::Kernels)?;
+        let (ptx, origin) = ptx_for(cache, &arch)?;
         let module = match ctx.load_module(Ptx::from_src(ptx.clone())) {
             Ok(m) => m,
             Err(e) if origin == Origin::Cached => {
                 tracing::warn!("the cached kernels for {arch} did not load ({e}); compiling them again");
-                let fresh = compile(&arch).map_err(Unavailable::Kernels)?;
+                let fresh = compile(&arch)?;
                 if let Some(f) = cache.map(|d| nvrtc_version().map(|v| cache_file(d, &arch, &v)))
                     && let Ok(f) = f
                     && let Err(e) = write_cached(&f, &fresh)

@@ -22,14 +22,25 @@ pub enum Device {
     Cuda,
 }
 
+/// A device that cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// Not a device name.
+    #[error("device {0:?}: give auto, cpu or cuda")]
+    Unknown(String),
+    /// `cuda` was asked for and no GPU can be used; the message says why.
+    #[error("device cuda: {0}; use device auto or cpu")]
+    NoCuda(String),
+}
+
 impl FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Device, String> {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Device, DeviceError> {
         match s {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
-            other => Err(format!("device {other:?}: give auto, cpu or cuda")),
+            other => Err(DeviceError::Unknown(other.to_string())),
         }
     }
 }
@@ -61,11 +72,11 @@ const NOT_BUILT: &str =
 impl Backend {
     /// The backend for `device`, the CPU one with `threads`. `Cuda` fails with the reason when no
     /// GPU can be used; `Auto` then logs the reason and takes the CPU.
-    pub fn select(device: Device, threads: Threads) -> Result<Backend, String> {
+    pub fn select(device: Device, threads: Threads) -> Result<Backend, DeviceError> {
         let cpu = || Backend::Cpu(Cpu::with_threads(threads.clone()));
         match device {
             Device::Cpu => Ok(cpu()),
-            Device::Cuda => Backend::cuda().map_err(|why| format!("device cuda: {why}; use device auto or cpu")),
+            Device::Cuda => Backend::cuda().map_err(DeviceError::NoCuda),
             Device::Auto => match Backend::cuda() {
                 Ok(b) => Ok(b),
                 Err(why) => {
@@ -134,7 +145,7 @@ mod tests {
         for d in [Device::Auto, Device::Cpu, Device::Cuda] {
             assert_eq!(d.to_string().parse::<Device>(), Ok(d));
         }
-        assert!("gpu".parse::<Device>().unwrap_err().contains("auto, cpu or cuda"));
+        assert!("gpu".parse::<Device>().unwrap_err().to_string().contains("auto, cpu or cuda"));
     }
 
     #[test]
@@ -149,9 +160,12 @@ mod tests {
             Err(why) => {
                 assert_eq!(auto.describe(), "cpu", "auto falls back to the CPU");
                 #[cfg(not(feature = "cuda"))]
-                assert!(why.contains("--features cuda"), "{why}");
+                assert!(why.to_string().contains("--features cuda"), "{why}");
                 #[cfg(feature = "cuda")]
-                assert!(why.contains("CUDA") || why.contains("NVRTC") || why.contains("cuBLAS"), "{why}");
+                {
+                    let why = why.to_string();
+                    assert!(why.contains("CUDA") || why.contains("NVRTC") || why.contains("cuBLAS"), "{why}");
+                }
             }
         }
     }

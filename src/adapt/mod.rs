@@ -6,6 +6,7 @@
 //! episodes (choosing λ, or the early-stopping epoch, from those alone) and predicts the held-out
 //! one; the exported skill is then fitted on every episode.
 
+pub mod args;
 pub mod compute;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -123,8 +124,8 @@ pub enum AdaptError {
     #[error("adaptation cancelled: the node is stopping")]
     Cancelled,
     /// The device asked for cannot be used.
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
     /// Training failed on its device.
     #[error("fine-tuning failed on the device: {0}")]
     Compute(#[from] ComputeError),
@@ -415,8 +416,7 @@ pub fn adapt(
     let backend = match opts.method {
         Method::Ridge => Backend::select(Device::Cpu, threads.clone()),
         Method::Finetune { .. } => Backend::select(opts.device, threads.clone()),
-    }
-    .map_err(AdaptError::Device)?;
+    }?;
     let t0 = Instant::now();
     progress.phase("features", used.len() as u64);
     let owned: Vec<Episode> = used.iter().map(|e| (*e).clone()).collect();
@@ -564,6 +564,29 @@ pub fn adapt(
 /// The version an adapted skill gets: the source's with the minor number raised.
 pub fn next_version(v: &semver::Version) -> semver::Version {
     semver::Version::new(v.major, v.minor + 1, 0)
+}
+
+/// Where an adapted skill goes unless told: beside the source folder, named FOLDER-VERSION.
+pub fn default_out(source: &Skill, version: &semver::Version) -> PathBuf {
+    let name = source.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(source.manifest.name.clone());
+    source.dir.with_file_name(format!("{name}-{version}"))
+}
+
+/// Plots the fine-tuning loss curve of `report` beside `out` (OUT-loss.png and OUT-loss.svg);
+/// None when the method has no curve (ridge).
+pub fn plot_loss(
+    source: &Skill,
+    version: &semver::Version,
+    report: &Report,
+    out: &Path,
+) -> Option<Result<(PathBuf, PathBuf), plot::PlotError>> {
+    if report.curve.is_empty() {
+        return None;
+    }
+    let mut stem = out.as_os_str().to_os_string();
+    stem.push("-loss");
+    let title = format!("{} {}: fine-tuning loss", source.manifest.name, version);
+    Some(plot::loss_curve(&report.curve, &PathBuf::from(stem), &title))
 }
 
 /// Writes the adapted skill as a new folder `out`: the source's ONNX with the new head weights,

@@ -15,6 +15,26 @@ const FONTS: &[&str] = &[
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
 
+/// Why a plot could not be written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlotError {
+    /// No usable font; the message says which to install.
+    #[error("{0}")]
+    Font(String),
+    /// Drawing or writing the file failed.
+    #[error("cannot draw {}: {message}", path.display())]
+    Draw {
+        /// The image file.
+        path: PathBuf,
+        /// What plotters said.
+        message: String,
+    },
+}
+
+fn drawn(path: &Path) -> impl FnOnce(String) -> PlotError + '_ {
+    move |message| PlotError::Draw { path: path.to_path_buf(), message }
+}
+
 /// Registers a system font with plotters once: it draws text with ab_glyph and ships none.
 fn font() -> Result<(), String> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -94,11 +114,11 @@ fn paths(stem: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Writes the loss curve to `stem.png` and `stem.svg`; returns the two paths.
-pub fn loss_curve(curve: &[Epoch], stem: &Path, title: &str) -> Result<(PathBuf, PathBuf), String> {
-    font()?;
+pub fn loss_curve(curve: &[Epoch], stem: &Path, title: &str) -> Result<(PathBuf, PathBuf), PlotError> {
+    font().map_err(PlotError::Font)?;
     let (png, svg) = paths(stem);
-    draw(BitMapBackend::new(&png, (800, 500)).into_drawing_area(), curve, title)?;
-    draw(SVGBackend::new(&svg, (800, 500)).into_drawing_area(), curve, title)?;
+    draw(BitMapBackend::new(&png, (800, 500)).into_drawing_area(), curve, title).map_err(drawn(&png))?;
+    draw(SVGBackend::new(&svg, (800, 500)).into_drawing_area(), curve, title).map_err(drawn(&svg))?;
     Ok((png, svg))
 }
 
@@ -172,12 +192,13 @@ pub fn curves(
     x_desc: &str,
     y_desc: &str,
     y_max: f64,
-) -> Result<(PathBuf, PathBuf), String> {
-    font()?;
+) -> Result<(PathBuf, PathBuf), PlotError> {
+    font().map_err(PlotError::Font)?;
     let (png, svg) = paths(stem);
     let size = (560 * panels.len().max(1) as u32, 460);
-    draw_panels(BitMapBackend::new(&png, size).into_drawing_area(), panels, x_desc, y_desc, y_max)?;
-    draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), panels, x_desc, y_desc, y_max)?;
+    draw_panels(BitMapBackend::new(&png, size).into_drawing_area(), panels, x_desc, y_desc, y_max)
+        .map_err(drawn(&png))?;
+    draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), panels, x_desc, y_desc, y_max).map_err(drawn(&svg))?;
     Ok((png, svg))
 }
 

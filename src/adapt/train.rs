@@ -4,11 +4,12 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use super::compute::Threads;
-use super::device::{Backend, Device};
+use super::compute::{ComputeError, Threads};
+use super::device::{Backend, Device, DeviceError};
 use super::finetune::{Data, Epoch, Settings, Shape};
+use crate::model::export;
 use crate::model::head::{Activation, LayerParams};
-use crate::model::{export, mlp};
+use crate::model::mlp::{self, MlpError};
 use crate::record::dataset::Episode;
 use crate::rng::SplitMix;
 use crate::skill::manifest::Manifest;
@@ -75,23 +76,52 @@ fn moments(rows: &[&[f32]], width: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, std)
 }
 
+/// Why a policy could not be trained; each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The template stacks frames.
+    #[error("training from scratch takes skills with history = 1")]
+    History,
+    /// The features split is not after a hidden layer.
+    #[error("the features must come after one of the {hidden} hidden layers (features_after = {features_after})")]
+    FeaturesAfter {
+        /// Hidden layers asked for.
+        hidden: usize,
+        /// The layer the features come after.
+        features_after: usize,
+    },
+    /// Nothing to learn from.
+    #[error("the episodes hold no samples; record demonstrations first")]
+    NoSamples,
+    /// The device asked for cannot be used.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Training failed on its device.
+    #[error("training failed on {device}: {source}")]
+    Compute {
+        /// The backend, as reports name it.
+        device: String,
+        /// What failed.
+        source: ComputeError,
+    },
+    /// The trained MLP cannot be written as a model.
+    #[error(transparent)]
+    Model(#[from] MlpError),
+}
+
 /// Trains an MLP for the skill described by `template` (topics, fields, limits; its
 /// normalisation is replaced by the data's) on `episodes`, holding out the last tenth of them
 /// (at least one, when there are three or more) for early stopping.
-pub fn train(template: &Manifest, episodes: &[Episode], opts: &TrainOptions) -> Result<Trained, String> {
+pub fn train(template: &Manifest, episodes: &[Episode], opts: &TrainOptions) -> Result<Trained, TrainError> {
     if template.control.history != 1 {
-        return Err("training from scratch takes skills with history = 1".into());
+        return Err(TrainError::History);
     }
     if opts.hidden.is_empty() || opts.features_after >= opts.hidden.len() {
-        return Err(format!(
-            "the features must come after one of the {} hidden layers (features_after = {})",
-            opts.hidden.len(),
-            opts.features_after
-        ));
+        return Err(TrainError::FeaturesAfter { hidden: opts.hidden.len(), features_after: opts.features_after });
     }
     let all: Vec<&crate::record::dataset::Sample> = episodes.iter().flat_map(|e| &e.samples).collect();
     if all.is_empty() {
-        return Err("the episodes hold no samples; record demonstrations first".into());
+        return Err(TrainError::NoSamples);
     }
     let (d_in, d_out) = (template.input_width(), template.action_width());
     let obs: Vec<&[f32]> = all.iter().map(|s| s.raw_observation.as_slice()).collect();
@@ -155,7 +185,7 @@ pub fn train(template: &Manifest, episodes: &[Episode], opts: &TrainOptions) -> 
     let backend = Backend::select(opts.device, Threads::new(opts.threads))?;
     let t = backend
         .train(&shapes, &init, &init, &train_data, held_data.as_ref(), &settings, &mut |_| {})
-        .map_err(|e| format!("training failed on {}: {e}", backend.describe()))?;
+        .map_err(|source| TrainError::Compute { device: backend.describe(), source })?;
     let layers: Vec<(LayerParams, Activation)> =
         t.params.iter().cloned().zip(shapes.iter().map(|s| s.activation)).collect();
     let metadata = vec![

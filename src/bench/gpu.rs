@@ -126,11 +126,11 @@ fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, usize, T) {
 /// Runs the grid; `row` is called with each cell as it is done (a long run shows progress).
 pub fn gpu(o: &GpuOptions, row: &mut dyn FnMut(&Cell)) -> Result<GpuReport, String> {
     let s = settings(o.epochs);
-    let cpu = Backend::select(Device::Cpu, Threads::new(o.threads))?;
+    let cpu = Backend::select(Device::Cpu, Threads::new(o.threads)).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let (gpu, why) = match Backend::select(Device::Cuda, Threads::default()) {
         Ok(g) => (Some(g), String::new()),
-        Err(e) => (None, e),
+        Err(e) => (None, e.to_string()),
     };
     let gpu_start_s = gpu.as_ref().map(|_| t0.elapsed().as_secs_f64());
     let (heads, samples) = if o.quick { (&HEADS[..QUICK.0], &SAMPLES[..QUICK.1]) } else { (&HEADS[..], &SAMPLES[..]) };

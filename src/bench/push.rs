@@ -70,7 +70,7 @@ pub(crate) fn big_skill(dir: &Path, mib: u64) -> Result<PathBuf, String> {
         (layer(h, h), Activation::Tanh),
         (layer(outputs, h), Activation::Identity),
     ];
-    let proto = mlp::model(&layers, 1, &[])?;
+    let proto = mlp::model(&layers, 1, &[]).map_err(|e| e.to_string())?;
     manifest.model.input = mlp::INPUT.into();
     manifest.model.output = mlp::OUTPUT.into();
     manifest.model.features = mlp::FEATURES.into();

@@ -104,13 +104,13 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
     let mut expert_scores = Vec::new();
     let mut points = Vec::new();
     for name in &opts.robots {
-        let robot = sim::robot(name)?;
+        let robot = sim::robot(name).map_err(|e| e.to_string())?;
         let scored = scored_tasks(opts.reaches, robot.home);
         let expert = Expert::new(robot.clone());
         let e = sim::score(&robot, &scored, &mut |obs| expert.command(&obs[..JOINTS], [obs[6], obs[7]]).to_vec());
         expert_scores.push((name.clone(), e));
         progress(&format!("{name}: source"));
-        let zero = score_skill(&mut source, &robot, &scored)?;
+        let zero = score_skill(&mut source, &robot, &scored).map_err(|e| e.to_string())?;
         for &n in &opts.demos {
             let mut rows: Vec<Point> = ["source", "ridge", "finetune", "from scratch"]
                 .iter()
@@ -161,17 +161,18 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     let out = folder.join(mname);
                     let mut skill =
                         adapt::write(&source, &adapted, &out, None, Some(name)).map_err(|e| e.to_string())?;
-                    let s = score_skill(&mut skill, &robot, &scored)?;
+                    let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
                     row.success.push(s.success_rate);
                     row.distance.push(s.mean_distance);
                 }
                 let scratch_eps = dataset::load(&files, &template).map_err(|e| e.to_string())?;
                 let t = cpu_s();
-                let trained = train::train(&template, &scratch_eps, &TrainOptions::default())?;
+                let trained =
+                    train::train(&template, &scratch_eps, &TrainOptions::default()).map_err(|e| e.to_string())?;
                 rows[3].cpu_s.push(cpu_s() - t);
                 let mut skill = skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
                     .map_err(|e| e.to_string())?;
-                let s = score_skill(&mut skill, &robot, &scored)?;
+                let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
                 rows[3].success.push(s.success_rate);
                 rows[3].distance.push(s.mean_distance);
             }
@@ -207,6 +208,7 @@ impl TransferReport {
             panels.push((robot.clone(), series));
         }
         skillgraft::adapt::plot::curves(&panels, stem, "demonstrations", "success (%)", 105.0)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -59,35 +59,85 @@ pub struct SafetyConfig {
     pub blend_ticks: u32,
 }
 
+/// Limits that cannot drive a robot; each says which element and what to set.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LimitsError {
+    /// The three vectors differ in length.
+    #[error(
+        "lower, upper and max_delta have {lower}, {upper} and {max_delta} values; give one per action element ({lower})"
+    )]
+    Lengths {
+        /// Values in `lower`.
+        lower: usize,
+        /// Values in `upper`.
+        upper: usize,
+        /// Values in `max_delta`.
+        max_delta: usize,
+    },
+    /// A bound is infinite or NaN.
+    #[error(
+        "action limits [{lower}, {upper}] of element {element} are not finite; a skill needs real joint limits before it drives a robot: set action.lower and action.upper in skill.toml or with -p action.lower:=[...]"
+    )]
+    NotFinite {
+        /// The action element.
+        element: usize,
+        /// Its lower bound.
+        lower: f64,
+        /// Its upper bound.
+        upper: f64,
+    },
+    /// The lower bound is not below the upper.
+    #[error("action.lower[{element}] = {lower} is not below action.upper[{element}] = {upper}")]
+    Unordered {
+        /// The action element.
+        element: usize,
+        /// Its lower bound.
+        lower: f64,
+        /// Its upper bound.
+        upper: f64,
+    },
+    /// A rate limit of zero, below or NaN.
+    #[error("action.max_delta[{element}] = {max_delta}; it must be above 0 (inf for no limit)")]
+    MaxDelta {
+        /// The action element.
+        element: usize,
+        /// The limit given.
+        max_delta: f64,
+    },
+    /// The safe action (zero) lies outside the limits.
+    #[error(
+        "the safe action is zero but element {element} must stay in [{lower}, {upper}]; use safe = \"hold\" or limits that include 0"
+    )]
+    ZeroOutside {
+        /// The action element.
+        element: usize,
+        /// Its lower bound.
+        lower: f64,
+        /// Its upper bound.
+        upper: f64,
+    },
+}
+
 impl SafetyConfig {
     /// Checks the limits can drive a robot: finite, ordered, and holding the safe action.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), LimitsError> {
         let n = self.lower.len();
         if self.upper.len() != n || self.max_delta.len() != n {
-            return Err(format!(
-                "lower, upper and max_delta have {}, {} and {} values; give one per action element ({n})",
-                n,
-                self.upper.len(),
-                self.max_delta.len()
-            ));
+            return Err(LimitsError::Lengths { lower: n, upper: self.upper.len(), max_delta: self.max_delta.len() });
         }
-        for i in 0..n {
-            let (lo, hi, d) = (self.lower[i], self.upper[i], self.max_delta[i]);
-            if !(lo.is_finite() && hi.is_finite()) {
-                return Err(format!(
-                    "action limits [{lo}, {hi}] of element {i} are not finite; a skill needs real joint limits before it drives a robot: set action.lower and action.upper in skill.toml or with -p action.lower:=[...]"
-                ));
+        for element in 0..n {
+            let (lower, upper, max_delta) = (self.lower[element], self.upper[element], self.max_delta[element]);
+            if !(lower.is_finite() && upper.is_finite()) {
+                return Err(LimitsError::NotFinite { element, lower, upper });
             }
-            if lo >= hi {
-                return Err(format!("action.lower[{i}] = {lo} is not below action.upper[{i}] = {hi}"));
+            if lower >= upper {
+                return Err(LimitsError::Unordered { element, lower, upper });
             }
-            if d.is_nan() || d <= 0.0 {
-                return Err(format!("action.max_delta[{i}] = {d}; it must be above 0 (inf for no limit)"));
+            if max_delta.is_nan() || max_delta <= 0.0 {
+                return Err(LimitsError::MaxDelta { element, max_delta });
             }
-            if self.safe == SafeAction::Zero && !(lo..=hi).contains(&0.0) {
-                return Err(format!(
-                    "the safe action is zero but element {i} must stay in [{lo}, {hi}]; use safe = \"hold\" or limits that include 0"
-                ));
+            if self.safe == SafeAction::Zero && !(lower..=upper).contains(&0.0) {
+                return Err(LimitsError::ZeroOutside { element, lower, upper });
             }
         }
         Ok(())
@@ -348,8 +398,8 @@ mod tests {
             safe,
             blend_ticks: 0,
         };
-        assert!(cfg(f64::NEG_INFINITY, 1.0, SafeAction::Hold).check().unwrap_err().contains("not finite"));
-        assert!(cfg(0.5, 1.0, SafeAction::Zero).check().unwrap_err().contains("include 0"));
+        assert!(cfg(f64::NEG_INFINITY, 1.0, SafeAction::Hold).check().unwrap_err().to_string().contains("not finite"));
+        assert!(cfg(0.5, 1.0, SafeAction::Zero).check().unwrap_err().to_string().contains("include 0"));
         assert!(cfg(0.5, 1.0, SafeAction::Hold).check().is_ok());
     }
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::{FleetError, io};
+use super::FleetError;
+use crate::file::FileError;
 
 /// Shortest token accepted: 128 bits of base64.
 const MIN_LEN: usize = 22;
@@ -33,9 +34,9 @@ fn digest(token: &str) -> [u8; 32] {
 
 /// The lines of a token file that hold tokens (blank lines and `#` comments skipped).
 fn lines(path: &Path) -> Result<Vec<String>, FleetError> {
-    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
     // A token others can read is a token others can use.
-    crate::skill::bundle::check_mode(path, true).map_err(FleetError::Config)?;
+    crate::skill::bundle::check_mode(path, true).map_err(|e| FleetError::Config(e.to_string()))?;
     let tokens: Vec<String> =
         text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     for t in &tokens {
@@ -86,9 +87,13 @@ pub fn new_token(path: &Path) -> Result<(), FleetError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| FleetError::Config(format!("no randomness for a token: {e}")))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io("create", path))?;
-    writeln!(f, "{token}").map_err(io("write", path))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(FileError::at("create", path))?;
+    Ok(writeln!(f, "{token}").map_err(FileError::at("write", path))?)
 }
 
 #[cfg(test)]

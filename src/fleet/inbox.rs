@@ -31,9 +31,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use ed25519_dalek::VerifyingKey;
 
+use super::FleetError;
 use super::auth::Tokens;
 use super::http::{HttpLimits, problem, redact, reply, small_body, spool, unauthorized, within};
-use super::{FleetError, io};
+use crate::file::FileError;
 use crate::skill::bundle::{self, BundleError, Limits};
 use crate::skill::sandbox::Sandbox;
 use crate::skill::store::{Store, StoreError};
@@ -72,9 +73,28 @@ pub trait Runner: Send + Sync {
     /// Name and version of the running skill.
     fn running(&self) -> (String, String);
     /// Why a skill with this manifest could not replace the running one, if it could not.
-    fn check(&self, manifest: &Manifest) -> Result<(), String>;
+    fn check(&self, manifest: &Manifest) -> Result<(), RunnerError>;
     /// Hands `skill` to the control loop, which swaps it in between two ticks.
-    fn swap(&self, skill: Skill) -> Result<(), String>;
+    fn swap(&self, skill: Skill) -> Result<(), RunnerError>;
+}
+
+/// Why the node would not take a skill the inbox offered it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The skill does not fit the node (its topics, its action); the node's reason says what would.
+    #[error(transparent)]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
+    /// The node runs a newer version and the bundle is no downgrade for this robot.
+    #[error(
+        "the node runs {0}, which is newer; a fleet that means it signs a downgrade for this robot (`bundle pack --downgrade --for ROBOT --expires-in 1d`)"
+    )]
+    Newer(semver::Version),
+    /// The installed version does not load.
+    #[error(transparent)]
+    Load(#[from] crate::skill::SkillError),
+    /// The control loop could not take it (it has stopped, say).
+    #[error(transparent)]
+    Swap(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Counters of the inbox, also reported on `/diagnostics`.
@@ -191,8 +211,8 @@ impl Inbox {
         let store = Store::open(&settings.store).map_err(|e| FleetError::Config(e.to_string()))?.sandboxed(sandbox);
         let listener = std::net::TcpListener::bind(&settings.listen)
             .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
-        listener.set_nonblocking(true).map_err(io("configure", Path::new(&settings.listen)))?;
-        let addr = listener.local_addr().map_err(io("configure", Path::new(&settings.listen)))?;
+        listener.set_nonblocking(true).map_err(FileError::at("configure", Path::new(&settings.listen)))?;
+        let addr = listener.local_addr().map_err(FileError::at("configure", Path::new(&settings.listen)))?;
         let stats = Arc::new(InboxStats::default());
         *stats.address.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
         let shared = Arc::new(Shared {
@@ -216,7 +236,7 @@ impl Inbox {
         let (http, refused) = (limits.http, stats.connections_refused.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = std::sync::mpsc::channel();
-        let rt = super::http::runtime(1).map_err(io("start the runtime of", Path::new(&settings.listen)))?;
+        let rt = super::http::runtime(1).map_err(FileError::at("start the runtime of", Path::new(&settings.listen)))?;
         std::thread::Builder::new()
             .name("skillgraft-inbox".into())
             .spawn(move || {
@@ -232,7 +252,7 @@ impl Inbox {
                 });
                 let _ = done_tx.send(());
             })
-            .map_err(io("start a thread for", Path::new(&settings.listen)))?;
+            .map_err(FileError::at("start a thread for", Path::new(&settings.listen)))?;
         tracing::info!(address = %addr, store = %settings.store.display(), "inbox listening");
         Ok(Inbox { addr, stats, shutdown: Some(tx), done })
     }
@@ -315,11 +335,11 @@ fn refusal(e: StoreError) -> Refusal {
         StoreError::Bundle(BundleError::Rejected { problem, .. }) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid", problem)
         }
-        StoreError::Bundle(e @ (BundleError::Io { .. } | BundleError::Key { .. } | BundleError::Skill(_))) => {
+        StoreError::Bundle(e @ (BundleError::File(_) | BundleError::Key { .. } | BundleError::Skill(_))) => {
             tracing::error!("inbox: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "io", "the robot could not store the bundle; its log says why".into())
         }
-        StoreError::Io { .. } => {
+        StoreError::File(_) => {
             tracing::error!("inbox: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "io", "the robot could not store the bundle; its log says why".into())
         }
@@ -390,7 +410,7 @@ type Refusal = (StatusCode, &'static str, String);
 
 /// After a change the node could not follow, the store is put back to `before`; the refusal
 /// says both what failed and whether the store is back, so nobody is left guessing.
-fn undo(s: &Shared, name: &str, before: Option<&crate::skill::store::State>, what: &str, e: String) -> Refusal {
+fn undo(s: &Shared, name: &str, before: Option<&crate::skill::store::State>, what: &str, e: RunnerError) -> Refusal {
     let message = match s.store.restore(name, before) {
         Ok(()) => format!("{what}, but the node could not swap it in: {e}; the store is back as it was"),
         Err(r) => {
@@ -412,9 +432,7 @@ fn install_blocking(s: &Shared, path: &Path) -> Result<(crate::skill::store::Ent
             // The node may run a version the store never had (the folder it was launched
             // with): the version rule holds against it too.
             match version.parse::<semver::Version>() {
-                Ok(v) if manifest.version < v && !downgrade => Err(format!(
-                    "the node runs {v}, which is newer; a fleet that means it signs a downgrade for this robot (`bundle pack --downgrade --for ROBOT --expires-in 1d`)"
-                )),
+                Ok(v) if manifest.version < v && !downgrade => Err(RunnerError::Newer(v).into()),
                 _ => Ok(()),
             }
         }
@@ -433,8 +451,8 @@ fn install_blocking(s: &Shared, path: &Path) -> Result<(crate::skill::store::Ent
     }
 }
 
-fn swap(runner: &dyn Runner, store: &Store, name: &str, version: &semver::Version) -> Result<(), String> {
-    let skill = Skill::load(&store.dir(name, version)).map_err(|e| e.to_string())?;
+fn swap(runner: &dyn Runner, store: &Store, name: &str, version: &semver::Version) -> Result<(), RunnerError> {
+    let skill = Skill::load(&store.dir(name, version))?;
     runner.swap(skill)
 }
 
@@ -484,7 +502,7 @@ async fn change(s: Arc<Shared>, name: String, version: Option<semver::Version>) 
         let skill = match runner {
             Some(r) => {
                 let skill = Skill::load(&dir).map_err(|e| (StatusCode::CONFLICT, "refused", e.to_string()))?;
-                r.check(&skill.manifest).map_err(|e| (StatusCode::CONFLICT, "refused", e))?;
+                r.check(&skill.manifest).map_err(|e| (StatusCode::CONFLICT, "refused", e.to_string()))?;
                 Some(skill)
             }
             None => None,
@@ -522,11 +540,11 @@ mod tests {
         fn running(&self) -> (String, String) {
             ("example-arm6".into(), "0.0.1".into())
         }
-        fn check(&self, _: &Manifest) -> Result<(), String> {
+        fn check(&self, _: &Manifest) -> Result<(), RunnerError> {
             Ok(())
         }
-        fn swap(&self, _: Skill) -> Result<(), String> {
-            Err("the control thread has stopped".into())
+        fn swap(&self, _: Skill) -> Result<(), RunnerError> {
+            Err(RunnerError::Swap("the control thread has stopped".into()))
         }
     }
 

@@ -10,21 +10,12 @@ pub mod inbox;
 pub mod push;
 pub mod server;
 
-use std::path::{Path, PathBuf};
-
 /// Why a fleet command or server could not do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// A file could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// A configuration file or argument is wrong; the message says how to fix it.
     #[error("{0}")]
     Config(String),
@@ -39,8 +30,12 @@ pub enum FleetError {
     /// A remote refused or failed the request.
     #[error("{0}")]
     Remote(String),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FleetError + 'a {
-    move |source| FleetError::Io { action, path: path.to_path_buf(), source }
+    /// A robot answered and refused the change; the message says why.
+    #[error("refused ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The robot's reason.
+        message: String,
+    },
 }

@@ -10,8 +10,11 @@ use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::client::{Client, ClientError, Reply, Upload, beside, join};
-use super::{FleetError, auth, io};
+use super::server::CatalogEntry;
+use super::{FleetError, auth};
+use crate::file::FileError;
 use crate::skill::bundle;
+use crate::skill::store::Entry;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +53,7 @@ pub struct Robots {
 impl Robots {
     /// Reads and checks a registry file, and each robot's token.
     pub fn load(path: &Path) -> Result<Robots, FleetError> {
-        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
         let file: RobotsFile = toml::from_str(&text).map_err(|e| {
             FleetError::Config(format!(
                 "{}: {e}; each robot is a [[robot]] table with name, url and token_file",
@@ -313,27 +316,111 @@ pub async fn ask(
     call(&robot.name, &robot.url, method, path, &robot.token, &upload, timeout).await
 }
 
+/// A successful reply's body as `T`, or why it does not read as one.
+fn typed<T: serde::de::DeserializeOwned>(who: &str, r: Reply) -> Result<T, FleetError> {
+    serde_json::from_value(r.body).map_err(|e| {
+        FleetError::Remote(format!(
+            "{who} answered something this skillgraft cannot read ({e}); are both the same version?"
+        ))
+    })
+}
+
 /// Uploads a bundle to the fleet server's catalog; returns the catalog entry.
-pub async fn upload(
-    bundle: &Path,
-    fleet: &str,
-    token: &str,
-    timeout: Duration,
-) -> Result<serde_json::Value, FleetError> {
+pub async fn upload(bundle: &Path, fleet: &str, token: &str, timeout: Duration) -> Result<CatalogEntry, FleetError> {
     let r = call(fleet, fleet, Method::POST, "/catalog", token, &Upload::File(bundle.into()), timeout).await?;
     if r.status.is_success() {
-        Ok(r.body)
+        typed(fleet, r)
     } else {
         Err(FleetError::Remote(format!("{fleet} refused the bundle ({}): {}", r.status.as_u16(), r.error())))
     }
 }
 
+/// The fleet server's catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Every bundle in it.
+    pub bundles: Vec<CatalogEntry>,
+}
+
+impl std::fmt::Display for Catalog {
+    /// One line per bundle: name, version, digest, where it came from, size.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.bundles {
+            let p = &b.provenance;
+            let parent = p.parent.as_ref().map(|x| format!(", parent {x}")).unwrap_or_default();
+            writeln!(
+                f,
+                "{} {}  {}  from {} ({}{parent})  {} bytes",
+                b.name, b.version, b.digest, p.source_robot, p.method, b.bytes
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads the fleet server's catalog.
-pub async fn catalog(fleet: &str, token: &str, timeout: Duration) -> Result<serde_json::Value, FleetError> {
+pub async fn catalog(fleet: &str, token: &str, timeout: Duration) -> Result<Catalog, FleetError> {
     let r = call(fleet, fleet, Method::GET, "/catalog", token, &Upload::Empty, timeout).await?;
     if r.status.is_success() {
-        Ok(r.body)
+        typed(fleet, r)
     } else {
         Err(FleetError::Remote(format!("{fleet} ({}): {}", r.status.as_u16(), r.error())))
+    }
+}
+
+/// The skill a robot's node runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    /// Skill name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// A robot's answer to an activation or a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    /// The skill's store entry after the change.
+    pub installed: Entry,
+    /// What the robot's node runs now (None: no node runs the store).
+    pub running: Option<Running>,
+}
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = &self.installed;
+        let previous = e.state.previous.as_ref().map_or("none".to_string(), |p| p.to_string());
+        let running = self.running.as_ref().map_or("no node".to_string(), |r| format!("{} {}", r.name, r.version));
+        write!(f, "{}: active {}, previous {previous}; running {running}", e.name, e.state.active)
+    }
+}
+
+/// Makes `version` of skill `name` active on `robot` (None: returns it to the version before).
+pub async fn change(
+    robot: &Robot,
+    name: &str,
+    version: Option<&semver::Version>,
+    timeout: Duration,
+) -> Result<Changed, FleetError> {
+    let r = match version {
+        Some(v) => {
+            let body = Upload::Json(serde_json::json!({ "version": v.to_string() }));
+            ask(robot, Method::POST, &format!("/skills/{name}/activate"), body, timeout).await?
+        }
+        None => ask(robot, Method::POST, &format!("/skills/{name}/rollback"), Upload::Empty, timeout).await?,
+    };
+    if !r.status.is_success() {
+        return Err(FleetError::Refused { status: r.status.as_u16(), message: r.error() });
+    }
+    typed(&robot.name, r)
+}
+
+impl Robots {
+    /// The robot called `name`, or an error listing the ones there are.
+    pub fn find(&self, name: &str) -> Result<&Robot, FleetError> {
+        self.robots.iter().find(|r| r.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.robots.iter().map(|r| r.name.as_str()).collect();
+            FleetError::Config(format!("no robot {name:?} in the registry; it lists {}", names.join(", ")))
+        })
     }
 }

@@ -29,10 +29,11 @@ use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::FleetError;
 use super::auth::Tokens;
 use super::http::{HttpLimits, problem, redact, reply, spool, unauthorized, within};
 use super::push::Robots;
-use super::{FleetError, io};
+use crate::file::FileError;
 use crate::skill::bundle::{self, Limits};
 use crate::skill::manifest::Provenance;
 use crate::skill::sandbox::Sandbox;
@@ -101,10 +102,10 @@ pub async fn serve(
     let tokens = Tokens::load(&settings.tokens)?;
     let root = settings.store.clone();
     for d in [root.join("catalog"), root.join(".incoming")] {
-        std::fs::create_dir_all(&d).map_err(io("create", &d))?;
+        std::fs::create_dir_all(&d).map_err(FileError::at("create", &d))?;
     }
     let incoming = root.join(".incoming");
-    for e in std::fs::read_dir(&incoming).map_err(io("read", &incoming))?.filter_map(|e| e.ok()) {
+    for e in std::fs::read_dir(&incoming).map_err(FileError::at("read", &incoming))?.filter_map(|e| e.ok()) {
         let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
     }
     let registry = root.join("robots.toml");
@@ -134,7 +135,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|source| FleetError::Listen { addr: settings.listen.clone(), source })?;
-    let addr = listener.local_addr().map_err(io("configure", Path::new(&settings.listen)))?;
+    let addr = listener.local_addr().map_err(FileError::at("configure", Path::new(&settings.listen)))?;
     bound(addr);
     super::http::serve(listener, app, settings.http, refused, shutdown).await;
     Ok(())
@@ -160,11 +161,11 @@ async fn health() -> Response {
 pub fn entries(root: &Path) -> Result<Vec<CatalogEntry>, FleetError> {
     let dir = root.join("catalog");
     let mut out = Vec::new();
-    for name in std::fs::read_dir(&dir).map_err(io("read", &dir))?.filter_map(|e| e.ok()) {
-        for f in std::fs::read_dir(name.path()).map_err(io("read", &name.path()))?.filter_map(|e| e.ok()) {
+    for name in std::fs::read_dir(&dir).map_err(FileError::at("read", &dir))?.filter_map(|e| e.ok()) {
+        for f in std::fs::read_dir(name.path()).map_err(FileError::at("read", &name.path()))?.filter_map(|e| e.ok()) {
             let p = f.path();
             if p.extension().is_some_and(|x| x == "json") {
-                let text = std::fs::read(&p).map_err(io("read", &p))?;
+                let text = std::fs::read(&p).map_err(FileError::at("read", &p))?;
                 // One damaged entry must not hide the rest of the catalog.
                 match serde_json::from_slice(&text) {
                     Ok(e) => out.push(e),

@@ -20,7 +20,7 @@ pub fn with_head_params(
     params: &[LayerParams],
     metadata: &[(String, String)],
 ) -> Result<ModelProto, ModelError> {
-    head.check_params(params).map_err(ModelError::Export)?;
+    head.check_params(params).map_err(|e| ModelError::Export(e.to_string()))?;
     let mut proto = file.proto.clone();
     for (k, (spec, p)) in head.layers.iter().zip(params).enumerate() {
         let w = if spec.weight.transposed { p.weight.transpose() } else { p.weight.clone() } / spec.weight.scale;

@@ -309,9 +309,19 @@ pub struct SplitCandidate {
     pub head_params: usize,
 }
 
-/// Why a head could not be read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadError(pub String);
+/// Why a head could not be read; the message names the tensor or node and what to do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeadError {
+    /// The features tensor is missing, is the output, or is not on the path to the output.
+    #[error("{0}")]
+    Split(String),
+    /// A node in the head is not a form skillgraft can adapt.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Stored weights or biases, or the shapes between layers, do not fit a head.
+    #[error("{0}")]
+    Weights(String),
+}
 
 const UNARY: &[&str] = &[
     "Relu",
@@ -335,13 +345,13 @@ impl Head {
     /// Reads the head between `features` and `output`.
     pub fn discover(ix: &GraphIndex<'_>, output: &str, features: &str) -> Result<Head, HeadError> {
         if !ix.has_tensor(features) {
-            return Err(HeadError(format!(
+            return Err(HeadError::Split(format!(
                 "there is no tensor `{features}` in the graph; give a tensor name (`skillgraft inspect MODEL.onnx` lists the tensors where a backbone/head split is possible)"
             )));
         }
         let feeds_output = ix.ancestors(output).iter().any(|&i| ix.graph.node[i].input.iter().any(|t| t == features));
         if !feeds_output && features != output {
-            return Err(HeadError(format!(
+            return Err(HeadError::Split(format!(
                 "`{features}` does not feed the output `{output}`; choose a tensor on the path from the input to the output"
             )));
         }
@@ -365,7 +375,7 @@ impl Head {
                 head_params: params,
             });
         }
-        (out, stopped.err().map(|e| e.0).unwrap_or_default())
+        (out, stopped.err().map(|e| e.to_string()).unwrap_or_default())
     }
 
     /// Layout of the features tensor.
@@ -415,25 +425,29 @@ impl Head {
     }
 
     /// Checks that `params` fit this head's layers (same count and shapes).
-    pub fn check_params(&self, params: &[LayerParams]) -> Result<(), String> {
+    pub fn check_params(&self, params: &[LayerParams]) -> Result<(), HeadError> {
         if params.len() != self.layers.len() {
-            return Err(format!("{} parameter sets given for a head of {} layers", params.len(), self.layers.len()));
+            return Err(HeadError::Weights(format!(
+                "{} parameter sets given for a head of {} layers",
+                params.len(),
+                self.layers.len()
+            )));
         }
         for (k, (spec, p)) in self.layers.iter().zip(params).enumerate() {
             if p.weight.shape() != (spec.out_dim, spec.in_dim) {
-                return Err(format!(
+                return Err(HeadError::Weights(format!(
                     "layer {k} (`{}`) weight is {:?}, the head needs {:?}",
                     spec.name,
                     p.weight.shape(),
                     (spec.out_dim, spec.in_dim)
-                ));
+                )));
             }
             if p.bias.as_ref().map(|b| b.len()) != spec.bias.as_ref().map(|_| spec.out_dim) {
-                return Err(format!("layer {k} (`{}`) bias does not match the head's", spec.name));
+                return Err(HeadError::Weights(format!("layer {k} (`{}`) bias does not match the head's", spec.name)));
             }
             let finite = p.weight.iter().chain(p.bias.iter().flat_map(|b| b.iter())).all(|v| v.is_finite());
             if !finite {
-                return Err(format!("layer {k} (`{}`) has a value that is not finite", spec.name));
+                return Err(HeadError::Weights(format!("layer {k} (`{}`) has a value that is not finite", spec.name)));
             }
         }
         Ok(())
@@ -461,7 +475,7 @@ fn walk(
             if layers.is_empty() {
                 return (
                     layers,
-                    Err(HeadError(format!(
+                    Err(HeadError::Split(format!(
                         "`{t}` is the output itself, so the head would be empty; choose a tensor before the last linear layer"
                     ))),
                 );
@@ -478,12 +492,12 @@ fn walk(
                 } else {
                     format!("layer `{}` produces a {:?} tensor but the next layer reads it as {:?}", spec.name, spec.output_layout, expected)
                 };
-                return Err(HeadError(problem));
+                return Err(HeadError::Weights(problem));
             }
             if let Some((next, _)) = layers.last()
                 && next.in_dim != spec.out_dim
             {
-                return Err(HeadError(format!(
+                return Err(HeadError::Weights(format!(
                     "layer `{}` outputs {} values but `{}` reads {}",
                     spec.name, spec.out_dim, next.name, next.in_dim
                 )));
@@ -501,7 +515,7 @@ fn walk(
         if stop.is_some() && ix.producer(&t).is_none() && Some(t.as_str()) != stop {
             return (
                 layers,
-                Err(HeadError(format!(
+                Err(HeadError::Split(format!(
                     "walking back from `{output}` reached the graph input `{t}` without passing `{}`; the features tensor must lie on the path from the input to the output",
                     boundary
                 ))),
@@ -520,7 +534,7 @@ fn match_layer(ix: &GraphIndex<'_>, t: &str, features: &str) -> Result<(LayerSpe
         None => (Activation::Identity, vec![], vec![], t.to_string()),
     };
     let Some((_, node)) = ix.producer(&linear_out) else {
-        return Err(HeadError(format!(
+        return Err(HeadError::Unsupported(format!(
             "`{linear_out}` is a graph input, not the output of a linear layer; choose a features tensor after the first linear layer"
         )));
     };
@@ -532,7 +546,7 @@ fn match_layer(ix: &GraphIndex<'_>, t: &str, features: &str) -> Result<(LayerSpe
             match_matmul(ix, mm.expect("is_bias_add found the MatMul"), Some(&linear_out))?
         }
         other => {
-            return Err(HeadError(format!(
+            return Err(HeadError::Unsupported(format!(
                 "node `{}` ({other}) is in the head, which may hold only Gemm, MatMul (+ Add) and element-wise activations; choose a features tensor after it (`skillgraft inspect MODEL.onnx` lists the valid splits)",
                 node_label(node)
             )));
@@ -642,7 +656,7 @@ fn activation_at(
         Some(a) => Ok(Some((a, x, order))),
         None => {
             let ops: Vec<&str> = order.iter().map(|&i| ix.graph.node[i].op_type.as_str()).collect();
-            Err(HeadError(format!(
+            Err(HeadError::Unsupported(format!(
                 "the element-wise nodes [{}] between `{x}` and `{t}` do not compute an activation skillgraft knows (relu, leaky_relu, tanh, sigmoid, elu, gelu, gelu_tanh, silu); choose a features tensor after them",
                 ops.join(", ")
             )))
@@ -764,7 +778,7 @@ fn stored(ix: &GraphIndex<'_>, input: &str) -> Option<Stored> {
 fn read_matrix(ix: &GraphIndex<'_>, s: &Stored, layer: &str) -> Result<(Vec<usize>, DMatrix<f32>), HeadError> {
     let (dims, values) = read_stored(ix, s, layer)?;
     if dims.len() != 2 {
-        return Err(HeadError(format!(
+        return Err(HeadError::Weights(format!(
             "weights `{}` of `{layer}` have shape {dims:?}; a head layer needs a 2-D weight matrix",
             s.name
         )));
@@ -780,15 +794,15 @@ fn read_stored(ix: &GraphIndex<'_>, s: &Stored, layer: &str) -> Result<(Vec<usiz
     if let TensorRef::Initializer(n) = &s.tensor {
         let dt = ix.initializer(n).map(|t| t.data_type).unwrap_or(0);
         if dt != tract_onnx::pb::tensor_proto::DataType::Float as i32 {
-            return Err(HeadError(format!(
+            return Err(HeadError::Weights(format!(
                 "`{n}` of `{layer}` is not float32 (ONNX data type {dt}); skillgraft adapts float32 heads"
             )));
         }
     }
     match ix.constant_f32(&probe_name) {
         Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(HeadError(format!("`{}` of `{layer}` is not a stored tensor", s.name))),
-        Err(e) => Err(HeadError(e)),
+        Ok(None) => Err(HeadError::Weights(format!("`{}` of `{layer}` is not a stored tensor", s.name))),
+        Err(e) => Err(HeadError::Weights(e)),
     }
 }
 
@@ -806,7 +820,7 @@ fn slot(s: Stored, dims: Vec<usize>, transposed: bool, scale: f32, consumer: (us
 }
 
 fn computed_weight(node: &tract_onnx::pb::NodeProto) -> HeadError {
-    HeadError(format!(
+    HeadError::Unsupported(format!(
         "`{}` ({}) needs one input computed from the features and one stored weight matrix (an initializer, optionally through a Transpose); skillgraft cannot adapt weights that are computed",
         node_label(node),
         node.op_type
@@ -821,7 +835,7 @@ fn match_gemm(ix: &GraphIndex<'_>, out: &str) -> Result<(LayerSpec, LayerParams)
     let ta = GraphIndex::attr_i(node, "transA", 0) != 0;
     let tb = GraphIndex::attr_i(node, "transB", 0) != 0;
     if alpha == 0.0 || !alpha.is_finite() {
-        return Err(HeadError(format!(
+        return Err(HeadError::Unsupported(format!(
             "`{name}` (Gemm) has alpha = {alpha}, so it ignores its weights; re-export the model"
         )));
     }
@@ -948,7 +962,7 @@ fn bias_vector(
         _ => false,
     };
     if !fits {
-        return Err(HeadError(format!(
+        return Err(HeadError::Weights(format!(
             "bias `{name}` of `{layer}` has shape {dims:?}, which does not add one value per output ({out}); skillgraft adapts biases of shape [{out}] or a scalar"
         )));
     }

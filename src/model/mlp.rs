@@ -46,13 +46,29 @@ fn tensor(name: String, dims: Vec<i64>, values: Vec<f32>) -> TensorProto {
     TensorProto { name, dims, data_type: DataType::Float as i32, float_data: values, ..Default::default() }
 }
 
-fn activation_op(a: Activation) -> Result<&'static str, String> {
+/// An MLP that cannot be written as a skill's model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MlpError {
+    /// The activation has no single ONNX op here.
+    #[error("an MLP layer with {0} cannot be written; use identity, relu, tanh or sigmoid")]
+    Activation(Activation),
+    /// The split leaves no layer for the head.
+    #[error("the features come after layer {features_after} of {layers}, which leaves no head")]
+    NoHead {
+        /// The layer the features come after.
+        features_after: usize,
+        /// Layers in the MLP.
+        layers: usize,
+    },
+}
+
+fn activation_op(a: Activation) -> Result<&'static str, MlpError> {
     match a {
         Activation::Identity => Ok(""),
         Activation::Relu => Ok("Relu"),
         Activation::Tanh => Ok("Tanh"),
         Activation::Sigmoid => Ok("Sigmoid"),
-        other => Err(format!("an MLP layer with {other} cannot be written; use identity, relu, tanh or sigmoid")),
+        other => Err(MlpError::Activation(other)),
     }
 }
 
@@ -63,12 +79,9 @@ pub fn model(
     layers: &[(LayerParams, Activation)],
     features_after: usize,
     metadata: &[(String, String)],
-) -> Result<ModelProto, String> {
+) -> Result<ModelProto, MlpError> {
     if features_after + 1 >= layers.len() {
-        return Err(format!(
-            "the features come after layer {features_after} of {}, which leaves no head",
-            layers.len()
-        ));
+        return Err(MlpError::NoHead { features_after, layers: layers.len() });
     }
     let mut nodes = Vec::new();
     let mut initializers = Vec::new();

@@ -19,15 +19,9 @@ pub const TRACT_VERSION: &str = "0.23.9";
 /// What went wrong with a model file, where, and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The bytes are not an ONNX model.
     #[error("{} is not an ONNX model: {reason}; pass the .onnx file your exporter wrote (e.g. torch.onnx.export)", path.display())]
     NotOnnx {
@@ -174,7 +168,7 @@ impl Model {
         let head = Head::discover(&ix, output, features).map_err(|e| ModelError::Head {
             path: path.clone(),
             features: features.to_string(),
-            problem: e.0,
+            problem: e.to_string(),
         })?;
         let input_shape = input_shape(&file, declared_shape(feed))?;
         let control = ControlPlan::build(&file, &input_shape, output)?;

@@ -22,7 +22,7 @@ pub struct OnnxFile {
 impl OnnxFile {
     /// Reads and decodes an ONNX file, and checks that tract implements every op in it.
     pub fn read(path: &Path) -> Result<OnnxFile, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(crate::file::FileError::at("read", path))?;
         OnnxFile::decode(path, &bytes)
     }
 

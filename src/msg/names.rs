@@ -1,11 +1,19 @@
 //! ROS 2 names: the rules a topic name must follow, checked before anything is subscribed.
 
+/// A topic name that breaks the ROS 2 naming rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a valid ROS 2 topic name: {why}; write e.g. \"/joint_states\" or \"~/action\"")]
+pub struct TopicNameError {
+    /// The name given.
+    pub name: String,
+    /// The rule it breaks.
+    pub why: &'static str,
+}
+
 /// Checks a topic name against the ROS 2 naming rules (absolute `/a/b`, relative `a/b`, or
 /// private `~/a`); the error says what is wrong and shows a valid name.
-pub fn check_topic(name: &str) -> Result<(), String> {
-    let fail = |why: &str| {
-        Err(format!("{name:?} is not a valid ROS 2 topic name: {why}; write e.g. \"/joint_states\" or \"~/action\""))
-    };
+pub fn check_topic(name: &str) -> Result<(), TopicNameError> {
+    let fail = |why: &'static str| Err(TopicNameError { name: name.to_string(), why });
     let body = if let Some(rest) = name.strip_prefix("~/") {
         rest
     } else if let Some(rest) = name.strip_prefix('/') {

@@ -170,33 +170,88 @@ impl fmt::Display for Selector {
     }
 }
 
+/// A field selector that does not fit its message type; each says what would.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// `field[` without its `]`.
+    #[error("`{text}` has an unclosed `[`; write `{field}[START..END]` or `{field}[INDEX]`")]
+    Unclosed {
+        /// The selector given.
+        text: String,
+        /// The field before the `[`.
+        field: String,
+    },
+    /// The type has no numeric field of that name.
+    #[error("{message_type} has no numeric field `{field}`; valid fields: {}", valid.join(", "))]
+    NoField {
+        /// The message type.
+        message_type: &'static str,
+        /// The field named.
+        field: String,
+        /// The fields it has.
+        valid: Vec<&'static str>,
+    },
+    /// An array field without an index.
+    #[error("`{0}` is an array; say which elements, e.g. `{0}[0..6]` or `{0}[2]`")]
+    NeedsIndex(String),
+    /// A scalar field with an index.
+    #[error("`{0}` is a scalar and takes no index; write `{0}`")]
+    Scalar(String),
+    /// A per-joint field with an index.
+    #[error("`{0}` is selected by joint name, not by index; write `{0}` and list the joints in `joints`")]
+    PerJoint(String),
+    /// The index is not `START..END` or `INDEX`.
+    #[error("`{field}[{inner}]` is not a valid index; write `{field}[START..END]` (END exclusive) or `{field}[INDEX]`")]
+    BadIndex {
+        /// The field.
+        field: String,
+        /// What stood between the brackets.
+        inner: String,
+    },
+    /// The index reaches past [`MAX_INDEX`].
+    #[error("`{field}[{inner}]` reaches past index {MAX_INDEX}, the most a selector may name")]
+    TooFar {
+        /// The field.
+        field: String,
+        /// What stood between the brackets.
+        inner: String,
+    },
+    /// `START..END` with END not above START.
+    #[error("`{field}[{inner}]` selects no elements; END must be greater than START")]
+    Empty {
+        /// The field.
+        field: String,
+        /// What stood between the brackets.
+        inner: String,
+    },
+}
+
 impl MessageSchema {
     /// Parses a field selector against this type; the error says what is wrong and what is valid.
-    pub fn selector(&self, text: &str) -> Result<Selector, String> {
+    pub fn selector(&self, text: &str) -> Result<Selector, SelectorError> {
         let (field, index) = match text.split_once('[') {
             Some((field, rest)) => {
-                let inner = rest.strip_suffix(']').ok_or_else(|| {
-                    format!("`{text}` has an unclosed `[`; write `{field}[START..END]` or `{field}[INDEX]`")
-                })?;
+                let inner = rest
+                    .strip_suffix(']')
+                    .ok_or_else(|| SelectorError::Unclosed { text: text.to_string(), field: field.to_string() })?;
                 (field, Some(inner))
             }
             None => (text, None),
         };
         let kind = self.fields.iter().find(|(name, _)| *name == field).map(|(_, kind)| *kind).ok_or_else(|| {
-            let valid: Vec<&str> = self.fields.iter().map(|(n, _)| *n).collect();
-            format!("{} has no numeric field `{field}`; valid fields: {}", self.name, valid.join(", "))
+            SelectorError::NoField {
+                message_type: self.name,
+                field: field.to_string(),
+                valid: self.fields.iter().map(|(n, _)| *n).collect(),
+            }
         })?;
         match (kind, index) {
             (Scalar, None) => Ok(Selector::Scalar(field.to_string())),
             (PerJoint, None) => Ok(Selector::PerJoint(field.to_string())),
             (Array, Some(inner)) => parse_slice(field, inner),
-            (Array, None) => {
-                Err(format!("`{field}` is an array; say which elements, e.g. `{field}[0..6]` or `{field}[2]`"))
-            }
-            (Scalar, Some(_)) => Err(format!("`{field}` is a scalar and takes no index; write `{field}`")),
-            (PerJoint, Some(_)) => Err(format!(
-                "`{field}` is selected by joint name, not by index; write `{field}` and list the joints in `joints`"
-            )),
+            (Array, None) => Err(SelectorError::NeedsIndex(field.to_string())),
+            (Scalar, Some(_)) => Err(SelectorError::Scalar(field.to_string())),
+            (PerJoint, Some(_)) => Err(SelectorError::PerJoint(field.to_string())),
         }
     }
 }
@@ -204,11 +259,11 @@ impl MessageSchema {
 /// Highest array index a selector may name: a selector sizes the buffers it fills.
 pub const MAX_INDEX: usize = 65_536;
 
-fn parse_slice(field: &str, inner: &str) -> Result<Selector, String> {
+fn parse_slice(field: &str, inner: &str) -> Result<Selector, SelectorError> {
+    let at = || (field.to_string(), inner.to_string());
     let bad = || {
-        format!(
-            "`{field}[{inner}]` is not a valid index; write `{field}[START..END]` (END exclusive) or `{field}[INDEX]`"
-        )
+        let (field, inner) = at();
+        SelectorError::BadIndex { field, inner }
     };
     let (start, end) = match inner.split_once("..") {
         Some((a, b)) => (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?),
@@ -218,10 +273,12 @@ fn parse_slice(field: &str, inner: &str) -> Result<Selector, String> {
         }
     };
     if end > MAX_INDEX {
-        return Err(format!("`{field}[{inner}]` reaches past index {MAX_INDEX}, the most a selector may name"));
+        let (field, inner) = at();
+        return Err(SelectorError::TooFar { field, inner });
     }
     if end <= start {
-        return Err(format!("`{field}[{inner}]` selects no elements; END must be greater than START"));
+        let (field, inner) = at();
+        return Err(SelectorError::Empty { field, inner });
     }
     Ok(Selector::Slice { field: field.to_string(), start, end })
 }
@@ -235,12 +292,12 @@ mod tests {
         let arr = schema("std_msgs/Float64MultiArray").unwrap();
         assert_eq!(arr.selector("data[2..5]").unwrap().width(0), 3);
         assert_eq!(arr.selector("data[4]").unwrap().width(0), 1);
-        assert!(arr.selector("data").unwrap_err().contains("data[0..6]"));
-        assert!(arr.selector("data[3..3]").unwrap_err().contains("no elements"));
-        assert!(arr.selector("data[a..b]").unwrap_err().contains("not a valid index"));
+        assert!(arr.selector("data").unwrap_err().to_string().contains("data[0..6]"));
+        assert!(arr.selector("data[3..3]").unwrap_err().to_string().contains("no elements"));
+        assert!(arr.selector("data[a..b]").unwrap_err().to_string().contains("not a valid index"));
         let js = schema("sensor_msgs/msg/JointState").unwrap();
         assert_eq!(js.selector("velocity").unwrap().width(7), 7);
-        assert!(js.selector("pos").unwrap_err().contains("position, velocity, effort"));
+        assert!(js.selector("pos").unwrap_err().to_string().contains("position, velocity, effort"));
         let twist = schema("geometry_msgs/msg/Twist").unwrap();
         assert_eq!(twist.selector("angular.z").unwrap(), Selector::Scalar("angular.z".into()));
         assert_eq!(twist.selector("angular.z").unwrap().to_string(), "angular.z");

@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::adapt::args::{FinetuneOnly, MethodArgs, NotKeyValue, words_to_flags};
 use crate::adapt::device::Device;
-use crate::adapt::finetune::Settings;
-use crate::adapt::{Method, Options, Progress, Report};
+use crate::adapt::{Options, Progress, Report};
 use crate::control::skills::{SkillInfo, Skills};
 use crate::msg::StringMsg;
 use crate::msg::cdr;
@@ -37,86 +37,108 @@ pub struct Request {
     pub device: Option<Device>,
 }
 
-/// The request syntax, for error messages.
-pub const SYNTAX: &str = "`ridge` or `finetune`, then key=value options: margin, folds, label, last, threads; for finetune also \
-     layers, epochs, batch, lr, pull, patience, seed, ridge_init, device (e.g. `finetune layers=1 epochs=30`)";
+/// The request's own words besides the method's: which episodes.
+#[derive(clap::Parser)]
+#[command(name = "~/adapt", no_binary_name = true, disable_help_flag = true, disable_version_flag = true)]
+struct RequestArgs {
+    #[command(flatten)]
+    how: MethodArgs,
+    /// Only episodes with this label.
+    #[arg(long)]
+    label: Option<String>,
+    /// Only the most recent episodes, this many.
+    #[arg(long, value_parser = crate::adapt::args::count)]
+    last: Option<usize>,
+}
+
+/// The request syntax, for error messages: the keys are the parser's own.
+pub fn syntax() -> String {
+    use clap::CommandFactory;
+    let keys: Vec<String> = RequestArgs::command()
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .filter(|k| k != "method")
+        .collect();
+    format!(
+        "`ridge` or `finetune`, then key=value options: {} (layers, epochs, batch, lr, pull, patience, seed, ridge_init and device for finetune only; e.g. `finetune layers=1 epochs=30`)",
+        keys.join(", ")
+    )
+}
+
+/// Why a `~/adapt` request was refused; each says what to send.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// Not ridge or finetune.
+    #[error("unknown method {0:?}; send {syntax}", syntax = syntax())]
+    Method(String),
+    /// A word that is not `key=value`.
+    #[error("{0}; send {syntax}", syntax = syntax())]
+    NotKeyValue(#[from] NotKeyValue),
+    /// A key the request does not take.
+    #[error("unknown option {0:?}; send {syntax}", syntax = syntax())]
+    Unknown(String),
+    /// A value the key does not take.
+    #[error("option {key}={value:?}: {why}")]
+    Value {
+        /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What to give instead.
+        why: String,
+    },
+    /// A finetune setting with ridge.
+    #[error("option {} applies to finetune only", .0.0)]
+    FinetuneOnly(#[from] FinetuneOnly),
+    /// Anything else the parser refused (a key given twice, say).
+    #[error("{0}; send {syntax}", syntax = syntax())]
+    Other(String),
+}
+
+impl From<clap::Error> for RequestError {
+    fn from(e: clap::Error) -> RequestError {
+        use clap::error::{ContextKind, ErrorKind};
+        let get = |k| e.get(k).map(|v| v.to_string()).unwrap_or_default();
+        // `--ridge-init <BOOL>` or `--speed` back to the request's key.
+        let key = get(ContextKind::InvalidArg)
+            .trim_start_matches('-')
+            .split([' ', '='])
+            .next()
+            .unwrap_or_default()
+            .replace('-', "_");
+        match e.kind() {
+            ErrorKind::UnknownArgument => RequestError::Unknown(key),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+                let value = get(ContextKind::InvalidValue);
+                if key == "method" {
+                    return RequestError::Method(value);
+                }
+                let why = match (std::error::Error::source(&e), get(ContextKind::ValidValue)) {
+                    (Some(s), _) => s.to_string(),
+                    (None, valid) if !valid.is_empty() => format!("give one of {valid}"),
+                    (None, _) => first_line(&e),
+                };
+                RequestError::Value { key, value, why }
+            }
+            _ => RequestError::Other(first_line(&e)),
+        }
+    }
+}
+
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string()
+}
 
 impl Request {
-    /// Parses `METHOD [key=value ...]`; an empty request means `ridge`.
-    pub fn parse(text: &str) -> Result<Request, String> {
-        let mut words = text.split_whitespace();
-        let method = words.next().unwrap_or("ridge");
-        let mut settings = Settings::default();
-        let (mut layers, mut ridge_init) = (None, true);
-        let mut r = Request { options: Options::default(), label: None, last: None, device: None };
-        let finetune = match method {
-            "ridge" => false,
-            "finetune" => true,
-            other => return Err(format!("unknown method {other:?}; send {SYNTAX}")),
-        };
-        for word in words {
-            let (key, value) =
-                word.split_once('=').ok_or_else(|| format!("{word:?} is not key=value; send {SYNTAX}"))?;
-            let bad = |what: &str| format!("option {key}={value:?}: give {what}");
-            let count = || value.parse::<usize>().ok().filter(|v| *v > 0).ok_or_else(|| bad("a whole number above 0"));
-            let real = || {
-                value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| bad("a number, 0 or more"))
-            };
-            let only_finetune =
-                || if finetune { Ok(()) } else { Err(format!("option {key} applies to finetune only")) };
-            match key {
-                "margin" => r.options.margin = real()?,
-                "folds" => r.options.folds = count()?,
-                "label" => r.label = Some(value.to_string()),
-                "threads" => r.options.threads = count()?,
-                "last" => r.last = Some(count()?),
-                "layers" => {
-                    only_finetune()?;
-                    layers = Some(count()?)
-                }
-                "epochs" => {
-                    only_finetune()?;
-                    settings.epochs = count()?
-                }
-                "batch" => {
-                    only_finetune()?;
-                    settings.batch = count()?
-                }
-                "patience" => {
-                    only_finetune()?;
-                    settings.patience = count()?
-                }
-                "lr" => {
-                    only_finetune()?;
-                    settings.lr = real()?
-                }
-                "pull" => {
-                    only_finetune()?;
-                    settings.pull = real()?
-                }
-                "seed" => {
-                    only_finetune()?;
-                    settings.seed = value.parse().map_err(|_| bad("a whole number"))?
-                }
-                "ridge_init" => {
-                    only_finetune()?;
-                    ridge_init = value.parse().map_err(|_| bad("true or false"))?
-                }
-                "device" => {
-                    only_finetune()?;
-                    r.device = Some(value.parse().map_err(|_| bad("auto, cpu or cuda"))?)
-                }
-                other => return Err(format!("unknown option {other:?}; send {SYNTAX}")),
-            }
-        }
-        if finetune {
-            r.options.method = Method::Finetune { layers, settings, ridge_init };
-        }
-        Ok(r)
+    /// Parses `METHOD [key=value ...]` with the parser of `skillgraft adapt`'s flags; an empty
+    /// request means `ridge`.
+    pub fn parse(text: &str) -> Result<Request, RequestError> {
+        use clap::Parser;
+        let args = RequestArgs::try_parse_from(words_to_flags(text)?)?;
+        // One fitting thread unless asked: the node's control loop keeps the cores it needs.
+        let options = args.how.options(1, Device::default(), None)?;
+        Ok(Request { options, label: args.label, last: args.last, device: args.how.device })
     }
 }
 
@@ -229,7 +251,7 @@ impl Live {
         };
         let request = match Request::parse(text) {
             Ok(r) => r,
-            Err(e) => return refuse(e),
+            Err(e) => return refuse(e.to_string()),
         };
         if self.busy.swap(true, Ordering::AcqRel) {
             return refuse("an adaptation is running; wait for its result on ~/adapt/status".into());
@@ -481,6 +503,7 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapt::Method;
 
     #[test]
     fn requests_parse_and_bad_ones_say_what_to_send() {
@@ -506,7 +529,7 @@ mod tests {
             ("finetune device=gpu", "auto, cpu or cuda"),
             ("ridge device=cuda", "finetune only"),
         ] {
-            let e = Request::parse(bad).unwrap_err();
+            let e = Request::parse(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }

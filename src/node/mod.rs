@@ -20,7 +20,7 @@ use crate::control::safety::{Counters, SafetyConfig, SafetyFilter};
 use crate::control::skills::{ActiveSkill, SkillInfo, Skills};
 use crate::control::stats::NodeStats;
 use crate::control::{ActionFrame, ControlLoop, EStop, Tunables, publish_loop, realtime};
-use crate::fleet::inbox::{Inbox, InboxSettings, Runner};
+use crate::fleet::inbox::{Inbox, InboxSettings, Runner, RunnerError};
 use crate::msg::cdr;
 use crate::msg::{Bool, DiagnosticArray, Header, RosMessage, StringMsg};
 use crate::observe as observer;
@@ -139,7 +139,7 @@ impl NodeConfig {
             safe: m.action.safe,
             blend_ticks: (blend_s * rate_hz).round() as u32,
         };
-        safety.check().map_err(ArgsError)?;
+        safety.check().map_err(|e| ArgsError(e.to_string()))?;
         let diagnostics_period =
             Duration::from_secs_f64(positive("diagnostics_period_s", param::<f64>(args, m, "diagnostics_period_s")?)?);
         let topic = |t: &str| args.resolve_topic(t);
@@ -239,12 +239,12 @@ impl Runner for NodeRunner {
         (c.name, c.version)
     }
 
-    fn check(&self, manifest: &Manifest) -> Result<(), String> {
-        self.0.compatible(manifest).map_err(|e| e.to_string())
+    fn check(&self, manifest: &Manifest) -> Result<(), RunnerError> {
+        self.0.compatible(manifest).map_err(|e| RunnerError::Refused(Box::new(e)))
     }
 
-    fn swap(&self, skill: Skill) -> Result<(), String> {
-        self.0.swap(skill).map(|_| ()).map_err(|e| e.to_string())
+    fn swap(&self, skill: Skill) -> Result<(), RunnerError> {
+        self.0.swap(skill).map(|_| ()).map_err(|e| RunnerError::Swap(Box::new(e)))
     }
 }
 

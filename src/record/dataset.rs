@@ -62,6 +62,9 @@ pub enum DatasetError {
         /// What is missing, and the fix.
         problem: String,
     },
+    /// The skill the episode is paired for does not load.
+    #[error(transparent)]
+    Skill(#[from] crate::skill::SkillError),
 }
 
 /// Which channel of the file feeds which input (or the action), checked against the manifest.
@@ -126,6 +129,44 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
 enum Role {
     Input(usize),
     Action,
+}
+
+/// The manifest an episode pairs with: the skill folder given, or else the one it was recorded
+/// with (its `skill_dir` metadata) when that folder exists here; None when neither.
+pub fn paired_manifest(file: &Path, skill: Option<&Path>) -> Result<Option<Manifest>, DatasetError> {
+    let dir = match skill {
+        Some(d) => Some(d.to_path_buf()),
+        None => episode::read(file)?
+            .metadata
+            .get("skill_dir")
+            .map(PathBuf::from)
+            .filter(|d| d.join(crate::skill::MANIFEST_FILE).is_file()),
+    };
+    Ok(match dir {
+        Some(d) => Some(crate::skill::Skill::load(&d)?.manifest),
+        None => None,
+    })
+}
+
+/// The episode's training samples as CSV in robot units: a header of `t`, the input labels and
+/// `action:` labels (a comma in a label becomes `;`), then one row per sample.
+pub fn csv(episode: &Episode, m: &Manifest) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("t");
+    let labels = m.input_labels().into_iter().chain(m.action_labels().into_iter().map(|l| format!("action:{l}")));
+    for l in labels {
+        out.push(',');
+        out.push_str(&l.replace(',', ";"));
+    }
+    out.push('\n');
+    for s in &episode.samples {
+        let _ = write!(out, "{:.6}", s.t);
+        for v in s.raw_observation.iter().chain(&s.raw_action) {
+            let _ = write!(out, ",{v}");
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Reads one episode into samples for the skill `m`.

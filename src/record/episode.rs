@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use mcap::records::{MessageHeader, Metadata, Record, op};
 use mcap::{WriteOptions, Writer};
 
+use crate::file::FileError;
 use crate::msg::defs;
 use crate::skill::manifest::Manifest;
 
@@ -23,17 +24,9 @@ pub const METADATA_NAME: &str = "skillgraft.episode";
 /// What went wrong with an episode file.
 #[derive(Debug, thiserror::Error)]
 pub enum EpisodeError {
-    /// The file system refused.
-    #[error("{}: {action}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What was being done.
-        action: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The MCAP writer or reader failed.
     #[error("{}: {message}", path.display())]
     Mcap {
@@ -42,10 +35,6 @@ pub enum EpisodeError {
         /// The error.
         message: String,
     },
-}
-
-fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> EpisodeError + 'a {
-    move |source| EpisodeError::Io { path: path.to_path_buf(), action, source }
 }
 
 fn mc(path: &Path) -> impl FnOnce(mcap::McapError) -> EpisodeError + '_ {
@@ -138,11 +127,11 @@ impl EpisodeWriter {
         metadata: &BTreeMap<String, String>,
         chunk_period: Duration,
     ) -> Result<EpisodeWriter, EpisodeError> {
-        std::fs::create_dir_all(dir).map_err(io(dir, "create the episodes folder"))?;
+        std::fs::create_dir_all(dir).map_err(FileError::at("create the episodes folder", dir))?;
         let part = dir.join(format!("{id}{PART_SUFFIX}"));
         let done = dir.join(format!("{id}.mcap"));
-        let file = File::create(&part).map_err(io(&part, "create the episode file"))?;
-        let sync = file.try_clone().map_err(io(&part, "open the episode file for syncing"))?;
+        let file = File::create(&part).map_err(FileError::at("create the episode file", &part))?;
+        let sync = file.try_clone().map_err(FileError::at("open the episode file for syncing", &part))?;
         let options = WriteOptions::new()
             .chunk_size(None)
             .library(format!("skillgraft {}", env!("CARGO_PKG_VERSION")))
@@ -207,7 +196,7 @@ impl EpisodeWriter {
     pub fn flush(&mut self) -> Result<(), EpisodeError> {
         let part = &self.part;
         self.writer.as_mut().expect("open until finished").flush().map_err(mc(part))?;
-        self.sync.sync_data().map_err(io(part, "sync"))?;
+        self.sync.sync_data().map_err(FileError::at("sync", part))?;
         self.last_chunk = Instant::now();
         Ok(())
     }
@@ -221,11 +210,11 @@ impl EpisodeWriter {
             .map_err(mc(&part))?;
         writer.finish().map_err(mc(&part))?;
         let mut inner = writer.into_inner();
-        inner.flush().map_err(io(&part, "write"))?;
-        self.sync.sync_all().map_err(io(&part, "sync"))?;
-        std::fs::rename(&part, &self.done).map_err(io(&part, "rename the finished episode"))?;
+        inner.flush().map_err(FileError::at("write", &part))?;
+        self.sync.sync_all().map_err(FileError::at("sync", &part))?;
+        std::fs::rename(&part, &self.done).map_err(FileError::at("rename the finished episode", &part))?;
         if let Some(dir) = self.done.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "sync the episodes folder"))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::at("sync the episodes folder", dir))?;
         }
         Ok(self.done.clone())
     }
@@ -233,7 +222,7 @@ impl EpisodeWriter {
     /// Drops the episode: its file is removed.
     pub fn discard(mut self) -> Result<(), EpisodeError> {
         drop(self.writer.take());
-        std::fs::remove_file(&self.part).map_err(io(&self.part, "remove the discarded episode"))
+        Ok(std::fs::remove_file(&self.part).map_err(FileError::at("remove the discarded episode", &self.part))?)
     }
 }
 
@@ -327,7 +316,7 @@ fn chunk_records(chunk: &[u8]) -> Result<Vec<Record<'static>>, String> {
 /// Reads an episode: every complete record, in order. A `.part` file (or any file cut short) is
 /// read up to its last complete record and the rest counted in `trailing_bytes`.
 pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
-    let bytes = std::fs::read(path).map_err(io(path, "read the episode"))?;
+    let bytes = std::fs::read(path).map_err(FileError::at("read the episode", path))?;
     let bad = |message: String| EpisodeError::Mcap { path: path.to_path_buf(), message };
     if bytes.len() < mcap::MAGIC.len() || bytes[..mcap::MAGIC.len()] != *mcap::MAGIC {
         return Err(bad("not an MCAP file (no magic bytes at the start)".into()));
@@ -460,15 +449,15 @@ pub fn recover(part: &Path) -> Result<Recovery, EpisodeError> {
     meta.insert("recovered_messages".into(), file.messages.len().to_string());
     meta.insert("recovered_dropped_bytes".into(), file.trailing_bytes.to_string());
     let written = w.finish(&meta)?;
-    std::fs::rename(&written, &to).map_err(io(&written, "rename the recovered episode"))?;
-    std::fs::remove_file(part).map_err(io(part, "remove the recovered .part file"))?;
+    std::fs::rename(&written, &to).map_err(FileError::at("rename the recovered episode", &written))?;
+    std::fs::remove_file(part).map_err(FileError::at("remove the recovered .part file", part))?;
     Ok(Recovery { from: part.to_path_buf(), to, messages: file.messages.len(), dropped_bytes: file.trailing_bytes })
 }
 
 /// Episode files in a folder (`.mcap` and `.mcap.part`), sorted by name.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>, EpisodeError> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir, "list the episodes folder"))?
+        .map_err(FileError::at("list the episodes folder", dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

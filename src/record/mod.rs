@@ -50,16 +50,21 @@ pub enum Command {
     Discard,
 }
 
+/// Text on `~/demo/control` that is not an episode command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an episode command; send `start [label]`, `stop` or `discard`")]
+pub struct CommandError(pub String);
+
 impl Command {
     /// Parses `start [label]`, `stop` or `discard`.
-    pub fn parse(text: &str) -> Result<Command, String> {
+    pub fn parse(text: &str) -> Result<Command, CommandError> {
         let text = text.trim();
         let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
         match word {
             "start" => Ok(Command::Start(rest.trim().to_string())),
             "stop" if rest.trim().is_empty() => Ok(Command::Stop),
             "discard" if rest.trim().is_empty() => Ok(Command::Discard),
-            _ => Err(format!("{text:?} is not an episode command; send `start [label]`, `stop` or `discard`")),
+            _ => Err(CommandError(text.to_string())),
         }
     }
 }
@@ -71,7 +76,7 @@ enum Event {
 }
 
 /// The recorder's state, as published on `~/demo/status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Status {
     /// `idle`, `recording` or `failed`.
     pub state: String,
@@ -152,7 +157,7 @@ impl Tap {
             Err(e) => {
                 tracing::warn!("demo/control: {e}");
                 if let Ok(mut s) = self.status.lock() {
-                    s.error = Some(e);
+                    s.error = Some(e.to_string());
                 }
             }
         }
@@ -466,7 +471,7 @@ mod tests {
         assert_eq!(Command::parse("  start pick red cube "), Ok(Command::Start("pick red cube".into())));
         assert_eq!(Command::parse("stop"), Ok(Command::Stop));
         assert_eq!(Command::parse("discard\n"), Ok(Command::Discard));
-        assert!(Command::parse("stop now").unwrap_err().contains("start [label]"));
+        assert!(Command::parse("stop now").unwrap_err().to_string().contains("start [label]"));
         assert!(Command::parse("go").is_err());
     }
 }

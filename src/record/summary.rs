@@ -89,7 +89,7 @@ pub fn list(dir: &Path) -> Result<Vec<EpisodeSummary>, EpisodeError> {
         match summarise(&p, None) {
             Ok(s) => out.push(s),
             Err(dataset::DatasetError::File(e)) => return Err(e),
-            Err(dataset::DatasetError::Mismatch { .. }) => {}
+            Err(dataset::DatasetError::Mismatch { .. } | dataset::DatasetError::Skill(_)) => {}
         }
     }
     Ok(out)

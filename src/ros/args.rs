@@ -233,7 +233,7 @@ impl RosArgs {
     /// Expands a topic name (`~/x`, relative `x`) in the node's namespace and applies the first
     /// matching remapping rule.
     pub fn resolve_topic(&self, name: &str) -> Result<String, ArgsError> {
-        crate::msg::names::check_topic(name).map_err(ArgsError)?;
+        crate::msg::names::check_topic(name).map_err(|e| ArgsError(e.to_string()))?;
         let expanded = expand(name, &self.namespace, &self.node);
         for (from, to) in &self.remaps {
             if expand(from, &self.namespace, &self.node) == expanded {

@@ -72,6 +72,34 @@ impl Scaling {
     }
 }
 
+/// Why the manifest of a skill to train could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// No such simulated robot.
+    #[error(transparent)]
+    Robot(#[from] super::UnknownRobot),
+    /// The skill to take it from does not load.
+    #[error(transparent)]
+    Skill(#[from] crate::skill::SkillError),
+    /// Neither was named.
+    #[error("say what the skill drives: --robot SIM_ROBOT or --like SKILL")]
+    Neither,
+}
+
+/// The manifest a skill trained from scratch takes, named `name`: the simulated `robot`'s topics
+/// (unit scaling), or else those of the skill folder `like`.
+pub fn template(robot: Option<&str>, like: Option<&Path>, name: &str) -> Result<Manifest, TemplateError> {
+    match (robot, like) {
+        (Some(r), _) => Ok(manifest(name, &super::robot(r)?.name, &Scaling::identity())),
+        (None, Some(like)) => {
+            let mut m = crate::skill::Skill::load(like)?.manifest;
+            m.name = name.to_string();
+            Ok(m)
+        }
+        (None, None) => Err(TemplateError::Neither),
+    }
+}
+
 /// The manifest of a skill named `name` that drives the simulated arms, learnt on `source`.
 pub fn manifest(name: &str, source: &str, s: &Scaling) -> Manifest {
     let joints: Vec<String> = JOINT_NAMES.iter().map(|j| j.to_string()).collect();

@@ -6,6 +6,7 @@
 pub mod episodes;
 pub mod node;
 pub mod score;
+pub mod teleop;
 
 use nalgebra::{DMatrix, DVector};
 
@@ -51,8 +52,13 @@ pub struct Robot {
     pub home: [f64; JOINTS],
 }
 
+/// A robot name the simulator does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no simulated robot {0:?}; choose one of {robots}", robots = ROBOTS.join(", "))]
+pub struct UnknownRobot(pub String);
+
 /// The simulated robot called `name`.
-pub fn robot(name: &str) -> Result<Robot, String> {
+pub fn robot(name: &str) -> Result<Robot, UnknownRobot> {
     let base = Robot {
         name: name.to_string(),
         links: [0.40, 0.35, 0.25],
@@ -82,7 +88,7 @@ pub fn robot(name: &str) -> Result<Robot, String> {
             bias: [0.08, -0.06, 0.05],
             ..base
         }),
-        other => Err(format!("no simulated robot {other:?}; choose one of {}", ROBOTS.join(", "))),
+        other => Err(UnknownRobot(other.to_string())),
     }
 }
 
@@ -355,6 +361,6 @@ mod tests {
         let (p, v) = arm.measured();
         assert!((p[0] - r.bias[0] - r.upper[0]).abs() < 1e-9 && v[0] == 0.0);
         assert_eq!((p[1] - r.bias[1], v[1]), (0.0, 0.0));
-        assert!(robot("arm-z").unwrap_err().contains("arm-a, arm-b, arm-c"));
+        assert!(robot("arm-z").unwrap_err().to_string().contains("arm-a, arm-b, arm-c"));
     }
 }

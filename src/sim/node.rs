@@ -214,6 +214,7 @@ type Seen = (Option<[f64; JOINTS]>, Option<[f64; 2]>);
 /// The expert as a teleoperator: while enabled, it reads the arm's joints and target and
 /// publishes its commands at the control rate.
 pub struct Teleop {
+    seen: Arc<Mutex<Seen>>,
     enabled: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -252,6 +253,7 @@ impl Teleop {
         )?;
         let mut out = transport.publisher(&topic(COMMAND_TOPIC)?, Float64MultiArray::TYPE, Qos::SENSOR_DATA)?;
         let expert = Expert::new(robot);
+        let s_ready = seen.clone();
         let enabled = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (on, flag) = (enabled.clone(), stop.clone());
@@ -274,7 +276,12 @@ impl Teleop {
                 }
             })
             .map_err(err)?;
-        Ok(Teleop { enabled, stop, thread: Some(thread) })
+        Ok(Teleop { seen: s_ready, enabled, stop, thread: Some(thread) })
+    }
+
+    /// Whether the arm's joint states and target have both been heard.
+    pub fn ready(&self) -> bool {
+        matches!(*lock(&self.seen), (Some(_), Some(_)))
     }
 
     /// Starts or stops commanding.

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use super::{JOINTS, Robot, Score, Task};
 use crate::control::safety::{Counters, SafetyFilter};
 use crate::node::NodeConfig;
-use crate::ros::args::RosArgs;
+use crate::ros::args::{ArgsError, RosArgs};
 use crate::skill::Skill;
 
 /// Scores `skill` on `robot`: each tick the skill's action goes through the safety filter
 /// configured as the node configures it (without blend-in), as the node sends it.
-pub fn score_skill(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Score, String> {
-    let args = RosArgs::parse(&["--ros-args".into(), "-p".into(), "blend_s:=0.0".into()], &[], "score")
-        .map_err(|e| e.to_string())?;
-    let cfg = NodeConfig::new(&skill.manifest, &args).map_err(|e| e.to_string())?.safety;
+pub fn score_skill(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Score, ArgsError> {
+    let args = RosArgs::parse(&["--ros-args".into(), "-p".into(), "blend_s:=0.0".into()], &[], "score")?;
+    let cfg = NodeConfig::new(&skill.manifest, &args)?.safety;
     let distances: Vec<f64> = tasks
         .iter()
         .map(|task| {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Skill;
+use crate::file::FileError;
 
 /// File name extension of bundles.
 pub const EXTENSION: &str = "skill";
@@ -31,15 +32,8 @@ const META_LIMIT: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// A file could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The archive is not a bundle this build can trust; the message says why and what to do.
     #[error("{}: {problem}", path.display())]
     Rejected {
@@ -59,10 +53,6 @@ pub enum BundleError {
     /// The skill folder cannot be packed.
     #[error(transparent)]
     Skill(#[from] super::SkillError),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BundleError + 'a {
-    move |source| BundleError::Io { action, path: path.to_path_buf(), source }
 }
 
 /// One file of the skill folder.
@@ -120,27 +110,54 @@ pub fn key_id(key: &VerifyingKey) -> String {
 ///
 /// A secret owned by root may be readable by its group (PostgreSQL's rule for its TLS key): that
 /// is how a package hands a root-managed secret to a service user without giving it the file.
-pub fn check_mode(path: &Path, private: bool) -> Result<(), String> {
+pub fn check_mode(path: &Path, private: bool) -> Result<(), ModeError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
-    let (mask, fix) = match (private, meta.uid()) {
-        (true, 0) => (0o037, "chmod 640"),
-        (true, _) => (0o077, "chmod 600"),
-        (false, _) => (0o022, "chmod go-w"),
+    let meta = std::fs::metadata(path).map_err(FileError::at("read", path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    let mask = match (private, meta.uid()) {
+        (true, 0) => 0o037,
+        (true, _) => 0o077,
+        (false, _) => 0o022,
     };
-    let bad = mode & mask;
-    if bad != 0 {
-        let who = if bad & 0o007 != 0 { "anyone" } else { "its group" };
-        return Err(format!(
-            "{} has mode {:o}: {who} can {} it; `{fix} {}`",
-            path.display(),
-            mode & 0o777,
-            if private && bad & 0o044 != 0 { "read" } else { "change" },
-            path.display()
-        ));
+    let open = mode & mask;
+    if open != 0 {
+        let fix = match (private, meta.uid()) {
+            (true, 0) => "chmod 640",
+            (true, _) => "chmod 600",
+            (false, _) => "chmod go-w",
+        };
+        return Err(ModeError::Open {
+            path: path.to_path_buf(),
+            mode,
+            who: if open & 0o007 != 0 { "anyone" } else { "its group" },
+            can: if private && open & 0o044 != 0 { "read" } else { "change" },
+            fix,
+        });
     }
     Ok(())
+}
+
+/// A key or token file others can read or change.
+#[derive(Debug, thiserror::Error)]
+pub enum ModeError {
+    /// Its mode could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Someone other than its owner (and, for a root-owned secret, its group's readers) can
+    /// read it or change it.
+    #[error("{} has mode {mode:o}: {who} can {can} it; `{fix} {}`", path.display(), path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Who can: "anyone" or "its group".
+        who: &'static str,
+        /// What they can do: "read" or "change".
+        can: &'static str,
+        /// The command that closes it.
+        fix: &'static str,
+    },
 }
 
 /// Makes a new signing key and writes `stem.key` (the secret, readable by its owner only) and
@@ -157,7 +174,7 @@ pub fn new_key(stem: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
                 path: p.to_path_buf(),
                 problem: "already exists; choose another name (a key is never overwritten)".into(),
             },
-            _ => io("create", p)(e),
+            _ => FileError::at("create", p)(e).into(),
         })
     };
     // Both names are taken (atomically, never over an existing file) before either is written.
@@ -172,15 +189,15 @@ pub fn new_key(stem: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| BundleError::Key { path: secret.clone(), problem: e.to_string() })?;
     let key = SigningKey::from_bytes(&seed);
-    writeln!(f, "ed25519-secret:{}", B64.encode(seed)).map_err(io("write", &secret))?;
-    writeln!(p, "{} {}", key_id(&key.verifying_key()), stem.display()).map_err(io("write", &public))?;
+    writeln!(f, "ed25519-secret:{}", B64.encode(seed)).map_err(FileError::at("write", &secret))?;
+    writeln!(p, "{} {}", key_id(&key.verifying_key()), stem.display()).map_err(FileError::at("write", &public))?;
     Ok((secret, public))
 }
 
 /// Reads a secret key written by [`new_key`]; refused when others can read the file.
 pub fn read_secret(path: &Path) -> Result<SigningKey, BundleError> {
     let bad = |problem: &str| BundleError::Key { path: path.to_path_buf(), problem: problem.into() };
-    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
     let b64 = text.trim().strip_prefix("ed25519-secret:").ok_or_else(|| {
         bad("not a secret key (it starts with `ed25519-secret:`); make one with `skillgraft keys new NAME`")
     })?;
@@ -189,7 +206,7 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, BundleError> {
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| bad("the secret key is not 32 base64 bytes"))?;
-    check_mode(path, true).map_err(|e| bad(&e))?;
+    check_mode(path, true).map_err(|e| bad(&e.to_string()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -205,8 +222,8 @@ pub fn parse_key(word: &str) -> Option<VerifyingKey> {
 pub fn read_trusted(paths: &[PathBuf]) -> Result<Vec<VerifyingKey>, BundleError> {
     let mut keys = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
-        check_mode(path, false).map_err(|problem| BundleError::Key { path: path.clone(), problem })?;
+        let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
+        check_mode(path, false).map_err(|e| BundleError::Key { path: path.clone(), problem: e.to_string() })?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -238,13 +255,15 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// The regular files of `dir`, recursively, sorted; anything else is refused.
 fn files_of(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), BundleError> {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).map_err(io("read", dir))?.collect::<Result<Vec<_>, _>>().map_err(io("read", dir))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(FileError::at("read", dir))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(FileError::at("read", dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let kind = e.file_type().map_err(io("read", &path))?;
+        let kind = e.file_type().map_err(FileError::at("read", &path))?;
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         if kind.is_dir() {
             files_of(&path, &rel, out)?;
@@ -267,7 +286,7 @@ fn tar_file(builder: &mut tar::Builder<impl Write>, name: &str, bytes: &[u8], ou
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
-    builder.append_data(&mut header, name, bytes).map_err(io("write", out))
+    Ok(builder.append_data(&mut header, name, bytes).map_err(FileError::at("write", out))?)
 }
 
 /// Longest a downgrade bundle may stay valid.
@@ -285,17 +304,21 @@ pub struct Downgrade {
 impl Contents {
     /// Whether this bundle may be installed over a newer version on the robot `robot` of the
     /// fleet `fleet` at `now`; Err says why not.
-    pub fn downgrade_for(&self, robot: &str, fleet: Option<&str>, now: std::time::SystemTime) -> Result<(), String> {
+    pub fn downgrade_for(
+        &self,
+        robot: &str,
+        fleet: Option<&str>,
+        now: std::time::SystemTime,
+    ) -> Result<(), DowngradeError> {
         if !self.downgrade {
-            return Err("it is not signed as a downgrade".into());
+            return Err(DowngradeError::NotSigned);
         }
         let Some(expires) = &self.expires else {
-            return Err("it is a downgrade bundle without an expiry; re-pack it with --for and --expires-in".into());
+            return Err(DowngradeError::NoExpiry);
         };
-        let at =
-            humantime::parse_rfc3339(expires).map_err(|_| format!("its expiry {} is not a date", shown(expires)))?;
+        let at = humantime::parse_rfc3339(expires).map_err(|_| DowngradeError::BadExpiry(shown(expires)))?;
         if self.targets.is_empty() {
-            return Err("it is a downgrade bundle that names no robot; re-pack it with --for and --expires-in".into());
+            return Err(DowngradeError::NoTargets);
         }
         if !self.targets.iter().any(|t| t == robot || Some(t.as_str()) == fleet) {
             let here = match fleet {
@@ -303,13 +326,41 @@ impl Contents {
                 None => format!("robot {robot:?}"),
             };
             let list: Vec<String> = self.targets.iter().map(|t| shown(t)).collect();
-            return Err(format!("the downgrade is for {}, not for this {here}", list.join(", ")));
+            return Err(DowngradeError::NotHere { targets: list.join(", "), here });
         }
         if now > at {
-            return Err(format!("the downgrade expired at {expires}"));
+            return Err(DowngradeError::Expired(expires.clone()));
         }
         Ok(())
     }
+}
+
+/// Why a bundle may not be installed over a newer version here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DowngradeError {
+    /// It is an ordinary bundle.
+    #[error("it is not signed as a downgrade")]
+    NotSigned,
+    /// A downgrade without an expiry.
+    #[error("it is a downgrade bundle without an expiry; re-pack it with --for and --expires-in")]
+    NoExpiry,
+    /// The expiry does not parse (shown escaped).
+    #[error("its expiry {0} is not a date")]
+    BadExpiry(String),
+    /// A downgrade for nobody.
+    #[error("it is a downgrade bundle that names no robot; re-pack it with --for and --expires-in")]
+    NoTargets,
+    /// For other robots.
+    #[error("the downgrade is for {targets}, not for this {here}")]
+    NotHere {
+        /// The robots and fleets it names, escaped.
+        targets: String,
+        /// This robot (and fleet).
+        here: String,
+    },
+    /// Past its expiry.
+    #[error("the downgrade expired at {0}")]
+    Expired(String),
 }
 
 /// Packs the skill folder `dir` into `out`, signed with `key`; `downgrade` lets the robots it
@@ -340,7 +391,7 @@ pub fn pack(dir: &Path, key: &SigningKey, out: &Path, downgrade: Option<&Downgra
     let mut blobs = Vec::new();
     let mut files = Vec::new();
     for (rel, path) in listed {
-        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        let bytes = std::fs::read(&path).map_err(FileError::at("read", &path))?;
         files.push(FileEntry { path: rel.clone(), sha256: sha256(&bytes), size: bytes.len() as u64 });
         blobs.push((rel, bytes));
     }
@@ -359,26 +410,26 @@ pub fn pack(dir: &Path, key: &SigningKey, out: &Path, downgrade: Option<&Downgra
     let sig = SignatureFile { key: key_id(&key.verifying_key()), signature: B64.encode(key.sign(&json).to_bytes()) };
     let sig = serde_json::to_vec_pretty(&sig).expect("signature serialises");
     let part = PathBuf::from(format!("{}.part", out.display()));
-    let file = File::create(&part).map_err(io("create", &part))?;
-    let written = (|| {
+    let file = File::create(&part).map_err(FileError::at("create", &part))?;
+    let written = (|| -> Result<(), BundleError> {
         // Level 3: a model's float weights barely compress at any level (1 % between 3 and 19 on
         // a trained policy), and 19 takes half a second per MB.
-        let encoder = zstd::Encoder::new(file, 3).map_err(io("compress", &part))?;
+        let encoder = zstd::Encoder::new(file, 3).map_err(FileError::at("compress", &part))?;
         let mut builder = tar::Builder::new(encoder);
         tar_file(&mut builder, CONTENTS, &json, &part)?;
         tar_file(&mut builder, SIGNATURE, &sig, &part)?;
         for (rel, bytes) in &blobs {
             tar_file(&mut builder, &format!("{SKILL_DIR}/{rel}"), bytes, &part)?;
         }
-        let encoder = builder.into_inner().map_err(io("write", &part))?;
-        let file = encoder.finish().map_err(io("compress", &part))?;
-        file.sync_all().map_err(io("sync", &part))
+        let encoder = builder.into_inner().map_err(FileError::at("write", &part))?;
+        let file = encoder.finish().map_err(FileError::at("compress", &part))?;
+        Ok(file.sync_all().map_err(FileError::at("sync", &part))?)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&part);
         return Err(e);
     }
-    std::fs::rename(&part, out).map_err(io("rename", &part))?;
+    std::fs::rename(&part, out).map_err(FileError::at("rename", &part))?;
     Ok(contents)
 }
 
@@ -523,19 +574,19 @@ fn read_error(e: std::io::Error) -> String {
 /// capped by `limits`.
 fn open_archive(bundle: &Path, limits: Limits) -> Result<tar::Archive<impl Read>, BundleError> {
     let reject = |problem: String| BundleError::Rejected { path: bundle.to_path_buf(), problem };
-    let mut file = File::open(bundle).map_err(io("open", bundle))?;
-    let size = file.metadata().map_err(io("read", bundle))?.len();
+    let mut file = File::open(bundle).map_err(FileError::at("open", bundle))?;
+    let size = file.metadata().map_err(FileError::at("read", bundle))?.len();
     if size > limits.max_bytes {
         return Err(reject(format!("the bundle is {size} bytes, over the limit of {}", limits.max_bytes)));
     }
     let mut magic = [0u8; 4];
-    let head = file.read(&mut magic).map_err(io("read", bundle))?;
+    let head = file.read(&mut magic).map_err(FileError::at("read", bundle))?;
     if head < 4 || magic != [0x28, 0xB5, 0x2F, 0xFD] {
         return Err(reject("not a skillgraft bundle: it does not start as a zstd stream".into()));
     }
-    let mut decoder =
-        zstd::Decoder::new(std::io::Read::chain(std::io::Cursor::new(magic), file)).map_err(io("read", bundle))?;
-    decoder.window_log_max(WINDOW_LOG_MAX).map_err(io("read", bundle))?;
+    let mut decoder = zstd::Decoder::new(std::io::Read::chain(std::io::Cursor::new(magic), file))
+        .map_err(FileError::at("read", bundle))?;
+    decoder.window_log_max(WINDOW_LOG_MAX).map_err(FileError::at("read", bundle))?;
     let max = limits.stream_bytes();
     let capped = Capped {
         inner: decoder,
@@ -765,7 +816,7 @@ fn unpack_into(
     let reject = |problem: String| BundleError::Rejected { path: bundle.to_path_buf(), problem };
     let mut archive = open_archive(bundle, limits)?;
     let skill_dir = dest.join(SKILL_DIR);
-    std::fs::create_dir_all(&skill_dir).map_err(io("create", &skill_dir))?;
+    std::fs::create_dir_all(&skill_dir).map_err(FileError::at("create", &skill_dir))?;
     let mut json: Option<Vec<u8>> = None;
     let mut signed: Option<(Contents, String, Listed)> = None;
     let mut found: BTreeSet<String> = BTreeSet::new();
@@ -817,9 +868,9 @@ fn unpack_into(
         }
         let target = skill_dir.join(inner);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+            std::fs::create_dir_all(parent).map_err(FileError::at("create", parent))?;
         }
-        let mut out = File::create(&target).map_err(io("create", &target))?;
+        let mut out = File::create(&target).map_err(FileError::at("create", &target))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -828,9 +879,9 @@ fn unpack_into(
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io("write", &target))?;
+            out.write_all(&buf[..n]).map_err(FileError::at("write", &target))?;
         }
-        out.sync_all().map_err(io("sync", &target))?;
+        out.sync_all().map_err(FileError::at("sync", &target))?;
         if hex::encode(hasher.finalize()) != *digest {
             return Err(reject(format!("{} does not match its digest: it was altered after signing", shown(inner))));
         }
@@ -936,7 +987,7 @@ mod tests {
             (contents(true, &["arm-1"], Some("soon")), "is not a date"),
         ];
         for (c, want) in cases {
-            let e = c.downgrade_for("arm-1", None, now).unwrap_err();
+            let e = c.downgrade_for("arm-1", None, now).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
     }

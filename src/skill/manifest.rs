@@ -462,7 +462,7 @@ fn check_selectors(
     joints: &[String],
     is_action: bool,
 ) -> Result<usize, (&'static str, String)> {
-    names::check_topic(topic).map_err(|m| ("topic", m))?;
+    names::check_topic(topic).map_err(|m| ("topic", m.to_string()))?;
     let schema: &MessageSchema = schema::schema(msg_type).ok_or_else(|| {
         let known: Vec<&str> = schema::SCHEMAS
             .iter()
@@ -482,7 +482,7 @@ fn check_selectors(
     let mut per_joint = false;
     let mut used: Vec<(String, usize)> = Vec::new();
     for f in fields {
-        let sel = schema.selector(f).map_err(|m| ("fields", m))?;
+        let sel = schema.selector(f).map_err(|m| ("fields", m.to_string()))?;
         let covered: Vec<(String, usize)> = match &sel {
             Selector::Scalar(p) => vec![(p.clone(), 0)],
             Selector::Slice { field, start, end } => (*start..*end).map(|i| (field.clone(), i)).collect(),

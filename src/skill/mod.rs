@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::file::FileError;
 use crate::model::onnx::OnnxFile;
 use crate::model::{Model, ModelError};
 use manifest::{ActionOutput, Control, ModelSection, ObservationInput, Provenance, SafeAction};
@@ -22,16 +23,8 @@ pub use manifest::{MANIFEST_FILE, Manifest, ManifestError};
 #[derive(Debug, thiserror::Error)]
 pub enum SkillError {
     /// A file could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// What was being done.
-        action: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The path is not a skill folder.
     #[error("{} is not a skill folder: it has no {MANIFEST_FILE}; make one from an ONNX file with `skillgraft skill init --onnx MODEL.onnx --features TENSOR --out DIR`", path.display())]
     NotASkill {
@@ -199,9 +192,7 @@ impl Skill {
 pub const MANIFEST_LIMIT: u64 = 1 << 20;
 
 fn read_manifest_text(manifest_path: &Path) -> Result<String, SkillError> {
-    let len = std::fs::metadata(manifest_path)
-        .map_err(|source| SkillError::Io { path: manifest_path.to_path_buf(), action: "read the manifest", source })?
-        .len();
+    let len = std::fs::metadata(manifest_path).map_err(FileError::at("read the manifest", manifest_path))?.len();
     if len > MANIFEST_LIMIT {
         return Err(ManifestError {
             file: manifest_path.to_path_buf(),
@@ -230,17 +221,24 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, SkillError> {
 impl Skill {
     /// Runs one inference on the mean observation: the output must be finite. An install runs
     /// it before anything is committed.
-    pub fn smoke_test(&mut self) -> Result<(), String> {
+    pub fn smoke_test(&mut self) -> Result<(), SmokeError> {
         let m = &self.manifest;
         let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
         let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
-        let (_, action) = self.step(&obs).map_err(|e| format!("the smoke inference failed: {e}"))?;
-        if action.iter().all(|v| v.is_finite()) {
-            Ok(())
-        } else {
-            Err("the smoke inference gave values that are not finite".into())
-        }
+        let (_, action) = self.step(&obs).map_err(|e| SmokeError::Failed(Box::new(e)))?;
+        if action.iter().all(|v| v.is_finite()) { Ok(()) } else { Err(SmokeError::NotFinite) }
     }
+}
+
+/// Why a skill failed its smoke inference.
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    /// The inference itself failed.
+    #[error("the smoke inference failed: {0}")]
+    Failed(#[source] Box<SkillError>),
+    /// It gave NaN or infinite values.
+    #[error("the smoke inference gave values that are not finite")]
+    NotFinite,
 }
 
 /// The digest of a set of named files: SHA-256 over, for each file in the order given, its name,
@@ -257,7 +255,7 @@ pub fn digest(files: &[(&str, &[u8])]) -> String {
 }
 
 fn read(path: &Path, action: &'static str) -> Result<Vec<u8>, SkillError> {
-    std::fs::read(path).map_err(|source| SkillError::Io { path: path.to_path_buf(), action, source })
+    Ok(std::fs::read(path).map_err(FileError::at(action, path))?)
 }
 
 /// Writes a skill folder atomically: both files go into a temporary sibling folder, are synced,
@@ -273,29 +271,25 @@ pub fn write_skill(out: &Path, manifest: &Manifest, model_bytes: &[u8]) -> Resul
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let io = |path: &Path, action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| SkillError::Io { path, action, source }
-    };
-    std::fs::create_dir_all(&parent).map_err(io(&parent, "create"))?;
+    std::fs::create_dir_all(&parent).map_err(FileError::at("create", &parent))?;
     let leaf = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "skill".into());
     let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp, "remove the stale temporary folder"))?;
+        std::fs::remove_dir_all(&tmp).map_err(FileError::at("remove the stale temporary folder", &tmp))?;
     }
-    std::fs::create_dir(&tmp).map_err(io(&tmp, "create"))?;
+    std::fs::create_dir(&tmp).map_err(FileError::at("create", &tmp))?;
     let written = (|| {
         for (name, bytes) in [(MANIFEST_FILE, text.as_bytes()), (manifest.model.file.as_str(), model_bytes)] {
             let path = tmp.join(name);
             if let Some(p) = path.parent() {
-                std::fs::create_dir_all(p).map_err(io(p, "create"))?;
+                std::fs::create_dir_all(p).map_err(FileError::at("create", p))?;
             }
-            let mut f = std::fs::File::create(&path).map_err(io(&path, "create"))?;
-            f.write_all(bytes).map_err(io(&path, "write"))?;
-            f.sync_all().map_err(io(&path, "sync"))?;
+            let mut f = std::fs::File::create(&path).map_err(FileError::at("create", &path))?;
+            f.write_all(bytes).map_err(FileError::at("write", &path))?;
+            f.sync_all().map_err(FileError::at("sync", &path))?;
         }
-        std::fs::rename(&tmp, out).map_err(io(out, "move the new skill into"))?;
-        std::fs::File::open(&parent).and_then(|d| d.sync_all()).map_err(io(&parent, "sync"))
+        std::fs::rename(&tmp, out).map_err(FileError::at("move the new skill into", out))?;
+        std::fs::File::open(&parent).and_then(|d| d.sync_all()).map_err(FileError::at("sync", &parent))
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

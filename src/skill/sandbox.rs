@@ -18,6 +18,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use super::bundle::{self, BundleError, Limits, Verified};
+use crate::file::FileError;
 
 /// The hidden subcommand the worker runs as.
 pub const WORKER_COMMAND: &str = "__check-bundle";
@@ -39,11 +40,8 @@ impl Sandbox {
     /// This executable as the worker, with a memory cap that fits bundles of `max_mib`: room for
     /// the unpacked files, the model tract builds from them and the program itself.
     pub fn current(max_mib: u64) -> Result<Sandbox, BundleError> {
-        let exe = std::env::current_exe().map_err(|source| BundleError::Io {
-            action: "find the executable for",
-            path: PathBuf::from("the bundle check worker"),
-            source,
-        })?;
+        let exe = std::env::current_exe()
+            .map_err(|source| FileError::new("find the executable for", "the bundle check worker", source))?;
         Ok(Sandbox { exe, memory_mib: default_memory_mib(max_mib) })
     }
 
@@ -97,11 +95,7 @@ impl Sandbox {
         unsafe {
             cmd.pre_exec(move || confine(memory, cpu, file));
         }
-        let mut child = cmd.spawn().map_err(|source| BundleError::Io {
-            action: "start the bundle check worker",
-            path: self.exe.clone(),
-            source,
-        })?;
+        let mut child = cmd.spawn().map_err(FileError::at("start the bundle check worker", &self.exe))?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -118,11 +112,7 @@ impl Sandbox {
         if timed_out {
             let _ = child.kill();
         }
-        let status = child.wait().map_err(|source| BundleError::Io {
-            action: "wait for the bundle check worker",
-            path: self.exe.clone(),
-            source,
-        })?;
+        let status = child.wait().map_err(FileError::at("wait for the bundle check worker", &self.exe))?;
         let answer = out_reader.join().unwrap_or_default();
         let last_words = err_reader.join().unwrap_or_default();
         if timed_out {
@@ -140,14 +130,15 @@ impl Sandbox {
                     self.memory_mib
                 ))),
                 Answer::Rejected(problem) => Err(reject(problem)),
-                Answer::Io { action, path, message, os } => Err(BundleError::Io {
-                    action: leak_action(&action),
+                Answer::Io { action, path, message, os } => Err(FileError::new(
+                    action,
                     path,
-                    source: match os {
+                    match os {
                         Some(code) => std::io::Error::from_raw_os_error(code),
                         None => std::io::Error::other(message),
                     },
-                }),
+                )
+                .into()),
             };
         }
         Err(reject(death(status, &last_words, self.memory_mib, cpu, limits.max_bytes)))
@@ -174,19 +165,6 @@ fn death(status: std::process::ExitStatus, last_words: &str, memory_mib: u64, cp
             let words = last_words.lines().last().unwrap_or_default();
             format!("the bundle check worker stopped ({status}) without an answer: {}", bundle::shown(words))
         }
-    }
-}
-
-/// `io::Error` actions are `&'static str`; the worker's come from the fixed set the bundle
-/// reader uses.
-fn leak_action(action: &str) -> &'static str {
-    match action {
-        "create" => "create",
-        "write" => "write",
-        "sync" => "sync",
-        "open" => "open",
-        "read" => "read",
-        _ => "unpack",
     }
 }
 
@@ -265,8 +243,8 @@ pub struct WorkerArgs {
 pub fn worker_main(args: &WorkerArgs) -> i32 {
     let answer = match check(args) {
         Ok(v) => Answer::Verified(v),
-        Err(BundleError::Io { action, path, source }) => {
-            Answer::Io { action: action.to_string(), path, message: source.to_string(), os: source.raw_os_error() }
+        Err(BundleError::File(FileError { action, path, source })) => {
+            Answer::Io { action: action.into_owned(), path, message: source.to_string(), os: source.raw_os_error() }
         }
         Err(BundleError::Rejected { problem, .. }) => Answer::Rejected(problem),
         Err(e) => Answer::Rejected(e.to_string()),
@@ -283,6 +261,6 @@ pub fn worker_main(args: &WorkerArgs) -> i32 {
 fn check(args: &WorkerArgs) -> Result<Verified, BundleError> {
     let trusted: Vec<VerifyingKey> = args.keys.iter().filter_map(|k| bundle::parse_key(k)).collect();
     let (v, mut skill) = bundle::unpack_loaded(&args.bundle, &trusted, &args.dest, args.limits)?;
-    skill.smoke_test().map_err(|problem| BundleError::Rejected { path: args.bundle.clone(), problem })?;
+    skill.smoke_test().map_err(|e| BundleError::Rejected { path: args.bundle.clone(), problem: e.to_string() })?;
     Ok(v)
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::Manifest;
 use super::bundle::{self, BundleError, Limits};
 use super::sandbox::Sandbox;
+use crate::file::FileError;
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,24 +32,17 @@ pub enum StoreError {
     /// The bundle is not to be trusted.
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    /// A file of the store could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The request does not fit what is installed; the message says what would.
     #[error("{0}")]
     Refused(String),
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
-}
+/// What the caller checks before an install commits: the manifest, and whether the bundle is a
+/// downgrade valid here; its error (the node's reason, say) refuses the install.
+pub type Check<'a> = dyn Fn(&Manifest, bool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + 'a;
 
 /// Which version of a skill runs, and which ran before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +69,7 @@ pub struct Identity {
 }
 
 /// One installed skill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Skill name.
     pub name: String,
@@ -112,12 +106,12 @@ fn kill_point(step: &str) {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("sync", dir))
+    Ok(std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(FileError::at("sync", dir))?)
 }
 
 /// Syncs a folder and every folder under it, so a renamed version is whole after a power cut.
 fn sync_tree(dir: &Path) -> Result<(), StoreError> {
-    for e in std::fs::read_dir(dir).map_err(io("read", dir))?.filter_map(|e| e.ok()) {
+    for e in std::fs::read_dir(dir).map_err(FileError::at("read", dir))?.filter_map(|e| e.ok()) {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             sync_tree(&e.path())?;
         }
@@ -131,13 +125,13 @@ impl Store {
     /// removed: another process may be installing into the same store right now.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let incoming = root.join(".incoming");
-        std::fs::create_dir_all(&incoming).map_err(io("create", &incoming))?;
-        for entry in std::fs::read_dir(&incoming).map_err(io("read", &incoming))?.filter_map(|e| e.ok()) {
+        std::fs::create_dir_all(&incoming).map_err(FileError::at("create", &incoming))?;
+        for entry in std::fs::read_dir(&incoming).map_err(FileError::at("read", &incoming))?.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !owner_alive(&name) {
                 let path = entry.path();
                 let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-                removed.map_err(io("clear", &path))?;
+                removed.map_err(FileError::at("clear", &path))?;
             }
         }
         Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()), sandbox: None })
@@ -168,7 +162,7 @@ impl Store {
                 StoreError::Refused(format!("{}: {e}; write it again with `skillgraft store identify`", path.display()))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Identity { robot: hostname(), fleet: None }),
-            Err(e) => Err(io("read", &path)(e)),
+            Err(e) => Err(FileError::at("read", &path)(e).into()),
         }
     }
 
@@ -193,11 +187,11 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io("open", &path))?;
+            .map_err(FileError::at("open", &path))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor this function owns; released when the file closes.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+            return Err(FileError::new("lock", &path, std::io::Error::last_os_error()).into());
         }
         Ok(Changing { _thread: thread, _file: file })
     }
@@ -231,7 +225,7 @@ impl Store {
                 StoreError::Refused(format!("{}: {e}; restore it from the versions folder beside it", path.display()))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &path)(e)),
+            Err(e) => Err(FileError::at("read", &path)(e).into()),
         }
     }
 
@@ -246,7 +240,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         let mut names: Vec<String> = std::fs::read_dir(&self.root)
-            .map_err(io("read", &self.root))?
+            .map_err(FileError::at("read", &self.root))?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -257,7 +251,7 @@ impl Store {
             let Some(state) = self.state(&name)? else { continue };
             let vdir = self.root.join(&name).join("versions");
             let mut versions: Vec<semver::Version> = std::fs::read_dir(&vdir)
-                .map_err(io("read", &vdir))?
+                .map_err(FileError::at("read", &vdir))?
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
                 .collect();
@@ -283,7 +277,7 @@ impl Store {
         bundle: &Path,
         trusted: &[VerifyingKey],
         limits: Limits,
-        check: &dyn Fn(&Manifest, bool) -> Result<(), String>,
+        check: &Check<'_>,
     ) -> Result<Entry, StoreError> {
         let _one = self.lock()?;
         let scratch = self.scratch("install");
@@ -310,7 +304,7 @@ impl Store {
                 let (v, mut skill) = bundle::unpack_loaded(bundle_path, trusted, scratch, limits)?;
                 skill
                     .smoke_test()
-                    .map_err(|problem| BundleError::Rejected { path: bundle_path.to_path_buf(), problem })?;
+                    .map_err(|e| BundleError::Rejected { path: bundle_path.to_path_buf(), problem: e.to_string() })?;
                 Ok((v, skill.manifest))
             }
         }
@@ -322,7 +316,7 @@ impl Store {
         trusted: &[VerifyingKey],
         limits: Limits,
         scratch: &Path,
-        check: &dyn Fn(&Manifest, bool) -> Result<(), String>,
+        check: &Check<'_>,
     ) -> Result<Entry, StoreError> {
         let (v, manifest) = self.unpack_checked(bundle_path, trusted, limits, scratch)?;
         kill_point("unpacked");
@@ -332,7 +326,7 @@ impl Store {
             // What a first install killed before its state was written left: never active.
             tracing::warn!(skill = %name, "clearing the versions of an interrupted first install");
             let dir = self.root.join(&name);
-            std::fs::remove_dir_all(&dir).map_err(io("clear", &dir))?;
+            std::fs::remove_dir_all(&dir).map_err(FileError::at("clear", &dir))?;
             fsync_dir(&self.root)?;
         }
         let identity = self.identity()?;
@@ -358,14 +352,14 @@ impl Store {
         check(&manifest, downgrade.is_ok()).map_err(|e| StoreError::Refused(format!("{name} {version}: {e}")))?;
         let versions = target.parent().expect("a versions folder");
         let new_skill = !versions.exists();
-        std::fs::create_dir_all(versions).map_err(io("create", versions))?;
+        std::fs::create_dir_all(versions).map_err(FileError::at("create", versions))?;
         if new_skill {
             fsync_dir(&self.root.join(&name))?;
             fsync_dir(&self.root)?;
         }
         sync_tree(&v.dir)?;
         kill_point("smoked");
-        std::fs::rename(&v.dir, &target).map_err(io("install", &target))?;
+        std::fs::rename(&v.dir, &target).map_err(FileError::at("install", &target))?;
         fsync_dir(versions)?;
         kill_point("renamed");
         let previous = state.map(|s| s.active);
@@ -382,7 +376,7 @@ impl Store {
         let mut highest =
             std::iter::once(state.active.clone()).chain(state.previous.clone()).chain(state.highest.clone()).max();
         if vdir.is_dir() {
-            for e in std::fs::read_dir(&vdir).map_err(io("read", &vdir))?.filter_map(|e| e.ok()) {
+            for e in std::fs::read_dir(&vdir).map_err(FileError::at("read", &vdir))?.filter_map(|e| e.ok()) {
                 if let Ok(v) = e.file_name().to_string_lossy().parse::<semver::Version>() {
                     highest = highest.max(Some(v));
                 }
@@ -403,7 +397,7 @@ impl Store {
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => fsync_dir(&self.root),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(io("clear", &dir)(e)),
+                    Err(e) => Err(FileError::at("clear", &dir)(e).into()),
                 }
             }
         }
@@ -452,10 +446,10 @@ impl Store {
 /// Writes `path` atomically: a new file, synced, renamed over the old.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("json.part");
-    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync", &tmp))?;
+    std::fs::write(&tmp, bytes).map_err(FileError::at("write", &tmp))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(FileError::at("sync", &tmp))?;
     kill_point("state-written");
-    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(FileError::at("rename", &tmp))?;
     kill_point("state-renamed");
     Ok(())
 }

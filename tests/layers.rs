@@ -20,14 +20,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("adapt", &["rng", "model", "skill", "observe", "record"]),
     ("fleet", &["stats", "model", "skill"]),
     ("bridge", &["msg", "ros"]),
-    (
-        "node",
-        &["alloc", "stats", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "fleet"],
-    ),
-    (
-        "sim",
-        &["rng", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "node"],
-    ),
+    ("node", &["alloc", "stats", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "fleet"]),
+    ("sim", &["rng", "msg", "ros", "model", "skill", "observe", "record", "control", "adapt", "node"]),
 ];
 
 /// The modules `crate::` paths in `text` name, with their line numbers.
@@ -73,7 +67,10 @@ fn no_module_uses_one_above_it() {
     let declared: Vec<&str> =
         lib.lines().filter_map(|l| l.strip_prefix("pub mod ")).map(|l| l.trim_end_matches(';')).collect();
     for m in &declared {
-        assert!(allowed.contains_key(m), "module `{m}` is in lib.rs but not in the layers of tests/layers.rs: give it a room");
+        assert!(
+            allowed.contains_key(m),
+            "module `{m}` is in lib.rs but not in the layers of tests/layers.rs: give it a room"
+        );
     }
     let mut files = Vec::new();
     rust_files(&src, &mut files);

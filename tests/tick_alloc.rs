@@ -62,7 +62,8 @@ fn pooled_and_system_blocks_keep_their_contents_across_threads() {
                     let reached_system = alloc::thread_system_calls() - calls;
                     let want = u64::from(!tick || size > 1 << 20);
                     assert_eq!(
-                        reached_system, want,
+                        reached_system,
+                        want,
                         "a {size}-byte block {} a tick: system-allocator calls",
                         if tick { "inside" } else { "outside" }
                     );

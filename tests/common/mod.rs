@@ -6,6 +6,29 @@ pub mod onnx_builder;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// How long a wait on a state gives before it fails: generous, so a loaded machine is slow, not
+/// red; a state that never comes still fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `f` every 20 ms until it returns `Some`, and returns that; fails naming `what` (and the
+/// last value `f` saw, through `last`) after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `ok` until it holds; fails naming `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    wait_for(what, || ok().then_some(()))
+}
 
 /// The committed ONNX fixtures (exported by tools/make_fixtures.py).
 pub const FIXTURES: &[&str] = &["mlp_gemm", "mlp_matmul", "conv", "mlp_wide"];

@@ -214,9 +214,10 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
         }
         op.demonstrate(&mut expert, *seed, 40);
         say(&mut op.demo, "stop");
-        while node.recorder_status().unwrap().episodes_written < i as u64 + 1 {
+        common::wait_until(&format!("episode {label} written"), || {
             op.hold(&obs, Duration::from_millis(50));
-        }
+            node.recorder_status().unwrap().episodes_written > i as u64
+        });
     }
 
     say(&mut op.adapt, "ridge nonsense");
@@ -238,14 +239,16 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     assert_eq!(done["skill"]["digest"], written.digest.as_str());
     assert_eq!(done["earlier"][0]["digest"], source_digest.as_str());
 
-    let after = op.hold(&obs, Duration::from_millis(600));
-    assert!(after.last().is_some_and(|a| close(a, &want_expert, 2e-3)), "{:?} vs {want_expert:?}", after.last());
+    common::wait_until("the adapted skill's action (the expert's, within 2e-3)", || {
+        op.hold(&obs, Duration::from_millis(100)).last().is_some_and(|a| close(a, &want_expert, 2e-3))
+    });
 
     say(&mut op.rollback, "");
     let back = op.until(&obs, "the rollback", |s| s["state"] == "rolled_back");
     assert_eq!(back["skill"]["digest"], source_digest.as_str());
-    let after = op.hold(&obs, Duration::from_millis(600));
-    assert!(after.last().is_some_and(|a| close(a, &want_source, 1e-6)), "{:?}", after.last());
+    common::wait_until("the source skill's action again", || {
+        op.hold(&obs, Duration::from_millis(100)).last().is_some_and(|a| close(a, &want_source, 1e-6))
+    });
 
     say(&mut op.rollback, "");
     let nothing =

@@ -156,24 +156,37 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
         twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
     };
 
-    // Warm up until the policy's action arrives (discovery, then the blend-in).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !feed.hold(&obs, Duration::from_millis(100), &actions).iter().any(|a| close(a, &want_a)) {
-        assert!(Instant::now() < deadline, "the node never published the skill's action");
-    }
+    // Until the policy's action arrives (discovery, then the blend-in; after a pause, fresh inputs).
+    let policy_runs = |feed: &mut Feeder| {
+        common::wait_until("the skill's action on /arm/joint_velocity_cmd", || {
+            feed.hold(&obs, Duration::from_millis(100), &actions).iter().any(|a| close(a, &want_a))
+        })
+    };
+    policy_runs(&mut feed);
     let mallocs = || node.stats.control_malloc_calls.load(Ordering::Relaxed);
-    let (s0, ticks0, m0) = (alloc::stats(), node.stats.ticks.load(Ordering::Relaxed), mallocs());
-    let got = feed.hold(&obs, Duration::from_secs(2), &actions);
-    let (s1, ticks1, m1) = (alloc::stats(), node.stats.ticks.load(Ordering::Relaxed), mallocs());
+    let ticks = || node.stats.ticks.load(Ordering::Relaxed);
+    let (s0, ticks0, m0) = (alloc::stats(), ticks(), mallocs());
+    // A window of at least 100 ticks and 50 actions, however long a loaded machine takes.
+    let mut got = Vec::new();
+    common::wait_until("100 ticks and 50 actions", || {
+        got.extend(feed.hold(&obs, Duration::from_millis(100), &actions));
+        ticks() > ticks0 + 100 && got.len() > 50
+    });
+    let (s1, m1) = (alloc::stats(), mallocs());
     assert!(m0 > 0, "the control thread's own counter must be live (it allocated while starting)");
     assert_eq!(m1, m0, "the control thread called the system allocator in steady state");
-    assert!(ticks1 - ticks0 > 100, "only {} ticks in 2 s", ticks1 - ticks0);
     assert_eq!(s1.system, s0.system, "a steady-state tick called the system allocator");
     assert_eq!(s1.carved, s0.carved, "the tick pool grew in steady state");
     assert!(s1.pooled > s0.pooled);
-    assert!(got.len() > 50 && got.iter().all(|a| close(a, &want_a)), "actions must equal the skill's step");
+    assert!(got.iter().all(|a| close(a, &want_a)), "actions must equal the skill's step");
 
-    let status = diagnostics.try_iter().last().expect("/diagnostics at 1 Hz").status.remove(0);
+    // A report made while the inputs flow (1 Hz): keep feeding until one comes.
+    diagnostics.try_iter().for_each(drop);
+    let mut report = common::wait_for("a report on /diagnostics", || {
+        feed.hold(&obs, Duration::from_millis(50), &actions);
+        diagnostics.try_iter().last()
+    });
+    let status = report.status.remove(0);
     let value = |k: &str| {
         status.values.iter().find(|kv| kv.key == k).map(|kv| kv.value.clone()).unwrap_or_else(|| panic!("{k} missing"))
     };
@@ -197,9 +210,13 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     // from which a swap does not blend): feed fresh ones first, so the swap meets the running
     // policy, as on a robot.
     let again = variant(&dir.path().join("again"));
-    feed.hold(&obs, Duration::from_millis(300), &actions);
+    policy_runs(&mut feed);
     node.swap_skill(again).unwrap();
-    let after = feed.hold(&obs, Duration::from_millis(600), &actions);
+    let mut after = Vec::new();
+    common::wait_until("the swapped skill's action, then 20 more", || {
+        after.extend(feed.hold(&obs, Duration::from_millis(50), &actions));
+        after.iter().position(|a| close(a, &want_b)).is_some_and(|i| after.len() > i + 20)
+    });
     assert_eq!(node.stats.swaps.load(Ordering::Relaxed), 1);
     let first_b = after.iter().position(|a| close(a, &want_b)).expect("the swapped skill's action arrives");
     let between = |a: &Vec<f64>| {

@@ -384,7 +384,6 @@ fn the_fleet_server_catalogs_uploads_with_their_provenance_and_push_reaches_ever
         &robot_tokens,
     );
     let b1 = bundles::pack(d, &fleet_key, "0.1.0", &[]);
-    let started = Instant::now();
     let out = common::skillgraft(&[
         "fleet",
         "push",
@@ -398,7 +397,6 @@ fn the_fleet_server_catalogs_uploads_with_their_provenance_and_push_reaches_ever
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(3), "one robot is down: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(60));
     let results: Value = serde_json::from_slice(&out.stdout).unwrap();
     for (i, r) in results.as_array().unwrap().iter().enumerate().take(2) {
         assert_eq!(r["ok"], true, "{r}");

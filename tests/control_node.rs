@@ -1,6 +1,7 @@
 //! The running node in-process, fed over real DDS on loopback (inside `unshare -n`) by a second
 //! node: steady-state ticks never call the system allocator, actions equal the skill's step,
-//! /diagnostics reports, and a skill swap happens between ticks and blends in.
+//! /diagnostics reports, a skill swap happens between ticks and blends in, and the manifest's
+//! rate limit holds on every published step and is counted.
 
 mod common;
 
@@ -226,5 +227,105 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     };
     assert!(after[..first_b].iter().any(between), "the swap must blend from the old skill's action");
     assert!(after[first_b..].iter().all(|a| close(a, &want_b)));
+    node.stop();
+}
+
+/// The manifest's own `max_delta` (no override), no blend: from the safe action (zero) the
+/// published action ramps to the policy's, each change per tick within the limit, and
+/// /diagnostics counts the ticks the limiter changed.
+#[test]
+fn the_manifests_rate_limit_holds_every_step_and_is_counted() {
+    if !common::isolated("the_manifests_rate_limit_holds_every_step_and_is_counted") {
+        return;
+    }
+    let obs: Vec<f64> = skillgraft::rng::seeded(6, 24).iter().map(|&v| v as f64 * 8.0).collect();
+    let skill = example();
+    let max_delta = skill.manifest.action.max_delta.clone();
+    let want = example().step(&obs).unwrap().1;
+    let ticks_needed = want.iter().zip(&max_delta).map(|(a, d)| (a.abs() / d).ceil() as usize).max().unwrap();
+    assert!(ticks_needed >= 5, "the policy's action must be several steps from zero: {want:?} by {max_delta:?}");
+
+    let args: Vec<String> = ["--ros-args", "-p", "rate_hz:=100.0", "-p", "blend_s:=0.0", "-p", "estop_wait_s:=0.0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
+    let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
+    let transport: Arc<dyn Transport> = Arc::new(
+        DdsTransport::new(
+            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
+            &DdsConfig::local(44).unwrap(),
+        )
+        .unwrap(),
+    );
+    let node = RunningNode::start(skill, cfg, transport).unwrap();
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "feeder".into(), namespace: "/".into() },
+        &DdsConfig::local(44).unwrap(),
+    )
+    .unwrap();
+    let (tx, actions) = mpsc::channel();
+    // Every action in order: a gap would look like a step over the limit.
+    peer.subscribe(
+        "/arm/joint_velocity_cmd",
+        Float64MultiArray::TYPE,
+        Qos { depth: 1000, ..Qos::RELIABLE },
+        Box::new(move |s| {
+            tx.send(cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE).unwrap().data).unwrap();
+        }),
+    )
+    .unwrap();
+    let (dtx, diagnostics) = mpsc::channel();
+    peer.subscribe(
+        "/diagnostics",
+        DiagnosticArray::TYPE,
+        Qos::RELIABLE,
+        Box::new(move |s| {
+            dtx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap()).unwrap();
+        }),
+    )
+    .unwrap();
+    let mut feed = Feeder {
+        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
+        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
+        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
+    };
+
+    // Without inputs the node publishes the safe action: once it arrives, the whole ramp will.
+    let mut got: Vec<Vec<f64>> =
+        vec![common::wait_for("the safe action (zero) before any input", || actions.try_iter().last())];
+    assert!(got[0].iter().all(|&v| v == 0.0), "{:?}", got[0]);
+    common::wait_until("the policy's action after the ramp", || {
+        got.extend(feed.hold(&obs, Duration::from_millis(50), &actions));
+        got.iter().any(|a| close(a, &want))
+    });
+    let mut limited_steps = 0;
+    for (k, pair) in got.windows(2).enumerate() {
+        let (from, to) = (&pair[0], &pair[1]);
+        // The safe action takes effect at once (inputs gone stale on a loaded machine): the
+        // limit holds on every step back toward the policy's action.
+        if to.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        for (i, ((a, b), d)) in from.iter().zip(to).zip(&max_delta).enumerate() {
+            assert!((b - a).abs() <= d + 1e-12, "action {k}→{}: element {i} moved {} over max_delta {d}", k + 1, b - a);
+        }
+        limited_steps += usize::from(from.iter().zip(to).zip(&max_delta).any(|((a, b), d)| (b - a).abs() >= d - 1e-12));
+    }
+    assert!(
+        limited_steps >= ticks_needed - 1,
+        "the ramp took {limited_steps} full steps, at least {} needed",
+        ticks_needed - 1
+    );
+
+    let limited = common::wait_for("a report on /diagnostics counting rate_limited", || {
+        feed.hold(&obs, Duration::from_millis(50), &actions);
+        let report = diagnostics.try_iter().last()?;
+        let status = report.status.into_iter().next()?;
+        let value =
+            status.values.iter().find(|kv| kv.key == "interventions.rate_limited")?.value.parse::<u64>().unwrap();
+        (value > 0).then_some(value)
+    });
+    assert!(limited >= (ticks_needed - 1) as u64, "rate_limited {limited}, the ramp alone needs {}", ticks_needed - 1);
     node.stop();
 }

@@ -86,9 +86,11 @@ fn teleop_records_demonstrations_of_the_simulated_arm_through_a_node() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let eps = skillgraft::record::dataset::load(&[episodes], &skillgraft::skill::Skill::load(&skill).unwrap().manifest)
-        .unwrap();
+    // The node closes the last episode after teleop returns: wait for both files to read back.
+    let manifest = skillgraft::skill::Skill::load(&skill).unwrap().manifest;
+    let eps = common::wait_for("two episodes that read back", || {
+        skillgraft::record::dataset::load(std::slice::from_ref(&episodes), &manifest).ok().filter(|e| e.len() >= 2)
+    });
     assert_eq!(eps.len(), 2, "one episode per demonstration");
     for e in &eps {
         assert!(e.samples.len() > 40, "{} holds {} samples of 1.5 s at 50 Hz", e.id, e.samples.len());

@@ -144,7 +144,7 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     let transport: Arc<dyn Transport> = Arc::new(
         DdsTransport::new(
             NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(47).unwrap(),
+            &DdsConfig::local(common::dds_domain()).unwrap(),
         )
         .unwrap(),
     );
@@ -152,7 +152,7 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
 
     let peer = DdsTransport::new(
         NodeIdentity { name: "operator".into(), namespace: "/".into() },
-        &DdsConfig::local(47).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let (tx, actions) = mpsc::channel();

@@ -17,8 +17,6 @@ use skillgraft::msg::*;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
-const DOMAIN: &str = "57";
-
 /// A child process killed when the test ends, however it ends.
 struct Proc(Child);
 
@@ -33,7 +31,7 @@ fn spawn(args: &[&str], log: &Path) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ROS_DOMAIN_ID", DOMAIN)
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -88,7 +86,7 @@ fn the_node_drives_a_simulated_controller_through_the_bridge_and_its_joint_state
 
     let peer = DdsTransport::new(
         NodeIdentity { name: "peer".into(), namespace: "/".into() },
-        &DdsConfig::local(DOMAIN.parse().unwrap()).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let (jtx, joints) = mpsc::channel();

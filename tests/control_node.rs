@@ -118,7 +118,7 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let transport: Arc<dyn Transport> = Arc::new(
         DdsTransport::new(
             NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(43).unwrap(),
+            &DdsConfig::local(common::dds_domain()).unwrap(),
         )
         .unwrap(),
     );
@@ -126,7 +126,7 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
 
     let peer = DdsTransport::new(
         NodeIdentity { name: "feeder".into(), namespace: "/".into() },
-        &DdsConfig::local(43).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let (tx, actions) = mpsc::channel();
@@ -254,14 +254,14 @@ fn the_manifests_rate_limit_holds_every_step_and_is_counted() {
     let transport: Arc<dyn Transport> = Arc::new(
         DdsTransport::new(
             NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(44).unwrap(),
+            &DdsConfig::local(common::dds_domain()).unwrap(),
         )
         .unwrap(),
     );
     let node = RunningNode::start(skill, cfg, transport).unwrap();
     let peer = DdsTransport::new(
         NodeIdentity { name: "feeder".into(), namespace: "/".into() },
-        &DdsConfig::local(44).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let (tx, actions) = mpsc::channel();

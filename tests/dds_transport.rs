@@ -12,8 +12,11 @@ use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
 fn node(name: &str) -> DdsTransport {
-    DdsTransport::new(NodeIdentity { name: name.into(), namespace: "/".into() }, &DdsConfig::local(37).unwrap())
-        .unwrap()
+    DdsTransport::new(
+        NodeIdentity { name: name.into(), namespace: "/".into() },
+        &DdsConfig::local(common::dds_domain()).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn start(args: &[&str]) -> Running {
     Running(
         std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(args)
-            .env("ROS_DOMAIN_ID", "61")
+            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -82,7 +82,7 @@ fn teleop_records_demonstrations_of_the_simulated_arm_through_a_node() {
     let _node = start(&["record", skill.to_str().unwrap(), "--ros-args", "-p", &param]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(["teleop", "--robot", "arm-b", "--episodes", "2", "--seconds", "1.5"])
-        .env("ROS_DOMAIN_ID", "61")
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

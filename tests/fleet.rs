@@ -482,7 +482,7 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     let spawn = |args: Vec<String>| Server {
         child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(&args)
-            .env("ROS_DOMAIN_ID", "47")
+            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -499,7 +499,7 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     }
     let peer = DdsTransport::new(
         NodeIdentity { name: "watcher".into(), namespace: "/".into() },
-        &DdsConfig::local(47).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let (tx, diagnostics) = std::sync::mpsc::channel();
@@ -595,7 +595,7 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     // A node told to run an inbox without tokens refuses to start, and says what is missing.
     let out = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(["run", skill.to_str().unwrap(), "--ros-args", "-p", &format!("store_dir:={}", store.display())])
-        .env("ROS_DOMAIN_ID", "47")
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -819,7 +819,7 @@ fn the_node_ticks_through_every_attack_on_its_inbox() {
     let mut node = Server {
         child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(&args)
-            .env("ROS_DOMAIN_ID", "48")
+            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -835,7 +835,7 @@ fn the_node_ticks_through_every_attack_on_its_inbox() {
     }
     let peer = DdsTransport::new(
         NodeIdentity { name: "watcher".into(), namespace: "/".into() },
-        &DdsConfig::local(48).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let rates: Arc<Mutex<Vec<f64>>> = Arc::default();

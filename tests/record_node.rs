@@ -21,8 +21,6 @@ use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
 
-const DOMAIN: &str = "44";
-
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -32,7 +30,7 @@ fn recorder(dir: &Path) -> Child {
         .args(["record", repo().join("skills/example-arm6").to_str().unwrap(), "--ros-args", "-p"])
         .arg(format!("episodes_dir:={}", dir.display()))
         .args(["-p", "record_chunk_s:=0.2", "-p", "observation_reliability:=reliable"])
-        .env("ROS_DOMAIN_ID", DOMAIN)
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -42,7 +40,8 @@ fn recorder(dir: &Path) -> Child {
 fn peer(extra: &[&str]) -> Command {
     let mut c = Command::new(common::ros_python());
     c.arg(repo().join("tests/peers/dds_peer.py"))
-        .args(["record", "--skill", repo().join("skills/example-arm6").to_str().unwrap(), "--domain", DOMAIN])
+        .args(["record", "--skill", repo().join("skills/example-arm6").to_str().unwrap(), "--domain"])
+        .arg(common::dds_domain().to_string())
         .args(extra)
         .env("CYCLONEDDS_URI", format!("file://{}", repo().join("tests/peers/cyclone-loopback.xml").display()));
     c
@@ -147,14 +146,14 @@ fn node_with(dir: &Path) -> (RunningNode, Feed) {
     let t: Arc<dyn Transport> = Arc::new(
         DdsTransport::new(
             NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(45).unwrap(),
+            &DdsConfig::local(common::dds_domain()).unwrap(),
         )
         .unwrap(),
     );
     let node = RunningNode::start(skill, cfg, t).unwrap();
     let peer = DdsTransport::new(
         NodeIdentity { name: "operator".into(), namespace: "/".into() },
-        &DdsConfig::local(45).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let control = peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap();
@@ -223,7 +222,7 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     assert_eq!(start(&node, &mut feed, "filling").state, "recording");
     let obs_feed = DdsTransport::new(
         NodeIdentity { name: "sensors".into(), namespace: "/".into() },
-        &DdsConfig::local(45).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();

@@ -6,6 +6,7 @@ pub mod onnx_builder;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a wait on a state gives before it fails: generous, so a loaded machine is slow, not
@@ -23,6 +24,23 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "gave up after {PATIENCE:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The calling test's DDS domain: the same on every call from the test's thread, another for each
+/// test of this process, so tests that share one loopback (`SKILLGRAFT_NETNS=off`, where they run
+/// in parallel threads) never hear each other; inside `unshare -n` each test has the network to
+/// itself anyway.
+pub fn dds_domain() -> u16 {
+    static TESTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let me = std::thread::current().name().unwrap_or("main").to_string();
+    let mut tests = TESTS.lock().unwrap();
+    let i = tests.iter().position(|t| *t == me).unwrap_or_else(|| {
+        tests.push(me);
+        tests.len() - 1
+    });
+    // RustDDS's ports (7400 + 250 per domain) allow domains up to 232.
+    assert!(i < 200, "more DDS tests in one process than domains");
+    20 + i as u16
 }
 
 /// Polls `ok` until it holds; fails naming `what` after [`PATIENCE`].

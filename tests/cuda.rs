@@ -1,7 +1,8 @@
 //! The CUDA backend against the CPU one: every primitive, one training step's gradients and a
 //! whole fine-tune. They need a CUDA GPU, so they are `#[ignore]`d and the runner reports them as
-//! not run; a GPU machine runs them (and the GPU test in tests/adapt.rs) with
-//! `cargo test --features cuda --test cuda --test adapt -- --ignored`, where a missing GPU fails.
+//! not run; a GPU machine runs them with `cargo test --features cuda --test cuda -- --ignored`
+//! (and the GPU test of tests/suite/adapt.rs with `--test suite -- --ignored adapt::`), where a
+//! missing GPU fails.
 //!
 //! Tolerances come from the length of each reduction. A sum of k f32 products computed in any
 //! order is within γ_k·Σ|aᵢbᵢ| of the exact value, γ_k ≈ k·ε (ε = 2⁻²⁴), so two such sums are
@@ -62,7 +63,7 @@ const ACTS: [Activation; 9] = [
 ];
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda --test adapt -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda -- --ignored; --test suite -- --ignored adapt::"]
 fn every_primitive_equals_the_cpu_within_its_reduction_bound() {
     let (g, _cache) = gpu();
     let c = Cpu::<f32>::new();
@@ -158,7 +159,7 @@ fn problem() -> (Vec<Shape>, Vec<LayerParams>, Data) {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda --test adapt -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda -- --ignored; --test suite -- --ignored adapt::"]
 fn one_training_step_gives_the_cpus_gradients_within_1e_5_relative() {
     let (g, _cache) = gpu();
     let (shapes, params, data) = problem();
@@ -178,7 +179,7 @@ fn one_training_step_gives_the_cpus_gradients_within_1e_5_relative() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda --test adapt -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda -- --ignored; --test suite -- --ignored adapt::"]
 fn a_whole_fine_tune_gives_the_cpus_loss_curve_within_1e_3() {
     let (g, _cache) = gpu();
     let p = skillgraft::adapt::synthetic::Problem::new(4000);

@@ -1,7 +1,7 @@
 //! The ROS 2 launch integration: what `ros2 launch` passes to the binary (a namespace, a node
 //! name, the parameter file) works, and the launch files and package.xml are well formed.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

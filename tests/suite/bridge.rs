@@ -4,7 +4,7 @@
 //! bridge reports the link on /diagnostics, notices when the controller dies, and reconnects
 //! when it comes back under the same path.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

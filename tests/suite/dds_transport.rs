@@ -1,7 +1,7 @@
 //! The DDS transport over real RTPS on loopback, inside a private network namespace: two nodes
 //! in one process exchange messages, latched values reach late joiners, bytes pass unchanged.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

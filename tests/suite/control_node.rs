@@ -3,48 +3,31 @@
 //! /diagnostics reports, a skill swap happens between ticks and blends in, and the manifest's
 //! rate limit holds on every published step and is counted.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use skillgraft::alloc::{self, TickAllocator};
+use skillgraft::alloc;
 use skillgraft::control::skills::SwapError;
-use skillgraft::model::export;
 use skillgraft::msg::cdr;
 use skillgraft::msg::*;
-use skillgraft::node::{NodeConfig, NodeError, RunningNode};
-use skillgraft::ros::args::RosArgs;
-use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
+use skillgraft::node::NodeError;
+use skillgraft::ros::transport::{Qos, RawPublisher, Transport};
 use skillgraft::skill::{self, Skill};
-
-#[global_allocator]
-static A: TickAllocator = TickAllocator;
 
 const JOINTS: [&str; 6] = ["base", "shoulder", "elbow", "wrist_1", "wrist_2", "wrist_3"];
 
-fn example() -> Skill {
-    Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
-}
+use crate::common::example;
 
 /// The example skill with another head: same topics, other actions.
 fn variant(dir: &Path) -> Skill {
-    let s = example();
-    let params: Vec<_> = s
-        .model
-        .head
-        .params
-        .iter()
-        .map(|p| skillgraft::model::head::LayerParams { weight: p.weight.map(|v| -2.0 * v), bias: p.bias.clone() })
-        .collect();
-    let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();
-    let mut m = s.manifest.clone();
-    m.version = semver::Version::new(0, 2, 0);
-    skill::write_skill(&dir.join("variant"), &m, &export::encode(&proto)).unwrap()
+    common::changed_head(dir, "variant", |m, params| {
+        m.version = semver::Version::new(0, 2, 0);
+        params.iter_mut().for_each(|p| p.weight *= -2.0);
+    })
 }
 
 struct Feeder {
@@ -69,13 +52,13 @@ impl Feeder {
     }
 
     /// Keeps publishing `obs` at about 200 Hz for `d`, collecting the actions that arrive.
-    fn hold(&mut self, obs: &[f64], d: Duration, actions: &mpsc::Receiver<Vec<f64>>) -> Vec<Vec<f64>> {
+    fn hold(&mut self, obs: &[f64], d: Duration, actions: &mpsc::Receiver<Float64MultiArray>) -> Vec<Vec<f64>> {
         let end = Instant::now() + d;
         let mut got = Vec::new();
         while Instant::now() < end {
             self.send(obs);
             std::thread::sleep(Duration::from_millis(5));
-            got.extend(actions.try_iter());
+            got.extend(actions.try_iter().map(|a| a.data));
         }
         got
     }
@@ -98,59 +81,14 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let want_b = reference_b.step(&obs).unwrap().1;
     assert!(!close(&want_a, &want_b));
 
-    let args: Vec<String> = [
-        "--ros-args",
-        "-p",
-        "rate_hz:=200.0",
-        "-p",
-        "blend_s:=0.1",
-        "-p",
-        "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]",
-        "-p",
-        "estop_wait_s:=0.0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
-    let skill = example();
-    let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
-    let transport: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(
-            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(common::dds_domain()).unwrap(),
-        )
-        .unwrap(),
-    );
-    let node = RunningNode::start(skill, cfg, transport).unwrap();
-
-    let peer = DdsTransport::new(
-        NodeIdentity { name: "feeder".into(), namespace: "/".into() },
-        &DdsConfig::local(common::dds_domain()).unwrap(),
-    )
-    .unwrap();
-    let (tx, actions) = mpsc::channel();
-    peer.subscribe(
-        "/arm/joint_velocity_cmd",
-        Float64MultiArray::TYPE,
-        // A deep history: on a loaded machine this reader may lag, and the blend after the swap
-        // lasts only 20 actions.
-        Qos { depth: 1000, ..Qos::RELIABLE },
-        Box::new(move |s| {
-            tx.send(cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE).unwrap().data).unwrap();
-        }),
-    )
-    .unwrap();
-    let (dtx, diagnostics) = mpsc::channel();
-    peer.subscribe(
-        "/diagnostics",
-        DiagnosticArray::TYPE,
-        Qos::RELIABLE,
-        Box::new(move |s| {
-            dtx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap()).unwrap();
-        }),
-    )
-    .unwrap();
+    let params =
+        ["rate_hz:=200.0", "blend_s:=0.1", "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]", "estop_wait_s:=0.0"];
+    let (node, peer) = common::node_with_peer(example(), &params);
+    // A deep history: on a loaded machine this reader may lag, and the blend after the swap lasts
+    // only 20 actions.
+    let actions =
+        common::collect::<Float64MultiArray>(&peer, "/arm/joint_velocity_cmd", Qos { depth: 1000, ..Qos::RELIABLE });
+    let diagnostics = common::collect::<DiagnosticArray>(&peer, "/diagnostics", Qos::RELIABLE);
     let mut feed = Feeder {
         js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
         point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
@@ -245,46 +183,11 @@ fn the_manifests_rate_limit_holds_every_step_and_is_counted() {
     let ticks_needed = want.iter().zip(&max_delta).map(|(a, d)| (a.abs() / d).ceil() as usize).max().unwrap();
     assert!(ticks_needed >= 5, "the policy's action must be several steps from zero: {want:?} by {max_delta:?}");
 
-    let args: Vec<String> = ["--ros-args", "-p", "rate_hz:=100.0", "-p", "blend_s:=0.0", "-p", "estop_wait_s:=0.0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
-    let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
-    let transport: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(
-            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(common::dds_domain()).unwrap(),
-        )
-        .unwrap(),
-    );
-    let node = RunningNode::start(skill, cfg, transport).unwrap();
-    let peer = DdsTransport::new(
-        NodeIdentity { name: "feeder".into(), namespace: "/".into() },
-        &DdsConfig::local(common::dds_domain()).unwrap(),
-    )
-    .unwrap();
-    let (tx, actions) = mpsc::channel();
+    let (node, peer) = common::node_with_peer(skill, &["rate_hz:=100.0", "blend_s:=0.0", "estop_wait_s:=0.0"]);
     // Every action in order: a gap would look like a step over the limit.
-    peer.subscribe(
-        "/arm/joint_velocity_cmd",
-        Float64MultiArray::TYPE,
-        Qos { depth: 1000, ..Qos::RELIABLE },
-        Box::new(move |s| {
-            tx.send(cdr::decode::<Float64MultiArray>(&s.cdr, Float64MultiArray::TYPE).unwrap().data).unwrap();
-        }),
-    )
-    .unwrap();
-    let (dtx, diagnostics) = mpsc::channel();
-    peer.subscribe(
-        "/diagnostics",
-        DiagnosticArray::TYPE,
-        Qos::RELIABLE,
-        Box::new(move |s| {
-            dtx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap()).unwrap();
-        }),
-    )
-    .unwrap();
+    let actions =
+        common::collect::<Float64MultiArray>(&peer, "/arm/joint_velocity_cmd", Qos { depth: 1000, ..Qos::RELIABLE });
+    let diagnostics = common::collect::<DiagnosticArray>(&peer, "/diagnostics", Qos::RELIABLE);
     let mut feed = Feeder {
         js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
         point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
@@ -293,7 +196,7 @@ fn the_manifests_rate_limit_holds_every_step_and_is_counted() {
 
     // Without inputs the node publishes the safe action: once it arrives, the whole ramp will.
     let mut got: Vec<Vec<f64>> =
-        vec![common::wait_for("the safe action (zero) before any input", || actions.try_iter().last())];
+        vec![common::wait_for("the safe action (zero) before any input", || actions.try_iter().last()).data];
     assert!(got[0].iter().all(|&v| v == 0.0), "{:?}", got[0]);
     common::wait_until("the policy's action after the ramp", || {
         got.extend(feed.hold(&obs, Duration::from_millis(50), &actions));

@@ -3,20 +3,17 @@
 //! node killed mid-episode leaves chunks that `episodes recover` keeps; an unwritable folder or a
 //! full disk fails the episode without touching the control loop, which stays muted meanwhile.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skillgraft::msg::cdr;
 use skillgraft::msg::{RosMessage, StringMsg};
-use skillgraft::node::{NodeConfig, RunningNode};
+use skillgraft::node::RunningNode;
 use skillgraft::record::episode;
-use skillgraft::ros::args::RosArgs;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
@@ -130,32 +127,13 @@ struct Feed {
 
 impl Feed {
     fn say(&mut self, text: &str) {
-        self.control.publish(&cdr::encode(&StringMsg { data: text.into() }).unwrap()).unwrap();
+        common::say(&mut self.control, text);
     }
 }
 
 fn node_with(dir: &Path) -> (RunningNode, Feed) {
-    let args: Vec<String> = ["--ros-args", "-p", "rate_hz:=100.0", "-p"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("episodes_dir:={}", dir.display())])
-        .collect();
-    let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
-    let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
-    let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
-    let t: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(
-            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(common::dds_domain()).unwrap(),
-        )
-        .unwrap(),
-    );
-    let node = RunningNode::start(skill, cfg, t).unwrap();
-    let peer = DdsTransport::new(
-        NodeIdentity { name: "operator".into(), namespace: "/".into() },
-        &DdsConfig::local(common::dds_domain()).unwrap(),
-    )
-    .unwrap();
+    let episodes_dir = format!("episodes_dir:={}", dir.display());
+    let (node, peer) = common::node_with_peer(common::example(), &["rate_hz:=100.0", &episodes_dir]);
     let control = peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap();
     (node, Feed { control, _peer: peer })
 }
@@ -280,7 +258,7 @@ fn discard_deletes_the_episode_and_stop_keeps_it() {
     let (date, time) = stamp.split_once('T').unwrap_or_else(|| panic!("an RFC 3339 start time: {stamp}"));
     humantime::parse_rfc3339(&format!("{date}T{}", time.replace('-', ":"))).unwrap_or_else(|e| panic!("{stamp}: {e}"));
     let files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(files, [file.clone()], "the discarded episode left nothing beside the kept one");
+    assert_eq!(files, std::slice::from_ref(&file), "the discarded episode left nothing beside the kept one");
     assert_eq!(episode::read(&file).unwrap().metadata["label"], "second try");
     node.stop();
 }

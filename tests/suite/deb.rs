@@ -10,9 +10,9 @@
 //! checks the unit where it is installed. An arm64 package runs here under qemu-user (binfmt_misc
 //! and QEMU_LD_PREFIX, which CI sets up). It needs root, as CI has: mount namespaces, overlay
 //! mounts, `dpkg --root`. The tests are `#[ignore]`d (listed as not run by a plain `cargo test`):
-//! `SKILLGRAFT_DEB=a.deb,b.deb cargo test --test deb -- --ignored` runs them.
+//! `SKILLGRAFT_DEB=a.deb,b.deb cargo test --test suite -- --ignored deb::` runs them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -98,7 +98,7 @@ fn machine(arch: &str) -> u16 {
 }
 
 #[test]
-#[ignore = "needs packages built by cargo-deb: SKILLGRAFT_DEB=a.deb,b.deb cargo test --test deb -- --ignored"]
+#[ignore = "needs packages built by cargo-deb: SKILLGRAFT_DEB=a.deb,b.deb cargo test --test suite -- --ignored deb::"]
 fn each_package_holds_the_binary_skills_launch_files_unit_and_configuration() {
     for deb in packages() {
         let arch = field(&deb, "Architecture");
@@ -466,7 +466,7 @@ fn dpkg(root: &Path, args: &[&str], deb: Option<&Path>) -> String {
 }
 
 #[test]
-#[ignore = "needs packages built by cargo-deb: SKILLGRAFT_DEB=a.deb,b.deb cargo test --test deb -- --ignored"]
+#[ignore = "needs packages built by cargo-deb: SKILLGRAFT_DEB=a.deb,b.deb cargo test --test suite -- --ignored deb::"]
 fn each_package_installs_into_a_scratch_root_and_its_service_runs_the_store_with_the_inbox_on() {
     if !common::isolated("each_package_installs_into_a_scratch_root_and_its_service_runs_the_store_with_the_inbox_on") {
         return;

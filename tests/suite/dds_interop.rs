@@ -2,7 +2,7 @@
 //! publishes the example skill's observations over real DDS on loopback, inside a private network
 //! namespace, and onnxruntime computes what the actions must be.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! node), the fleet server's catalog, and `fleet push` to several robots. Every bad request is
 //! refused with its reason and leaves the store as it was.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::bundles;
+use crate::common::bundles;
 use serde_json::Value;
 
 /// A `skillgraft` server process (inbox, fleet server or node), killed when dropped.

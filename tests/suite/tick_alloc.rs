@@ -5,10 +5,7 @@
 
 use std::sync::mpsc;
 
-use skillgraft::alloc::{self, TickAllocator};
-
-#[global_allocator]
-static A: TickAllocator = TickAllocator;
+use skillgraft::alloc;
 
 fn fill(v: &mut [u8], tag: u8) {
     for (i, b) in v.iter_mut().enumerate() {

@@ -2,7 +2,7 @@
 //! arm-b, the node with reach-arm-a and the expert over DDS (inside `unshare -n`), scores the
 //! skill, records demonstrations through ~/demo/control, adapts live and scores again.
 
-mod common;
+use crate::common;
 
 #[test]
 fn the_demo_adapts_the_source_skill_to_arm_b_over_dds() {

@@ -86,15 +86,10 @@ impl Operator {
 
     /// Holds `obs` until a status matches; returns it.
     fn until(&mut self, obs: &[f64], what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        common::wait_for(&format!("a status with {what}"), || {
             self.hold(obs, Duration::from_millis(20));
-            if let Some(s) = self.status.try_iter().map(|s| serde_json::from_str::<Value>(&s.data).unwrap()).find(&pred)
-            {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "no status with {what}");
-        }
+            self.status.try_iter().map(|s| serde_json::from_str::<Value>(&s.data).unwrap()).find(&pred)
+        })
     }
 }
 
@@ -158,12 +153,14 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     });
     for (i, seed) in [11u64, 12, 13].iter().enumerate() {
         let label = format!("reach-{i}");
-        let recording = Instant::now() + Duration::from_secs(20);
-        while node.recorder_status().unwrap().state != "recording" {
+        common::wait_until(&format!("episode {label} to start"), || {
+            if node.recorder_status().unwrap().state == "recording" {
+                return true;
+            }
             common::say(&mut op.demo, &format!("start {label}"));
             op.hold(&obs, Duration::from_millis(200));
-            assert!(Instant::now() < recording, "the episode never started");
-        }
+            false
+        });
         op.demonstrate(&mut expert, *seed, 40);
         common::say(&mut op.demo, "stop");
         common::wait_until(&format!("episode {label} written"), || {

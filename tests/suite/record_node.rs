@@ -91,18 +91,12 @@ fn a_node_killed_mid_episode_leaves_chunks_that_recover() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = recorder(dir.path());
     let p = peer(&["--seconds", "4", "--no-stop"]).stdout(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let part = loop {
-        if let Some(p) = std::fs::read_dir(dir.path())
+    let part = common::wait_for("an episode's .mcap.part", || {
+        std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.to_string_lossy().ends_with(".mcap.part"))
-        {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no episode started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     std::thread::sleep(Duration::from_millis(1500));
     node.kill().unwrap();
     node.wait().unwrap();
@@ -141,16 +135,11 @@ fn node_with(dir: &Path) -> (RunningNode, Feed) {
 /// Sends `start LABEL` until the recorder leaves idle (the first ones may go out before the
 /// control topic is matched).
 fn start(node: &RunningNode, feed: &mut Feed, label: &str) -> skillgraft::record::Status {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    common::wait_for(&format!("episode {label} to start"), || {
         feed.say(&format!("start {label}"));
         std::thread::sleep(Duration::from_millis(200));
-        let s = node.recorder_status().unwrap();
-        if s.state != "idle" {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the episode never started");
-    }
+        Some(node.recorder_status().unwrap()).filter(|s| s.state != "idle")
+    })
 }
 
 fn wait_status(
@@ -158,15 +147,7 @@ fn wait_status(
     pred: impl Fn(&skillgraft::record::Status) -> bool,
     what: &str,
 ) -> skillgraft::record::Status {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = node.recorder_status().unwrap();
-        if pred(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for(what, || Some(node.recorder_status().unwrap()).filter(&pred))
 }
 
 #[test]
@@ -236,11 +217,9 @@ fn discard_deletes_the_episode_and_stop_keeps_it() {
     let (node, mut feed) = node_with(dir.path());
     wait_status(&node, |s| s.state == "idle", "the recorder never reported");
     assert_eq!(start(&node, &mut feed, "first try").state, "recording");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while node.stats.muted_ticks.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "the policy must be muted while an episode records");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until("the policy muted while an episode records", || {
+        node.stats.muted_ticks.load(Ordering::Relaxed) > 0
+    });
     feed.say("discard");
     wait_status(&node, |s| s.state == "idle", "discard");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a discarded episode leaves nothing");

@@ -42,8 +42,14 @@ fn spawn(args: &[&str], log: &Path) -> Proc {
 /// Starts the simulated controller behind `link`; returns it with the pty path it printed.
 fn sim_mcu(link: &Path, log: &Path) -> (Proc, String) {
     let mut p = spawn(&["bridge", "sim-mcu", "--joints", "3", "--link", link.to_str().unwrap()], log);
-    let mut line = String::new();
-    BufReader::new(p.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // Read on another thread, so a controller that prints nothing fails the wait, not blocks it.
+    let mut out = BufReader::new(p.0.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line).map(|_| tx.send(line));
+    });
+    let line = common::wait_for("sim-mcu's pty path on its stdout", || rx.try_recv().ok());
     (p, line.trim().to_string())
 }
 

@@ -1,7 +1,8 @@
 //! Every CUDA kernel compiles with NVRTC for the Jetson Orin (compute_87) and for Hopper
 //! (compute_90), and the PTX is one a JetPack 6 driver (CUDA 12.6, PTX ISA 8.5) can load. No GPU
-//! is needed: CI runs this with the pinned NVRTC wheel (`REQUIRE_NVRTC=1`, which turns the skip
-//! into a failure), then `ptxas` on the files written to `SKILLGRAFT_PTX_OUT`.
+//! is needed, but NVRTC is, so the test is `#[ignore]`d: CI runs it with the pinned NVRTC wheel
+//! (`cargo test --features cuda --test cuda_kernels -- --ignored`), then `ptxas` on the files
+//! written to `SKILLGRAFT_PTX_OUT`.
 #![cfg(feature = "cuda")]
 
 use skillgraft::adapt::cuda;
@@ -10,16 +11,13 @@ use skillgraft::adapt::cuda;
 const JETPACK6_ISA: (u32, u32) = (8, 5);
 
 #[test]
+#[ignore = "needs NVRTC: pip install -r tools/requirements-cuda.txt, its nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH, then -- --ignored"]
 fn every_kernel_compiles_for_orin_and_hopper_within_jetpack_6s_ptx_isa() {
-    if !cuda::nvrtc_present() {
-        assert!(
-            std::env::var("REQUIRE_NVRTC").as_deref() != Ok("1"),
-            "REQUIRE_NVRTC=1 but libnvrtc cannot be loaded: `pip install -r tools/requirements-cuda.txt` and put \
-             its nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH"
-        );
-        eprintln!("skipped: NVRTC (libnvrtc.so) is not on the library path");
-        return;
-    }
+    assert!(
+        cuda::nvrtc_present(),
+        "libnvrtc cannot be loaded: `pip install -r tools/requirements-cuda.txt` and put its nvidia/cuda_nvrtc/lib on \
+         LD_LIBRARY_PATH"
+    );
     let version = cuda::nvrtc_version().unwrap();
     let out = std::env::var_os("SKILLGRAFT_PTX_OUT")
         .map(std::path::PathBuf::from)

@@ -12,6 +12,12 @@
 //! | n | payload: the message, serialised with postcard |
 //! | 4 | CRC-32C (Castagnoli) of everything above, little-endian |
 //!
+//! The payload is postcard: fields in declaration order, `u16` and `u32` as LEB128 varints, `u8`
+//! as one byte, `f32` as 4 bytes little-endian, an enum as the varint index of its variant, a joint
+//! list as a varint count then the joints. A [`Command`] is `mode, count, (position, velocity,
+//! effort)…`; a [`Feedback`] is `echo_seq, echo_stamp_us, state, count, (position, velocity,
+//! effort, status)…`. `tests/protocol.rs` holds golden frames written out from this by hand.
+//!
 //! COBS removes every zero from the frame, so a zero byte only ever delimits frames. The zero
 //! sent before each frame as well as after it ends any partial frame left on the line (a
 //! controller that rebooted mid-frame, a cable plugged in mid-stream), so a truncated frame costs

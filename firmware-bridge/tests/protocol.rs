@@ -259,3 +259,139 @@ fn a_run_without_delimiters_overflows_once_and_the_decoder_recovers() {
     assert_eq!(bad, vec![FrameError::Overflow]);
     assert_eq!(d.stats().count(FrameError::Overflow), 1);
 }
+
+/// Golden frames, derived by hand from the layout (header table in the module docs, postcard's
+/// payload rules), not produced by this crate: a reordered field, another varint or float
+/// encoding, another CRC or another framing fails here even where every round trip still holds.
+mod golden {
+    use super::*;
+
+    /// A Command frame before COBS: header ‖ payload ‖ CRC-32C.
+    const COMMAND: [u8; 38] = [
+        0x01, // version 1
+        0x01, // kind: Command
+        0x07, 0x00, // seq 7, little-endian
+        0x40, 0x42, 0x0f, 0x00, // stamp 1 000 000 µs, little-endian
+        0x01, // mode: Velocity (variant 1 of Position, Velocity, Effort)
+        0x02, // two joints
+        0x00, 0x00, 0x00, 0x3f, // joint 0 position 0.5 (f32 little-endian)
+        0x00, 0x00, 0x80, 0xbf, // joint 0 velocity -1.0
+        0x00, 0x00, 0x00, 0x40, // joint 0 effort 2.0
+        0x00, 0x00, 0xc0, 0x3f, // joint 1 position 1.5
+        0x00, 0x00, 0x80, 0x3e, // joint 1 velocity 0.25
+        0x00, 0x00, 0x40, 0xc0, // joint 1 effort -3.0
+        0xb3, 0x3a, 0xf7, 0x1e, // CRC-32C of the 34 bytes above, little-endian
+    ];
+
+    /// A Feedback frame before COBS.
+    const FEEDBACK: [u8; 45] = [
+        0x01, // version 1
+        0x02, // kind: Feedback
+        0x2c, 0x01, // seq 300
+        0x40, 0xe2, 0x01, 0x00, // stamp 123 456 µs
+        0x07, // echo_seq 7 (varint)
+        0xc0, 0x84, 0x3d, // echo_stamp_us 1 000 000 (varint: 0x40|0x80, 0x04|0x80, 0x3d)
+        0x01, // state: Active (variant 1 of Waiting, Active, Safe)
+        0x02, // two joints
+        0x00, 0x00, 0x00, 0x3f, // joint 0 position 0.5
+        0x00, 0x00, 0x80, 0xbf, // joint 0 velocity -1.0
+        0x00, 0x00, 0x00, 0x40, // joint 0 effort 2.0
+        0x11, // joint 0 status SAFE | ENCODER (varint)
+        0x00, 0x00, 0xc0, 0x3f, // joint 1 position 1.5
+        0x00, 0x00, 0x80, 0x3e, // joint 1 velocity 0.25
+        0x00, 0x00, 0x40, 0xc0, // joint 1 effort -3.0
+        0xac, 0x02, // joint 1 status 300 (varint: 0x2c|0x80, 0x02)
+        0xfb, 0xed, 0xc8, 0x0b, // CRC-32C of the 41 bytes above
+    ];
+
+    fn command() -> Frame {
+        let joints = [
+            JointTarget { position: 0.5, velocity: -1.0, effort: 2.0 },
+            JointTarget { position: 1.5, velocity: 0.25, effort: -3.0 },
+        ];
+        Frame {
+            seq: 7,
+            stamp_us: 1_000_000,
+            message: Message::Command(Command { mode: Mode::Velocity, joints: joints.into_iter().collect() }),
+        }
+    }
+
+    fn feedback() -> Frame {
+        let joints = [
+            JointFeedback { position: 0.5, velocity: -1.0, effort: 2.0, status: status::SAFE | status::ENCODER },
+            JointFeedback { position: 1.5, velocity: 0.25, effort: -3.0, status: 300 },
+        ];
+        Frame {
+            seq: 300,
+            stamp_us: 123_456,
+            message: Message::Feedback(Feedback {
+                echo_seq: 7,
+                echo_stamp_us: 1_000_000,
+                state: DeviceState::Active,
+                joints: joints.into_iter().collect(),
+            }),
+        }
+    }
+
+    /// CRC-32C bit by bit (reflected polynomial 0x82F63B78), independent of the `crc` crate.
+    fn crc32c(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    /// `0x00, COBS(raw), 0x00`, written from the COBS definition, independent of the `cobs` crate:
+    /// each run of up to 254 non-zero bytes is preceded by its length + 1, the zero after it dropped.
+    fn on_the_wire(raw: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        let mut code_at = out.len();
+        out.push(1);
+        for &b in raw {
+            if b == 0 {
+                code_at = out.len();
+                out.push(1);
+            } else {
+                out.push(b);
+                out[code_at] += 1;
+                if out[code_at] == 0xff {
+                    code_at = out.len();
+                    out.push(1);
+                }
+            }
+        }
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn the_reference_crc_and_cobs_are_right() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283, "the CRC-32C check value");
+        assert_eq!(on_the_wire(&[0x11, 0x22, 0x00, 0x33]), [0, 0x03, 0x11, 0x22, 0x02, 0x33, 0]);
+        assert_eq!(on_the_wire(&[0x00]), [0, 0x01, 0x01, 0]);
+        for raw in [&COMMAND[..], &FEEDBACK[..]] {
+            let (body, crc) = raw.split_at(raw.len() - CRC_LEN);
+            assert_eq!(crc, crc32c(body).to_le_bytes(), "the CRC written in the golden frame");
+        }
+    }
+
+    #[test]
+    fn command_and_feedback_encode_to_their_golden_frames() {
+        for (what, frame, raw) in [("command", command(), &COMMAND[..]), ("feedback", feedback(), &FEEDBACK[..])] {
+            assert_eq!(wire(&frame), on_the_wire(raw), "{what}");
+        }
+    }
+
+    #[test]
+    fn golden_frames_decode_to_their_messages() {
+        for (what, frame, raw) in [("command", command(), &COMMAND[..]), ("feedback", feedback(), &FEEDBACK[..])] {
+            let mut d = Decoder::new();
+            let got: Vec<_> = d.feed(&on_the_wire(raw)).collect();
+            assert_eq!(got, [Ok(frame)], "{what}");
+        }
+    }
+}

@@ -93,6 +93,20 @@ fn layer(seed: u64, out: usize, inp: usize) -> LayerParams {
     LayerParams { weight: DMatrix::from_row_slice(out, inp, &w), bias: Some(DVector::zeros(out)) }
 }
 
+/// The head `d_in → hidden (ReLU) → ACTIONS` the benchmark trains: its shapes and starting layers.
+fn head(d_in: usize, hidden: usize) -> ([Shape; 2], [LayerParams; 2]) {
+    let shapes = [
+        Shape { inputs: d_in, outputs: hidden, activation: Activation::Relu, bias: true },
+        Shape { inputs: hidden, outputs: ACTIONS, activation: Activation::Identity, bias: true },
+    ];
+    (shapes, [layer(1, hidden, d_in), layer(2, ACTIONS, hidden)])
+}
+
+/// Trainable parameters of `layers`: every weight and bias entry.
+fn parameters(layers: &[LayerParams]) -> usize {
+    layers.iter().map(|l| l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len())).sum()
+}
+
 /// Inputs and targets for `rows` samples of width `d_in`: the targets are a cheap fixed
 /// function of a few inputs, since only the timing and the two backends' agreement matter here.
 fn data(d_in: usize, rows: usize) -> Data {
@@ -136,12 +150,8 @@ pub fn gpu(o: &GpuOptions, row: &mut dyn FnMut(&Cell)) -> Result<GpuReport, Stri
     let (heads, samples) = if o.quick { (&HEADS[..QUICK.0], &SAMPLES[..QUICK.1]) } else { (&HEADS[..], &SAMPLES[..]) };
     let mut cells = Vec::new();
     for &(d_in, hidden) in heads {
-        let shapes = [
-            Shape { inputs: d_in, outputs: hidden, activation: Activation::Relu, bias: true },
-            Shape { inputs: hidden, outputs: ACTIONS, activation: Activation::Identity, bias: true },
-        ];
-        let source = [layer(1, hidden, d_in), layer(2, ACTIONS, hidden)];
-        let params: usize = shapes.iter().map(|l| l.inputs * l.outputs + l.outputs).sum();
+        let (shapes, source) = head(d_in, hidden);
+        let params = parameters(&source);
         let all = data(d_in, *samples.last().unwrap_or(&0));
         for &n in samples {
             let d = Data { x: all.x[..n * d_in].to_vec(), y: all.y[..n * ACTIONS].to_vec(), rows: n };
@@ -256,9 +266,20 @@ impl fmt::Display for GpuReport {
 mod tests {
     use super::*;
 
+    /// The table's labels come from the layers the benchmark trains, counted entry by entry.
     #[test]
     fn the_heads_span_100k_to_10m_parameters() {
-        let p: Vec<usize> = HEADS.iter().map(|&(i, h)| i * h + h + h * ACTIONS + ACTIONS).collect();
-        assert_eq!(p.iter().map(|&n| count(n)).collect::<Vec<_>>(), ["100k", "989k", "10.0M"]);
+        let labels: Vec<String> = HEADS
+            .iter()
+            .map(|&(d_in, hidden)| {
+                let (shapes, layers) = head(d_in, hidden);
+                for (s, l) in shapes.iter().zip(&layers) {
+                    assert_eq!(l.weight.shape(), (s.outputs, s.inputs), "the layer has its shape's size");
+                }
+                count(parameters(&layers))
+            })
+            .collect();
+        assert_eq!(labels, ["100k", "989k", "10.0M"]);
+        assert_eq!([count(999), count(1_000), count(999_999), count(1_000_000)], ["999", "1k", "999k", "1.0M"]);
     }
 }

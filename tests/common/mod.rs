@@ -6,6 +6,47 @@ pub mod onnx_builder;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a wait on a state gives before it fails: generous, so a loaded machine is slow, not
+/// red; a state that never comes still fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `f` every 20 ms until it returns `Some`, and returns that; fails naming `what` (and the
+/// last value `f` saw, through `last`) after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The calling test's DDS domain: the same on every call from the test's thread, another for each
+/// test of this process, so tests that share one loopback (`SKILLGRAFT_NETNS=off`, where they run
+/// in parallel threads) never hear each other; inside `unshare -n` each test has the network to
+/// itself anyway.
+pub fn dds_domain() -> u16 {
+    static TESTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let me = std::thread::current().name().unwrap_or("main").to_string();
+    let mut tests = TESTS.lock().unwrap();
+    let i = tests.iter().position(|t| *t == me).unwrap_or_else(|| {
+        tests.push(me);
+        tests.len() - 1
+    });
+    // RustDDS's ports (7400 + 250 per domain) allow domains up to 232.
+    assert!(i < 200, "more DDS tests in one process than domains");
+    20 + i as u16
+}
+
+/// Polls `ok` until it holds; fails naming `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    wait_for(what, || ok().then_some(()))
+}
 
 /// The committed ONNX fixtures (exported by tools/make_fixtures.py).
 pub const FIXTURES: &[&str] = &["mlp_gemm", "mlp_matmul", "conv", "mlp_wide"];
@@ -186,11 +227,15 @@ pub fn isolated(test: &str) -> bool {
         }
         _ => {}
     }
+    // The harness names each test's thread by its full path (`module::name` in the suite), which
+    // `--exact` needs.
+    let me = std::thread::current().name().filter(|n| n.ends_with(&format!("::{test}"))).unwrap_or(test).to_owned();
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("unshare")
         .args(["-n", "-m", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(&exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        // --include-ignored: an ignored test runs here only when it was asked for.
+        .args([me.as_str(), "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
         .env("SKILLGRAFT_NETNS", "inside")
         .env("ROS_LOCALHOST_ONLY", "1")
         .output()
@@ -210,17 +255,82 @@ pub fn isolated(test: &str) -> bool {
     false
 }
 
-/// The example skill with its last layer changed and written to `dir/teacher`: the expert of a
-/// target robot, whose demonstrations adaptation must recover.
-pub fn teacher(dir: &Path) -> skillgraft::skill::Skill {
+/// The repository's example skill (skills/example-arm6).
+pub fn example() -> skillgraft::skill::Skill {
+    skillgraft::skill::Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
+}
+
+/// The example skill with its head (and manifest) changed by `change`, written to `dir/name`.
+pub fn changed_head(
+    dir: &Path,
+    name: &str,
+    change: impl FnOnce(&mut skillgraft::skill::Manifest, &mut [skillgraft::model::head::LayerParams]),
+) -> skillgraft::skill::Skill {
     use skillgraft::model::export;
-    let s = skillgraft::skill::Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap();
-    let mut params = s.model.head.params.clone();
-    let last = params.last_mut().unwrap();
-    let (rows, cols) = last.weight.shape();
-    let delta = nalgebra::DMatrix::from_row_slice(rows, cols, &skillgraft::rng::seeded(77, rows * cols));
-    last.weight += delta * 0.15;
-    last.bias = last.bias.as_ref().map(|b| b.map(|v| v + 0.02));
+    let s = example();
+    let (mut manifest, mut params) = (s.manifest.clone(), s.model.head.params.clone());
+    change(&mut manifest, &mut params);
     let proto = export::with_head_params(&s.model.file, &s.model.head, &params, &[]).unwrap();
-    skillgraft::skill::write_skill(&dir.join("teacher"), &s.manifest, &export::encode(&proto)).unwrap()
+    skillgraft::skill::write_skill(&dir.join(name), &manifest, &export::encode(&proto)).unwrap()
+}
+
+/// The example skill with its last layer changed, in `dir/teacher`: the expert of a target robot,
+/// whose demonstrations adaptation must recover.
+pub fn teacher(dir: &Path) -> skillgraft::skill::Skill {
+    changed_head(dir, "teacher", |_, params| {
+        let last = params.last_mut().unwrap();
+        let (rows, cols) = last.weight.shape();
+        let delta = nalgebra::DMatrix::from_row_slice(rows, cols, &skillgraft::rng::seeded(77, rows * cols));
+        last.weight += delta * 0.15;
+        last.bias = last.bias.as_ref().map(|b| b.map(|v| v + 0.02));
+    })
+}
+
+/// A running node (`skillgraft` on this test's DDS domain) with `-p` parameters `params`, and a
+/// peer on the same domain to feed and watch it.
+pub fn node_with_peer(
+    skill: skillgraft::skill::Skill,
+    params: &[&str],
+) -> (skillgraft::node::RunningNode, skillgraft::ros::dds::DdsTransport) {
+    use skillgraft::ros::dds::{DdsConfig, DdsTransport};
+    use skillgraft::ros::transport::NodeIdentity;
+    let args: Vec<String> = std::iter::once("--ros-args".to_string())
+        .chain(params.iter().flat_map(|p| ["-p".to_string(), p.to_string()]))
+        .collect();
+    let args = skillgraft::ros::args::RosArgs::parse(&args, &[], "skillgraft").unwrap();
+    let cfg = skillgraft::node::NodeConfig::new(&skill.manifest, &args).unwrap();
+    let dds = |name: &str| {
+        let id = NodeIdentity { name: name.into(), namespace: "/".into() };
+        DdsTransport::new(id, &DdsConfig::local(dds_domain()).unwrap()).unwrap()
+    };
+    let node = skillgraft::node::RunningNode::start(skill, cfg, std::sync::Arc::new(dds("skillgraft"))).unwrap();
+    (node, dds("peer"))
+}
+
+/// Subscribes `peer` to `topic` and hands over each message, decoded as `M`, in order.
+pub fn collect<M: skillgraft::msg::RosMessage>(
+    peer: &dyn skillgraft::ros::transport::Transport,
+    topic: &str,
+    qos: skillgraft::ros::transport::Qos,
+) -> std::sync::mpsc::Receiver<M> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let topic_name = topic.to_string();
+    peer.subscribe(
+        topic,
+        M::TYPE,
+        qos,
+        Box::new(move |s| {
+            let m = skillgraft::msg::cdr::decode::<M>(&s.cdr, M::TYPE)
+                .unwrap_or_else(|e| panic!("{topic_name}: not a {}: {e}", M::TYPE));
+            let _ = tx.send(m);
+        }),
+    )
+    .unwrap();
+    rx
+}
+
+/// Publishes `text` as a std_msgs/String.
+pub fn say(publisher: &mut Box<dyn skillgraft::ros::transport::RawPublisher>, text: &str) {
+    let msg = skillgraft::msg::StringMsg { data: text.into() };
+    publisher.publish(&skillgraft::msg::cdr::encode(&msg).unwrap()).unwrap();
 }

@@ -1,11 +1,9 @@
 //! Bad input gives a clear error naming the problem and the fix, never a panic, and changes nothing.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::onnx_builder::{GraphBuilder, attr_i, values};
-use common::{Reference, fails, fixture, init_args, init_fixture, snapshot, succeeds};
+use crate::common::onnx_builder::{GraphBuilder, attr_i, values};
+use crate::common::{Reference, fails, fixture, init_args, init_fixture, snapshot, succeeds};
 
 /// A valid skill made from a fixture, in a fresh folder.
 fn skill(dir: &Path, name: &str) -> PathBuf {

@@ -1,12 +1,12 @@
 //! The ROS 2 launch integration: what `ros2 launch` passes to the binary (a namespace, a node
 //! name, the parameter file) works, and the launch files and package.xml are well formed.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
 
 use skillgraft::node::NodeConfig;
 use skillgraft::ros::args::RosArgs;
@@ -43,18 +43,22 @@ fn the_node_starts_the_way_ros2_launch_starts_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let started = loop {
-        let line = lines.next().expect("the node exited before starting").unwrap();
-        if line.contains("node /robot1/pilot runs skill example-arm6 0.1.0 at 50 Hz") {
-            break line;
+    // Read on another thread, so a node that prints nothing fails the wait instead of blocking it.
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || lines.map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    let started = common::wait_for("the node's start line", || {
+        let line = rx.try_iter().find(|l| l.contains("node /robot1/pilot runs skill example-arm6 0.1.0 at 50 Hz"));
+        if line.is_none()
+            && let Some(status) = child.try_wait().unwrap()
+        {
+            panic!("the node exited before starting: {status}");
         }
-        assert!(Instant::now() < deadline, "no start line within 20 s");
-    };
+        line
+    });
     assert!(started.contains("/arm/joint_velocity_cmd"), "{started}");
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
+    let status = common::wait_for("the node to stop on SIGINT", || child.try_wait().unwrap());
     assert!(status.success(), "SIGINT must stop the node cleanly: {status}");
 }
 

@@ -1,11 +1,11 @@
 //! The robot's skill store through the CLI: install signed bundles, the version rule, activate,
 //! roll back, and bad bundles that change nothing.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::bundles::pack;
+use crate::common::bundles::pack;
 
 fn keys(dir: &Path) -> (PathBuf, PathBuf) {
     common::bundles::keys(dir, "fleet")

@@ -1,22 +1,19 @@
 //! Episode files without a network: written by the episode writer, read back by skillgraft and by
 //! the Python MCAP readers, paired into samples, cut short and recovered, and shown by the CLI.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{fails, succeeds};
+use crate::common::{fails, succeeds};
 use skillgraft::observe::Extractor;
 use skillgraft::record::dataset;
 use skillgraft::record::episode::{self, ChannelSpec, EpisodeWriter};
-use skillgraft::skill::Skill;
 
-fn example() -> Skill {
-    Skill::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6")).unwrap()
-}
+use crate::common::example;
 
 const T0: u64 = 1_764_000_000_000_000_000;
 const MS: u64 = 1_000_000;

@@ -1,11 +1,9 @@
 //! `skillgraft run` refuses bad parameters and unsafe limits before anything starts, with an error
 //! that names the parameter, where it came from and what it must be.
 
-mod common;
-
 use std::path::Path;
 
-use common::{fails, init_fixture};
+use crate::common::{fails, init_fixture};
 
 fn example() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("skills/example-arm6").display().to_string()

@@ -1,7 +1,7 @@
 //! The simulated arms, training from scratch, the committed source skill and the transfer
 //! benchmark, driven through the CLI the way a user runs them.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

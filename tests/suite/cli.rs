@@ -1,8 +1,8 @@
 //! The command line as a user drives it: `skill init` on exported models, `step`, `inspect`.
 
-mod common;
+use crate::common;
 
-use common::{
+use crate::common::{
     FIXTURES, Reference, assert_close, fails, fixture, init_args, init_fixture, json_f32, snapshot, succeeds,
 };
 

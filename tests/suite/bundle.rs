@@ -1,13 +1,13 @@
 //! Signed skill bundles through the CLI: keys, pack, verify, and every way a bundle can be bad
 //! (each refused with its reason, nothing left behind).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
 use skillgraft::skill::bundle::{self, Limits};
 
-use common::bundles::example;
+use crate::common::bundles::example;
 
 struct Fleet {
     dir: tempfile::TempDir,

@@ -1,10 +1,10 @@
 //! The DDS transport over real RTPS on loopback, inside a private network namespace: two nodes
 //! in one process exchange messages, latched values reach late joiners, bytes pass unchanged.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skillgraft::msg::cdr;
 use skillgraft::msg::{Bool, JointState, RosMessage};
@@ -12,8 +12,11 @@ use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
 
 fn node(name: &str) -> DdsTransport {
-    DdsTransport::new(NodeIdentity { name: name.into(), namespace: "/".into() }, &DdsConfig::local(37).unwrap())
-        .unwrap()
+    DdsTransport::new(
+        NodeIdentity { name: name.into(), namespace: "/".into() },
+        &DdsConfig::local(common::dds_domain()).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -28,14 +31,10 @@ fn two_nodes_exchange_messages_over_loopback() {
     let mut p = a.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap();
     let msg = JointState { name: vec!["a".into(), "b".into()], position: vec![0.5, -0.25], ..Default::default() };
     let bytes = cdr::encode(&msg).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let sample = loop {
+    let sample = common::wait_for("a sample on /joint_states", || {
         p.publish(&bytes).unwrap();
-        if let Ok(s) = rx.recv_timeout(Duration::from_millis(100)) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no sample within 20 s");
-    };
+        rx.recv_timeout(Duration::from_millis(100)).ok()
+    });
     assert_eq!(sample.cdr, bytes, "the bytes arrive unchanged");
     assert_eq!(cdr::decode::<JointState>(&sample.cdr, JointState::TYPE).unwrap(), msg);
     assert!(a.backend().contains("localhost only"));

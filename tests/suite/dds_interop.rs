@@ -2,14 +2,12 @@
 //! publishes the example skill's observations over real DDS on loopback, inside a private network
 //! namespace, and onnxruntime computes what the actions must be.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-
-const DOMAIN: &str = "42";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +33,7 @@ impl Node {
         }
         let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(&args)
-            .env("ROS_DOMAIN_ID", DOMAIN)
+            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -59,7 +57,8 @@ impl Drop for Node {
 fn peer(mode: &str, extra: &[&str]) -> Value {
     let out = Command::new(common::ros_python())
         .arg(repo().join("tests/peers/dds_peer.py"))
-        .args([mode, "--skill", skill().to_str().unwrap(), "--domain", DOMAIN])
+        .args([mode, "--skill", skill().to_str().unwrap(), "--domain"])
+        .arg(common::dds_domain().to_string())
         .args(extra)
         .env("CYCLONEDDS_URI", format!("file://{}", repo().join("tests/peers/cyclone-loopback.xml").display()))
         .output()

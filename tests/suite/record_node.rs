@@ -3,25 +3,20 @@
 //! node killed mid-episode leaves chunks that `episodes recover` keeps; an unwritable folder or a
 //! full disk fails the episode without touching the control loop, which stays muted meanwhile.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skillgraft::msg::cdr;
 use skillgraft::msg::{RosMessage, StringMsg};
-use skillgraft::node::{NodeConfig, RunningNode};
+use skillgraft::node::RunningNode;
 use skillgraft::record::episode;
-use skillgraft::ros::args::RosArgs;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
-
-const DOMAIN: &str = "44";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,7 +27,7 @@ fn recorder(dir: &Path) -> Child {
         .args(["record", repo().join("skills/example-arm6").to_str().unwrap(), "--ros-args", "-p"])
         .arg(format!("episodes_dir:={}", dir.display()))
         .args(["-p", "record_chunk_s:=0.2", "-p", "observation_reliability:=reliable"])
-        .env("ROS_DOMAIN_ID", DOMAIN)
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -42,7 +37,8 @@ fn recorder(dir: &Path) -> Child {
 fn peer(extra: &[&str]) -> Command {
     let mut c = Command::new(common::ros_python());
     c.arg(repo().join("tests/peers/dds_peer.py"))
-        .args(["record", "--skill", repo().join("skills/example-arm6").to_str().unwrap(), "--domain", DOMAIN])
+        .args(["record", "--skill", repo().join("skills/example-arm6").to_str().unwrap(), "--domain"])
+        .arg(common::dds_domain().to_string())
         .args(extra)
         .env("CYCLONEDDS_URI", format!("file://{}", repo().join("tests/peers/cyclone-loopback.xml").display()));
     c
@@ -95,18 +91,12 @@ fn a_node_killed_mid_episode_leaves_chunks_that_recover() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = recorder(dir.path());
     let p = peer(&["--seconds", "4", "--no-stop"]).stdout(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let part = loop {
-        if let Some(p) = std::fs::read_dir(dir.path())
+    let part = common::wait_for("an episode's .mcap.part", || {
+        std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.to_string_lossy().ends_with(".mcap.part"))
-        {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no episode started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     std::thread::sleep(Duration::from_millis(1500));
     node.kill().unwrap();
     node.wait().unwrap();
@@ -131,32 +121,13 @@ struct Feed {
 
 impl Feed {
     fn say(&mut self, text: &str) {
-        self.control.publish(&cdr::encode(&StringMsg { data: text.into() }).unwrap()).unwrap();
+        common::say(&mut self.control, text);
     }
 }
 
 fn node_with(dir: &Path) -> (RunningNode, Feed) {
-    let args: Vec<String> = ["--ros-args", "-p", "rate_hz:=100.0", "-p"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("episodes_dir:={}", dir.display())])
-        .collect();
-    let args = RosArgs::parse(&args, &[], "skillgraft").unwrap();
-    let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
-    let cfg = NodeConfig::new(&skill.manifest, &args).unwrap();
-    let t: Arc<dyn Transport> = Arc::new(
-        DdsTransport::new(
-            NodeIdentity { name: "skillgraft".into(), namespace: "/".into() },
-            &DdsConfig::local(45).unwrap(),
-        )
-        .unwrap(),
-    );
-    let node = RunningNode::start(skill, cfg, t).unwrap();
-    let peer = DdsTransport::new(
-        NodeIdentity { name: "operator".into(), namespace: "/".into() },
-        &DdsConfig::local(45).unwrap(),
-    )
-    .unwrap();
+    let episodes_dir = format!("episodes_dir:={}", dir.display());
+    let (node, peer) = common::node_with_peer(common::example(), &["rate_hz:=100.0", &episodes_dir]);
     let control = peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap();
     (node, Feed { control, _peer: peer })
 }
@@ -164,16 +135,11 @@ fn node_with(dir: &Path) -> (RunningNode, Feed) {
 /// Sends `start LABEL` until the recorder leaves idle (the first ones may go out before the
 /// control topic is matched).
 fn start(node: &RunningNode, feed: &mut Feed, label: &str) -> skillgraft::record::Status {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    common::wait_for(&format!("episode {label} to start"), || {
         feed.say(&format!("start {label}"));
         std::thread::sleep(Duration::from_millis(200));
-        let s = node.recorder_status().unwrap();
-        if s.state != "idle" {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the episode never started");
-    }
+        Some(node.recorder_status().unwrap()).filter(|s| s.state != "idle")
+    })
 }
 
 fn wait_status(
@@ -181,15 +147,7 @@ fn wait_status(
     pred: impl Fn(&skillgraft::record::Status) -> bool,
     what: &str,
 ) -> skillgraft::record::Status {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = node.recorder_status().unwrap();
-        if pred(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for(what, || Some(node.recorder_status().unwrap()).filter(&pred))
 }
 
 #[test]
@@ -223,7 +181,7 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     assert_eq!(start(&node, &mut feed, "filling").state, "recording");
     let obs_feed = DdsTransport::new(
         NodeIdentity { name: "sensors".into(), namespace: "/".into() },
-        &DdsConfig::local(45).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
@@ -239,8 +197,9 @@ fn an_unwritable_folder_or_a_full_disk_fails_the_episode_not_the_control_loop() 
     let s = node.recorder_status().unwrap();
     assert!(s.error.as_deref().unwrap_or("").to_lowercase().contains("space"), "{s:?}");
     let ticks = node.stats.ticks.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(node.stats.ticks.load(Ordering::Relaxed) > ticks + 10);
+    common::wait_until("the control loop to keep ticking after the episode failed", || {
+        node.stats.ticks.load(Ordering::Relaxed) > ticks + 10
+    });
     assert!(
         std::fs::read_dir(&full).unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".mcap.part")),
         "the .part stays for recovery"
@@ -258,11 +217,9 @@ fn discard_deletes_the_episode_and_stop_keeps_it() {
     let (node, mut feed) = node_with(dir.path());
     wait_status(&node, |s| s.state == "idle", "the recorder never reported");
     assert_eq!(start(&node, &mut feed, "first try").state, "recording");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while node.stats.muted_ticks.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "the policy must be muted while an episode records");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until("the policy muted while an episode records", || {
+        node.stats.muted_ticks.load(Ordering::Relaxed) > 0
+    });
     feed.say("discard");
     wait_status(&node, |s| s.state == "idle", "discard");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a discarded episode leaves nothing");
@@ -273,11 +230,14 @@ fn discard_deletes_the_episode_and_stop_keeps_it() {
     feed.say("stop");
     let done = wait_status(&node, |s| s.episodes_written == 1, "stop");
     let file = PathBuf::from(done.last_file.unwrap());
-    assert!(
-        file.ends_with(file.file_name().unwrap()) && file.to_string_lossy().ends_with("second_try.mcap"),
-        "{}",
-        file.display()
-    );
+    assert_eq!(file.parent(), Some(dir.path()), "the episode is written to episodes_dir");
+    let name = file.file_name().unwrap().to_string_lossy();
+    let stamp =
+        name.strip_suffix("-second_try.mcap").unwrap_or_else(|| panic!("named by start time and label: {name}"));
+    let (date, time) = stamp.split_once('T').unwrap_or_else(|| panic!("an RFC 3339 start time: {stamp}"));
+    humantime::parse_rfc3339(&format!("{date}T{}", time.replace('-', ":"))).unwrap_or_else(|e| panic!("{stamp}: {e}"));
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files, std::slice::from_ref(&file), "the discarded episode left nothing beside the kept one");
     assert_eq!(episode::read(&file).unwrap().metadata["label"], "second try");
     node.stop();
 }

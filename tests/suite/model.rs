@@ -1,9 +1,9 @@
 //! The inference core against onnxruntime: tract's control and backbone plans, the native head,
 //! and ONNX export of new head weights, on models exported by torch.onnx.export.
 
-mod common;
+use crate::common;
 
-use common::{FIXTURES, Reference, assert_close, fixture};
+use crate::common::{FIXTURES, Reference, assert_close, fixture};
 use nalgebra::DMatrix;
 use skillgraft::model::head::LayerParams;
 use skillgraft::model::onnx::OnnxFile;

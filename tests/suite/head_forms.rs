@@ -3,10 +3,10 @@
 //! biases, weights in Constant nodes, weights shared with the backbone, and each activation.
 //! For each, tract's output must equal backbone + native head, before and after export.
 
-mod common;
+use crate::common;
 
-use common::onnx_builder::{GraphBuilder, attr_f, attr_i, attr_ints, attr_s, attr_t, tensor, values};
-use common::{assert_close, fixture};
+use crate::common::onnx_builder::{GraphBuilder, attr_f, attr_i, attr_ints, attr_s, attr_t, tensor, values};
+use crate::common::{assert_close, fixture};
 use nalgebra::DMatrix;
 use skillgraft::model::head::{Activation, LayerParams, Layout};
 use skillgraft::model::onnx::OnnxFile;

@@ -4,7 +4,7 @@
 //! bridge reports the link on /diagnostics, notices when the controller dies, and reconnects
 //! when it comes back under the same path.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,8 +16,6 @@ use skillgraft::msg::cdr;
 use skillgraft::msg::*;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
-
-const DOMAIN: &str = "57";
 
 /// A child process killed when the test ends, however it ends.
 struct Proc(Child);
@@ -33,7 +31,7 @@ fn spawn(args: &[&str], log: &Path) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ROS_DOMAIN_ID", DOMAIN)
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -44,8 +42,14 @@ fn spawn(args: &[&str], log: &Path) -> Proc {
 /// Starts the simulated controller behind `link`; returns it with the pty path it printed.
 fn sim_mcu(link: &Path, log: &Path) -> (Proc, String) {
     let mut p = spawn(&["bridge", "sim-mcu", "--joints", "3", "--link", link.to_str().unwrap()], log);
-    let mut line = String::new();
-    BufReader::new(p.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // Read on another thread, so a controller that prints nothing fails the wait, not blocks it.
+    let mut out = BufReader::new(p.0.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line).map(|_| tx.send(line));
+    });
+    let line = common::wait_for("sim-mcu's pty path on its stdout", || rx.try_recv().ok());
     (p, line.trim().to_string())
 }
 
@@ -88,7 +92,7 @@ fn the_node_drives_a_simulated_controller_through_the_bridge_and_its_joint_state
 
     let peer = DdsTransport::new(
         NodeIdentity { name: "peer".into(), namespace: "/".into() },
-        &DdsConfig::local(DOMAIN.parse().unwrap()).unwrap(),
+        &DdsConfig::local(common::dds_domain()).unwrap(),
     )
     .unwrap();
     let (jtx, joints) = mpsc::channel();

@@ -96,9 +96,11 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     };
 
     // Until the policy's action arrives (discovery, then the blend-in; after a pause, fresh inputs).
+    // The newest action, not any queued one: actions of the policy from before the inputs went
+    // stale may still wait in the reader's deep history.
     let policy_runs = |feed: &mut Feeder| {
         common::wait_until("the skill's action on /arm/joint_velocity_cmd", || {
-            feed.hold(&obs, Duration::from_millis(100), &actions).iter().any(|a| close(a, &want_a))
+            feed.hold(&obs, Duration::from_millis(100), &actions).last().is_some_and(|a| close(a, &want_a))
         })
     };
     policy_runs(&mut feed);

@@ -73,7 +73,7 @@ fn no_module_uses_one_above_it() {
     for m in &declared {
         assert!(
             allowed.contains_key(m),
-            "module `{m}` is in lib.rs but not in the layers of tests/layers.rs: give it a room"
+            "module `{m}` is in lib.rs but not in the layers of tests/suite/layers.rs: give it a room"
         );
     }
     let mut files = Vec::new();

@@ -50,18 +50,6 @@ fn within(what: &str, gpu: &[f32], cpu: &[f32], bound: impl Fn(usize) -> f64) ->
     worst
 }
 
-const ACTS: [Activation; 9] = [
-    Activation::Identity,
-    Activation::Relu,
-    Activation::LeakyRelu(0.1),
-    Activation::Tanh,
-    Activation::Sigmoid,
-    Activation::Elu(0.7),
-    Activation::GeluErf,
-    Activation::GeluTanh,
-    Activation::Silu,
-];
-
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda --test cuda -- --ignored; --test suite -- --ignored adapt::"]
 fn every_primitive_equals_the_cpu_within_its_reduction_bound() {
@@ -90,7 +78,7 @@ fn every_primitive_equals_the_cpu_within_its_reduction_bound() {
     let z0: Vec<f32> = seeded(4, rows * cols).iter().map(|v| v * 4.0).collect();
     let bias = seeded(5, cols);
     let up = seeded(6, rows * cols);
-    for act in ACTS {
+    for act in Activation::EVERY_KIND {
         let (mut zc, mut oc) = (z0.clone(), vec![0.0; rows * cols]);
         c.bias_act_forward(&mut zc, &bias, rows, cols, act, &mut oc).unwrap();
         let (mut zg, mut og) = (g.upload(&z0).unwrap(), g.zeros(rows * cols).unwrap());

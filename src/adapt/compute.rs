@@ -396,18 +396,6 @@ impl<T: Real> Compute for Cpu<T> {
 mod tests {
     use super::*;
 
-    const ACTS: [Activation; 9] = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::LeakyRelu(0.1),
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Elu(0.7),
-        Activation::GeluErf,
-        Activation::GeluTanh,
-        Activation::Silu,
-    ];
-
     fn values(seed: u64, n: usize) -> Vec<f64> {
         crate::rng::seeded(seed, n).iter().map(|&v| v as f64).collect()
     }
@@ -474,7 +462,7 @@ mod tests {
     fn activation_gradients_match_finite_differences() {
         let c = Cpu::<f64>::new();
         let z = values(3, 40).iter().map(|v| v * 3.0 + 0.013).collect::<Vec<_>>();
-        for act in ACTS {
+        for act in Activation::EVERY_KIND {
             let mut g = vec![1.0; z.len()];
             c.act_backward(&mut g, &z, act, z.len()).unwrap();
             for i in 0..z.len() {
@@ -492,7 +480,7 @@ mod tests {
         let (n, d, o) = (6, 4, 3);
         let x = values(4, n * d);
         let y = values(5, n * o);
-        for act in ACTS {
+        for act in Activation::EVERY_KIND {
             let forward = |w: &[f64], b: &[f64]| -> f64 {
                 let mut z = vec![0.0; n * o];
                 c.gemm(false, true, n, o, d, 1.0, &x, &w.to_vec(), 0.0, &mut z).unwrap();

@@ -14,18 +14,6 @@ use super::finetune::{self, BatchOrder, Data, Gradient, Settings, Shape};
 use crate::model::head::{Activation, LayerParams};
 use crate::rng::seeded;
 
-const ACTS: [Activation; 9] = [
-    Activation::Identity,
-    Activation::Relu,
-    Activation::LeakyRelu(0.1),
-    Activation::Tanh,
-    Activation::Sigmoid,
-    Activation::Elu(0.7),
-    Activation::GeluErf,
-    Activation::GeluTanh,
-    Activation::Silu,
-];
-
 /// Widths of the head: three trained layers, none square, so a transposed weight cannot pass.
 const WIDTHS: [usize; 4] = [5, 7, 6, 4];
 const ROWS: usize = 12;
@@ -182,7 +170,8 @@ fn worst_relative(shapes: &[Shape], got: &[f64], want: &[f64]) -> f64 {
 /// how far they are from the reference's: the loss relatively, the gradients relative to the
 /// largest entry of each tensor.
 fn gradient_errors<C: Compute>(c: &C) -> Vec<(Activation, f64, f64)> {
-    ACTS.into_iter()
+    Activation::EVERY_KIND
+        .into_iter()
         .enumerate()
         .map(|(k, act)| {
             let p = problem(k, act);
@@ -288,7 +277,7 @@ fn training_steps_are_adamw_with_the_pull_on_finite_difference_gradients() {
     // by a good part of lr.
     let tol = 1e-3 * s.lr;
     let mut worst = (0.0f64, 0.0f64);
-    for (k, act) in ACTS.into_iter().enumerate() {
+    for (k, act) in Activation::EVERY_KIND.into_iter().enumerate() {
         let p = problem(k, act);
         let trained =
             finetune::train(&Cpu::<f64>::new(), &p.shapes, &p.init, &p.source, &p.data, None, &s, &mut |_| {}).unwrap();

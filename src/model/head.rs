@@ -37,6 +37,20 @@ pub enum Activation {
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
 impl Activation {
+    /// One activation of every kind, parameterised ones with a typical parameter: what the
+    /// gradient checks and the GPU tests run through.
+    pub const EVERY_KIND: [Activation; 9] = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu(0.1),
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Elu(0.7),
+        Activation::GeluErf,
+        Activation::GeluTanh,
+        Activation::Silu,
+    ];
+
     /// Applies the activation to one value.
     pub fn apply(self, x: f32) -> f32 {
         match self {

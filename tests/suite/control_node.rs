@@ -37,6 +37,16 @@ struct Feeder {
 }
 
 impl Feeder {
+    /// Publishers of the example skill's three inputs.
+    fn new(peer: &dyn Transport) -> Feeder {
+        let publisher = |topic, ty| peer.publisher(topic, ty, Qos::RELIABLE).unwrap();
+        Feeder {
+            js: publisher("/joint_states", JointState::TYPE),
+            point: publisher("/target", Point::TYPE),
+            twist: publisher("/gripper/twist", Twist::TYPE),
+        }
+    }
+
     fn send(&mut self, obs: &[f64]) {
         let js = JointState {
             name: JOINTS.iter().rev().map(|s| s.to_string()).collect(),
@@ -89,11 +99,7 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let actions =
         common::collect::<Float64MultiArray>(&peer, "/arm/joint_velocity_cmd", Qos { depth: 1000, ..Qos::RELIABLE });
     let diagnostics = common::collect::<DiagnosticArray>(&peer, "/diagnostics", Qos::RELIABLE);
-    let mut feed = Feeder {
-        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
-        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
-        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
-    };
+    let mut feed = Feeder::new(&peer);
 
     // Until the policy's action arrives (discovery, then the blend-in; after a pause, fresh inputs).
     // The newest action, not any queued one: actions of the policy from before the inputs went
@@ -190,11 +196,7 @@ fn the_manifests_rate_limit_holds_every_step_and_is_counted() {
     let actions =
         common::collect::<Float64MultiArray>(&peer, "/arm/joint_velocity_cmd", Qos { depth: 1000, ..Qos::RELIABLE });
     let diagnostics = common::collect::<DiagnosticArray>(&peer, "/diagnostics", Qos::RELIABLE);
-    let mut feed = Feeder {
-        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
-        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
-        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
-    };
+    let mut feed = Feeder::new(&peer);
 
     // Without inputs the node publishes the safe action: once it arrives, the whole ramp will.
     let mut got: Vec<Vec<f64>> =

@@ -112,6 +112,17 @@ pub fn fails(args: &[&str]) -> String {
     stderr
 }
 
+/// The peer's `record` report says every message it sent on each of the four topics (more than
+/// 50 each) was recorded, with the values it sent.
+pub fn every_message_recorded(check: &serde_json::Value) {
+    for topic in ["joint_states", "target", "twist", "action"] {
+        let c = &check[topic];
+        assert!(c["sent"].as_u64().unwrap() > 50, "{topic}: {c}");
+        assert_eq!(c["recorded"], c["sent"], "{topic}: every message sent must be recorded: {check}");
+        assert_eq!(c["equal"], true, "{topic}: the recorded values differ from what was sent");
+    }
+}
+
 /// Runs the CLI expecting success; returns stdout.
 pub fn succeeds(args: &[&str]) -> String {
     let out = skillgraft(args);

@@ -101,6 +101,17 @@ fn bundles_install_by_version_activate_and_roll_back_and_bad_ones_change_nothing
     assert!(state.contains("\"active\": \"0.2.0\""), "{state}");
 }
 
+/// `store install BUNDLE` SIGKILLed at `step` (checked: it died there), then the store's listing.
+fn install_killed_at(bundle: &Path, store: &str, trust: &str, step: &str) -> serde_json::Value {
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(["store", "install", bundle.to_str().unwrap(), "--store", store, "--trust", trust])
+        .env("SKILLGRAFT_STORE_KILL_AT", step)
+        .output()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "{step}: killed there");
+    serde_json::from_str(&common::succeeds(&["store", "list", "--store", store, "--json"])).unwrap()
+}
+
 /// A first install SIGKILLed at each of its steps leaves either nothing or the new version
 /// active, and the same bundle installs afterwards (nothing wedged: not "already installed").
 #[test]
@@ -112,14 +123,7 @@ fn a_first_install_killed_at_any_step_can_be_done_again() {
     for step in ["unpacked", "smoked", "renamed", "state-written", "state-renamed"] {
         let store = dir.path().join(format!("first-{step}"));
         let s = store.to_str().unwrap();
-        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-            .args(["store", "install", b.to_str().unwrap(), "--store", s, "--trust", trust])
-            .env("SKILLGRAFT_STORE_KILL_AT", step)
-            .output()
-            .unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "{step}: killed there");
-        let list: serde_json::Value =
-            serde_json::from_str(&common::succeeds(&["store", "list", "--store", s, "--json"])).unwrap();
+        let list = install_killed_at(&b, s, trust, step);
         let again = common::skillgraft(&["store", "install", b.to_str().unwrap(), "--store", s, "--trust", trust]);
         let (out, err) = (String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
         if step == "state-renamed" {
@@ -154,14 +158,7 @@ fn an_install_killed_at_any_step_leaves_a_consistent_store() {
         let s = store.to_str().unwrap();
         let trust = public.to_str().unwrap();
         common::succeeds(&["store", "install", bundles[0].to_str().unwrap(), "--store", s, "--trust", trust]);
-        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-            .args(["store", "install", bundles[1].to_str().unwrap(), "--store", s, "--trust", trust])
-            .env("SKILLGRAFT_STORE_KILL_AT", step)
-            .output()
-            .unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "{step}: killed there");
-        let list: serde_json::Value =
-            serde_json::from_str(&common::succeeds(&["store", "list", "--store", s, "--json"])).unwrap();
+        let list = install_killed_at(&bundles[1], s, trust, step);
         assert_eq!(list[0]["state"]["active"], active, "{step}: {list}");
         let folder = store.join("example-arm6/versions").join(active);
         assert!(skillgraft::skill::Skill::load(&folder).is_ok(), "{step}: the active version is whole");

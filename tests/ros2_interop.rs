@@ -8,9 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Process;
 use serde_json::Value;
 
 fn repo() -> &'static Path {
@@ -25,39 +26,24 @@ fn skill() -> PathBuf {
 const DISTRO: &str = "kilted";
 
 /// `skillgraft run|record` as a process in the ROS 2 environment, stopped with SIGINT when dropped.
-struct Node(Child);
-
-impl Node {
-    fn start(command: &str, params: &[String], distro: &str) -> Node {
-        let mut args = vec![command.to_string(), skill().display().to_string(), "--ros-args".into()];
-        for p in params {
-            if let Some(rule) = p.strip_prefix("-r ") {
-                args.extend(["-r".to_string(), rule.to_string()]);
-            } else {
-                args.extend(["-p".to_string(), p.clone()]);
-            }
+fn start_node(command: &str, params: &[String], distro: &str) -> Process {
+    let mut args = vec![command.to_string(), skill().display().to_string(), "--ros-args".into()];
+    for p in params {
+        if let Some(rule) = p.strip_prefix("-r ") {
+            args.extend(["-r".to_string(), rule.to_string()]);
+        } else {
+            args.extend(["-p".to_string(), p.clone()]);
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-            .args(&args)
-            .envs(common::ros2_env())
-            .env("ROS_DISTRO", distro)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start skillgraft");
-        Node(child)
     }
-
-    fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
+    let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(&args)
+        .envs(common::ros2_env())
+        .env("ROS_DISTRO", distro)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start skillgraft");
+    Process(child)
 }
 
 fn rclpy(mode: &str, extra: &[&str]) -> Command {
@@ -111,7 +97,7 @@ fn the_ros_graph_shows_the_node_its_topics_and_its_services() {
     if !common::isolated("the_ros_graph_shows_the_node_its_topics_and_its_services") {
         return;
     }
-    let _node = Node::start("run", &params(&FREE), DISTRO);
+    let _node = start_node("run", &params(&FREE), DISTRO);
     let r = peer("graph", &[]);
     let nodes: Vec<(String, String)> = serde_json::from_value(r["nodes"].clone()).unwrap();
     assert!(nodes.contains(&("/".into(), "skillgraft".into())), "rclpy does not see /skillgraft: {nodes:?}");
@@ -157,14 +143,14 @@ fn the_graph_layout_follows_the_robots_distro_at_run_time() {
         return;
     }
     {
-        let _humble = Node::start("run", &params(&FREE), "humble");
+        let _humble = start_node("run", &params(&FREE), "humble");
         let r = peer("graph", &["--wait", "4"]);
         let nodes: Vec<(String, String)> = serde_json::from_value(r["nodes"].clone()).unwrap();
         assert!(!nodes.contains(&("/".into(), "skillgraft".into())), "a Kilted peer read Humble's layout: {nodes:?}");
     }
     let mut with_param = params(&FREE);
     with_param.push("ros_distro:=jazzy".into());
-    let _jazzy = Node::start("run", &with_param, "humble");
+    let _jazzy = start_node("run", &with_param, "humble");
     let r = peer("graph", &[]);
     let nodes: Vec<(String, String)> = serde_json::from_value(r["nodes"].clone()).unwrap();
     assert!(nodes.contains(&("/".into(), "skillgraft".into())), "-p ros_distro:=jazzy overrides ROS_DISTRO: {nodes:?}");
@@ -179,7 +165,7 @@ fn actions_follow_best_effort_observations_from_rclpy() {
     let mut p = params(&FREE);
     p.push(format!("action.lower:={lower}"));
     p.push(format!("action.upper:={upper}"));
-    let _node = Node::start("run", &p, DISTRO);
+    let _node = start_node("run", &p, DISTRO);
     let r = peer("follow", &["--obs-qos", "sensor", "--lower", lower, "--upper", upper]);
     let cases = r["cases"].as_array().unwrap();
     let mut clamped = 0;
@@ -196,7 +182,7 @@ fn bad_observations_and_the_estop_from_rclpy_give_the_safe_action() {
     if !common::isolated("bad_observations_and_the_estop_from_rclpy_give_the_safe_action") {
         return;
     }
-    let mut node = Node::start("run", &params(&FREE), DISTRO);
+    let mut node = start_node("run", &params(&FREE), DISTRO);
     let r = peer("safety", &[]);
     let expected = vec(&r["expected"]);
     assert!(close(&vec(&r["good"]), &expected), "{r}");
@@ -223,7 +209,7 @@ fn an_estop_engaged_before_the_node_starts_reaches_it() {
     // The peer has latched the e-stop when its node is up; the node joins later, and waits for
     // the e-stop topic as it does by default (Fast DDS resends the latched value within 3 s).
     std::thread::sleep(Duration::from_millis(1500));
-    let _node = Node::start("run", &params(&FREE[..2]), DISTRO);
+    let _node = start_node("run", &params(&FREE[..2]), DISTRO);
     let r = report(peer.wait_with_output().unwrap());
     let engaged: Vec<Vec<f64>> = r["engaged"].as_array().unwrap().iter().map(vec).collect();
     assert!(!engaged.is_empty() && engaged.iter().all(|a| zeros(a)), "the node drove under a latched e-stop: {r}");
@@ -241,10 +227,9 @@ fn an_episode_driven_by_rclpy_reads_back_in_the_python_mcap_readers() {
         "record_chunk_s:=0.2".into(),
         "observation_reliability:=reliable".into(),
     ];
-    let mut node = Node::start("record", &p, DISTRO);
+    let mut node = start_node("record", &p, DISTRO);
     let r = peer("record", &["--seconds", "2"]);
-    let _ = Command::new("kill").args(["-INT", &node.0.id().to_string()]).status();
-    assert!(node.0.wait().unwrap().success());
+    assert!(node.interrupt().success());
     let check = &r["check"];
     common::every_message_recorded(check);
     assert_eq!(check["metadata"]["status"], "complete");
@@ -265,7 +250,7 @@ fn demonstrations_from_rclpy_adapt_the_running_skill() {
         format!("episodes_dir:={}", dir.path().join("episodes").display()),
         format!("adapted_dir:={}", dir.path().join("adapted").display()),
     ];
-    let _node = Node::start("run", &p, DISTRO);
+    let _node = start_node("run", &p, DISTRO);
     let teacher = dir.path().join("teacher");
     let r = peer("adapt", &["--teacher", teacher.to_str().unwrap()]);
     let status = &r["status"];
@@ -283,7 +268,7 @@ fn rclpy_lists_describes_and_sets_the_node_parameters() {
     if !common::isolated("rclpy_lists_describes_and_sets_the_node_parameters") {
         return;
     }
-    let mut node = Node::start("run", &params(&FREE), DISTRO);
+    let mut node = start_node("run", &params(&FREE), DISTRO);
     let r = peer("params", &[]);
     let names = strings(&r["list"]["names"]);
     for n in
@@ -355,7 +340,7 @@ fn remapping_rules_apply_once_even_when_they_swap_names() {
     let mut p = params(&FREE);
     p.push("-r /arm/joint_velocity_cmd:=/cmd".into());
     p.push("-r /cmd:=/arm/joint_velocity_cmd".into());
-    let _node = Node::start("run", &p, DISTRO);
+    let _node = start_node("run", &p, DISTRO);
     let config = DdsConfig { distro: DISTRO.parse().unwrap(), ..DdsConfig::local(0).unwrap() };
     let watcher = DdsTransport::new(NodeIdentity { name: "watcher".into(), namespace: "/".into() }, &config).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -416,7 +401,7 @@ fn the_rcl_node_and_a_rustdds_participant_talk_both_ways() {
     )
     .unwrap();
 
-    let _node = Node::start("run", &params(&FREE[..2]), DISTRO);
+    let _node = start_node("run", &params(&FREE[..2]), DISTRO);
     let (stx, status) = mpsc::channel();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut example = skillgraft::skill::Skill::load(&skill()).unwrap();

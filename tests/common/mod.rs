@@ -123,6 +123,30 @@ pub fn every_message_recorded(check: &serde_json::Value) {
     }
 }
 
+/// A child process (a node, the simulated arm), stopped with SIGINT when dropped, as Ctrl-C
+/// stops it.
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGINT and waits for it: how it exited.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the CLI expecting success; returns stdout.
 pub fn succeeds(args: &[&str]) -> String {
     let out = skillgraft(args);

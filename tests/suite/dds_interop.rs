@@ -5,8 +5,9 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use common::Process;
 use serde_json::Value;
 
 fn repo() -> &'static Path {
@@ -18,40 +19,26 @@ fn skill() -> PathBuf {
 }
 
 /// The node, stopped with SIGINT when dropped.
-struct Node(Child);
-
-impl Node {
-    fn start(params: &[&str]) -> Node {
-        Node::start_with(params, &[])
-    }
-
-    fn start_with(params: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut args = vec!["run".to_string(), skill().display().to_string(), "--ros-args".into()];
-        for p in params {
-            args.push("-p".into());
-            args.push(p.to_string());
-        }
-        let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-            .args(&args)
-            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start skillgraft run");
-        Node(child)
-    }
-
-    fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
+fn start_node(params: &[&str]) -> Process {
+    start_node_with(params, &[])
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
+/// The node with `env` added to its environment, stopped with SIGINT when dropped.
+fn start_node_with(params: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut args = vec!["run".to_string(), skill().display().to_string(), "--ros-args".into()];
+    for p in params {
+        args.push("-p".into());
+        args.push(p.to_string());
     }
+    let child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(&args)
+        .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start skillgraft run");
+    Process(child)
 }
 
 fn peer(mode: &str, extra: &[&str]) -> Value {
@@ -89,7 +76,7 @@ fn actions_follow_observations_from_a_cyclonedds_peer() {
         return;
     }
     let (lower, upper) = ("[-0.03, -0.03, -0.03, -0.04, -0.04, -0.04]", "[0.03, 0.03, 0.03, 0.04, 0.04, 0.04]");
-    let _node = Node::start(&[
+    let _node = start_node(&[
         "blend_s:=0.0",
         "estop_wait_s:=0.0",
         "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]",
@@ -124,7 +111,7 @@ fn the_safe_action_follows_within_the_max_age_when_observations_stop() {
         return;
     }
     let _node =
-        Node::start(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
+        start_node(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let report = peer("stale", &[]);
     assert!(close(&vec(&report["before"]), &vec(&report["expected"])), "{report}");
     let after: Vec<(f64, Vec<f64>)> =
@@ -146,7 +133,7 @@ fn bad_observations_and_the_estop_give_the_safe_action_and_the_node_keeps_runnin
         return;
     }
     let mut node =
-        Node::start(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
+        start_node(&["blend_s:=0.0", "estop_wait_s:=0.0", "action.max_delta:=[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]"]);
     let r = peer("safety", &[]);
     let expected = vec(&r["expected"]);
     assert!(close(&vec(&r["good"]), &expected), "{r}");
@@ -183,7 +170,7 @@ fn parameter_services_answer_requests_laid_out_as_rmw_cyclonedds_sends_them() {
     if !common::isolated("parameter_services_answer_requests_laid_out_as_rmw_cyclonedds_sends_them") {
         return;
     }
-    let _node = Node::start_with(&["estop_wait_s:=0.0"], &[("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")]);
+    let _node = start_node_with(&["estop_wait_s:=0.0"], &[("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")]);
     let r = peer("service", &[]);
     assert_eq!(r["client"], true, "the request header is echoed: {r}");
     assert!(r["seq"].as_i64().unwrap() >= 42, "{r}");
@@ -199,7 +186,7 @@ fn a_jazzy_robot_gets_the_16_byte_graph_layout() {
     if !common::isolated("a_jazzy_robot_gets_the_16_byte_graph_layout") {
         return;
     }
-    let _node = Node::start_with(&["estop_wait_s:=0.0"], &[("ROS_DISTRO", "jazzy")]);
+    let _node = start_node_with(&["estop_wait_s:=0.0"], &[("ROS_DISTRO", "jazzy")]);
     let r = peer("graph", &["--gid-len", "16"]);
     let nodes: Vec<(String, String)> = serde_json::from_value(r["nodes"].clone()).unwrap();
     assert!(nodes.contains(&("/".into(), "skillgraft".into())), "{nodes:?}");

@@ -45,18 +45,9 @@ fn the_demo_adapts_the_source_skill_to_arm_b_over_dds() {
     assert_eq!(&std::fs::read(dir.path().join("demo.png")).unwrap()[1..4], b"PNG");
 }
 
-/// A child process, stopped with SIGINT when dropped.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(args: &[&str]) -> Running {
-    Running(
+/// `skillgraft ARGS` on this test's DDS domain, stopped with SIGINT when dropped.
+fn start(args: &[&str]) -> common::Process {
+    common::Process(
         std::process::Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(args)
             .env("ROS_DOMAIN_ID", common::dds_domain().to_string())

@@ -442,6 +442,43 @@ fn the_fleet_server_catalogs_uploads_with_their_provenance_and_push_reaches_ever
     assert_eq!(robots_list["robots"], serde_json::json!([]), "no registry in the fleet folder yet");
 }
 
+/// Where [`inbox_node`]'s inbox listens: the default port, free in the test's own network
+/// namespace.
+const NODE_INBOX: &str = "127.0.0.1:8740";
+
+/// `skillgraft run SKILL` with its inbox on (these tokens, this trusted key, the store at
+/// `store`) and diagnostics every 0.2 s, logging to `log`; returns once the inbox listens.
+/// Killed when dropped: a node left running would hold the test's output open.
+fn inbox_node(skill: &Path, store: &Path, tokens: &Path, public: &Path, log: &Path) -> Server {
+    let mut args = vec!["run".to_string(), skill.display().to_string(), "--ros-args".into()];
+    for p in [
+        format!("store_dir:={}", store.display()),
+        format!("inbox_tokens:={}", tokens.display()),
+        format!("inbox_trust:=['{}']", public.display()),
+        "diagnostics_period_s:=0.2".to_string(),
+    ] {
+        args.extend(["-p".to_string(), p]);
+    }
+    let node = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(&args)
+            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+        addr: NODE_INBOX.to_string(),
+        log: Default::default(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(NODE_INBOX).is_err() {
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the node's inbox never listened on {NODE_INBOX}: {said}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node
+}
+
 #[test]
 fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     if !common::isolated("the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics") {
@@ -459,44 +496,9 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     let store = d.join("store");
     let skill = d.join("launched");
     common::copy_tree(&bundles::example(), &skill);
-    // In a network namespace of its own, the default port is free.
-    let addr = "127.0.0.1:8740";
-    let ros = |extra: &[String]| -> Vec<String> {
-        let mut v: Vec<String> = ["run", skill.to_str().unwrap(), "--ros-args"].iter().map(|s| s.to_string()).collect();
-        for p in [
-            format!("store_dir:={}", store.display()),
-            format!("inbox_tokens:={}", tokens.display()),
-            format!("inbox_trust:=['{}']", public.display()),
-            "diagnostics_period_s:=0.2".to_string(),
-        ]
-        .iter()
-        .chain(extra)
-        {
-            v.push("-p".into());
-            v.push(p.clone());
-        }
-        v
-    };
-    // Killed when dropped: a node left running would hold the test's output open.
+    let addr = NODE_INBOX;
     let log = d.join("node.log");
-    let spawn = |args: Vec<String>| Server {
-        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-            .args(&args)
-            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        addr: addr.to_string(),
-        log: Default::default(),
-    };
-    let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let node = spawn(ros(&[]));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the node's inbox never listened on {addr}: {}", node_log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let node = inbox_node(&skill, &store, &tokens, &public, &log);
     let peer = DdsTransport::new(
         NodeIdentity { name: "watcher".into(), namespace: "/".into() },
         &DdsConfig::local(common::dds_domain()).unwrap(),
@@ -583,12 +585,7 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
 
     // Restarted with its first folder, the node runs what the store says is active.
     drop(node);
-    let node = spawn(ros(&[]));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the restarted node's inbox never listened: {}", node_log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let node = inbox_node(&skill, &store, &tokens, &public, &log);
     assert_eq!(running(), "0.2.0");
     drop(node);
 
@@ -804,35 +801,10 @@ fn the_node_ticks_through_every_attack_on_its_inbox() {
     let store = d.join("store");
     let skill = d.join("launched");
     common::copy_tree(&bundles::example(), &skill);
-    let addr = "127.0.0.1:8740";
-    let mut args: Vec<String> = ["run", skill.to_str().unwrap(), "--ros-args"].iter().map(|s| s.to_string()).collect();
-    for p in [
-        format!("store_dir:={}", store.display()),
-        format!("inbox_tokens:={}", tokens.display()),
-        format!("inbox_trust:=['{}']", public.display()),
-        "diagnostics_period_s:=0.2".to_string(),
-    ] {
-        args.push("-p".into());
-        args.push(p);
-    }
+    let addr = NODE_INBOX;
     let log = d.join("node.log");
-    let mut node = Server {
-        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-            .args(&args)
-            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        addr: addr.to_string(),
-        log: Default::default(),
-    };
+    let mut node = inbox_node(&skill, &store, &tokens, &public, &log);
     let node_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the node's inbox never listened on {addr}: {}", node_log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let peer = DdsTransport::new(
         NodeIdentity { name: "watcher".into(), namespace: "/".into() },
         &DdsConfig::local(common::dds_domain()).unwrap(),

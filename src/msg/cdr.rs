@@ -3,7 +3,7 @@
 //! RustDDS uses too.
 
 use byteorder::{BigEndian, LittleEndian};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Encapsulation header of little-endian plain CDR (XCDR1), what ROS 2 uses.
 pub const CDR_LE: [u8; 4] = [0, 1, 0, 0];
@@ -45,8 +45,8 @@ pub fn encode<M: Serialize>(value: &M) -> Result<Vec<u8>, CdrError> {
     Ok(out)
 }
 
-/// Decodes a message (header and body), either byte order.
-pub fn decode<M: DeserializeOwned>(bytes: &[u8], type_name: &'static str) -> Result<M, CdrError> {
+/// Decodes a message that borrows from `bytes` (an image's pixels), either byte order.
+pub fn decode_borrowed<'a, M: Deserialize<'a>>(bytes: &'a [u8], type_name: &'static str) -> Result<M, CdrError> {
     if bytes.len() < 4 {
         return Err(CdrError::TooShort(bytes.len()));
     }
@@ -57,6 +57,11 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8], type_name: &'static str) -> Res
         [0, 0] => cdr_encoding::from_bytes::<M, BigEndian>(body).map(|(m, _)| m).map_err(body_err),
         [a, b] => Err(CdrError::Encapsulation(a, b)),
     }
+}
+
+/// Decodes a message (header and body), either byte order.
+pub fn decode<M: DeserializeOwned>(bytes: &[u8], type_name: &'static str) -> Result<M, CdrError> {
+    decode_borrowed(bytes, type_name)
 }
 
 #[cfg(test)]

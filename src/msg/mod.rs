@@ -142,6 +142,72 @@ pub struct JointState {
 }
 ros_type!(JointState, "sensor_msgs/msg/JointState");
 
+/// sensor_msgs/msg/Image: an uncompressed image, rows top to bottom.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    /// Stamp (when the image was taken) and the camera's optical frame.
+    pub header: Header,
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
+    /// Pixel encoding: `rgb8`, `bgr8`, `mono8`, `16UC1`, `32FC1`, ...
+    pub encoding: String,
+    /// Whether multi-byte pixel values are big-endian.
+    pub is_bigendian: u8,
+    /// Bytes per row (at least width × bytes per pixel; rows may be padded).
+    pub step: u32,
+    /// `step × height` bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+ros_type!(Image, "sensor_msgs/msg/Image");
+
+/// sensor_msgs/msg/CompressedImage: an image as a JPEG or PNG file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompressedImage {
+    /// Stamp and the camera's optical frame.
+    pub header: Header,
+    /// `jpeg` or `png`, as image_transport writes it (`rgb8; jpeg compressed bgr8`, ...).
+    pub format: String,
+    /// The file's bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+ros_type!(CompressedImage, "sensor_msgs/msg/CompressedImage");
+
+/// A sensor_msgs/msg/Image decoded without copying its pixels: what a subscription reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ImageView<'a> {
+    /// Stamp and frame.
+    pub header: Header,
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
+    /// Pixel encoding.
+    pub encoding: String,
+    /// Whether multi-byte pixel values are big-endian.
+    pub is_bigendian: u8,
+    /// Bytes per row.
+    pub step: u32,
+    /// The pixels, borrowed from the message bytes.
+    #[serde(borrow, with = "serde_bytes")]
+    pub data: &'a [u8],
+}
+
+/// A sensor_msgs/msg/CompressedImage decoded without copying the file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CompressedImageView<'a> {
+    /// Stamp and frame.
+    pub header: Header,
+    /// `jpeg` or `png` (image_transport may add the encodings before it).
+    pub format: String,
+    /// The file's bytes, borrowed from the message bytes.
+    #[serde(borrow, with = "serde_bytes")]
+    pub data: &'a [u8],
+}
+
 /// geometry_msgs/msg/Vector3.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Vector3 {

@@ -121,6 +121,7 @@ pub fn manifest(name: &str, source: &str, s: &Scaling) -> Manifest {
             features: "features".into(),
         },
         control: Control { rate_hz: RATE_HZ, history: 1 },
+        images: vec![],
         observations: vec![
             ObservationInput {
                 topic: JOINT_TOPIC.into(),

@@ -43,6 +43,9 @@ pub struct Manifest {
     /// Observation inputs, concatenated in this order into one frame.
     #[serde(rename = "observation")]
     pub observations: Vec<ObservationInput>,
+    /// Camera inputs, each feeding an image input of the model of its own.
+    #[serde(rename = "image", default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageInput>,
     /// Where and how actions are published.
     pub action: ActionOutput,
 }
@@ -115,6 +118,148 @@ pub struct ObservationInput {
     pub std: Vec<f64>,
     /// Oldest message the control loop still accepts, in milliseconds.
     pub max_age_ms: f64,
+}
+
+/// The image message types an `[[image]]` input may name.
+pub const IMAGE_TYPES: [&str; 2] = ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"];
+/// Largest model image side, pixels.
+pub const MAX_IMAGE_SIDE: usize = 4096;
+/// Default for the largest camera image accepted, pixels (an 8K frame is 33 MP).
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// One camera input: a topic of images, and how each becomes the tensor of one model input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// Topic to subscribe to.
+    pub topic: String,
+    /// `sensor_msgs/msg/Image` or `sensor_msgs/msg/CompressedImage` (JPEG or PNG).
+    #[serde(rename = "type")]
+    pub msg_type: String,
+    /// Name of the graph input this image feeds.
+    pub input: String,
+    /// Width the model takes, pixels.
+    pub width: usize,
+    /// Height the model takes, pixels.
+    pub height: usize,
+    /// Channels the model takes, in order: `rgb`, `bgr`, `mono` or `depth`.
+    pub channels: Channels,
+    /// Camera encodings accepted (`rgb8`, `bgr8`, `mono8`, `16UC1`, `32FC1`, `jpeg`, `png`); empty:
+    /// every encoding that converts to `channels`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encodings: Vec<String>,
+    /// How the camera image is scaled to the model's size.
+    #[serde(default)]
+    pub resize: Resize,
+    /// Whether the largest centred region of the model's aspect ratio is cut out first.
+    #[serde(default)]
+    pub crop: Crop,
+    /// Each value is multiplied by this first (1/255 for 8-bit images to 0..1, 0.001 for 16UC1
+    /// depth in mm to metres).
+    #[serde(default = "one_f64")]
+    pub scale: f64,
+    /// Per channel: the model sees `(value × scale - mean) / std`.
+    pub mean: Vec<f64>,
+    /// Per channel normalisation scale.
+    pub std: Vec<f64>,
+    /// Tensor layout of the model input: `nchw` (PyTorch) or `nhwc` (TensorFlow).
+    #[serde(default)]
+    pub layout: ImageLayout,
+    /// Oldest image the control loop still accepts, in milliseconds.
+    pub max_age_ms: f64,
+    /// Largest camera image accepted (width × height); bigger ones are refused unread.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+fn default_max_pixels() -> u64 {
+    DEFAULT_MAX_PIXELS
+}
+
+/// The channels a model's image input holds, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    /// Red, green, blue.
+    Rgb,
+    /// Blue, green, red (OpenCV's order).
+    Bgr,
+    /// One grey channel (ITU-R BT.601 luma of a colour image).
+    Mono,
+    /// One depth channel (`16UC1`, `32FC1`; non-finite and zero readings become 0).
+    Depth,
+}
+
+impl Channels {
+    /// Channels in the tensor.
+    pub fn count(self) -> usize {
+        match self {
+            Channels::Rgb | Channels::Bgr => 3,
+            Channels::Mono | Channels::Depth => 1,
+        }
+    }
+
+    /// Camera encodings that convert to these channels.
+    pub fn encodings(self) -> &'static [&'static str] {
+        match self {
+            Channels::Rgb | Channels::Bgr | Channels::Mono => &["rgb8", "bgr8", "mono8", "jpeg", "png"],
+            Channels::Depth => &["16UC1", "mono16", "32FC1", "png"],
+        }
+    }
+}
+
+/// How an image is scaled to the model's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// Bilinear interpolation (as OpenCV's INTER_LINEAR, half-pixel centres).
+    #[default]
+    Bilinear,
+    /// The mean of the source pixels each model pixel covers (OpenCV's INTER_AREA), for shrinking.
+    Area,
+}
+
+/// Whether the image is cropped before resizing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crop {
+    /// The whole image, stretched to the model's aspect ratio.
+    #[default]
+    None,
+    /// The largest centred region with the model's aspect ratio.
+    #[serde(alias = "center")]
+    Centre,
+}
+
+/// Tensor layout of an image input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageLayout {
+    /// `[1, channels, height, width]`.
+    #[default]
+    Nchw,
+    /// `[1, height, width, channels]`.
+    Nhwc,
+}
+
+impl ImageInput {
+    /// The model input's dims for one image (batch axis first, of size 1).
+    pub fn dims(&self) -> [usize; 4] {
+        let c = self.channels.count();
+        match self.layout {
+            ImageLayout::Nchw => [1, c, self.height, self.width],
+            ImageLayout::Nhwc => [1, self.height, self.width, c],
+        }
+    }
+
+    /// Values in the model's tensor for one image.
+    pub fn tensor_len(&self) -> usize {
+        self.width * self.height * self.channels.count()
+    }
 }
 
 /// What the robot does when it cannot trust the policy's action.
@@ -401,6 +546,19 @@ impl Manifest {
                 ));
             }
         }
+        for (i, im) in self.images.iter().enumerate() {
+            let at = |f: &str| format!("image[{i}].{f}");
+            check_image(im).map_err(|(f, j, m)| err(&index(&at(f), j), m))?;
+            if im.input == self.model.input || self.images[..i].iter().any(|o| o.input == im.input) {
+                return Err(err(
+                    &at("input"),
+                    format!(
+                        "`{}` is fed already (by model.input or an earlier [[image]]); each graph input is fed by one source",
+                        im.input
+                    ),
+                ));
+            }
+        }
         let frame = self.frame_width();
         if frame.checked_mul(self.control.history).is_none_or(|w| w > MAX_VALUES) {
             return Err(err(
@@ -454,6 +612,72 @@ fn slot(topic: &str, msg_type: &str, fields: &[String], joints: usize) -> Slot {
     }
 }
 
+/// Checks one `[[image]]` table; on error (field, element, message).
+fn check_image(im: &ImageInput) -> Result<(), (&'static str, Option<usize>, String)> {
+    names::check_topic(&im.topic).map_err(|m| ("topic", None, m.to_string()))?;
+    let full = schema::full_type_name(&im.msg_type);
+    if !IMAGE_TYPES.contains(&full.as_str()) {
+        return Err((
+            "type",
+            None,
+            format!("{:?} is not an image type; use one of {}", im.msg_type, IMAGE_TYPES.join(", ")),
+        ));
+    }
+    if im.input.is_empty() {
+        return Err((
+            "input",
+            None,
+            "is empty; name the graph input this image feeds (`skillgraft inspect MODEL.onnx` lists them)".into(),
+        ));
+    }
+    for (f, v) in [("width", im.width), ("height", im.height)] {
+        if v == 0 || v > MAX_IMAGE_SIDE {
+            return Err((f, None, format!("is {v}; give the model's image size in pixels, 1 to {MAX_IMAGE_SIDE}")));
+        }
+    }
+    let known = im.channels.encodings();
+    for e in &im.encodings {
+        if !known.contains(&e.as_str()) {
+            return Err((
+                "encodings",
+                None,
+                format!("{e:?} does not convert to {:?} channels; use some of {}", im.channels, known.join(", ")),
+            ));
+        }
+    }
+    let compressed = full == IMAGE_TYPES[1];
+    if compressed && im.encodings.iter().any(|e| e != "jpeg" && e != "png") {
+        return Err(("encodings", None, "a CompressedImage is `jpeg` or `png`; list only those".into()));
+    }
+    if compressed && im.channels == Channels::Depth && im.encodings.iter().any(|e| e == "jpeg") {
+        return Err(("encodings", None, "JPEG cannot carry depth; use `png` (16-bit)".into()));
+    }
+    if !(im.scale.is_finite() && im.scale > 0.0) {
+        return Err(("scale", None, format!("is {}; it must be a finite number above 0", im.scale)));
+    }
+    let c = im.channels.count();
+    check_vector(&im.mean, c, VectorRule::Finite).map_err(|(j, m)| ("mean", j, channels_hint(m, c)))?;
+    check_vector(&im.std, c, VectorRule::Positive).map_err(|(j, m)| ("std", j, channels_hint(m, c)))?;
+    if !(im.max_age_ms.is_finite() && im.max_age_ms > 0.0) {
+        return Err((
+            "max_age_ms",
+            None,
+            format!(
+                "{} is not a usable age; give the oldest acceptable image age in milliseconds, above 0",
+                im.max_age_ms
+            ),
+        ));
+    }
+    if im.max_pixels == 0 {
+        return Err(("max_pixels", None, "is 0; give the largest camera image to accept, width × height".into()));
+    }
+    Ok(())
+}
+
+fn channels_hint(m: String, c: usize) -> String {
+    m.replace("the fields select", &format!("the image has {c} channel(s) and needs"))
+}
+
 /// Checks topic, type, selectors and joints; returns the width or (field, message).
 fn check_selectors(
     topic: &str,
@@ -463,6 +687,14 @@ fn check_selectors(
     is_action: bool,
 ) -> Result<usize, (&'static str, String)> {
     names::check_topic(topic).map_err(|m| ("topic", m.to_string()))?;
+    if IMAGE_TYPES.contains(&schema::full_type_name(msg_type).as_str()) {
+        return Err((
+            "type",
+            format!(
+                "{msg_type} is a camera topic; declare it in an [[image]] table, which says how images become a tensor"
+            ),
+        ));
+    }
     let schema: &MessageSchema = schema::schema(msg_type).ok_or_else(|| {
         let known: Vec<&str> = schema::SCHEMAS
             .iter()

@@ -352,6 +352,7 @@ pub fn skeleton(onnx: &Path, features: &str, output: Option<&str>) -> Result<(Ma
         },
         model: ModelSection { file: "policy.onnx".into(), input, output, features: features.to_string() },
         control: Control { rate_hz: 50.0, history: 1 },
+        images: vec![],
         observations: vec![ObservationInput {
             topic: "~/observation".into(),
             msg_type: "std_msgs/msg/Float64MultiArray".into(),

@@ -3,6 +3,8 @@
 //! and history stacking. Extraction and assembly are plain code, so the recorder pairs
 //! demonstrations through exactly what the control loop uses.
 
+pub mod image;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -187,29 +187,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A simulated arm (arm-a, arm-b, arm-c) as a ROS 2 node, or its expert's demonstrations
-    /// recorded without ROS (--demos).
-    Sim {
-        /// The simulated robot.
-        #[arg(long)]
-        robot: String,
-        /// Record this many expert reaches into --out, in simulated time, and exit.
-        #[arg(long, requires = "out")]
-        demos: Option<usize>,
-        /// Seed of the reaches (start poses and targets).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Noise added to the executed commands, rad/s (the recorded ones stay the expert's), so
-        /// the demonstrations also show recoveries.
-        #[arg(long, default_value_t = 0.0)]
-        noise: f64,
-        /// Folder of the episodes (created).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// ROS arguments of the node (`--ros-args -r __ns:=/robot1 ...`).
-        #[arg(last = true)]
-        ros_args: Vec<String>,
-    },
+    /// A simulated arm (arm-a, arm-b, arm-c) as a ROS 2 node, its expert's demonstrations
+    /// recorded without ROS (--demos), or what its camera sees (`sim camera`).
+    Sim(SimCli),
     /// The simulated arm's expert as a teleoperator: records demonstrations through a running
     /// node's ~/demo/control, resetting the arm (its ~/reset) before each.
     #[cfg(feature = "dds")]
@@ -282,6 +262,59 @@ enum Command {
     /// feedback back as sensor_msgs/JointState, link statistics on /diagnostics; or `bridge
     /// sim-mcu`, a simulated controller behind a pseudo-terminal.
     Bridge(BridgeCli),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct SimCli {
+    #[command(subcommand)]
+    sub: Option<SimSub>,
+    /// The simulated robot.
+    #[arg(long, required = true)]
+    robot: Option<String>,
+    /// Record this many expert reaches into --out, in simulated time, and exit.
+    #[arg(long, requires = "out")]
+    demos: Option<usize>,
+    /// Seed of the reaches (start poses and targets).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Noise added to the executed commands, rad/s (the recorded ones stay the expert's), so
+    /// the demonstrations also show recoveries.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+    /// Folder of the episodes (created).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --demos: also record the arm's camera each tick (sensor_msgs/Image on
+    /// /camera/image_raw, role image.0).
+    #[arg(long, requires = "demos")]
+    camera: bool,
+    /// ROS arguments of the node (`--ros-args -r __ns:=/robot1 ...`).
+    #[arg(last = true)]
+    ros_args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum SimSub {
+    /// Writes what a simulated arm's camera sees as a PNG: the robot at the start of a reach of
+    /// --seed, after --ticks of its expert.
+    Camera {
+        /// The simulated robot.
+        #[arg(long)]
+        robot: String,
+        /// Seed of the reach (start pose and target), as `sim --demos` takes it.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Ticks of the expert's reach to run first (50 a second).
+        #[arg(long, default_value_t = 0)]
+        ticks: usize,
+        /// Each pixel becomes a square this many pixels wide.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        scale: u32,
+        /// The PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -1077,14 +1110,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Sim { robot, demos: Some(demos), seed, noise, out: Some(out), .. } => {
-            let robot = skillgraft::sim::robot(&robot)?;
-            let tasks = skillgraft::sim::tasks(seed, demos, robot.home);
-            let files = skillgraft::sim::episodes::record(&robot, &tasks, &out, &format!("sim-{}", robot.name), noise)?;
-            eprintln!("wrote {} episode(s) of {}'s expert to {}", files.len(), robot.name, out.display());
-            Ok(())
-        }
-        Command::Sim { robot, seed, ros_args, .. } => sim_node(&robot, seed, &ros_args),
+        Command::Sim(cli) => sim(cli),
         #[cfg(feature = "dds")]
         Command::Teleop { robot, episodes, node, sim, seconds } => {
             teleop(&skillgraft::sim::teleop::TeleopOptions { robot, episodes, node, sim, seconds })
@@ -1560,6 +1586,38 @@ fn connect(
     args: &skillgraft::ros::args::RosArgs,
 ) -> Result<std::sync::Arc<dyn skillgraft::ros::transport::Transport>, Box<dyn std::error::Error>> {
     Ok(std::sync::Arc::from(skillgraft::ros::transport::connect(args)?))
+}
+
+/// `skillgraft sim`: a camera picture, demonstrations, or the node.
+fn sim(cli: SimCli) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::sim;
+    if let Some(SimSub::Camera { robot, seed, ticks, scale, out }) = cli.sub {
+        let robot = sim::robot(&robot)?;
+        let task = sim::tasks(seed, 1, robot.home)[0];
+        let (q, target) = sim::camera::after_ticks(&robot, &task, ticks);
+        let png = robot.camera.png(&robot.camera.image(&robot, &q, target), scale)?;
+        std::fs::write(&out, &png).map_err(skillgraft::file::FileError::at("write the picture", &out))?;
+        eprintln!(
+            "wrote what {}'s camera sees ({}x{}, shown {scale}x) to {}",
+            robot.name,
+            robot.camera.width,
+            robot.camera.height,
+            out.display()
+        );
+        return Ok(());
+    }
+    let robot = cli.robot.ok_or("say which simulated robot: --robot arm-a, arm-b or arm-c")?;
+    match (cli.demos, cli.out) {
+        (Some(demos), Some(out)) => {
+            let robot = sim::robot(&robot)?;
+            let tasks = sim::tasks(cli.seed, demos, robot.home);
+            let options = sim::episodes::RecordOptions { noise: cli.noise, camera: cli.camera };
+            let files = sim::episodes::record_with(&robot, &tasks, &out, &format!("sim-{}", robot.name), &options)?;
+            eprintln!("wrote {} episode(s) of {}'s expert to {}", files.len(), robot.name, out.display());
+            Ok(())
+        }
+        _ => sim_node(&robot, cli.seed, &cli.ros_args),
+    }
 }
 
 /// Runs a simulated arm as a node until Ctrl-C.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Expert, JOINT_NAMES, JOINTS, RATE_HZ, Robot, Task, reach};
 use crate::msg::cdr;
-use crate::msg::{Float64MultiArray, Header, JointState, Point, RosMessage, Time};
+use crate::msg::{Float64MultiArray, Header, Image, JointState, Point, RosMessage, Time};
 use crate::record::episode::{ChannelSpec, EpisodeWriter};
 use crate::rng::SplitMix;
 use crate::skill::manifest::{ActionOutput, Control, Manifest, ModelSection, ObservationInput, Provenance, SafeAction};
@@ -21,6 +21,8 @@ pub const TARGET_TOPIC: &str = "/target";
 pub const COMMAND_TOPIC: &str = "/arm/cmd";
 /// Where the expert publishes its commands while demonstrating (the node records them).
 pub const TELEOP_TOPIC: &str = "/teleop/cmd";
+/// Where a simulated arm publishes what its camera sees (sensor_msgs/Image, rgb8).
+pub const CAMERA_TOPIC: &str = "/camera/image_raw";
 
 /// The joint state message of measured `positions` and `velocities` at `stamp_ns`.
 pub fn joint_state(positions: &[f64], velocities: &[f64], stamp_ns: u64) -> JointState {
@@ -33,7 +35,21 @@ pub fn joint_state(positions: &[f64], velocities: &[f64], stamp_ns: u64) -> Join
     }
 }
 
-fn time(ns: u64) -> Time {
+/// An empty rgb8 frame of `camera`, stamped `stamp_ns`, to render into.
+pub fn camera_image(camera: &super::camera::Camera, stamp_ns: u64) -> Image {
+    Image {
+        header: Header { stamp: time(stamp_ns), frame_id: super::camera::FRAME_ID.into() },
+        height: camera.height,
+        width: camera.width,
+        encoding: "rgb8".into(),
+        is_bigendian: 0,
+        step: camera.width * 3,
+        data: vec![0; camera.frame_len()],
+    }
+}
+
+/// The header stamp of `ns` since the epoch.
+pub fn time(ns: u64) -> Time {
     Time { sec: (ns / 1_000_000_000) as i32, nanosec: (ns % 1_000_000_000) as u32 }
 }
 
@@ -164,12 +180,62 @@ fn channels() -> Vec<ChannelSpec> {
     ChannelSpec::for_skill(&m, &topics, &m.action.topic)
 }
 
+/// Why a simulated demonstration could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The episode file could not be written.
+    #[error("episode {id}: {source}")]
+    Episode {
+        /// The episode.
+        id: String,
+        /// What failed.
+        source: crate::record::episode::EpisodeError,
+    },
+    /// A message could not be encoded.
+    #[error("episode {id}: {source}")]
+    Encode {
+        /// The episode.
+        id: String,
+        /// What failed.
+        source: cdr::CdrError,
+    },
+    /// The camera's frame could not be rendered.
+    #[error("episode {id}: {source}")]
+    Camera {
+        /// The episode.
+        id: String,
+        /// What failed.
+        source: super::camera::BufferSize,
+    },
+}
+
+/// How simulated demonstrations are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RecordOptions {
+    /// Noise added to the executed commands, rad/s (see [`record`]).
+    pub noise: f64,
+    /// Also record the robot's camera each tick, on [`CAMERA_TOPIC`] with role `image.0`.
+    pub camera: bool,
+}
+
 /// Records the expert of `robot` doing each of `tasks` into `dir`, one episode per task named
 /// `<label>-<n>`; returns the files. Messages carry simulated time from a fixed epoch, so the same
 /// tasks give the same files. With `noise` above 0, the arm executes the expert's command plus
 /// uniform noise of that many rad/s while the expert's own command is recorded: the
 /// demonstrations then also show how to recover from being off course (DART).
 pub fn record(robot: &Robot, tasks: &[Task], dir: &Path, label: &str, noise: f64) -> Result<Vec<PathBuf>, String> {
+    record_with(robot, tasks, dir, label, &RecordOptions { noise, camera: false }).map_err(|e| e.to_string())
+}
+
+/// [`record`] with options: the camera's images too when `options.camera`.
+pub fn record_with(
+    robot: &Robot,
+    tasks: &[Task],
+    dir: &Path,
+    label: &str,
+    options: &RecordOptions,
+) -> Result<Vec<PathBuf>, RecordError> {
+    let noise = options.noise;
     let expert = Expert::new(robot.clone());
     let mut meta = BTreeMap::new();
     meta.insert("robot".to_string(), robot.name.clone());
@@ -177,15 +243,21 @@ pub fn record(robot: &Robot, tasks: &[Task], dir: &Path, label: &str, noise: f64
     meta.insert("demonstrator".to_string(), "simulated expert".to_string());
     let t0 = 1_764_000_000_000_000_000u64;
     let period = (1e9 / RATE_HZ) as u64;
+    let mut specs = channels();
+    if options.camera {
+        specs.push(ChannelSpec { topic: CAMERA_TOPIC.into(), type_name: Image::TYPE.into(), role: "image.0".into() });
+    }
+    let mut frame = camera_image(&robot.camera, 0);
     let mut files = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let id = format!("{label}-{i:03}");
-        let mut w = EpisodeWriter::create(dir, &id, &channels(), &meta, Duration::from_secs(3600))
-            .map_err(|e| e.to_string())?;
+        let episode = |source| RecordError::Episode { id: id.clone(), source };
+        let mut w = EpisodeWriter::create(dir, &id, &specs, &meta, Duration::from_secs(3600)).map_err(episode)?;
         let start = t0 + i as u64 * 10_000_000_000;
         let mut failure = None;
-        let mut put = |ch: usize, at: u64, bytes: Result<Vec<u8>, cdr::CdrError>| -> Result<(), String> {
-            w.write(ch, at, &bytes.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+        let mut put = |ch: usize, at: u64, bytes: Result<Vec<u8>, cdr::CdrError>| -> Result<(), RecordError> {
+            let bytes = bytes.map_err(|source| RecordError::Encode { id: id.clone(), source })?;
+            w.write(ch, at, &bytes).map_err(|source| RecordError::Episode { id: id.clone(), source })
         };
         let clean = std::cell::Cell::new([0.0; JOINTS]);
         let mut rng = SplitMix(i as u64 ^ 0xDA27);
@@ -201,19 +273,33 @@ pub fn record(robot: &Robot, tasks: &[Task], dir: &Path, label: &str, noise: f64
                 let cmd = clean.get();
                 let at = start + k as u64 * period;
                 let js = joint_state(&obs[..JOINTS], &obs[JOINTS..2 * JOINTS], at);
-                let tg = target([obs[2 * JOINTS], obs[2 * JOINTS + 1]]);
-                let written = put(0, at, cdr::encode(&js))
-                    .and_then(|_| put(1, at, cdr::encode(&tg)))
-                    .and_then(|_| put(2, at + 2_000_000, cdr::encode(&command(&cmd))));
+                let goal = [obs[2 * JOINTS], obs[2 * JOINTS + 1]];
+                let mut written = put(0, at, cdr::encode(&js)).and_then(|_| put(1, at, cdr::encode(&target(goal))));
+                if options.camera {
+                    // The camera sees the true angles: the measured ones less the encoders' bias.
+                    let mut q = [0.0; JOINTS];
+                    for (j, v) in q.iter_mut().enumerate() {
+                        *v = obs[j] - robot.bias[j];
+                    }
+                    frame.header.stamp = time(at);
+                    written = written.and_then(|_| {
+                        robot
+                            .camera
+                            .render(robot, &q, goal, &mut frame.data)
+                            .map_err(|source| RecordError::Camera { id: id.clone(), source })?;
+                        put(3, at, cdr::encode(&frame))
+                    });
+                }
+                let written = written.and_then(|_| put(2, at + 2_000_000, cdr::encode(&command(&cmd))));
                 if let Err(e) = written {
                     failure.get_or_insert(e);
                 }
             },
         );
         if let Some(e) = failure {
-            return Err(format!("episode {id}: {e}"));
+            return Err(e);
         }
-        files.push(w.finish(&meta).map_err(|e| e.to_string())?);
+        files.push(w.finish(&meta).map_err(episode)?);
     }
     Ok(files)
 }

@@ -3,6 +3,7 @@
 //! differ (link lengths, joint zero offsets, actuator gains and lag, sensor bias), so a policy
 //! learnt on one does not simply work on another.
 
+pub mod camera;
 pub mod episodes;
 pub mod node;
 pub mod score;
@@ -50,6 +51,8 @@ pub struct Robot {
     pub upper: [f64; JOINTS],
     /// The pose every reach starts near, rad.
     pub home: [f64; JOINTS],
+    /// What its camera sees the arm with.
+    pub camera: camera::Camera,
 }
 
 /// A robot name the simulator does not know.
@@ -69,6 +72,7 @@ pub fn robot(name: &str) -> Result<Robot, UnknownRobot> {
         lower: [-2.6, -2.6, -2.6],
         upper: [2.6, 2.6, 2.6],
         home: [-0.6, 1.2, 0.8],
+        camera: camera::Camera::reference(),
     };
     match name {
         "arm-a" => Ok(base),
@@ -78,6 +82,7 @@ pub fn robot(name: &str) -> Result<Robot, UnknownRobot> {
             gains: [0.85, 1.15, 0.95],
             lag_s: 0.06,
             bias: [0.01, -0.01, 0.0],
+            camera: camera::Camera::near(),
             ..base
         }),
         "arm-c" => Ok(Robot {
@@ -86,6 +91,7 @@ pub fn robot(name: &str) -> Result<Robot, UnknownRobot> {
             gains: [0.65, 1.35, 0.75],
             lag_s: 0.09,
             bias: [0.08, -0.06, 0.05],
+            camera: camera::Camera::far(),
             ..base
         }),
         other => Err(UnknownRobot(other.to_string())),
@@ -102,6 +108,17 @@ impl Robot {
             y += link * angle.sin();
         }
         [x, y]
+    }
+
+    /// The base, the elbow, the wrist and the tip for true joint angles `q`.
+    pub fn points(&self, q: &[f64]) -> [[f64; 2]; JOINTS + 1] {
+        let mut out = [[0.0; 2]; JOINTS + 1];
+        let mut angle = 0.0;
+        for j in 0..JOINTS {
+            angle += q[j] + self.offsets[j];
+            out[j + 1] = [out[j][0] + self.links[j] * angle.cos(), out[j][1] + self.links[j] * angle.sin()];
+        }
+        out
     }
 
     /// d tip / d q at `q` (2 × JOINTS).

@@ -187,6 +187,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score a skill closed loop on a simulated arm as the node runs it: success, final distance
+    /// and the safety filter's interventions.
+    Eval {
+        /// The skill folder.
+        skill: PathBuf,
+        /// The simulated robot (arm-a, arm-b, arm-c).
+        #[arg(long, default_value = "arm-a")]
+        robot: String,
+        /// Reaches to score.
+        #[arg(long, default_value_t = 20)]
+        reaches: usize,
+        /// Seed of the reaches (start poses and targets); 0 is the set the benchmarks and the
+        /// demo score, and no seed below 1000 gives reaches that `sim --demos` demonstrates.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// A simulated arm (arm-a, arm-b, arm-c) as a ROS 2 node, its expert's demonstrations
     /// recorded without ROS (--demos), or what its camera sees (`sim camera`).
     Sim(SimCli),
@@ -986,7 +1005,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Step { skill, obs, json } => {
             let mut skill = Skill::load(&skill)?;
-            let (raw, action) = skill.step(&obs)?;
+            let (raw, action) = skill.step(&obs, &[])?;
             let labels = skill.manifest.action_labels();
             if json {
                 let out = serde_json::json!({
@@ -1111,6 +1130,54 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Sim(cli) => sim(cli),
+        Command::Eval { skill, robot, reaches, seed, json } => {
+            if reaches == 0 {
+                return Err("--reaches 0 scores nothing; give the number of reaches, e.g. --reaches 20".into());
+            }
+            let mut skill = Skill::load(&skill)?;
+            let robot = skillgraft::sim::robot(&robot)?;
+            let tasks = skillgraft::sim::tasks(seed, reaches, robot.home);
+            let e = skillgraft::sim::score::evaluate(&mut skill, &robot, &tasks)?;
+            if json {
+                let out = serde_json::json!({
+                    "skill": skill.manifest.name,
+                    "version": skill.manifest.version.to_string(),
+                    "robot": robot.name,
+                    "seed": seed,
+                    "success_m": skillgraft::sim::SUCCESS_M,
+                    "evaluation": e,
+                });
+                outln!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let s = &e.score;
+                outln!(
+                    "{} {} on the simulated {}, {} reaches (seed {seed}; success: tip within {:.0} cm after {:.0} s)",
+                    skill.manifest.name,
+                    skill.manifest.version,
+                    robot.name,
+                    s.reaches,
+                    skillgraft::sim::SUCCESS_M * 100.0,
+                    skillgraft::sim::EPISODE_TICKS as f64 / skillgraft::sim::RATE_HZ
+                );
+                outln!(
+                    "success {:.0} %, mean final distance {:.1} cm",
+                    s.success_rate * 100.0,
+                    s.mean_distance * 100.0
+                );
+                let acted: Vec<String> =
+                    e.interventions.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+                outln!(
+                    "safety filter interventions: {}",
+                    if acted.is_empty() { "none".to_string() } else { acted.join(", ") }
+                );
+                let refused: Vec<String> =
+                    e.rejected.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+                if !refused.is_empty() {
+                    outln!("inputs refused: {}", refused.join(", "));
+                }
+            }
+            Ok(())
+        }
         #[cfg(feature = "dds")]
         Command::Teleop { robot, episodes, node, sim, seconds } => {
             teleop(&skillgraft::sim::teleop::TeleopOptions { robot, episodes, node, sim, seconds })

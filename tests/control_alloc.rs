@@ -38,17 +38,17 @@ fn steady_state_step_never_reaches_the_system_allocator() {
     for name in FIXTURES {
         let r = Reference::load(name);
         let file = OnnxFile::read(&fixture(&format!("{name}.onnx"))).unwrap();
-        let mut model = Model::load(file, "obs", "action", &r.features_tensor).unwrap();
+        let mut model = Model::load(file, &["obs"], "action", &r.features_tensor).unwrap();
         let w = r.input_width();
         let mut out = vec![0.0; r.output_width];
         for _ in 0..10 {
-            model.control.step(&r.input[..w], &mut out).unwrap();
+            model.control.step(&[&r.input[..w]], &mut out).unwrap();
         }
         let window = |model: &mut Model, out: &mut Vec<f32>| {
             let (a, b, s) = (ALLOCS.load(Ordering::Relaxed), LIVE_BYTES.load(Ordering::Relaxed), alloc::stats());
             for i in 0..200 {
                 let k = i % r.batch();
-                model.control.step(&r.input[k * w..(k + 1) * w], out).unwrap();
+                model.control.step(&[&r.input[k * w..(k + 1) * w]], out).unwrap();
             }
             let t = alloc::stats();
             assert_eq!(t.system, s.system, "{name}: a steady-state tick reached the system allocator");
@@ -62,7 +62,7 @@ fn steady_state_step_never_reaches_the_system_allocator() {
         assert_eq!(allocs_1, allocs_2, "{name}: allocations per step must not vary");
         assert_eq!((growth_1, growth_2), (0, 0), "{name}: the step must not retain memory");
         let mut check = vec![0.0; r.output_width];
-        model.control.step(&r.input[..w], &mut check).unwrap();
+        model.control.step(&[&r.input[..w]], &mut check).unwrap();
         common::assert_close(&format!("{name} output through the pool"), &check, &r.output[..r.output_width]);
     }
 }

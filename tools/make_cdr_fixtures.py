@@ -11,6 +11,7 @@ message from the JSON and must produce exactly these bytes, and decode them back
 import json
 import math
 import pathlib
+import sys
 
 import numpy as np
 from rosbags.typesys import Stores, get_typestore
@@ -42,6 +43,23 @@ def f64(*v):
 
 
 SAMPLES = {
+    "sensor_msgs/msg/Image": [
+        # 2x3 rgb8 with each row padded to 11 bytes: the uint8[] follows a u8 and a u32.
+        T["sensor_msgs/msg/Image"](
+            header=header(7, 8, "camera_optical_frame"), height=2, width=3, encoding="rgb8", is_bigendian=0, step=11,
+            data=np.arange(22, dtype=np.uint8) * 11,
+        ),
+        T["sensor_msgs/msg/Image"](
+            header=header(0, 0, ""), height=1, width=1, encoding="16UC1", is_bigendian=1, step=2,
+            data=np.array([1, 2], dtype=np.uint8),
+        ),
+    ],
+    "sensor_msgs/msg/CompressedImage": [
+        T["sensor_msgs/msg/CompressedImage"](
+            header=header(3, 4, "cam"), format="rgb8; jpeg compressed bgr8", data=np.array([255, 216, 255, 217], dtype=np.uint8)
+        ),
+        T["sensor_msgs/msg/CompressedImage"](header=header(0, 0, ""), format="png", data=np.array([], dtype=np.uint8)),
+    ],
     "builtin_interfaces/msg/Time": [time(1764439200, 123456789), time(-5, 0)],
     "builtin_interfaces/msg/Duration": [T["builtin_interfaces/msg/Duration"](sec=2, nanosec=500_000_000)],
     "std_msgs/msg/Header": [header(12, 34, "base_link"), header(0, 0, "")],
@@ -114,8 +132,12 @@ def plain(value):
 
 
 def main():
+    """Writes every fixture, or only the types named on the command line."""
     OUT.mkdir(parents=True, exist_ok=True)
+    only = set(sys.argv[1:])
     for type_name, messages in SAMPLES.items():
+        if only and type_name not in only:
+            continue
         cases = []
         for m in messages:
             raw = bytes(TS.serialize_cdr(m, type_name))

@@ -89,8 +89,14 @@ pub fn features(
         let (features, from_cache) = match cached {
             Some(m) => (m, true),
             None => {
-                let inputs: Vec<f32> = ep.samples.iter().flat_map(|s| s.observation.iter().copied()).collect();
-                let v = skill.model.backbone.features(&inputs, n, 256)?;
+                let numeric: Vec<f32> = ep.samples.iter().flat_map(|s| s.observation.iter().copied()).collect();
+                let images: Vec<Vec<f32>> = (0..skill.manifest.images.len())
+                    .map(|i| ep.samples.iter().flat_map(|s| s.images[i].iter().copied()).collect())
+                    .collect();
+                let inputs: Vec<&[f32]> =
+                    std::iter::once(numeric.as_slice()).chain(images.iter().map(Vec::as_slice)).collect();
+                let batch = if images.is_empty() { 256 } else { 32 };
+                let v = skill.model.backbone.features(&inputs, n, batch)?;
                 let m = DMatrix::from_row_slice(n, f, &v);
                 if let Some(p) = &path
                     && let Err(e) = write_cache(p, &m)

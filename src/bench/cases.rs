@@ -25,12 +25,12 @@ pub struct InferenceCase {
 impl InferenceCase {
     /// One control step.
     pub fn step(&mut self, action: &mut [f32]) {
-        self.model.control.step(&self.single, action).expect("the benchmark model runs");
+        self.model.control.step(&[&self.single], action).expect("the benchmark model runs");
     }
 
     /// Features of the whole batch.
     pub fn features(&self) -> Vec<f32> {
-        self.model.backbone.features(&self.batch, FEATURE_BATCH, FEATURE_BATCH).expect("the benchmark model runs")
+        self.model.backbone.features(&[&self.batch], FEATURE_BATCH, FEATURE_BATCH).expect("the benchmark model runs")
     }
 }
 
@@ -55,8 +55,8 @@ pub fn inference_cases(dir: &Path) -> Result<Vec<InferenceCase>, String> {
         let file = OnnxFile::read(&json.with_extension("onnx")).map_err(|e| e.to_string())?;
         let input = file.index().inputs().first().map(|i| i.name.clone()).unwrap_or_default();
         let output = file.graph().output[0].name.clone();
-        let model = Model::load(file, &input, &output, &info.features_tensor).map_err(|e| e.to_string())?;
-        let w = model.input_shape.width();
+        let model = Model::load(file, &[&input], &output, &info.features_tensor).map_err(|e| e.to_string())?;
+        let w = model.input().shape.width();
         let batch = skillgraft::rng::seeded(7, w * FEATURE_BATCH);
         cases.push(InferenceCase {
             name: json.file_stem().unwrap_or_default().to_string_lossy().into_owned(),

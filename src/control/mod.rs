@@ -18,6 +18,7 @@ use triple_buffer::{Input, Output};
 use crate::observe::Assembler;
 use crate::record::Tap;
 use crate::ros::transport::{RawPublisher, Transport};
+use crate::skill::manifest::MAX_IMAGES;
 use actuator::ActionEncoder;
 use safety::{Intervention, SafetyConfig, SafetyFilter};
 use skills::{ActiveSkill, SwapSlot};
@@ -217,7 +218,14 @@ impl ControlLoop {
                 Err(_) => self.filter.safe(Intervention::Stale, &mut frame.values),
                 Ok(obs) => {
                     self.active.norm.input(obs, input);
-                    match self.active.plan.step(input, raw) {
+                    // The feeds in the manifest's order, on the stack: the tick allocates nothing.
+                    let mut feeds: [&[f32]; 1 + MAX_IMAGES] = [&[]; 1 + MAX_IMAGES];
+                    feeds[0] = input;
+                    let n = 1 + self.assembler.image_count();
+                    for (i, feed) in feeds[1..n].iter_mut().enumerate() {
+                        *feed = self.assembler.image(i);
+                    }
+                    match self.active.plan.step(&feeds[..n], raw) {
                         Err(_) => self.filter.safe(Intervention::Failure, &mut frame.values),
                         Ok(()) => {
                             self.active.norm.action_to_robot(raw, proposal);

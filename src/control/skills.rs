@@ -223,6 +223,13 @@ impl Skills {
         if !same_inputs || a.control.history != b.control.history {
             return Err(SwapError::Incompatible(name, "its observation inputs differ from the running skill's".into()));
         }
+        // The node preprocesses images on its subscriptions for the skill it started with.
+        if a.images != b.images {
+            return Err(SwapError::Incompatible(
+                name,
+                "its camera inputs or their preprocessing differ from the running skill's".into(),
+            ));
+        }
         if (&a.action.topic, &a.action.msg_type, &a.action.fields, &a.action.joints)
             != (&b.action.topic, &b.action.msg_type, &b.action.fields, &b.action.joints)
         {

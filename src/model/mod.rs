@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use head::Head;
 use onnx::{OnnxFile, declared_shape};
-use plan::{BackbonePlan, ControlPlan, InputShape, input_shape};
+use plan::{BackbonePlan, ControlPlan, Feed, input_shape};
 
 /// The tract release skillgraft is built and tested with.
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -87,6 +87,8 @@ pub enum Subject {
     Output,
     /// The features tensor.
     Features,
+    /// A graph input other than the numeric observation (an image).
+    Image,
 }
 
 impl ModelError {
@@ -94,6 +96,7 @@ impl ModelError {
     pub fn manifest_field(&self) -> &'static str {
         match self {
             ModelError::Shape { subject: Subject::Input, .. } => "model.input",
+            ModelError::Shape { subject: Subject::Image, .. } => "image.input",
             ModelError::Shape { subject: Subject::Output, .. } => "model.output",
             ModelError::Shape { subject: Subject::Features, .. } | ModelError::Head { .. } => "model.features",
             _ => "model.file",
@@ -105,12 +108,11 @@ impl ModelError {
 pub struct Model {
     /// The decoded file.
     pub file: OnnxFile,
-    /// Name of the graph input.
-    pub input: String,
+    /// The graph inputs in the order the caller named them (the numeric observation first, then
+    /// each image), with their shapes.
+    pub feeds: Vec<Feed>,
     /// Name of the graph output used as the action.
     pub output: String,
-    /// The input's shape.
-    pub input_shape: InputShape,
     /// The adaptable head.
     pub head: Head,
     /// Batch-1 plan for the control loop.
@@ -120,32 +122,49 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a model, finds the head between `features` and `output`, and builds both plans.
-    pub fn load(file: OnnxFile, input: &str, output: &str, features: &str) -> Result<Model, ModelError> {
+    /// Loads a model fed through `inputs` (every graph input, each named once; the first is the
+    /// numeric observation), finds the head between `features` and `output`, and builds both
+    /// plans.
+    pub fn load(file: OnnxFile, inputs: &[&str], output: &str, features: &str) -> Result<Model, ModelError> {
         let path = file.path.clone();
         let shape_err = |subject, problem: String| ModelError::Shape { path: path.clone(), subject, problem };
         let ix = file.index();
-        let feeds = ix.inputs();
-        let names: Vec<&str> = feeds.iter().map(|i| i.name.as_str()).collect();
-        let feed = match feeds.as_slice() {
-            [one] if one.name == input => *one,
-            [one] => {
+        let graph_inputs = ix.inputs();
+        let names: Vec<&str> = graph_inputs.iter().map(|i| i.name.as_str()).collect();
+        let mut feeds = Vec::with_capacity(inputs.len());
+        for (k, &input) in inputs.iter().enumerate() {
+            let subject = if k == 0 { Subject::Input } else { Subject::Image };
+            let Some(feed) = graph_inputs.iter().find(|g| g.name == input) else {
+                let fix = match (k, names.as_slice()) {
+                    (0, [one]) => format!("set model.input = \"{one}\""),
+                    _ => format!("the graph's inputs are: {}", names.join(", ")),
+                };
+                return Err(shape_err(subject, format!("`{input}` is not an input of the graph; {fix}")));
+            };
+            let elem = match &feed.r#type {
+                Some(tract_onnx::pb::TypeProto {
+                    value: Some(tract_onnx::pb::type_proto::Value::TensorType(t)),
+                    ..
+                }) => t.elem_type,
+                _ => 0,
+            };
+            if elem != tract_onnx::pb::tensor_proto::DataType::Float as i32 {
                 return Err(shape_err(
-                    Subject::Input,
-                    format!("the graph input is `{}`, not `{input}`; set model.input = \"{}\"", one.name, one.name),
+                    subject,
+                    format!("input `{input}` is not float32 (ONNX type {elem}); export the policy with float32 inputs"),
                 ));
             }
-            _ => {
-                return Err(shape_err(
-                    Subject::Input,
-                    format!(
-                        "the graph has {} inputs ({}); skillgraft feeds exactly one observation tensor, so export the policy with a single input",
-                        feeds.len(),
-                        names.join(", ")
-                    ),
-                ));
-            }
-        };
+            feeds.push(Feed { name: input.to_string(), shape: input_shape(&file, declared_shape(feed))? });
+        }
+        if let Some(unfed) = names.iter().find(|n| !inputs.contains(n)) {
+            return Err(shape_err(
+                Subject::Image,
+                format!(
+                    "the graph input `{unfed}` is fed by nothing; feed it from an [[image]] table (`input = \"{unfed}\"`) or export the policy without it (the graph's inputs: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
         if !ix.is_graph_output(output) {
             let outs: Vec<&str> = ix.graph.output.iter().map(|o| o.name.as_str()).collect();
             return Err(shape_err(
@@ -153,25 +172,12 @@ impl Model {
                 format!("`{output}` is not a graph output; the outputs are: {}", outs.join(", ")),
             ));
         }
-        let elem = match &feed.r#type {
-            Some(tract_onnx::pb::TypeProto {
-                value: Some(tract_onnx::pb::type_proto::Value::TensorType(t)), ..
-            }) => t.elem_type,
-            _ => 0,
-        };
-        if elem != tract_onnx::pb::tensor_proto::DataType::Float as i32 {
-            return Err(shape_err(
-                Subject::Input,
-                format!("input `{input}` is not float32 (ONNX type {elem}); export the policy with a float32 input"),
-            ));
-        }
         let head = Head::discover(&ix, output, features).map_err(|e| ModelError::Head {
             path: path.clone(),
             features: features.to_string(),
             problem: e.to_string(),
         })?;
-        let input_shape = input_shape(&file, declared_shape(feed))?;
-        let control = ControlPlan::build(&file, &input_shape, output)?;
+        let control = ControlPlan::build(&file, &feeds, output)?;
         if control.output_width() != head.out_dim() {
             return Err(shape_err(
                 Subject::Output,
@@ -182,8 +188,13 @@ impl Model {
                 ),
             ));
         }
-        let backbone = BackbonePlan::build(&file, &input_shape, features, head.features_layout(), head.in_dim())?;
-        Ok(Model { input: input.to_string(), output: output.to_string(), input_shape, head, control, backbone, file })
+        let backbone = BackbonePlan::build(&file, &feeds, features, head.features_layout(), head.in_dim())?;
+        Ok(Model { feeds, output: output.to_string(), head, control, backbone, file })
+    }
+
+    /// The numeric observation's input (the first feed).
+    pub fn input(&self) -> &Feed {
+        &self.feeds[0]
     }
 
     /// ONNX nodes in the backbone (ancestors of `features`), excluding constants.

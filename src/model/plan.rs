@@ -103,9 +103,9 @@ fn guarded<T>(path: &Path, stage: &'static str, f: impl FnOnce() -> TractResult<
 
 /// Parses the graph; with a fixed batch, without the output and intermediate shapes the exporter
 /// recorded at that batch, which would contradict the batch the plan pins.
-fn parse(file: &OnnxFile, shape: &InputShape) -> Result<InferenceModel, ModelError> {
+fn parse(file: &OnnxFile, feeds: &[Feed]) -> Result<InferenceModel, ModelError> {
     guarded(&file.path, "parse the graph", || {
-        let repinned = shape.fixed_batch.is_some();
+        let repinned = feeds.iter().any(|f| f.shape.fixed_batch.is_some());
         let onnx = tract_onnx::onnx().with_ignore_output_shapes(repinned).with_ignore_value_info(repinned);
         let dir = file.dir();
         let result = onnx.parse(&file.proto, dir.as_deref())?;
@@ -119,27 +119,59 @@ fn parse(file: &OnnxFile, shape: &InputShape) -> Result<InferenceModel, ModelErr
     })
 }
 
-/// The control plan: one observation in, one action out, state reused across ticks.
+/// One input of the graph: its name and shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Feed {
+    /// Name of the graph input.
+    pub name: String,
+    /// Its shape.
+    pub shape: InputShape,
+}
+
+/// Where each feed sits among the graph's inputs (tract numbers inputs in graph order, the caller
+/// passes them in the manifest's order).
+fn graph_order(file: &OnnxFile, feeds: &[Feed]) -> Vec<usize> {
+    let ix = file.index();
+    ix.inputs().iter().filter_map(|g| feeds.iter().position(|f| f.name == g.name)).collect()
+}
+
+/// Parses the graph and fixes every feed's shape with `batch` as the batch dim.
+fn with_feeds(file: &OnnxFile, feeds: &[Feed], order: &[usize]) -> Result<(InferenceModel, Symbol), ModelError> {
+    let model = parse(file, feeds)?;
+    guarded(&file.path, "set the input shapes", || {
+        let n = model.symbols.sym(&feeds[0].shape.batch_symbol);
+        let mut model = model;
+        for (k, &f) in order.iter().enumerate() {
+            let fact = InferenceFact::dt_shape(f32::datum_type(), feeds[f].shape.with_batch(n.to_dim()));
+            model = model.with_input_fact(k, fact)?;
+        }
+        Ok((model, n))
+    })
+}
+
+/// The control plan: the observation tensors in, one action out, state reused across ticks.
 pub struct ControlPlan {
     state: TypedSimpleState,
-    input: Arc<Tensor>,
+    /// Input tensors in graph order.
+    inputs: Vec<Arc<Tensor>>,
+    /// Graph position of each feed, in the caller's order.
+    slot: Vec<usize>,
     output_width: usize,
 }
 
 impl ControlPlan {
-    /// Builds and optimises the batch-1 plan from the input to `output`.
-    pub fn build(file: &OnnxFile, shape: &InputShape, output: &str) -> Result<ControlPlan, ModelError> {
-        let model = parse(file, shape)?;
+    /// Builds and optimises the batch-1 plan from the inputs to `output`.
+    pub fn build(file: &OnnxFile, feeds: &[Feed], output: &str) -> Result<ControlPlan, ModelError> {
+        let order = graph_order(file, feeds);
+        let (model, n) = with_feeds(file, feeds, &order)?;
         let path = &file.path;
         let plan = guarded(path, "optimise the control plan", || {
-            let n = model.symbols.sym(&shape.batch_symbol);
-            let fact = InferenceFact::dt_shape(f32::datum_type(), shape.with_batch(n.to_dim()));
-            let typed = model.with_input_fact(0, fact)?.with_outputs_by_name([output])?.into_typed()?;
+            let typed = model.with_outputs_by_name([output])?.into_typed()?;
             let batch_one = std::collections::HashMap::from([(n, 1.to_dim())]);
             typed.set_symbols(&batch_one)?.into_optimized()?.into_runnable()
         })
-        .map_err(|e| match shape.fixed_batch {
-            Some(b) if b != 1 => ModelError::Shape {
+        .map_err(|e| match feeds.iter().find_map(|f| f.shape.fixed_batch.filter(|&b| b != 1)) {
+            Some(b) => ModelError::Shape {
                 path: path.clone(),
                 subject: Subject::Input,
                 problem: format!(
@@ -164,14 +196,19 @@ impl ControlPlan {
         }
         let output_width =
             if dims.len() >= 2 && dims[0] == 1 { dims[1..].iter().product() } else { dims.iter().product() };
-        let input_dims: Vec<usize> = if shape.batched {
-            std::iter::once(1).chain(shape.sample.iter().copied()).collect()
-        } else {
-            shape.sample.clone()
-        };
-        let input = Arc::new(Tensor::zero::<f32>(&input_dims).map_err(tract_err(path, "allocate the input"))?);
+        let mut inputs = Vec::with_capacity(order.len());
+        for &f in &order {
+            let shape = &feeds[f].shape;
+            let dims: Vec<usize> = if shape.batched {
+                std::iter::once(1).chain(shape.sample.iter().copied()).collect()
+            } else {
+                shape.sample.clone()
+            };
+            inputs.push(Arc::new(Tensor::zero::<f32>(&dims).map_err(tract_err(path, "allocate the input"))?));
+        }
+        let slot = (0..feeds.len()).map(|f| order.iter().position(|&o| o == f).unwrap_or(0)).collect();
         let state = guarded(path, "create the plan state", || TypedSimpleState::new(&plan))?;
-        Ok(ControlPlan { state, input, output_width })
+        Ok(ControlPlan { state, inputs, slot, output_width })
     }
 
     /// Width of the action the plan produces.
@@ -179,31 +216,41 @@ impl ControlPlan {
         self.output_width
     }
 
-    /// Width of the observation the plan reads.
-    pub fn input_width(&self) -> usize {
-        self.input.len()
+    /// Values one tick feeds into input `feed` (in the caller's order).
+    pub fn input_width(&self, feed: usize) -> usize {
+        self.inputs[self.slot[feed]].len()
     }
 
-    /// Runs one step: `obs` (normalised, row-major) in, raw action out.
-    pub fn step(&mut self, obs: &[f32], action: &mut [f32]) -> Result<(), ModelError> {
-        if obs.len() != self.input.len() || action.len() != self.output_width {
+    /// Runs one step: every feed (normalised, row-major, in the caller's order) in, raw action
+    /// out.
+    pub fn step(&mut self, feeds: &[&[f32]], action: &mut [f32]) -> Result<(), ModelError> {
+        if feeds.len() != self.slot.len() || action.len() != self.output_width {
             return Err(ModelError::Run(format!(
-                "step called with {} observation and {} action values; the plan takes {} and gives {}",
-                obs.len(),
+                "step called with {} inputs and {} action values; the plan takes {} and gives {}",
+                feeds.len(),
                 action.len(),
-                self.input.len(),
+                self.slot.len(),
                 self.output_width
             )));
         }
-        // The input tensor is shared with tract only during `run`, so this never copies in
-        // steady state; tract's per-op outputs come from the tick pool (crate::alloc).
-        let input = Arc::make_mut(&mut self.input);
-        let mut view = input.try_as_plain_ram_mut().map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        view.as_slice_mut::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?.copy_from_slice(obs);
-        let (state, input) = (&mut self.state, &self.input);
+        for (f, values) in feeds.iter().enumerate() {
+            // Each input tensor is shared with tract only during `run`, so this never copies in
+            // steady state; tract's per-op outputs come from the tick pool (crate::alloc).
+            let input = Arc::make_mut(&mut self.inputs[self.slot[f]]);
+            if input.len() != values.len() {
+                return Err(ModelError::Run(format!(
+                    "input {f} got {} values; the plan takes {}",
+                    values.len(),
+                    input.len()
+                )));
+            }
+            let mut view = input.try_as_plain_ram_mut().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            view.as_slice_mut::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?.copy_from_slice(values);
+        }
+        let (state, inputs) = (&mut self.state, &self.inputs);
         crate::alloc::in_tick(|| {
-            let outputs =
-                state.run(tvec!(TValue::from_const(input.clone()))).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let values: TVec<TValue> = inputs.iter().map(|t| TValue::from_const(t.clone())).collect();
+            let outputs = state.run(values).map_err(|e| ModelError::Run(format!("{e:#}")))?;
             let view = outputs[0].try_as_plain_ram().map_err(|e| ModelError::Run(format!("{e:#}")))?;
             action.copy_from_slice(view.as_slice::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?);
             Ok(())
@@ -211,31 +258,32 @@ impl ControlPlan {
     }
 }
 
-/// The backbone plan: input to `features`, for any batch size.
+/// The backbone plan: inputs to `features`, for any batch size.
 pub struct BackbonePlan {
     plan: Arc<TypedRunnableModel>,
-    shape: InputShape,
+    feeds: Vec<Feed>,
+    order: Vec<usize>,
     batch_axis: bool,
     features_width: usize,
     layout: Layout,
 }
 
 impl BackbonePlan {
-    /// Builds the plan from the input to `features`, with a symbolic batch when the input has one.
+    /// Builds the plan from the inputs to `features`, with a symbolic batch when the inputs have
+    /// one.
     pub fn build(
         file: &OnnxFile,
-        shape: &InputShape,
+        feeds: &[Feed],
         features: &str,
         layout: Layout,
         width: usize,
     ) -> Result<BackbonePlan, ModelError> {
-        let model = parse(file, shape)?;
+        let order = graph_order(file, feeds);
+        let (model, _) = with_feeds(file, feeds, &order)?;
         let path = &file.path;
-        let batch_axis = shape.batched;
+        let batch_axis = feeds.iter().all(|f| f.shape.batched);
         let plan = guarded(path, "optimise the backbone plan", || {
-            let n = model.symbols.sym(&shape.batch_symbol);
-            let fact = InferenceFact::dt_shape(f32::datum_type(), shape.with_batch(n.to_dim()));
-            model.with_input_fact(0, fact)?.with_outputs_by_name([features])?.into_optimized()?.into_runnable()
+            model.with_outputs_by_name([features])?.into_optimized()?.into_runnable()
         })?;
         let fact = guarded(path, "read the features shape", || Ok(plan.model().output_fact(0)?.clone()))?;
         let rank = fact.shape.rank();
@@ -254,7 +302,7 @@ impl BackbonePlan {
                 ),
             });
         }
-        Ok(BackbonePlan { plan, shape: shape.clone(), batch_axis, features_width: width, layout })
+        Ok(BackbonePlan { plan, feeds: feeds.to_vec(), order, batch_axis, features_width: width, layout })
     }
 
     /// Width of the features of one sample.
@@ -262,25 +310,41 @@ impl BackbonePlan {
         self.features_width
     }
 
-    /// Features for `n` samples (row-major, `n × input width`), in batches of at most `batch`;
+    /// Features for `n` samples, in batches of at most `batch`: `inputs[f]` holds feed `f`'s
+    /// values for every sample (row-major, `n × its width`, in the caller's order of feeds);
     /// returns `n × features width`, one sample per row.
-    pub fn features(&self, inputs: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, ModelError> {
-        let w = self.shape.width();
-        if inputs.len() != n * w {
-            return Err(ModelError::Run(format!("{} input values for {n} samples of width {w}", inputs.len())));
+    pub fn features(&self, inputs: &[&[f32]], n: usize, batch: usize) -> Result<Vec<f32>, ModelError> {
+        if inputs.len() != self.feeds.len() {
+            return Err(ModelError::Run(format!("{} inputs for a model of {}", inputs.len(), self.feeds.len())));
+        }
+        for (f, values) in inputs.iter().enumerate() {
+            let w = self.feeds[f].shape.width();
+            if values.len() != n * w {
+                return Err(ModelError::Run(format!(
+                    "{} values of input `{}` for {n} samples of width {w}",
+                    values.len(),
+                    self.feeds[f].name
+                )));
+            }
         }
         let batch = if self.batch_axis { batch.max(1) } else { 1 };
         let f = self.features_width;
         let mut out = Vec::with_capacity(n * f);
         for start in (0..n).step_by(batch) {
             let b = batch.min(n - start);
-            let mut dims = self.shape.sample.clone();
-            if self.batch_axis {
-                dims.insert(0, b);
+            let mut values = TVec::new();
+            for &g in &self.order {
+                let shape = &self.feeds[g].shape;
+                let w = shape.width();
+                let mut dims = shape.sample.clone();
+                if self.batch_axis {
+                    dims.insert(0, b);
+                }
+                let x = Tensor::from_shape(&dims, &inputs[g][start * w..(start + b) * w])
+                    .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+                values.push(x.into());
             }
-            let x = Tensor::from_shape(&dims, &inputs[start * w..(start + b) * w])
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            let y = self.plan.run(tvec!(x.into())).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let y = self.plan.run(values).map_err(|e| ModelError::Run(format!("{e:#}")))?;
             let view = y[0].try_as_plain_ram().map_err(|e| ModelError::Run(format!("{e:#}")))?;
             let y = view.as_slice::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
             match self.layout {

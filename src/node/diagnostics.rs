@@ -9,7 +9,6 @@ use std::time::Instant;
 use crate::control::safety::INTERVENTIONS;
 use crate::control::stats::NodeStats;
 use crate::msg::{DiagnosticStatus, KeyValue};
-use crate::observe::EXTRACT_KINDS;
 use crate::record::Tap;
 use crate::stats::percentiles;
 
@@ -115,7 +114,7 @@ impl Reporter {
             };
             values.push(kv(&format!("input.{topic}.age_ms"), age));
             values.push(kv(&format!("input.{topic}.accepted"), input.accepted.load(Ordering::Relaxed)));
-            for (k, kind) in EXTRACT_KINDS.iter().enumerate() {
+            for (k, kind) in input.kinds.iter().enumerate() {
                 let n = input.rejected[k].load(Ordering::Relaxed);
                 if n > 0 {
                     values.push(kv(&format!("input.{topic}.rejected.{kind}"), n));

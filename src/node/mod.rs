@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub rate_hz: f64,
     /// Resolved observation topics, in manifest order.
     pub observation_topics: Vec<String>,
+    /// Resolved topic of each camera input.
+    pub image_topics: Vec<String>,
     /// Resolved action topic.
     pub action_topic: String,
     /// Resolved e-stop topic.
@@ -171,6 +173,7 @@ impl NodeConfig {
             inbox,
             rate_hz,
             observation_topics: m.observations.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
+            image_topics: m.images.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
             action_topic: topic(&m.action.topic)?,
             estop_topic: topic(&param::<String>(args, m, "estop_topic")?)?,
             estop_timeout,
@@ -271,12 +274,20 @@ impl RunningNode {
         let manifest = skill.manifest.clone();
         let label = format!("{} {}", manifest.name, manifest.version);
         let epoch = Instant::now();
-        let (writers, assembler) = observer::observer(&manifest.observations, manifest.control.history, epoch);
+        let observer::Observer { writers, image_writers, assembler } =
+            observer::observer(&manifest.observations, &manifest.images, manifest.control.history, epoch);
         let interventions = Arc::new(Counters::default());
-        let inputs = writers.iter().zip(&cfg.observation_topics).map(|(w, t)| (t.clone(), w.stats.clone())).collect();
+        let inputs = writers
+            .iter()
+            .map(|w| w.stats.clone())
+            .chain(image_writers.iter().map(|w| w.stats.clone()))
+            .zip(cfg.observation_topics.iter().chain(&cfg.image_topics))
+            .map(|(s, t)| (t.clone(), s))
+            .collect();
         let stats = Arc::new(NodeStats::new(inputs, interventions.clone()));
 
-        let channels = ChannelSpec::for_skill(&manifest, &cfg.observation_topics, &cfg.demo_action_topic);
+        let channels =
+            ChannelSpec::for_skill(&manifest, &cfg.observation_topics, &cfg.image_topics, &cfg.demo_action_topic);
         let action_type = channels[channels.len() - 1].type_name.clone();
         let mut metadata = BTreeMap::new();
         metadata.insert("skill".to_string(), manifest.name.clone());
@@ -300,7 +311,7 @@ impl RunningNode {
         .map_err(|e| NodeError::Thread("skillgraft-record", e))?;
         let tap = recorder.tap.clone();
 
-        let n_inputs = manifest.observations.len();
+        let n_inputs = manifest.observations.len() + manifest.images.len();
         for (i, ((mut writer, topic), input)) in
             writers.into_iter().zip(&cfg.observation_topics).zip(&manifest.observations).enumerate()
         {
@@ -313,6 +324,22 @@ impl RunningNode {
                 Box::new(move |s| {
                     let _ = writer.on_message(&s.cdr, s.arrived);
                     tap.offer(i, s);
+                }),
+            )?;
+        }
+        let first_image = manifest.observations.len();
+        for (i, ((mut writer, topic), input)) in
+            image_writers.into_iter().zip(&cfg.image_topics).zip(&manifest.images).enumerate()
+        {
+            let type_name = crate::msg::schema::full_type_name(&input.msg_type);
+            let tap = tap.clone();
+            transport.subscribe(
+                topic,
+                &type_name,
+                cfg.input_qos,
+                Box::new(move |s| {
+                    let _ = writer.on_message(&s.cdr, s.arrived);
+                    tap.offer(first_image + i, s);
                 }),
             )?;
         }

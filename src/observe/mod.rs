@@ -14,7 +14,8 @@ use triple_buffer::{Input, Output, triple_buffer};
 use crate::msg::cdr::{self, CdrError};
 use crate::msg::schema::{self, Selector};
 use crate::msg::*;
-use crate::skill::manifest::{ActionOutput, ObservationInput};
+use crate::skill::manifest::{ActionOutput, ImageInput, ObservationInput};
+use image::{IMAGE_KINDS, ImageError, ImagePipeline};
 
 /// Why a message gave no observation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -382,14 +383,40 @@ pub struct Reading {
 }
 
 /// Counters of one input, shared with diagnostics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InputStats {
     /// Messages that gave values.
     pub accepted: AtomicU64,
-    /// Messages rejected, by [`EXTRACT_KINDS`].
-    pub rejected: [AtomicU64; 4],
+    /// Names of the kinds of rejection ([`EXTRACT_KINDS`] or, for images, [`IMAGE_KINDS`]).
+    pub kinds: &'static [&'static str],
+    /// Messages rejected, by kind.
+    pub rejected: Box<[AtomicU64]>,
     /// Arrival of the last accepted message, ns since the node's epoch (0: none yet).
     pub last_ns: AtomicU64,
+}
+
+impl InputStats {
+    /// Zeroed counters for these kinds of rejection.
+    pub fn new(kinds: &'static [&'static str]) -> InputStats {
+        InputStats {
+            accepted: AtomicU64::new(0),
+            kinds,
+            rejected: kinds.iter().map(|_| AtomicU64::new(0)).collect(),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn accept(&self, arrived: Instant, epoch: Instant) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let ns = arrived.saturating_duration_since(epoch).as_nanos() as u64;
+        self.last_ns.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    fn reject(&self, kind: usize, topic: &str, e: &dyn std::fmt::Display) {
+        if self.rejected[kind].fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(topic = %topic, "observation rejected ({}): {e}; further ones of this kind are only counted", self.kinds[kind]);
+        }
+    }
 }
 
 /// The subscription side of one input: extracts each message and publishes it to the cell.
@@ -412,15 +439,42 @@ impl InputWriter {
             Ok(()) => {
                 buf.arrived = Some(arrived);
                 self.cell.publish();
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                let ns = arrived.saturating_duration_since(self.epoch).as_nanos() as u64;
-                self.stats.last_ns.store(ns.max(1), Ordering::Relaxed);
+                self.stats.accept(arrived, self.epoch);
                 Ok(())
             }
             Err(e) => {
-                if self.stats.rejected[e.kind()].fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(topic = %self.topic, "observation rejected ({}): {e}; further ones of this kind are only counted", EXTRACT_KINDS[e.kind()]);
-                }
+                self.stats.reject(e.kind(), &self.topic, &e);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The subscription side of one camera input: decodes and preprocesses each image into the
+/// model's tensor, off the control thread, and publishes it to the cell.
+pub struct ImageWriter {
+    pipeline: ImagePipeline,
+    cell: Input<Reading>,
+    /// Counters.
+    pub stats: Arc<InputStats>,
+    epoch: Instant,
+    topic: String,
+}
+
+impl ImageWriter {
+    /// Handles one image message as [`InputWriter::on_message`] handles numbers: a refused image
+    /// leaves the last good tensor in the cell (to go stale) and is counted by kind.
+    pub fn on_message(&mut self, bytes: &[u8], arrived: Instant) -> Result<(), ImageError> {
+        let buf = self.cell.input_buffer_mut();
+        match self.pipeline.process_cdr(bytes, &mut buf.values) {
+            Ok(()) => {
+                buf.arrived = Some(arrived);
+                self.cell.publish();
+                self.stats.accept(arrived, self.epoch);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.reject(e.kind(), &self.topic, &e);
                 Err(e)
             }
         }
@@ -444,6 +498,8 @@ pub enum NotReady {
 /// The control-thread side: latest values of every input, stacked into the policy input.
 pub struct Assembler {
     readers: Vec<Output<Reading>>,
+    images: Vec<Output<Reading>>,
+    image_max_age: Vec<Duration>,
     offsets: Vec<usize>,
     max_age: Vec<Duration>,
     frame_width: usize,
@@ -459,9 +515,41 @@ impl Assembler {
         self.frames.len()
     }
 
-    /// Ages of every input's last message at `now` (None: none yet).
+    /// Ages of every input's last message at `now`, the numeric inputs then the images (None:
+    /// none yet).
     pub fn ages(&mut self, now: Instant) -> impl Iterator<Item = Option<Duration>> + '_ {
-        self.readers.iter_mut().map(move |r| r.read().arrived.map(|t| now.saturating_duration_since(t)))
+        self.readers
+            .iter_mut()
+            .chain(self.images.iter_mut())
+            .map(move |r| r.read().arrived.map(|t| now.saturating_duration_since(t)))
+    }
+
+    /// The latest tensor of image input `i`, as the last `tick` or `peek` checked it.
+    pub fn image(&self, i: usize) -> &[f32] {
+        &self.images[i].output_buffer().values
+    }
+
+    /// When the latest tensor of image input `i` arrived.
+    pub fn image_arrived(&self, i: usize) -> Option<Instant> {
+        self.images[i].output_buffer().arrived
+    }
+
+    /// Number of image inputs.
+    pub fn image_count(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Takes each image's latest tensor; the first stale one is the error. Images are not stacked
+    /// into the history: a policy sees the latest frame.
+    fn fresh_images(&mut self, now: Instant) -> Result<(), NotReady> {
+        let n = self.readers.len();
+        for (i, r) in self.images.iter_mut().enumerate() {
+            let age = r.read().arrived.map(|t| now.saturating_duration_since(t));
+            if age.is_none_or(|a| a > self.image_max_age[i]) {
+                return Err(NotReady::Stale { input: n + i, age });
+            }
+        }
+        Ok(())
     }
 
     /// The stacked input as a tick at `now` would see it, without committing a frame: the last
@@ -479,6 +567,7 @@ impl Assembler {
             let at = newest + self.offsets[i];
             self.peeked[at..at + reading.values.len()].copy_from_slice(&reading.values);
         }
+        self.fresh_images(now)?;
         if self.filled + 1 < self.history {
             return Err(NotReady::Filling);
         }
@@ -502,6 +591,10 @@ impl Assembler {
             let at = newest + self.offsets[i];
             self.frames[at..at + reading.values.len()].copy_from_slice(&reading.values);
         }
+        if let Err(e) = self.fresh_images(now) {
+            self.filled = 0;
+            return Err(e);
+        }
         self.filled = (self.filled + 1).min(self.history);
         if self.filled < self.history {
             return Err(NotReady::Filling);
@@ -510,9 +603,20 @@ impl Assembler {
     }
 }
 
+/// The subscription side and the control-thread side of a manifest's inputs.
+pub struct Observer {
+    /// One per numeric input, for its subscription.
+    pub writers: Vec<InputWriter>,
+    /// One per camera input, for its subscription.
+    pub image_writers: Vec<ImageWriter>,
+    /// For the control thread (or the dataset's replay).
+    pub assembler: Assembler,
+}
+
 /// Writers (one per input, for the subscriptions) and the assembler (for the control thread)
-/// of a manifest's observation inputs. `epoch` is the node's clock origin for the counters.
-pub fn observer(inputs: &[ObservationInput], history: usize, epoch: Instant) -> (Vec<InputWriter>, Assembler) {
+/// of a manifest's numeric and camera inputs. `epoch` is the node's clock origin for the
+/// counters.
+pub fn observer(inputs: &[ObservationInput], cameras: &[ImageInput], history: usize, epoch: Instant) -> Observer {
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     let mut offsets = Vec::new();
@@ -524,11 +628,23 @@ pub fn observer(inputs: &[ObservationInput], history: usize, epoch: Instant) -> 
         offsets.push(offset);
         offset += extractor.width;
         max_age.push(Duration::from_secs_f64(input.max_age_ms / 1000.0));
-        writers.push(InputWriter { extractor, cell, stats: Arc::default(), epoch, topic: input.topic.clone() });
+        let stats = Arc::new(InputStats::new(&EXTRACT_KINDS));
+        writers.push(InputWriter { extractor, cell, stats, epoch, topic: input.topic.clone() });
         readers.push(reader);
+    }
+    let mut image_writers = Vec::new();
+    let mut images = Vec::new();
+    for camera in cameras {
+        let (cell, reader) = triple_buffer(&Reading { values: vec![0.0; camera.tensor_len()], arrived: None });
+        let stats = Arc::new(InputStats::new(&IMAGE_KINDS));
+        let pipeline = ImagePipeline::new(camera);
+        image_writers.push(ImageWriter { pipeline, cell, stats, epoch, topic: camera.topic.clone() });
+        images.push(reader);
     }
     let assembler = Assembler {
         readers,
+        images,
+        image_max_age: cameras.iter().map(|c| Duration::from_secs_f64(c.max_age_ms / 1000.0)).collect(),
         offsets,
         max_age,
         frame_width: offset,
@@ -537,7 +653,7 @@ pub fn observer(inputs: &[ObservationInput], history: usize, epoch: Instant) -> 
         peeked: vec![0.0; offset * history],
         filled: 0,
     };
-    (writers, assembler)
+    Observer { writers, image_writers, assembler }
 }
 
 #[cfg(test)]
@@ -626,7 +742,7 @@ mod tests {
     fn assembler_stacks_history_oldest_first_and_reports_staleness() {
         let epoch = Instant::now();
         let inputs = [input(Point::TYPE, &["x"], &[], 100.0), input(Vector3::TYPE, &["y"], &[], 100.0)];
-        let (mut writers, mut a) = observer(&inputs, 2, epoch);
+        let Observer { mut writers, assembler: mut a, .. } = observer(&inputs, &[], 2, epoch);
         let t0 = Instant::now();
         assert_eq!(a.tick(t0), Err(NotReady::Stale { input: 0, age: None }));
         let point = |x: f64| cdr::encode(&Point { x, y: 0.0, z: 0.0 }).unwrap();

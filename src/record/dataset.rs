@@ -5,6 +5,7 @@
 //! counted. Episode boundaries are kept, so adaptation can hold out whole episodes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::episode::{self, EpisodeError, EpisodeFile};
@@ -25,6 +26,8 @@ pub struct Sample {
     pub raw_observation: Vec<f32>,
     /// The demonstrated action in the robot's units.
     pub raw_action: Vec<f32>,
+    /// The preprocessed tensor of each camera input (shared by the samples that saw one image).
+    pub images: Vec<Arc<[f32]>>,
 }
 
 /// One episode's samples and what was dropped.
@@ -72,14 +75,19 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
     let mismatch = |problem: String| DatasetError::Mismatch { path: file.path.clone(), problem };
     let mut out = Vec::new();
     let mut seen_inputs = vec![false; m.observations.len()];
+    let mut seen_images = vec![false; m.images.len()];
     let mut seen_action = false;
     for c in &file.channels {
         let role = if let Some(i) = c.role.strip_prefix("observation.").and_then(|i| i.parse::<usize>().ok()) {
             Some(Role::Input(i))
+        } else if let Some(i) = c.role.strip_prefix("image.").and_then(|i| i.parse::<usize>().ok()) {
+            Some(Role::Image(i))
         } else if c.role == "action" {
             Some(Role::Action)
         } else if let Some(i) = m.observations.iter().position(|o| o.topic == c.topic) {
             Some(Role::Input(i))
+        } else if let Some(i) = m.images.iter().position(|o| o.topic == c.topic) {
+            Some(Role::Image(i))
         } else if m.action.topic == c.topic {
             Some(Role::Action)
         } else {
@@ -95,6 +103,17 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
                     ))
                 })?;
                 seen_inputs[i] = true;
+                Some(full_type_name(&o.msg_type))
+            }
+            Some(Role::Image(i)) => {
+                let o = m.images.get(i).ok_or_else(|| {
+                    mismatch(format!(
+                        "channel `{}` is image {i}, but the skill has {} cameras",
+                        c.topic,
+                        m.images.len()
+                    ))
+                })?;
+                seen_images[i] = true;
                 Some(full_type_name(&o.msg_type))
             }
             Some(Role::Action) => {
@@ -119,6 +138,12 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
             m.observations[i].topic, m.name
         )));
     }
+    if let Some(i) = seen_images.iter().position(|s| !s) {
+        return Err(mismatch(format!(
+            "no channel for camera {i} (`{}`) of skill `{}`; record the camera topic with the demonstrations",
+            m.images[i].topic, m.name
+        )));
+    }
     if !seen_action {
         return Err(mismatch(format!("no demonstration action channel for skill `{}`", m.name)));
     }
@@ -128,6 +153,7 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Input(usize),
+    Image(usize),
     Action,
 }
 
@@ -183,7 +209,10 @@ pub fn pair(file: episode::EpisodeFile, m: &Manifest) -> Result<Episode, Dataset
     let t0 = messages.first().map(|r| r.log_time).unwrap_or(0);
     let epoch = Instant::now();
     let at = |ns: u64| epoch + Duration::from_nanos(ns.saturating_sub(t0));
-    let (mut writers, mut assembler) = observe::observer(&m.observations, m.control.history, epoch);
+    let observe::Observer { mut writers, mut image_writers, mut assembler } =
+        observe::observer(&m.observations, &m.images, m.control.history, epoch);
+    // One shared copy of each camera tensor for the samples that saw it.
+    let mut shared: Vec<(Option<Instant>, Arc<[f32]>)> = m.images.iter().map(|_| (None, Arc::from(&[][..]))).collect();
     let action_fields = Extractor::for_action(&m.action);
     let norm = m.normaliser();
     let period = (1e9 / m.control.rate_hz).max(1.0) as u64;
@@ -210,6 +239,10 @@ pub fn pair(file: episode::EpisodeFile, m: &Manifest) -> Result<Episode, Dataset
                 ep.rejected += 1;
             }
             Some(Role::Input(_)) => {}
+            Some(Role::Image(i)) if image_writers[i].on_message(&msg.data, at(msg.log_time)).is_err() => {
+                ep.rejected += 1;
+            }
+            Some(Role::Image(_)) => {}
             Some(Role::Action) => {
                 ep.actions += 1;
                 if action_fields.extract_cdr(&msg.data, &mut action).is_err() {
@@ -225,12 +258,20 @@ pub fn pair(file: episode::EpisodeFile, m: &Manifest) -> Result<Episode, Dataset
                         }
                         let mut target = vec![0.0f32; action.len()];
                         norm.action_to_policy(&action_f64, &mut target);
+                        let raw_observation = raw.to_vec();
+                        for (i, (arrived, tensor)) in shared.iter_mut().enumerate() {
+                            if *arrived != assembler.image_arrived(i) {
+                                *arrived = assembler.image_arrived(i);
+                                *tensor = Arc::from(assembler.image(i));
+                            }
+                        }
                         ep.samples.push(Sample {
                             t: (msg.log_time - t0) as f64 * 1e-9,
                             observation,
                             action: target,
-                            raw_observation: raw.to_vec(),
+                            raw_observation,
                             raw_action: action.clone(),
+                            images: shared.iter().map(|(_, t)| t.clone()).collect(),
                         });
                     }
                     Err(_) => ep.stale += 1,

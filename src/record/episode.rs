@@ -63,8 +63,14 @@ pub struct ChannelSpec {
 
 impl ChannelSpec {
     /// The channels an episode of the skill `m` records: each observation input on its topic in
-    /// `observation_topics` (`observation.<i>`), and the demonstrated actions on `action_topic`.
-    pub fn for_skill(m: &Manifest, observation_topics: &[String], action_topic: &str) -> Vec<ChannelSpec> {
+    /// `observation_topics` (`observation.<i>`), its cameras on `image_topics` (`image.<i>`), and
+    /// the demonstrated actions on `action_topic`.
+    pub fn for_skill(
+        m: &Manifest,
+        observation_topics: &[String],
+        image_topics: &[String],
+        action_topic: &str,
+    ) -> Vec<ChannelSpec> {
         let mut channels: Vec<ChannelSpec> = observation_topics
             .iter()
             .zip(&m.observations)
@@ -75,6 +81,11 @@ impl ChannelSpec {
                 role: format!("observation.{i}"),
             })
             .collect();
+        channels.extend(image_topics.iter().zip(&m.images).enumerate().map(|(i, (topic, o))| ChannelSpec {
+            topic: topic.clone(),
+            type_name: crate::msg::schema::full_type_name(&o.msg_type),
+            role: format!("image.{i}"),
+        }));
         channels.push(ChannelSpec {
             topic: action_topic.to_string(),
             type_name: crate::msg::schema::full_type_name(&m.action.msg_type),
@@ -86,7 +97,14 @@ impl ChannelSpec {
 
 /// Types whose first field is a std_msgs/Header, so the publish time can be read from the stamp.
 fn has_header(type_name: &str) -> bool {
-    matches!(type_name, "sensor_msgs/msg/JointState" | "sensor_msgs/msg/Imu" | "trajectory_msgs/msg/JointTrajectory")
+    matches!(
+        type_name,
+        "sensor_msgs/msg/JointState"
+            | "sensor_msgs/msg/Imu"
+            | "trajectory_msgs/msg/JointTrajectory"
+            | "sensor_msgs/msg/Image"
+            | "sensor_msgs/msg/CompressedImage"
+    )
 }
 
 /// The header stamp of a CDR message that starts with a std_msgs/Header, in ns (0 when unset).

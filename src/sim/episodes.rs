@@ -177,7 +177,7 @@ pub fn manifest(name: &str, source: &str, s: &Scaling) -> Manifest {
 fn channels() -> Vec<ChannelSpec> {
     let m = manifest("sim", "sim", &Scaling::identity());
     let topics: Vec<String> = m.observations.iter().map(|o| o.topic.clone()).collect();
-    ChannelSpec::for_skill(&m, &topics, &m.action.topic)
+    ChannelSpec::for_skill(&m, &topics, &[], &m.action.topic)
 }
 
 /// Why a simulated demonstration could not be recorded.

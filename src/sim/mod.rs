@@ -180,6 +180,11 @@ impl Arm {
         (p, self.qd)
     }
 
+    /// The true joint angles (what a camera sees, unlike the encoders).
+    pub fn angles(&self) -> [f64; JOINTS] {
+        self.q
+    }
+
     /// Where the tip is.
     pub fn tip(&self) -> [f64; 2] {
         self.robot.tip(&self.q)

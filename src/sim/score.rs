@@ -1,39 +1,177 @@
-//! Scoring a skill on a simulated arm: each tick its action goes through the safety filter as the
-//! node configures it, and a reach counts by its final distance. The reaches scored and the ones
-//! demonstrated never overlap.
+//! Scoring a skill on a simulated arm, the way the node runs it: each tick the arm's messages (joint
+//! states, the target, the camera's image) go through the skill's observer as a subscription would
+//! hand them over (extraction, image preprocessing, staleness), the policy runs, its action goes
+//! through the safety filter as the node configures it, and a reach counts by its final distance.
+//! The reaches scored and the ones demonstrated never overlap.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{JOINTS, Robot, Score, Task};
-use crate::control::safety::{Counters, SafetyFilter};
+use super::episodes::{CAMERA_TOPIC, JOINT_TOPIC, TARGET_TOPIC, camera_image, joint_state, target};
+use super::{Arm, EPISODE_TICKS, JOINTS, RATE_HZ, Robot, Score, Task};
+use crate::control::safety::{Counters, INTERVENTIONS, Intervention, SafetyFilter};
+use crate::msg::cdr;
 use crate::node::NodeConfig;
+use crate::observe::{self, Observer};
 use crate::ros::args::{ArgsError, RosArgs};
 use crate::skill::Skill;
+use crate::skill::manifest::MAX_IMAGES;
 
-/// Scores `skill` on `robot`: each tick the skill's action goes through the safety filter
-/// configured as the node configures it (without blend-in), as the node sends it.
-pub fn score_skill(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Score, ArgsError> {
-    let args = RosArgs::parse(&["--ros-args".into(), "-p".into(), "blend_s:=0.0".into()], &[], "score")?;
+/// Why a skill cannot be scored on a simulated arm.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The node's settings for the skill do not parse.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// The skill reads a topic the simulated arms do not publish.
+    #[error(
+        "the skill reads `{topic}`, which the simulated arms do not publish; they publish {JOINT_TOPIC} (JointState), {TARGET_TOPIC} (Point) and {CAMERA_TOPIC} (Image, rgb8): remap the skill's inputs onto them"
+    )]
+    Topic {
+        /// The topic.
+        topic: String,
+    },
+    /// The skill's action is not the arms' joint velocity command.
+    #[error("the skill's action has {width} values; the simulated arms take {JOINTS} joint velocities")]
+    Action {
+        /// The skill's action width.
+        width: usize,
+    },
+    /// A message could not be encoded.
+    #[error("cannot encode a simulated message: {0}")]
+    Encode(#[from] cdr::CdrError),
+}
+
+/// What a closed-loop evaluation measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// Success and final distance.
+    pub score: Score,
+    /// Final tip distance of each reach, m.
+    pub distances: Vec<f64>,
+    /// Interventions of the safety filter over all reaches, by kind.
+    pub interventions: BTreeMap<String, u64>,
+    /// Messages the skill's observer refused, by input topic.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// Which simulated topic feeds each numeric input, then each camera.
+enum Source {
+    Joints,
+    Target,
+    Camera,
+}
+
+fn source(topic: &str) -> Result<Source, EvalError> {
+    match topic {
+        JOINT_TOPIC => Ok(Source::Joints),
+        TARGET_TOPIC => Ok(Source::Target),
+        CAMERA_TOPIC => Ok(Source::Camera),
+        other => Err(EvalError::Topic { topic: other.to_string() }),
+    }
+}
+
+/// Scores `skill` on `robot` over `tasks`, closed loop, as the node would run it (see the module
+/// documentation); the safety filter is configured as the node configures it, without blend-in.
+pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Evaluation, EvalError> {
+    let args = RosArgs::parse(&["--ros-args".into(), "-p".into(), "blend_s:=0.0".into()], &[], "eval")?;
     let cfg = NodeConfig::new(&skill.manifest, &args)?.safety;
-    let distances: Vec<f64> = tasks
-        .iter()
-        .map(|task| {
-            // A fresh filter per reach: each starts with the robot at rest, as after a reset.
-            let mut filter = SafetyFilter::new(cfg.clone(), Arc::new(Counters::default()));
-            let mut out = vec![0.0; JOINTS];
-            let mut controller = |obs: &[f64]| {
-                match skill.step(obs) {
-                    Ok((_, action)) => {
-                        filter.filter(&action, &mut out);
-                    }
-                    Err(_) => out.iter_mut().for_each(|v| *v = 0.0),
+    let m = skill.manifest.clone();
+    if m.action_width() != JOINTS {
+        return Err(EvalError::Action { width: m.action_width() });
+    }
+    let numeric: Vec<Source> = m.observations.iter().map(|o| source(&o.topic)).collect::<Result<_, _>>()?;
+    for im in &m.images {
+        if !matches!(source(&im.topic)?, Source::Camera) {
+            return Err(EvalError::Topic { topic: im.topic.clone() });
+        }
+    }
+    let norm = m.normaliser();
+    let counters = Arc::new(Counters::default());
+    let period = Duration::from_secs_f64(1.0 / RATE_HZ);
+    let mut distances = Vec::with_capacity(tasks.len());
+    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut frame = camera_image(&robot.camera, 0);
+    let mut input = vec![0.0f32; m.input_width()];
+    let mut raw = vec![0.0f32; m.action_width()];
+    let mut proposal = vec![0.0f64; m.action_width()];
+    let mut out = vec![0.0f64; m.action_width()];
+    for task in tasks {
+        // A fresh observer and filter per reach: each starts with the robot at rest, as after a
+        // reset, and nothing of the last reach is fresh.
+        let epoch = Instant::now();
+        let Observer { mut writers, mut image_writers, mut assembler } =
+            observe::observer(&m.observations, &m.images, m.control.history, epoch);
+        let mut filter = SafetyFilter::new(cfg.clone(), counters.clone());
+        let mut arm = Arm::new(robot.clone(), task.start);
+        for k in 0..EPISODE_TICKS {
+            let now = epoch + period * k as u32;
+            let stamp = (now - epoch).as_nanos() as u64;
+            let (p, v) = arm.measured();
+            let joints = cdr::encode(&joint_state(&p, &v, stamp))?;
+            let goal = cdr::encode(&target(task.target))?;
+            for (w, src) in writers.iter_mut().zip(&numeric) {
+                let bytes = if matches!(src, Source::Joints) { &joints } else { &goal };
+                let _ = w.on_message(bytes, now);
+            }
+            if !image_writers.is_empty() {
+                frame.header.stamp = super::episodes::time(stamp);
+                robot
+                    .camera
+                    .render(robot, &arm.angles(), task.target, &mut frame.data)
+                    .map_err(|e| cdr::CdrError::Encode(format!("the camera frame does not fit its buffer: {e}")))?;
+                let bytes = cdr::encode(&frame)?;
+                for w in &mut image_writers {
+                    let _ = w.on_message(&bytes, now);
                 }
-                out.clone()
+            }
+            let publish = match assembler.tick(now + Duration::from_micros(100)) {
+                Err(_) => filter.safe(Intervention::Stale, &mut out),
+                Ok(obs) => {
+                    norm.input(obs, &mut input);
+                    let mut feeds: [&[f32]; 1 + MAX_IMAGES] = [&[]; 1 + MAX_IMAGES];
+                    feeds[0] = &input;
+                    let n = 1 + assembler.image_count();
+                    for (i, feed) in feeds[1..n].iter_mut().enumerate() {
+                        *feed = assembler.image(i);
+                    }
+                    match skill.model.control.step(&feeds[..n], &mut raw) {
+                        Err(_) => filter.safe(Intervention::Failure, &mut out),
+                        Ok(()) => {
+                            norm.action_to_robot(&raw, &mut proposal);
+                            filter.filter(&proposal, &mut out)
+                        }
+                    }
+                }
             };
-            super::reach(robot, task, &mut controller, &mut |_, _, _| {}).final_distance
-        })
+            // Nothing published: the arm's controller keeps no command (zero velocity).
+            let command: [f64; JOINTS] = if publish { [out[0], out[1], out[2]] } else { [0.0; JOINTS] };
+            arm.step(&command, period.as_secs_f64());
+        }
+        let tip = arm.tip();
+        distances.push(((tip[0] - task.target[0]).powi(2) + (tip[1] - task.target[1]).powi(2)).sqrt());
+        for (stats, topic) in writers
+            .iter()
+            .map(|w| &w.stats)
+            .zip(m.observations.iter().map(|o| &o.topic))
+            .chain(image_writers.iter().map(|w| &w.stats).zip(m.images.iter().map(|o| &o.topic)))
+        {
+            let n: u64 = stats.rejected.iter().map(|r| r.load(std::sync::atomic::Ordering::Relaxed)).sum();
+            *rejected.entry(topic.clone()).or_default() += n;
+        }
+    }
+    let interventions = INTERVENTIONS
+        .iter()
+        .enumerate()
+        .map(|(k, name)| (name.to_string(), counters.0[k].load(std::sync::atomic::Ordering::Relaxed)))
         .collect();
-    Ok(Score::of(&distances))
+    Ok(Evaluation { score: Score::of(&distances), distances, interventions, rejected })
+}
+
+/// The success and final distance of `skill` on `robot` over `tasks` (see [`evaluate`]).
+pub fn score_skill(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Score, EvalError> {
+    Ok(evaluate(skill, robot, tasks)?.score)
 }
 
 /// Demonstration reaches for `seed`: never the scored ones (those come from seed 0).

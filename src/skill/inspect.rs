@@ -89,6 +89,9 @@ pub struct ModelReport {
     pub input: String,
     /// Input shape as declared.
     pub input_shape: Vec<String>,
+    /// The image inputs: name and shape as declared.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_inputs: Vec<(String, Vec<String>)>,
     /// Output name.
     pub output: String,
     /// Output width.
@@ -224,8 +227,9 @@ pub fn model_report(model: &Model) -> ModelReport {
         file: model.file.path.display().to_string(),
         producer: format!("{} {}", p.producer_name, p.producer_version).trim().to_string(),
         opset: model.file.opset(),
-        input: model.input.clone(),
-        input_shape: model.input_shape.declared.clone(),
+        input: model.input().name.clone(),
+        input_shape: model.input().shape.declared.clone(),
+        image_inputs: model.feeds[1..].iter().map(|f| (f.name.clone(), f.shape.declared.clone())).collect(),
         output: model.output.clone(),
         output_width: head.out_dim(),
         backbone: BackboneReport {
@@ -280,12 +284,11 @@ pub fn onnx_report(
     };
     let inputs: Vec<(String, Vec<String>)> = ix.inputs().iter().map(|i| (i.name.clone(), declared_shape(i))).collect();
     if let Some(features) = features {
-        let input = match inputs.as_slice() {
-            [(name, _)] => name.clone(),
-            _ => String::new(),
-        };
+        let (numeric, images) = super::split_inputs(&file)?;
+        let feeds: Vec<&str> =
+            std::iter::once(numeric.as_str()).chain(images.iter().map(|i| i.input.as_str())).collect();
         drop(ix);
-        let model = Model::load(file, &input, &output, features)?;
+        let model = Model::load(file, &feeds, &output, features)?;
         return Ok(Ok(model_report(&model)));
     }
     let (splits, stops_because) = Head::split_candidates(&ix, &output);

@@ -122,6 +122,8 @@ pub struct ObservationInput {
 
 /// The image message types an `[[image]]` input may name.
 pub const IMAGE_TYPES: [&str; 2] = ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"];
+/// Most camera inputs a skill may have (the control tick feeds them from a fixed array).
+pub const MAX_IMAGES: usize = 7;
 /// Largest model image side, pixels.
 pub const MAX_IMAGE_SIDE: usize = 4096;
 /// Default for the largest camera image accepted, pixels (an 8K frame is 33 MP).
@@ -546,6 +548,12 @@ impl Manifest {
                 ));
             }
         }
+        if self.images.len() > MAX_IMAGES {
+            return Err(err(
+                "image",
+                format!("{} camera inputs; a skill may have at most {MAX_IMAGES}", self.images.len()),
+            ));
+        }
         for (i, im) in self.images.iter().enumerate() {
             let at = |f: &str| format!("image[{i}].{f}");
             check_image(im).map_err(|(f, j, m)| err(&index(&at(f), j), m))?;
@@ -962,5 +970,67 @@ safe = "hold"
         let text = ARM.split("[[observation]]").next().unwrap().to_string() + &ARM[ARM.find("[action]").unwrap()..];
         let e = parse(&text).unwrap_err();
         assert_eq!(e.field, "observation");
+    }
+    const CAMERA: &str = r#"
+[[image]]
+topic = "/camera/image_raw"
+type = "sensor_msgs/msg/Image"
+input = "image"
+width = 64
+height = 48
+channels = "rgb"
+crop = "center"
+scale = 0.00392156862745098
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+max_age_ms = 100.0
+"#;
+
+    fn with_camera(edit: (&str, &str)) -> Result<Manifest, ManifestError> {
+        let at = ARM.find("[action]").unwrap();
+        assert!(CAMERA.contains(edit.0), "{}", edit.0);
+        parse(&format!("{}{}\n{}", &ARM[..at], CAMERA.replacen(edit.0, edit.1, 1), &ARM[at..]))
+    }
+
+    #[test]
+    fn an_image_table_reads_with_defaults_and_round_trips() {
+        let m = with_camera(("", "")).unwrap();
+        let im = &m.images[0];
+        assert_eq!((im.resize, im.crop, im.layout), (Resize::Bilinear, Crop::Centre, ImageLayout::Nchw));
+        assert_eq!((im.dims(), im.tensor_len(), im.max_pixels), ([1, 3, 48, 64], 3 * 48 * 64, DEFAULT_MAX_PIXELS));
+        assert_eq!(parse(&m.to_toml()).unwrap(), m);
+    }
+
+    #[test]
+    fn each_image_mistake_names_its_field() {
+        let cases: &[((&str, &str), &str, &str)] = &[
+            (("sensor_msgs/msg/Image", "sensor_msgs/msg/JointState"), "image[0].type", "not an image type"),
+            (("input = \"image\"", "input = \"obs\""), "image[0].input", "fed already"),
+            (("input = \"image\"", "input = \"\""), "image[0].input", "is empty"),
+            (("width = 64", "width = 0"), "image[0].width", "1 to 4096"),
+            (("height = 48", "height = 5000"), "image[0].height", "1 to 4096"),
+            (("channels = \"rgb\"", "channels = \"rgba\""), "(syntax)", "unknown variant"),
+            (
+                ("channels = \"rgb\"", "channels = \"rgb\"\nencodings = [\"32FC1\"]"),
+                "image[0].encodings",
+                "does not convert",
+            ),
+            (("mean = [0.5, 0.5, 0.5]", "mean = [0.5]"), "image[0].mean", "3 channel(s)"),
+            (("std = [0.25, 0.25, 0.25]", "std = [0.25, 0.0, 0.25]"), "image[0].std[1]", "above 0"),
+            (("scale = 0.00392156862745098", "scale = -1.0"), "image[0].scale", "above 0"),
+            (("max_age_ms = 100.0", "max_age_ms = nan"), "image[0].max_age_ms", "usable age"),
+        ];
+        for (edit, field, text) in cases {
+            let e = with_camera(*edit).unwrap_err();
+            assert_eq!(&e.field, field, "{e}");
+            assert!(e.problem.contains(text), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_camera_declared_as_numbers_is_pointed_at_the_image_table() {
+        let e = problem(("type = \"geometry_msgs/msg/Point\"", "type = \"sensor_msgs/msg/CompressedImage\""));
+        assert_eq!(e.field, "observation[1].type");
+        assert!(e.problem.contains("[[image]]"), "{e}");
     }
 }

@@ -119,10 +119,26 @@ impl Skill {
         };
         let file = OnnxFile::decode(&model_path, model_bytes).map_err(in_skill)?;
         let m = &manifest.model;
-        let model = Model::load(file, &m.input, &m.output, &m.features).map_err(in_skill)?;
+        let feeds: Vec<&str> =
+            std::iter::once(m.input.as_str()).chain(manifest.images.iter().map(|i| i.input.as_str())).collect();
+        let model = Model::load(file, &feeds, &m.output, &m.features).map_err(in_skill)?;
         let mismatch =
             |field: &str, problem: String| ManifestError { file: manifest_path.clone(), field: field.into(), problem };
-        let model_in = model.input_shape.width();
+        for (i, (im, feed)) in manifest.images.iter().zip(&model.feeds[1..]).enumerate() {
+            let want = im.dims();
+            let got = &feed.shape.sample;
+            if got.as_slice() != &want[1..] {
+                return Err(mismatch(
+                    &format!("image[{i}]"),
+                    format!(
+                        "the model input `{}` takes images of {:?} per sample (declared {:?}), but width {}, height {}, {:?} channels and layout {:?} make {:?}; set them to the model's",
+                        im.input, got, feed.shape.declared, im.width, im.height, im.channels, im.layout, &want[1..]
+                    ),
+                )
+                .into());
+            }
+        }
+        let model_in = model.input().shape.width();
         if model_in != manifest.input_width() {
             let parts: Vec<String> =
                 manifest.observation_slots().iter().map(|s| format!("{} {}", s.topic, s.width())).collect();
@@ -131,7 +147,7 @@ impl Skill {
                 format!(
                     "the model input `{}` takes {model_in} values per sample (shape {:?}) but the observations give {} (history {} x frame {} = {}); make the fields select {} values per frame, or fix control.history",
                     m.input,
-                    model.input_shape.declared,
+                    model.input().shape.declared,
                     manifest.input_width(),
                     manifest.control.history,
                     manifest.frame_width(),
@@ -157,9 +173,10 @@ impl Skill {
         Ok(Skill { dir: dir.to_path_buf(), manifest, model, digest })
     }
 
-    /// Normalises an observation, runs the control plan and de-normalises the action.
-    /// Returns the raw (normalised) and the de-normalised action.
-    pub fn step(&mut self, observation: &[f64]) -> Result<(Vec<f32>, Vec<f64>), SkillError> {
+    /// Normalises an observation, runs the control plan and de-normalises the action. `images`
+    /// holds one preprocessed tensor per `[[image]]` input (see `observe::image`). Returns the raw
+    /// (normalised) and the de-normalised action.
+    pub fn step(&mut self, observation: &[f64], images: &[&[f32]]) -> Result<(Vec<f32>, Vec<f64>), SkillError> {
         let want = self.manifest.input_width();
         if observation.len() != want {
             return Err(SkillError::Observation(format!(
@@ -175,12 +192,31 @@ impl Skill {
                 observation[i]
             )));
         }
+        if images.len() != self.manifest.images.len() {
+            return Err(SkillError::Observation(format!(
+                "the skill takes {} image(s), got {}",
+                self.manifest.images.len(),
+                images.len()
+            )));
+        }
+        for (i, (im, t)) in self.manifest.images.iter().zip(images).enumerate() {
+            if t.len() != im.tensor_len() {
+                return Err(SkillError::Observation(format!(
+                    "image {i} ({}) has {} values; the model takes {:?} = {}",
+                    im.topic,
+                    t.len(),
+                    im.dims(),
+                    im.tensor_len()
+                )));
+            }
+        }
         let norm = self.manifest.normaliser();
         let raw_obs: Vec<f32> = observation.iter().map(|&v| v as f32).collect();
         let mut obs = vec![0.0f32; raw_obs.len()];
         norm.input(&raw_obs, &mut obs);
+        let feeds: Vec<&[f32]> = std::iter::once(obs.as_slice()).chain(images.iter().copied()).collect();
         let mut raw = vec![0.0f32; self.manifest.action_width()];
-        self.model.control.step(&obs, &mut raw)?;
+        self.model.control.step(&feeds, &mut raw)?;
         let mut action = vec![0.0f64; raw.len()];
         norm.action_to_robot(&raw, &mut action);
         Ok((raw, action))
@@ -225,7 +261,10 @@ impl Skill {
         let m = &self.manifest;
         let frame: Vec<f64> = m.observations.iter().flat_map(|o| o.mean.iter().copied()).collect();
         let obs: Vec<f64> = (0..m.control.history).flat_map(|_| frame.iter().copied()).collect();
-        let (_, action) = self.step(&obs).map_err(|e| SmokeError::Failed(Box::new(e)))?;
+        // Zero tensors: every image at its normalisation mean.
+        let images: Vec<Vec<f32>> = m.images.iter().map(|i| vec![0.0; i.tensor_len()]).collect();
+        let images: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+        let (_, action) = self.step(&obs, &images).map_err(|e| SmokeError::Failed(Box::new(e)))?;
         if action.iter().all(|v| v.is_finite()) { Ok(()) } else { Err(SmokeError::NotFinite) }
     }
 }
@@ -298,34 +337,82 @@ pub fn write_skill(out: &Path, manifest: &Manifest, model_bytes: &[u8]) -> Resul
     Ok(Skill { dir: out.to_path_buf(), ..skill })
 }
 
+/// The graph's numeric observation input and an `[[image]]` skeleton for each image input (rank
+/// 4 with 1 or 3 channels, NCHW or NHWC): images on `~/image` (`~/image_1`, ...), 8-bit values
+/// scaled to 0..1, identity mean and std.
+pub fn split_inputs(file: &OnnxFile) -> Result<(String, Vec<manifest::ImageInput>), SkillError> {
+    use manifest::{Channels, Crop, ImageInput, ImageLayout, Resize};
+    let ix = file.index();
+    let mut numeric = Vec::new();
+    let mut images = Vec::new();
+    for feed in ix.inputs() {
+        let dims: Vec<Option<usize>> =
+            crate::model::onnx::declared_shape(feed).iter().map(|d| d.parse().ok()).collect();
+        let layout = match dims.as_slice() {
+            [_, Some(1 | 3), Some(h), Some(w)] if *h > 4 && *w > 4 => Some((ImageLayout::Nchw, dims[1], *h, *w)),
+            [_, Some(h), Some(w), Some(1 | 3)] if *h > 4 && *w > 4 => Some((ImageLayout::Nhwc, dims[3], *h, *w)),
+            _ => None,
+        };
+        match layout {
+            Some((layout, c, height, width)) => {
+                let channels = if c == Some(3) { Channels::Rgb } else { Channels::Mono };
+                let n = channels.count();
+                let topic = if images.is_empty() { "~/image".to_string() } else { format!("~/image_{}", images.len()) };
+                images.push(ImageInput {
+                    topic,
+                    msg_type: "sensor_msgs/msg/Image".into(),
+                    input: feed.name.clone(),
+                    width,
+                    height,
+                    channels,
+                    encodings: vec![],
+                    resize: Resize::Bilinear,
+                    crop: Crop::None,
+                    scale: 1.0 / 255.0,
+                    mean: vec![0.0; n],
+                    std: vec![1.0; n],
+                    layout,
+                    max_age_ms: 200.0,
+                    max_pixels: manifest::DEFAULT_MAX_PIXELS,
+                });
+            }
+            None => numeric.push(feed.name.clone()),
+        }
+    }
+    match numeric.as_slice() {
+        [one] => Ok((one.clone(), images)),
+        many => {
+            let names: Vec<String> =
+                ix.inputs().iter().map(|i| format!("{} {:?}", i.name, crate::model::onnx::declared_shape(i))).collect();
+            Err(ModelError::Shape {
+                path: file.path.clone(),
+                subject: crate::model::Subject::Input,
+                problem: format!(
+                    "the graph has {} numeric inputs besides its images (inputs: {}); skillgraft feeds one observation vector (rank 1 or 2) and any number of images (rank 4, NCHW or NHWC with 1 or 3 channels): export the policy so",
+                    many.len(),
+                    names.join(", ")
+                ),
+            }
+            .into())
+        }
+    }
+}
+
 /// A manifest skeleton for any ONNX model: one array observation input and one array action
 /// output of the model's widths, identity normalisation, default topics and no limits yet.
 pub fn skeleton(onnx: &Path, features: &str, output: Option<&str>) -> Result<(Manifest, Vec<u8>), SkillError> {
     let file = OnnxFile::read(onnx)?;
     let ix = file.index();
-    let input = match ix.inputs().as_slice() {
-        [one] => one.name.clone(),
-        many => {
-            let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
-            return Err(ModelError::Shape {
-                path: onnx.to_path_buf(),
-                subject: crate::model::Subject::Input,
-                problem: format!(
-                    "the graph has {} inputs ({}); skillgraft feeds exactly one observation tensor",
-                    names.len(),
-                    names.join(", ")
-                ),
-            }
-            .into());
-        }
-    };
+    let (input, images) = split_inputs(&file)?;
     let output = match output {
         Some(o) => o.to_string(),
         None => ix.graph.output[0].name.clone(),
     };
+    drop(ix);
     let bytes = file.inlined()?;
-    let model = Model::load(file, &input, &output, features)?;
-    let in_width = model.input_shape.width();
+    let feeds: Vec<&str> = std::iter::once(input.as_str()).chain(images.iter().map(|i| i.input.as_str())).collect();
+    let model = Model::load(file, &feeds, &output, features)?;
+    let in_width = model.input().shape.width();
     let out_width = model.control.output_width();
     let stem = onnx.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name: String =
@@ -352,7 +439,7 @@ pub fn skeleton(onnx: &Path, features: &str, output: Option<&str>) -> Result<(Ma
         },
         model: ModelSection { file: "policy.onnx".into(), input, output, features: features.to_string() },
         control: Control { rate_hz: 50.0, history: 1 },
-        images: vec![],
+        images,
         observations: vec![ObservationInput {
             topic: "~/observation".into(),
             msg_type: "std_msgs/msg/Float64MultiArray".into(),

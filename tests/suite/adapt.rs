@@ -24,7 +24,7 @@ use crate::common::{example, teacher};
 fn episode(dir: &Path, id: &str, expert: &mut Skill, seed: u64, n: usize) -> PathBuf {
     let m = expert.manifest.clone();
     let topics: Vec<String> = m.observations.iter().map(|o| o.topic.clone()).collect();
-    let channels = ChannelSpec::for_skill(&m, &topics, &m.action.topic);
+    let channels = ChannelSpec::for_skill(&m, &topics, &[], &m.action.topic);
     let mut meta = BTreeMap::new();
     meta.insert("robot".to_string(), "arm-b".to_string());
     let mut w = EpisodeWriter::create(dir, id, &channels, &meta, Duration::from_secs(1)).unwrap();
@@ -40,7 +40,7 @@ fn episode(dir: &Path, id: &str, expert: &mut Skill, seed: u64, n: usize) -> Pat
             w.write(i, t0 + k as u64 * 20_000_000, &e.compose(&v).encode().unwrap()).unwrap();
             obs.extend(v);
         }
-        let (_, a) = expert.step(&obs).unwrap();
+        let (_, a) = expert.step(&obs, &[]).unwrap();
         w.write(fields.len(), t0 + k as u64 * 20_000_000 + 5_000_000, &act.compose(&a).encode().unwrap()).unwrap();
     }
     w.finish(&meta).unwrap()
@@ -92,8 +92,8 @@ fn ridge_recovers_the_teachers_last_layer_passes_the_gate_and_exports() {
     }
     let obs: Vec<f64> = eps[0].samples[0].raw_observation.iter().map(|&v| v as f64).collect();
     let mut loaded = loaded;
-    let (_, got) = loaded.step(&obs).unwrap();
-    let (_, want) = t.step(&obs).unwrap();
+    let (_, got) = loaded.step(&obs, &[]).unwrap();
+    let (_, want) = t.step(&obs, &[]).unwrap();
     assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-3), "{got:?} vs {want:?}");
 }
 

@@ -61,7 +61,7 @@ impl Operator {
                 .enumerate()
                 .map(|(j, (mu, sd))| mu + 0.5 * sd * noise[k * 24 + j] as f64)
                 .collect();
-            let (_, action) = expert.step(&obs).unwrap();
+            let (_, action) = expert.step(&obs, &[]).unwrap();
             let msg = Float64MultiArray { data: action, ..Default::default() };
             self.observe(&obs);
             for _ in 0..2 {
@@ -137,8 +137,8 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
         _peer: peer,
     };
     let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
-    let want_source = example().step(&obs).unwrap().1;
-    let want_expert = expert.step(&obs).unwrap().1;
+    let want_source = example().step(&obs, &[]).unwrap().1;
+    let want_expert = expert.step(&obs, &[]).unwrap().1;
     assert!(!close(&want_source, &want_expert, 5e-3));
     let idle = op.until(&obs, "the idle state", |s| s["state"] == "idle");
     assert_eq!(idle["skill"]["digest"], source_digest.as_str());

@@ -87,8 +87,8 @@ fn a_running_node_ticks_without_malloc_reports_and_swaps_skills() {
     let mut reference = example();
     let mut reference_b = variant(dir.path());
     let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.5 + 0.1).collect();
-    let want_a = reference.step(&obs).unwrap().1;
-    let want_b = reference_b.step(&obs).unwrap().1;
+    let want_a = reference.step(&obs, &[]).unwrap().1;
+    let want_b = reference_b.step(&obs, &[]).unwrap().1;
     assert!(!close(&want_a, &want_b));
 
     let params =
@@ -187,7 +187,7 @@ fn the_manifests_rate_limit_holds_every_step_and_is_counted() {
     let obs: Vec<f64> = skillgraft::rng::seeded(6, 24).iter().map(|&v| v as f64 * 8.0).collect();
     let skill = example();
     let max_delta = skill.manifest.action.max_delta.clone();
-    let want = example().step(&obs).unwrap().1;
+    let want = example().step(&obs, &[]).unwrap().1;
     let ticks_needed = want.iter().zip(&max_delta).map(|(a, d)| (a.abs() / d).ceil() as usize).max().unwrap();
     assert!(ticks_needed >= 5, "the policy's action must be several steps from zero: {want:?} by {max_delta:?}");
 

@@ -16,21 +16,21 @@ const N: usize = 4;
 
 fn load_bytes(bytes: &[u8], features: &str) -> Result<Model, String> {
     let file = OnnxFile::decode(std::path::Path::new("synthetic.onnx"), bytes).map_err(|e| e.to_string())?;
-    Model::load(file, "x", "out", features).map_err(|e| e.to_string())
+    Model::load(file, &["x"], "out", features).map_err(|e| e.to_string())
 }
 
 fn outputs(model: &mut Model, inputs: &[f32]) -> Vec<f32> {
-    let w = model.control.input_width();
+    let w = model.control.input_width(0);
     let ow = model.control.output_width();
     let mut out = vec![0.0; N * ow];
     for i in 0..N {
-        model.control.step(&inputs[i * w..(i + 1) * w], &mut out[i * ow..(i + 1) * ow]).unwrap();
+        model.control.step(&[&inputs[i * w..(i + 1) * w]], &mut out[i * ow..(i + 1) * ow]).unwrap();
     }
     out
 }
 
 fn native(model: &Model, params: &[LayerParams], inputs: &[f32]) -> Vec<f32> {
-    let f = model.backbone.features(inputs, N, 8).unwrap();
+    let f = model.backbone.features(&[inputs], N, 8).unwrap();
     let y = model.head.forward_with(params, &DMatrix::from_row_slice(N, model.head.in_dim(), &f));
     y.transpose().as_slice().to_vec()
 }
@@ -38,7 +38,7 @@ fn native(model: &Model, params: &[LayerParams], inputs: &[f32]) -> Vec<f32> {
 /// Checks tract == backbone + native head, then exports new weights and checks again.
 fn check(name: &str, bytes: Vec<u8>, features: &str) -> Model {
     let mut model = load_bytes(&bytes, features).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs = values(42, N * model.control.input_width());
+    let inputs = values(42, N * model.control.input_width(0));
     let got = outputs(&mut model, &inputs);
     assert_close(&format!("{name}: tract vs native head"), &native(&model, &model.head.params, &inputs), &got);
     let params: Vec<LayerParams> = model
@@ -55,8 +55,8 @@ fn check(name: &str, bytes: Vec<u8>, features: &str) -> Model {
     let mut adapted = load_bytes(&export::encode(&proto), features).unwrap_or_else(|e| panic!("{name} exported: {e}"));
     assert_close(
         &format!("{name}: backbone unchanged by export"),
-        &adapted.backbone.features(&inputs, N, 8).unwrap(),
-        &model.backbone.features(&inputs, N, 8).unwrap(),
+        &adapted.backbone.features(&[&inputs], N, 8).unwrap(),
+        &model.backbone.features(&[&inputs], N, 8).unwrap(),
     );
     let expected = native(&model, &params, &inputs);
     assert_close(&format!("{name}: exported model vs native head"), &outputs(&mut adapted, &inputs), &expected);
@@ -203,12 +203,12 @@ fn gelu_op_in_both_forms_and_silu() {
 fn the_whole_network_can_be_the_head() {
     let r = common::Reference::load("mlp_gemm");
     let file = OnnxFile::read(&fixture("mlp_gemm.onnx")).unwrap();
-    let mut model = Model::load(file, "obs", "action", "obs").unwrap();
+    let mut model = Model::load(file, &["obs"], "action", "obs").unwrap();
     assert_eq!(model.head.layers.len(), 4);
     let mut out = vec![0.0; r.output_width];
-    model.control.step(&r.input[..24], &mut out).unwrap();
+    model.control.step(&[&r.input[..24]], &mut out).unwrap();
     assert_close("empty backbone", &out, &r.output[..r.output_width]);
-    let feats = model.backbone.features(&r.input, r.batch(), 8).unwrap();
+    let feats = model.backbone.features(&[&r.input], r.batch(), 8).unwrap();
     assert_eq!(feats, r.input, "an empty backbone passes the input through");
 }
 

@@ -13,7 +13,7 @@ use skillgraft::skill::{self, Skill};
 fn load(name: &str) -> (Model, Reference) {
     let r = Reference::load(name);
     let file = OnnxFile::read(&fixture(&format!("{name}.onnx"))).unwrap();
-    let model = Model::load(file, "obs", "action", &r.features_tensor).unwrap();
+    let model = Model::load(file, &["obs"], "action", &r.features_tensor).unwrap();
     (model, r)
 }
 
@@ -22,7 +22,7 @@ fn control_outputs(model: &mut Model, inputs: &[f32], n: usize) -> Vec<f32> {
     let out_w = model.control.output_width();
     let mut out = vec![0.0; n * out_w];
     for i in 0..n {
-        model.control.step(&inputs[i * w..(i + 1) * w], &mut out[i * out_w..(i + 1) * out_w]).unwrap();
+        model.control.step(&[&inputs[i * w..(i + 1) * w]], &mut out[i * out_w..(i + 1) * out_w]).unwrap();
     }
     out
 }
@@ -33,17 +33,17 @@ fn tract_plans_and_native_head_match_onnxruntime() {
         let (mut model, r) = load(name);
         let n = r.batch();
         assert_eq!(model.head.layers.len(), r.head_layers, "{name}");
-        assert_eq!(model.input_shape.width(), r.input_width(), "{name}");
+        assert_eq!(model.input().shape.width(), r.input_width(), "{name}");
         let out = control_outputs(&mut model, &r.input, n);
         assert_close(&format!("{name} control plan"), &out, &r.output);
         for batch in [1, 2, 256] {
-            let feats = model.backbone.features(&r.input, n, batch).unwrap();
+            let feats = model.backbone.features(&[&r.input], n, batch).unwrap();
             assert_close(&format!("{name} backbone plan, batch {batch}"), &feats, &r.features);
         }
         let ort_feats = DMatrix::from_row_slice(n, r.features_width, &r.features);
         let native = model.head.forward(&ort_feats);
         assert_close(&format!("{name} native head on onnxruntime's features"), &row_major(&native), &r.output);
-        let tract_feats = model.backbone.features(&r.input, n, 256).unwrap();
+        let tract_feats = model.backbone.features(&[&r.input], n, 256).unwrap();
         let native = model.head.forward(&DMatrix::from_row_slice(n, r.features_width, &tract_feats));
         assert_close(&format!("{name} native head vs tract"), &row_major(&native), &out);
     }
@@ -84,17 +84,17 @@ fn exported_head_reloads_and_equals_backbone_plus_native_head() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("adapted.onnx");
         std::fs::write(&path, &bytes).unwrap();
-        let mut adapted = Model::load(OnnxFile::read(&path).unwrap(), "obs", "action", &r.features_tensor).unwrap();
+        let mut adapted = Model::load(OnnxFile::read(&path).unwrap(), &["obs"], "action", &r.features_tensor).unwrap();
         let md = adapted.file.metadata();
         assert_eq!(md.get("skillgraft.parent").map(String::as_str), Some("sha256:00"), "{name}");
         assert_eq!(md.get("skillgraft.method").map(String::as_str), Some("test"), "{name}");
         for (a, b) in adapted.head.params.iter().zip(&params) {
             assert_close(&format!("{name} weights read back"), a.weight.as_slice(), b.weight.as_slice());
         }
-        let feats = model.backbone.features(&r.input, n, 256).unwrap();
+        let feats = model.backbone.features(&[&r.input], n, 256).unwrap();
         assert_close(
             &format!("{name} backbone unchanged"),
-            &adapted.backbone.features(&r.input, n, 256).unwrap(),
+            &adapted.backbone.features(&[&r.input], n, 256).unwrap(),
             &feats,
         );
         let expected =
@@ -159,14 +159,14 @@ fn control_plan_reuses_its_input_tensor_and_state() {
     let w = r.input_width();
     let mut a = vec![0.0; r.output_width];
     let mut b = vec![0.0; r.output_width];
-    model.control.step(&r.input[..w], &mut a).unwrap();
+    model.control.step(&[&r.input[..w]], &mut a).unwrap();
     for _ in 0..10 {
-        model.control.step(&r.input[w..2 * w], &mut b).unwrap();
+        model.control.step(&[&r.input[w..2 * w]], &mut b).unwrap();
     }
-    model.control.step(&r.input[..w], &mut b).unwrap();
+    model.control.step(&[&r.input[..w]], &mut b).unwrap();
     assert_eq!(a, b, "the plan state must not carry anything between steps");
-    let err = model.control.step(&r.input[..w - 1], &mut b).unwrap_err().to_string();
-    assert!(err.contains("observation"), "{err}");
+    let err = model.control.step(&[&r.input[..w - 1]], &mut b).unwrap_err().to_string();
+    assert!(err.contains(&format!("got {} values; the plan takes {w}", w - 1)), "{err}");
 }
 
 /// A policy exported by the dynamo exporter with no dynamic shapes (its default since PyTorch
@@ -177,14 +177,14 @@ fn control_plan_reuses_its_input_tensor_and_state() {
 fn a_static_batch_dynamo_export_runs_at_any_batch() {
     let r = Reference::load("mlp_static2");
     let path = fixture("mlp_static2.onnx");
-    let model = Model::load(OnnxFile::read(&path).unwrap(), "obs", "linear_2", &r.features_tensor).unwrap();
-    assert_eq!(model.input_shape.fixed_batch, Some(2));
-    assert_eq!((model.input_shape.width(), model.control.output_width()), (8, 2));
+    let model = Model::load(OnnxFile::read(&path).unwrap(), &["obs"], "linear_2", &r.features_tensor).unwrap();
+    assert_eq!(model.input().shape.fixed_batch, Some(2));
+    assert_eq!((model.input().shape.width(), model.control.output_width()), (8, 2));
     let mut model = model;
     let out = control_outputs(&mut model, &r.input, r.batch());
     assert_close("static batch: control plan at batch 1", &out, &r.output);
     for batch in [1, 2, 3] {
-        let feats = model.backbone.features(&r.input, r.batch(), batch).unwrap();
+        let feats = model.backbone.features(&[&r.input], r.batch(), batch).unwrap();
         assert_close(&format!("static batch: backbone plan, batch {batch}"), &feats, &r.features);
     }
     let dir = tempfile::tempdir().unwrap();

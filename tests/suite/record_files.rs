@@ -28,7 +28,7 @@ fn write_episode(dir: &Path, chunk: Duration) -> (PathBuf, Expected) {
     let s = example();
     let m = &s.manifest;
     let topics: Vec<String> = m.observations.iter().map(|o| o.topic.clone()).collect();
-    let channels = ChannelSpec::for_skill(m, &topics, "/teleop/cmd");
+    let channels = ChannelSpec::for_skill(m, &topics, &[], "/teleop/cmd");
     let mut meta = BTreeMap::new();
     meta.insert("label".to_string(), "pick".to_string());
     meta.insert("skill_dir".to_string(), s.dir.display().to_string());

@@ -41,6 +41,8 @@ fn every_message_type_matches_rosbags_byte_for_byte() {
             Float32MultiArray::TYPE => check::<Float32MultiArray>(&file),
             Float64MultiArray::TYPE => check::<Float64MultiArray>(&file),
             JointState::TYPE => check::<JointState>(&file),
+            Image::TYPE => check::<Image>(&file),
+            CompressedImage::TYPE => check::<CompressedImage>(&file),
             Imu::TYPE => check::<Imu>(&file),
             Vector3::TYPE => check::<Vector3>(&file),
             Point::TYPE => check::<Point>(&file),
@@ -55,7 +57,7 @@ fn every_message_type_matches_rosbags_byte_for_byte() {
         checked.push((file["type"].as_str().unwrap().to_string(), n));
     }
     checked.sort();
-    assert_eq!(checked.len(), 17, "{checked:?}");
+    assert_eq!(checked.len(), 19, "{checked:?}");
 }
 
 #[test]
@@ -77,4 +79,28 @@ fn truncated_and_foreign_bytes_are_errors_not_panics() {
     let mut wild = bytes.clone();
     wild[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(cdr::decode::<JointState>(&wild, JointState::TYPE).is_err());
+}
+
+#[test]
+fn image_views_borrow_the_same_pixels_the_owned_messages_hold() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cdr");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    for case in read("sensor_msgs__Image.json")["cases"].as_array().unwrap() {
+        let bytes = hex::decode(case["cdr"].as_str().unwrap()).unwrap();
+        let owned: Image = cdr::decode(&bytes, Image::TYPE).unwrap();
+        let view: ImageView<'_> = cdr::decode_borrowed(&bytes, Image::TYPE).unwrap();
+        assert_eq!(
+            (view.width, view.height, view.step, view.encoding.as_str()),
+            (owned.width, owned.height, owned.step, owned.encoding.as_str())
+        );
+        assert_eq!(view.data, owned.data.as_slice());
+    }
+    for case in read("sensor_msgs__CompressedImage.json")["cases"].as_array().unwrap() {
+        let bytes = hex::decode(case["cdr"].as_str().unwrap()).unwrap();
+        let owned: CompressedImage = cdr::decode(&bytes, CompressedImage::TYPE).unwrap();
+        let view: CompressedImageView<'_> = cdr::decode_borrowed(&bytes, CompressedImage::TYPE).unwrap();
+        assert_eq!((view.format.as_str(), view.data), (owned.format.as_str(), owned.data.as_slice()));
+    }
 }

@@ -62,6 +62,10 @@ enum Command {
         /// normalisation).
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true, required = true)]
         obs: Vec<f64>,
+        /// A PNG or JPEG picture for each [[image]] input, in the manifest's order (repeat the
+        /// option); it goes through the input's preprocessing as a camera frame would.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -1003,9 +1007,25 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
-        Command::Step { skill, obs, json } => {
+        Command::Step { skill, obs, images, json } => {
             let mut skill = Skill::load(&skill)?;
-            let (raw, action) = skill.step(&obs, &[])?;
+            let cameras = &skill.manifest.images;
+            if images.len() != cameras.len() {
+                let topics: Vec<&str> = cameras.iter().map(|c| c.topic.as_str()).collect();
+                return Err(format!(
+                    "the skill has {} camera input(s) ({}); give one --image PICTURE.png for each, in that order",
+                    cameras.len(),
+                    if topics.is_empty() { "none".to_string() } else { topics.join(", ") }
+                )
+                .into());
+            }
+            let tensors = cameras
+                .iter()
+                .zip(&images)
+                .map(|(c, p)| skillgraft::observe::image_file_tensor(c, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let feeds: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+            let (raw, action) = skill.step(&obs, &feeds)?;
             let labels = skill.manifest.action_labels();
             if json {
                 let out = serde_json::json!({

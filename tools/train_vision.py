@@ -127,7 +127,9 @@ def train(args):
     files = sorted(pathlib.Path(args.episodes).glob("*.mcap"))
     if len(files) < 4:
         raise SystemExit(f"{args.episodes}: {len(files)} episodes; record at least 4 with `skillgraft sim --camera`")
-    episodes = [read_episode(f) for f in files]
+    # Every `stride`-th sample: neighbouring ticks are nearly the same picture, and the CNN's
+    # cost is per sample.
+    episodes = [tuple(x[:: args.stride] for x in read_episode(f)) for f in files]
     held = max(1, len(episodes) // 10)
     train_eps, val_eps = episodes[held:], episodes[:held]
     s = np.concatenate([e[0] for e in train_eps])
@@ -167,7 +169,8 @@ def train(args):
         print(f"epoch {epoch + 1}/{args.epochs}: train mse {total / len(st):.5f}, held-out mse {val_mse:.5f}", flush=True)
     stats = dict(s_mean=s_mean, s_std=s_std, a_mean=a_mean, a_std=a_std)
     info = dict(episodes=len(episodes), samples=len(st) + len(vst), epochs=args.epochs, heldout_mse=val_mse)
-    return model, stats, info, (vst[:4], vim[:4])
+    raw = np.concatenate([e[1] for e in val_eps])[:2]
+    return model, stats, info, (vst[:2], vim[:2], raw)
 
 
 def rename_tensor(graph, old, new):
@@ -223,6 +226,7 @@ torch = "{torch.__version__}"
 episodes = {info["episodes"]}
 samples = {info["samples"]}
 epochs = {info["epochs"]}
+stride = {args.stride}
 seed = {args.seed}
 heldout_mse = {info["heldout_mse"]!r}
 
@@ -274,8 +278,9 @@ safe = "zero"
 
 
 def probe(onnx_path, sample, out):
-    """onnxruntime's action and features on held-out inputs, for the Rust tests (tract must agree)."""
-    st, im = sample
+    """onnxruntime's action and features on held-out inputs, for the Rust tests: tract must agree,
+    and skillgraft's preprocessing of the raw camera frames must give these image tensors."""
+    st, im, raw = sample
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     action = sess.run(["action"], {"state": st.numpy(), "image": im.numpy()})[0]
     model = onnx.load(str(onnx_path))
@@ -286,8 +291,9 @@ def probe(onnx_path, sample, out):
     out.write_text(
         json.dumps(
             {
-                "state": st.numpy().round(7).tolist(),
-                "image": im.numpy().round(7).reshape(len(im), -1).tolist(),
+                "state": st.numpy().tolist(),
+                "camera": {"height": int(raw.shape[1]), "width": int(raw.shape[2]), "rgb8": [r.tobytes().hex() for r in raw]},
+                "image": im.numpy().reshape(len(im), -1).tolist(),
                 "action": action.tolist(),
                 "features": feats.tolist(),
             }
@@ -304,7 +310,8 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stride", type=int, default=2, help="train on every N-th tick of each episode")
     p.add_argument("--check-reproducible", action="store_true", help="train twice and compare the ONNX bytes")
     args = p.parse_args()
     out = pathlib.Path(args.out)

@@ -656,6 +656,61 @@ pub fn observer(inputs: &[ObservationInput], cameras: &[ImageInput], history: us
     Observer { writers, image_writers, assembler }
 }
 
+/// Why an image file gave no tensor for `skillgraft step --image`.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageFileError {
+    /// The file could not be read.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
+    /// The file is not a PNG or JPEG the decoder reads.
+    #[error("{}: not a PNG or JPEG image: {message}", path.display())]
+    Decode {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The image does not fit the camera input (encoding, size).
+    #[error("{}: {source}", path.display())]
+    Image {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the preprocessing refused.
+        source: ImageError,
+    },
+}
+
+/// The tensor a camera input would give for the picture in a PNG or JPEG file: decoded to rgb8,
+/// mono8 or 16UC1 as the file holds, then through the input's preprocessing as a camera frame.
+pub fn image_file_tensor(input: &ImageInput, path: &std::path::Path) -> Result<Vec<f32>, ImageFileError> {
+    use ::image::DynamicImage;
+    let bytes = std::fs::read(path).map_err(crate::file::FileError::at("read the image", path))?;
+    let decoded = ::image::load_from_memory(&bytes)
+        .map_err(|e| ImageFileError::Decode { path: path.to_path_buf(), message: e.to_string() })?;
+    let (width, height) = (decoded.width(), decoded.height());
+    let (encoding, data, bpp) = match decoded {
+        DynamicImage::ImageLuma8(g) => ("mono8", g.into_raw(), 1),
+        DynamicImage::ImageLuma16(g) => ("16UC1", g.into_raw().iter().flat_map(|v| v.to_le_bytes()).collect(), 2),
+        other => ("rgb8", other.into_rgb8().into_raw(), 3),
+    };
+    let msg = crate::msg::Image {
+        header: Default::default(),
+        height,
+        width,
+        encoding: encoding.into(),
+        is_bigendian: 0,
+        step: width * bpp,
+        data,
+    };
+    let camera = ImageInput { msg_type: crate::msg::Image::TYPE.into(), encodings: vec![], ..input.clone() };
+    let mut out = vec![0.0; camera.tensor_len()];
+    let cdr = cdr::encode(&msg).map_err(|e| ImageFileError::Image { path: path.to_path_buf(), source: ImageError::Decode(e) })?;
+    ImagePipeline::new(&camera)
+        .process_cdr(&cdr, &mut out)
+        .map_err(|source| ImageFileError::Image { path: path.to_path_buf(), source })?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,9 @@ pub struct SkillReport {
     pub history: usize,
     /// Inputs.
     pub observations: Vec<TopicReport>,
+    /// Camera inputs, as the manifest declares them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::skill::manifest::ImageInput>,
     /// Output.
     pub action: ActionReport,
     /// The model.
@@ -201,6 +204,7 @@ pub fn skill_report(skill: &Skill) -> SkillReport {
         rate_hz: m.control.rate_hz,
         history: m.control.history,
         observations,
+        images: m.images.clone(),
         action: ActionReport {
             topic: a.topic.clone(),
             msg_type: a.msg_type.clone(),
@@ -334,6 +338,23 @@ impl fmt::Display for SkillReport {
             writeln!(f, "  {} ({}, max age {} ms): {} values", o.topic, o.msg_type, o.max_age_ms, o.values.len())?;
             writeln!(f, "    {}", o.values.join(", "))?;
         }
+        for im in &self.images {
+            writeln!(f, "  {} ({}, max age {} ms): image -> `{}`", im.topic, im.msg_type, im.max_age_ms, im.input)?;
+            let encodings = if im.encodings.is_empty() { "any that converts".to_string() } else { im.encodings.join(", ") };
+            writeln!(
+                f,
+                "    {:?} {}x{} {:?}, {:?} resize, crop {:?}, x{} then mean {} std {}; encodings: {encodings}",
+                im.channels,
+                im.width,
+                im.height,
+                im.layout,
+                im.resize,
+                im.crop,
+                im.scale,
+                vec_text(&im.mean),
+                vec_text(&im.std)
+            )?;
+        }
         let a = &self.action;
         writeln!(f, "action")?;
         writeln!(f, "  {} ({}, safe action: {:?}): {} values", a.topic, a.msg_type, a.safe, a.values.len())?;
@@ -359,6 +380,9 @@ impl fmt::Display for ModelReport {
             self.opset
         )?;
         writeln!(f, "  input   {} {:?}", self.input, self.input_shape)?;
+        for (name, shape) in &self.image_inputs {
+            writeln!(f, "  input   {name} {shape:?} (image)")?;
+        }
         writeln!(f, "  output  {} ({} values)", self.output, self.output_width)?;
         let b = &self.backbone;
         let mut ops = String::new();

@@ -827,9 +827,13 @@ enum BenchCommand {
     /// (ridge, finetune) and the same MLP trained from scratch, for several numbers of
     /// demonstrations and seeds.
     Transfer {
-        /// The source skill.
-        #[arg(long, default_value = "skills/reach-arm-a")]
-        source: PathBuf,
+        /// The source skill [default: skills/reach-arm-a, or skills/reach-arm-a-vision with
+        /// --vision].
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Transfer the vision skill (camera and joint state): demonstrations record the camera.
+        #[arg(long, conflicts_with = "source")]
+        vision: bool,
         /// Target robots.
         #[arg(long, value_delimiter = ',', default_value = "arm-b,arm-c")]
         robots: Vec<String>,
@@ -1319,7 +1323,10 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             })?;
             print(&report, json)
         }
-        Command::Bench(BenchCommand::Transfer { source, robots, demos, seeds, reaches, plot, json }) => {
+        Command::Bench(BenchCommand::Transfer { source, vision, robots, demos, seeds, reaches, plot, json }) => {
+            let source = source.unwrap_or_else(|| {
+                PathBuf::from(if vision { "skills/reach-arm-a-vision" } else { "skills/reach-arm-a" })
+            });
             let opts = bench::transfer::TransferOptions { source, robots, demos, seeds, reaches };
             let dir = tempfile_dir()?;
             let bar = indicatif::ProgressBar::new_spinner();

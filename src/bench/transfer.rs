@@ -2,17 +2,25 @@
 //! target robot, number of demonstrations and seed, the expert demonstrates that many reaches;
 //! the source skill is adapted on them (ridge, finetune), the same MLP is trained from scratch on
 //! them, and every policy is scored in closed loop on a fixed set of reaches the demonstrations
-//! did not include, next to the unadapted source and the expert.
+//! did not include, next to the unadapted source and the expert. A vision source skill (one with
+//! `[[image]]` inputs) is demonstrated with the camera recorded; its baseline from scratch is its
+//! head re-initialised and trained on the frozen backbone's features (the runtime does not train
+//! conv nets), so every method sees exactly the same features.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use nalgebra::{DMatrix, DVector};
 use skillgraft::adapt::finetune::Settings;
 use skillgraft::adapt::train::{self, TrainOptions};
 use skillgraft::adapt::{self, Method, Options, Quiet};
+use skillgraft::model::export::{encode, with_head_params};
+use skillgraft::model::head::LayerParams;
 use skillgraft::record::dataset;
+use skillgraft::rng::SplitMix;
+use skillgraft::sim::episodes::RecordOptions;
 use skillgraft::sim::score::{demo_tasks, score_skill, scored_tasks};
 use skillgraft::sim::{self, Expert, JOINTS, Score};
 use skillgraft::skill::{self, Skill};
@@ -99,6 +107,7 @@ pub fn methods() -> Vec<(&'static str, Method)> {
 /// each point as it starts.
 pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<TransferReport, String> {
     let mut source = Skill::load(&opts.source).map_err(|e| e.to_string())?;
+    let vision = !source.manifest.images.is_empty();
     let label = format!("{} {}", source.manifest.name, source.manifest.version);
     let template = sim::episodes::manifest("scratch", "demonstrations", &sim::episodes::Scaling::identity());
     let mut expert_scores = Vec::new();
@@ -129,13 +138,14 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
             for seed in 0..opts.seeds as u64 {
                 progress(&format!("{name}: {n} demonstration(s), seed {seed}"));
                 let folder = dir.join(format!("{name}-{n}-{seed}"));
-                let files = sim::episodes::record(
+                let files = sim::episodes::record_with(
                     &robot,
                     &demo_tasks(seed, n, robot.home),
                     &folder.join("episodes"),
                     "demo",
-                    0.0,
-                )?;
+                    &RecordOptions { noise: 0.0, camera: vision },
+                )
+                .map_err(|e| e.to_string())?;
                 rows[0].success.push(zero.success_rate);
                 rows[0].distance.push(zero.mean_distance);
                 let episodes = dataset::load(&files, &source.manifest).map_err(|e| e.to_string())?;
@@ -165,13 +175,17 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     row.success.push(s.success_rate);
                     row.distance.push(s.mean_distance);
                 }
-                let scratch_eps = dataset::load(&files, &template).map_err(|e| e.to_string())?;
                 let t = cpu_s();
-                let trained =
-                    train::train(&template, &scratch_eps, &TrainOptions::default()).map_err(|e| e.to_string())?;
+                let mut skill = if vision {
+                    scratch_head(&source, &episodes, &folder.join("scratch"), seed)?
+                } else {
+                    let scratch_eps = dataset::load(&files, &template).map_err(|e| e.to_string())?;
+                    let trained =
+                        train::train(&template, &scratch_eps, &TrainOptions::default()).map_err(|e| e.to_string())?;
+                    skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
+                        .map_err(|e| e.to_string())?
+                };
                 rows[3].cpu_s.push(cpu_s() - t);
-                let mut skill = skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
-                    .map_err(|e| e.to_string())?;
                 let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
                 rows[3].success.push(s.success_rate);
                 rows[3].distance.push(s.mean_distance);
@@ -180,6 +194,39 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
         }
     }
     Ok(TransferReport { source: label, expert: expert_scores, points, reaches: opts.reaches, seeds: opts.seeds })
+}
+
+/// The source skill with its head re-initialised (Glorot-uniform weights, zero biases, seeded) and
+/// fine-tuned on `episodes` with no pull toward any weights: a head learnt from scratch on the
+/// frozen backbone's features.
+fn scratch_head(source: &Skill, episodes: &[dataset::Episode], out: &Path, seed: u64) -> Result<Skill, String> {
+    let mut rng = SplitMix(0x05C2_A7C4 ^ seed);
+    let head = &source.model.head;
+    let params: Vec<LayerParams> = head
+        .params
+        .iter()
+        .map(|p| {
+            let (rows, cols) = p.weight.shape();
+            let limit = (6.0 / (rows + cols) as f64).sqrt();
+            LayerParams {
+                weight: DMatrix::from_fn(rows, cols, |_, _| ((rng.unit() * 2.0 - 1.0) * limit) as f32),
+                bias: p.bias.as_ref().map(|b| DVector::zeros(b.len())),
+            }
+        })
+        .collect();
+    let proto = with_head_params(&source.model.file, head, &params, &[]).map_err(|e| e.to_string())?;
+    let mut m = source.manifest.clone();
+    m.name = format!("{}-scratch", m.name);
+    let fresh = skill::write_skill(&out.with_extension("init"), &m, &encode(&proto)).map_err(|e| e.to_string())?;
+    let settings = Settings { pull: 0.0, seed, ..Settings::default() };
+    let o = Options {
+        method: Method::Finetune { layers: None, settings, ridge_init: false },
+        threads: 1,
+        margin: f64::NEG_INFINITY,
+        ..Options::default()
+    };
+    let trained = adapt::adapt(&fresh, episodes, &o, &Quiet).map_err(|e| e.to_string())?;
+    adapt::write(&fresh, &trained, out, None, None).map_err(|e| e.to_string())
 }
 
 impl TransferReport {

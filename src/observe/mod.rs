@@ -704,7 +704,8 @@ pub fn image_file_tensor(input: &ImageInput, path: &std::path::Path) -> Result<V
     };
     let camera = ImageInput { msg_type: crate::msg::Image::TYPE.into(), encodings: vec![], ..input.clone() };
     let mut out = vec![0.0; camera.tensor_len()];
-    let cdr = cdr::encode(&msg).map_err(|e| ImageFileError::Image { path: path.to_path_buf(), source: ImageError::Decode(e) })?;
+    let cdr = cdr::encode(&msg)
+        .map_err(|e| ImageFileError::Image { path: path.to_path_buf(), source: ImageError::Decode(e) })?;
     ImagePipeline::new(&camera)
         .process_cdr(&cdr, &mut out)
         .map_err(|source| ImageFileError::Image { path: path.to_path_buf(), source })?;

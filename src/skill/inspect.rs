@@ -340,7 +340,8 @@ impl fmt::Display for SkillReport {
         }
         for im in &self.images {
             writeln!(f, "  {} ({}, max age {} ms): image -> `{}`", im.topic, im.msg_type, im.max_age_ms, im.input)?;
-            let encodings = if im.encodings.is_empty() { "any that converts".to_string() } else { im.encodings.join(", ") };
+            let encodings =
+                if im.encodings.is_empty() { "any that converts".to_string() } else { im.encodings.join(", ") };
             writeln!(
                 f,
                 "    {:?} {}x{} {:?}, {:?} resize, crop {:?}, x{} then mean {} std {}; encodings: {encodings}",

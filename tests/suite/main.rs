@@ -30,6 +30,7 @@ mod run_errors;
 mod store;
 mod tick_alloc;
 mod transfer;
+mod vision;
 
 /// The allocator the `skillgraft` binary installs: the node tests see the control tick served
 /// from its pool, as on a robot.

@@ -59,7 +59,10 @@ pub fn control(skill_dir: &Path, rates: &[f64], seconds: f64, rt_priority: i64) 
         label = rig.skill.clone();
         backend = rig.backend.clone();
         let base = rate.min(1000.0);
-        let streams = rig.inputs.iter().map(|(e, topic)| rig.stream(topic, e, 1)).collect::<Result<Vec<_>, _>>()?;
+        let mut streams = rig.inputs.iter().map(|(e, topic)| rig.stream(topic, e, 1)).collect::<Result<Vec<_>, _>>()?;
+        for (camera, topic) in &rig.cameras {
+            streams.push(rig.camera_stream(camera, topic, 1)?);
+        }
         let feeder = Feeder::start(streams, base);
         let node = &rig.node;
         std::thread::sleep(Duration::from_secs(2));

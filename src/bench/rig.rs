@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use skillgraft::msg::cdr;
+use skillgraft::msg::{CompressedImage, Image, RosMessage};
 use skillgraft::node::{NodeConfig, RunningNode};
 use skillgraft::observe::Extractor;
 use skillgraft::ros::args::RosArgs;
 use skillgraft::ros::dds::{DdsConfig, DdsTransport};
 use skillgraft::ros::transport::{NodeIdentity, Qos, RawPublisher, Transport};
 use skillgraft::skill::Skill;
+use skillgraft::skill::manifest::ImageInput;
 
 /// The node and its feeder's transport.
 pub struct Rig {
@@ -29,6 +32,8 @@ pub struct Rig {
     pub inputs: Vec<(Extractor, String)>,
     /// The skill's action field map.
     pub action: Extractor,
+    /// The skill's camera inputs, with their resolved topics.
+    pub cameras: Vec<(ImageInput, String)>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -60,10 +65,11 @@ impl Rig {
             .map(|(o, t)| (Extractor::new(o), t.clone()))
             .collect();
         let action = Extractor::for_action(&skill.manifest.action);
+        let cameras = skill.manifest.images.iter().cloned().zip(cfg.image_topics.iter().cloned()).collect();
         let label = format!("{} {}", skill.manifest.name, skill.manifest.version);
         let node = RunningNode::start(skill, cfg.clone(), transport).map_err(err)?;
         let feeder = DdsTransport::new(id("bench_feeder"), &dds).map_err(err)?;
-        Ok(Rig { node, feeder, skill: label, backend, cfg, inputs, action })
+        Ok(Rig { node, feeder, skill: label, backend, cfg, inputs, action, cameras })
     }
 
     /// A stream of messages on `topic`, published every `every`-th feeder tick. The first value
@@ -78,6 +84,28 @@ impl Rig {
             fields.compose(&values).encode().unwrap_or_default()
         });
         Ok(Stream { publisher, make, every: every.max(1), sent: Arc::default() })
+    }
+}
+
+impl Rig {
+    /// A stream of camera frames on `topic`: arm-a at home, as its simulated camera sees it (the
+    /// rendering is done once), published every `every`-th feeder tick, for raw image inputs; a
+    /// compressed input gets the same frame as a PNG.
+    pub fn camera_stream(&self, camera: &ImageInput, topic: &str, every: u32) -> Result<Stream, String> {
+        let robot = skillgraft::sim::robot("arm-a").map_err(err)?;
+        let mut frame = skillgraft::sim::episodes::camera_image(&robot.camera, 0);
+        robot.camera.render(&robot, &robot.home, [0.6, 0.1], &mut frame.data).map_err(err)?;
+        let compressed = skillgraft::msg::schema::full_type_name(&camera.msg_type) == CompressedImage::TYPE;
+        let bytes = if compressed {
+            let png = robot.camera.png(&frame.data, 1).map_err(err)?;
+            cdr::encode(&CompressedImage { header: frame.header.clone(), format: "png".into(), data: png })
+        } else {
+            cdr::encode(&frame)
+        }
+        .map_err(err)?;
+        let type_name = if compressed { CompressedImage::TYPE } else { Image::TYPE };
+        let publisher = self.feeder.publisher(topic, type_name, Qos::SENSOR_DATA).map_err(err)?;
+        Ok(Stream { publisher, make: Box::new(move |_| bytes.clone()), every: every.max(1), sent: Arc::default() })
     }
 }
 

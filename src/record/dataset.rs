@@ -78,9 +78,21 @@ fn roles(file: &EpisodeFile, m: &Manifest) -> Result<Vec<Option<Role>>, DatasetE
     let mut seen_images = vec![false; m.images.len()];
     let mut seen_action = false;
     for c in &file.channels {
-        let role = if let Some(i) = c.role.strip_prefix("observation.").and_then(|i| i.parse::<usize>().ok()) {
+        // A recorded role names the input by position, which holds across remapped topics for
+        // the skill it was recorded for; for another skill (a camera skill adapted on episodes
+        // a numeric skill recorded) the position means nothing unless the type agrees, and the
+        // topic decides.
+        let indexed = |prefix: &str, types: &[&String]| {
+            c.role
+                .strip_prefix(prefix)
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|&i| types.get(i).is_some_and(|t| full_type_name(t) == c.type_name))
+        };
+        let numeric: Vec<&String> = m.observations.iter().map(|o| &o.msg_type).collect();
+        let cameras: Vec<&String> = m.images.iter().map(|o| &o.msg_type).collect();
+        let role = if let Some(i) = indexed("observation.", &numeric) {
             Some(Role::Input(i))
-        } else if let Some(i) = c.role.strip_prefix("image.").and_then(|i| i.parse::<usize>().ok()) {
+        } else if let Some(i) = indexed("image.", &cameras) {
             Some(Role::Image(i))
         } else if c.role == "action" {
             Some(Role::Action)

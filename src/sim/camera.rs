@@ -107,6 +107,103 @@ struct Frame {
     cy: f64,
 }
 
+/// What never changes in one pixel (see [`Camera::pixel`]).
+#[derive(Debug, Clone, Copy)]
+struct Pixel {
+    hit: Option<([f64; 2], f64)>,
+    base: V3,
+    shade: f64,
+}
+
+impl Pixel {
+    /// Writes colour `c`, vignetted, as rgb8.
+    fn put(&self, c: V3, out: &mut [u8]) {
+        for (o, v) in out.iter_mut().zip(mul(c, self.shade)) {
+            *o = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        }
+    }
+}
+
+/// A camera with its floor worked out once: each frame starts from the empty scene and redraws
+/// only the rows' stretches the arm and the target can touch. What the sim node and the recorder
+/// render with; the bytes are those of [`Camera::render`].
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    camera: Camera,
+    pixels: Vec<Pixel>,
+    background: Vec<u8>,
+    /// How far outside a shape a pixel's footprint can still reach it, m.
+    margin: f64,
+}
+
+impl Renderer {
+    /// Works out `camera`'s empty scene.
+    pub fn new(camera: Camera) -> Renderer {
+        let f = camera.frame();
+        let (w, h) = (camera.width as usize, camera.height as usize);
+        let pixels: Vec<Pixel> =
+            (0..h).flat_map(|j| (0..w).map(move |i| (i, j))).map(|(i, j)| camera.pixel(&f, i, j)).collect();
+        let mut background = vec![0; camera.frame_len()];
+        for (px, out) in pixels.iter().zip(background.chunks_exact_mut(3)) {
+            px.put(px.base, out);
+        }
+        let margin = pixels.iter().filter_map(|p| p.hit.map(|(_, footprint)| footprint)).fold(0.0, f64::max);
+        Renderer { camera, pixels, background, margin }
+    }
+
+    /// The camera it renders.
+    pub fn camera(&self) -> &Camera {
+        &self.camera
+    }
+
+    /// [`Camera::render`], faster.
+    pub fn render(&self, robot: &Robot, q: &[f64; JOINTS], target: [f64; 2], out: &mut [u8]) -> Result<(), BufferSize> {
+        let cam = &self.camera;
+        cam.check(out)?;
+        out.copy_from_slice(&self.background);
+        let points = robot.points(q);
+        let (w, h) = (cam.width as usize, cam.height as usize);
+        // Each shape's box on the floor, grown by its radius and a pixel's footprint, then its
+        // box in the image: the projection of a rectangle of the plane lies within the box of
+        // its projected corners.
+        let reach = |lo: [f64; 2], hi: [f64; 2], r: f64| -> [usize; 4] {
+            let m = r + self.margin;
+            let corners =
+                [[lo[0] - m, lo[1] - m], [hi[0] + m, lo[1] - m], [lo[0] - m, hi[1] + m], [hi[0] + m, hi[1] + m]];
+            let mut b = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+            for c in corners {
+                let Some(px) = cam.project([c[0], c[1], 0.0]) else {
+                    return [0, 0, w, h];
+                };
+                b = [b[0].min(px[0]), b[1].min(px[1]), b[2].max(px[0]), b[3].max(px[1])];
+            }
+            let clip = |v: f64, n: usize| v.clamp(0.0, n as f64) as usize;
+            [
+                clip(b[0].floor() - 1.0, w),
+                clip(b[1].floor() - 1.0, h),
+                clip(b[2].ceil() + 1.0, w),
+                clip(b[3].ceil() + 1.0, h),
+            ]
+        };
+        let mut boxes = [[0usize; 4]; 2 * JOINTS + 1];
+        boxes[0] = reach(target, target, TARGET_RADIUS);
+        for j in 0..JOINTS {
+            let (a, b) = (points[j], points[j + 1]);
+            boxes[1 + j] = reach([a[0].min(b[0]), a[1].min(b[1])], [a[0].max(b[0]), a[1].max(b[1])], LINK_RADIUS);
+            boxes[1 + JOINTS + j] = reach(a, a, BASE_RADIUS.max(JOINT_RADIUS));
+        }
+        for (j, row) in out.chunks_exact_mut(w * 3).enumerate() {
+            let (lo, hi) =
+                boxes.iter().filter(|b| b[1] <= j && j < b[3]).fold((w, 0), |(lo, hi), b| (lo.min(b[0]), hi.max(b[2])));
+            for i in lo..hi {
+                let px = &self.pixels[j * w + i];
+                px.put(cam.shade(px, &points, target), &mut row[i * 3..i * 3 + 3]);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How much of a pixel `footprint` wide a shape covers whose edge is `inside` metres away
 /// (negative outside): a linear ramp one pixel wide, so shapes move smoothly with the arm.
 fn coverage(inside: f64, footprint: f64) -> f64 {
@@ -240,48 +337,58 @@ impl Camera {
         ]
     }
 
+    /// What never changes in pixel `(i, j)`: where its ray meets the floor, how much floor it
+    /// spans there, the lit floor (or the sky), and its vignetting.
+    fn pixel(&self, f: &Frame, i: usize, j: usize) -> Pixel {
+        let (x, y) = (i as f64 + 0.5, j as f64 + 0.5);
+        let dir = self.ray(f, x, y);
+        let r2 = ((x - f.cx).powi(2) + (y - f.cy).powi(2)) / (f.cx * f.cx + f.cy * f.cy);
+        let shade = 1.0 - self.vignette * r2;
+        if dir[2] >= -1e-9 {
+            return Pixel { hit: None, base: SKY, shade };
+        }
+        let t = -self.position[2] / dir[2];
+        let p = [self.position[0] + t * dir[0], self.position[1] + t * dir[1]];
+        // Wider far away and at grazing angles.
+        let footprint = (t * dot(dir, dir) / (f.focal * -dir[2])).max(1e-4);
+        let dark = self.checker(p, footprint);
+        let floor = mul(self.floor, 1.0 - self.checker_contrast * dark);
+        Pixel { hit: Some((p, footprint)), base: self.lit(floor, [p[0], p[1], 0.0], [0.0, 0.0, 1.0]), shade }
+    }
+
     /// Renders what the camera sees of `robot` at true joint angles `q` reaching for `target`
     /// into `out`: rgb8, rows top to bottom, `width × 3` bytes a row. The same inputs give the
-    /// same bytes.
+    /// same bytes. [`Renderer`] gives the same bytes faster, working out the floor once.
     pub fn render(&self, robot: &Robot, q: &[f64; JOINTS], target: [f64; 2], out: &mut [u8]) -> Result<(), BufferSize> {
-        let need = self.frame_len();
-        if out.len() != need {
-            return Err(BufferSize { got: out.len(), need, width: self.width, height: self.height });
-        }
+        self.check(out)?;
         let f = self.frame();
         let points = robot.points(q);
-        let corner2 = f.cx * f.cx + f.cy * f.cy;
         for (j, row) in out.chunks_exact_mut(self.width as usize * 3).enumerate() {
-            let y = j as f64 + 0.5;
             for (i, px) in row.chunks_exact_mut(3).enumerate() {
-                let x = i as f64 + 0.5;
-                let dir = self.ray(&f, x, y);
-                let mut c = if dir[2] < -1e-9 {
-                    let t = -self.position[2] / dir[2];
-                    let hit = [self.position[0] + t * dir[0], self.position[1] + t * dir[1]];
-                    // How much floor one pixel spans here: wider far away and at grazing angles.
-                    let footprint = (t * dot(dir, dir) / (f.focal * -dir[2])).max(1e-4);
-                    self.shade(hit, footprint, &points, target)
-                } else {
-                    SKY
-                };
-                let r2 = ((x - f.cx).powi(2) + (y - f.cy).powi(2)) / corner2;
-                c = mul(c, 1.0 - self.vignette * r2);
-                for (o, v) in px.iter_mut().zip(c) {
-                    *o = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-                }
+                let pixel = self.pixel(&f, i, j);
+                pixel.put(self.shade(&pixel, &points, target), px);
             }
         }
         Ok(())
     }
 
-    /// The colour of plane point `p`: floor, then the target, the links and the joints over it.
-    fn shade(&self, p: [f64; 2], footprint: f64, points: &[[f64; 2]; JOINTS + 1], target: [f64; 2]) -> V3 {
+    fn check(&self, out: &[u8]) -> Result<(), BufferSize> {
+        let need = self.frame_len();
+        if out.len() == need {
+            Ok(())
+        } else {
+            Err(BufferSize { got: out.len(), need, width: self.width, height: self.height })
+        }
+    }
+
+    /// The colour of a pixel: its floor, then the target, the links and the joints over it.
+    fn shade(&self, px: &Pixel, points: &[[f64; 2]; JOINTS + 1], target: [f64; 2]) -> V3 {
+        let mut c = px.base;
+        let Some((p, footprint)) = px.hit else {
+            return c;
+        };
         let up = [0.0, 0.0, 1.0];
         let at = [p[0], p[1], 0.0];
-        let dark = self.checker(p, footprint);
-        let floor = mul(self.floor, 1.0 - self.checker_contrast * dark);
-        let mut c = self.lit(floor, at, up);
         let dist = |a: [f64; 2], b: [f64; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
         let k = coverage(TARGET_RADIUS - dist(p, target), footprint);
         if k > 0.0 {
@@ -385,6 +492,36 @@ mod tests {
     }
 
     #[test]
+    fn the_renderer_draws_the_bytes_the_camera_does() {
+        for name in ROBOTS {
+            let r = robot(name).unwrap();
+            let fast = Renderer::new(r.camera.clone());
+            let mut frame = vec![0; r.camera.frame_len()];
+            let expert = Expert::new(r.clone());
+            for task in tasks(9, 4, r.home) {
+                let mut k = 0;
+                reach(
+                    &r,
+                    &task,
+                    &mut |obs| expert.command(&obs[..JOINTS], [obs[6], obs[7]]).to_vec(),
+                    &mut |_, obs, _| {
+                        k += 1;
+                        if k % 15 != 0 {
+                            return;
+                        }
+                        let q: [f64; JOINTS] = std::array::from_fn(|j| obs[j] - r.bias[j]);
+                        fast.render(&r, &q, task.target, &mut frame).unwrap();
+                        assert!(frame == r.camera.image(&r, &q, task.target), "{name} tick {k}");
+                    },
+                );
+            }
+            // Off the edge of the picture too.
+            fast.render(&r, &[2.5, 0.3, 0.0], [-3.0, 4.0], &mut frame).unwrap();
+            assert!(frame == r.camera.image(&r, &[2.5, 0.3, 0.0], [-3.0, 4.0]));
+        }
+    }
+
+    #[test]
     fn a_projected_point_casts_back_onto_itself() {
         for name in ROBOTS {
             let cam = robot(name).unwrap().camera;
@@ -466,6 +603,12 @@ mod tests {
         for name in ROBOTS {
             let r = robot(name).unwrap();
             let cam = &r.camera;
+            let fast = Renderer::new(cam.clone());
+            let mut frame = vec![0; cam.frame_len()];
+            let mut image = |q: &[f64; JOINTS], t: [f64; 2]| {
+                fast.render(&r, q, t, &mut frame).unwrap();
+                frame.clone()
+            };
             let inside = |p: [f64; 2]| {
                 cam.project([p[0], p[1], 0.0]).is_some_and(|px| {
                     px[0] >= 0.0 && px[1] >= 0.0 && px[0] <= cam.width as f64 && px[1] <= cam.height as f64
@@ -488,7 +631,7 @@ mod tests {
                     continue;
                 }
                 // With the arm at the start: a link may lie over part of the target, never all.
-                let seen = changed(&cam.image(&r, &task.start, t), &cam.image(&r, &task.start, away));
+                let seen = changed(&image(&task.start, t), &image(&task.start, away));
                 assert!(seen >= 4, "{name} task {i}: the target at {t:?} shows in {seen} pixels");
                 shown.push(seen);
                 let mut out_of_view = 0;

@@ -248,6 +248,7 @@ pub fn record_with(
         specs.push(ChannelSpec { topic: CAMERA_TOPIC.into(), type_name: Image::TYPE.into(), role: "image.0".into() });
     }
     let mut frame = camera_image(&robot.camera, 0);
+    let lens = options.camera.then(|| super::camera::Renderer::new(robot.camera.clone()));
     let mut files = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let id = format!("{label}-{i:03}");
@@ -275,7 +276,7 @@ pub fn record_with(
                 let js = joint_state(&obs[..JOINTS], &obs[JOINTS..2 * JOINTS], at);
                 let goal = [obs[2 * JOINTS], obs[2 * JOINTS + 1]];
                 let mut written = put(0, at, cdr::encode(&js)).and_then(|_| put(1, at, cdr::encode(&target(goal))));
-                if options.camera {
+                if let Some(lens) = &lens {
                     // The camera sees the true angles: the measured ones less the encoders' bias.
                     let mut q = [0.0; JOINTS];
                     for (j, v) in q.iter_mut().enumerate() {
@@ -283,9 +284,7 @@ pub fn record_with(
                     }
                     frame.header.stamp = time(at);
                     written = written.and_then(|_| {
-                        robot
-                            .camera
-                            .render(robot, &q, goal, &mut frame.data)
+                        lens.render(robot, &q, goal, &mut frame.data)
                             .map_err(|source| RecordError::Camera { id: id.clone(), source })?;
                         put(3, at, cdr::encode(&frame))
                     });

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::episodes::{COMMAND_TOPIC, JOINT_TOPIC, TARGET_TOPIC, command, joint_state, target};
+use super::episodes::{
+    CAMERA_TOPIC, COMMAND_TOPIC, JOINT_TOPIC, TARGET_TOPIC, camera_image, command, joint_state, target, time,
+};
 use super::{Arm, Expert, JOINTS, RATE_HZ, Robot, Task};
 use crate::msg::cdr;
-use crate::msg::{Float64MultiArray, JointState, Point, RosMessage, StringMsg};
+use crate::msg::{Float64MultiArray, Image, JointState, Point, RosMessage, StringMsg};
 use crate::rng::SplitMix;
 use crate::ros::args::RosArgs;
 use crate::ros::transport::{Qos, Transport, TransportError};
@@ -59,8 +61,8 @@ pub fn reset_request(task: &Task) -> String {
     words.join(" ")
 }
 
-/// A simulated arm running in real time: it publishes its joints and the target at the control
-/// rate, follows velocity commands, and starts a new reach on `~/reset`.
+/// A simulated arm running in real time: it publishes its joints, the target and what its camera
+/// sees at the control rate, follows velocity commands, and starts a new reach on `~/reset`.
 pub struct SimNode {
     state: Arc<Mutex<SimState>>,
     stop: Arc<AtomicBool>,
@@ -127,6 +129,9 @@ impl SimNode {
         let mut joints = transport.publisher(&topic(JOINT_TOPIC)?, JointState::TYPE, Qos::SENSOR_DATA)?;
         let mut targets = transport.publisher(&topic(TARGET_TOPIC)?, Point::TYPE, Qos::RELIABLE)?;
         let mut tips = transport.publisher(&topic("~/tip")?, Point::TYPE, Qos::SENSOR_DATA)?;
+        let mut camera = transport.publisher(&topic(CAMERA_TOPIC)?, Image::TYPE, Qos::SENSOR_DATA)?;
+        let mut frame = camera_image(&robot.camera, 0);
+        let lens = super::camera::Renderer::new(robot.camera.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, s) = (stop.clone(), state.clone());
         let clock = transport.clone();
@@ -136,7 +141,7 @@ impl SimNode {
                 let period = Duration::from_secs_f64(1.0 / RATE_HZ);
                 let mut next = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
-                    let (js, tg, tip) = {
+                    let (js, tg, tip, q, goal) = {
                         let mut st = lock(&s);
                         let fresh = st.command_at.is_some_and(|t| t.elapsed() < COMMAND_TIMEOUT);
                         let cmd = if fresh { st.command } else { [0.0; JOINTS] };
@@ -144,7 +149,8 @@ impl SimNode {
                         let (p, v) = st.arm.measured();
                         let now = clock.now();
                         let ns = now.sec as u64 * 1_000_000_000 + now.nanosec as u64;
-                        (joint_state(&p, &v, ns), target(st.target), target(st.arm.tip()))
+                        frame.header.stamp = time(ns);
+                        (joint_state(&p, &v, ns), target(st.target), target(st.arm.tip()), st.arm.q, st.target)
                     };
                     for (p, bytes) in [
                         (&mut joints, cdr::encode(&js)),
@@ -154,6 +160,13 @@ impl SimNode {
                         if let Err(e) = bytes.map_err(err).and_then(|b| p.publish(&b)) {
                             tracing::warn!("cannot publish: {e}");
                         }
+                    }
+                    // Rendered outside the lock: commands and resets need not wait for the picture.
+                    let image = lens.render(&robot, &q, goal, &mut frame.data).map_err(err);
+                    if let Err(e) =
+                        image.and_then(|()| cdr::encode(&frame).map_err(err)).and_then(|b| camera.publish(&b))
+                    {
+                        tracing::warn!("cannot publish the camera's image: {e}");
                     }
                     next += period;
                     match next.checked_duration_since(Instant::now()) {

@@ -12,6 +12,7 @@ mod adapt_node;
 mod bad_input;
 mod bridge;
 mod bundle;
+mod camera;
 mod cli;
 mod control_node;
 mod dds_interop;

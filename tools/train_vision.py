@@ -88,7 +88,7 @@ class SpatialSoftmax(nn.Module):
         self.c, self.hw = channels, h * w
         # A learnt sharpness (Levine et al. 2016): without it the softmax stays broad and every
         # keypoint is pulled toward the image centre, too imprecise to end within 3 cm.
-        self.log_beta = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.log_beta = nn.Parameter(torch.tensor(0.0))
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1))
 

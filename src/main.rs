@@ -898,6 +898,33 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A camera skill's costs: decoding and preprocessing a frame (its camera, 640x480 raw and
+    /// JPEG), its model in tract next to onnxruntime (control step, features at batch 1 and 64),
+    /// and the node's tick latency with it at camera rates.
+    Vision {
+        /// The vision skill.
+        #[arg(long, default_value = "skills/reach-arm-a-vision")]
+        skill: PathBuf,
+        /// Python with onnxruntime [default: target/venv-ros/bin/python if it exists, else
+        /// python3].
+        #[arg(long, env = "SKILLGRAFT_PYTHON")]
+        python: Option<String>,
+        /// Timed runs per batch-1 measurement (the batch-64 features run a fiftieth of them).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+        iters: u32,
+        /// Control rates of the tick-latency measurement, Hz (with the dds feature).
+        #[arg(long, value_delimiter = ',', default_value = "30,100")]
+        rates: Vec<f64>,
+        /// Seconds of tick latency measured per rate (after 2 s of warm-up; 0: skip it).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// A smoke run: 20 timed runs each, 0.5 s per rate.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -968,7 +995,10 @@ impl Command {
             #[cfg(feature = "dds")]
             Command::Demo { .. }
             | Command::Bench(
-                BenchCommand::Record { .. } | BenchCommand::InboxAttack { .. } | BenchCommand::Control { .. },
+                BenchCommand::Record { .. }
+                | BenchCommand::InboxAttack { .. }
+                | BenchCommand::Control { .. }
+                | BenchCommand::Vision { .. },
             ) => true,
             Command::Bench(BenchCommand::Adapt { .. }) => cfg!(feature = "dds"),
             _ => false,
@@ -1366,6 +1396,22 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench(BenchCommand::Inference { fixtures, python, iters, json }) => {
             let report = bench::inference(&fixtures, &python, iters)?;
             print(&report, json)
+        }
+        Command::Bench(BenchCommand::Vision { skill, python, iters, rates, seconds, quick, json }) => {
+            if let Some(r) = rates.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 10_000.0)) {
+                return Err(format!("--rates: {r} is not a rate in Hz above 0, at most 10000").into());
+            }
+            let python = python.unwrap_or_else(|| {
+                let venv = std::path::Path::new("target/venv-ros/bin/python");
+                if venv.exists() { venv.display().to_string() } else { "python3".into() }
+            });
+            let (iters, seconds) = if quick { (20, 0.5) } else { (iters as usize, seconds) };
+            let rates = if seconds > 0.0 { rates } else { Vec::new() };
+            let opts = bench::vision::VisionOptions { skill, python, iters, rates, seconds };
+            let dir = tempfile_dir()?;
+            let report = bench::vision::vision(&opts, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            print(&report?, json)
         }
     }
 }

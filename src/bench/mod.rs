@@ -24,6 +24,7 @@ pub mod record;
 #[cfg(feature = "dds")]
 pub mod rig;
 pub mod transfer;
+pub mod vision;
 
 pub use cases::{FEATURE_BATCH, inference_cases};
 

@@ -228,3 +228,29 @@ fn a_node_refuses_bad_camera_frames_counts_them_and_keeps_its_loop() {
     });
     drop(node);
 }
+
+/// `bench vision --quick` on the committed vision skill: every table's rows are there, both
+/// engines timed (onnxruntime through the peers' Python), and the node ran at both camera rates.
+#[test]
+fn the_vision_bench_prints_every_row() {
+    if !common::isolated("the_vision_bench_prints_every_row") {
+        return;
+    }
+    let python = common::ros_python().display().to_string();
+    let skill = vision_dir().display().to_string();
+    let text = common::succeeds(&["bench", "vision", "--skill", &skill, "--python", &python, "--quick", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases: Vec<&str> = v["preprocess"].as_array().unwrap().iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(cases.len(), 4, "{v}");
+    assert!(cases[0].starts_with("skill camera 96x96 rgb8 -> 64x64"), "{cases:?}");
+    assert!(cases[3].contains("JPEG"), "{cases:?}");
+    let inference = v["inference"].as_array().unwrap();
+    let batches: Vec<u64> = inference.iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 1, 64], "{v}");
+    assert!(v["onnxruntime"]["Ok"].is_string(), "onnxruntime ran: {}", v["onnxruntime"]);
+    assert!(inference.iter().all(|r| r["tract_us"].as_f64().unwrap() > 0.0 && r["ort_us"].as_f64().is_some()), "{v}");
+    let rates: Vec<f64> =
+        v["control"]["rows"].as_array().unwrap().iter().map(|r| r["rate_hz"].as_f64().unwrap()).collect();
+    assert_eq!(rates, [30.0, 100.0], "{v}");
+    assert!(v["control"]["rows"].as_array().unwrap().iter().all(|r| r["published"].as_u64().unwrap() > 0), "{v}");
+}

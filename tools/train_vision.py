@@ -8,9 +8,10 @@ state into the `features` tensor, and an MLP head maps them to joint velocity co
 trained by behaviour cloning on episodes that `skillgraft sim --camera` records, exported to
 ONNX, and written out as a skill folder with its manifest.
 
-    skillgraft sim --robot arm-a --demos 300 --seed 1 --noise 0.3 --camera --out /tmp/vision-demos
+    skillgraft sim --robot arm-a --demos 150 --seed 1 --noise 0.3 --camera --out /tmp/vision-demos
     python3 -m venv .venv-vision && .venv-vision/bin/pip install -r tools/requirements-vision.txt
-    .venv-vision/bin/python tools/train_vision.py /tmp/vision-demos --out skills/reach-arm-a-vision
+    .venv-vision/bin/python tools/train_vision.py /tmp/vision-demos --out skills/reach-arm-a-vision \
+        --probe tests/fixtures/vision/probe.json
 
 Reproducible: the same episodes, seed and thread count give the same ONNX bytes (deterministic
 algorithms, seeded shuffling, a fixed thread count; checked by `--check-reproducible`).
@@ -103,11 +104,11 @@ class VisionPolicy(nn.Module):
         self.cnn = nn.Sequential(
             nn.Conv2d(3, 16, 5, stride=2, padding=2),
             nn.ReLU(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1),
+            nn.Conv2d(16, 16, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(16, keypoints, 3, padding=1),
         )
-        self.keypoints = SpatialSoftmax(keypoints, SIZE // 4, SIZE // 4)
+        self.keypoints = SpatialSoftmax(keypoints, SIZE // 2, SIZE // 2)
         self.head = nn.Sequential(
             nn.Linear(2 * keypoints + 6, hidden),
             nn.ReLU(),
@@ -309,12 +310,12 @@ def main():
     p.add_argument("episodes", help="folder of arm-a episodes recorded with `skillgraft sim --camera`")
     p.add_argument("--out", default="skills/reach-arm-a-vision", help="skill folder to write (replaced)")
     p.add_argument("--probe", default=None, help="write onnxruntime's outputs on held-out inputs (JSON) here")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--stride", type=int, default=2, help="train on every N-th tick of each episode")
+    p.add_argument("--stride", type=int, default=1, help="train on every N-th tick of each episode")
     p.add_argument("--check-reproducible", action="store_true", help="train twice and compare the ONNX bytes")
     args = p.parse_args()
     out = pathlib.Path(args.out)

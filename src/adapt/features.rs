@@ -95,8 +95,7 @@ pub fn features(
                     .collect();
                 let inputs: Vec<&[f32]> =
                     std::iter::once(numeric.as_slice()).chain(images.iter().map(Vec::as_slice)).collect();
-                let batch = if images.is_empty() { 256 } else { 32 };
-                let v = skill.model.backbone.features(&inputs, n, batch)?;
+                let v = skill.model.backbone.features(&inputs, n, 256)?;
                 let m = DMatrix::from_row_slice(n, f, &v);
                 if let Some(p) = &path
                     && let Err(e) = write_cache(p, &m)

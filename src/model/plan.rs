@@ -264,6 +264,8 @@ pub struct BackbonePlan {
     feeds: Vec<Feed>,
     order: Vec<usize>,
     batch_axis: bool,
+    /// The plan's batch is pinned to 1 (image backbones).
+    one_at_a_time: bool,
     features_width: usize,
     layout: Layout,
 }
@@ -279,11 +281,21 @@ impl BackbonePlan {
         width: usize,
     ) -> Result<BackbonePlan, ModelError> {
         let order = graph_order(file, feeds);
-        let (model, _) = with_feeds(file, feeds, &order)?;
+        let (model, n) = with_feeds(file, feeds, &order)?;
         let path = &file.path;
         let batch_axis = feeds.iter().all(|f| f.shape.batched);
+        // tract runs a convolution about 4x faster per sample at a fixed batch of 1 than at any
+        // larger batch, and a symbolic batch costs another 1.9x (measured on the vision skill;
+        // README, bench vision): image backbones go one sample at a time on a pinned plan.
+        let one_at_a_time = feeds.iter().any(|f| f.shape.sample.len() >= 3);
         let plan = guarded(path, "optimise the backbone plan", || {
-            model.with_outputs_by_name([features])?.into_optimized()?.into_runnable()
+            let typed = model.with_outputs_by_name([features])?.into_typed()?;
+            let typed = if one_at_a_time {
+                typed.set_symbols(&std::collections::HashMap::from([(n, 1.to_dim())]))?
+            } else {
+                typed
+            };
+            typed.into_optimized()?.into_runnable()
         })?;
         let fact = guarded(path, "read the features shape", || Ok(plan.model().output_fact(0)?.clone()))?;
         let rank = fact.shape.rank();
@@ -302,7 +314,15 @@ impl BackbonePlan {
                 ),
             });
         }
-        Ok(BackbonePlan { plan, feeds: feeds.to_vec(), order, batch_axis, features_width: width, layout })
+        Ok(BackbonePlan {
+            plan,
+            feeds: feeds.to_vec(),
+            order,
+            batch_axis,
+            one_at_a_time,
+            features_width: width,
+            layout,
+        })
     }
 
     /// Width of the features of one sample.
@@ -327,7 +347,7 @@ impl BackbonePlan {
                 )));
             }
         }
-        let batch = if self.batch_axis { batch.max(1) } else { 1 };
+        let batch = if self.batch_axis && !self.one_at_a_time { batch.max(1) } else { 1 };
         let f = self.features_width;
         let mut out = Vec::with_capacity(n * f);
         for start in (0..n).step_by(batch) {

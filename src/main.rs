@@ -206,6 +206,9 @@ enum Command {
         /// Folder of the episodes (created).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How the recorded episodes' chunks are compressed: zstd, lz4 or none.
+        #[arg(long, default_value = "zstd", requires = "demos")]
+        compression: skillgraft::record::episode::Compression,
         /// ROS arguments of the node (`--ros-args -r __ns:=/robot1 ...`).
         #[arg(last = true)]
         ros_args: Vec<String>,
@@ -1077,10 +1080,11 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Sim { robot, demos: Some(demos), seed, noise, out: Some(out), .. } => {
+        Command::Sim { robot, demos: Some(demos), seed, noise, out: Some(out), compression, .. } => {
             let robot = skillgraft::sim::robot(&robot)?;
             let tasks = skillgraft::sim::tasks(seed, demos, robot.home);
-            let files = skillgraft::sim::episodes::record(&robot, &tasks, &out, &format!("sim-{}", robot.name), noise)?;
+            let label = format!("sim-{}", robot.name);
+            let files = skillgraft::sim::episodes::record(&robot, &tasks, &out, &label, noise, compression)?;
             eprintln!("wrote {} episode(s) of {}'s expert to {}", files.len(), robot.name, out.display());
             Ok(())
         }

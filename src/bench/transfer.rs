@@ -135,6 +135,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     &folder.join("episodes"),
                     "demo",
                     0.0,
+                    Default::default(),
                 )?;
                 rows[0].success.push(zero.success_rate);
                 rows[0].distance.push(zero.mean_distance);

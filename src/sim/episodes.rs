@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Expert, JOINT_NAMES, JOINTS, RATE_HZ, Robot, Task, reach};
 use crate::msg::cdr;
 use crate::msg::{Float64MultiArray, Header, JointState, Point, RosMessage, Time};
-use crate::record::episode::{ChannelSpec, EpisodeWriter};
+use crate::record::episode::{ChannelSpec, Compression, EpisodeWriter};
 use crate::rng::SplitMix;
 use crate::skill::manifest::{ActionOutput, Control, Manifest, ModelSection, ObservationInput, Provenance, SafeAction};
 
@@ -168,8 +168,16 @@ fn channels() -> Vec<ChannelSpec> {
 /// `<label>-<n>`; returns the files. Messages carry simulated time from a fixed epoch, so the same
 /// tasks give the same files. With `noise` above 0, the arm executes the expert's command plus
 /// uniform noise of that many rad/s while the expert's own command is recorded: the
-/// demonstrations then also show how to recover from being off course (DART).
-pub fn record(robot: &Robot, tasks: &[Task], dir: &Path, label: &str, noise: f64) -> Result<Vec<PathBuf>, String> {
+/// demonstrations then also show how to recover from being off course (DART). Chunks are
+/// compressed with `compression`.
+pub fn record(
+    robot: &Robot,
+    tasks: &[Task],
+    dir: &Path,
+    label: &str,
+    noise: f64,
+    compression: Compression,
+) -> Result<Vec<PathBuf>, String> {
     let expert = Expert::new(robot.clone());
     let mut meta = BTreeMap::new();
     meta.insert("robot".to_string(), robot.name.clone());
@@ -180,7 +188,7 @@ pub fn record(robot: &Robot, tasks: &[Task], dir: &Path, label: &str, noise: f64
     let mut files = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let id = format!("{label}-{i:03}");
-        let mut w = EpisodeWriter::create(dir, &id, &channels(), &meta, Duration::from_secs(3600))
+        let mut w = EpisodeWriter::create(dir, &id, &channels(), &meta, Duration::from_secs(3600), compression)
             .map_err(|e| e.to_string())?;
         let start = t0 + i as u64 * 10_000_000_000;
         let mut failure = None;

@@ -363,3 +363,26 @@ fn episodes_show_reports_camera_topics_without_pixels() {
     assert_eq!(json["file_bytes"].as_u64().unwrap(), std::fs::metadata(&path).unwrap().len());
     assert!(!json.to_string().contains("\"data\""), "no pixels in the JSON either");
 }
+
+/// `bench record --compression-only` writes the camera stream with each compression and prints
+/// the table; every file it wrote read back whole (the bench checks), compression saved bytes.
+#[test]
+fn the_compression_bench_compares_the_three_on_a_camera_stream() {
+    let out =
+        succeeds(&["bench", "record", "--compression-only", "--compression-seconds", "1", "--repeats", "1", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["live"].is_null());
+    let rows = r["compression"]["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["compression"].as_str().unwrap()).collect();
+    assert_eq!(names, ["none", "lz4", "zstd", "none", "lz4", "zstd"]);
+    for row in rows {
+        let ratio = row["ratio"].as_f64().unwrap();
+        if row["compression"] == "none" {
+            assert!((0.95..=1.0).contains(&ratio), "{row}");
+        } else {
+            assert!(ratio > 1.2, "{row}");
+        }
+    }
+    let table = succeeds(&["bench", "record", "--compression-only", "--compression-seconds", "1", "--repeats", "1"]);
+    assert!(table.contains("| ±3 | zstd |") && table.contains("ratio"), "{table}");
+}

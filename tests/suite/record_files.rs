@@ -374,14 +374,15 @@ fn the_compression_bench_compares_the_three_on_a_camera_stream() {
     assert!(r["live"].is_null());
     let rows = r["compression"]["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["compression"].as_str().unwrap()).collect();
-    assert_eq!(names, ["none", "lz4", "zstd", "none", "lz4", "zstd"]);
+    assert_eq!(names, ["none", "lz4", "zstd"].repeat(3));
     for row in rows {
         let ratio = row["ratio"].as_f64().unwrap();
-        if row["compression"] == "none" {
-            assert!((0.95..=1.0).contains(&ratio), "{row}");
-        } else {
-            assert!(ratio > 1.2, "{row}");
-        }
+        let least = match (row["compression"].as_str(), row["image_noise"].as_u64()) {
+            (Some("none"), _) => 0.9,
+            (_, Some(0)) => 2.0,
+            _ => 1.0,
+        };
+        assert!(ratio > least && (row["compression"] != "none" || ratio <= 1.0), "{row}");
     }
     let table = succeeds(&["bench", "record", "--compression-only", "--compression-seconds", "1", "--repeats", "1"]);
     assert!(table.contains("| ±3 | zstd |") && table.contains("ratio"), "{table}");

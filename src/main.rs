@@ -312,6 +312,9 @@ struct SimCli {
     /// /camera/image_raw, role image.0).
     #[arg(long, requires = "demos")]
     camera: bool,
+    /// How the recorded episodes' chunks are compressed: zstd, lz4 or none.
+    #[arg(long, default_value = "zstd", requires = "demos")]
+    compression: skillgraft::record::episode::Compression,
     /// ROS arguments of the node (`--ros-args -r __ns:=/robot1 ...`).
     #[arg(last = true)]
     ros_args: Vec<String>,
@@ -713,8 +716,9 @@ enum StoreCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Sustained recording (1 kHz joint states, 500 Hz commands) with the control loop running:
-    /// messages lost, recorder CPU, tick latency while recording against not.
+    /// Chunk compressions (none, lz4, zstd) on a stream with a 50 Hz camera: bytes on disk, CPU,
+    /// writer latency; then sustained recording (1 kHz joint states, 500 Hz commands) with the
+    /// control loop running: messages lost, recorder CPU, tick latency while recording against not.
     #[cfg(feature = "dds")]
     Record {
         /// Skill to run.
@@ -726,6 +730,15 @@ enum BenchCommand {
         /// The node's observation_reliability: best_effort (its default) or reliable.
         #[arg(long, default_value = "best_effort")]
         observation_reliability: String,
+        /// Seconds of camera stream per compression run.
+        #[arg(long, default_value_t = 10.0)]
+        compression_seconds: f64,
+        /// Runs per compression (the table gives medians).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Only compare the chunk compressions; no node.
+        #[arg(long)]
+        compression_only: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -1284,11 +1297,35 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         #[cfg(feature = "dds")]
-        Command::Bench(BenchCommand::Record { skill, seconds, observation_reliability, json }) => {
+        Command::Bench(BenchCommand::Record {
+            skill,
+            seconds,
+            observation_reliability,
+            compression_seconds,
+            repeats,
+            compression_only,
+            json,
+        }) => {
             let dir = tempfile_dir()?;
-            let report = bench::record::record(&skill, &dir, seconds, &observation_reliability);
+            let compression = bench::record::compression(&dir, compression_seconds, repeats);
+            let live = match (&compression, compression_only) {
+                (Ok(_), false) => Some(bench::record::record(&skill, &dir, seconds, &observation_reliability)),
+                _ => None,
+            };
             let _ = std::fs::remove_dir_all(&dir);
-            print(&report?, json)
+            let (compression, live) = (compression?, live.transpose()?);
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"compression": compression, "live": live}))?
+                );
+            } else {
+                out!("{compression}");
+                if let Some(live) = live {
+                    out!("\n{live}");
+                }
+            }
+            Ok(())
         }
         #[cfg(feature = "dds")]
         #[cfg(feature = "dds")]
@@ -1751,7 +1788,8 @@ fn sim(cli: SimCli) -> Result<(), Box<dyn std::error::Error>> {
         (Some(demos), Some(out)) => {
             let robot = sim::robot(&robot)?;
             let tasks = sim::tasks(cli.seed, demos, robot.home);
-            let options = sim::episodes::RecordOptions { noise: cli.noise, camera: cli.camera };
+            let options =
+                sim::episodes::RecordOptions { noise: cli.noise, camera: cli.camera, compression: cli.compression };
             let files = sim::episodes::record_with(&robot, &tasks, &out, &format!("sim-{}", robot.name), &options)?;
             eprintln!("wrote {} episode(s) of {}'s expert to {}", files.len(), robot.name, out.display());
             Ok(())

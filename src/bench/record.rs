@@ -1,6 +1,8 @@
 //! `skillgraft bench record`: sustained recording of 1 kHz joint states and 500 Hz commands, with
 //! the control loop running: messages lost, the recorder thread's CPU share, and the control
-//! tick's latency while recording against the same period without.
+//! tick's latency while recording against the same period without. Before that, the chunk
+//! compressions (none, lz4, zstd) compared on a camera stream: bytes on disk, ratio, CPU time
+//! and the episode writer's latency.
 
 use std::fmt;
 use std::path::Path;
@@ -11,8 +13,9 @@ use serde::Serialize;
 
 use super::rig::{Feeder, Rig, Stream};
 use skillgraft::msg::cdr;
-use skillgraft::msg::{RosMessage, StringMsg};
-use skillgraft::record::episode;
+use skillgraft::msg::{Float64MultiArray, Header, Image, JointState, Point, RosMessage, StringMsg, Time};
+use skillgraft::record::episode::{self, ChannelSpec, Compression, EpisodeWriter};
+use skillgraft::rng::SplitMix;
 use skillgraft::ros::transport::{Qos, Transport};
 use skillgraft::stats::percentiles;
 
@@ -219,6 +222,263 @@ impl fmt::Display for RecordReport {
         )?;
         if let Some(m) = self.peak_rss_mib {
             writeln!(f, "peak RSS of the process (node and feeder): {m:.1} MiB")?;
+        }
+        Ok(())
+    }
+}
+
+/// One chunk compression on one stream, medians over the repeats.
+#[derive(Debug, Serialize)]
+pub struct CompressionRow {
+    /// The camera's sensor noise, ± grey levels (0: a clean render).
+    pub image_noise: u8,
+    /// `none`, `lz4` or `zstd`.
+    pub compression: String,
+    /// File bytes per second of stream.
+    pub disk_bytes_per_s: f64,
+    /// Message bytes over file bytes.
+    pub ratio: f64,
+    /// CPU time of the writing thread per MiB of messages, ms.
+    pub cpu_ms_per_mib: f64,
+    /// That CPU time as a share of one core at the stream's real rate, percent.
+    pub cpu_percent: f64,
+    /// One message written, p50 / p99 / max, µs.
+    pub write_us: (f64, f64, f64),
+    /// A chunk ended and synced each stream second, p50 / max, ms.
+    pub chunk_ms: (f64, f64),
+    /// Reading the whole file back, ms per MiB of messages.
+    pub read_ms_per_mib: f64,
+}
+
+/// The chunk compressions compared on one recorded stream.
+#[derive(Debug, Serialize)]
+pub struct CompressionReport {
+    /// Seconds of stream per run.
+    pub seconds: f64,
+    /// Runs per row.
+    pub repeats: usize,
+    /// Message bytes per second of stream.
+    pub stream_bytes_per_s: f64,
+    /// The rows.
+    pub rows: Vec<CompressionRow>,
+}
+
+/// Rates of the stream: joint states, target, action, camera (Hz).
+const STREAM_HZ: [u64; 4] = [1000, 100, 500, 50];
+const SIDE: u32 = 96;
+
+/// The stream of one run: `(channel, log time ns, CDR)` in time order. A 6-joint arm moving
+/// smoothly with sensor noise on its joint states, a target that moves now and then, actions,
+/// and a 96x96 rgb8 camera that sees the arm and the target, with `noise` grey levels of sensor
+/// noise (0: a clean render, like the simulated camera's).
+fn stream(seconds: f64, noise: u8) -> Vec<(usize, u64, Vec<u8>)> {
+    let t0 = 1_764_000_000_000_000_000u64;
+    let end_ns = (seconds * 1e9) as u64;
+    let mut rng = SplitMix(0x5EED ^ noise as u64);
+    let mut out = Vec::new();
+    let angle = |j: usize, t: f64| 0.6 * (t * (0.3 + 0.11 * j as f64) + j as f64).sin();
+    let target = |t: f64| [0.3 * (t / 3.0).floor().sin(), 0.4 + 0.1 * (t / 3.0).floor().cos()];
+    let header = |ns: u64| Header {
+        stamp: Time { sec: (ns / 1_000_000_000) as i32, nanosec: (ns % 1_000_000_000) as u32 },
+        frame_id: String::new(),
+    };
+    for (ch, hz) in STREAM_HZ.iter().enumerate() {
+        let period = 1_000_000_000 / hz;
+        let mut at = period / 2 * ch as u64 / 4;
+        while at < end_ns {
+            let ns = t0 + at;
+            let t = at as f64 * 1e-9;
+            let bytes = match ch {
+                0 => cdr::encode(&JointState {
+                    header: header(ns),
+                    name: (1..=6).map(|j| format!("joint{j}")).collect(),
+                    position: (0..6).map(|j| angle(j, t) + 1e-4 * (rng.unit() - 0.5)).collect(),
+                    velocity: (0..6)
+                        .map(|j| (angle(j, t + 1e-3) - angle(j, t)) * 1e3 + 1e-2 * (rng.unit() - 0.5))
+                        .collect(),
+                    effort: (0..6).map(|j| 2.0 + j as f64 * 0.5 + 0.05 * (rng.unit() - 0.5)).collect(),
+                }),
+                1 => {
+                    let [x, y] = target(t);
+                    cdr::encode(&Point { x, y, z: 0.0 })
+                }
+                2 => cdr::encode(&Float64MultiArray {
+                    data: (0..6).map(|j| (angle(j, t + 0.02) - angle(j, t)) * 50.0).collect(),
+                    ..Default::default()
+                }),
+                _ => cdr::encode(&camera(header(ns), [angle(0, t), angle(1, t)], target(t), noise, &mut rng)),
+            };
+            out.push((ch, ns, bytes.expect("the bench's messages encode")));
+            at += period;
+        }
+    }
+    out.sort_by_key(|(ch, ns, _)| (*ns, *ch));
+    out
+}
+
+/// A 96x96 rgb8 frame: a lit wall over a floor, a two-link arm from the bottom centre at
+/// `links` (rad), and a red disc at `target` (m in the arm's plane).
+fn camera(header: Header, links: [f64; 2], target: [f64; 2], noise: u8, rng: &mut SplitMix) -> Image {
+    let side = SIDE as f64;
+    let px = |p: [f64; 2]| [side / 2.0 + p[0] * side, side - 8.0 - p[1] * side];
+    let base = [0.0, 0.0];
+    let elbow = [0.3 * links[0].sin(), 0.3 * links[0].cos()];
+    let hand = [elbow[0] + 0.25 * (links[0] + links[1]).sin(), elbow[1] + 0.25 * (links[0] + links[1]).cos()];
+    let segments = [(px(base), px(elbow)), (px(elbow), px(hand))];
+    let disc = px(target);
+    let near = |p: [f64; 2], (a, b): ([f64; 2], [f64; 2])| {
+        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+        let u = (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / (dx * dx + dy * dy).max(1e-9)).clamp(0.0, 1.0);
+        ((p[0] - a[0] - u * dx).powi(2) + (p[1] - a[1] - u * dy).powi(2)).sqrt()
+    };
+    let mut data = Vec::with_capacity((SIDE * SIDE * 3) as usize);
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            let p = [x as f64 + 0.5, y as f64 + 0.5];
+            let shade = 1.0 - 0.4 * (p[0] - side * 0.3).abs() / side;
+            let mut rgb = if y < SIDE * 2 / 3 {
+                [200.0 * shade, 196.0 * shade, 180.0 * shade]
+            } else {
+                [120.0 * shade, 100.0 * shade, 80.0 * shade]
+            };
+            if ((p[0] - disc[0]).powi(2) + (p[1] - disc[1]).powi(2)).sqrt() < 5.0 {
+                rgb = [220.0, 30.0, 30.0];
+            }
+            if segments.iter().any(|s| near(p, *s) < 3.0) {
+                rgb = [60.0, 70.0, 160.0 * shade];
+            }
+            for v in rgb {
+                let n = if noise > 0 { (rng.next_u64() % (2 * noise as u64 + 1)) as f64 - noise as f64 } else { 0.0 };
+                data.push((v + n).clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    Image { header, height: SIDE, width: SIDE, encoding: "rgb8".into(), is_bigendian: 0, step: SIDE * 3, data }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The median, 0 for none (a stream under a second ends no chunk before its last).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Writes `seconds` of the camera stream into `dir` with each compression, `repeats` times, the
+/// way the recorder does (one thread, a chunk ended and synced every second of stream), and
+/// reads each file back to check that every message is in it.
+pub fn compression(dir: &Path, seconds: f64, repeats: usize) -> Result<CompressionReport, String> {
+    let channels: Vec<ChannelSpec> = [
+        ("/joint_states", JointState::TYPE, "observation.0"),
+        ("/target", Point::TYPE, "observation.1"),
+        ("/arm/cmd", Float64MultiArray::TYPE, "action"),
+        ("/camera/image_raw", Image::TYPE, "image.0"),
+    ]
+    .iter()
+    .map(|(topic, t, role)| ChannelSpec { topic: topic.to_string(), type_name: t.to_string(), role: role.to_string() })
+    .collect();
+    let mut rows = Vec::new();
+    let mut stream_bytes_per_s = 0.0;
+    for noise in [0u8, 1, 3] {
+        let messages = stream(seconds, noise);
+        let mib = messages.iter().map(|(_, _, b)| b.len()).sum::<usize>() as f64 / (1024.0 * 1024.0);
+        stream_bytes_per_s = mib * 1024.0 * 1024.0 / seconds;
+        for c in Compression::ALL {
+            let (mut disk, mut ratio, mut cpu, mut read) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut p50, mut p99, mut max, mut chunk50, mut chunk_max) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for run in 0..repeats.max(1) {
+                let id = format!("{c}-{noise}-{run}");
+                let cpu0 = thread_cpu_ns();
+                let mut w =
+                    EpisodeWriter::create(dir, &id, &channels, &Default::default(), Duration::MAX, c).map_err(err)?;
+                let mut writes = Vec::with_capacity(messages.len());
+                let mut chunks = Vec::new();
+                let mut next_chunk = messages.first().map(|m| m.1).unwrap_or(0) + 1_000_000_000;
+                for (ch, ns, bytes) in &messages {
+                    if *ns >= next_chunk {
+                        let at = Instant::now();
+                        w.flush().map_err(err)?;
+                        chunks.push(at.elapsed().as_secs_f64() * 1e3);
+                        next_chunk += 1_000_000_000;
+                    }
+                    let at = Instant::now();
+                    w.write(*ch, *ns, bytes).map_err(err)?;
+                    writes.push(at.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                }
+                let path = w.finish(&Default::default()).map_err(err)?;
+                let cpu_s = (thread_cpu_ns() - cpu0) as f64 * 1e-9;
+                let size = std::fs::metadata(&path).map_err(err)?.len() as f64;
+                let at = Instant::now();
+                let back = episode::read(&path).map_err(err)?;
+                read.push(at.elapsed().as_secs_f64() * 1e3 / mib);
+                if back.messages.len() != messages.len() {
+                    return Err(format!("{c}: {} of {} messages read back", back.messages.len(), messages.len()));
+                }
+                std::fs::remove_file(&path).map_err(err)?;
+                disk.push(size / seconds);
+                ratio.push(mib * 1024.0 * 1024.0 / size);
+                cpu.push(cpu_s * 1e3 / mib);
+                let (a, b, m) = percentiles(writes).unwrap_or_default();
+                p50.push(a);
+                p99.push(b);
+                max.push(m);
+                chunk50.push(median(chunks.clone()));
+                chunk_max.push(chunks.iter().copied().fold(0.0, f64::max));
+            }
+            let cpu_ms_per_mib = median(cpu);
+            rows.push(CompressionRow {
+                image_noise: noise,
+                compression: c.name().into(),
+                disk_bytes_per_s: median(disk),
+                ratio: median(ratio),
+                cpu_ms_per_mib,
+                cpu_percent: cpu_ms_per_mib * 1e-3 * stream_bytes_per_s / (1024.0 * 1024.0) * 100.0,
+                write_us: (median(p50), median(p99), median(max)),
+                chunk_ms: (median(chunk50), median(chunk_max)),
+                read_ms_per_mib: median(read),
+            });
+        }
+    }
+    Ok(CompressionReport { seconds, repeats, stream_bytes_per_s, rows })
+}
+
+impl fmt::Display for CompressionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "chunk compression: {} s of stream per run, median of {} runs; 1 kHz joint states, 100 Hz target, 500 Hz actions, 50 Hz 96x96 rgb8 camera = {:.2} MiB/s of messages; a chunk synced per second of stream",
+            self.seconds,
+            self.repeats,
+            self.stream_bytes_per_s / (1024.0 * 1024.0)
+        )?;
+        writeln!(
+            f,
+            "| camera noise | compression | on disk (KiB/s) | ratio | CPU (ms/MiB) | CPU at 1x (% of a core) | write p50 / p99 / max (µs) | chunk end + fsync p50 / max (ms) | read back (ms/MiB) |"
+        )?;
+        writeln!(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "| ±{} | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} / {:.1} / {:.0} | {:.2} / {:.2} | {:.1} |",
+                r.image_noise,
+                r.compression,
+                r.disk_bytes_per_s / 1024.0,
+                r.ratio,
+                r.cpu_ms_per_mib,
+                r.cpu_percent,
+                r.write_us.0,
+                r.write_us.1,
+                r.write_us.2,
+                r.chunk_ms.0,
+                r.chunk_ms.1,
+                r.read_ms_per_mib
+            )?;
         }
         Ok(())
     }

@@ -143,7 +143,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     &demo_tasks(seed, n, robot.home),
                     &folder.join("episodes"),
                     "demo",
-                    &RecordOptions { noise: 0.0, camera: vision },
+                    &RecordOptions { noise: 0.0, camera: vision, compression: Default::default() },
                 )
                 .map_err(|e| e.to_string())?;
                 rows[0].success.push(zero.success_rate);

@@ -338,6 +338,7 @@ mod tests {
             channels: Vec::new(),
             chunk_period: std::time::Duration::from_secs(1),
             queue: 16,
+            compression: Default::default(),
             metadata: BTreeMap::new(),
         };
         let recorder = Recorder::start(cfg, Box::new(Nowhere)).unwrap();

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub record_chunk: Duration,
     /// Messages the recorder queue holds before it drops.
     pub record_queue: usize,
+    /// How episode chunks are compressed.
+    pub record_compression: crate::record::episode::Compression,
     /// QoS of the observation and demonstration-action subscriptions.
     pub input_qos: Qos,
     /// Folder adapted skills are written into.
@@ -200,6 +202,9 @@ impl NodeConfig {
                 param::<f64>(args, m, "record_chunk_s")?,
             )?),
             record_queue: param::<i64>(args, m, "record_queue")? as usize,
+            record_compression: param::<String>(args, m, "record_compression")?
+                .parse()
+                .map_err(|e| ArgsError(format!("parameter `record_compression`: {e}")))?,
             input_qos: match param::<String>(args, m, "observation_reliability")?.as_str() {
                 "best_effort" => Qos::SENSOR_DATA_DEEP,
                 "reliable" => Qos { reliable: true, ..Qos::SENSOR_DATA_DEEP },
@@ -304,6 +309,7 @@ impl RunningNode {
                 channels,
                 chunk_period: cfg.record_chunk,
                 queue: cfg.record_queue,
+                compression: cfg.record_compression,
                 metadata,
             },
             status,

@@ -179,6 +179,15 @@ pub const PARAMETERS: &[ParamSpec] = &[
         default: |_| ParamValue::Double(1.0),
     },
     ParamSpec {
+        name: "record_compression",
+        kind: pt::STRING,
+        runtime: false,
+        range: None,
+        doc: "how episode chunks are compressed: zstd (default), lz4 (less CPU, larger files) or none",
+        constraints: "zstd, lz4 or none",
+        default: |_| text("zstd"),
+    },
+    ParamSpec {
         name: "record_queue",
         kind: pt::INTEGER,
         runtime: false,

@@ -1,9 +1,12 @@
 //! Episode files: MCAP that rosbag2, Foxglove and the Python MCAP readers open (one channel per
 //! topic with its `ros2msg` schema, `cdr` messages, log time = arrival). An episode is written as
 //! `<id>.mcap.part`, a chunk at a time with an fsync after each, and renamed to `<id>.mcap` when
-//! it ends; a `.part` left by a crash can be recovered up to its last complete chunk.
+//! it ends; a `.part` left by a crash can be recovered up to its last complete chunk. Chunks are
+//! compressed (zstd unless chosen otherwise, [`Compression`]); files with uncompressed chunks, the
+//! episodes written before compression, read the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +38,67 @@ pub enum EpisodeError {
         /// The error.
         message: String,
     },
+}
+
+/// How the chunks of new episodes are compressed. zstd by default: on the recording bench
+/// (`skillgraft bench record --compression-only`, README) it halves a stream with camera images
+/// for a few percent of one core; lz4 costs less CPU for a larger file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Chunks stored as written.
+    None,
+    /// LZ4 frames: the least CPU.
+    Lz4,
+    /// Zstandard at its default level (3): the smallest files.
+    #[default]
+    Zstd,
+}
+
+/// A compression name that is not one of [`Compression`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a chunk compression; give \"zstd\" (the default), \"lz4\" or \"none\"")]
+pub struct UnknownCompression(pub String);
+
+impl Compression {
+    /// Every choice, in the order the bench reports them.
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
+
+    /// The name in parameters and on the command line, as MCAP writes it (`none` for "").
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    fn mcap(self) -> Option<mcap::Compression> {
+        match self {
+            Compression::None => None,
+            Compression::Lz4 => Some(mcap::Compression::Lz4),
+            Compression::Zstd => Some(mcap::Compression::Zstd),
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = UnknownCompression;
+
+    fn from_str(s: &str) -> Result<Compression, UnknownCompression> {
+        match s {
+            "zstd" => Ok(Compression::Zstd),
+            "lz4" => Ok(Compression::Lz4),
+            "none" | "" => Ok(Compression::None),
+            other => Err(UnknownCompression(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 fn mc(path: &Path) -> impl FnOnce(mcap::McapError) -> EpisodeError + '_ {
@@ -137,20 +201,25 @@ pub struct EpisodeWriter {
 
 impl EpisodeWriter {
     /// Creates `<dir>/<id>.mcap.part` with a channel per topic and the start metadata, and makes
-    /// that first chunk durable.
+    /// that first chunk durable. Chunks are compressed with `compression`.
     pub fn create(
         dir: &Path,
         id: &str,
         channels: &[ChannelSpec],
         metadata: &BTreeMap<String, String>,
         chunk_period: Duration,
+        compression: Compression,
     ) -> Result<EpisodeWriter, EpisodeError> {
         std::fs::create_dir_all(dir).map_err(FileError::at("create the episodes folder", dir))?;
         let part = dir.join(format!("{id}{PART_SUFFIX}"));
         let done = dir.join(format!("{id}.mcap"));
         let file = File::create(&part).map_err(FileError::at("create the episode file", &part))?;
         let sync = file.try_clone().map_err(FileError::at("open the episode file for syncing", &part))?;
+        // Compression runs on the writing (recorder) thread: zstd's worker threads would hide
+        // its cost from the recorder's CPU figure and start a pool per episode on a small board.
         let options = WriteOptions::new()
+            .compression(compression.mcap())
+            .compression_threads(0)
             .chunk_size(None)
             .library(format!("skillgraft {}", env!("CARGO_PKG_VERSION")))
             .profile("ros2");
@@ -255,6 +324,21 @@ pub struct ChannelInfo {
     pub role: String,
     /// Messages.
     pub count: u64,
+    /// Bytes of those messages (CDR, before chunk compression).
+    pub bytes: u64,
+}
+
+/// The chunks of a file that was read: how they were compressed and what that saved.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ChunkStats {
+    /// Complete chunks.
+    pub count: u64,
+    /// Compressions seen (`none`, `lz4`, `zstd`), in name order.
+    pub compression: BTreeSet<String>,
+    /// Bytes of the chunks' records as stored.
+    pub stored_bytes: u64,
+    /// The same records uncompressed.
+    pub uncompressed_bytes: u64,
 }
 
 /// A message read back.
@@ -285,6 +369,10 @@ pub struct EpisodeFile {
     pub messages: Vec<Recorded>,
     /// Bytes after the last complete record (a `.part` cut short).
     pub trailing_bytes: u64,
+    /// Size of the file.
+    pub file_bytes: u64,
+    /// Its complete chunks.
+    pub chunks: ChunkStats,
 }
 
 impl EpisodeFile {
@@ -348,6 +436,8 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
         channels: Vec::new(),
         messages: Vec::new(),
         trailing_bytes: 0,
+        file_bytes: bytes.len() as u64,
+        chunks: ChunkStats::default(),
     };
     let mut at = mcap::MAGIC.len();
     let mut on_record = |record: Record<'_>, file: &mut EpisodeFile| -> Result<(), EpisodeError> {
@@ -363,6 +453,7 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
                         type_name: schemas.get(&c.schema_id).cloned().unwrap_or_default(),
                         role: c.metadata.get("skillgraft.role").cloned().unwrap_or_default(),
                         count: 0,
+                        bytes: 0,
                     });
                 }
             }
@@ -371,6 +462,7 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
                     return Err(bad(format!("message on unknown channel {}", header.channel_id)));
                 };
                 file.channels[ch].count += 1;
+                file.channels[ch].bytes += data.len() as u64;
                 file.messages.push(Recorded {
                     channel: ch,
                     log_time: header.log_time,
@@ -418,6 +510,11 @@ pub fn read(path: &Path) -> Result<EpisodeFile, EpisodeError> {
                 Ok(r) => r,
                 Err(_) => break,
             };
+            let compression = if header.compression.is_empty() { "none" } else { header.compression.as_str() };
+            file.chunks.count += 1;
+            file.chunks.compression.insert(compression.to_string());
+            file.chunks.stored_bytes += header.compressed_size;
+            file.chunks.uncompressed_bytes += header.uncompressed_size;
             for r in inner {
                 on_record(r, &mut file)?;
             }
@@ -443,7 +540,8 @@ pub struct Recovery {
     pub dropped_bytes: u64,
 }
 
-/// Rewrites a `.part` file as `<id>.mcap` from its complete chunks, then removes the `.part`.
+/// Rewrites a `.part` file as `<id>.mcap` from its complete chunks, compressed as they were,
+/// then removes the `.part`.
 pub fn recover(part: &Path) -> Result<Recovery, EpisodeError> {
     let file = read(part)?;
     let dir = part.parent().unwrap_or(Path::new("."));
@@ -455,7 +553,11 @@ pub fn recover(part: &Path) -> Result<Recovery, EpisodeError> {
         .collect();
     let tmp_id = format!("{}.recovering", file.id());
     let mut meta = file.metadata.clone();
-    let mut w = EpisodeWriter::create(dir, &tmp_id, &specs, &meta, Duration::MAX)?;
+    let compression = match file.chunks.compression.iter().next() {
+        Some(name) if file.chunks.compression.len() == 1 => name.parse().unwrap_or_default(),
+        _ => Compression::default(),
+    };
+    let mut w = EpisodeWriter::create(dir, &tmp_id, &specs, &meta, Duration::MAX, compression)?;
     for m in &file.messages {
         let (channel_id, _) = w.channels[m.channel];
         w.sequence = w.sequence.wrapping_add(1);

@@ -35,6 +35,8 @@ pub struct RecorderConfig {
     pub chunk_period: Duration,
     /// Messages the queue to the recorder thread holds.
     pub queue: usize,
+    /// How episode chunks are compressed.
+    pub compression: episode::Compression,
     /// Written into every episode's metadata (robot, skill, digest, node, ...).
     pub metadata: BTreeMap<String, String>,
 }
@@ -356,18 +358,24 @@ impl RecorderThread {
             meta.insert(format!("channel.{i}"), format!("{} {} {}", ch.role, ch.topic, ch.type_name));
         }
         self.tap.muted.store(true, Ordering::Relaxed);
-        let (writer, error) =
-            match EpisodeWriter::create(&self.cfg.dir, &id, &self.cfg.channels, &meta, self.chunk_period()) {
-                Ok(w) => {
-                    self.tap.recording.store(true, Ordering::Relaxed);
-                    tracing::info!("episode {id} recording into {}", w.part_path().display());
-                    (Some(w), None)
-                }
-                Err(e) => {
-                    tracing::error!("episode {id} failed to start: {e}");
-                    (None, Some(e.to_string()))
-                }
-            };
+        let (writer, error) = match EpisodeWriter::create(
+            &self.cfg.dir,
+            &id,
+            &self.cfg.channels,
+            &meta,
+            self.chunk_period(),
+            self.cfg.compression,
+        ) {
+            Ok(w) => {
+                self.tap.recording.store(true, Ordering::Relaxed);
+                tracing::info!("episode {id} recording into {}", w.part_path().display());
+                (Some(w), None)
+            }
+            Err(e) => {
+                tracing::error!("episode {id} failed to start: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
         self.current = Some(Current {
             writer,
             id,

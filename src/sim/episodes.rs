@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Expert, JOINT_NAMES, JOINTS, RATE_HZ, Robot, Task, reach};
 use crate::msg::cdr;
 use crate::msg::{Float64MultiArray, Header, Image, JointState, Point, RosMessage, Time};
-use crate::record::episode::{ChannelSpec, EpisodeWriter};
+use crate::record::episode::{ChannelSpec, Compression, EpisodeWriter};
 use crate::rng::SplitMix;
 use crate::skill::manifest::{ActionOutput, Control, Manifest, ModelSection, ObservationInput, Provenance, SafeAction};
 
@@ -216,15 +216,26 @@ pub struct RecordOptions {
     pub noise: f64,
     /// Also record the robot's camera each tick, on [`CAMERA_TOPIC`] with role `image.0`.
     pub camera: bool,
+    /// How the episodes' chunks are compressed.
+    pub compression: Compression,
 }
 
 /// Records the expert of `robot` doing each of `tasks` into `dir`, one episode per task named
 /// `<label>-<n>`; returns the files. Messages carry simulated time from a fixed epoch, so the same
 /// tasks give the same files. With `noise` above 0, the arm executes the expert's command plus
 /// uniform noise of that many rad/s while the expert's own command is recorded: the
-/// demonstrations then also show how to recover from being off course (DART).
-pub fn record(robot: &Robot, tasks: &[Task], dir: &Path, label: &str, noise: f64) -> Result<Vec<PathBuf>, String> {
-    record_with(robot, tasks, dir, label, &RecordOptions { noise, camera: false }).map_err(|e| e.to_string())
+/// demonstrations then also show how to recover from being off course (DART). Chunks are
+/// compressed with `compression`.
+pub fn record(
+    robot: &Robot,
+    tasks: &[Task],
+    dir: &Path,
+    label: &str,
+    noise: f64,
+    compression: Compression,
+) -> Result<Vec<PathBuf>, String> {
+    record_with(robot, tasks, dir, label, &RecordOptions { noise, camera: false, compression })
+        .map_err(|e| e.to_string())
 }
 
 /// [`record`] with options: the camera's images too when `options.camera`.
@@ -253,7 +264,8 @@ pub fn record_with(
     for (i, task) in tasks.iter().enumerate() {
         let id = format!("{label}-{i:03}");
         let episode = |source| RecordError::Episode { id: id.clone(), source };
-        let mut w = EpisodeWriter::create(dir, &id, &specs, &meta, Duration::from_secs(3600)).map_err(episode)?;
+        let mut w = EpisodeWriter::create(dir, &id, &specs, &meta, Duration::from_secs(3600), options.compression)
+            .map_err(episode)?;
         let start = t0 + i as u64 * 10_000_000_000;
         let mut failure = None;
         let mut put = |ch: usize, at: u64, bytes: Result<Vec<u8>, cdr::CdrError>| -> Result<(), RecordError> {

@@ -27,7 +27,7 @@ fn episode(dir: &Path, id: &str, expert: &mut Skill, seed: u64, n: usize) -> Pat
     let channels = ChannelSpec::for_skill(&m, &topics, &[], &m.action.topic);
     let mut meta = BTreeMap::new();
     meta.insert("robot".to_string(), "arm-b".to_string());
-    let mut w = EpisodeWriter::create(dir, id, &channels, &meta, Duration::from_secs(1)).unwrap();
+    let mut w = EpisodeWriter::create(dir, id, &channels, &meta, Duration::from_secs(1), Default::default()).unwrap();
     let fields: Vec<Extractor> = m.observations.iter().map(Extractor::new).collect();
     let act = Extractor::for_action(&m.action);
     let noise = skillgraft::rng::seeded(seed, n * 30);

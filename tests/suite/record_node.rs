@@ -22,11 +22,14 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn recorder(dir: &Path) -> Child {
+/// A recorder node writing into `dir`, its chunks compressed as `record_compression` says (its
+/// default when `None`).
+fn recorder(dir: &Path, compression: Option<&str>) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(["record", repo().join("skills/example-arm6").to_str().unwrap(), "--ros-args", "-p"])
         .arg(format!("episodes_dir:={}", dir.display()))
         .args(["-p", "record_chunk_s:=0.2", "-p", "observation_reliability:=reliable"])
+        .args(compression.map(|c| ["-p".to_string(), format!("record_compression:={c}")]).into_iter().flatten())
         .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -59,7 +62,7 @@ fn an_episode_driven_by_a_cyclonedds_peer_reads_back_in_the_python_mcap_readers(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut node = recorder(dir.path());
+    let mut node = recorder(dir.path(), Some("lz4"));
     let r = report(peer(&["--seconds", "2"]).output().unwrap());
     let _ = Command::new("kill").args(["-INT", &node.id().to_string()]).status();
     assert!(node.wait().unwrap().success());
@@ -74,6 +77,8 @@ fn an_episode_driven_by_a_cyclonedds_peer_reads_back_in_the_python_mcap_readers(
     let file = PathBuf::from(r["file"].as_str().unwrap());
     assert!(file.starts_with(dir.path()) && file.extension().unwrap() == "mcap");
     let skill = Skill::load(&repo().join("skills/example-arm6")).unwrap();
+    let chunks = episode::read(&file).unwrap().chunks;
+    assert_eq!(chunks.compression.iter().collect::<Vec<_>>(), ["lz4"], "record_compression:=lz4");
     let ep = skillgraft::record::dataset::load_episode(&file, &skill.manifest).unwrap();
     assert!(ep.samples.len() as f64 > 0.9 * r["sent"]["action"].as_f64().unwrap(), "{} samples", ep.samples.len());
 }
@@ -84,7 +89,7 @@ fn a_node_killed_mid_episode_leaves_chunks_that_recover() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut node = recorder(dir.path());
+    let mut node = recorder(dir.path(), None);
     let p = peer(&["--seconds", "4", "--no-stop"]).stdout(Stdio::piped()).spawn().unwrap();
     let part = common::wait_for("an episode's .mcap.part", || {
         std::fs::read_dir(dir.path())
@@ -103,6 +108,7 @@ fn a_node_killed_mid_episode_leaves_chunks_that_recover() {
         episode::read(&part.with_file_name(part.file_name().unwrap().to_string_lossy().replace(".mcap.part", ".mcap")))
             .unwrap();
     assert!(recovered.complete);
+    assert_eq!(recovered.chunks.compression.iter().collect::<Vec<_>>(), ["zstd"], "zstd by default, kept on recovery");
     let n = recovered.messages.len() as u64;
     let total: u64 =
         ["joint_states", "target", "twist", "action"].iter().map(|t| sent["sent"][t].as_u64().unwrap()).sum();

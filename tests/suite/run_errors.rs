@@ -35,6 +35,11 @@ fn bad_ros_arguments_are_refused() {
     assert!(err.contains("unknown parameter `colour`"), "{err}");
     let err = fails(&["run", &example(), "--ros-args", "-r", "/joint_states:=/bad topic"]);
     assert!(err.contains("not a valid ROS 2 topic name"), "{err}");
+    let err = fails(&["record", &example(), "--ros-args", "-p", "record_compression:=gzip"]);
+    assert!(
+        err.contains("parameter `record_compression`: \"gzip\" is not a chunk compression") && err.contains("lz4"),
+        "{err}"
+    );
     let err = fails(&["run", &example(), "stray"]);
     assert!(err.contains("unexpected argument `stray`"), "{err}");
     let err = fails(&["run", &example(), "--ros-args", "-p", "action.lower:=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"]);

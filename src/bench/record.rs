@@ -265,7 +265,6 @@ pub struct CompressionReport {
 
 /// Rates of the stream: joint states, target, action, camera (Hz).
 const STREAM_HZ: [u64; 4] = [1000, 100, 500, 50];
-const SIDE: u32 = 96;
 
 /// The stream of one run: `(channel, log time ns, CDR)` in time order. A 6-joint arm moving
 /// smoothly with sensor noise on its joint states, a target that moves now and then, actions,
@@ -277,7 +276,7 @@ fn stream(seconds: f64, noise: u8) -> Vec<(usize, u64, Vec<u8>)> {
     let mut rng = SplitMix(0x5EED ^ noise as u64);
     let mut out = Vec::new();
     let angle = |j: usize, t: f64| 0.6 * (t * (0.3 + 0.11 * j as f64) + j as f64).sin();
-    let target = |t: f64| [0.3 * (t / 3.0).floor().sin(), 0.4 + 0.1 * (t / 3.0).floor().cos()];
+    let target = |t: f64| [0.55 + 0.1 * (t / 3.0).floor().cos(), 0.3 * (t / 3.0).floor().sin()];
     let header = |ns: u64| Header {
         stamp: Time { sec: (ns / 1_000_000_000) as i32, nanosec: (ns % 1_000_000_000) as u32 },
         frame_id: String::new(),
@@ -316,44 +315,21 @@ fn stream(seconds: f64, noise: u8) -> Vec<(usize, u64, Vec<u8>)> {
     out
 }
 
-/// A 96x96 rgb8 frame: a lit wall over a floor, a two-link arm from the bottom centre at
-/// `links` (rad), and a red disc at `target` (m in the arm's plane).
+/// What arm-a's simulated camera sees with its first two joints at `links` (rad) and the target
+/// at `target`, with `noise` grey levels of sensor noise added to every value.
 fn camera(header: Header, links: [f64; 2], target: [f64; 2], noise: u8, rng: &mut SplitMix) -> Image {
-    let side = SIDE as f64;
-    let px = |p: [f64; 2]| [side / 2.0 + p[0] * side, side - 8.0 - p[1] * side];
-    let base = [0.0, 0.0];
-    let elbow = [0.3 * links[0].sin(), 0.3 * links[0].cos()];
-    let hand = [elbow[0] + 0.25 * (links[0] + links[1]).sin(), elbow[1] + 0.25 * (links[0] + links[1]).cos()];
-    let segments = [(px(base), px(elbow)), (px(elbow), px(hand))];
-    let disc = px(target);
-    let near = |p: [f64; 2], (a, b): ([f64; 2], [f64; 2])| {
-        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
-        let u = (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / (dx * dx + dy * dy).max(1e-9)).clamp(0.0, 1.0);
-        ((p[0] - a[0] - u * dx).powi(2) + (p[1] - a[1] - u * dy).powi(2)).sqrt()
-    };
-    let mut data = Vec::with_capacity((SIDE * SIDE * 3) as usize);
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let p = [x as f64 + 0.5, y as f64 + 0.5];
-            let shade = 1.0 - 0.4 * (p[0] - side * 0.3).abs() / side;
-            let mut rgb = if y < SIDE * 2 / 3 {
-                [200.0 * shade, 196.0 * shade, 180.0 * shade]
-            } else {
-                [120.0 * shade, 100.0 * shade, 80.0 * shade]
-            };
-            if ((p[0] - disc[0]).powi(2) + (p[1] - disc[1]).powi(2)).sqrt() < 5.0 {
-                rgb = [220.0, 30.0, 30.0];
-            }
-            if segments.iter().any(|s| near(p, *s) < 3.0) {
-                rgb = [60.0, 70.0, 160.0 * shade];
-            }
-            for v in rgb {
-                let n = if noise > 0 { (rng.next_u64() % (2 * noise as u64 + 1)) as f64 - noise as f64 } else { 0.0 };
-                data.push((v + n).clamp(0.0, 255.0) as u8);
-            }
+    let robot = skillgraft::sim::robot("arm-a").expect("arm-a is a simulated robot");
+    let mut frame = skillgraft::sim::episodes::camera_image(&robot.camera, 0);
+    frame.header = header;
+    let q = [links[0], links[1], 0.5 * links[1]];
+    robot.camera.render(&robot, &q, target, &mut frame.data).expect("the frame is the camera's size");
+    if noise > 0 {
+        for v in &mut frame.data {
+            let n = (rng.next_u64() % (2 * noise as u64 + 1)) as i32 - noise as i32;
+            *v = (*v as i32 + n).clamp(0, 255) as u8;
         }
     }
-    Image { header, height: SIDE, width: SIDE, encoding: "rgb8".into(), is_bigendian: 0, step: SIDE * 3, data }
+    frame
 }
 
 fn thread_cpu_ns() -> u64 {

@@ -166,9 +166,13 @@ enum Command {
     /// live, and scores it again.
     #[cfg(feature = "dds")]
     Demo {
-        /// The source skill.
-        #[arg(long, default_value = "skills/reach-arm-a")]
-        skill: PathBuf,
+        /// The source skill [default: skills/reach-arm-a, or skills/reach-arm-a-vision with
+        /// --vision].
+        #[arg(long)]
+        skill: Option<PathBuf>,
+        /// Run the vision skill: the node reads the simulated arm's camera.
+        #[arg(long, conflicts_with = "skill")]
+        vision: bool,
         /// The simulated target robot.
         #[arg(long, default_value = "arm-b")]
         robot: String,
@@ -1250,7 +1254,10 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             teleop(&skillgraft::sim::teleop::TeleopOptions { robot, episodes, node, sim, seconds })
         }
         #[cfg(feature = "dds")]
-        Command::Demo { skill, robot, demos, reaches, request, plot, keep, json } => {
+        Command::Demo { skill, vision, robot, demos, reaches, request, plot, keep, json } => {
+            let skill = skill.unwrap_or_else(|| {
+                PathBuf::from(if vision { "skills/reach-arm-a-vision" } else { "skills/reach-arm-a" })
+            });
             demo(skill, robot, demos, reaches, request, &plot, keep, json)
         }
         Command::Train {

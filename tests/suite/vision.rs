@@ -2,7 +2,7 @@
 //! (tools/train_vision.py recorded onnxruntime's outputs), skillgraft's preprocessing of a raw
 //! camera frame gives the tensor PyTorch trained on, `eval` and `step --image` drive it through
 //! the CLI, it adapts to arm-b from camera demonstrations, and a running node refuses every kind
-//! of bad camera frame, counts it, and keeps its control loop going.
+//! of bad camera frame, counts it, and keeps its control loop going without allocating.
 
 use crate::common;
 
@@ -200,6 +200,8 @@ fn a_node_refuses_bad_camera_frames_counts_them_and_keeps_its_loop() {
         ("too_big", Image { width: 10_000, height: 10_000, step: 30_000, data: vec![0; 64], ..good.clone() }),
     ];
     let published_before = node.stats.published.load(Ordering::Relaxed);
+    let mallocs = || node.stats.control_malloc_calls.load(Ordering::Relaxed);
+    let mallocs_before = mallocs();
     for (_, frame) in &bad {
         for _ in 0..3 {
             send(&good);
@@ -221,6 +223,7 @@ fn a_node_refuses_bad_camera_frames_counts_them_and_keeps_its_loop() {
     assert!(value(&counted, "input./camera/image_raw.accepted") > 10);
     // The loop kept going and the node still answers: the good frame after the bad ones is used.
     let published_after = node.stats.published.load(Ordering::Relaxed);
+    assert_eq!(mallocs(), mallocs_before, "a tick of the vision skill called the system allocator");
     assert!(published_after > published_before + 10, "{published_before} -> {published_after}");
     common::wait_until("actions still flowing", || {
         send(&good);

@@ -408,7 +408,7 @@ fn the_rcl_node_and_a_rustdds_participant_talk_both_ways() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut example = skillgraft::skill::Skill::load(&skill()).unwrap();
     let obs: Vec<f64> = (0..24).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.05).collect();
-    let (_, want) = example.step(&obs).unwrap();
+    let (_, want) = example.step(&obs, &[]).unwrap();
     let want: Vec<f64> = want
         .iter()
         .enumerate()

@@ -272,6 +272,29 @@ pub struct RunningNode {
     transport: Arc<dyn Transport>,
 }
 
+/// Subscribes an input's writer to its topic; each message also goes to the recorder as its
+/// channel `channel`.
+fn feed<D: observer::Decode + 'static>(
+    transport: &dyn Transport,
+    topic: &str,
+    msg_type: &str,
+    qos: Qos,
+    mut writer: observer::Writer<D>,
+    tap: Arc<crate::record::Tap>,
+    channel: usize,
+) -> Result<(), TransportError> {
+    let type_name = crate::msg::schema::full_type_name(msg_type);
+    transport.subscribe(
+        topic,
+        &type_name,
+        qos,
+        Box::new(move |s| {
+            let _ = writer.on_message(&s.cdr, s.arrived);
+            tap.offer(channel, s);
+        }),
+    )
+}
+
 impl RunningNode {
     /// Subscribes, advertises and starts the recorder and the control, publisher and
     /// diagnostics threads (control and publisher only when `cfg.policy`).
@@ -318,36 +341,15 @@ impl RunningNode {
         let tap = recorder.tap.clone();
 
         let n_inputs = manifest.observations.len() + manifest.images.len();
-        for (i, ((mut writer, topic), input)) in
-            writers.into_iter().zip(&cfg.observation_topics).zip(&manifest.observations).enumerate()
-        {
-            let type_name = crate::msg::schema::full_type_name(&input.msg_type);
-            let tap = tap.clone();
-            transport.subscribe(
-                topic,
-                &type_name,
-                cfg.input_qos,
-                Box::new(move |s| {
-                    let _ = writer.on_message(&s.cdr, s.arrived);
-                    tap.offer(i, s);
-                }),
-            )?;
+        let numeric =
+            writers.into_iter().zip(&cfg.observation_topics).zip(manifest.observations.iter().map(|o| &o.msg_type));
+        for (i, ((writer, topic), msg_type)) in numeric.enumerate() {
+            feed(transport.as_ref(), topic, msg_type, cfg.input_qos, writer, tap.clone(), i)?;
         }
-        let first_image = manifest.observations.len();
-        for (i, ((mut writer, topic), input)) in
-            image_writers.into_iter().zip(&cfg.image_topics).zip(&manifest.images).enumerate()
-        {
-            let type_name = crate::msg::schema::full_type_name(&input.msg_type);
-            let tap = tap.clone();
-            transport.subscribe(
-                topic,
-                &type_name,
-                cfg.input_qos,
-                Box::new(move |s| {
-                    let _ = writer.on_message(&s.cdr, s.arrived);
-                    tap.offer(first_image + i, s);
-                }),
-            )?;
+        let cameras = image_writers.into_iter().zip(&cfg.image_topics).zip(manifest.images.iter().map(|o| &o.msg_type));
+        for (i, ((writer, topic), msg_type)) in cameras.enumerate() {
+            let channel = manifest.observations.len() + i;
+            feed(transport.as_ref(), topic, msg_type, cfg.input_qos, writer, tap.clone(), channel)?;
         }
         {
             let tap = tap.clone();

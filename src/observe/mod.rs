@@ -419,41 +419,40 @@ impl InputStats {
     }
 }
 
-/// The subscription side of one input: extracts each message and publishes it to the cell.
-pub struct InputWriter {
-    extractor: Extractor,
-    cell: Input<Reading>,
-    /// Counters.
-    pub stats: Arc<InputStats>,
-    epoch: Instant,
-    topic: String,
+/// What turns one message of an input into its values: field extraction for numbers, decoding and
+/// preprocessing for a camera.
+pub trait Decode: Send {
+    /// Why a message gave no values.
+    type Error: std::fmt::Display;
+    /// Writes the message's values into `out` (the input's width), or leaves it untouched.
+    fn decode(&mut self, bytes: &[u8], out: &mut [f32]) -> Result<(), Self::Error>;
+    /// Index of the error's kind among the input's [`InputStats::kinds`].
+    fn kind(e: &Self::Error) -> usize;
 }
 
-impl InputWriter {
-    /// Handles one message: on success the control thread sees it at its next tick; on failure
-    /// the cell keeps its previous value (which goes stale) and the failure is counted and, the
-    /// first time of each kind, logged with the topic.
-    pub fn on_message(&mut self, bytes: &[u8], arrived: Instant) -> Result<(), ExtractError> {
-        let buf = self.cell.input_buffer_mut();
-        match self.extractor.extract_cdr(bytes, &mut buf.values) {
-            Ok(()) => {
-                buf.arrived = Some(arrived);
-                self.cell.publish();
-                self.stats.accept(arrived, self.epoch);
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.reject(e.kind(), &self.topic, &e);
-                Err(e)
-            }
-        }
+impl Decode for Extractor {
+    type Error = ExtractError;
+    fn decode(&mut self, bytes: &[u8], out: &mut [f32]) -> Result<(), ExtractError> {
+        self.extract_cdr(bytes, out)
+    }
+    fn kind(e: &ExtractError) -> usize {
+        e.kind()
     }
 }
 
-/// The subscription side of one camera input: decodes and preprocesses each image into the
-/// model's tensor, off the control thread, and publishes it to the cell.
-pub struct ImageWriter {
-    pipeline: ImagePipeline,
+impl Decode for ImagePipeline {
+    type Error = ImageError;
+    fn decode(&mut self, bytes: &[u8], out: &mut [f32]) -> Result<(), ImageError> {
+        self.process_cdr(bytes, out)
+    }
+    fn kind(e: &ImageError) -> usize {
+        e.kind()
+    }
+}
+
+/// The subscription side of one input: decodes each message and publishes it to the cell.
+pub struct Writer<D> {
+    decoder: D,
     cell: Input<Reading>,
     /// Counters.
     pub stats: Arc<InputStats>,
@@ -461,12 +460,19 @@ pub struct ImageWriter {
     topic: String,
 }
 
-impl ImageWriter {
-    /// Handles one image message as [`InputWriter::on_message`] handles numbers: a refused image
-    /// leaves the last good tensor in the cell (to go stale) and is counted by kind.
-    pub fn on_message(&mut self, bytes: &[u8], arrived: Instant) -> Result<(), ImageError> {
+/// The subscription side of a numeric input.
+pub type InputWriter = Writer<Extractor>;
+/// The subscription side of a camera input: frames are decoded and preprocessed into the model's
+/// tensor here, off the control thread.
+pub type ImageWriter = Writer<ImagePipeline>;
+
+impl<D: Decode> Writer<D> {
+    /// Handles one message: on success the control thread sees it at its next tick; on failure
+    /// the cell keeps its previous value (which goes stale) and the failure is counted and, the
+    /// first time of each kind, logged with the topic.
+    pub fn on_message(&mut self, bytes: &[u8], arrived: Instant) -> Result<(), D::Error> {
         let buf = self.cell.input_buffer_mut();
-        match self.pipeline.process_cdr(bytes, &mut buf.values) {
+        match self.decoder.decode(bytes, &mut buf.values) {
             Ok(()) => {
                 buf.arrived = Some(arrived);
                 self.cell.publish();
@@ -474,7 +480,7 @@ impl ImageWriter {
                 Ok(())
             }
             Err(e) => {
-                self.stats.reject(e.kind(), &self.topic, &e);
+                self.stats.reject(D::kind(&e), &self.topic, &e);
                 Err(e)
             }
         }
@@ -629,7 +635,7 @@ pub fn observer(inputs: &[ObservationInput], cameras: &[ImageInput], history: us
         offset += extractor.width;
         max_age.push(Duration::from_secs_f64(input.max_age_ms / 1000.0));
         let stats = Arc::new(InputStats::new(&EXTRACT_KINDS));
-        writers.push(InputWriter { extractor, cell, stats, epoch, topic: input.topic.clone() });
+        writers.push(Writer { decoder: extractor, cell, stats, epoch, topic: input.topic.clone() });
         readers.push(reader);
     }
     let mut image_writers = Vec::new();
@@ -638,7 +644,7 @@ pub fn observer(inputs: &[ObservationInput], cameras: &[ImageInput], history: us
         let (cell, reader) = triple_buffer(&Reading { values: vec![0.0; camera.tensor_len()], arrived: None });
         let stats = Arc::new(InputStats::new(&IMAGE_KINDS));
         let pipeline = ImagePipeline::new(camera);
-        image_writers.push(ImageWriter { pipeline, cell, stats, epoch, topic: camera.topic.clone() });
+        image_writers.push(Writer { decoder: pipeline, cell, stats, epoch, topic: camera.topic.clone() });
         images.push(reader);
     }
     let assembler = Assembler {

@@ -114,6 +114,8 @@ fn each_package_holds_the_binary_skills_launch_files_unit_and_configuration() {
             "./usr/bin/skillgraft",
             "./usr/share/skillgraft/skills/reach-arm-a/skill.toml",
             "./usr/share/skillgraft/skills/reach-arm-a/policy.onnx",
+            "./usr/share/skillgraft/skills/reach-arm-a-vision/skill.toml",
+            "./usr/share/skillgraft/skills/reach-arm-a-vision/policy.onnx",
             "./usr/share/skillgraft/skills/example-arm6/skill.toml",
             "./usr/share/skillgraft/skills/example-arm6/policy.onnx",
             "./usr/share/skillgraft/launch/skillgraft.launch.xml",
@@ -197,7 +199,7 @@ print(prefix)
         let upstream = field(&deb, "Version").split('-').next().unwrap().to_string();
         let shown = run(Command::new(&bin).arg("--version"));
         assert_eq!(shown.trim(), format!("skillgraft {upstream}"));
-        for skill in ["reach-arm-a", "example-arm6"] {
+        for skill in ["reach-arm-a", "reach-arm-a-vision", "example-arm6"] {
             let folder = root.join("usr/share/skillgraft/skills").join(skill);
             let out = run(Command::new(&bin).arg("inspect").arg(&folder));
             assert!(out.contains(skill), "{out}");

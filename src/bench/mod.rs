@@ -1,6 +1,7 @@
 //! Benchmarks the CLI exposes (`skillgraft bench ...`): each prints a table of medians, and ratios
 //! taken within the same run, so figures from a shared, noisy machine can still be compared.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::Path;
 use std::process::Command;
@@ -118,33 +119,44 @@ pub fn inference(dir: &Path, python: &str, iters: usize) -> Result<InferenceRepo
     Ok(InferenceReport { rows, onnxruntime, optimised: !cfg!(debug_assertions) })
 }
 
-type OrtTimings = serde_json::Map<String, serde_json::Value>;
+pub type OrtTimings = serde_json::Map<String, serde_json::Value>;
 
 fn run_ort(dir: &Path, python: &str, iters: usize) -> Result<(String, OrtTimings), String> {
+    let args = [OsStr::new("--dir"), dir.as_os_str()];
+    bench_ort(python, &args, iters, FEATURE_BATCH, "models")
+}
+
+/// Runs tools/bench_ort.py with `args` and the iteration count and batch; returns onnxruntime's
+/// version and the timings under `key` of its JSON.
+pub fn bench_ort(
+    python: &str,
+    args: &[&OsStr],
+    iters: usize,
+    batch: usize,
+    key: &str,
+) -> Result<(String, OrtTimings), String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_ort.py");
     let out = Command::new(python)
         .arg(&script)
-        .arg("--dir")
-        .arg(dir)
+        .args(args)
         .arg("--iters")
         .arg(iters.to_string())
         .arg("--batch")
-        .arg(FEATURE_BATCH.to_string())
+        .arg(batch.to_string())
         .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
+        .map_err(|e| format!("cannot run {python}: {e}; pass --python a Python with onnxruntime"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("").to_string();
         return Err(format!(
-            "{} failed: {last}; install it with `pip install -r tools/requirements-bench.txt`",
+            "{} failed: {last}; install onnxruntime with `pip install -r tools/requirements-bench.txt`",
             script.display()
         ));
     }
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("bench_ort.py output: {e}"))?;
     let version = json["onnxruntime"].as_str().unwrap_or("?").to_string();
-    let timings = json["models"].as_object().cloned().unwrap_or_default();
-    Ok((version, timings))
+    Ok((version, json[key].as_object().cloned().unwrap_or_default()))
 }
 
 impl fmt::Display for InferenceReport {

@@ -3,9 +3,9 @@
 //! on the same file (control step, features at batch 1 and batched, as feature caching runs it),
 //! and the node's tick latency with the skill at camera rates.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -271,31 +271,8 @@ fn run_ort(skill: &Skill, python: &str, iters: usize, dir: &Path) -> Result<(Str
     let backbone = dir.join("backbone.onnx");
     std::fs::write(&backbone, backbone_onnx(skill)).map_err(err)?;
     let model = skill.dir.join(&skill.manifest.model.file);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_ort.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg("--model")
-        .arg(&model)
-        .arg("--backbone")
-        .arg(&backbone)
-        .arg("--iters")
-        .arg(iters.to_string())
-        .arg("--batch")
-        .arg(VISION_BATCH.to_string())
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}; pass --python a Python with onnxruntime"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(format!(
-            "{} failed: {last}; install onnxruntime with `pip install -r tools/requirements-bench.txt`",
-            script.display()
-        ));
-    }
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("bench_ort.py output: {e}"))?;
-    let version = json["onnxruntime"].as_str().unwrap_or("?").to_string();
-    Ok((version, json["timings"].as_object().cloned().unwrap_or_default()))
+    let args = [OsStr::new("--model"), model.as_os_str(), OsStr::new("--backbone"), backbone.as_os_str()];
+    super::bench_ort(python, &args, iters, VISION_BATCH, "timings")
 }
 
 impl fmt::Display for VisionReport {

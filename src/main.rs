@@ -75,7 +75,7 @@ enum Command {
     Adapt {
         /// The source skill folder.
         skill: PathBuf,
-        /// Episode files, or folders of them (at least 2 episodes).
+        /// Episode files, or folders of them (at least 2 episodes; 1 with --method bayes).
         #[arg(required = true)]
         episodes: Vec<PathBuf>,
         #[command(flatten)]
@@ -863,6 +863,11 @@ enum BenchCommand {
         /// Reaches each policy is scored on.
         #[arg(long, default_value_t = 50)]
         reaches: usize,
+        /// Noise the arm adds to the demonstrator's commands while it demonstrates, rad/s
+        /// (DART: the demonstrations then show recoveries); what is recorded is the
+        /// demonstrator's command.
+        #[arg(long, default_value_t = 0.0, value_parser = adapt::args::non_negative)]
+        dart: f64,
         /// The learning-curve plot is written to PLOT.png and PLOT.svg.
         #[arg(long, default_value = "transfer-curves")]
         plot: PathBuf,
@@ -1235,6 +1240,17 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     s.success_rate * 100.0,
                     s.mean_distance * 100.0
                 );
+                if let Some(u) = &e.uncertainty {
+                    let mut sorted = u.std.clone();
+                    sorted.sort_by(f64::total_cmp);
+                    outln!(
+                        "predictive std of the bayes head (policy units): median {:.4}, range {:.4} to {:.4}; rank correlation with the final distance {:+.2}",
+                        sorted[sorted.len() / 2],
+                        sorted[0],
+                        sorted[sorted.len() - 1],
+                        u.correlation
+                    );
+                }
                 let acted: Vec<String> =
                     e.interventions.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
                 outln!(
@@ -1397,11 +1413,11 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             })?;
             print(&report, json)
         }
-        Command::Bench(BenchCommand::Transfer { source, vision, robots, demos, seeds, reaches, plot, json }) => {
+        Command::Bench(BenchCommand::Transfer { source, vision, robots, demos, seeds, reaches, dart, plot, json }) => {
             let source = source.unwrap_or_else(|| {
                 PathBuf::from(if vision { "skills/reach-arm-a-vision" } else { "skills/reach-arm-a" })
             });
-            let opts = bench::transfer::TransferOptions { source, robots, demos, seeds, reaches };
+            let opts = bench::transfer::TransferOptions { source, robots, demos, seeds, reaches, dart };
             let dir = tempfile_dir()?;
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -1568,6 +1584,13 @@ fn adapt_cli(
                 s.dir.display(),
                 s.digest
             );
+            if let Some(stats) = &adapted.stats {
+                outln!(
+                    "statistics of {} demonstration(s): {} (continue or merge them with --merge)",
+                    stats.episodes.len(),
+                    s.dir.join(adapt::continual::STATS_FILE).display()
+                );
+            }
         }
     }
     match written {

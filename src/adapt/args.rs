@@ -17,13 +17,17 @@ pub enum MethodName {
     Ridge,
     /// AdamW on the last layers.
     Finetune,
+    /// The last layer as Bayesian linear regression on per-demonstration statistics.
+    Bayes,
 }
 
 /// How to adapt: the method and its settings. The finetune settings are options so that one
 /// given with ridge is refused rather than ignored; their defaults are [`Settings::default`].
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct MethodArgs {
-    /// ridge: closed-form re-fit of the last layer; finetune: AdamW on the last --layers layers.
+    /// ridge: closed-form re-fit of the last layer; finetune: AdamW on the last --layers layers;
+    /// bayes: the last layer from statistics kept per demonstration (from one demonstration on,
+    /// written beside the adapted skill as continual.stats, continued and merged with --merge).
     #[arg(long, value_enum, default_value = "ridge")]
     pub method: MethodName,
     /// Fraction by which the held-out error must fall for the skill to be accepted.
@@ -35,6 +39,10 @@ pub struct MethodArgs {
     /// Threads for the fitting (default: every core for `adapt`, 1 in the node).
     #[arg(long, value_parser = count)]
     pub threads: Option<usize>,
+    /// bayes: start from these statistics (a continual.stats file, or an adapted skill folder
+    /// holding one): this robot's earlier ones to continue, other robots' to merge. Repeatable.
+    #[arg(long, value_name = "STATS")]
+    pub merge: Vec<PathBuf>,
     /// finetune: layers trained, counted from the output (default: the whole head).
     #[arg(long, value_parser = count)]
     pub layers: Option<usize>,
@@ -68,7 +76,7 @@ pub struct MethodArgs {
 
 /// A finetune setting given with ridge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--{0} applies to --method finetune; ridge re-fits the last layer")]
+#[error("--{0} applies to --method finetune; ridge and bayes re-fit the last layer in closed form")]
 pub struct FinetuneOnly(pub &'static str);
 
 impl MethodArgs {
@@ -96,6 +104,10 @@ impl MethodArgs {
                 Some(name) => Err(FinetuneOnly(name)),
                 None => Ok(Method::Ridge),
             },
+            MethodName::Bayes => match self.finetune_given() {
+                Some(name) => Err(FinetuneOnly(name)),
+                None => Ok(Method::Bayes),
+            },
             MethodName::Finetune => {
                 let d = Settings::default();
                 let settings = Settings {
@@ -120,6 +132,11 @@ impl MethodArgs {
             cache,
             threads: self.threads.unwrap_or(threads),
             device: self.device.unwrap_or(device),
+            merge: self
+                .merge
+                .iter()
+                .map(|p| if p.is_dir() { p.join(super::continual::STATS_FILE) } else { p.clone() })
+                .collect(),
         })
     }
 }
@@ -135,7 +152,7 @@ pub(crate) fn count(s: &str) -> Result<usize, ValueError> {
 }
 
 /// A finite number, 0 or more.
-fn non_negative(s: &str) -> Result<f64, ValueError> {
+pub fn non_negative(s: &str) -> Result<f64, ValueError> {
     s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or(ValueError("a number, 0 or more"))
 }
 

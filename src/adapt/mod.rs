@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod compute;
+pub mod continual;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 
 use crate::model::head::{Activation, LayerParams};
@@ -51,6 +52,9 @@ pub enum Method {
         /// Start the last layer from the ridge solution.
         ridge_init: bool,
     },
+    /// The last layer as Bayesian linear regression kept as per-demonstration statistics
+    /// ([`continual`]): works from one demonstration, continues and merges earlier statistics.
+    Bayes,
 }
 
 impl Method {
@@ -59,6 +63,7 @@ impl Method {
         match self {
             Method::Ridge => "ridge",
             Method::Finetune { .. } => "finetune",
+            Method::Bayes => "bayes",
         }
     }
 }
@@ -78,11 +83,22 @@ pub struct Options {
     pub threads: usize,
     /// Where fine-tuning runs.
     pub device: Device,
+    /// bayes: statistics of earlier adaptations of the same source to start from (this robot's,
+    /// to continue; other robots', to merge).
+    pub merge: Vec<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { method: Method::Ridge, margin: 0.05, folds: 5, cache: None, threads: 1, device: Device::Auto }
+        Options {
+            method: Method::Ridge,
+            margin: 0.05,
+            folds: 5,
+            cache: None,
+            threads: 1,
+            device: Device::Auto,
+            merge: Vec::new(),
+        }
     }
 }
 
@@ -129,6 +145,9 @@ pub enum AdaptError {
     /// Training failed on its device.
     #[error("fine-tuning failed on the device: {0}")]
     Compute(#[from] ComputeError),
+    /// Earlier statistics could not be used.
+    #[error(transparent)]
+    Stats(#[from] continual::StatsError),
 }
 
 /// What adaptation found, in numbers.
@@ -247,6 +266,8 @@ pub struct Adapted {
     pub report: Report,
     /// Parameters of every head layer (the frozen ones are the source's).
     pub params: Vec<LayerParams>,
+    /// bayes: the statistics of every demonstration, saved beside the adapted skill.
+    pub stats: Option<continual::Continual>,
 }
 
 fn to_f64(m: &DMatrix<f32>) -> DMatrix<f64> {
@@ -302,7 +323,7 @@ impl Problem<'_> {
         let head = &self.skill.model.head;
         let last = head.layers.len() - 1;
         match self.method {
-            Method::Ridge => {
+            Method::Ridge | Method::Bayes => {
                 let (p, lambda) = self.ridge(train);
                 Ok((vec![p], Some(lambda), None, Vec::new()))
             }
@@ -383,17 +404,27 @@ pub fn adapt(
     let n_layers = head.layers.len();
     let last = &head.layers[n_layers - 1];
     let used: Vec<&Episode> = episodes.iter().filter(|e| !e.samples.is_empty()).collect();
-    if used.len() < 2 {
+    let bayes = opts.method == Method::Bayes;
+    if bayes && used.is_empty() && opts.merge.is_empty() {
+        return Err(AdaptError::Data(
+            "no episode with samples and no statistics to merge; bayes needs at least one demonstration".into(),
+        ));
+    }
+    if !bayes && !opts.merge.is_empty() {
+        return Err(AdaptError::Data("--merge applies to --method bayes: only it keeps statistics".into()));
+    }
+    if !bayes && used.len() < 2 {
         return Err(AdaptError::Data(format!(
             "{} episode(s) with samples; adaptation needs at least 2, so a whole episode can be held out to judge the result",
             used.len()
         )));
     }
     let k = match opts.method {
-        Method::Ridge => {
+        Method::Ridge | Method::Bayes => {
             if last.activation != Activation::Identity || last.bias.is_none() {
                 return Err(AdaptError::Unsupported(format!(
-                    "ridge re-fits a linear last layer with a bias; this head's last layer (`{}`) has activation {} and {}; use --method finetune",
+                    "{} re-fits a linear last layer with a bias; this head's last layer (`{}`) has activation {} and {}; use --method finetune",
+                    opts.method.name(),
                     last.name,
                     last.activation,
                     if last.bias.is_some() { "a bias" } else { "no bias" }
@@ -414,7 +445,7 @@ pub fn adapt(
     // Before the backbone runs, so that a device that cannot be used costs nothing.
     let threads = compute::Threads::new(opts.threads);
     let backend = match opts.method {
-        Method::Ridge => Backend::select(Device::Cpu, threads.clone()),
+        Method::Ridge | Method::Bayes => Backend::select(Device::Cpu, threads.clone()),
         Method::Finetune { .. } => Backend::select(opts.device, threads.clone()),
     }?;
     let t0 = Instant::now();
@@ -426,6 +457,9 @@ pub fn adapt(
     progress.done();
     let features_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
+    if bayes {
+        return adapt_bayes(skill, &feats, opts, features_s);
+    }
     let inputs: Vec<DMatrix<f32>> =
         feats.iter().map(|e| head.forward_layers(&head.params, &e.features, 0..first)).collect();
     let problem = Problem {
@@ -471,7 +505,7 @@ pub fn adapt(
     }
     let all: Vec<usize> = (0..n_ep).collect();
     let (final_layers, lambda, epochs, curve) = match opts.method {
-        Method::Ridge => problem.fit(&all, None)?,
+        Method::Ridge | Method::Bayes => problem.fit(&all, None)?,
         Method::Finetune { .. } => {
             // The curve and the epoch count come from a run that holds the last episode out;
             // the exported head then trains on every episode for that many epochs.
@@ -485,24 +519,62 @@ pub fn adapt(
     progress.done();
     let mut params = head.params.clone();
     params[first..].clone_from_slice(&final_layers);
+    let held_out = HeldOut { source: sse_src, adapted: sse_new, targets: ss_targets, rows: rows as f64 };
+    let judged = judge(skill, &params, &feats, &held_out, opts.margin);
+    let report = Report {
+        method: opts.method.name().into(),
+        episodes: feats.iter().map(|e| e.id.clone()).collect(),
+        samples: feats.iter().map(|e| e.features.nrows()).sum(),
+        folds,
+        layers: k,
+        lambda,
+        epochs,
+        labels: skill.manifest.action_labels(),
+        curve,
+        features_s,
+        cached: feats.iter().filter(|e| e.cached).count(),
+        fit_s: t1.elapsed().as_secs_f64(),
+        device: problem.backend.describe(),
+        ..judged
+    };
+    Ok(Adapted { report, params, stats: None })
+}
 
+/// Held-out squared errors per action element (policy units), over `rows` rows whose targets'
+/// squares sum to `targets`.
+struct HeldOut {
+    source: Vec<f64>,
+    adapted: Vec<f64>,
+    targets: f64,
+    rows: f64,
+}
+
+/// The gate: the held-out numbers, and the adapted head `params` checked on every
+/// demonstration (finite, within the action limits). Returns the report's judging fields; the
+/// caller fills in the rest.
+fn judge(skill: &Skill, params: &[LayerParams], feats: &[EpisodeFeatures], e: &HeldOut, margin: f64) -> Report {
+    let head = &skill.model.head;
+    let n_layers = head.layers.len();
+    let a = skill.manifest.action_width();
+    let rows = e.rows.max(1.0);
+    let (sse_src, sse_new, ss_targets) = (&e.source, &e.adapted, e.targets);
     let norm_std = &skill.manifest.action.std;
-    let source_mse = sse_src.iter().sum::<f64>() / (rows * a) as f64;
-    let adapted_mse = sse_new.iter().sum::<f64>() / (rows * a) as f64;
-    let rmse = |sse: &[f64]| sse.iter().zip(norm_std).map(|(s, sd)| (s / rows as f64).sqrt() * sd).collect::<Vec<_>>();
+    let source_mse = sse_src.iter().sum::<f64>() / (rows * a as f64);
+    let adapted_mse = sse_new.iter().sum::<f64>() / (rows * a as f64);
+    let rmse = |sse: &[f64]| sse.iter().zip(norm_std).map(|(s, sd)| (s / rows).sqrt() * sd).collect::<Vec<_>>();
     // Source and adapted outputs are f32 sums over the last layer's inputs, computed in another
     // order (and with or without fused multiply-adds) than the demonstrations were: errors below
     // that rounding level are noise, and a "gain" within it is none. Without this floor,
     // demonstrations of the source itself were accepted or rejected by the CPU's rounding
     // (a 4.9 % gain on x86-64, 5.4 % on aarch64, against a 5 % margin).
     let width = head.params[n_layers - 1].weight.ncols() as f64;
-    let floor = ss_targets / (rows * a) as f64 * (width * f64::from(f32::EPSILON)).powi(2);
+    let floor = ss_targets / (rows * a as f64) * (width * f64::from(f32::EPSILON)).powi(2);
     let improvement = if source_mse + floor > 0.0 { 1.0 - (adapted_mse + floor) / (source_mse + floor) } else { 0.0 };
     let mut reasons = Vec::new();
-    if !(adapted_mse.is_finite() && improvement >= opts.margin) {
+    if !(adapted_mse.is_finite() && improvement >= margin) {
         reasons.push(format!(
             "held-out error {adapted_mse:.6} is not {:.0} % below the source's {source_mse:.6} (improvement {:.1} %)",
-            opts.margin * 100.0,
+            margin * 100.0,
             improvement * 100.0
         ));
     }
@@ -511,8 +583,8 @@ pub fn adapt(
     let act = &skill.manifest.action;
     let mut outside = 0;
     let mut non_finite = !finite;
-    for e in &feats {
-        let pred = head.forward_with(&params, &e.features);
+    for e in feats {
+        let pred = head.forward_with(params, &e.features);
         for r in 0..pred.nrows() {
             for c in 0..a {
                 let v = pred[(r, c)] as f64 * act.std[c] + act.mean[c];
@@ -534,31 +606,90 @@ pub fn adapt(
             "{outside} predictions on the demonstrations fall outside the action limits (by more than 5 % of their range)"
         ));
     }
-    let report = Report {
-        method: opts.method.name().into(),
-        episodes: feats.iter().map(|e| e.id.clone()).collect(),
-        samples: feats.iter().map(|e| e.features.nrows()).sum(),
-        folds,
-        layers: k,
-        lambda,
-        epochs,
-        labels: skill.manifest.action_labels(),
-        source_rmse: rmse(&sse_src),
-        adapted_rmse: rmse(&sse_new),
+    Report {
+        method: String::new(),
+        episodes: Vec::new(),
+        samples: 0,
+        folds: 0,
+        layers: 1,
+        lambda: None,
+        epochs: None,
+        labels: Vec::new(),
+        source_rmse: rmse(sse_src),
+        adapted_rmse: rmse(sse_new),
         source_mse,
         adapted_mse,
         improvement,
-        margin: opts.margin,
+        margin,
         accepted: reasons.is_empty(),
         reasons,
         outside_limits: outside,
-        curve,
+        curve: Vec::new(),
+        features_s: 0.0,
+        cached: 0,
+        fit_s: 0.0,
+        device: String::new(),
+    }
+}
+
+/// The bayes method: every demonstration (and every merged statistics file) as sufficient
+/// statistics of the last layer, the head solved from them, the gate on their leave-one-out
+/// errors.
+fn adapt_bayes(
+    skill: &Skill,
+    feats: &[EpisodeFeatures],
+    opts: &Options,
+    features_s: f64,
+) -> Result<Adapted, AdaptError> {
+    let t1 = Instant::now();
+    let head = &skill.model.head;
+    let last = head.layers.len() - 1;
+    let w0 = to_f64(&head.params[last].weight);
+    let b0 = head.params[last].bias.as_ref().map_or_else(|| DVector::zeros(w0.nrows()), |b| b.map(|v| v as f64));
+    let key = continual::Key::of(skill);
+    // The prior is the source's last layer: this skill's, or, continuing statistics gathered on
+    // an earlier version of it (this skill's own source, when it was adapted by bayes), theirs.
+    let mut stats = continual::Continual::new(key.clone(), w0, b0);
+    for (i, path) in opts.merge.iter().enumerate() {
+        let loaded = continual::Continual::load(path)?;
+        if i == 0 && loaded.key == key {
+            stats = continual::Continual { episodes: Vec::new(), ..loaded.clone() };
+        }
+        stats.merge(loaded)?;
+    }
+    for e in feats {
+        let h = to_f64(&head.forward_layers(&head.params, &e.features, 0..last));
+        stats.add(continual::EpisodeStats::of(&e.id, &h, &to_f64(&e.targets)));
+    }
+    let solved = stats.solve().ok_or_else(|| {
+        AdaptError::Data("the demonstrations hold too few samples to hold any out (need at least 4)".into())
+    })?;
+    let mut params = head.params.clone();
+    params[last] = LayerParams { weight: solved.weight.map(|v| v as f32), bias: Some(solved.bias.map(|v| v as f32)) };
+    let held_out = HeldOut {
+        source: solved.source_sse.clone(),
+        adapted: solved.held_out_sse.clone(),
+        targets: solved.target_energy,
+        rows: solved.rows,
+    };
+    let margin = if stats.episodes.len() == 1 { opts.margin.max(continual::ONE_DEMO_MARGIN) } else { opts.margin };
+    let judged = judge(skill, &params, feats, &held_out, margin);
+    let report = Report {
+        method: opts.method.name().into(),
+        episodes: stats.episodes.iter().map(|e| e.id.clone()).collect(),
+        samples: solved.rows as usize,
+        folds: solved.groups,
+        layers: 1,
+        lambda: Some(solved.lambda),
+        epochs: None,
+        labels: skill.manifest.action_labels(),
         features_s,
         cached: feats.iter().filter(|e| e.cached).count(),
         fit_s: t1.elapsed().as_secs_f64(),
-        device: problem.backend.describe(),
+        device: "cpu".into(),
+        ..judged
     };
-    Ok(Adapted { report, params })
+    Ok(Adapted { report, params, stats: Some(stats) })
 }
 
 /// The version an adapted skill gets: the source's with the minor number raised.
@@ -644,7 +775,9 @@ pub fn write(
         meta.push(("epochs".into(), e.to_string()));
     }
     let proto = export::with_head_params(&source.model.file, &source.model.head, &adapted.params, &meta)?;
-    Ok(skill::write_skill(out, &m, &export::encode(&proto))?)
+    let stats = adapted.stats.as_ref().map(|s| s.to_bytes());
+    let extra: Vec<(&str, &[u8])> = stats.iter().map(|b| (continual::STATS_FILE, b.as_slice())).collect();
+    Ok(skill::write_skill_with(out, &m, &export::encode(&proto), &extra)?)
 }
 
 /// The robot the episodes were recorded on, when they all say the same.

@@ -8,13 +8,14 @@ use nalgebra::{DMatrix, DVector};
 
 use super::compute::{Threads, gemm};
 
-/// Sufficient statistics of a set of rows: Σ h hᵀ, Σ h yᵀ, Σ h, Σ y, n.
+/// Sufficient statistics of a set of rows: Σ h hᵀ, Σ h yᵀ, Σ h, Σ y, Σ y² per output, n.
 #[derive(Debug, Clone)]
 pub struct Stats {
     hh: DMatrix<f64>,
     hy: DMatrix<f64>,
     h: DVector<f64>,
     y: DVector<f64>,
+    yy: DVector<f64>,
     n: f64,
 }
 
@@ -30,23 +31,110 @@ impl Stats {
         hh.fill_upper_triangle_with_lower_triangle();
         let mut hy = DMatrix::zeros(d, a);
         gemm(threads, false, true, a, d, n, 1.0, y.as_slice(), h.as_slice(), 0.0, hy.as_mut_slice());
-        Stats { hh, hy, h: h.row_sum().transpose(), y: y.row_sum().transpose(), n: n as f64 }
+        let yy = DVector::from_iterator(a, y.column_iter().map(|c| c.norm_squared()));
+        Stats { hh, hy, h: h.row_sum().transpose(), y: y.row_sum().transpose(), yy, n: n as f64 }
     }
 
-    fn empty(d: usize, a: usize) -> Stats {
-        Stats { hh: DMatrix::zeros(d, d), hy: DMatrix::zeros(d, a), h: DVector::zeros(d), y: DVector::zeros(a), n: 0.0 }
+    /// No rows, for inputs `d` wide and outputs `a` wide.
+    pub fn empty(d: usize, a: usize) -> Stats {
+        Stats {
+            hh: DMatrix::zeros(d, d),
+            hy: DMatrix::zeros(d, a),
+            h: DVector::zeros(d),
+            y: DVector::zeros(a),
+            yy: DVector::zeros(a),
+            n: 0.0,
+        }
     }
 
-    fn add(&mut self, o: &Stats) {
+    /// Rows counted.
+    pub fn n(&self) -> f64 {
+        self.n
+    }
+
+    /// Adds the rows of `o`.
+    pub fn add(&mut self, o: &Stats) {
         self.hh += &o.hh;
         self.hy += &o.hy;
         self.h += &o.h;
         self.y += &o.y;
+        self.yy += &o.yy;
         self.n += o.n;
     }
 
+    /// Takes away the rows of `o`, added before.
+    pub fn sub(&mut self, o: &Stats) {
+        self.hh -= &o.hh;
+        self.hy -= &o.hy;
+        self.h -= &o.h;
+        self.y -= &o.y;
+        self.yy -= &o.yy;
+        self.n -= o.n;
+    }
+
+    /// Squared error per output of `h ↦ W h + b` on these rows, from the sums alone:
+    /// Σ(y - wᵀh - b)² = Σy² - 2wᵀΣhy - 2bΣy + wᵀ(Σhhᵀ)w + 2b wᵀΣh + n b².
+    pub fn sse(&self, weight: &DMatrix<f64>, bias: &DVector<f64>) -> Vec<f64> {
+        (0..weight.nrows())
+            .map(|c| {
+                let w = weight.row(c).transpose();
+                let b = bias[c];
+                let v = self.yy[c] - 2.0 * w.dot(&self.hy.column(c)) - 2.0 * b * self.y[c]
+                    + w.dot(&(&self.hh * &w))
+                    + 2.0 * b * w.dot(&self.h)
+                    + self.n * b * b;
+                v.max(0.0)
+            })
+            .collect()
+    }
+
+    /// How many numbers [`Stats::each_part`] gives (n aside).
+    pub fn numbers(d: usize, a: usize) -> usize {
+        d * d + d * a + d + 2 * a
+    }
+
+    /// Every sum, in a fixed order, for a file.
+    pub fn each_part(&self, put: &mut dyn FnMut(&[f64])) {
+        put(self.hh.as_slice());
+        put(self.hy.as_slice());
+        put(self.h.as_slice());
+        put(self.y.as_slice());
+        put(self.yy.as_slice());
+    }
+
+    /// The statistics [`Stats::each_part`] gave as `v`, over `n` rows.
+    pub fn from_parts(d: usize, a: usize, v: &[f64], n: f64) -> Stats {
+        let mut at = 0;
+        let mut take = |k: usize| {
+            at += k;
+            &v[at - k..at]
+        };
+        Stats {
+            hh: DMatrix::from_column_slice(d, d, take(d * d)),
+            hy: DMatrix::from_column_slice(d, a, take(d * a)),
+            h: DVector::from_column_slice(take(d)),
+            y: DVector::from_column_slice(take(a)),
+            yy: DVector::from_column_slice(take(a)),
+            n,
+        }
+    }
+
+    /// Σ y² over every output.
+    pub fn target_energy(&self) -> f64 {
+        self.yy.sum()
+    }
+
+    /// Whether every sum is a finite number.
+    pub fn is_finite(&self) -> bool {
+        self.n.is_finite()
+            && self.n >= 0.0
+            && [self.hh.as_slice(), self.hy.as_slice(), self.h.as_slice(), self.y.as_slice(), self.yy.as_slice()]
+                .iter()
+                .all(|p| p.iter().all(|v| v.is_finite()))
+    }
+
     /// Centred Gram `HcᵀHc`, cross term `HcᵀYc`, and the means.
-    fn centred(&self) -> (DMatrix<f64>, DMatrix<f64>, DVector<f64>, DVector<f64>) {
+    pub fn centred(&self) -> (DMatrix<f64>, DMatrix<f64>, DVector<f64>, DVector<f64>) {
         let mh = &self.h / self.n;
         let my = &self.y / self.n;
         let g = &self.hh - &mh * mh.transpose() * self.n;

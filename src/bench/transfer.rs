@@ -5,7 +5,10 @@
 //! did not include, next to the unadapted source and the expert. A vision source skill (one with
 //! `[[image]]` inputs) is demonstrated with the camera recorded; its baseline from scratch is its
 //! head re-initialised and trained on the frozen backbone's features (the runtime does not train
-//! conv nets), so every method sees exactly the same features.
+//! conv nets), so every method sees exactly the same features. The `continual` row adapts as the
+//! node's continual mode does: the demonstrations arrive one at a time, each updates the saved
+//! per-demonstration statistics (`--method bayes --merge`), and the head the gate last accepted is
+//! the one scored; its CPU time is per update.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,8 @@ pub struct TransferOptions {
     pub seeds: usize,
     /// Reaches each policy is scored on.
     pub reaches: usize,
+    /// Noise added to the demonstrator's commands while demonstrating, rad/s (DART).
+    pub dart: f64,
 }
 
 /// One point of a learning curve: a method with some demonstrations on a robot, over seeds.
@@ -45,7 +50,7 @@ pub struct TransferOptions {
 pub struct Point {
     /// Target robot.
     pub robot: String,
-    /// `source`, `ridge`, `finetune` or `from scratch`.
+    /// `source`, `ridge`, `finetune`, `continual` or `from scratch`.
     pub method: String,
     /// Demonstrations.
     pub demos: usize,
@@ -55,7 +60,7 @@ pub struct Point {
     pub distance: Vec<f64>,
     /// Seeds whose adapted skill the gate accepted (adaptation only).
     pub accepted: Option<usize>,
-    /// CPU seconds of each fit (adaptation and training).
+    /// CPU seconds of each fit (adaptation and training; continual: of each update).
     pub cpu_s: Vec<f64>,
     /// Why the method could not run, when it could not.
     pub skipped: Option<String>,
@@ -85,6 +90,8 @@ pub struct TransferReport {
     pub reaches: usize,
     /// Seeds per point.
     pub seeds: usize,
+    /// DART noise of the demonstrations, rad/s.
+    pub dart: f64,
 }
 
 /// Process CPU time, s (the fitting threads included).
@@ -121,7 +128,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
         progress(&format!("{name}: source"));
         let zero = score_skill(&mut source, &robot, &scored).map_err(|e| e.to_string())?;
         for &n in &opts.demos {
-            let mut rows: Vec<Point> = ["source", "ridge", "finetune", "from scratch"]
+            let mut rows: Vec<Point> = ROWS
                 .iter()
                 .map(|m| Point {
                     robot: name.clone(),
@@ -129,7 +136,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     demos: n,
                     success: Vec::new(),
                     distance: Vec::new(),
-                    accepted: m.starts_with("ridge").then_some(0).or(m.starts_with("finetune").then_some(0)),
+                    accepted: ["ridge", "finetune", "continual"].contains(m).then_some(0),
                     cpu_s: Vec::new(),
                     skipped: None,
                     rejections: Vec::new(),
@@ -143,7 +150,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     &demo_tasks(seed, n, robot.home),
                     &folder.join("episodes"),
                     "demo",
-                    &RecordOptions { noise: 0.0, camera: vision, compression: Default::default() },
+                    &RecordOptions { noise: opts.dart, camera: vision, compression: Default::default() },
                 )
                 .map_err(|e| e.to_string())?;
                 rows[0].success.push(zero.success_rate);
@@ -151,6 +158,10 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                 let episodes = dataset::load(&files, &source.manifest).map_err(|e| e.to_string())?;
                 for (i, (mname, method)) in methods().into_iter().enumerate() {
                     let row = &mut rows[1 + i];
+                    if episodes.len() < 2 {
+                        row.skipped = Some(NEEDS_TWO.into());
+                        continue;
+                    }
                     let o = Options { method, threads: 1, ..Options::default() };
                     let t = cpu_s();
                     let adapted = match adapt::adapt(&source, &episodes, &o, &Quiet) {
@@ -175,25 +186,95 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     row.success.push(s.success_rate);
                     row.distance.push(s.mean_distance);
                 }
-                let t = cpu_s();
-                let mut skill = if vision {
-                    scratch_head(&source, &episodes, &folder.join("scratch"), seed)?
-                } else {
-                    let scratch_eps = dataset::load(&files, &template).map_err(|e| e.to_string())?;
-                    let trained =
-                        train::train(&template, &scratch_eps, &TrainOptions::default()).map_err(|e| e.to_string())?;
-                    skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
-                        .map_err(|e| e.to_string())?
-                };
-                rows[3].cpu_s.push(cpu_s() - t);
+                let (mut skill, updates, accepted) = continual(&source, &episodes, &folder.join("continual"), name)?;
+                rows[3].cpu_s.extend(updates);
+                *rows[3].accepted.get_or_insert(0) += usize::from(accepted);
                 let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
                 rows[3].success.push(s.success_rate);
                 rows[3].distance.push(s.mean_distance);
+                if episodes.len() < 2 {
+                    rows[4].skipped = Some(NEEDS_TWO.into());
+                    continue;
+                }
+                let t = cpu_s();
+                let scratch = if vision {
+                    scratch_head(&source, &episodes, &folder.join("scratch"), seed)
+                } else {
+                    let scratch_eps = dataset::load(&files, &template).map_err(|e| e.to_string())?;
+                    train::train(&template, &scratch_eps, &TrainOptions::default()).map_err(|e| e.to_string()).and_then(
+                        |trained| {
+                            skill::write_skill(&folder.join("scratch"), &trained.manifest, &trained.model)
+                                .map_err(|e| e.to_string())
+                        },
+                    )
+                };
+                let mut skill = match scratch {
+                    Ok(skill) => skill,
+                    Err(e) => {
+                        rows[4].skipped = Some(e);
+                        continue;
+                    }
+                };
+                rows[4].cpu_s.push(cpu_s() - t);
+                let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
+                rows[4].success.push(s.success_rate);
+                rows[4].distance.push(s.mean_distance);
             }
             points.extend(rows);
         }
     }
-    Ok(TransferReport { source: label, expert: expert_scores, points, reaches: opts.reaches, seeds: opts.seeds })
+    Ok(TransferReport {
+        source: label,
+        expert: expert_scores,
+        points,
+        reaches: opts.reaches,
+        seeds: opts.seeds,
+        dart: opts.dart,
+    })
+}
+
+/// Why ridge, finetune and training from scratch do not run on one demonstration: they hold
+/// whole episodes out.
+const NEEDS_TWO: &str = "needs 2 episodes";
+
+/// The rows of each point, in table order.
+const ROWS: [&str; 5] = ["source", "ridge", "finetune", "continual", "from scratch"];
+
+/// Continual adaptation over `episodes` arriving one at a time, in `dir`: each one is adapted
+/// with `bayes` on top of the statistics saved by the update before, and the head the gate last
+/// accepted is kept (the source until one is). Returns that skill, the CPU seconds of each update
+/// (features of the new demonstration, the statistics, the solve, the gate and the save), and
+/// whether any update was accepted.
+fn continual(
+    source: &Skill,
+    episodes: &[dataset::Episode],
+    dir: &Path,
+    robot: &str,
+) -> Result<(Skill, Vec<f64>, bool), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut stats: Option<PathBuf> = None;
+    let mut kept: Option<adapt::Adapted> = None;
+    let mut updates = Vec::new();
+    for (k, episode) in episodes.iter().enumerate() {
+        let o =
+            Options { method: Method::Bayes, threads: 1, merge: stats.iter().cloned().collect(), ..Options::default() };
+        let t = cpu_s();
+        let adapted = adapt::adapt(source, std::slice::from_ref(episode), &o, &Quiet).map_err(|e| e.to_string())?;
+        let path = dir.join(format!("after-{}.stats", k + 1));
+        adapted.stats.as_ref().expect("bayes keeps statistics").save(&path).map_err(|e| e.to_string())?;
+        updates.push(cpu_s() - t);
+        stats = Some(path);
+        if adapted.report.accepted {
+            kept = Some(adapted);
+        }
+    }
+    match kept {
+        Some(a) => {
+            let skill = adapt::write(source, &a, &dir.join("skill"), None, Some(robot)).map_err(|e| e.to_string())?;
+            Ok((skill, updates, true))
+        }
+        None => Ok((Skill::load(&source.dir).map_err(|e| e.to_string())?, updates, false)),
+    }
 }
 
 /// The source skill with its head re-initialised (Glorot-uniform weights, zero biases, seeded) and
@@ -244,7 +325,7 @@ impl TransferReport {
                     .map(|&x| (x, expert.success_rate * 100.0, 0.0))
                     .collect(),
             )];
-            for method in ["source", "ridge", "finetune", "from scratch"] {
+            for method in ROWS {
                 let line: Vec<(f64, f64, f64)> = points
                     .iter()
                     .filter(|p| p.method == method && !p.success.is_empty())
@@ -263,12 +344,17 @@ impl fmt::Display for TransferReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "source skill {}; success = tip within {} m after {} s; {} scored reaches, {} seed(s) per point (mean ± spread over seeds)",
+            "source skill {}; success = tip within {} m after {} s; {} scored reaches, {} seed(s) per point (mean ± spread over seeds){}",
             self.source,
             sim::SUCCESS_M,
             sim::EPISODE_TICKS as f64 / sim::RATE_HZ,
             self.reaches,
-            self.seeds
+            self.seeds,
+            if self.dart > 0.0 {
+                format!("; demonstrations with DART noise {} rad/s", self.dart)
+            } else {
+                String::new()
+            }
         )?;
         for (robot, e) in &self.expert {
             writeln!(
@@ -278,6 +364,7 @@ impl fmt::Display for TransferReport {
                 e.mean_distance
             )?;
             writeln!(f, "| demos | method | success (%) | final distance (m) | gate accepted | fit CPU (s) |")?;
+            // continual's CPU is per update (one demonstration each), the others' per fit.
             writeln!(f, "|---:|---|---:|---:|---:|---:|")?;
             for p in self.points.iter().filter(|p| &p.robot == robot) {
                 if let Some(why) = &p.skipped
@@ -287,7 +374,11 @@ impl fmt::Display for TransferReport {
                     continue;
                 }
                 let accepted = p.accepted.map_or("-".into(), |a| format!("{a}/{}", p.success.len()));
-                let cpu = if p.cpu_s.is_empty() { "-".into() } else { format!("{:.2}", mean(&p.cpu_s)) };
+                let cpu = match (p.cpu_s.is_empty(), p.method == "continual") {
+                    (true, _) => "-".into(),
+                    (false, true) => format!("{:.3} per update", mean(&p.cpu_s)),
+                    (false, false) => format!("{:.2}", mean(&p.cpu_s)),
+                };
                 writeln!(
                     f,
                     "| {} | {} | {:.0} ± {:.0} | {:.3} ± {:.3} | {accepted} | {cpu} |",

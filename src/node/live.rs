@@ -4,6 +4,11 @@
 //! skill is written under `adapted_dir` and swapped in between two ticks, blending in. Every step
 //! and the numbers go out as JSON on `~/adapt/status`; `~/skill/rollback` returns to the skill
 //! before.
+//!
+//! With the `continual` parameter on, each demonstration written starts a `bayes` update on its
+//! own: the statistics of every demonstration so far are kept under `adapted_dir` (one file per
+//! skill's frozen layers, saved after every update, accepted or not), the new episodes are added,
+//! and the head the gate accepts is swapped in the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +40,8 @@ pub struct Request {
     pub last: Option<usize>,
     /// Where fine-tuning runs, when the request says (else the node's `adapt_device`).
     pub device: Option<Device>,
+    /// A continual update: bayes on the episodes not yet in the node's statistics.
+    pub continual: bool,
 }
 
 /// The request's own words besides the method's: which episodes.
@@ -138,7 +145,13 @@ impl Request {
         let args = RequestArgs::try_parse_from(words_to_flags(text)?)?;
         // One fitting thread unless asked: the node's control loop keeps the cores it needs.
         let options = args.how.options(1, Device::default(), None)?;
-        Ok(Request { options, label: args.label, last: args.last, device: args.how.device })
+        Ok(Request { options, label: args.label, last: args.last, device: args.how.device, continual: false })
+    }
+
+    /// The update continual mode makes after each demonstration.
+    fn continual() -> Request {
+        let options = Options { method: crate::adapt::Method::Bayes, ..Options::default() };
+        Request { options, label: None, last: None, device: None, continual: true }
     }
 }
 
@@ -211,6 +224,10 @@ impl Board {
 pub struct Live {
     tx: Mutex<Option<SyncSender<(String, Request)>>>,
     busy: Arc<AtomicBool>,
+    /// Whether each demonstration written starts a continual update.
+    continual: Arc<AtomicBool>,
+    /// A demonstration arrived while an adaptation ran: the worker updates after it.
+    pending: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     board: Arc<Board>,
     skills: Arc<Skills>,
@@ -228,14 +245,59 @@ impl Live {
         let (tx, rx) = sync_channel(1);
         let busy = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let continual = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (board, skills, busy, stop) = (board.clone(), skills.clone(), busy.clone(), stop.clone());
+            let flags = Flags {
+                busy: busy.clone(),
+                stop: stop.clone(),
+                continual: continual.clone(),
+                pending: pending.clone(),
+            };
+            let (board, skills) = (board.clone(), skills.clone());
             std::thread::Builder::new()
                 .name("skillgraft-adapt".into())
-                .spawn(move || worker(rx, &cfg, &skills, &board, &busy, &stop))?
+                .spawn(move || worker(rx, &cfg, &skills, &board, &flags))?
         };
         board.update(&skills, |_| {});
-        Ok(Live { tx: Mutex::new(Some(tx)), busy, stop, board, skills, thread: Mutex::new(Some(thread)) })
+        Ok(Live {
+            tx: Mutex::new(Some(tx)),
+            busy,
+            continual,
+            pending,
+            stop,
+            board,
+            skills,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Turns continual adaptation on or off (from the next demonstration written).
+    pub fn set_continual(&self, on: bool) {
+        self.continual.store(on, Ordering::Relaxed);
+    }
+
+    /// A demonstration was written: with continual adaptation on, update now, or after the
+    /// adaptation that runs (nothing recorded is left out: the update takes every episode not yet
+    /// in the statistics).
+    pub fn episode_written(&self) {
+        if !self.continual.load(Ordering::Relaxed) {
+            return;
+        }
+        self.pending.store(true, Ordering::Release);
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.pending.store(false, Ordering::Release);
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(("continual".into(), Request::continual())).is_ok());
+        if !sent {
+            self.busy.store(false, Ordering::Release);
+        }
     }
 
     /// Where fine-tuning runs from the next adaptation on, unless a request says otherwise.
@@ -344,28 +406,44 @@ impl Progress for Reporter<'_> {
     }
 }
 
-fn worker(
-    rx: Receiver<(String, Request)>,
-    cfg: &LiveConfig,
-    skills: &Skills,
-    board: &Board,
-    busy: &AtomicBool,
-    stop: &AtomicBool,
-) {
+/// The worker's shared flags.
+struct Flags {
+    busy: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    continual: Arc<AtomicBool>,
+    pending: Arc<AtomicBool>,
+}
+
+fn worker(rx: Receiver<(String, Request)>, cfg: &LiveConfig, skills: &Skills, board: &Board, flags: &Flags) {
     lowest_priority();
-    while let Ok((text, request)) = rx.recv() {
+    while let Ok(job) = rx.recv() {
+        let mut next = Some(job);
+        while let Some((text, request)) = next.take() {
+            one(&text, &request, cfg, skills, board, &flags.stop);
+            // Demonstrations written meanwhile: one continual update takes them all.
+            if flags.pending.swap(false, Ordering::AcqRel) && flags.continual.load(Ordering::Relaxed) {
+                next = Some(("continual".into(), Request::continual()));
+            }
+        }
+        flags.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Runs one adaptation and publishes what came of it.
+fn one(text: &str, request: &Request, cfg: &LiveConfig, skills: &Skills, board: &Board, stop: &AtomicBool) {
+    {
         let t0 = Instant::now();
         board.update(skills, |s| {
             *s = Status {
                 state: "adapting".into(),
-                request: text.clone(),
+                request: text.to_string(),
                 phase: "reading episodes".into(),
                 ..Default::default()
             }
         });
         let progress = Reporter { board, skills, stop, phase: Mutex::new((String::new(), 0, 0)) };
         let device = *board.device.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = run(&LiveConfig { device, ..cfg.clone() }, skills, &request, &progress);
+        let outcome = run(&LiveConfig { device, ..cfg.clone() }, skills, request, &progress);
         let seconds = t0.elapsed().as_secs_f64();
         match outcome {
             Ok(done) => {
@@ -399,7 +477,6 @@ fn worker(
                 });
             }
         }
-        busy.store(false, Ordering::Release);
     }
 }
 
@@ -452,14 +529,18 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
             source.digest
         ));
     }
+    if request.continual {
+        return continual(cfg, skills, &source, &active, progress);
+    }
     let files = select(&cfg.episodes_dir, &skills.lineage(), request)?;
     let episodes: Vec<dataset::Episode> = files
         .into_iter()
         .map(|f| dataset::pair(f, &source.manifest).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    if episodes.len() < 2 {
+    let needed = if request.options.method == crate::adapt::Method::Bayes { 1 } else { 2 };
+    if episodes.len() < needed {
         return Err(format!(
-            "{} episode(s) in {} were recorded for the running skill{}; record at least 2 on ~/demo/control",
+            "{} episode(s) in {} were recorded for the running skill{}; record at least {needed} on ~/demo/control",
             episodes.len(),
             cfg.episodes_dir.display(),
             request.label.as_deref().map(|l| format!(" with label {l:?}")).unwrap_or_default()
@@ -471,6 +552,71 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
         ..request.options.clone()
     };
     let adapted = crate::adapt::adapt(&source, &episodes, &options, progress).map_err(|e| e.to_string())?;
+    install(cfg, skills, &source, &active, adapted, &episodes)
+}
+
+/// The node's statistics file for skills with `key`'s frozen layers.
+pub fn stats_file(adapted_dir: &Path, key: &crate::adapt::continual::Key) -> PathBuf {
+    adapted_dir.join(format!("{}-{}.continual.stats", key.skill, &key.frozen[..key.frozen.len().min(16)]))
+}
+
+/// A continual update: the episodes recorded for the running skill's lineage that the node's
+/// statistics do not hold yet are added to them (the prior stays the skill the statistics began
+/// with), the statistics are saved whatever the gate says, and an accepted head is swapped in.
+fn continual(
+    cfg: &LiveConfig,
+    skills: &Skills,
+    source: &Skill,
+    active: &SkillInfo,
+    progress: &Reporter<'_>,
+) -> Result<Done, String> {
+    use crate::adapt::continual::{Continual, Key, StatsError};
+    let key = Key::of(source);
+    let file = stats_file(&cfg.adapted_dir, &key);
+    let known: Vec<String> = match Continual::load(&file) {
+        Ok(c) => c.episodes.into_iter().map(|e| e.id).collect(),
+        Err(StatsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            // Kept for a person to look at; the statistics start again from the episodes.
+            let aside = file.with_extension("stats.damaged");
+            tracing::warn!("{e}; moved to {} and starting the statistics again", aside.display());
+            std::fs::rename(&file, &aside).map_err(|e| format!("{}: {e}", file.display()))?;
+            Vec::new()
+        }
+    };
+    let all = Request { continual: false, ..Request::continual() };
+    let files: Vec<episode::EpisodeFile> =
+        select(&cfg.episodes_dir, &skills.lineage(), &all)?.into_iter().filter(|f| !known.contains(&f.id())).collect();
+    if files.is_empty() {
+        return Err("continual: no demonstration recorded since the last update".into());
+    }
+    let episodes: Vec<dataset::Episode> = files
+        .into_iter()
+        .map(|f| dataset::pair(f, &source.manifest).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let options = Options {
+        cache: Some(cfg.episodes_dir.join(".features")),
+        merge: if file.exists() { vec![file.clone()] } else { Vec::new() },
+        ..Request::continual().options
+    };
+    let adapted = crate::adapt::adapt(source, &episodes, &options, progress).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&cfg.adapted_dir).map_err(|e| format!("{}: {e}", cfg.adapted_dir.display()))?;
+    if let Some(stats) = &adapted.stats {
+        stats.save(&file).map_err(|e| e.to_string())?;
+    }
+    install(cfg, skills, source, active, adapted, &episodes)
+}
+
+/// Writes an accepted adapted skill under `adapted_dir` and swaps it in, unless the running skill
+/// changed meanwhile.
+fn install(
+    cfg: &LiveConfig,
+    skills: &Skills,
+    source: &Skill,
+    active: &SkillInfo,
+    adapted: crate::adapt::Adapted,
+    episodes: &[dataset::Episode],
+) -> Result<Done, String> {
     if !adapted.report.accepted {
         return Ok(Done { report: adapted.report, adapted: None, swapped: false, note: None });
     }
@@ -479,8 +625,8 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
     while folder(&version).exists() {
         version = crate::adapt::next_version(&version);
     }
-    let robot = crate::adapt::robot_of(&episodes);
-    let written = crate::adapt::write(&source, &adapted, &folder(&version), Some(version), robot.as_deref())
+    let robot = crate::adapt::robot_of(episodes);
+    let written = crate::adapt::write(source, &adapted, &folder(&version), Some(version), robot.as_deref())
         .map_err(|e| e.to_string())?;
     let info = SkillInfo::of(&written);
     if skills.current().digest != active.digest {

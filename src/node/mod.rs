@@ -82,6 +82,8 @@ pub struct NodeConfig {
     pub adapted_dir: std::path::PathBuf,
     /// Where the node's fine-tuning runs.
     pub adapt_device: crate::adapt::device::Device,
+    /// Whether each demonstration written starts a continual (bayes) update.
+    pub continual: bool,
     /// Resolved adaptation request topic (`~/adapt`).
     pub adapt_topic: String,
     /// Resolved adaptation status topic (`~/adapt/status`).
@@ -194,6 +196,7 @@ impl NodeConfig {
             adapt_device: param::<String>(args, m, "adapt_device")?
                 .parse()
                 .map_err(|e| ArgsError(format!("parameter `adapt_device`: {e}")))?,
+            continual: param::<bool>(args, m, "continual")?,
             adapt_topic: topic("~/adapt")?,
             adapt_status_topic: topic("~/adapt/status")?,
             rollback_topic: topic("~/skill/rollback")?,
@@ -425,6 +428,11 @@ impl RunningNode {
             )
             .map_err(|e| NodeError::Thread("skillgraft-adapt", e))?,
         );
+        live.set_continual(cfg.continual);
+        {
+            let live = live.clone();
+            tap.on_written(Box::new(move |_| live.episode_written()));
+        }
         {
             let (live, topic) = (live.clone(), cfg.adapt_topic.clone());
             transport.subscribe(

@@ -269,6 +269,15 @@ pub const PARAMETERS: &[ParamSpec] = &[
         default: |_| text("auto"),
     },
     ParamSpec {
+        name: "continual",
+        kind: pt::BOOL,
+        runtime: true,
+        range: None,
+        doc: "after each demonstration written, adapt by bayes on the statistics kept so far and swap in what the gate accepts",
+        constraints: "true or false",
+        default: |_| ParamValue::Bool(false),
+    },
+    ParamSpec {
         name: "use_sim_time",
         kind: pt::BOOL,
         runtime: false,
@@ -441,6 +450,9 @@ impl ParameterHost for NodeParameters {
         }
         if new.adapt_device != cfg.adapt_device {
             self.live.set_device(new.adapt_device);
+        }
+        if new.continual != cfg.continual {
+            self.live.set_continual(new.continual);
         }
         for (name, value) in changes {
             tracing::info!("parameter {name} set to {value}");

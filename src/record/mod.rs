@@ -115,12 +115,23 @@ pub struct Tap {
     metadata: Mutex<BTreeMap<String, String>>,
     /// How often a chunk is ended and synced, ns, from the next episode.
     chunk_ns: AtomicU64,
+    /// Told of each episode written, on the recorder thread.
+    on_written: Mutex<Option<EpisodeListener>>,
 }
+
+/// What is told of each episode written: its file.
+pub type EpisodeListener = Box<dyn Fn(&std::path::Path) + Send>;
 
 impl Tap {
     /// How often episodes from the next one on end a chunk and sync it.
     pub fn set_chunk_period(&self, period: Duration) {
         self.chunk_ns.store(period.as_nanos().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// Calls `listener` with each episode written from now on (continual adaptation); it runs on
+    /// the recorder thread, so it must only hand the work on.
+    pub fn on_written(&self, listener: EpisodeListener) {
+        *self.on_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 
     /// Replaces entries of the episode metadata from the next episode on.
@@ -194,6 +205,7 @@ impl Recorder {
             cpu_ns: AtomicU64::new(0),
             metadata: Mutex::new(BTreeMap::new()),
             chunk_ns: AtomicU64::new(cfg.chunk_period.as_nanos().max(1) as u64),
+            on_written: Mutex::new(None),
         });
         let shared = tap.clone();
         let thread = std::thread::Builder::new().name("skillgraft-record".into()).spawn(move || {
@@ -412,6 +424,9 @@ impl RecorderThread {
                 self.written += 1;
                 tracing::info!("episode {} written to {}", cur.id, path.display());
                 self.last_file = Some(path.display().to_string());
+                if let Some(listener) = self.tap.on_written.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    listener(&path);
+                }
             }
             Err(e) => self.refuse(format!("episode {} could not be finished: {e}", cur.id)),
         }

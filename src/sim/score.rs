@@ -54,6 +54,46 @@ pub struct Evaluation {
     pub interventions: BTreeMap<String, u64>,
     /// Messages the skill's observer refused, by input topic.
     pub rejected: BTreeMap<String, u64>,
+    /// For a skill adapted by bayes (statistics beside it): how unsure its head was.
+    pub uncertainty: Option<Uncertainty>,
+}
+
+/// What the posterior of a bayes-adapted head said during the reaches.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Uncertainty {
+    /// Per reach, the predictive standard deviation of the action (root of the variances summed
+    /// over action elements, policy units), averaged over the reach's ticks.
+    pub std: Vec<f64>,
+    /// Spearman rank correlation between `std` and the final distances (1: the reaches the head
+    /// was least sure of ended farthest).
+    pub correlation: f64,
+}
+
+/// Spearman's rank correlation of `a` and `b` (ties share their mean rank).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i;
+            while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+                j += 1;
+            }
+            for &k in &order[i..=j] {
+                r[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let (va, vb): (f64, f64) = (ra.iter().map(|x| (x - ma).powi(2)).sum(), rb.iter().map(|y| (y - mb).powi(2)).sum());
+    if va > 0.0 && vb > 0.0 { cov / (va * vb).sqrt() } else { 0.0 }
 }
 
 /// Which simulated topic feeds each numeric input, then each camera.
@@ -97,7 +137,10 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
     let mut raw = vec![0.0f32; m.action_width()];
     let mut proposal = vec![0.0f64; m.action_width()];
     let mut out = vec![0.0f64; m.action_width()];
+    let posterior = crate::adapt::continual::Continual::beside(&skill.dir).ok().flatten();
+    let mut unsure = Vec::new();
     for task in tasks {
+        let mut reach_std = 0.0;
         // A fresh observer and filter per reach: each starts with the robot at rest, as after a
         // reset, and nothing of the last reach is fresh.
         let epoch = Instant::now();
@@ -136,6 +179,9 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
                     for (i, feed) in feeds[1..n].iter_mut().enumerate() {
                         *feed = assembler.image(i);
                     }
+                    if let Some(p) = &posterior {
+                        reach_std += predictive_std(skill, p, &feeds[..n]).unwrap_or(0.0);
+                    }
                     match skill.model.control.step(&feeds[..n], &mut raw) {
                         Err(_) => filter.safe(Intervention::Failure, &mut out),
                         Ok(()) => {
@@ -149,6 +195,7 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
             let command: [f64; JOINTS] = if publish { [out[0], out[1], out[2]] } else { [0.0; JOINTS] };
             arm.step(&command, period.as_secs_f64());
         }
+        unsure.push(reach_std / EPISODE_TICKS as f64);
         let tip = arm.tip();
         distances.push(((tip[0] - task.target[0]).powi(2) + (tip[1] - task.target[1]).powi(2)).sqrt());
         for (stats, topic) in writers
@@ -166,7 +213,8 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
         .enumerate()
         .map(|(k, name)| (name.to_string(), counters.0[k].load(std::sync::atomic::Ordering::Relaxed)))
         .collect();
-    Ok(Evaluation { score: Score::of(&distances), distances, interventions, rejected })
+    let uncertainty = posterior.map(|_| Uncertainty { correlation: spearman(&unsure, &distances), std: unsure });
+    Ok(Evaluation { score: Score::of(&distances), distances, interventions, rejected, uncertainty })
 }
 
 /// The success and final distance of `skill` on `robot` over `tasks` (see [`evaluate`]).
@@ -182,4 +230,17 @@ pub fn demo_tasks(seed: u64, n: usize, home: [f64; JOINTS]) -> Vec<Task> {
 /// The reaches every policy is scored on.
 pub fn scored_tasks(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
     super::tasks(0, n, home)
+}
+
+/// The posterior's predictive standard deviation of the action for one tick's inputs: the
+/// backbone's features, through the head's frozen layers, into the posterior's variance.
+fn predictive_std(skill: &Skill, posterior: &crate::adapt::continual::Solved, feeds: &[&[f32]]) -> Option<f64> {
+    let model = &skill.model;
+    let features = model.backbone.features(feeds, 1, 1).ok()?;
+    let head = &model.head;
+    let last = head.layers.len() - 1;
+    let h =
+        head.forward_layers(&head.params, &nalgebra::DMatrix::from_row_slice(1, features.len(), &features), 0..last);
+    let h: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+    Some(posterior.variance(&h).iter().sum::<f64>().sqrt())
 }

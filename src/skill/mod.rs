@@ -300,6 +300,16 @@ fn read(path: &Path, action: &'static str) -> Result<Vec<u8>, SkillError> {
 /// Writes a skill folder atomically: both files go into a temporary sibling folder, are synced,
 /// and the folder is renamed to `out`. The skill is validated (loaded) before anything is written.
 pub fn write_skill(out: &Path, manifest: &Manifest, model_bytes: &[u8]) -> Result<Skill, SkillError> {
+    write_skill_with(out, manifest, model_bytes, &[])
+}
+
+/// [`write_skill`] with `extra` files (name, bytes) in the folder beside the manifest and model.
+pub fn write_skill_with(
+    out: &Path,
+    manifest: &Manifest,
+    model_bytes: &[u8],
+    extra: &[(&str, &[u8])],
+) -> Result<Skill, SkillError> {
     if out.exists() {
         return Err(SkillError::Exists { path: out.to_path_buf() });
     }
@@ -318,7 +328,8 @@ pub fn write_skill(out: &Path, manifest: &Manifest, model_bytes: &[u8]) -> Resul
     }
     std::fs::create_dir(&tmp).map_err(FileError::at("create", &tmp))?;
     let written = (|| {
-        for (name, bytes) in [(MANIFEST_FILE, text.as_bytes()), (manifest.model.file.as_str(), model_bytes)] {
+        let files = [(MANIFEST_FILE, text.as_bytes()), (manifest.model.file.as_str(), model_bytes)];
+        for &(name, bytes) in files.iter().chain(extra) {
             let path = tmp.join(name);
             if let Some(p) = path.parent() {
                 std::fs::create_dir_all(p).map_err(FileError::at("create", p))?;

@@ -210,3 +210,108 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     assert_eq!(nothing["skill"]["digest"], source_digest.as_str());
     node.stop();
 }
+
+/// Records one demonstration through `~/demo/control` and waits until it is written.
+fn record_one(node: &skillgraft::node::RunningNode, op: &mut Operator, expert: &mut Skill, obs: &[f64], seed: u64) {
+    let before = node.recorder_status().unwrap().episodes_written;
+    let label = format!("reach-{seed}");
+    common::wait_until(&format!("episode {label} to start"), || {
+        if node.recorder_status().unwrap().state == "recording" {
+            return true;
+        }
+        common::say(&mut op.demo, &format!("start {label}"));
+        op.hold(obs, Duration::from_millis(200));
+        false
+    });
+    op.demonstrate(expert, seed, 40);
+    common::say(&mut op.demo, "stop");
+    common::wait_until(&format!("episode {label} written"), || {
+        op.hold(obs, Duration::from_millis(50));
+        node.recorder_status().unwrap().episodes_written > before
+    });
+}
+
+#[test]
+fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_a_restart() {
+    if !common::isolated("a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_a_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut expert = common::teacher(dir.path());
+    let episodes = dir.path().join("episodes");
+    let adapted = dir.path().join("adapted");
+    let (episodes_dir, adapted_dir) =
+        (format!("episodes_dir:={}", episodes.display()), format!("adapted_dir:={}", adapted.display()));
+    let args = [
+        "rate_hz:=200.0",
+        "blend_s:=0.0",
+        "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]",
+        "estop_wait_s:=0.0",
+        "demo_action_topic:=/teleop/cmd",
+        "continual:=true",
+        &episodes_dir,
+        &adapted_dir,
+    ];
+    let operator = |peer: DdsTransport| Operator {
+        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
+        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
+        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
+        teleop: peer.publisher("/teleop/cmd", Float64MultiArray::TYPE, Qos::RELIABLE).unwrap(),
+        demo: peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        adapt: peer.publisher("/skillgraft/adapt", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        rollback: peer.publisher("/skillgraft/skill/rollback", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        actions: common::collect(&peer, "/arm/joint_velocity_cmd", Qos::RELIABLE),
+        status: common::collect(&peer, "/skillgraft/adapt/status", Qos::LATCHED),
+        _peer: peer,
+    };
+    let source_digest = example().digest.clone();
+    let (node, peer) = common::node_with_peer(example(), &args);
+    let mut op = operator(peer);
+    let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
+    let want_source = example().step(&obs, &[]).unwrap().1;
+    let want_expert = expert.step(&obs, &[]).unwrap().1;
+    let gap = |a: &[f64]| a.iter().zip(&want_expert).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    op.until(&obs, "the idle state", |s| s["state"] == "idle");
+
+    let updated = |op: &mut Operator, n: usize| {
+        op.until(&obs, &format!("a continual update on {n} demonstration(s)"), |s| {
+            s["request"] == "continual"
+                && ["accepted", "rejected", "failed"].contains(&s["state"].as_str().unwrap())
+                && s["report"]["episodes"].as_array().is_some_and(|e| e.len() == n)
+        })
+    };
+    // The first demonstration is enough: this teacher differs from the source in the last layer.
+    record_one(&node, &mut op, &mut expert, &obs, 11);
+    let first = updated(&mut op, 1);
+    assert_eq!(first["state"], "accepted", "{first}");
+    assert_eq!(first["swapped"], true, "{first}");
+    assert_eq!(first["report"]["method"], "bayes");
+    let stats: Vec<_> = std::fs::read_dir(&adapted)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".continual.stats"))
+        .collect();
+    assert_eq!(stats.len(), 1, "the node keeps its statistics in adapted_dir: {stats:?}");
+    let source_gap = gap(&want_source);
+    common::wait_until("the adapted skill's action, 10 times closer to the expert's than the source's", || {
+        op.hold(&obs, Duration::from_millis(100)).last().is_some_and(|a| gap(a) * 10.0 <= source_gap)
+    });
+
+    record_one(&node, &mut op, &mut expert, &obs, 12);
+    let second = updated(&mut op, 2);
+    assert_eq!(second["state"], "accepted", "{second}");
+    let running = second["adapted"]["dir"].as_str().unwrap().to_string();
+    let written = Skill::load(Path::new(&running)).unwrap();
+    assert_eq!(written.manifest.provenance.method, "adapted-bayes");
+    assert_ne!(written.digest, source_digest);
+    node.stop();
+
+    // A restart on the adapted skill continues the same statistics: the next update holds all three.
+    let (node, peer) = common::node_with_peer(written, &args);
+    let mut op = operator(peer);
+    op.until(&obs, "the idle state", |s| s["state"] == "idle");
+    record_one(&node, &mut op, &mut expert, &obs, 13);
+    let third = updated(&mut op, 3);
+    assert!(["accepted", "rejected"].contains(&third["state"].as_str().unwrap()), "{third}");
+    node.stop();
+}

@@ -2,7 +2,8 @@
 # Fuzzes for SECONDS each (default 60), with libFuzzer through cargo-fuzz:
 #  - decoder: the firmware-bridge decoder and device half (firmware-bridge/fuzz), with
 #    AddressSanitizer;
-#  - bundle and manifest: the skill bundle reader and the manifest parser (fuzz/), with debug
+#  - bundle, manifest and stats: the skill bundle reader, the manifest parser and the continual
+#    statistics reader (fuzz/), with debug
 #    assertions (an arithmetic overflow is a crash) and no sanitizer: the code is safe Rust, and
 #    an ASan build of all of skillgraft would cost CI minutes for nothing it could find. libFuzzer's
 #    -rss_limit_mb and -timeout make an unbounded allocation or a stall a crash too.
@@ -10,14 +11,14 @@
 # them. Installs cargo-fuzz when missing. Crashes are written to */fuzz/artifacts/TARGET/ and
 # make the script fail.
 #
-#   tools/fuzz.sh [SECONDS [TARGET...]]     TARGETs: decoder bundle manifest (default: all three)
+#   tools/fuzz.sh [SECONDS [TARGET...]]     TARGETs: decoder bundle manifest stats (default: all four)
 #
 # With CARGO_TARGET_DIR set (a runner keeping a warm target/), the instrumented builds go below
 # it, so they are kept too.
 set -euo pipefail
 seconds="${1:-60}"
 shift || true
-[[ $# -gt 0 ]] && targets=("$@") || targets=(decoder bundle manifest)
+[[ $# -gt 0 ]] && targets=("$@") || targets=(decoder bundle manifest stats)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 want() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 # Each fuzz crate has its own target folder: instrumented builds cannot share artifacts with
@@ -34,12 +35,12 @@ if want decoder; then
   cd "$root/firmware-bridge/fuzz"
   CARGO_TARGET_DIR="$firmware_target" RUSTC_BOOTSTRAP=1 cargo fuzz run decoder -- -max_total_time="$seconds" -max_len=4096
 fi
-want bundle || want manifest || exit 0
+want bundle || want manifest || want stats || exit 0
 
 cd "$root/fuzz"
 # Seeds: every committed manifest; the example skill as a tar whose first entry is a bundle.json
 # listing its files (mode byte 2: the harness signs it), so the fuzzer starts past the signature.
-mkdir -p corpus/manifest corpus/bundle
+mkdir -p corpus/manifest corpus/bundle corpus/stats
 for m in "$root"/skills/*/skill.toml; do
   cp "$m" "corpus/manifest/$(basename "$(dirname "$m")").toml"
 done
@@ -58,7 +59,8 @@ cp "$root"/skills/example-arm6/* "$seed/skill/"
 } > "$seed/bundle.json"
 { printf '\002'; tar --format=gnu -cf - -C "$seed" bundle.json skill; } > corpus/bundle/example-arm6
 rm -rf "$seed"
-for target in bundle manifest; do
+cp "$root"/tests/fixtures/continual/*.stats corpus/stats/
+for target in bundle manifest stats; do
   want "$target" || continue
   CARGO_TARGET_DIR="$skillgraft_target" RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --debug-assertions "$target" -- \
     -max_total_time="$seconds" -max_len=1048576 -rss_limit_mb=2048 -timeout=30

@@ -335,11 +335,17 @@ impl Continual {
     /// Reads statistics written by [`Continual::save`].
     pub fn load(path: &Path) -> Result<Continual, StatsError> {
         let shown = path.display().to_string();
-        let bad = |why: &str| StatsError::Format { path: shown.clone(), why: why.to_string() };
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|source| StatsError::Io { path: shown.clone(), source })?;
+        Continual::from_bytes(&bytes, &shown)
+    }
+
+    /// Reads the bytes of a statistics file (`shown` names it in errors); refuses anything it
+    /// cannot account for before allocating by the sizes the file claims.
+    pub fn from_bytes(bytes: &[u8], shown: &str) -> Result<Continual, StatsError> {
+        let bad = |why: &str| StatsError::Format { path: shown.to_string(), why: why.to_string() };
         if bytes.get(..8) != Some(MAGIC.as_slice()) {
             return Err(bad("it does not start with SGSTATS1"));
         }
@@ -352,10 +358,19 @@ impl Continual {
         if d == 0 || a == 0 || d > 1 << 14 || a > 1 << 10 {
             return Err(bad(&format!("a {a}×{d} layer")));
         }
-        let want = (a * d + a + header.episodes.len() * 2 * Stats::numbers(d, a)) * 8;
+        let want = header
+            .episodes
+            .len()
+            .checked_mul(2 * Stats::numbers(d, a))
+            .and_then(|n| n.checked_add(a * d + a))
+            .and_then(|n| n.checked_mul(8));
         let body = &bytes[end..];
-        if body.len() != want {
-            return Err(bad(&format!("{} bytes of numbers where its header needs {want}", body.len())));
+        if want != Some(body.len()) {
+            return Err(bad(&format!(
+                "{} bytes of numbers where its header needs {}",
+                body.len(),
+                want.map_or("more".into(), |w| w.to_string())
+            )));
         }
         let mut numbers = body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")));
         let mut take = |n: usize| -> Vec<f64> { numbers.by_ref().take(n).collect() };
@@ -367,7 +382,9 @@ impl Continual {
             let second = Stats::from_parts(d, a, &take(Stats::numbers(d, a)), n[1]);
             episodes.push(EpisodeStats { id, digest, halves: [first, second] });
         }
-        if episodes.iter().flat_map(|e| e.halves.iter()).any(|s| !s.is_finite()) || !w0.iter().all(|v| v.is_finite()) {
+        if episodes.iter().flat_map(|e| e.halves.iter()).any(|s| !s.is_finite())
+            || !w0.iter().chain(b0.iter()).all(|v| v.is_finite())
+        {
             return Err(bad("numbers that are not finite"));
         }
         Ok(Continual { key: header.key, w0, b0, episodes })
@@ -438,6 +455,25 @@ mod tests {
         let h = data(seed, rows, w.ncols()).add_scalar(centre);
         let y = &h * w.transpose() + data(seed + 100, rows, w.nrows()) * 0.05;
         (h, y)
+    }
+
+    #[test]
+    fn the_committed_statistics_file_reads_back_byte_for_byte_and_belongs_to_the_source() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(root.join("tests/fixtures/continual/reach-arm-a-on-arm-b.stats")).unwrap();
+        let c = Continual::from_bytes(&bytes, "fixture").unwrap();
+        assert_eq!(c.to_bytes(), bytes, "the format is stable");
+        assert_eq!(c.episodes.len(), 2);
+        let source = crate::skill::Skill::load(&root.join("skills/reach-arm-a")).unwrap();
+        assert_eq!(c.key, Key::of(&source), "what the key covers is stable");
+        let s = c.solve().unwrap();
+        assert!(s.improvement() > 0.5, "{}", s.improvement());
+        for cut in [0, 7, 16, 100, bytes.len() - 1] {
+            assert!(Continual::from_bytes(&bytes[..cut], "cut").is_err(), "cut at {cut}");
+        }
+        let mut huge = bytes.clone();
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Continual::from_bytes(&huge, "huge").unwrap_err().to_string().contains("runs past the end"));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Point {
     pub skipped: Option<String>,
     /// Why the gate rejected adapted skills, per rejection.
     pub rejections: Vec<String>,
+    /// Forgetting, per seed: the adapted head's action error on held-out demonstrations of the
+    /// source's own robot, as a multiple of the source head's (adapted methods only).
+    pub forgetting: Vec<f64>,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -119,6 +122,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
     let template = sim::episodes::manifest("scratch", "demonstrations", &sim::episodes::Scaling::identity());
     let mut expert_scores = Vec::new();
     let mut points = Vec::new();
+    let source_held_out = held_out_source(&source, vision, &dir.join("source-robot"))?;
     for name in &opts.robots {
         let robot = sim::robot(name).map_err(|e| e.to_string())?;
         let scored = scored_tasks(opts.reaches, robot.home);
@@ -140,6 +144,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     cpu_s: Vec::new(),
                     skipped: None,
                     rejections: Vec::new(),
+                    forgetting: Vec::new(),
                 })
                 .collect();
             for seed in 0..opts.seeds as u64 {
@@ -185,6 +190,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                     let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
                     row.success.push(s.success_rate);
                     row.distance.push(s.mean_distance);
+                    row.forgetting.extend(forgetting(&source, &skill, source_held_out.as_ref()));
                 }
                 let (mut skill, updates, accepted) = continual(&source, &episodes, &folder.join("continual"), name)?;
                 rows[3].cpu_s.extend(updates);
@@ -192,6 +198,7 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
                 let s = score_skill(&mut skill, &robot, &scored).map_err(|e| e.to_string())?;
                 rows[3].success.push(s.success_rate);
                 rows[3].distance.push(s.mean_distance);
+                rows[3].forgetting.extend(forgetting(&source, &skill, source_held_out.as_ref()));
                 if episodes.len() < 2 {
                     rows[4].skipped = Some(NEEDS_TWO.into());
                     continue;
@@ -231,6 +238,46 @@ pub fn transfer(opts: &TransferOptions, dir: &Path, progress: &mut dyn FnMut(&st
         seeds: opts.seeds,
         dart: opts.dart,
     })
+}
+
+/// Held-out demonstrations of the source's own robot (when it is a simulated arm): the features
+/// of 10 expert reaches no scored or demonstrated set includes, and their targets.
+fn held_out_source(source: &Skill, vision: bool, dir: &Path) -> Result<Option<HeldOut>, String> {
+    let Ok(robot) = sim::robot(&source.manifest.provenance.source_robot) else {
+        return Ok(None);
+    };
+    let tasks = sim::tasks(SOURCE_HELD_OUT_SEED, 10, robot.home);
+    let options = RecordOptions { noise: 0.0, camera: vision, compression: Default::default() };
+    let files = sim::episodes::record_with(&robot, &tasks, dir, "source", &options).map_err(|e| e.to_string())?;
+    let episodes = dataset::load(&files, &source.manifest).map_err(|e| e.to_string())?;
+    let feats = adapt::features::features(source, &episodes, None, &mut |_| {}).map_err(|e| e.to_string())?;
+    let stack = |m: &dyn Fn(&adapt::features::EpisodeFeatures) -> &DMatrix<f32>| {
+        let rows: usize = feats.iter().map(|e| m(e).nrows()).sum();
+        let cols = m(&feats[0]).ncols();
+        let mut out = DMatrix::zeros(rows, cols);
+        let mut r = 0;
+        for e in &feats {
+            out.rows_mut(r, m(e).nrows()).copy_from(m(e));
+            r += m(e).nrows();
+        }
+        out
+    };
+    Ok(Some((stack(&|e| &e.features), stack(&|e| &e.targets))))
+}
+
+/// Features and targets of held-out demonstrations, one sample per row.
+type HeldOut = (DMatrix<f32>, DMatrix<f32>);
+
+/// Seed of the source robot's held-out reaches (no seed below 1000 is demonstrated).
+const SOURCE_HELD_OUT_SEED: u64 = 777;
+
+/// The adapted head's action error on the source robot's held-out demonstrations, as a multiple of
+/// the source head's (the backbones are the same, so the source's features serve both).
+fn forgetting(source: &Skill, adapted: &Skill, home: Option<&HeldOut>) -> Option<f64> {
+    let (features, targets) = home?;
+    let err = |s: &Skill| (s.model.head.forward(features) - targets).norm_squared() as f64;
+    let base = err(source);
+    (base > 0.0).then(|| err(adapted) / base)
 }
 
 /// Why ridge, finetune and training from scratch do not run on one demonstration: they hold
@@ -363,14 +410,17 @@ impl fmt::Display for TransferReport {
                 e.success_rate * 100.0,
                 e.mean_distance
             )?;
-            writeln!(f, "| demos | method | success (%) | final distance (m) | gate accepted | fit CPU (s) |")?;
+            writeln!(
+                f,
+                "| demos | method | success (%) | final distance (m) | gate accepted | fit CPU (s) | source-robot error (× source's) |"
+            )?;
             // continual's CPU is per update (one demonstration each), the others' per fit.
-            writeln!(f, "|---:|---|---:|---:|---:|---:|")?;
+            writeln!(f, "|---:|---|---:|---:|---:|---:|---:|")?;
             for p in self.points.iter().filter(|p| &p.robot == robot) {
                 if let Some(why) = &p.skipped
                     && p.success.is_empty()
                 {
-                    writeln!(f, "| {} | {} | n/a | n/a | n/a | {why} |", p.demos, p.method)?;
+                    writeln!(f, "| {} | {} | n/a | n/a | n/a | {why} | - |", p.demos, p.method)?;
                     continue;
                 }
                 let accepted = p.accepted.map_or("-".into(), |a| format!("{a}/{}", p.success.len()));
@@ -379,9 +429,10 @@ impl fmt::Display for TransferReport {
                     (false, true) => format!("{:.3} per update", mean(&p.cpu_s)),
                     (false, false) => format!("{:.2}", mean(&p.cpu_s)),
                 };
+                let forgot = if p.forgetting.is_empty() { "-".into() } else { format!("{:.2}", mean(&p.forgetting)) };
                 writeln!(
                     f,
-                    "| {} | {} | {:.0} ± {:.0} | {:.3} ± {:.3} | {accepted} | {cpu} |",
+                    "| {} | {} | {:.0} ± {:.0} | {:.3} ± {:.3} | {accepted} | {cpu} | {forgot} |",
                     p.demos,
                     p.method,
                     mean(&p.success) * 100.0,

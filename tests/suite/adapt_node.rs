@@ -93,6 +93,22 @@ impl Operator {
     }
 }
 
+/// The operator's topics on `peer`, as the node under test names them.
+fn operator(peer: DdsTransport) -> Operator {
+    Operator {
+        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
+        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
+        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
+        teleop: peer.publisher("/teleop/cmd", Float64MultiArray::TYPE, Qos::RELIABLE).unwrap(),
+        demo: peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        adapt: peer.publisher("/skillgraft/adapt", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        rollback: peer.publisher("/skillgraft/skill/rollback", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
+        actions: common::collect(&peer, "/arm/joint_velocity_cmd", Qos::RELIABLE),
+        status: common::collect(&peer, "/skillgraft/adapt/status", Qos::LATCHED),
+        _peer: peer,
+    }
+}
+
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
     a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
 }
@@ -122,20 +138,7 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
             &adapted_dir,
         ],
     );
-    let actions = common::collect(&peer, "/arm/joint_velocity_cmd", Qos::RELIABLE);
-    let status = common::collect(&peer, "/skillgraft/adapt/status", Qos::LATCHED);
-    let mut op = Operator {
-        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
-        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
-        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
-        teleop: peer.publisher("/teleop/cmd", Float64MultiArray::TYPE, Qos::RELIABLE).unwrap(),
-        demo: peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
-        adapt: peer.publisher("/skillgraft/adapt", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
-        rollback: peer.publisher("/skillgraft/skill/rollback", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
-        actions,
-        status,
-        _peer: peer,
-    };
+    let mut op = operator(peer);
     let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
     let want_source = example().step(&obs, &[]).unwrap().1;
     let want_expert = expert.step(&obs, &[]).unwrap().1;
@@ -151,22 +154,8 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     common::wait_until("the source skill's action", || {
         op.hold(&obs, Duration::from_millis(100)).iter().any(|a| close(a, &want_source, 1e-6))
     });
-    for (i, seed) in [11u64, 12, 13].iter().enumerate() {
-        let label = format!("reach-{i}");
-        common::wait_until(&format!("episode {label} to start"), || {
-            if node.recorder_status().unwrap().state == "recording" {
-                return true;
-            }
-            common::say(&mut op.demo, &format!("start {label}"));
-            op.hold(&obs, Duration::from_millis(200));
-            false
-        });
-        op.demonstrate(&mut expert, *seed, 40);
-        common::say(&mut op.demo, "stop");
-        common::wait_until(&format!("episode {label} written"), || {
-            op.hold(&obs, Duration::from_millis(50));
-            node.recorder_status().unwrap().episodes_written > i as u64
-        });
+    for seed in [11, 12, 13] {
+        record_one(&node, &mut op, &mut expert, &obs, seed);
     }
 
     common::say(&mut op.adapt, "ridge nonsense");
@@ -252,18 +241,7 @@ fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_
         &episodes_dir,
         &adapted_dir,
     ];
-    let operator = |peer: DdsTransport| Operator {
-        js: peer.publisher("/joint_states", JointState::TYPE, Qos::RELIABLE).unwrap(),
-        point: peer.publisher("/target", Point::TYPE, Qos::RELIABLE).unwrap(),
-        twist: peer.publisher("/gripper/twist", Twist::TYPE, Qos::RELIABLE).unwrap(),
-        teleop: peer.publisher("/teleop/cmd", Float64MultiArray::TYPE, Qos::RELIABLE).unwrap(),
-        demo: peer.publisher("/skillgraft/demo/control", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
-        adapt: peer.publisher("/skillgraft/adapt", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
-        rollback: peer.publisher("/skillgraft/skill/rollback", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
-        actions: common::collect(&peer, "/arm/joint_velocity_cmd", Qos::RELIABLE),
-        status: common::collect(&peer, "/skillgraft/adapt/status", Qos::LATCHED),
-        _peer: peer,
-    };
+
     let source_digest = example().digest.clone();
     let (node, peer) = common::node_with_peer(example(), &args);
     let mut op = operator(peer);

@@ -148,7 +148,14 @@ fn bayes_adapts_from_one_demonstration_continues_and_merges_statistics() {
         common::succeeds(&["sim", "--robot", robot, "--demos", "1", "--seed", seed, "--out", &p(out)]);
     }
     let json = |text: String| -> serde_json::Value { serde_json::from_str(&text).unwrap() };
-    let first = json(common::succeeds(&["adapt", source, &p("b"), "--method", "bayes", "--out", &p("one"), "--json"]));
+    let bayes = |skill: &str, demos: &str, merge: &str, out: &str| {
+        let mut args = vec!["adapt", skill, demos, "--method", "bayes", "--out", out, "--json"];
+        if !merge.is_empty() {
+            args.extend(["--merge", merge]);
+        }
+        json(common::succeeds(&args))
+    };
+    let first = bayes(source, &p("b"), "", &p("one"));
     assert_eq!(first["report"]["accepted"], true, "{first}");
     assert_eq!(first["report"]["folds"], 2, "one demonstration is judged on its halves: {first}");
     assert!(dir.path().join("one/continual.stats").is_file());
@@ -167,18 +174,7 @@ fn bayes_adapts_from_one_demonstration_continues_and_merges_statistics() {
     assert_eq!(refused.status.code(), Some(3), "a rejection exits 3: {err}");
     assert!(err.contains("is not 50 % below the source's"), "{err}");
     assert!(!dir.path().join("other").exists());
-    let merged = json(common::succeeds(&[
-        "adapt",
-        source,
-        &p("b3"),
-        "--method",
-        "bayes",
-        "--merge",
-        &p("two"),
-        "--out",
-        &p("merged"),
-        "--json",
-    ]));
+    let merged = bayes(source, &p("b3"), &p("two"), &p("merged"));
     let all = json(common::succeeds(&[
         "adapt",
         source,
@@ -209,18 +205,7 @@ fn bayes_adapts_from_one_demonstration_continues_and_merges_statistics() {
     assert!(err.contains("bad.stats") && err.contains("not a skillgraft statistics file"), "{err}");
     // An adapted skill continues the statistics it was adapted from (its frozen layers are the
     // source's, and the prior stays the source's last layer); another skill's are refused.
-    let next = json(common::succeeds(&[
-        "adapt",
-        &p("two"),
-        &p("b3"),
-        "--method",
-        "bayes",
-        "--merge",
-        &p("two"),
-        "--out",
-        &p("three"),
-        "--json",
-    ]));
+    let next = bayes(&p("two"), &p("b3"), &p("two"), &p("three"));
     assert_eq!(next["report"]["adapted_mse"], all["report"]["adapted_mse"], "{next}");
     common::succeeds(&[
         "train",

@@ -75,8 +75,9 @@ enum Command {
     Adapt {
         /// The source skill folder.
         skill: PathBuf,
-        /// Episode files, or folders of them (at least 2 episodes; 1 with --method bayes).
-        #[arg(required = true)]
+        /// Episode files, or folders of them (at least 2 episodes; 1 with --method bayes, none
+        /// when --merge brings statistics).
+        #[arg(required_unless_present = "merge")]
         episodes: Vec<PathBuf>,
         #[command(flatten)]
         how: adapt::args::MethodArgs,
@@ -1546,7 +1547,9 @@ fn adapt_cli(
     if out.exists() {
         return Err(format!("{} already exists; choose another --out or remove it", out.display()).into());
     }
-    let eps = skillgraft::record::dataset::load(episodes, &source.manifest)?;
+    // Merging statistics alone (a fleet's robots into one head) reads no episode.
+    let eps =
+        if episodes.is_empty() { Vec::new() } else { skillgraft::record::dataset::load(episodes, &source.manifest)? };
     let adapted = adapt::adapt(&source, &eps, opts, &Bars::default())?;
     let r = &adapted.report;
     let plot = match adapt::plot_loss(&source, &version, r, &out) {

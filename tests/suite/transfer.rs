@@ -207,6 +207,25 @@ fn bayes_adapts_from_one_demonstration_continues_and_merges_statistics() {
     // source's, and the prior stays the source's last layer); another skill's are refused.
     let next = bayes(&p("two"), &p("b3"), &p("two"), &p("three"));
     assert_eq!(next["report"]["adapted_mse"], all["report"]["adapted_mse"], "{next}");
+    // A fleet merges robots' statistics without a demonstration of its own; overlaps count once.
+    let fleet = json(common::succeeds(&[
+        "adapt",
+        source,
+        "--method",
+        "bayes",
+        "--merge",
+        &p("two"),
+        "--merge",
+        &p("three"),
+        "--out",
+        &p("fleet"),
+        "--json",
+    ]));
+    assert_eq!(fleet["report"]["episodes"].as_array().unwrap().len(), 3, "{fleet}");
+    assert_eq!(fleet["report"]["adapted_mse"], all["report"]["adapted_mse"], "{fleet}");
+    let nothing = common::skillgraft(&["adapt", source, "--method", "bayes", "--out", &p("x")]);
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("<EPISODES>"), "neither episodes nor statistics");
     common::succeeds(&[
         "train",
         &p("b"),

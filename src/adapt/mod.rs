@@ -274,7 +274,8 @@ fn to_f64(m: &DMatrix<f32>) -> DMatrix<f64> {
     m.map(|v| v as f64)
 }
 
-fn stack(parts: &[&DMatrix<f32>]) -> DMatrix<f32> {
+/// The rows of `parts`, one under the other.
+pub fn stack(parts: &[&DMatrix<f32>]) -> DMatrix<f32> {
     let cols = parts.first().map_or(0, |p| p.ncols());
     let rows: usize = parts.iter().map(|p| p.nrows()).sum();
     let mut out = DMatrix::zeros(rows, cols);
@@ -653,7 +654,7 @@ fn adapt_bayes(
     for (i, path) in opts.merge.iter().enumerate() {
         let loaded = continual::Continual::load(path)?;
         if i == 0 && loaded.key == key {
-            stats = continual::Continual { episodes: Vec::new(), ..loaded.clone() };
+            stats = continual::Continual::new(key.clone(), loaded.w0.clone(), loaded.b0.clone());
         }
         stats.merge(loaded)?;
     }

@@ -251,18 +251,9 @@ fn held_out_source(source: &Skill, vision: bool, dir: &Path) -> Result<Option<He
     let files = sim::episodes::record_with(&robot, &tasks, dir, "source", &options).map_err(|e| e.to_string())?;
     let episodes = dataset::load(&files, &source.manifest).map_err(|e| e.to_string())?;
     let feats = adapt::features::features(source, &episodes, None, &mut |_| {}).map_err(|e| e.to_string())?;
-    let stack = |m: &dyn Fn(&adapt::features::EpisodeFeatures) -> &DMatrix<f32>| {
-        let rows: usize = feats.iter().map(|e| m(e).nrows()).sum();
-        let cols = m(&feats[0]).ncols();
-        let mut out = DMatrix::zeros(rows, cols);
-        let mut r = 0;
-        for e in &feats {
-            out.rows_mut(r, m(e).nrows()).copy_from(m(e));
-            r += m(e).nrows();
-        }
-        out
-    };
-    Ok(Some((stack(&|e| &e.features), stack(&|e| &e.targets))))
+    let features: Vec<&DMatrix<f32>> = feats.iter().map(|e| &e.features).collect();
+    let targets: Vec<&DMatrix<f32>> = feats.iter().map(|e| &e.targets).collect();
+    Ok(Some((adapt::stack(&features), adapt::stack(&targets))))
 }
 
 /// Features and targets of held-out demonstrations, one sample per row.

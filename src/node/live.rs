@@ -289,15 +289,7 @@ impl Live {
             return;
         }
         self.pending.store(false, Ordering::Release);
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|tx| tx.try_send(("continual".into(), Request::continual())).is_ok());
-        if !sent {
-            self.busy.store(false, Ordering::Release);
-        }
+        self.send("continual".into(), Request::continual());
     }
 
     /// Where fine-tuning runs from the next adaptation on, unless a request says otherwise.
@@ -318,16 +310,24 @@ impl Live {
         if self.busy.swap(true, Ordering::AcqRel) {
             return refuse("an adaptation is running; wait for its result on ~/adapt/status".into());
         }
+        if !self.send(text.trim().to_string(), request) {
+            refuse("the adaptation worker is not taking requests (the node is stopping)".into());
+        }
+    }
+
+    /// Hands a job to the worker, `busy` already taken; false (and `busy` released) when the
+    /// worker is gone.
+    fn send(&self, text: String, request: Request) -> bool {
         let sent = self
             .tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|tx| tx.try_send((text.trim().to_string(), request)).is_ok());
+            .is_some_and(|tx| tx.try_send((text, request)).is_ok());
         if !sent {
             self.busy.store(false, Ordering::Release);
-            refuse("the adaptation worker is not taking requests (the node is stopping)".into());
         }
+        sent
     }
 
     /// Handles `~/skill/rollback`.
@@ -431,51 +431,49 @@ fn worker(rx: Receiver<(String, Request)>, cfg: &LiveConfig, skills: &Skills, bo
 
 /// Runs one adaptation and publishes what came of it.
 fn one(text: &str, request: &Request, cfg: &LiveConfig, skills: &Skills, board: &Board, stop: &AtomicBool) {
-    {
-        let t0 = Instant::now();
-        board.update(skills, |s| {
-            *s = Status {
-                state: "adapting".into(),
-                request: text.to_string(),
-                phase: "reading episodes".into(),
-                ..Default::default()
-            }
-        });
-        let progress = Reporter { board, skills, stop, phase: Mutex::new((String::new(), 0, 0)) };
-        let device = *board.device.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = run(&LiveConfig { device, ..cfg.clone() }, skills, request, &progress);
-        let seconds = t0.elapsed().as_secs_f64();
-        match outcome {
-            Ok(done) => {
-                tracing::info!(
-                    "adaptation {text:?}: {} ({:.1} % better on held-out episodes){}",
-                    if done.report.accepted { "accepted" } else { "rejected" },
-                    done.report.improvement * 100.0,
-                    done.note.as_deref().map(|n| format!("; {n}")).unwrap_or_default()
-                );
-                board.update(skills, |s| {
-                    s.state = if done.report.accepted { "accepted" } else { "rejected" }.into();
-                    s.phase = String::new();
-                    s.adapted = done.adapted;
-                    s.swapped = done.swapped;
-                    s.error = match (done.note, done.report.accepted) {
-                        (Some(n), _) => Some(n),
-                        (None, false) => Some(done.report.reasons.join("; ")),
-                        (None, true) => None,
-                    };
-                    s.report = Some(done.report);
-                    s.seconds = seconds;
-                });
-            }
-            Err(e) => {
-                tracing::warn!("adaptation {text:?} failed: {e}");
-                board.update(skills, |s| {
-                    s.state = "failed".into();
-                    s.phase = String::new();
-                    s.error = Some(e);
-                    s.seconds = seconds;
-                });
-            }
+    let t0 = Instant::now();
+    board.update(skills, |s| {
+        *s = Status {
+            state: "adapting".into(),
+            request: text.to_string(),
+            phase: "reading episodes".into(),
+            ..Default::default()
+        }
+    });
+    let progress = Reporter { board, skills, stop, phase: Mutex::new((String::new(), 0, 0)) };
+    let device = *board.device.lock().unwrap_or_else(|p| p.into_inner());
+    let outcome = run(&LiveConfig { device, ..cfg.clone() }, skills, request, &progress);
+    let seconds = t0.elapsed().as_secs_f64();
+    match outcome {
+        Ok(done) => {
+            tracing::info!(
+                "adaptation {text:?}: {} ({:.1} % better on held-out episodes){}",
+                if done.report.accepted { "accepted" } else { "rejected" },
+                done.report.improvement * 100.0,
+                done.note.as_deref().map(|n| format!("; {n}")).unwrap_or_default()
+            );
+            board.update(skills, |s| {
+                s.state = if done.report.accepted { "accepted" } else { "rejected" }.into();
+                s.phase = String::new();
+                s.adapted = done.adapted;
+                s.swapped = done.swapped;
+                s.error = match (done.note, done.report.accepted) {
+                    (Some(n), _) => Some(n),
+                    (None, false) => Some(done.report.reasons.join("; ")),
+                    (None, true) => None,
+                };
+                s.report = Some(done.report);
+                s.seconds = seconds;
+            });
+        }
+        Err(e) => {
+            tracing::warn!("adaptation {text:?} failed: {e}");
+            board.update(skills, |s| {
+                s.state = "failed".into();
+                s.phase = String::new();
+                s.error = Some(e);
+                s.seconds = seconds;
+            });
         }
     }
 }
@@ -485,6 +483,11 @@ struct Done {
     adapted: Option<SkillInfo>,
     swapped: bool,
     note: Option<String>,
+}
+
+/// Episodes paired into samples for the skill `m`.
+fn pair_all(files: Vec<episode::EpisodeFile>, m: &crate::skill::Manifest) -> Result<Vec<dataset::Episode>, String> {
+    files.into_iter().map(|f| dataset::pair(f, m).map_err(|e| e.to_string())).collect()
 }
 
 /// Episode files in `dir` recorded for one of `digests`, complete, oldest first.
@@ -533,10 +536,7 @@ fn run(cfg: &LiveConfig, skills: &Skills, request: &Request, progress: &Reporter
         return continual(cfg, skills, &source, &active, progress);
     }
     let files = select(&cfg.episodes_dir, &skills.lineage(), request)?;
-    let episodes: Vec<dataset::Episode> = files
-        .into_iter()
-        .map(|f| dataset::pair(f, &source.manifest).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let episodes = pair_all(files, &source.manifest)?;
     let needed = if request.options.method == crate::adapt::Method::Bayes { 1 } else { 2 };
     if episodes.len() < needed {
         return Err(format!(
@@ -590,10 +590,7 @@ fn continual(
     if files.is_empty() {
         return Err("continual: no demonstration recorded since the last update".into());
     }
-    let episodes: Vec<dataset::Episode> = files
-        .into_iter()
-        .map(|f| dataset::pair(f, &source.manifest).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let episodes = pair_all(files, &source.manifest)?;
     let options = Options {
         cache: Some(cfg.episodes_dir.join(".features")),
         merge: if file.exists() { vec![file.clone()] } else { Vec::new() },

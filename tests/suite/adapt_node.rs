@@ -109,6 +109,25 @@ fn operator(peer: DdsTransport) -> Operator {
     }
 }
 
+/// The node's parameters for these tests: a fast loop, no e-stop wait, teleoperation on
+/// /teleop/cmd, episodes and adapted skills under `dir`, and `blend`.
+fn node_params(dir: &Path, blend: &str) -> Vec<String> {
+    [
+        "rate_hz:=200.0",
+        blend,
+        "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]",
+        "estop_wait_s:=0.0",
+        "demo_action_topic:=/teleop/cmd",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([
+        format!("episodes_dir:={}", dir.join("episodes").display()),
+        format!("adapted_dir:={}", dir.join("adapted").display()),
+    ])
+    .collect()
+}
+
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
     a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
 }
@@ -120,24 +139,11 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut expert = common::teacher(dir.path());
-    let episodes = dir.path().join("episodes");
     let adapted = dir.path().join("adapted");
-    let (episodes_dir, adapted_dir) =
-        (format!("episodes_dir:={}", episodes.display()), format!("adapted_dir:={}", adapted.display()));
+    let params = node_params(dir.path(), "blend_s:=0.1");
     let skill = example();
     let source_digest = skill.digest.clone();
-    let (node, peer) = common::node_with_peer(
-        skill,
-        &[
-            "rate_hz:=200.0",
-            "blend_s:=0.1",
-            "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]",
-            "estop_wait_s:=0.0",
-            "demo_action_topic:=/teleop/cmd",
-            &episodes_dir,
-            &adapted_dir,
-        ],
-    );
+    let (node, peer) = common::node_with_peer(skill, &params.iter().map(String::as_str).collect::<Vec<_>>());
     let mut op = operator(peer);
     let obs: Vec<f64> = skillgraft::rng::seeded(3, 24).iter().map(|&v| v as f64 * 0.3 + 0.1).collect();
     let want_source = example().step(&obs, &[]).unwrap().1;
@@ -227,20 +233,10 @@ fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_
     }
     let dir = tempfile::tempdir().unwrap();
     let mut expert = common::teacher(dir.path());
-    let episodes = dir.path().join("episodes");
     let adapted = dir.path().join("adapted");
-    let (episodes_dir, adapted_dir) =
-        (format!("episodes_dir:={}", episodes.display()), format!("adapted_dir:={}", adapted.display()));
-    let args = [
-        "rate_hz:=200.0",
-        "blend_s:=0.0",
-        "action.max_delta:=[9.0, 9.0, 9.0, 9.0, 9.0, 9.0]",
-        "estop_wait_s:=0.0",
-        "demo_action_topic:=/teleop/cmd",
-        "continual:=true",
-        &episodes_dir,
-        &adapted_dir,
-    ];
+    let params = node_params(dir.path(), "blend_s:=0.0");
+    let mut args: Vec<&str> = params.iter().map(String::as_str).collect();
+    args.push("continual:=true");
 
     let source_digest = example().digest.clone();
     let (node, peer) = common::node_with_peer(example(), &args);

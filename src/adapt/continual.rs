@@ -248,10 +248,9 @@ impl Continual {
             for (c, v) in test.sse(&self.w0, &self.b0).into_iter().enumerate() {
                 source_sse[c] += v;
             }
-            for (i, &lambda) in grid.iter().enumerate() {
-                let fit = ridge::fit(&train, &self.w0, lambda);
+            for (errors, fit) in sse.iter_mut().zip(ridge::fits(&train, &self.w0, &grid)) {
                 for (c, v) in test.sse(&fit.weight, &fit.bias).into_iter().enumerate() {
-                    sse[i][c] += v;
+                    errors[c] += v;
                 }
             }
         }

@@ -193,6 +193,28 @@ pub fn fit(stats: &Stats, w0: &DMatrix<f64>, lambda: f64) -> Fit {
     Fit { weight, bias, lambda }
 }
 
+/// The L2-SP fit on `train` for every λ of `grid`, from one eigendecomposition of its Gram
+/// matrix: in its eigenbasis each λ is a diagonal scaling, not a solve.
+pub fn fits(train: &Stats, w0: &DMatrix<f64>, grid: &[f64]) -> Vec<Fit> {
+    let (g, c, mh, my) = train.centred();
+    let eig = g.symmetric_eigen();
+    let e = eig.eigenvalues.map(|v| v.max(0.0));
+    let q = &eig.eigenvectors;
+    let p = q.tr_mul(&c);
+    let r = q.tr_mul(&w0.transpose());
+    grid.iter()
+        .map(|&lambda| {
+            let mut z = &p + &r * lambda;
+            for (mut row, ev) in z.row_iter_mut().zip(e.iter()) {
+                row /= ev + lambda;
+            }
+            let weight = (q * z).transpose();
+            let bias = &my - &weight * &mh;
+            Fit { weight, bias, lambda }
+        })
+        .collect()
+}
+
 /// Held-out squared error of every λ in `grid`, summed over the groups (episodes) held out one
 /// at a time (groups with the same fold index are held out together). Folds run spread over
 /// `threads`; their sums are added in fold order, so the result does not depend on the spread.
@@ -230,28 +252,10 @@ fn fold_errors(
     if train.n < 2.0 {
         return None;
     }
-    let (g, c, mh, my) = train.centred();
-    let eig = g.symmetric_eigen();
-    let e = eig.eigenvalues.map(|v| v.max(0.0));
-    let q = &eig.eigenvectors;
-    let p = q.tr_mul(&c);
-    let r = q.tr_mul(&w0.transpose());
+    let fits = fits(&train, w0, grid);
     for ((_, h, y), _) in groups.iter().zip(folds).filter(|(_, k)| **k == f) {
-        let mut hc = (*h).clone();
-        for mut row in hc.row_iter_mut() {
-            row -= mh.transpose();
-        }
-        let v = hc * q;
-        for (i, &lambda) in grid.iter().enumerate() {
-            let mut z = &p + &r * lambda;
-            for (mut row, ev) in z.row_iter_mut().zip(e.iter()) {
-                row /= ev + lambda;
-            }
-            let mut pred = &v * z;
-            for mut row in pred.row_iter_mut() {
-                row += my.transpose();
-            }
-            sse[i] += (pred - *y).norm_squared();
+        for (total, fit) in sse.iter_mut().zip(&fits) {
+            *total += (fit.predict(h) - *y).norm_squared();
         }
     }
     Some(sse)

@@ -1242,10 +1242,10 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     s.mean_distance * 100.0
                 );
                 if let Some(u) = &e.uncertainty {
-                    let mut sorted = u.std.clone();
+                    let mut sorted = u.ratio.clone();
                     sorted.sort_by(f64::total_cmp);
                     outln!(
-                        "predictive std of the bayes head (policy units): median {:.4}, range {:.4} to {:.4}; rank correlation with the final distance {:+.2}",
+                        "predicted error of the bayes head over its held-out error, per reach: median {:.2}, range {:.2} to {:.2}; rank correlation with the final distance {:+.2}",
                         sorted[sorted.len() / 2],
                         sorted[0],
                         sorted[sorted.len() - 1],

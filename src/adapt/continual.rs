@@ -155,14 +155,6 @@ pub struct Solved {
 }
 
 impl Solved {
-    /// Predictive variance per action at input `h` (policy units²): noise times
-    /// `1 + 1/n + (h - h̄)ᵀ(G + λI)⁻¹(h - h̄)`, which grows away from the demonstrated inputs.
-    pub fn variance(&self, h: &[f64]) -> Vec<f64> {
-        let x = DVector::from_iterator(h.len(), h.iter().copied()) - &self.mean;
-        let spread = 1.0 + 1.0 / self.rows.max(1.0) + (x.transpose() * &self.covariance * &x)[(0, 0)];
-        self.noise.iter().map(|s| s * spread).collect()
-    }
-
     /// `1 - held-out / source` over all actions.
     pub fn improvement(&self) -> f64 {
         let (a, s): (f64, f64) = (self.held_out_sse.iter().sum(), self.source_sse.iter().sum());
@@ -171,14 +163,20 @@ impl Solved {
 }
 
 impl Continual {
-    /// The posterior of the adapted skill in `dir`, from the statistics saved beside it; None
-    /// when it has none (it was not adapted by bayes) or they hold too little to solve.
-    pub fn beside(dir: &Path) -> Result<Option<Solved>, StatsError> {
-        let file = dir.join(STATS_FILE);
+    /// The posterior of `skill`'s last layer, from the statistics saved beside it; None when
+    /// it has none (it was not adapted by bayes) or they hold too little to solve. Statistics of
+    /// another frozen part (a file copied beside the wrong skill) are refused.
+    pub fn posterior(skill: &crate::skill::Skill) -> Result<Option<Solved>, StatsError> {
+        let file = skill.dir.join(STATS_FILE);
         if !file.exists() {
             return Ok(None);
         }
-        Ok(Continual::load(&file)?.solve())
+        let stats = Continual::load(&file)?;
+        let key = Key::of(skill);
+        if stats.key != key {
+            return Err(StatsError::Mismatch { ours: describe(&key), theirs: describe(&stats.key) });
+        }
+        Ok(stats.solve())
     }
 
     /// Empty statistics for a last layer with source weights `w0` and bias `b0`.
@@ -511,20 +509,6 @@ mod tests {
         let s = c.solve().unwrap();
         assert_eq!(s.groups, 2);
         assert!(s.improvement() > 0.9, "a zero source is far worse: {}", s.improvement());
-    }
-
-    #[test]
-    fn variance_grows_away_from_the_demonstrations() {
-        let w = data(4, 2, 3);
-        let mut c = Continual::new(key(3, 2), DMatrix::zeros(2, 3), DVector::zeros(2));
-        for i in 0..4 {
-            let (h, y) = episode(30 + i, 30, &w, 0.0);
-            c.add(EpisodeStats::of(&format!("e{i}"), &h, &y));
-        }
-        let s = c.solve().unwrap();
-        let near = s.variance(&[0.0, 0.0, 0.0]);
-        let far = s.variance(&[8.0, -8.0, 8.0]);
-        assert!(far.iter().zip(&near).all(|(f, n)| f > &(n * 2.0)), "{near:?} {far:?}");
     }
 
     #[test]

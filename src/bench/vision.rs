@@ -236,7 +236,7 @@ fn inference(skill: &Skill, camera: &ImageInput, python: &str, iters: usize, dir
     let many_refs: Vec<&[f32]> = many.iter().map(Vec::as_slice).collect();
     // A plan of its own, so the skill's stays as loaded.
     let mut control =
-        skillgraft::model::plan::ControlPlan::build(&model.file, &model.feeds, &model.output).map_err(err)?;
+        skillgraft::model::plan::ControlPlan::build(&model.file, &model.feeds, &model.output, None).map_err(err)?;
     let mut action = vec![0.0; control.output_width()];
     let step = super::median_us(iters, || control.step(&one_refs, &mut action).expect("the skill's model runs"));
     let features_1 = super::median_us(iters, || {

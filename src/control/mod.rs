@@ -7,14 +7,17 @@ pub mod actuator;
 pub mod safety;
 pub mod skills;
 pub mod stats;
+pub mod uncertainty;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use triple_buffer::{Input, Output};
 
+use crate::msg::cdr;
+use crate::msg::{Float64MultiArray, MultiArrayDimension, MultiArrayLayout};
 use crate::observe::Assembler;
 use crate::record::Tap;
 use crate::ros::transport::{RawPublisher, Transport};
@@ -23,6 +26,7 @@ use actuator::ActionEncoder;
 use safety::{Intervention, SafetyConfig, SafetyFilter};
 use skills::{ActiveSkill, SwapSlot};
 use stats::NodeStats;
+use uncertainty::Marker;
 
 /// New limits on their way to the control thread, and the ones they replaced on their way
 /// back: the tick swaps them and frees nothing (a free is a call into the system allocator).
@@ -42,16 +46,24 @@ pub struct Tunables {
     pub estop_timeout_ns: AtomicU64,
     /// The /diagnostics period, ns.
     pub diagnostics_period_ns: AtomicU64,
+    /// `uncertainty.mark`, as f64 bits.
+    pub uncertainty_mark_bits: AtomicU64,
 }
 
 impl Tunables {
     /// The settings at start.
-    pub fn new(estop_timeout: Option<Duration>, diagnostics_period: Duration) -> Tunables {
+    pub fn new(estop_timeout: Option<Duration>, diagnostics_period: Duration, uncertainty_mark: f64) -> Tunables {
         Tunables {
             safety: Mutex::new(SafetySlot::default()),
             estop_timeout_ns: AtomicU64::new(estop_timeout.map_or(0, |t| t.as_nanos() as u64)),
             diagnostics_period_ns: AtomicU64::new(diagnostics_period.as_nanos() as u64),
+            uncertainty_mark_bits: AtomicU64::new(uncertainty_mark.to_bits()),
         }
+    }
+
+    /// The predicted-error ratio above which a stretch is marked.
+    pub fn uncertainty_mark(&self) -> f64 {
+        f64::from_bits(self.uncertainty_mark_bits.load(Ordering::Relaxed))
     }
 
     /// The e-stop timeout now.
@@ -75,6 +87,26 @@ pub struct ActionFrame {
     pub values: Vec<f64>,
     /// Its tick's number: the publisher counts the ones it never saw.
     pub seq: u64,
+    /// The policy's predicted error over its held-out error (NaN: no posterior, or not the
+    /// policy's action).
+    pub ratio: f64,
+    /// The predicted standard deviation of each action element, robot units (when `ratio` is).
+    pub std: Vec<f64>,
+    /// The raw observation the action came from (when `ratio` is).
+    pub observation: Vec<f32>,
+}
+
+impl ActionFrame {
+    /// An empty frame with room for the action and the observation, so no tick allocates.
+    pub fn new(actions: usize, observation: usize) -> ActionFrame {
+        ActionFrame {
+            values: vec![0.0; actions],
+            seq: 0,
+            ratio: f64::NAN,
+            std: vec![0.0; actions],
+            observation: vec![0.0; observation],
+        }
+    }
 }
 
 /// The e-stop as the subscription last heard it, read by the control thread.
@@ -205,6 +237,7 @@ impl ControlLoop {
         }
         let now = Instant::now();
         let frame = self.action.input_buffer_mut();
+        frame.ratio = f64::NAN;
         let publish = if self.tap.muted() {
             // A demonstration: the person drives the robot, the policy stays silent.
             let _ = self.assembler.tick(now);
@@ -218,6 +251,9 @@ impl ControlLoop {
                 Err(_) => self.filter.safe(Intervention::Stale, &mut frame.values),
                 Ok(obs) => {
                     self.active.norm.input(obs, input);
+                    if self.active.posterior.is_some() {
+                        frame.observation.copy_from_slice(obs);
+                    }
                     // The feeds in the manifest's order, on the stack: the tick allocates nothing.
                     let mut feeds: [&[f32]; 1 + MAX_IMAGES] = [&[]; 1 + MAX_IMAGES];
                     feeds[0] = input;
@@ -229,6 +265,12 @@ impl ControlLoop {
                         Err(_) => self.filter.safe(Intervention::Failure, &mut frame.values),
                         Ok(()) => {
                             self.active.norm.action_to_robot(raw, proposal);
+                            if let Some(p) = &mut self.active.posterior {
+                                frame.ratio = p.ratio(self.active.plan.probe());
+                                p.std(frame.ratio, &mut frame.std);
+                                self.stats.doubt.record(frame.ratio, self.tunables.uncertainty_mark());
+                                self.filter.temper(frame.ratio, proposal);
+                            }
                             self.filter.filter(proposal, &mut frame.values)
                         }
                     }
@@ -244,12 +286,70 @@ impl ControlLoop {
     }
 }
 
-/// The publisher thread: encodes each new action and publishes it; counts actions it never saw
-/// or could not send.
+/// Where the policy's uncertainty goes from the publisher thread: each action's on
+/// `~/uncertainty`, and the stretches above `uncertainty.mark` to the recorder.
+pub struct DoubtOut {
+    /// The `~/uncertainty` publisher (std_msgs/Float64MultiArray).
+    pub publisher: Box<dyn RawPublisher>,
+    /// The recorder, which files the stretches.
+    pub tap: Arc<Tap>,
+    /// Holds the mark.
+    pub tunables: Arc<Tunables>,
+    /// Finds the stretches.
+    pub marker: Marker,
+    msg: Float64MultiArray,
+    buf: Vec<u8>,
+    logged: bool,
+}
+
+impl DoubtOut {
+    /// Uncertainty of an action of `actions` elements, published with `publisher`.
+    pub fn new(publisher: Box<dyn RawPublisher>, tap: Arc<Tap>, tunables: Arc<Tunables>, actions: usize) -> DoubtOut {
+        let size = actions as u32 + 1;
+        let layout = MultiArrayLayout {
+            dim: vec![MultiArrayDimension { label: "ratio_then_std".into(), size, stride: size }],
+            data_offset: 0,
+        };
+        DoubtOut {
+            publisher,
+            tap,
+            tunables,
+            marker: Marker::default(),
+            msg: Float64MultiArray { layout, data: Vec::with_capacity(actions + 1) },
+            buf: Vec::new(),
+            logged: false,
+        }
+    }
+
+    fn send(&mut self, frame: &ActionFrame) {
+        if frame.ratio.is_finite() {
+            self.msg.data.clear();
+            self.msg.data.push(frame.ratio);
+            self.msg.data.extend_from_slice(&frame.std);
+            self.buf.clear();
+            let sent = cdr::encode_into(&self.msg, &mut self.buf)
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.publisher.publish(&self.buf).map_err(|e| e.to_string()));
+            if let Err(e) = sent
+                && !std::mem::replace(&mut self.logged, true)
+            {
+                tracing::warn!("cannot publish the uncertainty: {e}");
+            }
+        }
+        let mark = self.tunables.uncertainty_mark();
+        if let Some(stretch) = self.marker.tick(frame.ratio, mark, SystemTime::now(), &frame.observation) {
+            self.tap.mark(stretch);
+        }
+    }
+}
+
+/// The publisher thread: encodes each new action and publishes it, with its uncertainty when
+/// the skill has one; counts actions it never saw or could not send.
 pub fn publish_loop(
     mut actions: Output<ActionFrame>,
     mut encoder: ActionEncoder,
     mut publisher: Box<dyn RawPublisher>,
+    mut doubt: DoubtOut,
     transport: &dyn Transport,
     stats: &NodeStats,
     stop: &AtomicBool,
@@ -282,5 +382,9 @@ pub fn publish_loop(
                 stats.dropped.fetch_add(1, Ordering::Relaxed)
             }
         };
+        doubt.send(frame);
+    }
+    if let Some(stretch) = doubt.marker.finish() {
+        doubt.tap.mark(stretch);
     }
 }

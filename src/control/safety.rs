@@ -23,15 +23,17 @@ pub enum Intervention {
     Clamped = 4,
     /// A change was limited to max_delta.
     RateLimited = 5,
+    /// The policy's predicted error was above `uncertainty.limit`: the action was slowed.
+    Uncertain = 6,
 }
 
 /// Names of the interventions, by their value.
-pub const INTERVENTIONS: [&str; 6] =
-    ["stale_input", "estop", "non_finite", "inference_failure", "clamped", "rate_limited"];
+pub const INTERVENTIONS: [&str; 7] =
+    ["stale_input", "estop", "non_finite", "inference_failure", "clamped", "rate_limited", "uncertain"];
 
 /// Intervention counters, shared with diagnostics.
 #[derive(Debug, Default)]
-pub struct Counters(pub [AtomicU64; 6]);
+pub struct Counters(pub [AtomicU64; 7]);
 
 impl Counters {
     /// The count of one kind.
@@ -57,6 +59,10 @@ pub struct SafetyConfig {
     pub safe: SafeAction,
     /// Ticks over which the policy blends in from the safe action.
     pub blend_ticks: u32,
+    /// Predicted std over held-out std above which the action is slowed (0: never).
+    pub uncertainty_limit: f64,
+    /// The share of the way from the safe action to the policy's action kept while slowed.
+    pub uncertainty_slow: f64,
 }
 
 /// Limits that cannot drive a robot; each says which element and what to set.
@@ -227,6 +233,27 @@ impl SafetyFilter {
         true
     }
 
+    /// The policy predicts an error `ratio` times its held-out one: above the limit, the action
+    /// keeps only `uncertainty_slow` of its way from the safe action (zero, or the action held),
+    /// so an unsure policy moves slowly rather than confidently wrong; counted. Allocates nothing.
+    pub fn temper(&mut self, ratio: f64, proposal: &mut [f64]) {
+        let limit = self.cfg.uncertainty_limit;
+        if !(limit > 0.0 && ratio > limit) {
+            return;
+        }
+        self.counters.bump(Intervention::Uncertain);
+        let keep = self.cfg.uncertainty_slow;
+        match self.cfg.safe {
+            SafeAction::Zero => proposal.iter_mut().for_each(|p| *p *= keep),
+            SafeAction::Hold if self.have_last => {
+                for (p, &held) in proposal.iter_mut().zip(&self.last) {
+                    *p = held + keep * (*p - held);
+                }
+            }
+            SafeAction::Hold => {}
+        }
+    }
+
     /// No trustworthy action this tick: writes the safe action; returns whether to publish
     /// (`hold` before any action has been published has nothing to hold, so nothing is sent).
     /// The safe action takes effect at once, without the rate limit.
@@ -289,6 +316,8 @@ mod tests {
             max_delta: vec![0.5, f64::INFINITY],
             safe,
             blend_ticks,
+            uncertainty_limit: 0.0,
+            uncertainty_slow: 0.25,
         };
         cfg.check().unwrap();
         (SafetyFilter::new(cfg, c.clone()), c)
@@ -377,6 +406,8 @@ mod tests {
             max_delta: vec![0.1, f64::INFINITY],
             safe: SafeAction::Hold,
             blend_ticks: 0,
+            uncertainty_limit: 0.0,
+            uncertainty_slow: 0.25,
         };
         let old = f.reconfigure(tight.clone());
         assert_eq!(old.upper, vec![1.0, 2.0], "the old limits come back to be freed elsewhere");
@@ -390,6 +421,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unsure_policy_is_slowed_toward_the_safe_action_above_the_limit_only() {
+        let (mut f, c) = filter(SafeAction::Zero, 0);
+        let mut p = [0.8, -1.6];
+        f.temper(5.0, &mut p);
+        assert_eq!(p, [0.8, -1.6], "no limit set: nothing changes");
+        f.cfg.uncertainty_limit = 2.0;
+        f.temper(1.9, &mut p);
+        assert_eq!(p, [0.8, -1.6], "below the limit");
+        f.temper(f64::NAN, &mut p);
+        assert_eq!(p, [0.8, -1.6], "an unknown ratio is not a reason");
+        f.temper(2.5, &mut p);
+        assert_eq!(p, [0.2, -0.4], "a quarter of the way from zero");
+        assert_eq!(c.get(Intervention::Uncertain), 1);
+
+        let (mut f, _) = filter(SafeAction::Hold, 0);
+        f.cfg.uncertainty_limit = 2.0;
+        f.cfg.uncertainty_slow = 0.5;
+        let mut out = [0.0; 2];
+        f.filter(&[0.4, 1.0], &mut out);
+        let mut p = [0.8, 0.0];
+        f.temper(3.0, &mut p);
+        assert!((p[0] - 0.6).abs() < 1e-12 && p[1] == 0.5, "half way from the held action: {p:?}");
+    }
+
+    #[test]
     fn limits_that_cannot_drive_a_robot_are_refused() {
         let cfg = |lower: f64, upper: f64, safe| SafetyConfig {
             lower: vec![lower],
@@ -397,6 +453,8 @@ mod tests {
             max_delta: vec![1.0],
             safe,
             blend_ticks: 0,
+            uncertainty_limit: 0.0,
+            uncertainty_slow: 0.25,
         };
         assert!(cfg(f64::NEG_INFINITY, 1.0, SafeAction::Hold).check().unwrap_err().to_string().contains("not finite"));
         assert!(cfg(0.5, 1.0, SafeAction::Zero).check().unwrap_err().to_string().contains("include 0"));

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use super::uncertainty::Posterior;
+use crate::adapt::continual::Continual;
 use crate::model::plan::ControlPlan;
 use crate::record::Tap;
 use crate::skill::Skill;
@@ -65,14 +67,47 @@ impl SkillInfo {
 pub(crate) struct ActiveSkill {
     pub(crate) plan: ControlPlan,
     pub(crate) norm: Normaliser,
+    /// The posterior over its last layer, when it was adapted by `bayes`.
+    pub(crate) posterior: Option<Posterior>,
     info: SkillInfo,
 }
 
 impl ActiveSkill {
     pub(crate) fn new(skill: Skill) -> Box<ActiveSkill> {
         let info = SkillInfo::of(&skill);
-        Box::new(ActiveSkill { norm: skill.manifest.normaliser(), plan: skill.model.control, info })
+        let norm = skill.manifest.normaliser();
+        let (plan, posterior) = match doubt(&skill, &norm) {
+            Ok(Some((plan, posterior))) => (plan, Some(posterior)),
+            Ok(None) => (skill.model.control, None),
+            Err(e) => {
+                tracing::warn!("{} runs without its uncertainty: {e}", info.label());
+                (skill.model.control, None)
+            }
+        };
+        Box::new(ActiveSkill { norm, plan, posterior, info })
     }
+}
+
+/// The posterior of a bayes-adapted skill and a control plan that hands it the last layer's
+/// input; None for a skill without statistics. A skill whose statistics cannot be used still
+/// runs, without them: its head is what it is either way.
+fn doubt(skill: &Skill, norm: &Normaliser) -> Result<Option<(ControlPlan, Posterior)>, String> {
+    let Some(solved) = Continual::posterior(skill).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let plan = skill.model.probed_control().map_err(|e| e.to_string())?;
+    let scale: Vec<f64> = (0..norm.action_width()).map(|i| norm.action_scale(i)).collect();
+    let posterior = Posterior::new(&solved, &scale);
+    if posterior.width() != plan.probe().len() || posterior.actions() != scale.len() {
+        return Err(format!(
+            "its statistics are for a last layer of {}→{}, the model's is {}→{}",
+            posterior.width(),
+            posterior.actions(),
+            plan.probe().len(),
+            scale.len()
+        ));
+    }
+    Ok(Some((plan, posterior)))
 }
 
 /// What the control thread shares: the skill to swap in, and the one it replaced (with whether
@@ -340,6 +375,7 @@ mod tests {
             queue: 16,
             compression: Default::default(),
             metadata: BTreeMap::new(),
+            observation_labels: Vec::new(),
         };
         let recorder = Recorder::start(cfg, Box::new(Nowhere)).unwrap();
         let a = version(dir.path(), 1);
@@ -375,6 +411,38 @@ mod tests {
         assert_eq!(skills.current().version, "0.5.0");
         assert_eq!(skills.lineage().len(), 5);
         recorder.stop();
+    }
+
+    #[test]
+    fn a_bayes_skill_runs_with_its_posterior_and_without_it_when_its_statistics_do_not_fit() {
+        use crate::adapt::continual::{Continual, EpisodeStats, Key, STATS_FILE};
+        use nalgebra::{DMatrix, DVector};
+        let dir = tempfile::tempdir().unwrap();
+        let skill = version(dir.path(), 1);
+        let stats_file = skill.dir.join(STATS_FILE);
+        let key = Key::of(&skill);
+        let (d, a) = (key.inputs, key.outputs);
+        let statistics = |key: Key| {
+            let mut c = Continual::new(key, DMatrix::zeros(a, d), DVector::zeros(a));
+            for e in 0..2u64 {
+                let h = DMatrix::from_row_slice(30, d, &crate::rng::seeded(e, 30 * d)).map(f64::from);
+                let y = DMatrix::from_row_slice(30, a, &crate::rng::seeded(e + 9, 30 * a)).map(f64::from);
+                c.add(EpisodeStats::of(&format!("e{e}"), &h, &y));
+            }
+            c
+        };
+        statistics(key.clone()).save(&stats_file).unwrap();
+        let reload = || ActiveSkill::new(Skill::load(&skill.dir).unwrap());
+        let mut active = reload();
+        assert_eq!(active.plan.probe().len(), d);
+        let p = active.posterior.as_mut().expect("its statistics fit: a posterior");
+        assert!(p.ratio(&vec![0.0; d]) >= 1.0);
+
+        statistics(Key { frozen: "another source".into(), ..key }).save(&stats_file).unwrap();
+        let active = reload();
+        assert!(active.posterior.is_none() && active.plan.probe().is_empty(), "another skill's statistics");
+        std::fs::write(&stats_file, b"SGSTATS1 damaged").unwrap();
+        assert!(reload().posterior.is_none(), "damaged statistics: the skill runs without them");
     }
 
     fn rand_tag() -> u64 {

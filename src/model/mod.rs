@@ -177,7 +177,7 @@ impl Model {
             features: features.to_string(),
             problem: e.to_string(),
         })?;
-        let control = ControlPlan::build(&file, &feeds, output)?;
+        let control = ControlPlan::build(&file, &feeds, output, None)?;
         if control.output_width() != head.out_dim() {
             return Err(shape_err(
                 Subject::Output,
@@ -190,6 +190,26 @@ impl Model {
         }
         let backbone = BackbonePlan::build(&file, &feeds, features, head.features_layout(), head.in_dim())?;
         Ok(Model { feeds, output: output.to_string(), head, control, backbone, file })
+    }
+
+    /// A control plan that also gives, at each step, the input of the head's last layer (the
+    /// features the posterior over that layer reads).
+    pub fn probed_control(&self) -> Result<ControlPlan, ModelError> {
+        let last = &self.head.layers[self.head.layers.len() - 1];
+        let plan = ControlPlan::build(&self.file, &self.feeds, &self.output, Some(&last.input))?;
+        if plan.probe().len() != last.in_dim {
+            return Err(ModelError::Shape {
+                path: self.file.path.clone(),
+                subject: Subject::Features,
+                problem: format!(
+                    "the last layer's input `{}` has {} values at batch 1, not the {} the layer reads",
+                    last.input,
+                    plan.probe().len(),
+                    last.in_dim
+                ),
+            });
+        }
+        Ok(plan)
     }
 
     /// The numeric observation's input (the first feed).

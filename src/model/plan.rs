@@ -157,16 +157,26 @@ pub struct ControlPlan {
     /// Graph position of each feed, in the caller's order.
     slot: Vec<usize>,
     output_width: usize,
+    /// The probed tensor's values at the last step (empty without a probe).
+    probe: Vec<f32>,
 }
 
 impl ControlPlan {
-    /// Builds and optimises the batch-1 plan from the inputs to `output`.
-    pub fn build(file: &OnnxFile, feeds: &[Feed], output: &str) -> Result<ControlPlan, ModelError> {
+    /// Builds and optimises the batch-1 plan from the inputs to `output`; with `probe`, each
+    /// step also keeps that intermediate tensor's values (the input of the head's last layer,
+    /// which the posterior's variance reads).
+    pub fn build(
+        file: &OnnxFile,
+        feeds: &[Feed],
+        output: &str,
+        probe: Option<&str>,
+    ) -> Result<ControlPlan, ModelError> {
         let order = graph_order(file, feeds);
         let (model, n) = with_feeds(file, feeds, &order)?;
         let path = &file.path;
         let plan = guarded(path, "optimise the control plan", || {
-            let typed = model.with_outputs_by_name([output])?.into_typed()?;
+            let outputs: Vec<&str> = std::iter::once(output).chain(probe).collect();
+            let typed = model.with_outputs_by_name(outputs)?.into_typed()?;
             let batch_one = std::collections::HashMap::from([(n, 1.to_dim())]);
             typed.set_symbols(&batch_one)?.into_optimized()?.into_runnable()
         })
@@ -196,6 +206,22 @@ impl ControlPlan {
         }
         let output_width =
             if dims.len() >= 2 && dims[0] == 1 { dims[1..].iter().product() } else { dims.iter().product() };
+        let probe = match probe {
+            None => Vec::new(),
+            Some(name) => {
+                let fact = guarded(path, "read the probe's shape", || Ok(plan.model().output_fact(1)?.clone()))?;
+                match fact.shape.as_concrete() {
+                    Some(dims) if fact.datum_type == f32::datum_type() => vec![0.0; dims.iter().product()],
+                    _ => {
+                        return Err(ModelError::Shape {
+                            path: path.clone(),
+                            subject: Subject::Features,
+                            problem: format!("tensor `{name}` is not float32 of a fixed shape at batch 1"),
+                        });
+                    }
+                }
+            }
+        };
         let mut inputs = Vec::with_capacity(order.len());
         for &f in &order {
             let shape = &feeds[f].shape;
@@ -208,12 +234,17 @@ impl ControlPlan {
         }
         let slot = (0..feeds.len()).map(|f| order.iter().position(|&o| o == f).unwrap_or(0)).collect();
         let state = guarded(path, "create the plan state", || TypedSimpleState::new(&plan))?;
-        Ok(ControlPlan { state, inputs, slot, output_width })
+        Ok(ControlPlan { state, inputs, slot, output_width, probe })
     }
 
     /// Width of the action the plan produces.
     pub fn output_width(&self) -> usize {
         self.output_width
+    }
+
+    /// The probed tensor at the last step (empty when built without a probe).
+    pub fn probe(&self) -> &[f32] {
+        &self.probe
     }
 
     /// Values one tick feeds into input `feed` (in the caller's order).
@@ -247,15 +278,32 @@ impl ControlPlan {
             let mut view = input.try_as_plain_ram_mut().map_err(|e| ModelError::Run(format!("{e:#}")))?;
             view.as_slice_mut::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?.copy_from_slice(values);
         }
-        let (state, inputs) = (&mut self.state, &self.inputs);
+        let (state, inputs, probe) = (&mut self.state, &self.inputs, &mut self.probe);
         crate::alloc::in_tick(|| {
             let values: TVec<TValue> = inputs.iter().map(|t| TValue::from_const(t.clone())).collect();
             let outputs = state.run(values).map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            let view = outputs[0].try_as_plain_ram().map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            action.copy_from_slice(view.as_slice::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?);
+            copy_out(&outputs[0], action)?;
+            if !probe.is_empty() {
+                copy_out(&outputs[1], probe)?;
+            }
             Ok(())
         })
     }
+}
+
+/// Copies a plan output of `out.len()` f32 values into `out`.
+fn copy_out(value: &TValue, out: &mut [f32]) -> Result<(), ModelError> {
+    let view = value.try_as_plain_ram().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+    let values = view.as_slice::<f32>().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+    if values.len() != out.len() {
+        return Err(ModelError::Run(format!(
+            "the plan gave {} values where {} were expected",
+            values.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(values);
+    Ok(())
 }
 
 /// The backbone plan: inputs to `features`, for any batch size.

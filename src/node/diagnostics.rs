@@ -22,7 +22,10 @@ pub struct Report {
     /// Deadline misses in the period.
     pub misses: u64,
     /// Interventions by kind in the period.
-    pub interventions: [u64; 6],
+    pub interventions: [u64; 7],
+    /// The running skill's predicted error over its held-out error in the period: mean, max
+    /// and ticks above `uncertainty.mark` (None: no tick had one).
+    pub uncertainty: Option<(f64, f64, u64)>,
 }
 
 /// Turns counters into periodic reports (keeps the previous values to report differences).
@@ -32,9 +35,11 @@ pub struct Reporter {
     last_at: Instant,
     last_ticks: u64,
     last_misses: u64,
-    last_interventions: [u64; 6],
+    last_interventions: [u64; 7],
+    /// The doubt counters at the last report: ticks, summed thousandths, ticks above the mark.
+    last_doubt: (u64, u64, u64),
     latency_from: usize,
-    logged: [bool; 6],
+    logged: [bool; 7],
 }
 
 impl Reporter {
@@ -45,9 +50,10 @@ impl Reporter {
             last_at: Instant::now(),
             last_ticks: 0,
             last_misses: 0,
-            last_interventions: [0; 6],
+            last_interventions: [0; 7],
+            last_doubt: (0, 0, 0),
             latency_from: 0,
-            logged: [false; 6],
+            logged: [false; 7],
             stats,
         }
     }
@@ -60,7 +66,7 @@ impl Reporter {
         let misses = s.deadline_misses.load(Ordering::Relaxed);
         let dt = now.duration_since(self.last_at).as_secs_f64().max(1e-9);
         let (lat, next) = s.latency.since(self.latency_from);
-        let mut interventions = [0; 6];
+        let mut interventions = [0; 7];
         for (k, slot) in interventions.iter_mut().enumerate() {
             let total = s.interventions.0[k].load(Ordering::Relaxed);
             *slot = total - self.last_interventions[k];
@@ -73,11 +79,21 @@ impl Reporter {
                 );
             }
         }
+        let d = &s.doubt;
+        let doubt = (
+            d.ticks.load(Ordering::Relaxed),
+            d.sum_milli.load(Ordering::Relaxed),
+            d.above_mark.load(Ordering::Relaxed),
+        );
+        let (n, sum, above) = (doubt.0 - self.last_doubt.0, doubt.1 - self.last_doubt.1, doubt.2 - self.last_doubt.2);
+        let max = d.take_max();
+        self.last_doubt = doubt;
         let report = Report {
             rate_hz: (ticks - self.last_ticks) as f64 / dt,
             latency_us: percentiles(lat),
             misses: misses - self.last_misses,
             interventions,
+            uncertainty: (n > 0).then(|| (sum as f64 / 1e3 / n as f64, max, above)),
         };
         self.last_at = now;
         self.last_ticks = ticks;
@@ -121,6 +137,11 @@ impl Reporter {
                 }
             }
         }
+        if let Some((mean, max, above)) = r.uncertainty {
+            values.push(kv("uncertainty.ratio_mean", format!("{mean:.2}")));
+            values.push(kv("uncertainty.ratio_max", format!("{max:.2}")));
+            values.push(kv("uncertainty.ticks_above_mark", above));
+        }
         values.push(kv("actions_published", s.published.load(Ordering::Relaxed)));
         values.push(kv("actions_dropped", s.dropped.load(Ordering::Relaxed)));
         values.push(kv("estop_rejected", s.estop_rejected.load(Ordering::Relaxed)));
@@ -146,7 +167,7 @@ impl Reporter {
             "control_thread_malloc_calls",
             if crate::alloc::installed() { mallocs.to_string() } else { "n/a".into() },
         ));
-        let [stale, estop, non_finite, failure, ..] = r.interventions;
+        let [stale, estop, non_finite, failure, _, _, unsure] = r.interventions;
         let (level, message) = if let Some(e) = recorder_failed {
             (DiagnosticStatus::ERROR, format!("episode recording failed: {e}"))
         } else if failure > 0 {
@@ -157,6 +178,13 @@ impl Reporter {
             (DiagnosticStatus::WARN, "stale inputs; publishing the safe action".to_string())
         } else if non_finite > 0 {
             (DiagnosticStatus::WARN, format!("{non_finite} non-finite actions replaced by the safe action"))
+        } else if unsure > 0 {
+            (
+                DiagnosticStatus::WARN,
+                format!(
+                    "the policy is unsure: {unsure} actions slowed (uncertainty.limit); demonstrate where it hesitates"
+                ),
+            )
         } else if r.misses > 0 {
             (DiagnosticStatus::WARN, format!("{} control deadlines missed", r.misses))
         } else {

@@ -19,10 +19,10 @@ use crate::control::actuator::ActionEncoder;
 use crate::control::safety::{Counters, SafetyConfig, SafetyFilter};
 use crate::control::skills::{ActiveSkill, SkillInfo, Skills};
 use crate::control::stats::NodeStats;
-use crate::control::{ActionFrame, ControlLoop, EStop, Tunables, publish_loop, realtime};
+use crate::control::{ActionFrame, ControlLoop, DoubtOut, EStop, Tunables, publish_loop, realtime};
 use crate::fleet::inbox::{Inbox, InboxSettings, Runner, RunnerError};
 use crate::msg::cdr;
-use crate::msg::{Bool, DiagnosticArray, Header, RosMessage, StringMsg};
+use crate::msg::{Bool, DiagnosticArray, Float64MultiArray, Header, RosMessage, StringMsg};
 use crate::observe as observer;
 use crate::record::episode::ChannelSpec;
 use crate::record::{Recorder, RecorderConfig};
@@ -84,6 +84,10 @@ pub struct NodeConfig {
     pub adapt_device: crate::adapt::device::Device,
     /// Whether each demonstration written starts a continual (bayes) update.
     pub continual: bool,
+    /// Resolved uncertainty topic (`~/uncertainty`).
+    pub uncertainty_topic: String,
+    /// Predicted error over held-out error above which a stretch is marked.
+    pub uncertainty_mark: f64,
     /// Resolved adaptation request topic (`~/adapt`).
     pub adapt_topic: String,
     /// Resolved adaptation status topic (`~/adapt/status`).
@@ -144,6 +148,15 @@ impl NodeConfig {
             max_delta: vector("action.max_delta")?,
             safe: m.action.safe,
             blend_ticks: (blend_s * rate_hz).round() as u32,
+            uncertainty_limit: match param::<f64>(args, m, "uncertainty.limit")? {
+                l if l == 0.0 || l >= 1.0 => l,
+                l => {
+                    return Err(ArgsError(format!(
+                        "parameter `uncertainty.limit` is {l}: the predicted error is never below the held-out error (a ratio of 1 or more), so a limit below 1 would slow every action; give 0 (off) or a ratio such as 2.0"
+                    )));
+                }
+            },
+            uncertainty_slow: param::<f64>(args, m, "uncertainty.slow")?,
         };
         safety.check().map_err(|e| ArgsError(e.to_string()))?;
         let diagnostics_period =
@@ -197,6 +210,8 @@ impl NodeConfig {
                 .parse()
                 .map_err(|e| ArgsError(format!("parameter `adapt_device`: {e}")))?,
             continual: param::<bool>(args, m, "continual")?,
+            uncertainty_topic: topic("~/uncertainty")?,
+            uncertainty_mark: param::<f64>(args, m, "uncertainty.mark")?,
             adapt_topic: topic("~/adapt")?,
             adapt_status_topic: topic("~/adapt/status")?,
             rollback_topic: topic("~/skill/rollback")?,
@@ -337,6 +352,7 @@ impl RunningNode {
                 queue: cfg.record_queue,
                 compression: cfg.record_compression,
                 metadata,
+                observation_labels: manifest.input_labels(),
             },
             status,
         )
@@ -376,7 +392,7 @@ impl RunningNode {
                 }),
             )?;
         }
-        let tunables = Arc::new(Tunables::new(cfg.estop_timeout, cfg.diagnostics_period));
+        let tunables = Arc::new(Tunables::new(cfg.estop_timeout, cfg.diagnostics_period, cfg.uncertainty_mark));
         let estop = Arc::new(EStop {
             engaged: AtomicBool::new(false),
             heard: AtomicBool::new(false),
@@ -475,12 +491,17 @@ impl RunningNode {
             let period_s = 1.0 / cfg.rate_hz;
             let encoder = ActionEncoder::new(&manifest.action, period_s);
             let publisher = transport.publisher(&cfg.action_topic, encoder.type_name(), Qos::RELIABLE)?;
-            let (action_in, action_out) =
-                triple_buffer(&ActionFrame { values: vec![0.0; manifest.action_width()], seq: 0 });
+            let doubt = DoubtOut::new(
+                transport.publisher(&cfg.uncertainty_topic, Float64MultiArray::TYPE, Qos::RELIABLE)?,
+                tap.clone(),
+                tunables.clone(),
+                manifest.action_width(),
+            );
+            let (action_in, action_out) = triple_buffer(&ActionFrame::new(manifest.action_width(), assembler.width()));
             let publisher_thread = {
                 let (stop, stats, transport) = (stop.clone(), stats.clone(), transport.clone());
                 spawn("skillgraft-publish", move || {
-                    publish_loop(action_out, encoder, publisher, &*transport, &stats, &stop)
+                    publish_loop(action_out, encoder, publisher, doubt, &*transport, &stats, &stop)
                 })?
             };
             let publisher_handle = publisher_thread.thread().clone();

@@ -278,6 +278,33 @@ pub const PARAMETERS: &[ParamSpec] = &[
         default: |_| ParamValue::Bool(false),
     },
     ParamSpec {
+        name: "uncertainty.limit",
+        kind: pt::DOUBLE,
+        runtime: true,
+        range: float(0.0, 1000.0),
+        doc: "for a skill adapted by bayes: above this predicted error over its held-out error, the safety filter slows the action (default 0: off)",
+        constraints: "0 (off), or above 1: the ratio is at least 1",
+        default: |_| ParamValue::Double(0.0),
+    },
+    ParamSpec {
+        name: "uncertainty.slow",
+        kind: pt::DOUBLE,
+        runtime: true,
+        range: float(0.0, 1.0),
+        doc: "the share of the way from the safe action to the policy's action kept above uncertainty.limit (default 0.25; 0: the safe action)",
+        constraints: "",
+        default: |_| ParamValue::Double(0.25),
+    },
+    ParamSpec {
+        name: "uncertainty.mark",
+        kind: pt::DOUBLE,
+        runtime: true,
+        range: float(1.0, 1000.0),
+        doc: "stretches whose predicted error over the held-out error rises above this are marked in uncertain.jsonl of episodes_dir (default 2.0)",
+        constraints: "",
+        default: |_| ParamValue::Double(2.0),
+    },
+    ParamSpec {
         name: "use_sim_time",
         kind: pt::BOOL,
         runtime: false,
@@ -441,6 +468,9 @@ impl ParameterHost for NodeParameters {
         if new.estop_timeout != cfg.estop_timeout {
             let ns = new.estop_timeout.map_or(0, |t| t.as_nanos() as u64);
             self.tunables.estop_timeout_ns.store(ns, Ordering::Relaxed);
+        }
+        if new.uncertainty_mark != cfg.uncertainty_mark {
+            self.tunables.uncertainty_mark_bits.store(new.uncertainty_mark.to_bits(), Ordering::Relaxed);
         }
         if new.diagnostics_period != cfg.diagnostics_period {
             self.tunables.diagnostics_period_ns.store(new.diagnostics_period.as_nanos() as u64, Ordering::Relaxed);

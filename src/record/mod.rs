@@ -39,6 +39,27 @@ pub struct RecorderConfig {
     pub compression: episode::Compression,
     /// Written into every episode's metadata (robot, skill, digest, node, ...).
     pub metadata: BTreeMap<String, String>,
+    /// One label per value of the raw observation, for the marks of unsure stretches.
+    pub observation_labels: Vec<String>,
+}
+
+/// The file in the episodes folder where the stretches the policy was unsure of are marked, one
+/// JSON object per line: where a demonstration would teach it most.
+pub const UNCERTAIN_FILE: &str = "uncertain.jsonl";
+
+/// A stretch of ticks where the policy was unsure: where a demonstration would teach it most.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stretch {
+    /// When it began.
+    pub start: SystemTime,
+    /// How long it lasted, s.
+    pub seconds: f64,
+    /// Actions published in it.
+    pub ticks: u64,
+    /// The highest ratio in it.
+    pub peak_ratio: f64,
+    /// The raw observation (the policy's input before normalising) at the peak.
+    pub observation: Vec<f32>,
 }
 
 /// An episode command.
@@ -74,6 +95,7 @@ impl Command {
 enum Event {
     Message { channel: usize, log_ns: u64, cdr: Vec<u8> },
     Command(Command),
+    Uncertain(Box<Stretch>),
     Shutdown,
 }
 
@@ -98,6 +120,10 @@ pub struct Status {
     pub episodes_written: u64,
     /// The last episode written.
     pub last_file: Option<String>,
+    /// Stretches marked in `uncertain.jsonl` since the node started.
+    pub uncertain_stretches: u64,
+    /// The last one, in words.
+    pub last_uncertain: Option<String>,
 }
 
 /// What the subscription, control and diagnostics threads share with the recorder thread.
@@ -158,6 +184,14 @@ impl Tap {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Hands a stretch where the policy was unsure to the recorder, which marks it in
+    /// `uncertain.jsonl`. Never waits: a full queue drops it.
+    pub fn mark(&self, stretch: Stretch) {
+        if self.tx.try_send(Event::Uncertain(Box::new(stretch))).is_err() {
+            tracing::debug!("the recorder queue is full: an uncertain stretch is not marked");
         }
     }
 
@@ -257,6 +291,10 @@ impl RecorderThread {
                     self.command(c, &rx);
                     next_status = Instant::now();
                 }
+                Ok(Event::Uncertain(stretch)) => {
+                    self.mark(&stretch);
+                    next_status = Instant::now();
+                }
                 Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     if self.current.is_some() {
                         self.command(Command::Stop, &rx);
@@ -277,6 +315,55 @@ impl RecorderThread {
                 self.publish_status();
                 next_status = Instant::now() + Duration::from_secs(1);
             }
+        }
+    }
+
+    /// Appends the stretch to `uncertain.jsonl`, with the skill that ran and the observation at
+    /// its peak by label, and says where it was.
+    fn mark(&mut self, stretch: &Stretch) {
+        let mut meta = self.cfg.metadata.clone();
+        meta.extend(self.tap.metadata.lock().map(|m| m.clone()).unwrap_or_default());
+        let observation: serde_json::Map<String, serde_json::Value> = self
+            .cfg
+            .observation_labels
+            .iter()
+            .cloned()
+            .zip(stretch.observation.iter().map(|&v| serde_json::json!(v)))
+            .collect();
+        let line = serde_json::json!({
+            "start": humantime::format_rfc3339_millis(stretch.start).to_string(),
+            "seconds": stretch.seconds,
+            "actions": stretch.ticks,
+            "peak_ratio": stretch.peak_ratio,
+            "skill": meta.get("skill"),
+            "skill_version": meta.get("skill_version"),
+            "skill_digest": meta.get("skill_digest"),
+            "observation": observation,
+        });
+        let path = self.cfg.dir.join(UNCERTAIN_FILE);
+        let written = std::fs::create_dir_all(&self.cfg.dir).and_then(|()| {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+        });
+        let words = format!(
+            "unsure for {:.1} s from {} (peak {:.1}x its held-out error)",
+            stretch.seconds,
+            humantime::format_rfc3339_millis(stretch.start),
+            stretch.peak_ratio
+        );
+        if let Ok(mut s) = self.tap.status.lock() {
+            s.uncertain_stretches += 1;
+            s.last_uncertain = Some(words.clone());
+            if let Err(e) = &written {
+                s.error = Some(format!("cannot mark an uncertain stretch in {}: {e}", path.display()));
+            }
+        }
+        match written {
+            Ok(()) => tracing::info!(
+                "the policy was {words}: a demonstration from there would teach it most; marked in {}",
+                path.display()
+            ),
+            Err(e) => tracing::warn!("the policy was {words}; cannot mark it in {}: {e}", path.display()),
         }
     }
 
@@ -309,6 +396,7 @@ impl RecorderThread {
                 Event::Message { channel, log_ns, cdr } if keep => self.write(channel, log_ns, &cdr),
                 Event::Message { .. } => {}
                 Event::Command(c) => later.push(c),
+                Event::Uncertain(stretch) => self.mark(&stretch),
                 Event::Shutdown => later.push(Command::Stop),
             }
         }

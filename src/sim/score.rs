@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::episodes::{CAMERA_TOPIC, JOINT_TOPIC, TARGET_TOPIC, camera_image, joint_state, target};
 use super::{Arm, EPISODE_TICKS, JOINTS, RATE_HZ, Robot, Score, Task};
 use crate::control::safety::{Counters, INTERVENTIONS, Intervention, SafetyFilter};
+use crate::control::uncertainty::Posterior;
 use crate::msg::cdr;
 use crate::node::NodeConfig;
 use crate::observe::{self, Observer};
@@ -41,6 +42,9 @@ pub enum EvalError {
     /// A message could not be encoded.
     #[error("cannot encode a simulated message: {0}")]
     Encode(#[from] cdr::CdrError),
+    /// The plan that reads a bayes head's uncertainty could not be built.
+    #[error("cannot read the uncertainty of the bayes head: {0}")]
+    Model(#[from] crate::model::ModelError),
 }
 
 /// What a closed-loop evaluation measured.
@@ -61,10 +65,10 @@ pub struct Evaluation {
 /// What the posterior of a bayes-adapted head said during the reaches.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Uncertainty {
-    /// Per reach, the predictive standard deviation of the action (root of the variances summed
-    /// over action elements, policy units), averaged over the reach's ticks.
-    pub std: Vec<f64>,
-    /// Spearman rank correlation between `std` and the final distances (1: the reaches the head
+    /// Per reach, the predicted error over the held-out error (the ratio the node publishes on
+    /// `~/uncertainty`), averaged over the reach's ticks.
+    pub ratio: Vec<f64>,
+    /// Spearman rank correlation between `ratio` and the final distances (1: the reaches the head
     /// was least sure of ended farthest).
     pub correlation: f64,
 }
@@ -137,10 +141,15 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
     let mut raw = vec![0.0f32; m.action_width()];
     let mut proposal = vec![0.0f64; m.action_width()];
     let mut out = vec![0.0f64; m.action_width()];
-    let posterior = crate::adapt::continual::Continual::beside(&skill.dir).ok().flatten();
+    // A bayes-adapted skill runs the plan that also hands over its last layer's input, as the
+    // node runs it, and its posterior reads that input every tick.
+    let mut doubt = match crate::adapt::continual::Continual::posterior(skill).ok().flatten() {
+        Some(solved) => Some((skill.model.probed_control()?, Posterior::new(&solved, &vec![1.0; m.action_width()]))),
+        None => None,
+    };
     let mut unsure = Vec::new();
     for task in tasks {
-        let mut reach_std = 0.0;
+        let mut reach_ratio = 0.0;
         // A fresh observer and filter per reach: each starts with the robot at rest, as after a
         // reset, and nothing of the last reach is fresh.
         let epoch = Instant::now();
@@ -179,12 +188,16 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
                     for (i, feed) in feeds[1..n].iter_mut().enumerate() {
                         *feed = assembler.image(i);
                     }
-                    if let Some(p) = &posterior {
-                        reach_std += predictive_std(skill, p, &feeds[..n]).unwrap_or(0.0);
-                    }
-                    match skill.model.control.step(&feeds[..n], &mut raw) {
+                    let plan = match &mut doubt {
+                        Some((plan, _)) => plan,
+                        None => &mut skill.model.control,
+                    };
+                    match plan.step(&feeds[..n], &mut raw) {
                         Err(_) => filter.safe(Intervention::Failure, &mut out),
                         Ok(()) => {
+                            if let Some((plan, posterior)) = &mut doubt {
+                                reach_ratio += posterior.ratio(plan.probe());
+                            }
                             norm.action_to_robot(&raw, &mut proposal);
                             filter.filter(&proposal, &mut out)
                         }
@@ -195,7 +208,7 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
             let command: [f64; JOINTS] = if publish { [out[0], out[1], out[2]] } else { [0.0; JOINTS] };
             arm.step(&command, period.as_secs_f64());
         }
-        unsure.push(reach_std / EPISODE_TICKS as f64);
+        unsure.push(reach_ratio / EPISODE_TICKS as f64);
         let tip = arm.tip();
         distances.push(((tip[0] - task.target[0]).powi(2) + (tip[1] - task.target[1]).powi(2)).sqrt());
         for (stats, topic) in writers
@@ -213,7 +226,7 @@ pub fn evaluate(skill: &mut Skill, robot: &Robot, tasks: &[Task]) -> Result<Eval
         .enumerate()
         .map(|(k, name)| (name.to_string(), counters.0[k].load(std::sync::atomic::Ordering::Relaxed)))
         .collect();
-    let uncertainty = posterior.map(|_| Uncertainty { correlation: spearman(&unsure, &distances), std: unsure });
+    let uncertainty = doubt.map(|_| Uncertainty { correlation: spearman(&unsure, &distances), ratio: unsure });
     Ok(Evaluation { score: Score::of(&distances), distances, interventions, rejected, uncertainty })
 }
 
@@ -230,17 +243,4 @@ pub fn demo_tasks(seed: u64, n: usize, home: [f64; JOINTS]) -> Vec<Task> {
 /// The reaches every policy is scored on.
 pub fn scored_tasks(n: usize, home: [f64; JOINTS]) -> Vec<Task> {
     super::tasks(0, n, home)
-}
-
-/// The posterior's predictive standard deviation of the action for one tick's inputs: the
-/// backbone's features, through the head's frozen layers, into the posterior's variance.
-fn predictive_std(skill: &Skill, posterior: &crate::adapt::continual::Solved, feeds: &[&[f32]]) -> Option<f64> {
-    let model = &skill.model;
-    let features = model.backbone.features(feeds, 1, 1).ok()?;
-    let head = &model.head;
-    let last = head.layers.len() - 1;
-    let h =
-        head.forward_layers(&head.params, &nalgebra::DMatrix::from_row_slice(1, features.len(), &features), 0..last);
-    let h: Vec<f64> = h.iter().map(|&v| v as f64).collect();
-    Some(posterior.variance(&h).iter().sum::<f64>().sqrt())
 }

@@ -326,6 +326,11 @@ impl Normaliser {
         }
     }
 
+    /// How much one unit of the policy's output `i` moves the robot's action `i`.
+    pub fn action_scale(&self, i: usize) -> f64 {
+        self.out_std[i].abs()
+    }
+
     /// The policy's output for a robot action (what a demonstration teaches the policy).
     pub fn action_to_policy(&self, robot: &[f64], out: &mut [f32]) {
         for (i, (o, &r)) in out.iter_mut().zip(robot).enumerate() {

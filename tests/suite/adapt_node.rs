@@ -30,6 +30,7 @@ struct Operator {
     rollback: Box<dyn RawPublisher>,
     actions: mpsc::Receiver<Float64MultiArray>,
     status: mpsc::Receiver<StringMsg>,
+    doubt: mpsc::Receiver<Float64MultiArray>,
     _peer: DdsTransport,
 }
 
@@ -105,6 +106,7 @@ fn operator(peer: DdsTransport) -> Operator {
         rollback: peer.publisher("/skillgraft/skill/rollback", StringMsg::TYPE, Qos::RELIABLE).unwrap(),
         actions: common::collect(&peer, "/arm/joint_velocity_cmd", Qos::RELIABLE),
         status: common::collect(&peer, "/skillgraft/adapt/status", Qos::LATCHED),
+        doubt: common::collect(&peer, "/skillgraft/uncertainty", Qos::RELIABLE),
         _peer: peer,
     }
 }
@@ -191,7 +193,6 @@ fn a_running_node_adapts_on_request_swaps_the_skill_in_and_rolls_back() {
     common::wait_until("the adapted skill's action, 10 times closer to the expert's than the source's", || {
         op.hold(&obs, Duration::from_millis(100)).last().is_some_and(|a| gap(a) * 10.0 <= source_gap)
     });
-
     common::say(&mut op.rollback, "");
     let back = op.until(&obs, "the rollback", |s| s["state"] == "rolled_back");
     assert_eq!(back["skill"]["digest"], source_digest.as_str());
@@ -227,8 +228,8 @@ fn record_one(node: &skillgraft::node::RunningNode, op: &mut Operator, expert: &
 }
 
 #[test]
-fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_a_restart() {
-    if !common::isolated("a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_a_restart") {
+fn a_node_in_continual_mode_adapts_live_restarts_and_slows_and_marks_where_it_is_unsure() {
+    if !common::isolated("a_node_in_continual_mode_adapts_live_restarts_and_slows_and_marks_where_it_is_unsure") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +247,8 @@ fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_
     let want_expert = expert.step(&obs, &[]).unwrap().1;
     let gap = |a: &[f64]| a.iter().zip(&want_expert).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     op.until(&obs, "the idle state", |s| s["state"] == "idle");
+    op.hold(&obs, Duration::from_millis(300));
+    assert_eq!(op.doubt.try_iter().count(), 0, "the source has no posterior: no uncertainty is published");
 
     let updated = |op: &mut Operator, n: usize| {
         op.until(&obs, &format!("a continual update on {n} demonstration(s)"), |s| {
@@ -270,6 +273,11 @@ fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_
     common::wait_until("the adapted skill's action, 10 times closer to the expert's than the source's", || {
         op.hold(&obs, Duration::from_millis(100)).last().is_some_and(|a| gap(a) * 10.0 <= source_gap)
     });
+    let doubt = common::wait_for("the swapped-in skill's uncertainty on ~/uncertainty", || {
+        op.hold(&obs, Duration::from_millis(50));
+        op.doubt.try_iter().last()
+    });
+    assert_eq!(doubt.data.len(), 7, "the ratio, then one std per action element: {doubt:?}");
 
     record_one(&node, &mut op, &mut expert, &obs, 12);
     let second = updated(&mut op, 2);
@@ -280,10 +288,66 @@ fn a_node_in_continual_mode_adapts_after_each_demonstration_and_continues_after_
     assert_ne!(written.digest, source_digest);
     node.stop();
 
-    // A restart on the adapted skill continues the same statistics: the next update holds all three.
-    let (node, peer) = common::node_with_peer(written, &args);
+    // A restart on the adapted skill continues the same statistics (the next update holds all
+    // three), and the skill brings its posterior: the node says how sure it is at every action,
+    // slows where it is unsure and marks where.
+    let mut unsure = args.clone();
+    unsure.extend(["uncertainty.limit:=5.0", "uncertainty.slow:=0.0", "uncertainty.mark:=5.0"]);
+    let (node, peer) = common::node_with_peer(written, &unsure);
+    let diagnostics = common::collect::<DiagnosticArray>(&peer, "/diagnostics", Qos::RELIABLE);
     let mut op = operator(peer);
     op.until(&obs, "the idle state", |s| s["state"] == "idle");
+    let latest = |op: &mut Operator, obs: &[f64], what: &str| {
+        common::wait_for(what, || {
+            op.hold(obs, Duration::from_millis(100));
+            op.doubt.try_iter().last()
+        })
+    };
+    let near = latest(&mut op, &obs, "the uncertainty near the demonstrations");
+    let (ratio, std) = (near.data[0], &near.data[1..]);
+    assert!((1.0..3.0).contains(&ratio), "near the demonstrations the ratio is small: {near:?}");
+    assert!(std.iter().all(|s| *s > 0.0 && s.is_finite()), "{near:?}");
+    let mallocs = || node.stats.control_malloc_calls.load(std::sync::atomic::Ordering::Relaxed);
+    let m0 = mallocs();
+    op.hold(&obs, Duration::from_millis(500));
+    assert_eq!(mallocs(), m0, "a tick with the posterior called the system allocator");
+    let unsure_now = || node.stats.interventions.get(skillgraft::control::safety::Intervention::Uncertain);
+    assert_eq!(unsure_now(), 0, "nothing is slowed near the demonstrations");
+
+    let far: Vec<f64> = obs.iter().map(|v| v * 40.0 + 3.0).collect();
+    let away = common::wait_for("a ratio above the limit (5) far from the demonstrations", || {
+        op.hold(&far, Duration::from_millis(100));
+        op.doubt.try_iter().find(|m| m.data[0] > 5.0)
+    });
+    assert!(away.data[1..].iter().zip(std).all(|(f, n)| f > n), "far {away:?} near {near:?}");
+    common::wait_until("the unsure policy slowed to the safe action (uncertainty.slow 0)", || {
+        op.hold(&far, Duration::from_millis(100)).last().is_some_and(|a| a.iter().all(|v| v.abs() < 1e-9))
+    });
+    assert!(unsure_now() > 0);
+    let report = common::wait_for("/diagnostics saying the policy is unsure", || {
+        op.hold(&far, Duration::from_millis(100));
+        diagnostics.try_iter().flat_map(|d| d.status).find(|s| s.message.contains("unsure"))
+    });
+    let value = |k: &str| report.values.iter().find(|v| v.key == k).map(|v| v.value.clone()).unwrap();
+    assert!(value("uncertainty.ratio_max").parse::<f64>().unwrap() > 5.0, "{report:?}");
+    assert_eq!(report.level, DiagnosticStatus::WARN, "{report:?}");
+
+    // Back near the demonstrations, the stretch ends and the recorder marks where it was.
+    let marks = dir.path().join("episodes/uncertain.jsonl");
+    common::wait_until("the unsure stretch marked in uncertain.jsonl", || {
+        op.hold(&obs, Duration::from_millis(100));
+        marks.is_file()
+    });
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let mark: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(mark["peak_ratio"].as_f64().unwrap() > 5.0, "{mark}");
+    assert!(mark["seconds"].as_f64().unwrap() > 0.0 && mark["actions"].as_u64().unwrap() > 1, "{mark}");
+    assert_eq!(mark["skill_digest"], node.skills().current().digest.as_str());
+    let seen = mark["observation"].as_object().unwrap();
+    assert_eq!(seen.len(), 24, "every observation value, by label: {mark}");
+    assert!(seen.values().any(|v| (v.as_f64().unwrap() - far[0]).abs() < 1e-3), "the observation at the peak: {mark}");
+    assert_eq!(node.recorder_status().unwrap().uncertain_stretches, 1);
+
     record_one(&node, &mut op, &mut expert, &obs, 13);
     let third = updated(&mut op, 3);
     assert!(["accepted", "rejected"].contains(&third["state"].as_str().unwrap()), "{third}");

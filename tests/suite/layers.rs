@@ -17,8 +17,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("skill", &["file", "model", "msg"]),
     ("observe", &["file", "msg", "skill"]),
     ("record", &["file", "msg", "ros", "skill", "observe"]),
-    ("control", &["file", "alloc", "stats", "msg", "ros", "model", "skill", "observe", "record"]),
     ("adapt", &["file", "rng", "model", "skill", "observe", "record"]),
+    ("control", &["file", "alloc", "rng", "stats", "msg", "ros", "model", "skill", "observe", "record", "adapt"]),
     ("fleet", &["file", "stats", "model", "skill"]),
     ("bridge", &["file", "msg", "ros"]),
     (

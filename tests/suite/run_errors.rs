@@ -44,6 +44,10 @@ fn bad_ros_arguments_are_refused() {
     assert!(err.contains("unexpected argument `stray`"), "{err}");
     let err = fails(&["run", &example(), "--ros-args", "-p", "action.lower:=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"]);
     assert!(err.contains("safe action is zero") && err.contains("hold"), "{err}");
+    let err = fails(&["run", &example(), "--ros-args", "-p", "uncertainty.limit:=0.5"]);
+    assert!(err.contains("`uncertainty.limit` is 0.5") && err.contains("give 0 (off) or a ratio"), "{err}");
+    let err = fails(&["run", &example(), "--ros-args", "-p", "uncertainty.slow:=2.0"]);
+    assert!(err.contains("`uncertainty.slow`") && err.contains("within [0, 1]"), "{err}");
 }
 
 #[test]

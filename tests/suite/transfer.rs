@@ -193,7 +193,7 @@ fn bayes_adapts_from_one_demonstration_continues_and_merges_statistics() {
     // The posterior knows where it is unsure: reaches it is least sure of end farthest.
     let scored = json(common::succeeds(&["eval", &p("all"), "--robot", "arm-b", "--reaches", "20", "--json"]));
     let u = &scored["evaluation"]["uncertainty"];
-    assert_eq!(u["std"].as_array().unwrap().len(), 20, "{scored}");
+    assert_eq!(u["ratio"].as_array().unwrap().len(), 20, "{scored}");
     assert!(u["correlation"].as_f64().unwrap() > 0.3, "variance against error: {u}");
     let plain = json(common::succeeds(&["eval", source, "--robot", "arm-b", "--reaches", "2", "--json"]));
     assert!(plain["evaluation"]["uncertainty"].is_null(), "no statistics, no posterior: {plain}");

@@ -8,13 +8,15 @@
   batches in the same order (the orders skillgraft's seeded shuffle produced), then its MSE on
   the held-out rows.
 
-Prints one JSON object. A missing package leaves its rows out, with the reason, so the other
-side still runs (the PyTorch wheel is several GB).
+A worker: it loads the data, prints one JSON line (versions, and why a missing package leaves
+its rows out, so the other side still runs; the PyTorch wheel is several GB), then for each task
+name read on stdin (`ridge`, `ridge_cv`, `finetune`) runs it once and prints one JSON line with
+its time and result. skillgraft alternates its own runs with these, so both sides of a pair run
+under the same load on a shared machine.
 """
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -25,16 +27,7 @@ def load(d, name, dtype, shape):
     return np.fromfile(os.path.join(d, name), dtype=dtype).reshape(shape)
 
 
-def median_ms(repeats, f):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = f()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times), out
-
-
-def sklearn_rows(d, meta, result):
+def sklearn_tasks(d, meta, result, tasks):
     try:
         import sklearn
         from sklearn.linear_model import Ridge, RidgeCV
@@ -46,22 +39,23 @@ def sklearn_rows(d, meta, result):
     n, hdim, a = meta["rows"], meta["hidden"], meta["actions"]
     h = load(d, "hidden.f64", "<f8", (n, hdim))
     y = load(d, "y.f32", "<f4", (n, a)).astype(np.float64)
-    repeats = meta["repeats"]
-    with threadpool_limits(limits=meta["threads"]):
-        ms, model = median_ms(repeats, lambda: Ridge(alpha=meta["alpha"], solver="cholesky").fit(h, y))
-        result["ridge"] = {"ms": ms, "coef": model.coef_.ravel().tolist()}
-        per = n // meta["episodes"]
-        episode = np.arange(n) // per
-        fold_of = np.asarray(meta["folds"])[episode]
-        splits = [(np.where(fold_of != f)[0], np.where(fold_of == f)[0]) for f in range(max(meta["folds"]) + 1)]
-        ms, model = median_ms(
-            repeats,
-            lambda: RidgeCV(alphas=meta["grid"], cv=splits, scoring="neg_mean_squared_error").fit(h, y),
-        )
-        result["ridge_cv"] = {"ms": ms, "alpha": float(model.alpha_), "coef": model.coef_.ravel().tolist()}
+    # Applied until the worker exits.
+    threadpool_limits(limits=meta["threads"])
+    tasks["ridge"] = (
+        lambda: Ridge(alpha=meta["alpha"], solver="cholesky").fit(h, y),
+        lambda model: {"coef": model.coef_.ravel().tolist()},
+    )
+    per = n // meta["episodes"]
+    episode = np.arange(n) // per
+    fold_of = np.asarray(meta["folds"])[episode]
+    splits = [(np.where(fold_of != f)[0], np.where(fold_of == f)[0]) for f in range(max(meta["folds"]) + 1)]
+    tasks["ridge_cv"] = (
+        lambda: RidgeCV(alphas=meta["grid"], cv=splits, scoring="neg_mean_squared_error").fit(h, y),
+        lambda model: {"alpha": float(model.alpha_), "coef": model.coef_.ravel().tolist()},
+    )
 
 
-def torch_rows(d, meta, result):
+def torch_tasks(d, meta, result, tasks):
     try:
         import torch
     except ImportError as e:
@@ -104,10 +98,11 @@ def torch_rows(d, meta, result):
                 opt.step()
         return model
 
-    ms, model = median_ms(meta["repeats"], train)
-    with torch.no_grad():
-        held = float(torch.nn.functional.mse_loss(model(xh), yh).double())
-    result["finetune"] = {"ms": ms, "held_out_mse": held}
+    def held_out(model):
+        with torch.no_grad():
+            return {"held_out_mse": float(torch.nn.functional.mse_loss(model(xh), yh).double())}
+
+    tasks["finetune"] = (train, held_out)
 
 
 def main():
@@ -117,9 +112,16 @@ def main():
     with open(os.path.join(args.dir, "meta.json")) as fh:
         meta = json.load(fh)
     result = {"numpy": np.__version__, "python": sys.version.split()[0]}
-    sklearn_rows(args.dir, meta, result)
-    torch_rows(args.dir, meta, result)
-    json.dump(result, sys.stdout)
+    tasks = {}
+    sklearn_tasks(args.dir, meta, result, tasks)
+    torch_tasks(args.dir, meta, result, tasks)
+    print(json.dumps(result), flush=True)
+    for line in sys.stdin:
+        run, describe = tasks[line.strip()]
+        t = time.perf_counter()
+        out = run()
+        ms = (time.perf_counter() - t) * 1e3
+        print(json.dumps({"ms": ms, **describe(out)}), flush=True)
 
 
 if __name__ == "__main__":

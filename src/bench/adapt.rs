@@ -3,8 +3,10 @@
 //! through `tools/bench_adapt.py`), and the control loop's tick latency while the node adapts.
 
 use std::fmt;
-use std::path::Path;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
 
 use nalgebra::DMatrix;
 use serde::Serialize;
@@ -24,6 +26,9 @@ pub struct Row {
     pub ours_ms: f64,
     /// The reference, median ms, when it ran.
     pub reference_ms: Option<f64>,
+    /// skillgraft's time over the reference's, each pair run back to back: the median pair,
+    /// then the lowest and the highest.
+    pub ratio: Option<[f64; 3]>,
     /// The reference's name and version, or why it did not run.
     pub reference: String,
     /// How far the results agree, in words.
@@ -64,14 +69,7 @@ fn write_f64(path: &Path, m: &DMatrix<f64>) -> Result<(), String> {
 
 /// Writes what `tools/bench_adapt.py` reads: the data, the source head, the λ grid and folds,
 /// and every epoch's batch order.
-fn write_inputs(
-    dir: &Path,
-    p: &Problem,
-    grid: &[f64],
-    folds: &[usize],
-    threads: usize,
-    repeats: usize,
-) -> Result<(), String> {
+fn write_inputs(dir: &Path, p: &Problem, grid: &[f64], folds: &[usize], threads: usize) -> Result<(), String> {
     write_f32(&dir.join("x.f32"), &p.train.x)?;
     write_f32(&dir.join("y.f32"), &p.train.y)?;
     write_f32(&dir.join("xh.f32"), &p.held_out.x)?;
@@ -91,13 +89,137 @@ fn write_inputs(
         "rows": p.train.rows, "held_out": p.held_out.rows, "features": FEATURES, "hidden": HIDDEN, "actions": ACTIONS,
         "episodes": EPISODES, "folds": folds, "grid": grid, "alpha": ALPHA,
         "epochs": s.epochs, "batch": s.batch, "lr": s.lr, "pull": s.pull,
-        "threads": threads, "repeats": repeats,
+        "threads": threads,
     });
     std::fs::write(dir.join("meta.json"), meta.to_string()).map_err(err)
 }
 
-fn median_ms(repeats: usize, f: impl FnMut()) -> f64 {
-    super::median_seconds(0, repeats, f) * 1e3
+/// `tools/bench_adapt.py` as a worker: started once, then asked for one timed run at a time.
+struct Reference {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    log: PathBuf,
+    /// Its first line: versions, and why a package is missing.
+    about: serde_json::Value,
+}
+
+impl Reference {
+    fn start(python: &str, dir: &Path) -> Result<Reference, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_adapt.py");
+        let log = dir.join("reference.log");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).map_err(err)?)
+            .spawn()
+            .map_err(|e| format!("cannot run {python}: {e}; pass --python or set SKILLGRAFT_PYTHON"))?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the reference's pipes did not open".into());
+        };
+        let mut r = Reference { child, input, output: BufReader::new(output), log, about: serde_json::Value::Null };
+        r.about = r.line()?;
+        Ok(r)
+    }
+
+    fn line(&mut self) -> Result<serde_json::Value, String> {
+        let mut line = String::new();
+        if self.output.read_line(&mut line).map_err(err)? == 0 {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("").to_string();
+            return Err(format!(
+                "tools/bench_adapt.py failed: {last}; install its packages with `pip install -r tools/requirements-bench.txt`"
+            ));
+        }
+        serde_json::from_str(&line).map_err(|e| format!("bench_adapt.py output: {e}"))
+    }
+
+    /// One timed run of `task`: its time and result.
+    fn run(&mut self, task: &str) -> Result<serde_json::Value, String> {
+        writeln!(self.input, "{task}").and_then(|()| self.input.flush()).map_err(err)?;
+        self.line()
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One task timed on both sides.
+struct Paired {
+    ours_ms: f64,
+    theirs_ms: Option<f64>,
+    ratio: Option<[f64; 3]>,
+    /// The reference's last result.
+    result: serde_json::Value,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times `ours` and the reference's `task` in pairs, back to back, the first of each pair
+/// alternating, after one untimed run of each: on a shared machine both sides of a pair run
+/// under the same load, so the ratio of a pair is steadier than the ratio of two medians taken
+/// minutes apart. A reference that fails leaves the rest without it.
+fn paired(repeats: usize, mut ours: impl FnMut(), reference: Option<&mut Reference>, task: &str) -> Paired {
+    let mut time_ours = || {
+        let t = Instant::now();
+        ours();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let mut reference = reference.filter(|r| r.about.get(task_package(task)).is_some());
+    let theirs = |r: &mut Option<&mut Reference>, last: &mut serde_json::Value| -> Option<f64> {
+        let result = r.as_mut()?.run(task);
+        match result {
+            Ok(v) => {
+                let ms = v["ms"].as_f64();
+                *last = v;
+                ms
+            }
+            Err(e) => {
+                tracing::warn!("{task}: the reference stopped: {e}");
+                *r = None;
+                None
+            }
+        }
+    };
+    let mut result = serde_json::Value::Null;
+    time_ours();
+    theirs(&mut reference, &mut result);
+    let (mut o, mut t, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..repeats.max(1) {
+        let (a, b) = if k % 2 == 0 {
+            let a = time_ours();
+            (a, theirs(&mut reference, &mut result))
+        } else {
+            let b = theirs(&mut reference, &mut result);
+            (time_ours(), b)
+        };
+        o.push(a);
+        if let Some(b) = b {
+            t.push(b);
+            ratios.push(a / b);
+        }
+    }
+    let complete = reference.is_some() && ratios.len() == o.len();
+    let ratio = complete.then(|| {
+        let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+        [median(ratios.clone()), lo, hi]
+    });
+    Paired { ours_ms: median(o), theirs_ms: complete.then(|| median(t)), ratio, result }
+}
+
+/// The package a reference task needs (a key of the worker's first line when present).
+fn task_package(task: &str) -> &'static str {
+    if task == "finetune" { "torch" } else { "sklearn" }
 }
 
 fn relative(ours: &DMatrix<f64>, theirs: &serde_json::Value) -> Option<f64> {
@@ -120,26 +242,35 @@ pub fn compute(python: &str, threads: usize, repeats: usize, rows: usize, dir: &
     let groups: Vec<(&DMatrix<f64>, &DMatrix<f64>)> = episodes.iter().map(|(h, y)| (h, y)).collect();
     let folds: Vec<usize> = (0..EPISODES).map(|e| e % FOLDS).collect();
     let grid = ridge::grid(&ridge::Stats::of(&p.hidden, &p.targets, &pool));
-    write_inputs(dir, &p, &grid, &folds, threads, repeats)?;
+    write_inputs(dir, &p, &grid, &folds, threads)?;
+    let mut reference = Reference::start(python, dir);
+    let why = reference.as_ref().err().cloned().unwrap_or_default();
+    let mut r = reference.as_mut().ok();
 
     let mut one = None;
-    let ridge_ms =
-        median_ms(repeats, || one = Some(ridge::fit(&ridge::Stats::of(&p.hidden, &p.targets, &pool), &w0, ALPHA)));
+    let ridge = paired(
+        repeats,
+        || one = Some(ridge::fit(&ridge::Stats::of(&p.hidden, &p.targets, &pool), &w0, ALPHA)),
+        r.as_deref_mut(),
+        "ridge",
+    );
     let mut cv = None;
-    let cv_ms = median_ms(repeats, || cv = Some(ridge::fit_cv(&groups, &folds, &w0, &pool)));
+    let ridge_cv =
+        paired(repeats, || cv = Some(ridge::fit_cv(&groups, &folds, &w0, &pool)), r.as_deref_mut(), "ridge_cv");
     let c = Cpu::<f32>::with_threads(pool.clone());
     let mut trained = None;
-    let ft_ms = median_ms(repeats, || {
-        trained = Some(finetune::train(&c, &p.shapes, &p.source, &p.source, &p.train, None, &settings(), &mut |_| {}))
-    });
+    let ft = paired(
+        repeats,
+        || {
+            trained =
+                Some(finetune::train(&c, &p.shapes, &p.source, &p.source, &p.train, None, &settings(), &mut |_| {}))
+        },
+        r,
+        "finetune",
+    );
     let (one, cv, trained) = (one.expect("ran"), cv.expect("ran"), trained.expect("ran").map_err(err)?);
     let ours_mse = p.held_out_mse(&trained.params);
-
-    let reference = run_reference(python, dir);
-    let (json, why) = match reference {
-        Ok(j) => (j, String::new()),
-        Err(e) => (serde_json::Value::Null, e),
-    };
+    let json = reference.as_ref().map_or(serde_json::Value::Null, |r| r.about.clone());
     let name = |key: &str, label: &str| match json.get(key).and_then(|v| v.as_str()) {
         Some(v) => format!("{label} {v}"),
         None => {
@@ -147,21 +278,20 @@ pub fn compute(python: &str, threads: usize, repeats: usize, rows: usize, dir: &
             format!("{label}: not run ({reason})")
         }
     };
-    let ms = |task: &str| json.get(task).and_then(|t| t.get("ms")).and_then(serde_json::Value::as_f64);
     let sklearn = name("sklearn", "scikit-learn");
     let torch = name("torch", "PyTorch");
-    let diff_w = |task: &str, fit: &ridge::Fit| json.get(task).and_then(|t| relative(&fit.weight, &t["coef"]));
-    let agree_w = |task: &str, fit: &ridge::Fit| match diff_w(task, fit) {
+    let diff_w = |theirs: &Paired, fit: &ridge::Fit| relative(&fit.weight, &theirs.result["coef"]);
+    let agree_w = |theirs: &Paired, fit: &ridge::Fit| match diff_w(theirs, fit) {
         Some(r) => format!("max weight difference {r:.1e} relative"),
         None => "n/a".into(),
     };
-    let theirs_mse = json.get("finetune").and_then(|t| t["held_out_mse"].as_f64());
-    let cv_agree = match json.get("ridge_cv").and_then(|t| t["alpha"].as_f64()) {
+    let theirs_mse = ft.result["held_out_mse"].as_f64();
+    let cv_agree = match ridge_cv.result["alpha"].as_f64() {
         Some(a) => format!(
             "λ {:.4e} (scikit-learn {a:.4e}, {}); {}",
             cv.lambda,
             if (a - cv.lambda).abs() <= 1e-9 * a.abs() { "the same" } else { "different" },
-            agree_w("ridge_cv", &cv)
+            agree_w(&ridge_cv, &cv)
         ),
         None => format!("λ {:.4e}", cv.lambda),
     };
@@ -174,19 +304,21 @@ pub fn compute(python: &str, threads: usize, repeats: usize, rows: usize, dir: &
     Ok(vec![
         Row {
             task: format!("ridge, one λ ({rows}×{HIDDEN} → {ACTIONS})"),
-            ours_ms: ridge_ms,
-            reference_ms: ms("ridge"),
+            ours_ms: ridge.ours_ms,
+            reference_ms: ridge.theirs_ms,
+            ratio: ridge.ratio,
             reference: format!("{sklearn}: Ridge(solver=\"cholesky\")"),
-            agreement: agree_w("ridge", &one),
-            difference: diff_w("ridge", &one),
+            agreement: agree_w(&ridge, &one),
+            difference: diff_w(&ridge, &one),
         },
         Row {
             task: format!("ridge, λ by {FOLDS}-fold CV over {EPISODES} episodes, {} λ", grid.len()),
-            ours_ms: cv_ms,
-            reference_ms: ms("ridge_cv"),
+            ours_ms: ridge_cv.ours_ms,
+            reference_ms: ridge_cv.theirs_ms,
+            ratio: ridge_cv.ratio,
             reference: format!("{sklearn}: RidgeCV(cv=episode folds)"),
             agreement: cv_agree,
-            difference: diff_w("ridge_cv", &cv),
+            difference: diff_w(&ridge_cv, &cv),
         },
         Row {
             task: format!(
@@ -194,8 +326,9 @@ pub fn compute(python: &str, threads: usize, repeats: usize, rows: usize, dir: &
                 settings().epochs,
                 settings().batch
             ),
-            ours_ms: ft_ms,
-            reference_ms: ms("finetune"),
+            ours_ms: ft.ours_ms,
+            reference_ms: ft.theirs_ms,
+            ratio: ft.ratio,
             reference: format!("{torch}: Adam + the same pull, same batches"),
             agreement: ft_agree,
             difference: theirs_mse.map(|t| (ours_mse - t).abs() / t),
@@ -203,41 +336,24 @@ pub fn compute(python: &str, threads: usize, repeats: usize, rows: usize, dir: &
     ])
 }
 
-fn run_reference(python: &str, dir: &Path) -> Result<serde_json::Value, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_adapt.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}; pass --python or set SKILLGRAFT_PYTHON"))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().last().unwrap_or("").to_string();
-        return Err(format!(
-            "{} failed: {last}; install its packages with `pip install -r tools/requirements-bench.txt`",
-            script.display()
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("bench_adapt.py output: {e}"))
-}
-
 impl fmt::Display for AdaptReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.optimised {
             writeln!(f, "warning: this is a debug build; time a release build (cargo run --release -- bench adapt)")?;
         }
-        writeln!(f, "{} threads each side, median of {} runs", self.threads, self.repeats)?;
         writeln!(
             f,
-            "| task | skillgraft (ms, median) | reference | reference (ms, median) | skillgraft / reference | agreement |"
+            "{} threads each side; {} runs each, in pairs back to back (after one untimed run of each)",
+            self.threads, self.repeats
+        )?;
+        writeln!(
+            f,
+            "| task | skillgraft (ms, median) | reference | reference (ms, median) | skillgraft / reference (median pair; lowest-highest) | agreement |"
         )?;
         writeln!(f, "|---|---:|---|---:|---:|---|")?;
         for r in &self.rows {
-            let (theirs, ratio) = match r.reference_ms {
-                Some(t) => (format!("{t:.1}"), format!("{:.2}", r.ours_ms / t)),
-                None => ("n/a".into(), "n/a".into()),
-            };
+            let theirs = r.reference_ms.map_or("n/a".into(), |t| format!("{t:.1}"));
+            let ratio = r.ratio.map_or("n/a".into(), |[m, lo, hi]| format!("{m:.2} ({lo:.2}-{hi:.2})"));
             writeln!(f, "| {} | {:.1} | {} | {theirs} | {ratio} | {} |", r.task, r.ours_ms, r.reference, r.agreement)?;
         }
         #[cfg(feature = "dds")]

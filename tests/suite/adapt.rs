@@ -337,6 +337,8 @@ fn the_adaptation_bench_runs_both_sides_and_they_agree() {
         assert!(row["reference"].as_str().unwrap().starts_with("scikit-learn 1.8.0"), "{row}");
         assert!(row["reference_ms"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["difference"].as_f64().unwrap() < 1e-6, "ridge equals scikit-learn: {row}");
+        let r: Vec<f64> = row["ratio"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(r.len() == 3 && r[1] <= r[0] && r[0] <= r[2] && r[1] > 0.0, "median pair, lowest, highest: {row}");
     }
     assert!(rows[1]["agreement"].as_str().unwrap().contains("the same"), "the same λ: {}", rows[1]);
     let ft = &rows[2];

@@ -570,20 +570,30 @@ fn continual(
     active: &SkillInfo,
     progress: &Reporter<'_>,
 ) -> Result<Done, String> {
-    use crate::adapt::continual::{Continual, Key, StatsError};
+    use crate::adapt::continual::{Continual, Key, STATS_FILE, StatsError};
     let key = Key::of(source);
     let file = stats_file(&cfg.adapted_dir, &key);
-    let known: Vec<String> = match Continual::load(&file) {
-        Ok(c) => c.episodes.into_iter().map(|e| e.id).collect(),
-        Err(StatsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            // Kept for a person to look at; the statistics start again from the episodes.
-            let aside = file.with_extension("stats.damaged");
-            tracing::warn!("{e}; moved to {} and starting the statistics again", aside.display());
-            std::fs::rename(&file, &aside).map_err(|e| format!("{}: {e}", file.display()))?;
-            Vec::new()
+    // Without the node's own file (a first update, or a damaged file), a skill adapted by bayes
+    // brings the statistics it was solved from: the update continues those.
+    let beside = || {
+        let path = source.dir.join(STATS_FILE);
+        match Continual::load(&path) {
+            Ok(c) if c.key == key => Some((c, path)),
+            _ => None,
         }
     };
+    let start: Option<(Continual, PathBuf)> = match Continual::load(&file) {
+        Ok(c) => Some((c, file.clone())),
+        Err(StatsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => beside(),
+        Err(e) => {
+            // Kept for a person to look at.
+            let aside = file.with_extension("stats.damaged");
+            tracing::warn!("{e}; moved to {} and starting again from the running skill's statistics", aside.display());
+            std::fs::rename(&file, &aside).map_err(|e| format!("{}: {e}", file.display()))?;
+            beside()
+        }
+    };
+    let known: Vec<String> = start.iter().flat_map(|(c, _)| c.episodes.iter().map(|e| e.id.clone())).collect();
     let all = Request { continual: false, ..Request::continual() };
     let files: Vec<episode::EpisodeFile> =
         select(&cfg.episodes_dir, &skills.lineage(), &all)?.into_iter().filter(|f| !known.contains(&f.id())).collect();
@@ -593,7 +603,7 @@ fn continual(
     let episodes = pair_all(files, &source.manifest)?;
     let options = Options {
         cache: Some(cfg.episodes_dir.join(".features")),
-        merge: if file.exists() { vec![file.clone()] } else { Vec::new() },
+        merge: start.map(|(_, path)| path).into_iter().collect(),
         ..Request::continual().options
     };
     let adapted = crate::adapt::adapt(source, &episodes, &options, progress).map_err(|e| e.to_string())?;

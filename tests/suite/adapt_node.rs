@@ -291,6 +291,9 @@ fn a_node_in_continual_mode_adapts_live_restarts_and_slows_and_marks_where_it_is
     // A restart on the adapted skill continues the same statistics (the next update holds all
     // three), and the skill brings its posterior: the node says how sure it is at every action,
     // slows where it is unsure and marks where.
+    // A damaged statistics file (a power cut mid-write, a bad disk) is moved aside and the
+    // statistics start again from the episodes the node recorded: nothing is lost.
+    std::fs::write(&stats[0], b"SGSTATS1 torn").unwrap();
     let mut unsure = args.clone();
     unsure.extend(["uncertainty.limit:=5.0", "uncertainty.slow:=0.0", "uncertainty.mark:=5.0"]);
     let (node, peer) = common::node_with_peer(written, &unsure);
@@ -351,5 +354,7 @@ fn a_node_in_continual_mode_adapts_live_restarts_and_slows_and_marks_where_it_is
     record_one(&node, &mut op, &mut expert, &obs, 13);
     let third = updated(&mut op, 3);
     assert!(["accepted", "rejected"].contains(&third["state"].as_str().unwrap()), "{third}");
+    assert!(stats[0].with_extension("stats.damaged").is_file(), "the damaged file is kept aside for a person");
+    assert_eq!(skillgraft::adapt::continual::Continual::load(&stats[0]).unwrap().episodes.len(), 3);
     node.stop();
 }

@@ -236,8 +236,8 @@ fn an_episode_driven_by_rclpy_reads_back_in_the_python_mcap_readers() {
 }
 
 #[test]
-fn demonstrations_from_rclpy_adapt_the_running_skill() {
-    if !common::isolated("demonstrations_from_rclpy_adapt_the_running_skill") {
+fn demonstrations_from_rclpy_adapt_the_running_skill_which_then_says_how_sure_it_is() {
+    if !common::isolated("demonstrations_from_rclpy_adapt_the_running_skill_which_then_says_how_sure_it_is") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +254,7 @@ fn demonstrations_from_rclpy_adapt_the_running_skill() {
     ];
     let _node = start_node("run", &p, DISTRO);
     let teacher = dir.path().join("teacher");
-    let r = peer("adapt", &["--teacher", teacher.to_str().unwrap()]);
+    let r = peer("adapt", &["--teacher", teacher.to_str().unwrap(), "--method", "bayes"]);
     let status = &r["status"];
     assert_eq!(status["state"], "accepted", "{status}");
     assert_eq!(status["swapped"], true, "{status}");
@@ -263,6 +263,9 @@ fn demonstrations_from_rclpy_adapt_the_running_skill() {
     let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(dist(&after, &teacher) < 2e-3, "the adapted skill acts as the teacher: {after:?} vs {teacher:?}");
     assert!(dist(&after, &source) > 5e-3, "the source and the teacher must differ for this to mean anything");
+    let doubt = vec(&r["uncertainty"]);
+    assert_eq!(doubt.len(), 7, "the ratio, then a std per action, on ~/uncertainty: {doubt:?}");
+    assert!(doubt[0] >= 1.0 && doubt[1..].iter().all(|s| *s > 0.0), "{doubt:?}");
 }
 
 #[test]

@@ -558,6 +558,7 @@ def adapt(peer, args):
     teleop = mw.writer("/teleop/cmd", mw.type("Float64MultiArray"), "reliable")
     demo = Status(peer, "/skillgraft/demo/status")
     status = Status(peer, "/skillgraft/adapt/status")
+    doubt = mw.reader("/skillgraft/uncertainty", mw.type("Float64MultiArray"), "reliable")
     rng = np.random.default_rng(11)
     vec = list(peer.skill.mean + 0.3 * peer.skill.std * rng.standard_normal(len(peer.skill.mean)))
     msgs = peer.messages(vec, shuffle=False)
@@ -581,11 +582,14 @@ def adapt(peer, args):
         control.write(peer.msg("String", data="stop"))
         if not peer.until(msgs, lambda: demo.now().get("episodes_written", 0) >= episode + 1):
             return {"error": f"episode {episode} was not written: {demo.last}"}
-    request.write(peer.msg("String", data="ridge"))
+    request.write(peer.msg("String", data=args.method))
     if not peer.until(msgs, lambda: status.now().get("state") in ("accepted", "rejected", "failed"), 120):
         return {"error": f"no adaptation result: {status.last}"}
     report["status"] = status.last
     report["after"] = last(peer.hold(msgs, 1.0))
+    # A skill adapted by bayes says how sure it is, on ~/uncertainty; others say nothing there.
+    doubts = [list(m.data) for m in doubt.take(10000)]
+    report["uncertainty"] = doubts[-1] if doubts else None
     return report
 
 
@@ -606,6 +610,7 @@ def main():
     ap.add_argument("--no-stop", action="store_true")
     ap.add_argument("--skill", required=True)
     ap.add_argument("--teacher")
+    ap.add_argument("--method", default="ridge", help="what ~/adapt is asked for (adapt)")
     ap.add_argument("--domain", type=int, default=0)
     ap.add_argument("--cases", type=int, default=6)
     ap.add_argument("--hold", type=float, default=0.5)

@@ -31,6 +31,17 @@ impl FileError {
     }
 }
 
+/// Replaces `path` whole: the bytes go to a file beside it, synced, then renamed over it, so a
+/// crash leaves the old contents or the new, never a torn file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(FileError::at("create", &tmp))?;
+    std::io::Write::write_all(&mut f, bytes).and_then(|()| f.sync_all()).map_err(FileError::at("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(FileError::at("rename", &tmp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

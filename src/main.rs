@@ -562,6 +562,76 @@ enum FleetCommand {
         #[arg(long)]
         robots: PathBuf,
     },
+    /// Signed channels that robots follow: the root-signed list of fleet keys, a channel's
+    /// signed index, and the checks a robot makes of them.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+}
+
+#[derive(Subcommand)]
+enum ChannelCommand {
+    /// Sign the list of fleet keys that may sign channel indexes, with the root key (kept
+    /// offline); a new list needs a higher --version and replaces the old on every robot.
+    Keys {
+        /// The root key's secret (`skillgraft keys new root`).
+        #[arg(long)]
+        root: PathBuf,
+        /// A fleet key's public file (.pub); repeat for several.
+        #[arg(long = "fleet-key", required = true)]
+        fleet_keys: Vec<PathBuf>,
+        /// The list's version, above the one robots have.
+        #[arg(long)]
+        version: u64,
+        /// How long the list is valid (e.g. 365d).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "365d")]
+        valid: std::time::Duration,
+        /// Where to write the signed list.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a channel's index: the bundles a robot following it should run.
+    Sign {
+        /// A fleet key's secret, listed in the key list.
+        #[arg(long)]
+        key: PathBuf,
+        /// The channel (stable, canary, a robot model...).
+        #[arg(long)]
+        channel: String,
+        /// The index's serial, above the last one published for the channel.
+        #[arg(long)]
+        serial: u64,
+        /// How long the index is valid (e.g. 7d): a robot refuses it afterwards, so a server
+        /// that stops updating it is found out.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        valid: std::time::Duration,
+        /// Where to write the signed index.
+        #[arg(long)]
+        out: PathBuf,
+        /// The bundles (.skill), one per skill.
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+    },
+    /// Check a key list and an index as a robot does; with --state, refuse anything older than
+    /// what the state file accepted, and record what passes.
+    Verify {
+        /// The root key's public file, pinned on the robot.
+        #[arg(long)]
+        root: PathBuf,
+        /// The signed key list.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The channel the robot follows.
+        #[arg(long)]
+        channel: String,
+        /// What the robot accepted before (created when missing, updated on success).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The signed index.
+        index: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1729,6 +1799,106 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
         FleetCommand::Rollback { robot, name, robots } => {
             let registry = push::Robots::load(&robots)?;
             changed(rt.block_on(push::change(registry.find(&robot)?, &name, None, timeout)))?;
+        }
+        FleetCommand::Channel(c) => channel(c)?,
+    }
+    Ok(())
+}
+
+/// Reads a signed document written by `fleet channel keys` or `sign`.
+fn envelope(path: &std::path::Path) -> Result<skillgraft::fleet::channel::Envelope, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(skillgraft::file::FileError::at("read", path))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a signed document ({e}); write one with `skillgraft fleet channel keys` or `sign`",
+            path.display()
+        )
+        .into()
+    })
+}
+
+fn write_envelope(
+    path: &std::path::Path,
+    env: &skillgraft::fleet::channel::Envelope,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let text = serde_json::to_string_pretty(env)?;
+    Ok(skillgraft::file::write_atomic(path, text.as_bytes())?)
+}
+
+fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::fleet::channel::{self as ch, Entry, Seen};
+    use skillgraft::skill::bundle;
+    let now = std::time::SystemTime::now();
+    match cmd {
+        ChannelCommand::Keys { root, fleet_keys, version, valid, out } => {
+            let root = bundle::read_secret(&root)?;
+            let keys = bundle::read_trusted(&fleet_keys)?;
+            if keys.is_empty() {
+                return Err("the --fleet-key files hold no key; give the .pub files `skillgraft keys new` wrote".into());
+            }
+            write_envelope(&out, &ch::key_list(&root, &keys, version, valid, now))?;
+            outln!(
+                "wrote {}: {} fleet key(s), version {version}, valid {}",
+                out.display(),
+                keys.len(),
+                humantime::format_duration(valid)
+            );
+        }
+        ChannelCommand::Sign { key, channel, serial, valid, out, bundles } => {
+            let key = bundle::read_secret(&key)?;
+            let mut skills: Vec<Entry> = Vec::new();
+            for path in &bundles {
+                let contents = bundle::peek(path)?;
+                let bytes = std::fs::read(path).map_err(skillgraft::file::FileError::at("read", path))?;
+                let (name, version) = (contents.name.clone(), contents.version.clone());
+                if skills.iter().any(|e| e.name == name) {
+                    return Err(
+                        format!("two bundles of skill `{name}`: a channel offers one version of each skill").into()
+                    );
+                }
+                skills.push(Entry { name, version, digest: ch::digest(&bytes), bytes: bytes.len() as u64 });
+            }
+            write_envelope(&out, &ch::index(&key, &channel, serial, skills, valid, now))?;
+            outln!(
+                "wrote {}: channel {channel}, serial {serial}, {} skill(s), valid {}",
+                out.display(),
+                bundles.len(),
+                humantime::format_duration(valid)
+            );
+        }
+        ChannelCommand::Verify { root, keys, channel, state, index, json } => {
+            let pinned = bundle::read_trusted(std::slice::from_ref(&root))?;
+            let [root_key] = pinned.as_slice() else {
+                return Err(format!(
+                    "{} holds {} keys; a robot pins exactly one root key",
+                    root.display(),
+                    pinned.len()
+                )
+                .into());
+            };
+            let seen = match &state {
+                Some(p) => Seen::load(p)?,
+                None => Seen::default(),
+            };
+            let accepted = ch::verify(root_key, &envelope(&keys)?, &envelope(&index)?, &channel, &seen, now)?;
+            if let Some(p) = &state {
+                accepted.seen.save(p)?;
+            }
+            let i = &accepted.index;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"keys": accepted.keys, "index": i}))?);
+            } else {
+                outln!(
+                    "channel {} serial {} (key list version {}), valid until {}",
+                    i.channel,
+                    i.serial,
+                    accepted.keys.version,
+                    i.expires
+                );
+                for e in &i.skills {
+                    outln!("  {} {}  {}  {} bytes", e.name, e.version, e.digest, e.bytes);
+                }
+            }
         }
     }
     Ok(())

@@ -10,7 +10,7 @@
 //! of rows is a function of that group's sums (see [`Stats::sse`]). With a single episode its two
 //! halves (in time) are the groups, so the gate works from the first demonstration.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use nalgebra::{DMatrix, DVector};
@@ -290,12 +290,8 @@ impl Continual {
 
     /// Writes the statistics to `path` (replaced whole: written beside it, then renamed).
     pub fn save(&self, path: &Path) -> Result<(), StatsError> {
-        let io = |source| StatsError::Io { path: path.display().to_string(), source };
-        let bytes = self.to_bytes();
-        let tmp = path.with_extension("stats.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::file::write_atomic(path, &self.to_bytes())
+            .map_err(|e| StatsError::Io { path: path.display().to_string(), source: e.source })
     }
 
     /// The file's bytes: a magic, a JSON header, then the sums as little-endian f64.

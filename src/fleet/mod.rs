@@ -4,6 +4,7 @@
 //! they deliver is trusted only through the bundle's signature.
 
 pub mod auth;
+pub mod channel;
 pub mod client;
 pub mod http;
 pub mod inbox;

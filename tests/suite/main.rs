@@ -13,6 +13,7 @@ mod bad_input;
 mod bridge;
 mod bundle;
 mod camera;
+mod channel;
 mod cli;
 mod control_node;
 mod dds_interop;

@@ -611,6 +611,22 @@ enum ChannelCommand {
         #[arg(required = true)]
         bundles: Vec<PathBuf>,
     },
+    /// Publish a key list, a channel index or both to the fleet server, where robots poll them;
+    /// the server refuses an index its key list does not sign, and anything older than it has.
+    Publish {
+        /// The fleet server, http://host:port.
+        #[arg(long)]
+        fleet: String,
+        /// File holding the token to send.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// A signed key list (sent first).
+        #[arg(long, required_unless_present = "index")]
+        keys: Option<PathBuf>,
+        /// A signed channel index.
+        #[arg(long)]
+        index: Option<PathBuf>,
+    },
     /// Check a key list and an index as a robot does; with --state, refuse anything older than
     /// what the state file accepted, and record what passes.
     Verify {
@@ -1865,6 +1881,42 @@ fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
                 bundles.len(),
                 humantime::format_duration(valid)
             );
+        }
+        ChannelCommand::Publish { fleet, token_file, keys, index } => {
+            use skillgraft::fleet::client::{Client, Upload, join};
+            let token = skillgraft::fleet::auth::read_token(&token_file)?;
+            let rt = skillgraft::fleet::http::runtime(1)?;
+            let client = Client::new(std::time::Duration::from_secs(5));
+            let mut docs = Vec::new();
+            if let Some(k) = &keys {
+                docs.push(("/keys".to_string(), k.clone(), "key list".to_string()));
+            }
+            if let Some(i) = &index {
+                let env = envelope(i)?;
+                let doc: ch::Index = serde_json::from_str(&env.payload)
+                    .map_err(|e| format!("{}: not a channel index ({e})", i.display()))?;
+                docs.push((
+                    format!("/channels/{}", doc.channel),
+                    i.clone(),
+                    format!("channel {} serial {}", doc.channel, doc.serial),
+                ));
+            }
+            for (path, file, what) in docs {
+                let body = serde_json::to_value(envelope(&file)?)?;
+                let uri = join(&fleet, &path)?;
+                let r = rt.block_on(client.request(
+                    hyper::Method::PUT,
+                    uri,
+                    &token,
+                    &Upload::Json(body),
+                    std::time::Duration::from_secs(30),
+                ))?;
+                match r.status.as_u16() {
+                    201 => outln!("{fleet} now serves the {what}"),
+                    200 => outln!("{fleet} already served the {what}"),
+                    _ => return Err(format!("{fleet} refused the {what} ({}): {}", r.status, r.error()).into()),
+                }
+            }
         }
         ChannelCommand::Verify { root, keys, channel, state, index, json } => {
             let pinned = bundle::read_trusted(std::slice::from_ref(&root))?;

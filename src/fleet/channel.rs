@@ -249,6 +249,41 @@ pub struct Accepted {
     pub seen: Seen,
 }
 
+/// A key list read without checking its signature: what a server that holds no root key can
+/// know of it (its version, the keys it lists); a robot checks it against its pinned root.
+pub fn read_keys(env: &Envelope) -> Result<Keys, ChannelError> {
+    let k: Keys = serde_json::from_str(&env.payload)
+        .map_err(|e| ChannelError::Format { what: "key list", why: e.to_string() })?;
+    if k.kind != KEYS_KIND {
+        return Err(ChannelError::Format {
+            what: "key list",
+            why: format!("its kind is `{}`, not `{KEYS_KIND}`", k.kind),
+        });
+    }
+    Ok(k)
+}
+
+/// An index checked against the fleet keys `keys` lists and its expiry at `now`, for `channel`.
+pub fn read_index(keys: &Keys, env: &Envelope, channel: &str, now: SystemTime) -> Result<Index, ChannelError> {
+    const CI: &str = "channel index";
+    let fleet: Vec<VerifyingKey> = keys
+        .keys
+        .iter()
+        .map(|s| {
+            parse_key(s).ok_or_else(|| ChannelError::Format { what: "key list", why: format!("`{s}` is not a key") })
+        })
+        .collect::<Result<_, _>>()?;
+    let i: Index = open(env, &fleet, CI, "a fleet key of the key list")?;
+    if i.kind != INDEX_KIND {
+        return Err(ChannelError::Format { what: CI, why: format!("its kind is `{}`, not `{INDEX_KIND}`", i.kind) });
+    }
+    if i.channel != channel {
+        return Err(ChannelError::Channel { want: channel.to_string(), got: i.channel });
+    }
+    expired(CI, &i.expires, now)?;
+    Ok(i)
+}
+
 /// Checks a key list against the pinned `root` key and an index against the keys it lists, both
 /// against their expiry at `now` and against what the robot already accepted (`seen`), for
 /// `channel`. Nothing is accepted in part.
@@ -261,32 +296,24 @@ pub fn verify(
     now: SystemTime,
 ) -> Result<Accepted, ChannelError> {
     const KL: &str = "key list";
-    const CI: &str = "channel index";
-    let k: Keys = open(keys, std::slice::from_ref(root), KL, "the root key this robot trusts")?;
-    if k.kind != KEYS_KIND {
-        return Err(ChannelError::Format { what: KL, why: format!("its kind is `{}`, not `{KEYS_KIND}`", k.kind) });
+    if !signed_by(keys, std::slice::from_ref(root)) {
+        return Err(ChannelError::Signature { what: KL, by: "the root key this robot trusts" });
     }
+    let k = read_keys(keys)?;
     expired(KL, &k.expires, now)?;
     if k.version < seen.keys_version {
         return Err(ChannelError::Rollback { what: KL, field: "version", got: k.version, seen: seen.keys_version });
     }
-    let fleet: Vec<VerifyingKey> = k
-        .keys
-        .iter()
-        .map(|s| parse_key(s).ok_or_else(|| ChannelError::Format { what: KL, why: format!("`{s}` is not a key") }))
-        .collect::<Result<_, _>>()?;
-    let i: Index = open(index, &fleet, CI, "a fleet key of the key list")?;
-    if i.kind != INDEX_KIND {
-        return Err(ChannelError::Format { what: CI, why: format!("its kind is `{}`, not `{INDEX_KIND}`", i.kind) });
-    }
-    if i.channel != channel {
-        return Err(ChannelError::Channel { want: channel.to_string(), got: i.channel });
-    }
-    expired(CI, &i.expires, now)?;
+    let i = read_index(&k, index, channel, now)?;
     let payload = digest(index.payload.as_bytes());
     match seen.channels.get(channel) {
         Some((serial, _)) if i.serial < *serial => {
-            return Err(ChannelError::Rollback { what: CI, field: "serial", got: i.serial, seen: *serial });
+            return Err(ChannelError::Rollback {
+                what: "channel index",
+                field: "serial",
+                got: i.serial,
+                seen: *serial,
+            });
         }
         Some((serial, d)) if i.serial == *serial && *d != payload => {
             return Err(ChannelError::Reused { serial: *serial });

@@ -5,6 +5,8 @@
 //! DIR/catalog/NAME/VERSION.skill   bundles, verified on upload, never changed afterwards
 //! DIR/catalog/NAME/VERSION.json    what the catalog says of it: digest, signer, provenance
 //! DIR/robots.toml                  the registry: [[robot]] name, url, token_file
+//! DIR/keys.json                    the root-signed list of fleet keys (fleet channel keys)
+//! DIR/channels/CHANNEL.json        each channel's signed index (fleet channel sign)
 //! DIR/.incoming/                   uploads being received
 //! ```
 //!
@@ -14,7 +16,16 @@
 //! GET  /catalog/{name}/{version}   the bundle file
 //! POST /catalog                    body: a .skill bundle; 201 entry (200 when already there)
 //! GET  /robots                     {"robots": [{"name", "url"}]}
+//! GET  /keys                       the key list; ETag, If-None-Match gives 304
+//! PUT  /keys                       body: a key list; 201, 200 when the same, 409 when older
+//! GET  /channels/{channel}         the channel's index; ETag, If-None-Match gives 304
+//! PUT  /channels/{channel}         body: an index signed by a listed fleet key; 201, 200, 409
 //! ```
+//!
+//! The server keeps no root key: a robot checks the key list against the root it pins. What the
+//! server checks on a PUT is what keeps a mistake from reaching the robots: an index signed by a
+//! key of the stored list, for this channel, not expired, and never a serial (or key-list
+//! version) below the stored one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FleetError;
 use super::auth::Tokens;
+use super::channel;
 use super::http::{HttpLimits, problem, redact, reply, spool, unauthorized, within};
 use super::push::Robots;
 use crate::file::FileError;
@@ -101,7 +113,7 @@ pub async fn serve(
     let trusted = bundle::read_trusted(&settings.trust).map_err(|e| FleetError::Config(e.to_string()))?;
     let tokens = Tokens::load(&settings.tokens)?;
     let root = settings.store.clone();
-    for d in [root.join("catalog"), root.join(".incoming")] {
+    for d in [root.join("catalog"), root.join("channels"), root.join(".incoming")] {
         std::fs::create_dir_all(&d).map_err(FileError::at("create", &d))?;
     }
     let incoming = root.join(".incoming");
@@ -130,6 +142,8 @@ pub async fn serve(
         .route("/catalog", get(catalog).post(upload))
         .route("/catalog/{name}/{version}", get(download))
         .route("/robots", get(robots))
+        .route("/keys", get(get_keys).put(put_keys))
+        .route("/channels/{channel}", get(get_channel).put(put_channel))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
@@ -191,7 +205,32 @@ fn bundle_path(root: &Path, name: &str, version: &semver::Version) -> PathBuf {
     root.join("catalog").join(name).join(format!("{version}.skill"))
 }
 
-async fn download(State(s): State<Arc<Shared>>, UrlPath((name, version)): UrlPath<(String, String)>) -> Response {
+/// Where a `Range: bytes=N-` request starts (a download resumed after a cut); 0 without one.
+fn range_start(headers: &HeaderMap, len: u64) -> Result<u64, Response> {
+    let Some(v) = headers.get(header::RANGE) else { return Ok(0) };
+    let start = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<u64>().ok());
+    match start {
+        Some(n) if n < len => Ok(n),
+        _ => Err((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            "this server resumes downloads with `Range: bytes=N-`, N below the bundle's size",
+        )
+            .into_response()),
+    }
+}
+
+async fn download(
+    State(s): State<Arc<Shared>>,
+    UrlPath((name, version)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    use tokio::io::AsyncSeekExt;
     let Ok(version) = version.parse::<semver::Version>() else {
         return problem(StatusCode::BAD_REQUEST, format!("{version:?} is not a version (X.Y.Z)"));
     };
@@ -200,27 +239,194 @@ async fn download(State(s): State<Arc<Shared>>, UrlPath((name, version)): UrlPat
     }
     let path = bundle_path(&s.root, &name, &version);
     match tokio::fs::File::open(&path).await {
-        Ok(f) => {
+        Ok(mut f) => {
             let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let start = match range_start(&headers, len) {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            if f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+                return problem(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the bundle");
+            }
+            let rest = len - start;
             // A reader slower than the minimum rate loses the rest: it must not hold a connection.
-            let allowed = s.http.grace + std::time::Duration::from_secs_f64(len as f64 / s.http.min_rate.max(1) as f64);
+            let allowed =
+                s.http.grace + std::time::Duration::from_secs_f64(rest as f64 / s.http.min_rate.max(1) as f64);
             let stream =
                 tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).take_until(tokio::time::sleep(allowed));
             let body = Body::from_stream(stream);
-            (
-                StatusCode::OK,
-                [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                    (header::CONTENT_LENGTH, len.to_string()),
-                ],
-                body,
-            )
-                .into_response()
+            let mut h = vec![
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_LENGTH, rest.to_string()),
+                (header::ACCEPT_RANGES, "bytes".to_string()),
+            ];
+            let status = if headers.contains_key(header::RANGE) {
+                h.push((header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1)));
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            let mut response = (status, body).into_response();
+            for (k, v) in h {
+                if let Ok(v) = v.parse() {
+                    response.headers_mut().insert(k, v);
+                }
+            }
+            response
         }
         Err(_) => {
             problem(StatusCode::NOT_FOUND, format!("{name} {version} is not in the catalog; GET /catalog lists it"))
         }
     }
+}
+
+fn keys_path(root: &Path) -> PathBuf {
+    root.join("keys.json")
+}
+
+fn channel_path(root: &Path, channel: &str) -> PathBuf {
+    root.join("channels").join(format!("{channel}.json"))
+}
+
+/// A stored document, with an ETag of its bytes; 304 when the client has them already.
+async fn document(path: PathBuf, headers: &HeaderMap, missing: String) -> Response {
+    let Ok(bytes) = tokio::fs::read(&path).await else {
+        return problem(StatusCode::NOT_FOUND, missing);
+    };
+    let etag = format!("\"{}\"", channel::digest(&bytes).trim_start_matches("sha256:"));
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_string())], bytes)
+        .into_response()
+}
+
+async fn get_keys(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    document(keys_path(&s.root), &headers, "no key list yet; publish one with `fleet channel publish --keys`".into())
+        .await
+}
+
+async fn get_channel(State(s): State<Arc<Shared>>, UrlPath(channel): UrlPath<String>, headers: HeaderMap) -> Response {
+    if !crate::skill::manifest::valid_name(&channel) {
+        return problem(StatusCode::BAD_REQUEST, format!("{channel:?} is not a channel name"));
+    }
+    let missing = format!("no channel `{channel}`; publish its index with `fleet channel publish --index`");
+    document(channel_path(&s.root, &channel), &headers, missing).await
+}
+
+/// Stores `bytes` at `path` unless the stored document is newer: `order` compares the new
+/// document with the stored one (None: no stored one).
+fn store_document(
+    s: &Shared,
+    path: &Path,
+    bytes: &[u8],
+    order: impl FnOnce(Option<&[u8]>) -> Result<(), (StatusCode, String)>,
+) -> Response {
+    let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+    let old = std::fs::read(path).ok();
+    if old.as_deref() == Some(bytes) {
+        return reply(StatusCode::OK, serde_json::json!({ "stored": false }));
+    }
+    if let Err((status, message)) = order(old.as_deref()) {
+        return problem(status, message);
+    }
+    match crate::file::write_atomic(path, bytes) {
+        Ok(()) => reply(StatusCode::CREATED, serde_json::json!({ "stored": true })),
+        Err(e) => {
+            tracing::error!("channels: {e}");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the fleet server could not store the document; its log says why",
+            )
+        }
+    }
+}
+
+fn envelope(bytes: &[u8]) -> Result<channel::Envelope, (StatusCode, String)> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not a signed document ({e}); write it with `fleet channel keys` or `sign`"),
+        )
+    })
+}
+
+fn unprocessable(e: channel::ChannelError) -> (StatusCode, String) {
+    (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+}
+
+async fn put_keys(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let work = move || {
+        let new = match envelope(&body).and_then(|e| channel::read_keys(&e).map_err(unprocessable)) {
+            Ok(k) => k,
+            Err((status, message)) => return problem(status, message),
+        };
+        store_document(&s, &keys_path(&s.root), &body, |old| {
+            let Some(old) = old else { return Ok(()) };
+            let old = envelope(old).and_then(|e| channel::read_keys(&e).map_err(unprocessable))?;
+            if new.version <= old.version {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the stored key list has version {}; publish a new one under a higher version",
+                        old.version
+                    ),
+                ));
+            }
+            Ok(())
+        })
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn put_channel(
+    State(s): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !crate::skill::manifest::valid_name(&name) {
+        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
+    }
+    let work = move || {
+        let keys = match std::fs::read(keys_path(&s.root)) {
+            Ok(bytes) => match envelope(&bytes).and_then(|e| channel::read_keys(&e).map_err(unprocessable)) {
+                Ok(k) => k,
+                Err((_, message)) => {
+                    return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("the stored key list: {message}"));
+                }
+            },
+            Err(_) => {
+                return problem(
+                    StatusCode::CONFLICT,
+                    "this server has no key list to check the index against; publish it first (`fleet channel publish --keys`)",
+                );
+            }
+        };
+        let now = std::time::SystemTime::now();
+        let new = match envelope(&body).and_then(|e| channel::read_index(&keys, &e, &name, now).map_err(unprocessable))
+        {
+            Ok(i) => i,
+            Err((status, message)) => return problem(status, message),
+        };
+        store_document(&s, &channel_path(&s.root, &name), &body, |old| {
+            let Some(old) = old else { return Ok(()) };
+            let old: channel::Index = envelope(old).and_then(|e| {
+                serde_json::from_str(&e.payload).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            })?;
+            if new.serial <= old.serial {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("channel `{name}` has serial {}; publish changes under a higher serial", old.serial),
+                ));
+            }
+            Ok(())
+        })
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn robots(State(s): State<Arc<Shared>>) -> Response {

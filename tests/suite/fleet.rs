@@ -878,3 +878,145 @@ fn the_node_ticks_through_every_attack_on_its_inbox() {
     assert_eq!(store_files(&store), before);
     assert!(!node_log().contains("panicked at"), "{}", node_log());
 }
+
+/// A GET with extra header lines; returns the status, the headers and the body bytes.
+fn get_with(addr: &str, path: &str, token: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let headers = String::from_utf8_lossy(&answer[..split]).to_lowercase();
+    let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, headers, answer[split + 4..].to_vec())
+}
+
+fn header<'a>(headers: &'a str, name: &str) -> &'a str {
+    headers.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).unwrap_or("")
+}
+
+#[test]
+fn the_fleet_server_serves_signed_channels_with_etags_refuses_older_ones_and_resumes_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (root, _) = bundles::keys(d, "root");
+    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
+    let (stranger, _) = bundles::keys(d, "stranger");
+    let (tokens, t) = token(d, "fleet.token");
+    let server = Server::start(&[
+        "fleet",
+        "serve",
+        "--store",
+        &p(&d.join("fleet")),
+        "--trust",
+        &p(&fleet_pub),
+        "--tokens",
+        &p(&tokens),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let bundle = bundles::pack(d, &fleet_key, "0.2.0", &[]);
+    assert_eq!(post_bundle(&server.addr, "/catalog", &t, &bundle).0, 201);
+    let keys = d.join("keys.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "keys",
+        "--root",
+        &p(&root),
+        "--fleet-key",
+        &p(&fleet_pub),
+        "--version",
+        "1",
+        "--out",
+        &p(&keys),
+    ]);
+    let sign = |serial: &str, with: &Path, channel: &str| {
+        let out = d.join(format!("{channel}-{serial}.json"));
+        common::succeeds(&[
+            "fleet",
+            "channel",
+            "sign",
+            "--key",
+            &p(with),
+            "--channel",
+            channel,
+            "--serial",
+            serial,
+            "--out",
+            &p(&out),
+            &p(&bundle),
+        ]);
+        out
+    };
+    let url = server.url();
+    let publish = |args: &[&str]| {
+        let mut all = vec!["fleet", "channel", "publish", "--fleet", &url, "--token-file", tokens.to_str().unwrap()];
+        all.extend_from_slice(args);
+        common::skillgraft(&all)
+    };
+    let refused = |args: &[&str], words: &str| {
+        let out = publish(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains(words), "should say {words:?}: {err}");
+    };
+
+    let s2 = sign("2", &fleet_key, "stable");
+    refused(&["--index", &p(&s2)], "no key list");
+    let ok = publish(&["--keys", &p(&keys), "--index", &p(&s2)]);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && text.contains("now serves the key list") && text.contains("channel stable serial 2"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&publish(&["--index", &p(&s2)]).stdout).contains("already served"));
+    refused(&["--index", &p(&sign("1", &fleet_key, "stable"))], "has serial 2; publish changes under a higher serial");
+    refused(&["--index", &p(&sign("3", &stranger, "stable"))], "not signed by a fleet key");
+    let older_keys = d.join("keys-0.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "keys",
+        "--root",
+        &p(&root),
+        "--fleet-key",
+        &p(&fleet_pub),
+        "--version",
+        "0",
+        "--out",
+        &p(&older_keys),
+    ]);
+    refused(&["--keys", &p(&older_keys)], "has version 1; publish a new one under a higher version");
+
+    // Robots poll with the ETag they have: an unchanged index costs a 304 and no body.
+    let (status, headers, body) = get_with(&server.addr, "/channels/stable", &t, "");
+    assert_eq!(status, 200);
+    let json = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+    assert_eq!(json(&body), json(&std::fs::read(&s2).unwrap()), "the index as published");
+    let etag = header(&headers, "etag").to_string();
+    assert!(etag.len() > 10, "{headers}");
+    let (status, _, body) = get_with(&server.addr, "/channels/stable", &t, &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!((status, body.len()), (304, 0));
+    let s4 = sign("4", &fleet_key, "stable");
+    assert!(publish(&["--index", &p(&s4)]).status.success());
+    let (status, _, _) = get_with(&server.addr, "/channels/stable", &t, &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(status, 200, "a new index is served in full");
+    assert_eq!(get_with(&server.addr, "/channels/canary", &t, "").0, 404);
+    assert_eq!(get_with(&server.addr, "/keys", &t, "").0, 200);
+
+    // A download cut off resumes where it stopped.
+    let whole = std::fs::read(&bundle).unwrap();
+    let half = whole.len() / 2;
+    let (status, headers, rest) =
+        get_with(&server.addr, "/catalog/example-arm6/0.2.0", &t, &format!("Range: bytes={half}-\r\n"));
+    assert_eq!(status, 206, "{headers}");
+    assert_eq!(header(&headers, "content-range"), format!("bytes {half}-{}/{}", whole.len() - 1, whole.len()));
+    assert_eq!(rest, whole[half..]);
+    let past = format!("Range: bytes={}-\r\n", whole.len());
+    assert_eq!(get_with(&server.addr, "/catalog/example-arm6/0.2.0", &t, &past).0, 416);
+}

@@ -205,24 +205,17 @@ fn bundle_path(root: &Path, name: &str, version: &semver::Version) -> PathBuf {
     root.join("catalog").join(name).join(format!("{version}.skill"))
 }
 
-/// Where a `Range: bytes=N-` request starts (a download resumed after a cut); 0 without one.
-fn range_start(headers: &HeaderMap, len: u64) -> Result<u64, Response> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(0) };
+/// Where a `Range: bytes=N-` request starts (a download resumed after a cut): 0 without one,
+/// None for a range this server does not serve.
+fn range_start(headers: &HeaderMap, len: u64) -> Option<u64> {
+    let Some(v) = headers.get(header::RANGE) else { return Some(0) };
     let start = v
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("bytes="))
         .and_then(|v| v.strip_suffix('-'))
         .and_then(|v| v.parse::<u64>().ok());
-    match start {
-        Some(n) if n < len => Ok(n),
-        _ => Err((
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-            "this server resumes downloads with `Range: bytes=N-`, N below the bundle's size",
-        )
-            .into_response()),
-    }
+    start.filter(|&n| n < len)
 }
 
 async fn download(
@@ -241,9 +234,13 @@ async fn download(
     match tokio::fs::File::open(&path).await {
         Ok(mut f) => {
             let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let start = match range_start(&headers, len) {
-                Ok(n) => n,
-                Err(r) => return r,
+            let Some(start) = range_start(&headers, len) else {
+                return (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                    "this server resumes downloads with `Range: bytes=N-`, N below the bundle's size",
+                )
+                    .into_response();
             };
             if f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
                 return problem(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the bundle");

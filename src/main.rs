@@ -36,6 +36,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Follow a signed channel of the fleet server (a robot that pulls): poll with jitter,
+    /// check the key list and index against the pinned root key, download (resuming) and
+    /// install what the index names into the skill store.
+    Agent {
+        /// The fleet server, http://host:port.
+        #[arg(long)]
+        fleet: String,
+        /// File holding the token to send.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The channel to follow.
+        #[arg(long)]
+        channel: String,
+        /// The root key's public file, pinned on this robot.
+        #[arg(long)]
+        root: PathBuf,
+        /// Public keys whose bundles the store installs.
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// The skill store.
+        #[arg(long)]
+        store: PathBuf,
+        /// Time between polls (each one moved by up to ±20 %, so a fleet does not poll in step).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        interval: std::time::Duration,
+        /// Poll once and exit (non-zero when the poll failed).
+        #[arg(long)]
+        once: bool,
+        /// Largest bundle, and largest unpacked skill, MiB.
+        #[arg(long, default_value_t = 512)]
+        max_mib: u64,
+        /// Print each poll as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a skill folder or an ONNX file holds: I/O mapping, backbone and head.
     Inspect {
         /// A skill folder (or its skill.toml), or a bare .onnx file.
@@ -1205,6 +1240,9 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
         Command::Store(cmd) => store(cmd),
+        Command::Agent { fleet, token_file, channel, root, trust, store, interval, once, max_mib, json } => {
+            agent(fleet, token_file, channel, root, trust, store, interval, once, max_mib, json)
+        }
         Command::Keys(KeysCommand::Token { file }) => {
             skillgraft::fleet::auth::new_token(&file)?;
             outln!("wrote a bearer token to {} (owner-only); give it to the server and to its clients", file.display());
@@ -2216,6 +2254,74 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
 
 /// Ctrl-C or SIGTERM (ctrlc's `termination` feature), as a channel that receives once per
 /// signal; set up before the work starts, so a signal during start-up still stops it cleanly.
+#[allow(clippy::too_many_arguments)]
+fn agent(
+    fleet: String,
+    token_file: PathBuf,
+    channel: String,
+    root: PathBuf,
+    trust: Vec<PathBuf>,
+    store: PathBuf,
+    interval: std::time::Duration,
+    once: bool,
+    max_mib: u64,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::fleet::agent::{AgentSettings, poll};
+    use skillgraft::skill::bundle;
+    let pinned = bundle::read_trusted(std::slice::from_ref(&root))?;
+    let [root_key] = pinned.as_slice() else {
+        return Err(format!("{} holds {} keys; a robot pins exactly one root key", root.display(), pinned.len()).into());
+    };
+    if !skillgraft::skill::manifest::valid_name(&channel) {
+        return Err(format!("{channel:?} is not a channel name").into());
+    }
+    let settings = AgentSettings {
+        token: skillgraft::fleet::auth::read_token(&token_file)?,
+        fleet,
+        channel,
+        root: *root_key,
+        trusted: bundle::read_trusted(&trust)?,
+        limits: bundle::Limits::mib(max_mib),
+        timeout: std::time::Duration::from_secs(600),
+    };
+    let store = skillgraft::skill::store::Store::open(&store)?;
+    let rt = skillgraft::fleet::http::runtime(1)?;
+    let client = skillgraft::fleet::client::Client::new(std::time::Duration::from_secs(5));
+    let stop = if once { None } else { Some(interrupted()?) };
+    let mut rng = skillgraft::rng::SplitMix(std::process::id() as u64 ^ now_ns());
+    loop {
+        match rt.block_on(poll(&client, &settings, &store)) {
+            Ok(p) if json => outln!("{}", serde_json::to_string(&p)?),
+            Ok(p) => {
+                let done: Vec<String> = p
+                    .changes
+                    .iter()
+                    .filter(|c| c.action != "unchanged")
+                    .map(|c| format!("{} {} {}", c.action, c.name, c.version))
+                    .collect();
+                outln!(
+                    "channel {} serial {}: {}",
+                    settings.channel,
+                    p.serial,
+                    if done.is_empty() { "up to date".to_string() } else { done.join(", ") }
+                );
+            }
+            Err(e) if once => return Err(e.into()),
+            Err(e) => tracing::error!("{e}"),
+        }
+        let Some(stop) = &stop else { return Ok(()) };
+        let wait = interval.mul_f64(0.8 + 0.4 * rng.unit());
+        if stop.recv_timeout(wait).is_ok() {
+            return Ok(());
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 fn interrupted() -> Result<std::sync::mpsc::Receiver<()>, ctrlc::Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {

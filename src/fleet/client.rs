@@ -135,6 +135,107 @@ impl Client {
     }
 }
 
+/// A small document fetched with a GET: its status, headers and bytes.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: hyper::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Client {
+    /// A GET of a document of at most `max` bytes, with `if_none_match` sent as `If-None-Match`.
+    pub async fn fetch(
+        &self,
+        uri: hyper::Uri,
+        token: &str,
+        if_none_match: Option<&str>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Fetched, ClientError> {
+        let mut req = Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(tag) = if_none_match {
+            req = req.header(header::IF_NONE_MATCH, tag);
+        }
+        let req = req
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let work = async {
+            let resp = self.inner.request(req).await.map_err(|e| ClientError::Transport(describe(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, max)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(format!("the answer broke off or ran over {max} bytes: {e}")))?
+                .to_bytes();
+            Ok(Fetched { status: parts.status, headers: parts.headers, body })
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// Downloads into `file` what it lacks of a resource of `size` bytes: from its current
+    /// length on (`Range: bytes=N-`), appending, never past `size`. A cut connection leaves what
+    /// arrived, so the next call resumes there. Returns the status when it is not 200 or 206.
+    pub async fn resume(
+        &self,
+        uri: hyper::Uri,
+        token: &str,
+        file: &Path,
+        size: u64,
+        timeout: Duration,
+    ) -> Result<Option<StatusCode>, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |source| ClientError::File { path: file.to_path_buf(), source };
+        let have = tokio::fs::metadata(file).await.map(|m| m.len()).unwrap_or(0);
+        if have >= size {
+            return Ok(None);
+        }
+        let req = Request::get(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::RANGE, format!("bytes={have}-"))
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .map_err(|e| ClientError::Url(e.to_string()))?;
+        let work = async {
+            let resp = self.inner.request(req).await.map_err(|e| ClientError::Transport(describe(&e)))?;
+            let status = resp.status();
+            // A server that ignores the range starts again from the first byte.
+            let append = match status {
+                StatusCode::PARTIAL_CONTENT => true,
+                StatusCode::OK => false,
+                other => return Ok(Some(other)),
+            };
+            let mut out = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(append)
+                .write(true)
+                .truncate(!append)
+                .open(file)
+                .await
+                .map_err(io)?;
+            let mut written = if append { have } else { 0 };
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError::Transport(format!("the download broke off: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    written += data.len() as u64;
+                    if written > size {
+                        return Err(ClientError::Transport(format!(
+                            "the server sent more than the {size} bytes expected"
+                        )));
+                    }
+                    out.write_all(&data).await.map_err(io)?;
+                }
+            }
+            out.sync_all().await.map_err(io)?;
+            Ok(None)
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| ClientError::Timeout(timeout))?
+    }
+}
+
 /// A file as a request body, read in 256 KiB pieces, so memory does not grow with its size.
 fn file_body(file: tokio::fs::File) -> Body {
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(|r| r.map(Frame::data));

@@ -3,6 +3,7 @@
 //! registry of robots) and the push and upload clients. Requests carry a bearer token; what
 //! they deliver is trusted only through the bundle's signature.
 
+pub mod agent;
 pub mod auth;
 pub mod channel;
 pub mod client;

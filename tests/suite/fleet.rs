@@ -1020,3 +1020,183 @@ fn the_fleet_server_serves_signed_channels_with_etags_refuses_older_ones_and_res
     let past = format!("Range: bytes={}-\r\n", whole.len());
     assert_eq!(get_with(&server.addr, "/catalog/example-arm6/0.2.0", &t, &past).0, 416);
 }
+
+#[test]
+fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index_does_not_vouch_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (root, root_pub) = bundles::keys(d, "root");
+    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
+    let (tokens, t) = token(d, "fleet.token");
+    let server_dir = d.join("fleet");
+    let server = Server::start(&[
+        "fleet",
+        "serve",
+        "--store",
+        &p(&server_dir),
+        "--trust",
+        &p(&fleet_pub),
+        "--tokens",
+        &p(&tokens),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let url = server.url();
+    let keys = d.join("keys.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "keys",
+        "--root",
+        &p(&root),
+        "--fleet-key",
+        &p(&fleet_pub),
+        "--version",
+        "1",
+        "--out",
+        &p(&keys),
+    ]);
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "publish",
+        "--fleet",
+        &url,
+        "--token-file",
+        &p(&tokens),
+        "--keys",
+        &p(&keys),
+    ]);
+    let release = |serial: &str, version: &str| {
+        let bundle = bundles::pack(d, &fleet_key, version, &[]);
+        assert!([200, 201].contains(&post_bundle(&server.addr, "/catalog", &t, &bundle).0));
+        let index = d.join(format!("stable-{serial}.json"));
+        common::succeeds(&[
+            "fleet",
+            "channel",
+            "sign",
+            "--key",
+            &p(&fleet_key),
+            "--channel",
+            "stable",
+            "--serial",
+            serial,
+            "--out",
+            &p(&index),
+            &p(&bundle),
+        ]);
+        common::succeeds(&[
+            "fleet",
+            "channel",
+            "publish",
+            "--fleet",
+            &url,
+            "--token-file",
+            &p(&tokens),
+            "--index",
+            &p(&index),
+        ]);
+        (bundle, index)
+    };
+    let store = d.join("robot-store");
+    let agent = || {
+        common::skillgraft(&[
+            "agent",
+            "--fleet",
+            &url,
+            "--token-file",
+            &p(&tokens),
+            "--channel",
+            "stable",
+            "--root",
+            &p(&root_pub),
+            "--trust",
+            &p(&fleet_pub),
+            "--store",
+            &p(&store),
+            "--once",
+        ])
+    };
+    let pulled = |words: &str| {
+        let out = agent();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success() && text.contains(words),
+            "should say {words:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let active = || {
+        let out = common::succeeds(&["store", "list", "--store", &p(&store), "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v[0]["state"]["active"].as_str().unwrap().to_string()
+    };
+    let refused = |words: &str| {
+        let before = active();
+        let out = agent();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains(words), "should say {words:?}: {err}");
+        assert_eq!(active(), before, "a refusal leaves the running version");
+    };
+
+    release("1", "0.2.0");
+    pulled("installed example-arm6 0.2.0");
+    pulled("up to date");
+
+    // A download cut off halfway resumes from what arrived.
+    let (b3, _) = release("2", "0.3.0");
+    let whole = std::fs::read(&b3).unwrap();
+    let downloads = store.join(".channel/downloads");
+    std::fs::write(downloads.join("example-arm6-0.3.0.part"), &whole[..whole.len() / 2]).unwrap();
+    pulled("installed example-arm6 0.3.0");
+    assert!(!downloads.join("example-arm6-0.3.0.part").exists());
+
+    // Bytes that do not hash to what the index says are discarded; the next poll starts afresh.
+    let (b4, i3) = release("3", "0.4.0");
+    std::fs::write(downloads.join("example-arm6-0.4.0.part"), vec![7u8; std::fs::read(&b4).unwrap().len() / 2])
+        .unwrap();
+    refused("signed index says");
+    assert!(!downloads.join("example-arm6-0.4.0.part").exists());
+    pulled("installed example-arm6 0.4.0");
+
+    // What the server holds is changed behind the fleet's back, or rolled back to an older index.
+    let served = server_dir.join("channels/stable.json");
+    let good = std::fs::read_to_string(&served).unwrap();
+    std::fs::write(&served, good.replacen("0.4.0", "0.2.0", 1)).unwrap();
+    refused("not signed by a fleet key");
+    std::fs::write(&served, std::fs::read(d.join("stable-1.json")).unwrap()).unwrap();
+    refused("already accepted serial 3");
+    std::fs::write(&served, std::fs::read(&i3).unwrap()).unwrap();
+    pulled("up to date");
+
+    // The fleet rolls the channel back to a version the robot has: it is activated, not fetched.
+    let index = d.join("stable-4.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "sign",
+        "--key",
+        &p(&fleet_key),
+        "--channel",
+        "stable",
+        "--serial",
+        "4",
+        "--out",
+        &p(&index),
+        &p(&d.join("arm6-0.2.0.skill")),
+    ]);
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "publish",
+        "--fleet",
+        &url,
+        "--token-file",
+        &p(&tokens),
+        "--index",
+        &p(&index),
+    ]);
+    pulled("activated example-arm6 0.2.0");
+    assert_eq!(active(), "0.2.0");
+}

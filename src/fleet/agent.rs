@@ -1,0 +1,203 @@
+//! `skillgraft agent`: a robot that pulls. Each poll fetches the key list and the channel's
+//! index from the fleet server with the ETags it has (an unchanged document costs a 304), checks
+//! them against the pinned root key, their expiries and what it accepted before
+//! ([`super::channel::verify`]), then brings the skill store to what the index says: a version
+//! already installed is activated, another is downloaded (resuming a cut download where it
+//! stopped, never reading past the size the index gives), checked against the index's SHA-256,
+//! and installed, which checks the bundle's own signature and test-runs it. A refusal at any step
+//! leaves the store, and so the running skill, as it was.
+//!
+//! ```text
+//! STORE/.channel/keys.json, index.json   the documents last accepted (their ETags: SHA-256)
+//! STORE/.channel/seen.json               the key-list version and serials accepted
+//! STORE/.channel/downloads/*.part        downloads under way
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::VerifyingKey;
+
+use super::FleetError;
+use super::channel::{self, Envelope, Seen};
+use super::client::{Client, join};
+use crate::file::FileError;
+use crate::skill::bundle::Limits;
+use crate::skill::store::Store;
+
+/// Largest key list or index a poll reads.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// What a robot follows, and how it checks it.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The fleet server, `http://host:port`.
+    pub fleet: String,
+    /// The bearer token.
+    pub token: String,
+    /// The channel followed.
+    pub channel: String,
+    /// The pinned root key.
+    pub root: VerifyingKey,
+    /// Keys whose bundles the store installs.
+    pub trusted: Vec<VerifyingKey>,
+    /// Largest bundle, and largest unpacked skill.
+    pub limits: Limits,
+    /// Seconds a request (a whole download) may take.
+    pub timeout: Duration,
+}
+
+/// What one poll did to one skill.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Change {
+    /// Skill name.
+    pub name: String,
+    /// The version the index names.
+    pub version: semver::Version,
+    /// `unchanged`, `activated` (installed before) or `installed`.
+    pub action: &'static str,
+}
+
+/// One poll's outcome.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Polled {
+    /// The channel's serial.
+    pub serial: u64,
+    /// Whether either document changed since the last poll.
+    pub fetched: bool,
+    /// One per skill of the index.
+    pub changes: Vec<Change>,
+}
+
+fn channel_dir(store: &Path) -> PathBuf {
+    store.join(".channel")
+}
+
+/// The server's ETag of a document: its SHA-256, quoted.
+fn etag(bytes: &[u8]) -> String {
+    format!("\"{}\"", channel::digest(bytes).trim_start_matches("sha256:"))
+}
+
+/// Fetches `path`, or keeps `cached` when the server says it has not changed.
+async fn fetch(
+    client: &Client,
+    s: &AgentSettings,
+    path: &str,
+    cached: Option<Vec<u8>>,
+) -> Result<(Vec<u8>, bool), FleetError> {
+    let tag = cached.as_deref().map(etag);
+    let got = client
+        .fetch(
+            join(&s.fleet, path).map_err(|e| FleetError::Config(e.to_string()))?,
+            &s.token,
+            tag.as_deref(),
+            MAX_DOCUMENT,
+            s.timeout,
+        )
+        .await
+        .map_err(|e| FleetError::Remote(format!("{}{path}: {e}", s.fleet)))?;
+    match (got.status.as_u16(), cached) {
+        (304, Some(old)) => Ok((old, false)),
+        (200, _) => Ok((got.body.to_vec(), true)),
+        (status, _) => Err(FleetError::Remote(format!(
+            "{}{path} answered {status}: {}",
+            s.fleet,
+            String::from_utf8_lossy(&got.body).trim()
+        ))),
+    }
+}
+
+fn envelope(bytes: &[u8], what: &str) -> Result<Envelope, FleetError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| FleetError::Remote(format!("the server's {what} is not a signed document: {e}")))
+}
+
+fn read_cached(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+/// One poll: fetch, verify, and bring `store` to what the channel's index says.
+pub async fn poll(client: &Client, s: &AgentSettings, store: &Store) -> Result<Polled, FleetError> {
+    let dir = channel_dir(store.root());
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).map_err(FileError::at("create", &downloads))?;
+    let (keys_file, index_file, seen_file) = (dir.join("keys.json"), dir.join("index.json"), dir.join("seen.json"));
+    let (keys, keys_new) = fetch(client, s, "/keys", read_cached(&keys_file)).await?;
+    let (index, index_new) = fetch(client, s, &format!("/channels/{}", s.channel), read_cached(&index_file)).await?;
+    let seen = Seen::load(&seen_file)?;
+    // Checked on every poll, unchanged or not: an index held back past its expiry is refused.
+    let accepted = channel::verify(
+        &s.root,
+        &envelope(&keys, "key list")?,
+        &envelope(&index, "channel index")?,
+        &s.channel,
+        &seen,
+        SystemTime::now(),
+    )
+    .map_err(|e| FleetError::Remote(format!("refused: {e}; the store is unchanged")))?;
+    crate::file::write_atomic(&keys_file, &keys)?;
+    crate::file::write_atomic(&index_file, &index)?;
+    accepted.seen.save(&seen_file)?;
+    let mut changes = Vec::new();
+    for e in &accepted.index.skills {
+        let state = store.state(&e.name).map_err(|e| FleetError::Config(e.to_string()))?;
+        let installed = store.dir(&e.name, &e.version).exists();
+        let action = match state {
+            Some(st) if st.active == e.version && installed => "unchanged",
+            _ if installed => {
+                store.activate(&e.name, &e.version).map_err(|x| FleetError::Config(x.to_string()))?;
+                "activated"
+            }
+            _ => {
+                install(client, s, store, &downloads, e).await?;
+                "installed"
+            }
+        };
+        changes.push(Change { name: e.name.clone(), version: e.version.clone(), action });
+    }
+    Ok(Polled { serial: accepted.index.serial, fetched: keys_new || index_new, changes })
+}
+
+/// Downloads (or resumes) the bundle of `e`, checks its digest and installs it.
+async fn install(
+    client: &Client,
+    s: &AgentSettings,
+    store: &Store,
+    downloads: &Path,
+    e: &channel::Entry,
+) -> Result<(), FleetError> {
+    if e.bytes > s.limits.max_bytes {
+        return Err(FleetError::Remote(format!(
+            "{} {} is {} bytes, over this robot's limit of {} MiB",
+            e.name,
+            e.version,
+            e.bytes,
+            s.limits.max_bytes >> 20
+        )));
+    }
+    let part = downloads.join(format!("{}-{}.part", e.name, e.version));
+    let uri =
+        join(&s.fleet, &format!("/catalog/{}/{}", e.name, e.version)).map_err(|x| FleetError::Config(x.to_string()))?;
+    if let Some(status) = client.resume(uri, &s.token, &part, e.bytes, s.timeout).await.map_err(|x| {
+        FleetError::Remote(format!("download of {} {}: {x}; the next poll resumes it", e.name, e.version))
+    })? {
+        return Err(FleetError::Remote(format!("download of {} {}: the server answered {status}", e.name, e.version)));
+    }
+    let bytes = std::fs::read(&part).map_err(FileError::at("read", &part))?;
+    let got = channel::digest(&bytes);
+    if bytes.len() as u64 != e.bytes || got != e.digest {
+        // Not what the index vouches for: a fresh download next time, nothing installed.
+        let _ = std::fs::remove_file(&part);
+        return Err(FleetError::Remote(format!(
+            "the bundle of {} {} is {} bytes with {got}, but the signed index says {} bytes with {}; it was discarded",
+            e.name,
+            e.version,
+            bytes.len(),
+            e.bytes,
+            e.digest
+        )));
+    }
+    let result = store.install(&part, &s.trusted, s.limits).map_err(|x| FleetError::Config(x.to_string()));
+    let _ = std::fs::remove_file(&part);
+    result.map(|_| ())
+}

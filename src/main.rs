@@ -67,6 +67,13 @@ enum Command {
         /// Largest bundle, and largest unpacked skill, MiB.
         #[arg(long, default_value_t = 512)]
         max_mib: u64,
+        /// The running node's inbox on this robot (http://127.0.0.1:8740): installs and
+        /// activations go through it, so the node swaps them in; the store must be the node's.
+        #[arg(long, requires = "inbox_token_file")]
+        inbox: Option<String>,
+        /// File holding the token the node's inbox accepts.
+        #[arg(long)]
+        inbox_token_file: Option<PathBuf>,
         /// Print each poll as JSON.
         #[arg(long)]
         json: bool,
@@ -1240,8 +1247,29 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Record { skill, params_file, ros_args } => serve(&skill, &params_file, &ros_args, false),
         Command::Episodes(cmd) => episodes(cmd),
         Command::Store(cmd) => store(cmd),
-        Command::Agent { fleet, token_file, channel, root, trust, store, interval, once, max_mib, json } => {
-            agent(fleet, token_file, channel, root, trust, store, interval, once, max_mib, json)
+        Command::Agent {
+            fleet,
+            token_file,
+            channel,
+            root,
+            trust,
+            store,
+            interval,
+            once,
+            max_mib,
+            inbox,
+            inbox_token_file,
+            json,
+        } => {
+            let inbox = match (inbox, inbox_token_file) {
+                (Some(url), Some(file)) => Some(skillgraft::fleet::push::Robot {
+                    name: "the node's inbox".into(),
+                    url,
+                    token: skillgraft::fleet::auth::read_token(&file)?,
+                }),
+                _ => None,
+            };
+            agent(fleet, token_file, channel, root, trust, store, interval, once, max_mib, inbox, json)
         }
         Command::Keys(KeysCommand::Token { file }) => {
             skillgraft::fleet::auth::new_token(&file)?;
@@ -2265,6 +2293,7 @@ fn agent(
     interval: std::time::Duration,
     once: bool,
     max_mib: u64,
+    inbox: Option<skillgraft::fleet::push::Robot>,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::fleet::agent::{AgentSettings, poll};
@@ -2284,6 +2313,7 @@ fn agent(
         trusted: bundle::read_trusted(&trust)?,
         limits: bundle::Limits::mib(max_mib),
         timeout: std::time::Duration::from_secs(600),
+        inbox,
     };
     let store = skillgraft::skill::store::Store::open(&store)?;
     let rt = skillgraft::fleet::http::runtime(1)?;

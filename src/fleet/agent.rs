@@ -5,7 +5,8 @@
 //! already installed is activated, another is downloaded (resuming a cut download where it
 //! stopped, never reading past the size the index gives), checked against the index's SHA-256,
 //! and installed, which checks the bundle's own signature and test-runs it. A refusal at any step
-//! leaves the store, and so the running skill, as it was.
+//! leaves the store, and so the running skill, as it was. Beside a running node, installs and
+//! activations go through the node's inbox, which swaps the new version in between two ticks.
 //!
 //! ```text
 //! STORE/.channel/keys.json, index.json   the documents last accepted (their ETags: SHA-256)
@@ -20,7 +21,8 @@ use ed25519_dalek::VerifyingKey;
 
 use super::FleetError;
 use super::channel::{self, Envelope, Seen};
-use super::client::{Client, join};
+use super::client::{Client, Upload, join};
+use super::push::Robot;
 use crate::file::FileError;
 use crate::skill::bundle::Limits;
 use crate::skill::store::Store;
@@ -45,6 +47,10 @@ pub struct AgentSettings {
     pub limits: Limits,
     /// Seconds a request (a whole download) may take.
     pub timeout: Duration,
+    /// The running node's inbox: installs and activations go through it, so the node swaps the
+    /// new version in; None installs into the store directly (a node picks the active version
+    /// up when it starts).
+    pub inbox: Option<Robot>,
 }
 
 /// What one poll did to one skill.
@@ -145,7 +151,14 @@ pub async fn poll(client: &Client, s: &AgentSettings, store: &Store) -> Result<P
         let action = match state {
             Some(st) if st.active == e.version && installed => "unchanged",
             _ if installed => {
-                store.activate(&e.name, &e.version).map_err(|x| FleetError::Config(x.to_string()))?;
+                match &s.inbox {
+                    Some(robot) => {
+                        super::push::change(robot, &e.name, Some(&e.version), s.timeout).await?;
+                    }
+                    None => {
+                        store.activate(&e.name, &e.version).map_err(|x| FleetError::Config(x.to_string()))?;
+                    }
+                }
                 "activated"
             }
             _ => {
@@ -197,7 +210,18 @@ async fn install(
             e.digest
         )));
     }
-    let result = store.install(&part, &s.trusted, s.limits).map_err(|x| FleetError::Config(x.to_string()));
+    let result = match &s.inbox {
+        Some(robot) => {
+            let r =
+                super::push::ask(robot, hyper::Method::POST, "/skills", Upload::File(part.clone()), s.timeout).await;
+            match r {
+                Ok(r) if r.status.is_success() => Ok(()),
+                Ok(r) => Err(FleetError::Refused { status: r.status.as_u16(), message: r.error() }),
+                Err(e) => Err(e),
+            }
+        }
+        None => store.install(&part, &s.trusted, s.limits).map(|_| ()).map_err(|x| FleetError::Config(x.to_string())),
+    };
     let _ = std::fs::remove_file(&part);
-    result.map(|_| ())
+    result
 }

@@ -1200,3 +1200,121 @@ fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index
     pulled("activated example-arm6 0.2.0");
     assert_eq!(active(), "0.2.0");
 }
+
+#[test]
+fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
+    if !common::isolated("a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (root, root_pub) = bundles::keys(d, "root");
+    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
+    let (fleet_tokens, ft) = token(d, "fleet.token");
+    let (robot_tokens, rt) = token(d, "robot.token");
+    let server = Server::start(&[
+        "fleet",
+        "serve",
+        "--store",
+        &p(&d.join("fleet")),
+        "--trust",
+        &p(&fleet_pub),
+        "--tokens",
+        &p(&fleet_tokens),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let url = server.url();
+    let keys = d.join("keys.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "keys",
+        "--root",
+        &p(&root),
+        "--fleet-key",
+        &p(&fleet_pub),
+        "--version",
+        "1",
+        "--out",
+        &p(&keys),
+    ]);
+    let publish = |serial: &str, bundle: &Path| {
+        let index = d.join(format!("stable-{serial}.json"));
+        common::succeeds(&[
+            "fleet",
+            "channel",
+            "sign",
+            "--key",
+            &p(&fleet_key),
+            "--channel",
+            "stable",
+            "--serial",
+            serial,
+            "--out",
+            &p(&index),
+            &p(bundle),
+        ]);
+        common::succeeds(&[
+            "fleet",
+            "channel",
+            "publish",
+            "--fleet",
+            &url,
+            "--token-file",
+            &p(&fleet_tokens),
+            "--keys",
+            &p(&keys),
+            "--index",
+            &p(&index),
+        ]);
+    };
+    let store = d.join("store");
+    let skill = d.join("launched");
+    common::copy_tree(&bundles::example(), &skill);
+    let _node = inbox_node(&skill, &store, &robot_tokens, &fleet_pub, &d.join("node.log"));
+    let running = || http(NODE_INBOX, "GET", "/skills", Some(&rt), b"").1["running"]["version"].clone();
+    assert_eq!(running(), "0.1.0");
+    let node_url = format!("http://{NODE_INBOX}");
+    let pulled = |words: &str| {
+        let out = common::skillgraft(&[
+            "agent",
+            "--fleet",
+            &url,
+            "--token-file",
+            &p(&fleet_tokens),
+            "--channel",
+            "stable",
+            "--root",
+            &p(&root_pub),
+            "--trust",
+            &p(&fleet_pub),
+            "--store",
+            &p(&store),
+            "--inbox",
+            &node_url,
+            "--inbox-token-file",
+            &p(&robot_tokens),
+            "--once",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success() && text.contains(words),
+            "should say {words:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    for (serial, version) in [("1", "0.2.0"), ("2", "0.3.0")] {
+        let bundle = bundles::pack(d, &fleet_key, version, &[]);
+        assert_eq!(post_bundle(&server.addr, "/catalog", &ft, &bundle).0, 201);
+        publish(serial, &bundle);
+        pulled(&format!("installed example-arm6 {version}"));
+        assert_eq!(running(), version, "the node swapped the channel's version in");
+    }
+    // The fleet rolls the channel back: the node's inbox activates the version its store has.
+    publish("3", &d.join("arm6-0.2.0.skill"));
+    pulled("activated example-arm6 0.2.0");
+    assert_eq!(running(), "0.2.0");
+}

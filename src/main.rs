@@ -604,6 +604,19 @@ enum FleetCommand {
         #[arg(long)]
         robots: PathBuf,
     },
+    /// Each robot's last report (what `skillgraft agent` says after a poll): its channel, the
+    /// serial it accepted, its active versions, and why a poll failed.
+    Reports {
+        /// The fleet server, http://host:port.
+        #[arg(long)]
+        fleet: String,
+        /// File holding the token to send.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Signed channels that robots follow: the root-signed list of fleet keys, a channel's
     /// signed index, and the checks a robot makes of them.
     #[command(subcommand)]
@@ -1883,6 +1896,43 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             changed(rt.block_on(push::change(registry.find(&robot)?, &name, None, timeout)))?;
         }
         FleetCommand::Channel(c) => channel(c)?,
+        FleetCommand::Reports { fleet, token_file, json } => {
+            let token = auth::read_token(&token_file)?;
+            let uri = skillgraft::fleet::client::join(&fleet, "/reports")?;
+            let r = rt.block_on(skillgraft::fleet::client::Client::new(Duration::from_secs(5)).request(
+                hyper::Method::GET,
+                uri,
+                &token,
+                &skillgraft::fleet::client::Upload::Empty,
+                timeout,
+            ))?;
+            if !r.status.is_success() {
+                return Err(format!("{fleet} refused ({}): {}", r.status, r.error()).into());
+            }
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r.body)?);
+            } else {
+                outln!("| robot | channel | serial | active | last poll | received |");
+                outln!("|---|---|---:|---|---|---|");
+                for x in r.body["reports"].as_array().into_iter().flatten() {
+                    let active: Vec<String> = x["active"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+                        .collect();
+                    outln!(
+                        "| {} | {} | {} | {} | {} | {} |",
+                        x["robot"].as_str().unwrap_or("?"),
+                        x["channel"].as_str().unwrap_or("?"),
+                        x["serial"].as_u64().map_or("-".into(), |s| s.to_string()),
+                        active.join(", "),
+                        x["error"].as_str().unwrap_or("ok"),
+                        x["received"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -2321,7 +2371,11 @@ fn agent(
     let stop = if once { None } else { Some(interrupted()?) };
     let mut rng = skillgraft::rng::SplitMix(std::process::id() as u64 ^ now_ns());
     loop {
-        match rt.block_on(poll(&client, &settings, &store)) {
+        let polled = rt.block_on(poll(&client, &settings, &store));
+        if let Err(e) = rt.block_on(skillgraft::fleet::agent::report(&client, &settings, &store, &polled)) {
+            tracing::warn!("the report did not reach the fleet server: {e}");
+        }
+        match polled {
             Ok(p) if json => outln!("{}", serde_json::to_string(&p)?),
             Ok(p) => {
                 let done: Vec<String> = p

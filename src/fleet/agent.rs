@@ -75,6 +75,62 @@ pub struct Polled {
     pub changes: Vec<Change>,
 }
 
+/// What a robot tells the fleet server after each poll (`PUT /reports/ROBOT`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// The robot (the store's identity: its host name unless named).
+    pub robot: String,
+    /// The channel it follows.
+    pub channel: String,
+    /// When the poll ended, RFC 3339.
+    pub time: String,
+    /// The serial it accepted, when the poll did.
+    pub serial: Option<u64>,
+    /// Each installed skill and its active version.
+    pub active: std::collections::BTreeMap<String, semver::Version>,
+    /// Why the poll failed, when it did.
+    pub error: Option<String>,
+    /// The node's inbox health, when the agent works through it.
+    pub node: Option<serde_json::Value>,
+}
+
+/// Reports the outcome of a poll to the fleet server.
+pub async fn report(
+    client: &Client,
+    s: &AgentSettings,
+    store: &Store,
+    polled: &Result<Polled, FleetError>,
+) -> Result<(), FleetError> {
+    let config = |e: &dyn std::fmt::Display| FleetError::Config(e.to_string());
+    let robot = store.identity().map_err(|e| config(&e))?.robot;
+    let active = store.list().map_err(|e| config(&e))?.into_iter().map(|e| (e.name, e.state.active)).collect();
+    let node = match &s.inbox {
+        Some(inbox) => {
+            super::push::ask(inbox, hyper::Method::GET, "/health", Upload::Empty, s.timeout).await.ok().map(|r| r.body)
+        }
+        None => None,
+    };
+    let r = Report {
+        robot: robot.clone(),
+        channel: s.channel.clone(),
+        time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        serial: polled.as_ref().ok().map(|p| p.serial),
+        active,
+        error: polled.as_ref().err().map(|e| e.to_string()),
+        node,
+    };
+    let uri = join(&s.fleet, &format!("/reports/{robot}")).map_err(|e| config(&e))?;
+    let body = Upload::Json(serde_json::to_value(&r).expect("serialises"));
+    let answer = client
+        .request(hyper::Method::PUT, uri, &s.token, &body, s.timeout)
+        .await
+        .map_err(|e| FleetError::Remote(format!("{}: the report: {e}", s.fleet)))?;
+    if !answer.status.is_success() {
+        return Err(FleetError::Refused { status: answer.status.as_u16(), message: answer.error() });
+    }
+    Ok(())
+}
+
 fn channel_dir(store: &Path) -> PathBuf {
     store.join(".channel")
 }

@@ -7,6 +7,7 @@
 //! DIR/robots.toml                  the registry: [[robot]] name, url, token_file
 //! DIR/keys.json                    the root-signed list of fleet keys (fleet channel keys)
 //! DIR/channels/CHANNEL.json        each channel's signed index (fleet channel sign)
+//! DIR/reports/ROBOT.json           each robot's last report
 //! DIR/.incoming/                   uploads being received
 //! ```
 //!
@@ -18,6 +19,8 @@
 //! GET  /robots                     {"robots": [{"name", "url"}]}
 //! GET  /keys                       the key list; ETag, If-None-Match gives 304
 //! PUT  /keys                       body: a key list; 201, 200 when the same, 409 when older
+//! GET  /reports                    {"reports": [each robot's last report, with "received"]}
+//! PUT  /reports/{robot}            body: the robot's report after a poll (skillgraft agent)
 //! GET  /channels/{channel}         the channel's index; ETag, If-None-Match gives 304
 //! PUT  /channels/{channel}         body: an index signed by a listed fleet key; 201, 200, 409
 //! ```
@@ -113,7 +116,7 @@ pub async fn serve(
     let trusted = bundle::read_trusted(&settings.trust).map_err(|e| FleetError::Config(e.to_string()))?;
     let tokens = Tokens::load(&settings.tokens)?;
     let root = settings.store.clone();
-    for d in [root.join("catalog"), root.join("channels"), root.join(".incoming")] {
+    for d in [root.join("catalog"), root.join("channels"), root.join("reports"), root.join(".incoming")] {
         std::fs::create_dir_all(&d).map_err(FileError::at("create", &d))?;
     }
     let incoming = root.join(".incoming");
@@ -144,6 +147,8 @@ pub async fn serve(
         .route("/robots", get(robots))
         .route("/keys", get(get_keys).put(put_keys))
         .route("/channels/{channel}", get(get_channel).put(put_channel))
+        .route("/reports", get(reports))
+        .route("/reports/{robot}", axum::routing::put(put_report))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
@@ -424,6 +429,46 @@ async fn put_channel(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn put_report(
+    State(s): State<Arc<Shared>>,
+    UrlPath(robot): UrlPath<String>,
+    axum::Json(mut report): axum::Json<serde_json::Value>,
+) -> Response {
+    if !crate::skill::manifest::valid_name(&robot)
+        || report.get("robot").and_then(|r| r.as_str()) != Some(robot.as_str())
+    {
+        return problem(StatusCode::BAD_REQUEST, format!("a report for {robot:?} must name that robot, a valid name"));
+    }
+    report["received"] = serde_json::json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    let path = s.root.join("reports").join(format!("{robot}.json"));
+    let bytes = serde_json::to_vec_pretty(&report).expect("serialises");
+    match tokio::task::spawn_blocking(move || crate::file::write_atomic(&path, &bytes)).await {
+        Ok(Ok(())) => reply(StatusCode::OK, serde_json::json!({ "stored": true })),
+        _ => {
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "the fleet server could not store the report; its log says why")
+        }
+    }
+}
+
+async fn reports(State(s): State<Arc<Shared>>) -> Response {
+    let dir = s.root.join("reports");
+    let work = move || -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by(|a, b| a["robot"].as_str().cmp(&b["robot"].as_str()));
+        out
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(list) => reply(StatusCode::OK, serde_json::json!({ "reports": list })),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn robots(State(s): State<Arc<Shared>>) -> Response {

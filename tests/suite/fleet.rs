@@ -1140,9 +1140,20 @@ fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index
         assert_eq!(active(), before, "a refusal leaves the running version");
     };
 
+    let reports = || {
+        let out = common::succeeds(&["fleet", "reports", "--fleet", &url, "--token-file", &p(&tokens), "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["reports"].as_array().unwrap().len(), 1, "one robot, its last report: {v}");
+        v["reports"][0].clone()
+    };
+
     release("1", "0.2.0");
     pulled("installed example-arm6 0.2.0");
     pulled("up to date");
+    let r = reports();
+    assert_eq!((r["channel"].as_str(), r["serial"].as_u64()), (Some("stable"), Some(1)), "{r}");
+    assert_eq!(r["active"]["example-arm6"], "0.2.0");
+    assert!(r["error"].is_null() && r["received"].is_string(), "{r}");
 
     // A download cut off halfway resumes from what arrived.
     let (b3, _) = release("2", "0.3.0");
@@ -1165,6 +1176,11 @@ fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index
     let good = std::fs::read_to_string(&served).unwrap();
     std::fs::write(&served, good.replacen("0.4.0", "0.2.0", 1)).unwrap();
     refused("not signed by a fleet key");
+    let r = reports();
+    assert!(r["error"].as_str().unwrap().contains("not signed by a fleet key"), "the fleet hears why: {r}");
+    assert_eq!(r["active"]["example-arm6"], "0.4.0");
+    let table = common::succeeds(&["fleet", "reports", "--fleet", &url, "--token-file", &p(&tokens)]);
+    assert!(table.contains("| stable |") && table.contains("example-arm6 0.4.0"), "{table}");
     std::fs::write(&served, std::fs::read(d.join("stable-1.json")).unwrap()).unwrap();
     refused("already accepted serial 3");
     std::fs::write(&served, std::fs::read(&i3).unwrap()).unwrap();
@@ -1317,4 +1333,7 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     publish("3", &d.join("arm6-0.2.0.skill"));
     pulled("activated example-arm6 0.2.0");
     assert_eq!(running(), "0.2.0");
+    let (_, v) = http(&server.addr, "GET", "/reports", Some(&ft), b"");
+    let r = &v["reports"][0];
+    assert_eq!(r["node"]["running"]["version"], "0.2.0", "the report carries the node's own account: {r}");
 }

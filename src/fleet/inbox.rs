@@ -76,6 +76,9 @@ pub trait Runner: Send + Sync {
     fn check(&self, manifest: &Manifest) -> Result<(), RunnerError>;
     /// Hands `skill` to the control loop, which swaps it in between two ticks.
     fn swap(&self, skill: Skill) -> Result<(), RunnerError>;
+    /// The node's own counters since it started (ticks, safety-filter interventions by kind,
+    /// actions published), for the fleet's health checks.
+    fn health(&self) -> serde_json::Value;
 }
 
 /// Why the node would not take a skill the inbox offered it.
@@ -292,6 +295,7 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
         serde_json::json!({
             "status": "ok",
             "running": running_json(&s),
+            "node": s.runner.as_ref().map(|r| r.health()),
             "bundles_accepted": s.stats.accepted.load(Ordering::Relaxed),
             "bundles_rejected": s.stats.rejected_total(),
             "bundles_rejected_by_reason": s.stats.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -545,6 +549,9 @@ mod tests {
         }
         fn swap(&self, _: Skill) -> Result<(), RunnerError> {
             Err(RunnerError::Swap("the control thread has stopped".into()))
+        }
+        fn health(&self) -> serde_json::Value {
+            serde_json::Value::Null
         }
     }
 

@@ -256,8 +256,8 @@ pub enum NodeError {
     Store(#[from] crate::skill::store::StoreError),
 }
 
-/// The inbox's view of the node: the skill slot.
-struct NodeRunner(Arc<Skills>);
+/// The inbox's view of the node: the skill slot, and its counters.
+struct NodeRunner(Arc<Skills>, Arc<NodeStats>);
 
 impl Runner for NodeRunner {
     fn running(&self) -> (String, String) {
@@ -271,6 +271,24 @@ impl Runner for NodeRunner {
 
     fn swap(&self, skill: Skill) -> Result<(), RunnerError> {
         self.0.swap(skill).map(|_| ()).map_err(|e| RunnerError::Swap(Box::new(e)))
+    }
+
+    fn health(&self) -> serde_json::Value {
+        let s = &self.1;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let interventions: serde_json::Map<String, serde_json::Value> = crate::control::safety::INTERVENTIONS
+            .iter()
+            .zip(&s.interventions.0)
+            .map(|(name, n)| (name.to_string(), load(n).into()))
+            .collect();
+        serde_json::json!({
+            "seconds": s.epoch.elapsed().as_secs_f64(),
+            "ticks": load(&s.ticks),
+            "deadline_misses": load(&s.deadline_misses),
+            "actions_published": load(&s.published),
+            "skill_swaps": load(&s.swaps),
+            "interventions": interventions,
+        })
     }
 }
 
@@ -473,7 +491,7 @@ impl RunningNode {
         // Before any thread of the node starts: a bad token file or a busy port stops the node
         // with nothing left running.
         let inbox = match (&cfg.inbox, cfg.policy) {
-            (Some(settings), true) => match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone())))) {
+            (Some(settings), true) => match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone(), stats.clone())))) {
                 Ok(inbox) => {
                     stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
                     Some(inbox)

@@ -1336,4 +1336,10 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     let (_, v) = http(&server.addr, "GET", "/reports", Some(&ft), b"");
     let r = &v["reports"][0];
     assert_eq!(r["node"]["running"]["version"], "0.2.0", "the report carries the node's own account: {r}");
+    let node = &r["node"]["node"];
+    assert!(node["ticks"].as_u64().unwrap() > 0 && node["skill_swaps"].as_u64().unwrap() >= 2, "{r}");
+    let i = &node["interventions"];
+    assert_eq!(i.as_object().unwrap().len(), 7, "every kind of intervention: {r}");
+    let safe = i["estop"].as_u64().unwrap() + i["stale_input"].as_u64().unwrap();
+    assert!(safe > 0, "no e-stop topic and no inputs: the node sent the safe action, and says so: {r}");
 }

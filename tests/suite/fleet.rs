@@ -879,6 +879,86 @@ fn the_node_ticks_through_every_attack_on_its_inbox() {
     assert!(!node_log().contains("panicked at"), "{}", node_log());
 }
 
+fn s(x: &Path) -> String {
+    x.to_str().unwrap().to_string()
+}
+
+/// A fleet server for signed channels, with the root and fleet keys, a token, and a key list
+/// (version 1, listing the fleet key) signed but not yet published.
+struct Channels {
+    server: Server,
+    url: String,
+    root: PathBuf,
+    root_pub: PathBuf,
+    fleet_key: PathBuf,
+    fleet_pub: PathBuf,
+    tokens: PathBuf,
+    token: String,
+    keys: PathBuf,
+    store: PathBuf,
+}
+
+fn channels(d: &Path) -> Channels {
+    let (root, root_pub) = bundles::keys(d, "root");
+    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
+    let (tokens, token) = token(d, "fleet.token");
+    let store = d.join("fleet");
+    let server = Server::start(&[
+        "fleet",
+        "serve",
+        "--store",
+        &s(&store),
+        "--trust",
+        &s(&fleet_pub),
+        "--tokens",
+        &s(&tokens),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let keys = d.join("keys.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "keys",
+        "--root",
+        &s(&root),
+        "--fleet-key",
+        &s(&fleet_pub),
+        "--version",
+        "1",
+        "--out",
+        &s(&keys),
+    ]);
+    Channels { url: server.url(), server, root, root_pub, fleet_key, fleet_pub, tokens, token, keys, store }
+}
+
+/// Signs `channel`'s index at `serial` with `key`, offering `bundle`; returns its file.
+fn sign_index(d: &Path, key: &Path, channel: &str, serial: &str, bundle: &Path) -> PathBuf {
+    let out = d.join(format!("{channel}-{serial}.json"));
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "sign",
+        "--key",
+        &s(key),
+        "--channel",
+        channel,
+        "--serial",
+        serial,
+        "--out",
+        &s(&out),
+        &s(bundle),
+    ]);
+    out
+}
+
+/// `fleet channel publish` to `c`'s server with `args`.
+fn publish(c: &Channels, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["fleet", "channel", "publish", "--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap()];
+    all.extend_from_slice(args);
+    common::skillgraft(&all)
+}
+
 /// A GET with extra header lines; returns the status, the headers and the body bytes.
 fn get_with(addr: &str, path: &str, token: &str, extra: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -903,63 +983,17 @@ fn header<'a>(headers: &'a str, name: &str) -> &'a str {
 fn the_fleet_server_serves_signed_channels_with_etags_refuses_older_ones_and_resumes_downloads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let p = |x: &Path| x.to_str().unwrap().to_string();
-    let (root, _) = bundles::keys(d, "root");
-    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
+    let c = channels(d);
+    let (p, t, fleet_key) = (s, c.token.clone(), c.fleet_key.clone());
     let (stranger, _) = bundles::keys(d, "stranger");
-    let (tokens, t) = token(d, "fleet.token");
-    let server = Server::start(&[
-        "fleet",
-        "serve",
-        "--store",
-        &p(&d.join("fleet")),
-        "--trust",
-        &p(&fleet_pub),
-        "--tokens",
-        &p(&tokens),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let server = &c.server;
     let bundle = bundles::pack(d, &fleet_key, "0.2.0", &[]);
     assert_eq!(post_bundle(&server.addr, "/catalog", &t, &bundle).0, 201);
-    let keys = d.join("keys.json");
-    common::succeeds(&[
-        "fleet",
-        "channel",
-        "keys",
-        "--root",
-        &p(&root),
-        "--fleet-key",
-        &p(&fleet_pub),
-        "--version",
-        "1",
-        "--out",
-        &p(&keys),
-    ]);
-    let sign = |serial: &str, with: &Path, channel: &str| {
-        let out = d.join(format!("{channel}-{serial}.json"));
-        common::succeeds(&[
-            "fleet",
-            "channel",
-            "sign",
-            "--key",
-            &p(with),
-            "--channel",
-            channel,
-            "--serial",
-            serial,
-            "--out",
-            &p(&out),
-            &p(&bundle),
-        ]);
-        out
-    };
-    let url = server.url();
-    let publish = |args: &[&str]| {
-        let mut all = vec!["fleet", "channel", "publish", "--fleet", &url, "--token-file", tokens.to_str().unwrap()];
-        all.extend_from_slice(args);
-        common::skillgraft(&all)
-    };
+    let keys = c.keys.clone();
+    let root = c.root.clone();
+    let fleet_pub = c.fleet_pub.clone();
+    let sign = |serial: &str, with: &Path, channel: &str| sign_index(d, with, channel, serial, &bundle);
+    let publish = |args: &[&str]| publish(&c, args);
     let refused = |args: &[&str], words: &str| {
         let out = publish(args);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -1025,78 +1059,16 @@ fn the_fleet_server_serves_signed_channels_with_etags_refuses_older_ones_and_res
 fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index_does_not_vouch_for() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let p = |x: &Path| x.to_str().unwrap().to_string();
-    let (root, root_pub) = bundles::keys(d, "root");
-    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
-    let (tokens, t) = token(d, "fleet.token");
-    let server_dir = d.join("fleet");
-    let server = Server::start(&[
-        "fleet",
-        "serve",
-        "--store",
-        &p(&server_dir),
-        "--trust",
-        &p(&fleet_pub),
-        "--tokens",
-        &p(&tokens),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let url = server.url();
-    let keys = d.join("keys.json");
-    common::succeeds(&[
-        "fleet",
-        "channel",
-        "keys",
-        "--root",
-        &p(&root),
-        "--fleet-key",
-        &p(&fleet_pub),
-        "--version",
-        "1",
-        "--out",
-        &p(&keys),
-    ]);
-    common::succeeds(&[
-        "fleet",
-        "channel",
-        "publish",
-        "--fleet",
-        &url,
-        "--token-file",
-        &p(&tokens),
-        "--keys",
-        &p(&keys),
-    ]);
+    let c = channels(d);
+    let (p, t, url, tokens) = (s, c.token.clone(), c.url.clone(), c.tokens.clone());
+    let (fleet_key, fleet_pub, root_pub) = (c.fleet_key.clone(), c.fleet_pub.clone(), c.root_pub.clone());
+    let (server, server_dir) = (&c.server, c.store.clone());
+    assert!(publish(&c, &["--keys", &s(&c.keys)]).status.success());
     let release = |serial: &str, version: &str| {
         let bundle = bundles::pack(d, &fleet_key, version, &[]);
         assert!([200, 201].contains(&post_bundle(&server.addr, "/catalog", &t, &bundle).0));
-        let index = d.join(format!("stable-{serial}.json"));
-        common::succeeds(&[
-            "fleet",
-            "channel",
-            "sign",
-            "--key",
-            &p(&fleet_key),
-            "--channel",
-            "stable",
-            "--serial",
-            serial,
-            "--out",
-            &p(&index),
-            &p(&bundle),
-        ]);
-        common::succeeds(&[
-            "fleet",
-            "channel",
-            "publish",
-            "--fleet",
-            &url,
-            "--token-file",
-            &p(&tokens),
-            "--index",
-            &p(&index),
-        ]);
+        let index = sign_index(d, &fleet_key, "stable", serial, &bundle);
+        assert!(publish(&c, &["--index", &s(&index)]).status.success());
         (bundle, index)
     };
     let store = d.join("robot-store");
@@ -1187,32 +1159,8 @@ fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index
     pulled("up to date");
 
     // The fleet rolls the channel back to a version the robot has: it is activated, not fetched.
-    let index = d.join("stable-4.json");
-    common::succeeds(&[
-        "fleet",
-        "channel",
-        "sign",
-        "--key",
-        &p(&fleet_key),
-        "--channel",
-        "stable",
-        "--serial",
-        "4",
-        "--out",
-        &p(&index),
-        &p(&d.join("arm6-0.2.0.skill")),
-    ]);
-    common::succeeds(&[
-        "fleet",
-        "channel",
-        "publish",
-        "--fleet",
-        &url,
-        "--token-file",
-        &p(&tokens),
-        "--index",
-        &p(&index),
-    ]);
+    let index = sign_index(d, &fleet_key, "stable", "4", &d.join("arm6-0.2.0.skill"));
+    assert!(publish(&c, &["--index", &s(&index)]).status.success());
     pulled("activated example-arm6 0.2.0");
     assert_eq!(active(), "0.2.0");
 }
@@ -1224,67 +1172,14 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let p = |x: &Path| x.to_str().unwrap().to_string();
-    let (root, root_pub) = bundles::keys(d, "root");
-    let (fleet_key, fleet_pub) = bundles::keys(d, "fleet");
-    let (fleet_tokens, ft) = token(d, "fleet.token");
+    let c = channels(d);
+    let (p, ft, url, fleet_tokens) = (s, c.token.clone(), c.url.clone(), c.tokens.clone());
+    let (fleet_key, fleet_pub, root_pub) = (c.fleet_key.clone(), c.fleet_pub.clone(), c.root_pub.clone());
+    let server = &c.server;
     let (robot_tokens, rt) = token(d, "robot.token");
-    let server = Server::start(&[
-        "fleet",
-        "serve",
-        "--store",
-        &p(&d.join("fleet")),
-        "--trust",
-        &p(&fleet_pub),
-        "--tokens",
-        &p(&fleet_tokens),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let url = server.url();
-    let keys = d.join("keys.json");
-    common::succeeds(&[
-        "fleet",
-        "channel",
-        "keys",
-        "--root",
-        &p(&root),
-        "--fleet-key",
-        &p(&fleet_pub),
-        "--version",
-        "1",
-        "--out",
-        &p(&keys),
-    ]);
     let publish = |serial: &str, bundle: &Path| {
-        let index = d.join(format!("stable-{serial}.json"));
-        common::succeeds(&[
-            "fleet",
-            "channel",
-            "sign",
-            "--key",
-            &p(&fleet_key),
-            "--channel",
-            "stable",
-            "--serial",
-            serial,
-            "--out",
-            &p(&index),
-            &p(bundle),
-        ]);
-        common::succeeds(&[
-            "fleet",
-            "channel",
-            "publish",
-            "--fleet",
-            &url,
-            "--token-file",
-            &p(&fleet_tokens),
-            "--keys",
-            &p(&keys),
-            "--index",
-            &p(&index),
-        ]);
+        let index = sign_index(d, &fleet_key, "stable", serial, bundle);
+        assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&index)]).status.success());
     };
     let store = d.join("store");
     let skill = d.join("launched");

@@ -952,6 +952,29 @@ fn sign_index(d: &Path, key: &Path, channel: &str, serial: &str, bundle: &Path) 
     out
 }
 
+/// `skillgraft agent --once` following `stable` on `c`'s server into `store`, with `extra`.
+fn agent(c: &Channels, store: &Path, extra: &[&str]) -> std::process::Output {
+    let (tokens, root, trust, store) = (s(&c.tokens), s(&c.root_pub), s(&c.fleet_pub), s(store));
+    let mut all = vec![
+        "agent",
+        "--fleet",
+        &c.url,
+        "--token-file",
+        &tokens,
+        "--channel",
+        "stable",
+        "--root",
+        &root,
+        "--trust",
+        &trust,
+        "--store",
+        &store,
+        "--once",
+    ];
+    all.extend_from_slice(extra);
+    common::skillgraft(&all)
+}
+
 /// `fleet channel publish` to `c`'s server with `args`.
 fn publish(c: &Channels, args: &[&str]) -> std::process::Output {
     let mut all = vec!["fleet", "channel", "publish", "--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap()];
@@ -1061,7 +1084,7 @@ fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index
     let d = dir.path();
     let c = channels(d);
     let (p, t, url, tokens) = (s, c.token.clone(), c.url.clone(), c.tokens.clone());
-    let (fleet_key, fleet_pub, root_pub) = (c.fleet_key.clone(), c.fleet_pub.clone(), c.root_pub.clone());
+    let fleet_key = c.fleet_key.clone();
     let (server, server_dir) = (&c.server, c.store.clone());
     assert!(publish(&c, &["--keys", &s(&c.keys)]).status.success());
     let release = |serial: &str, version: &str| {
@@ -1072,24 +1095,7 @@ fn a_robot_pulls_its_channel_resumes_downloads_and_refuses_what_the_signed_index
         (bundle, index)
     };
     let store = d.join("robot-store");
-    let agent = || {
-        common::skillgraft(&[
-            "agent",
-            "--fleet",
-            &url,
-            "--token-file",
-            &p(&tokens),
-            "--channel",
-            "stable",
-            "--root",
-            &p(&root_pub),
-            "--trust",
-            &p(&fleet_pub),
-            "--store",
-            &p(&store),
-            "--once",
-        ])
-    };
+    let agent = || agent(&c, &store, &[]);
     let pulled = |words: &str| {
         let out = agent();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -1173,8 +1179,8 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let c = channels(d);
-    let (p, ft, url, fleet_tokens) = (s, c.token.clone(), c.url.clone(), c.tokens.clone());
-    let (fleet_key, fleet_pub, root_pub) = (c.fleet_key.clone(), c.fleet_pub.clone(), c.root_pub.clone());
+    let (p, ft) = (s, c.token.clone());
+    let (fleet_key, fleet_pub) = (c.fleet_key.clone(), c.fleet_pub.clone());
     let server = &c.server;
     let (robot_tokens, rt) = token(d, "robot.token");
     let publish = |serial: &str, bundle: &Path| {
@@ -1189,26 +1195,7 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     assert_eq!(running(), "0.1.0");
     let node_url = format!("http://{NODE_INBOX}");
     let pulled = |words: &str| {
-        let out = common::skillgraft(&[
-            "agent",
-            "--fleet",
-            &url,
-            "--token-file",
-            &p(&fleet_tokens),
-            "--channel",
-            "stable",
-            "--root",
-            &p(&root_pub),
-            "--trust",
-            &p(&fleet_pub),
-            "--store",
-            &p(&store),
-            "--inbox",
-            &node_url,
-            "--inbox-token-file",
-            &p(&robot_tokens),
-            "--once",
-        ]);
+        let out = agent(&c, &store, &["--inbox", &node_url, "--inbox-token-file", &p(&robot_tokens)]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success() && text.contains(words),

@@ -491,16 +491,18 @@ impl RunningNode {
         // Before any thread of the node starts: a bad token file or a busy port stops the node
         // with nothing left running.
         let inbox = match (&cfg.inbox, cfg.policy) {
-            (Some(settings), true) => match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone(), stats.clone())))) {
-                Ok(inbox) => {
-                    stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
-                    Some(inbox)
+            (Some(settings), true) => {
+                match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone(), stats.clone())))) {
+                    Ok(inbox) => {
+                        stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
+                        Some(inbox)
+                    }
+                    Err(e) => {
+                        live.stop();
+                        return Err(e.into());
+                    }
                 }
-                Err(e) => {
-                    live.stop();
-                    return Err(e.into());
-                }
-            },
+            }
             _ => None,
         };
         let mut threads = Vec::new();

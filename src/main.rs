@@ -521,6 +521,10 @@ enum FleetCommand {
         /// Address to listen on.
         #[arg(long, default_value = skillgraft::fleet::server::DEFAULT_LISTEN)]
         listen: String,
+        /// The root key's public file: a key list is stored only when it signed it (without it,
+        /// the robots' own check is the only one).
+        #[arg(long)]
+        channel_root: Option<PathBuf>,
         #[command(flatten)]
         intake: Intake,
     },
@@ -1780,10 +1784,10 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
     };
     let timeout = Duration::from_secs(60);
     match cmd {
-        FleetCommand::Serve { listen, intake: Intake { store, trust, tokens, max_mib, http } } => {
+        FleetCommand::Serve { listen, channel_root, intake: Intake { store, trust, tokens, max_mib, http } } => {
             let http = http.limits()?;
             let rx = interrupted()?;
-            let settings = server::ServerSettings { store, listen, trust, tokens, max_mib, http };
+            let settings = server::ServerSettings { store, listen, trust, tokens, max_mib, http, channel_root };
             rt.block_on(server::serve(
                 &settings,
                 async {

@@ -263,6 +263,14 @@ pub fn read_keys(env: &Envelope) -> Result<Keys, ChannelError> {
     Ok(k)
 }
 
+/// A key list checked against `root` (a server given the root key refuses others).
+pub fn read_root_signed(env: &Envelope, root: &VerifyingKey) -> Result<Keys, ChannelError> {
+    if !signed_by(env, std::slice::from_ref(root)) {
+        return Err(ChannelError::Signature { what: "key list", by: "the root key" });
+    }
+    read_keys(env)
+}
+
 /// An index checked against the fleet keys `keys` lists and its expiry at `now`, for `channel`.
 pub fn read_index(keys: &Keys, env: &Envelope, channel: &str, now: SystemTime) -> Result<Index, ChannelError> {
     const CI: &str = "channel index";
@@ -296,10 +304,7 @@ pub fn verify(
     now: SystemTime,
 ) -> Result<Accepted, ChannelError> {
     const KL: &str = "key list";
-    if !signed_by(keys, std::slice::from_ref(root)) {
-        return Err(ChannelError::Signature { what: KL, by: "the root key this robot trusts" });
-    }
-    let k = read_keys(keys)?;
+    let k = read_root_signed(keys, root)?;
     expired(KL, &k.expires, now)?;
     if k.version < seen.keys_version {
         return Err(ChannelError::Rollback { what: KL, field: "version", got: k.version, seen: seen.keys_version });

@@ -90,6 +90,8 @@ pub struct ServerSettings {
     pub max_mib: u64,
     /// What each client is allowed: connections, deadlines, uploads at once and how slow.
     pub http: HttpLimits,
+    /// The channels' root public key: key lists not signed by it are refused.
+    pub channel_root: Option<PathBuf>,
 }
 
 struct Shared {
@@ -100,6 +102,8 @@ struct Shared {
     http: HttpLimits,
     sandbox: Sandbox,
     seq: std::sync::atomic::AtomicU64,
+    /// The channels' root key, when the server was given it.
+    channel_root: Option<VerifyingKey>,
     /// Uploads received at once.
     uploads: Arc<tokio::sync::Semaphore>,
     /// One check and catalog change at a time: two uploads of one version must not both pass
@@ -114,6 +118,21 @@ pub async fn serve(
     bound: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), FleetError> {
     let trusted = bundle::read_trusted(&settings.trust).map_err(|e| FleetError::Config(e.to_string()))?;
+    let channel_root = match &settings.channel_root {
+        None => None,
+        Some(path) => {
+            match bundle::read_trusted(std::slice::from_ref(path)).map_err(|e| FleetError::Config(e.to_string()))?[..] {
+                [key] => Some(key),
+                ref keys => {
+                    return Err(FleetError::Config(format!(
+                        "{} holds {} keys; --channel-root takes the one root key",
+                        path.display(),
+                        keys.len()
+                    )));
+                }
+            }
+        }
+    };
     let tokens = Tokens::load(&settings.tokens)?;
     let root = settings.store.clone();
     for d in [root.join("catalog"), root.join("channels"), root.join("reports"), root.join(".incoming")] {
@@ -136,6 +155,7 @@ pub async fn serve(
         http: settings.http,
         sandbox,
         seq: Default::default(),
+        channel_root,
         uploads: Arc::new(tokio::sync::Semaphore::new(settings.http.uploads.max(1))),
         adding: Default::default(),
     });
@@ -359,7 +379,13 @@ fn unprocessable(e: channel::ChannelError) -> (StatusCode, String) {
 
 async fn put_keys(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let work = move || {
-        let new = match envelope(&body).and_then(|e| channel::read_keys(&e).map_err(unprocessable)) {
+        let checked = envelope(&body).and_then(|e| {
+            if let Some(root) = &s.channel_root {
+                channel::read_root_signed(&e, root).map_err(unprocessable)?;
+            }
+            channel::read_keys(&e).map_err(unprocessable)
+        });
+        let new = match checked {
             Ok(k) => k,
             Err((status, message)) => return problem(status, message),
         };

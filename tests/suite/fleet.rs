@@ -883,7 +883,7 @@ fn s(x: &Path) -> String {
     x.to_str().unwrap().to_string()
 }
 
-/// A fleet server for signed channels, with the root and fleet keys, a token, and a key list
+/// A fleet server for signed channels (given the root key), with the root and fleet keys, a token, and a key list
 /// (version 1, listing the fleet key) signed but not yet published.
 struct Channels {
     server: Server,
@@ -912,6 +912,8 @@ fn channels(d: &Path) -> Channels {
         &s(&fleet_pub),
         "--tokens",
         &s(&tokens),
+        "--channel-root",
+        &s(&root_pub),
         "--listen",
         "127.0.0.1:0",
     ]);
@@ -1049,6 +1051,21 @@ fn the_fleet_server_serves_signed_channels_with_etags_refuses_older_ones_and_res
         &p(&older_keys),
     ]);
     refused(&["--keys", &p(&older_keys)], "has version 1; publish a new one under a higher version");
+    let forged_keys = d.join("keys-forged.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "keys",
+        "--root",
+        &p(&stranger),
+        "--fleet-key",
+        &p(&fleet_pub),
+        "--version",
+        "9",
+        "--out",
+        &p(&forged_keys),
+    ]);
+    refused(&["--keys", &p(&forged_keys)], "not signed by the root key");
 
     // Robots poll with the ETag they have: an unchanged index costs a 304 and no body.
     let (status, headers, body) = get_with(&server.addr, "/channels/stable", &t, "");

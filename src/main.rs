@@ -608,6 +608,10 @@ enum FleetCommand {
         #[arg(long)]
         robots: PathBuf,
     },
+    /// Staged rollouts of a channel: robots get the new index wave by wave (by a stable hash of
+    /// their name), or all go back.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Each robot's last report (what `skillgraft agent` says after a poll): its channel, the
     /// serial it accepted, its active versions, and why a poll failed.
     Reports {
@@ -625,6 +629,58 @@ enum FleetCommand {
     /// signed index, and the checks a robot makes of them.
     #[command(subcommand)]
     Channel(ChannelCommand),
+}
+
+/// Where a staged rollout is sent.
+#[derive(clap::Args, Debug, Clone)]
+struct RolloutTarget {
+    /// The fleet server, http://host:port.
+    #[arg(long)]
+    fleet: String,
+    /// File holding the token to send.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Start: robots of the first wave get the new index; the others keep the channel's.
+    Start {
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// The new index (`fleet channel sign`, a serial above the channel's).
+        #[arg(long)]
+        new: PathBuf,
+        /// The index every robot gets if the rollout halts: the channel's skills now, under a
+        /// serial above the new one (signed ahead, so a halt needs no key).
+        #[arg(long)]
+        back: PathBuf,
+        /// Shares of the robots per wave, %, rising to 100.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+        waves: Vec<u8>,
+    },
+    /// The next wave (after the last, the new index becomes the channel's).
+    Advance {
+        #[command(flatten)]
+        target: RolloutTarget,
+    },
+    /// Every robot gets the back index.
+    Halt {
+        #[command(flatten)]
+        target: RolloutTarget,
+    },
+    /// The rollout's state, and per wave its robots, how many run the new index and how many
+    /// failed their last poll.
+    Status {
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1900,6 +1956,7 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
             changed(rt.block_on(push::change(registry.find(&robot)?, &name, None, timeout)))?;
         }
         FleetCommand::Channel(c) => channel(c)?,
+        FleetCommand::Rollout(r) => rollout(&rt, r)?,
         FleetCommand::Reports { fleet, token_file, json } => {
             let token = auth::read_token(&token_file)?;
             let uri = skillgraft::fleet::client::join(&fleet, "/reports")?;
@@ -1936,6 +1993,71 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use skillgraft::fleet::client::{Client, Upload, join};
+    let (target, method, path, body, json) = match cmd {
+        RolloutCommand::Start { target, new, back, waves } => {
+            let body = serde_json::json!({ "new": envelope(&new)?, "back": envelope(&back)?, "waves": waves });
+            let path = format!("/rollouts/{}", target.channel);
+            (target, hyper::Method::POST, path, Upload::Json(body), false)
+        }
+        RolloutCommand::Advance { target } => {
+            let path = format!("/rollouts/{}/advance", target.channel);
+            (target, hyper::Method::POST, path, Upload::Empty, false)
+        }
+        RolloutCommand::Halt { target } => {
+            let path = format!("/rollouts/{}/halt", target.channel);
+            (target, hyper::Method::POST, path, Upload::Empty, false)
+        }
+        RolloutCommand::Status { target, json } => {
+            let path = format!("/rollouts/{}", target.channel);
+            (target, hyper::Method::GET, path, Upload::Empty, json)
+        }
+    };
+    let token = skillgraft::fleet::auth::read_token(&target.token_file)?;
+    let uri = join(&target.fleet, &path)?;
+    let r = rt.block_on(Client::new(std::time::Duration::from_secs(5)).request(
+        method,
+        uri,
+        &token,
+        &body,
+        std::time::Duration::from_secs(60),
+    ))?;
+    if !r.status.is_success() {
+        return Err(format!("{} refused ({}): {}", target.fleet, r.status, r.error()).into());
+    }
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&r.body)?);
+        return Ok(());
+    }
+    let ro = r.body.get("rollout").unwrap_or(&r.body);
+    let waves: Vec<String> = ro["waves"].as_array().into_iter().flatten().map(|w| format!("{w} %")).collect();
+    outln!(
+        "channel {}: {} at wave {} of {} ({}); new serial {}, back serial {}",
+        ro["channel"].as_str().unwrap_or("?"),
+        ro["state"].as_str().unwrap_or("?"),
+        ro["stage"].as_u64().unwrap_or(0) + 1,
+        waves.len(),
+        waves.join(", "),
+        ro["new_serial"],
+        ro["back_serial"]
+    );
+    if let Some(w) = r.body.get("waves").and_then(|w| w.as_array()) {
+        outln!("| wave | robots | on the new index | last poll failed |");
+        outln!("|---|---:|---:|---:|");
+        for x in w {
+            outln!(
+                "| up to {} % | {} | {} | {} |",
+                x["up_to_percent"],
+                x["robots"],
+                x["on_new"],
+                x["last_poll_failed"]
+            );
         }
     }
     Ok(())

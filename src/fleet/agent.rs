@@ -185,7 +185,10 @@ pub async fn poll(client: &Client, s: &AgentSettings, store: &Store) -> Result<P
     std::fs::create_dir_all(&downloads).map_err(FileError::at("create", &downloads))?;
     let (keys_file, index_file, seen_file) = (dir.join("keys.json"), dir.join("index.json"), dir.join("seen.json"));
     let (keys, keys_new) = fetch(client, s, "/keys", read_cached(&keys_file)).await?;
-    let (index, index_new) = fetch(client, s, &format!("/channels/{}", s.channel), read_cached(&index_file)).await?;
+    // The robot's name places it in a staged rollout's waves.
+    let robot = store.identity().map_err(|e| FleetError::Config(e.to_string()))?.robot;
+    let path = format!("/channels/{}?robot={robot}", s.channel);
+    let (index, index_new) = fetch(client, s, &path, read_cached(&index_file)).await?;
     let seen = Seen::load(&seen_file)?;
     // Checked on every poll, unchanged or not: an index held back past its expiry is refused.
     let accepted = channel::verify(

@@ -207,6 +207,13 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// A robot's place in a staged rollout of `channel`: 0 to 99 from a hash of its name, the same
+/// on every server and every run; a wave of p % holds the robots below p.
+pub fn wave_bucket(channel: &str, robot: &str) -> u8 {
+    let h = Sha256::digest(format!("{channel}/{robot}").as_bytes());
+    (u16::from_be_bytes([h[0], h[1]]) % 100) as u8
+}
+
 /// What a robot remembers of the documents it accepted, so that older ones are refused.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,6 +8,7 @@
 //! DIR/keys.json                    the root-signed list of fleet keys (fleet channel keys)
 //! DIR/channels/CHANNEL.json        each channel's signed index (fleet channel sign)
 //! DIR/reports/ROBOT.json           each robot's last report
+//! DIR/rollouts/CHANNEL.json        a staged rollout's state; .new.json and .back.json its indexes
 //! DIR/.incoming/                   uploads being received
 //! ```
 //!
@@ -21,7 +22,12 @@
 //! PUT  /keys                       body: a key list; 201, 200 when the same, 409 when older
 //! GET  /reports                    {"reports": [each robot's last report, with "received"]}
 //! PUT  /reports/{robot}            body: the robot's report after a poll (skillgraft agent)
-//! GET  /channels/{channel}         the channel's index; ETag, If-None-Match gives 304
+//! GET  /channels/{channel}[?robot=ID]  the channel's index (during a staged rollout, the
+//!                                  robot's wave decides which); ETag, If-None-Match gives 304
+//! POST /rollouts/{channel}         {"new": index, "back": index, "waves": [1, 10, 50, 100]}
+//! POST /rollouts/{channel}/advance the next wave (after the last: the rollout is done)
+//! POST /rollouts/{channel}/halt    every robot gets the `back` index
+//! GET  /rollouts/{channel}         the rollout's state, and per wave its robots' reports
 //! PUT  /channels/{channel}         body: an index signed by a listed fleet key; 201, 200, 409
 //! ```
 //!
@@ -135,7 +141,13 @@ pub async fn serve(
     };
     let tokens = Tokens::load(&settings.tokens)?;
     let root = settings.store.clone();
-    for d in [root.join("catalog"), root.join("channels"), root.join("reports"), root.join(".incoming")] {
+    for d in [
+        root.join("catalog"),
+        root.join("channels"),
+        root.join("reports"),
+        root.join("rollouts"),
+        root.join(".incoming"),
+    ] {
         std::fs::create_dir_all(&d).map_err(FileError::at("create", &d))?;
     }
     let incoming = root.join(".incoming");
@@ -167,6 +179,8 @@ pub async fn serve(
         .route("/robots", get(robots))
         .route("/keys", get(get_keys).put(put_keys))
         .route("/channels/{channel}", get(get_channel).put(put_channel))
+        .route("/rollouts/{channel}", get(rollout_status).post(rollout_start))
+        .route("/rollouts/{channel}/{action}", axum::routing::post(rollout_act))
         .route("/reports", get(reports))
         .route("/reports/{robot}", axum::routing::put(put_report))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
@@ -328,12 +342,243 @@ async fn get_keys(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
         .await
 }
 
-async fn get_channel(State(s): State<Arc<Shared>>, UrlPath(channel): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn get_channel(
+    State(s): State<Arc<Shared>>,
+    UrlPath(channel): UrlPath<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     if !crate::skill::manifest::valid_name(&channel) {
         return problem(StatusCode::BAD_REQUEST, format!("{channel:?} is not a channel name"));
     }
+    let mut path = channel_path(&s.root, &channel);
+    // `?robot=ID`: robot names are plain (letters, digits, `-`, `_`), so no decoding is needed.
+    let robot = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("robot=")));
+    if let (Some(robot), Ok(r)) = (robot, read_rollout(&s.root, &channel)) {
+        let bucket = channel::wave_bucket(&channel, robot);
+        if r.state == RolloutState::Running && bucket < r.waves[r.stage] {
+            path = rollout_path(&s.root, &channel, "new");
+        }
+    }
     let missing = format!("no channel `{channel}`; publish its index with `fleet channel publish --index`");
-    document(channel_path(&s.root, &channel), &headers, missing).await
+    document(path, &headers, missing).await
+}
+
+/// Where a staged rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Robots of the waves reached get the new index.
+    Running,
+    /// Every robot gets the `back` index.
+    Halted,
+    /// Every robot gets the new index; the channel's index is it.
+    Done,
+}
+
+/// A staged rollout of one channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The channel.
+    pub channel: String,
+    /// Per wave, the share of robots (%) that get the new index; the last is 100.
+    pub waves: Vec<u8>,
+    /// The wave reached.
+    pub stage: usize,
+    /// Where it stands.
+    pub state: RolloutState,
+    /// The new index's serial.
+    pub new_serial: u64,
+    /// The `back` index's serial.
+    pub back_serial: u64,
+    /// When it started, and when it last changed (RFC 3339).
+    pub started: String,
+    /// When it last changed.
+    pub changed: String,
+}
+
+fn rollout_path(root: &Path, channel: &str, part: &str) -> PathBuf {
+    let name = if part.is_empty() { format!("{channel}.json") } else { format!("{channel}.{part}.json") };
+    root.join("rollouts").join(name)
+}
+
+fn read_rollout(root: &Path, channel: &str) -> Result<Rollout, String> {
+    let bytes =
+        std::fs::read(rollout_path(root, channel, "")).map_err(|_| format!("no rollout of channel `{channel}`"))?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// What starts a rollout: the new index, the index to go back to, and the waves.
+#[derive(Deserialize)]
+struct RolloutStart {
+    new: channel::Envelope,
+    back: channel::Envelope,
+    waves: Vec<u8>,
+}
+
+async fn rollout_start(
+    State(s): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    axum::Json(start): axum::Json<RolloutStart>,
+) -> Response {
+    if !crate::skill::manifest::valid_name(&name) {
+        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
+    }
+    let work = move || -> Result<Rollout, (StatusCode, String)> {
+        let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &start.waves;
+        if w.is_empty() || w.last() != Some(&100) || w.windows(2).any(|p| p[0] >= p[1]) || w[0] == 0 {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("waves {w:?}: give rising shares of the robots, 1 to 100, ending at 100 (e.g. 1,10,50,100)"),
+            ));
+        }
+        if let Ok(r) = read_rollout(&s.root, &name)
+            && r.state == RolloutState::Running
+        {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "a rollout of channel `{name}` is running (wave {} of {}); halt it or let it finish first",
+                    r.stage + 1,
+                    r.waves.len()
+                ),
+            ));
+        }
+        let keys = std::fs::read(keys_path(&s.root))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<channel::Envelope>(&b).ok())
+            .and_then(|e| channel::read_keys(&e).ok())
+            .ok_or((StatusCode::CONFLICT, "this server has no key list; publish it first".to_string()))?;
+        let current: channel::Index = std::fs::read(channel_path(&s.root, &name))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<channel::Envelope>(&b).ok())
+            .and_then(|e| serde_json::from_str(&e.payload).ok())
+            .ok_or((
+                StatusCode::CONFLICT,
+                format!("channel `{name}` has no index to roll out from; publish one first"),
+            ))?;
+        let now = std::time::SystemTime::now();
+        let new = channel::read_index(&keys, &start.new, &name, now).map_err(unprocessable)?;
+        let back = channel::read_index(&keys, &start.back, &name, now).map_err(unprocessable)?;
+        if !(current.serial < new.serial && new.serial < back.serial) {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "serials must rise: the channel's {} < the new index's {} < the back index's {}",
+                    current.serial, new.serial, back.serial
+                ),
+            ));
+        }
+        if back.skills != current.skills {
+            return Err((StatusCode::CONFLICT, "the back index must offer what the channel offers now".into()));
+        }
+        let internal = |e: FileError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let bytes = |e: &channel::Envelope| serde_json::to_vec(e).expect("serialises");
+        crate::file::write_atomic(&rollout_path(&s.root, &name, "new"), &bytes(&start.new)).map_err(internal)?;
+        crate::file::write_atomic(&rollout_path(&s.root, &name, "back"), &bytes(&start.back)).map_err(internal)?;
+        let r = Rollout {
+            channel: name.clone(),
+            waves: start.waves.clone(),
+            stage: 0,
+            state: RolloutState::Running,
+            new_serial: new.serial,
+            back_serial: back.serial,
+            started: now_rfc3339(),
+            changed: now_rfc3339(),
+        };
+        write_rollout(&s.root, &r).map_err(internal)?;
+        tracing::info!(channel = %name, "rollout started: wave 1 of {} ({} %)", r.waves.len(), r.waves[0]);
+        Ok(r)
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(r)) => reply(StatusCode::CREATED, serde_json::to_value(&r).unwrap_or_default()),
+        Ok(Err((status, message))) => problem(status, message),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn write_rollout(root: &Path, r: &Rollout) -> Result<(), FileError> {
+    crate::file::write_atomic(&rollout_path(root, &r.channel, ""), &serde_json::to_vec_pretty(r).expect("serialises"))
+}
+
+async fn rollout_act(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlPath<(String, String)>) -> Response {
+    let work = move || -> Result<Rollout, (StatusCode, String)> {
+        let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = read_rollout(&s.root, &name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+        if r.state != RolloutState::Running {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("the rollout of channel `{name}` is {:?}, not running", r.state),
+            ));
+        }
+        let internal = |e: FileError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let promote = |part: &str| -> Result<(), (StatusCode, String)> {
+            let bytes = std::fs::read(rollout_path(&s.root, &name, part))
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            crate::file::write_atomic(&channel_path(&s.root, &name), &bytes).map_err(internal)
+        };
+        match action.as_str() {
+            "advance" if r.stage + 1 < r.waves.len() => r.stage += 1,
+            "advance" => {
+                promote("new")?;
+                r.state = RolloutState::Done;
+            }
+            "halt" => {
+                promote("back")?;
+                r.state = RolloutState::Halted;
+            }
+            other => return Err((StatusCode::NOT_FOUND, format!("{other:?}: a rollout can `advance` or `halt`"))),
+        }
+        r.changed = now_rfc3339();
+        write_rollout(&s.root, &r).map_err(internal)?;
+        tracing::info!(channel = %name, state = ?r.state, "rollout at wave {} of {}", r.stage + 1, r.waves.len());
+        Ok(r)
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(r)) => reply(StatusCode::OK, serde_json::to_value(&r).unwrap_or_default()),
+        Ok(Err((status, message))) => problem(status, message),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
+    let work = move || -> Result<serde_json::Value, (StatusCode, String)> {
+        let r = read_rollout(&s.root, &name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+        let reports: Vec<serde_json::Value> = std::fs::read_dir(s.root.join("reports"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .filter(|v: &serde_json::Value| v["channel"] == name.as_str())
+            .collect();
+        let mut from = 0u8;
+        let waves: Vec<serde_json::Value> = r
+            .waves
+            .iter()
+            .map(|&to| {
+                let of: Vec<&serde_json::Value> = reports
+                    .iter()
+                    .filter(|v| v["robot"].as_str().is_some_and(|id| (from..to).contains(&channel::wave_bucket(&name, id))))
+                    .collect();
+                let on_new = of.iter().filter(|v| v["serial"].as_u64() == Some(r.new_serial)).count();
+                let failing = of.iter().filter(|v| !v["error"].is_null()).count();
+                from = to;
+                serde_json::json!({ "up_to_percent": to, "robots": of.len(), "on_new": on_new, "last_poll_failed": failing })
+            })
+            .collect();
+        Ok(serde_json::json!({ "rollout": r, "waves": waves }))
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => reply(StatusCode::OK, v),
+        Ok(Err((status, message))) => problem(status, message),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// Stores `bytes` at `path` unless the stored document is newer: `order` compares the new

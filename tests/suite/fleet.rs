@@ -1242,3 +1242,72 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     let safe = i["estop"].as_u64().unwrap() + i["stale_input"].as_u64().unwrap();
     assert!(safe > 0, "no e-stop topic and no inputs: the node sent the safe action, and says so: {r}");
 }
+
+#[test]
+fn a_staged_rollout_reaches_robots_wave_by_wave_and_a_halt_brings_every_robot_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let (t, key) = (c.token.clone(), c.fleet_key.clone());
+    let bundle = |v: &str| {
+        let b = bundles::pack(d, &key, v, &[]);
+        assert!([200, 201].contains(&post_bundle(&c.server.addr, "/catalog", &t, &b).0));
+        b
+    };
+    let (b2, b3) = (bundle("0.2.0"), bundle("0.3.0"));
+    let first = sign_index(d, &key, "stable", "1", &b2);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&first)]).status.success());
+    let rollout = |args: &[&str]| {
+        let mut all = vec!["fleet", "rollout"];
+        all.extend_from_slice(args);
+        all.extend(["--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap(), "--channel", "stable"]);
+        common::skillgraft(&all)
+    };
+    let (new, back) = (sign_index(d, &key, "stable", "2", &b3), sign_index(d, &key, "stable", "3", &b2));
+    let serial_for = |robot: &str| {
+        let (status, _, body) = get_with(&c.server.addr, &format!("/channels/stable?robot={robot}"), &t, "");
+        assert_eq!(status, 200);
+        let env: Value = serde_json::from_slice(&body).unwrap();
+        serde_json::from_str::<Value>(env["payload"].as_str().unwrap()).unwrap()["serial"].as_u64().unwrap()
+    };
+    let robots: Vec<String> = (0..40).map(|i| format!("arm-{i:03}")).collect();
+    let in_first: Vec<&String> =
+        robots.iter().filter(|r| skillgraft::fleet::channel::wave_bucket("stable", r) < 25).collect();
+    assert!(!in_first.is_empty() && in_first.len() < robots.len(), "40 names spread over the waves");
+
+    let started = rollout(&["start", "--new", &s(&new), "--back", &s(&back), "--waves", "25,100"]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    for r in &robots {
+        let want = if in_first.contains(&r) { 2 } else { 1 };
+        assert_eq!(serial_for(r), want, "{r}: the first wave (25 %) gets the new index, the others keep theirs");
+    }
+    let again = rollout(&["start", "--new", &s(&new), "--back", &s(&back), "--waves", "25,100"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is running"), "two rollouts of one channel at once");
+    let bad = rollout(&["start", "--new", &s(&new), "--back", &s(&back), "--waves", "50,10"]);
+    assert!(!bad.status.success());
+
+    assert!(rollout(&["advance"]).status.success());
+    assert!(robots.iter().all(|r| serial_for(r) == 2), "the last wave reaches every robot");
+    let status = String::from_utf8_lossy(&rollout(&["status"]).stdout).to_string();
+    assert!(status.contains("running at wave 2 of 2"), "{status}");
+    assert!(rollout(&["advance"]).status.success());
+    assert_eq!(serial_for("a-robot-that-never-said-its-name"), 2, "done: the new index is the channel's");
+    assert!(
+        String::from_utf8_lossy(&rollout(&["advance"]).stderr).contains("not running"),
+        "a finished rollout stays finished"
+    );
+
+    // A second rollout that goes wrong: a halt sends every robot the back index, the first wave
+    // included, under a serial above the new one.
+    let b4 = bundle("0.4.0");
+    let (new, back) = (sign_index(d, &key, "stable", "4", &b4), sign_index(d, &key, "stable", "5", &b3));
+    let stale_back = sign_index(d, &key, "stable", "6", &b2);
+    let wrong = rollout(&["start", "--new", &s(&new), "--back", &s(&stale_back), "--waves", "25,100"]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("must offer what the channel offers now"));
+    assert!(rollout(&["start", "--new", &s(&new), "--back", &s(&back), "--waves", "25,100"]).status.success());
+    assert!(in_first.iter().all(|r| serial_for(r) == 4));
+    assert!(rollout(&["halt"]).status.success());
+    assert!(robots.iter().all(|r| serial_for(r) == 5), "after a halt every robot gets the back index");
+    let status = String::from_utf8_lossy(&rollout(&["status"]).stdout).to_string();
+    assert!(status.contains("halted"), "{status}");
+}

@@ -661,6 +661,21 @@ enum RolloutCommand {
         /// Shares of the robots per wave, %, rising to 100.
         #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
         waves: Vec<u8>,
+        /// Advance and halt on the robots' reports: each wave runs at least --soak and needs
+        /// --min-robots on the new index; it halts when they do worse than the robots still on
+        /// the old one by --threshold.
+        #[arg(long)]
+        auto: bool,
+        /// How long each wave runs before it may advance (with --auto).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        soak: std::time::Duration,
+        /// Interventions per tick on the new index, over those on the old one, that halt the
+        /// rollout (with --auto).
+        #[arg(long, default_value_t = 2.0)]
+        threshold: f64,
+        /// Robots of a wave that must report on the new index before it advances (with --auto).
+        #[arg(long, default_value_t = 1)]
+        min_robots: usize,
     },
     /// The next wave (after the last, the new index becomes the channel's).
     Advance {
@@ -2001,8 +2016,12 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
 fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::fleet::client::{Client, Upload, join};
     let (target, method, path, body, json) = match cmd {
-        RolloutCommand::Start { target, new, back, waves } => {
-            let body = serde_json::json!({ "new": envelope(&new)?, "back": envelope(&back)?, "waves": waves });
+        RolloutCommand::Start { target, new, back, waves, auto, soak, threshold, min_robots } => {
+            let auto = auto.then(
+                || serde_json::json!({ "soak_s": soak.as_secs(), "threshold": threshold, "min_robots": min_robots }),
+            );
+            let body =
+                serde_json::json!({ "new": envelope(&new)?, "back": envelope(&back)?, "waves": waves, "auto": auto });
             let path = format!("/rollouts/{}", target.channel);
             (target, hyper::Method::POST, path, Upload::Json(body), false)
         }
@@ -2047,6 +2066,9 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
         ro["new_serial"],
         ro["back_serial"]
     );
+    if let Some(why) = ro["reason"].as_str() {
+        outln!("last change: {why}");
+    }
     if let Some(w) = r.body.get("waves").and_then(|w| w.as_array()) {
         outln!("| wave | robots | on the new index | last poll failed |");
         outln!("|---|---:|---:|---:|");

@@ -92,6 +92,18 @@ pub struct Report {
     pub error: Option<String>,
     /// The node's inbox health, when the agent works through it.
     pub node: Option<serde_json::Value>,
+    /// What a staged rollout judges: the node's ticks and the interventions its skill caused
+    /// since it started running the version it runs (from `node`).
+    pub health: Option<Health>,
+}
+
+/// A robot's health under the version it runs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// Control ticks.
+    pub ticks: u64,
+    /// Safety-filter interventions the skill's actions caused (not stale inputs or the e-stop).
+    pub interventions: u64,
 }
 
 /// Reports the outcome of a poll to the fleet server.
@@ -117,6 +129,7 @@ pub async fn report(
         serial: polled.as_ref().ok().map(|p| p.serial),
         active,
         error: polled.as_ref().err().map(|e| e.to_string()),
+        health: node.as_ref().and_then(|n| serde_json::from_value(n["node"]["since_swap"].clone()).ok()),
         node,
     };
     let uri = join(&s.fleet, &format!("/reports/{robot}")).map_err(|e| config(&e))?;

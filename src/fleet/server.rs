@@ -395,7 +395,31 @@ pub struct Rollout {
     pub started: String,
     /// When it last changed.
     pub changed: String,
+    /// When the wave reached began.
+    pub wave_started: String,
+    /// Advancing and halting on the robots' reports, when asked for.
+    pub auto: Option<Auto>,
+    /// Why it halted, or what moved it last.
+    pub reason: Option<String>,
+    /// Interventions per tick of the robots still on the old index when it last advanced: what
+    /// the last wave, which leaves none on the old index, is judged against.
+    pub baseline: Option<f64>,
 }
+
+/// How a rollout judges the robots' reports by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Auto {
+    /// Seconds each wave runs before it may advance.
+    pub soak_s: u64,
+    /// The wave's robots on the new index may have at most this many times the interventions
+    /// per tick of the robots still on the old one; above it, the rollout halts.
+    pub threshold: f64,
+    /// Robots of the wave that must report on the new index before it advances.
+    pub min_robots: usize,
+}
+
+/// Interventions per tick below which a wave is never judged worse (a quiet fleet's noise).
+const RATE_FLOOR: f64 = 1e-3;
 
 fn rollout_path(root: &Path, channel: &str, part: &str) -> PathBuf {
     let name = if part.is_empty() { format!("{channel}.json") } else { format!("{channel}.{part}.json") };
@@ -418,6 +442,8 @@ struct RolloutStart {
     new: channel::Envelope,
     back: channel::Envelope,
     waves: Vec<u8>,
+    #[serde(default)]
+    auto: Option<Auto>,
 }
 
 async fn rollout_start(
@@ -490,6 +516,10 @@ async fn rollout_start(
             back_serial: back.serial,
             started: now_rfc3339(),
             changed: now_rfc3339(),
+            wave_started: now_rfc3339(),
+            auto: start.auto,
+            reason: None,
+            baseline: None,
         };
         write_rollout(&s.root, &r).map_err(internal)?;
         tracing::info!(channel = %name, "rollout started: wave 1 of {} ({} %)", r.waves.len(), r.waves[0]);
@@ -506,38 +536,52 @@ fn write_rollout(root: &Path, r: &Rollout) -> Result<(), FileError> {
     crate::file::write_atomic(&rollout_path(root, &r.channel, ""), &serde_json::to_vec_pretty(r).expect("serialises"))
 }
 
+/// Advances (`advance`) or halts (`halt`) the running rollout of `name`, for `why`; the caller
+/// holds the catalog lock.
+fn act_on(
+    root: &Path,
+    name: &str,
+    action: &str,
+    why: &str,
+    baseline: Option<f64>,
+) -> Result<Rollout, (StatusCode, String)> {
+    let mut r = read_rollout(root, name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    if r.state != RolloutState::Running {
+        return Err((StatusCode::CONFLICT, format!("the rollout of channel `{name}` is {:?}, not running", r.state)));
+    }
+    let internal = |e: FileError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let promote = |part: &str| -> Result<(), (StatusCode, String)> {
+        let bytes = std::fs::read(rollout_path(root, name, part))
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        crate::file::write_atomic(&channel_path(root, name), &bytes).map_err(internal)
+    };
+    match action {
+        "advance" if r.stage + 1 < r.waves.len() => {
+            r.stage += 1;
+            r.wave_started = now_rfc3339();
+        }
+        "advance" => {
+            promote("new")?;
+            r.state = RolloutState::Done;
+        }
+        "halt" => {
+            promote("back")?;
+            r.state = RolloutState::Halted;
+        }
+        other => return Err((StatusCode::NOT_FOUND, format!("{other:?}: a rollout can `advance` or `halt`"))),
+    }
+    r.changed = now_rfc3339();
+    r.reason = Some(why.to_string());
+    r.baseline = baseline.or(r.baseline);
+    write_rollout(root, &r).map_err(internal)?;
+    tracing::info!(channel = %name, state = ?r.state, "rollout at wave {} of {}: {why}", r.stage + 1, r.waves.len());
+    Ok(r)
+}
+
 async fn rollout_act(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlPath<(String, String)>) -> Response {
-    let work = move || -> Result<Rollout, (StatusCode, String)> {
+    let work = move || {
         let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
-        let mut r = read_rollout(&s.root, &name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-        if r.state != RolloutState::Running {
-            return Err((
-                StatusCode::CONFLICT,
-                format!("the rollout of channel `{name}` is {:?}, not running", r.state),
-            ));
-        }
-        let internal = |e: FileError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        let promote = |part: &str| -> Result<(), (StatusCode, String)> {
-            let bytes = std::fs::read(rollout_path(&s.root, &name, part))
-                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            crate::file::write_atomic(&channel_path(&s.root, &name), &bytes).map_err(internal)
-        };
-        match action.as_str() {
-            "advance" if r.stage + 1 < r.waves.len() => r.stage += 1,
-            "advance" => {
-                promote("new")?;
-                r.state = RolloutState::Done;
-            }
-            "halt" => {
-                promote("back")?;
-                r.state = RolloutState::Halted;
-            }
-            other => return Err((StatusCode::NOT_FOUND, format!("{other:?}: a rollout can `advance` or `halt`"))),
-        }
-        r.changed = now_rfc3339();
-        write_rollout(&s.root, &r).map_err(internal)?;
-        tracing::info!(channel = %name, state = ?r.state, "rollout at wave {} of {}", r.stage + 1, r.waves.len());
-        Ok(r)
+        act_on(&s.root, &name, &action, "by hand", None)
     };
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(r)) => reply(StatusCode::OK, serde_json::to_value(&r).unwrap_or_default()),
@@ -546,17 +590,92 @@ async fn rollout_act(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlP
     }
 }
 
+/// Every robot's last report.
+fn all_reports(root: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(root.join("reports"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
+/// Interventions per tick over `reports`' health, and how many had any ticks.
+fn rate(reports: &[&serde_json::Value]) -> (f64, usize) {
+    let (mut ticks, mut interventions, mut n) = (0u64, 0u64, 0usize);
+    for r in reports {
+        let h = &r["health"];
+        if let (Some(t), Some(i)) = (h["ticks"].as_u64(), h["interventions"].as_u64())
+            && t > 0
+        {
+            ticks += t;
+            interventions += i;
+            n += 1;
+        }
+    }
+    (if ticks > 0 { interventions as f64 / ticks as f64 } else { 0.0 }, n)
+}
+
+/// Judges a running rollout of `name` that advances by itself on the reports received since its
+/// wave began: halts when the wave's robots on the new index do worse than those on the old one,
+/// advances when the wave has soaked and enough of its robots report on the new index.
+fn judge_rollout(root: &Path, name: &str) {
+    let Ok(r) = read_rollout(root, name) else { return };
+    let (Some(auto), RolloutState::Running) = (r.auto, r.state) else { return };
+    let Ok(since) = humantime::parse_rfc3339(&r.wave_started) else { return };
+    let reach = r.waves[r.stage];
+    let reports = all_reports(root);
+    let fresh: Vec<&serde_json::Value> = reports
+        .iter()
+        .filter(|v| v["channel"] == name)
+        .filter(|v| v["received"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok()).is_some_and(|t| t >= since))
+        .collect();
+    let in_wave = |v: &&serde_json::Value| v["robot"].as_str().is_some_and(|id| channel::wave_bucket(name, id) < reach);
+    let on_new: Vec<&serde_json::Value> =
+        fresh.iter().copied().filter(in_wave).filter(|v| v["serial"].as_u64() == Some(r.new_serial)).collect();
+    let on_old: Vec<&serde_json::Value> = fresh.iter().copied().filter(|v| !in_wave(v)).collect();
+    let (new_rate, new_n) = rate(&on_new);
+    let least = auto.min_robots.max(1);
+    // What the wave is judged against: the robots still on the old index, or, in the last wave,
+    // which leaves none there, their rate when the rollout reached it.
+    let (old_rate, base) = if reach < 100 {
+        let (rate, n) = rate(&on_old);
+        (rate, n >= least)
+    } else {
+        (r.baseline.unwrap_or(0.0), r.baseline.is_some())
+    };
+    let failing = fresh.iter().copied().filter(in_wave).filter(|v| !v["error"].is_null()).count();
+    let soaked = std::time::SystemTime::now().duration_since(since).unwrap_or_default().as_secs() >= auto.soak_s;
+    let wave = r.stage + 1;
+    let verdict = if failing > 0 && failing * 2 >= fresh.iter().copied().filter(in_wave).count() {
+        Some(("halt", format!("{failing} robot(s) of wave {wave} failed to take the new index")))
+    } else if new_n > 0 && base && new_rate > RATE_FLOOR.max(auto.threshold * old_rate) {
+        Some((
+            "halt",
+            format!(
+                "wave {wave}: {new_rate:.4} interventions per tick on the new index against {old_rate:.4} on the old (threshold {}x)",
+                auto.threshold
+            ),
+        ))
+    } else if base && new_n >= least && soaked {
+        let why = format!(
+            "wave {wave}: {new_n} robot(s) on the new index, {new_rate:.4} interventions per tick against {old_rate:.4}"
+        );
+        Some(("advance", why))
+    } else {
+        None
+    };
+    if let Some((action, why)) = verdict {
+        let _ = act_on(root, name, action, &why, (reach < 100).then_some(old_rate));
+    }
+}
+
 async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
     let work = move || -> Result<serde_json::Value, (StatusCode, String)> {
         let r = read_rollout(&s.root, &name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-        let reports: Vec<serde_json::Value> = std::fs::read_dir(s.root.join("reports"))
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .filter(|v: &serde_json::Value| v["channel"] == name.as_str())
-            .collect();
+        let reports: Vec<serde_json::Value> =
+            all_reports(&s.root).into_iter().filter(|v| v["channel"] == name.as_str()).collect();
         let mut from = 0u8;
         let waves: Vec<serde_json::Value> = r
             .waves
@@ -715,7 +834,17 @@ async fn put_report(
     report["received"] = serde_json::json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
     let path = s.root.join("reports").join(format!("{robot}.json"));
     let bytes = serde_json::to_vec_pretty(&report).expect("serialises");
-    match tokio::task::spawn_blocking(move || crate::file::write_atomic(&path, &bytes)).await {
+    let channel = report["channel"].as_str().filter(|c| crate::skill::manifest::valid_name(c)).map(str::to_string);
+    let work = move || {
+        crate::file::write_atomic(&path, &bytes)?;
+        // Each report may be the one that moves a rollout that advances by itself.
+        if let Some(c) = channel {
+            let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+            judge_rollout(&s.root, &c);
+        }
+        Ok::<(), FileError>(())
+    };
+    match tokio::task::spawn_blocking(work).await {
         Ok(Ok(())) => reply(StatusCode::OK, serde_json::json!({ "stored": true })),
         _ => {
             problem(StatusCode::INTERNAL_SERVER_ERROR, "the fleet server could not store the report; its log says why")
@@ -724,15 +853,9 @@ async fn put_report(
 }
 
 async fn reports(State(s): State<Arc<Shared>>) -> Response {
-    let dir = s.root.join("reports");
-    let work = move || -> Vec<serde_json::Value> {
-        let mut out: Vec<serde_json::Value> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
+    let root = s.root.clone();
+    let work = move || {
+        let mut out = all_reports(&root);
         out.sort_by(|a, b| a["robot"].as_str().cmp(&b["robot"].as_str()));
         out
     };

@@ -257,7 +257,24 @@ pub enum NodeError {
 }
 
 /// The inbox's view of the node: the skill slot, and its counters.
-struct NodeRunner(Arc<Skills>, Arc<NodeStats>);
+struct NodeRunner(Arc<Skills>, Arc<NodeStats>, Mutex<SinceSwap>);
+
+/// The counters when the running skill was first seen to run: the swap count then, ticks and
+/// the skill's interventions.
+#[derive(Default)]
+struct SinceSwap {
+    swaps: u64,
+    ticks: u64,
+    interventions: u64,
+}
+
+/// The interventions a skill's own actions cause: corrected actions (non-finite, clamped,
+/// rate-limited, slowed when unsure) and failed inference; a stale input or the e-stop says
+/// nothing of the skill.
+fn skill_interventions(s: &NodeStats) -> u64 {
+    use crate::control::safety::Intervention as I;
+    [I::NonFinite, I::Failure, I::Clamped, I::RateLimited, I::Uncertain].iter().map(|&k| s.interventions.get(k)).sum()
+}
 
 impl Runner for NodeRunner {
     fn running(&self) -> (String, String) {
@@ -281,8 +298,14 @@ impl Runner for NodeRunner {
             .zip(&s.interventions.0)
             .map(|(name, n)| (name.to_string(), load(n).into()))
             .collect();
+        let (swaps, ticks, skill) = (load(&s.swaps), load(&s.ticks), skill_interventions(s));
+        let mut since = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        if since.swaps != swaps {
+            *since = SinceSwap { swaps, ticks, interventions: skill };
+        }
         serde_json::json!({
             "seconds": s.epoch.elapsed().as_secs_f64(),
+            "since_swap": { "ticks": ticks - since.ticks, "interventions": skill - since.interventions },
             "ticks": load(&s.ticks),
             "deadline_misses": load(&s.deadline_misses),
             "actions_published": load(&s.published),
@@ -492,7 +515,10 @@ impl RunningNode {
         // with nothing left running.
         let inbox = match (&cfg.inbox, cfg.policy) {
             (Some(settings), true) => {
-                match Inbox::start(settings, Some(Arc::new(NodeRunner(skills.clone(), stats.clone())))) {
+                match Inbox::start(
+                    settings,
+                    Some(Arc::new(NodeRunner(skills.clone(), stats.clone(), Mutex::default()))),
+                ) {
                     Ok(inbox) => {
                         stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(inbox.stats());
                         Some(inbox)

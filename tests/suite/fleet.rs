@@ -1241,6 +1241,7 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     assert_eq!(i.as_object().unwrap().len(), 7, "every kind of intervention: {r}");
     let safe = i["estop"].as_u64().unwrap() + i["stale_input"].as_u64().unwrap();
     assert!(safe > 0, "no e-stop topic and no inputs: the node sent the safe action, and says so: {r}");
+    assert!(r["health"]["ticks"].as_u64().is_some(), "the health a rollout judges, since the last swap: {r}");
 }
 
 #[test]
@@ -1310,4 +1311,93 @@ fn a_staged_rollout_reaches_robots_wave_by_wave_and_a_halt_brings_every_robot_ba
     assert!(robots.iter().all(|r| serial_for(r) == 5), "after a halt every robot gets the back index");
     let status = String::from_utf8_lossy(&rollout(&["status"]).stdout).to_string();
     assert!(status.contains("halted"), "{status}");
+}
+
+#[test]
+fn an_automatic_rollout_halts_when_its_robots_do_worse_and_completes_when_they_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let (t, key) = (c.token.clone(), c.fleet_key.clone());
+    let bundle = |v: &str| {
+        let b = bundles::pack(d, &key, v, &[]);
+        assert!([200, 201].contains(&post_bundle(&c.server.addr, "/catalog", &t, &b).0));
+        b
+    };
+    let (b2, b3, b4) = (bundle("0.2.0"), bundle("0.3.0"), bundle("0.4.0"));
+    assert!(
+        publish(&c, &["--keys", &s(&c.keys), "--index", &s(&sign_index(d, &key, "stable", "1", &b2))]).status.success()
+    );
+    let rollout = |args: &[&str]| {
+        let mut all = vec!["fleet", "rollout"];
+        all.extend_from_slice(args);
+        all.extend(["--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap(), "--channel", "stable"]);
+        common::skillgraft(&all)
+    };
+    // Simulated robots: each polls its index, runs the version it names, and reports the
+    // interventions per 1000 ticks that version causes on it.
+    let robots: Vec<String> = (0..40).map(|i| format!("arm-{i:03}")).collect();
+    let round = |bad: &str| {
+        for r in &robots {
+            let (status, _, body) = get_with(&c.server.addr, &format!("/channels/stable?robot={r}"), &t, "");
+            assert_eq!(status, 200);
+            let env: Value = serde_json::from_slice(&body).unwrap();
+            let index: Value = serde_json::from_str(env["payload"].as_str().unwrap()).unwrap();
+            let version = index["skills"][0]["version"].as_str().unwrap().to_string();
+            let report = serde_json::json!({
+                "robot": r, "channel": "stable", "time": "2026-12-02T00:00:00Z", "serial": index["serial"],
+                "active": { "example-arm6": version }, "error": null, "node": null,
+                "health": { "ticks": 1000, "interventions": if version == bad { 80 } else { 5 } },
+            });
+            let body = report.to_string();
+            let head = format!(
+                "PUT /reports/{r} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                c.server.addr,
+                body.len()
+            );
+            assert_eq!(raw(&c.server.addr, head.as_bytes(), body.as_bytes(), false).unwrap().0, 200);
+        }
+    };
+    let state = || {
+        let v: Value = serde_json::from_str(&common::succeeds(&[
+            "fleet",
+            "rollout",
+            "status",
+            "--fleet",
+            &c.url,
+            "--token-file",
+            c.tokens.to_str().unwrap(),
+            "--channel",
+            "stable",
+            "--json",
+        ]))
+        .unwrap();
+        v["rollout"].clone()
+    };
+    let auto = ["--waves", "25,100", "--auto", "--soak", "0s", "--threshold", "2", "--min-robots", "1"];
+
+    // 0.3.0 is worse on these robots: the first wave's reports halt it, and every robot goes back.
+    let (new, back) = (sign_index(d, &key, "stable", "2", &b3), sign_index(d, &key, "stable", "3", &b2));
+    let mut args = vec!["start", "--new", new.to_str().unwrap(), "--back", back.to_str().unwrap()];
+    args.extend(auto);
+    assert!(rollout(&args).status.success());
+    round("0.3.0");
+    let r = state();
+    assert_eq!((r["state"].as_str(), r["stage"].as_u64()), (Some("halted"), Some(0)), "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("interventions per tick"), "{r}");
+    round("0.3.0");
+    let (_, _, body) = get_with(&c.server.addr, "/channels/stable?robot=arm-000", &t, "");
+    assert!(String::from_utf8_lossy(&body).contains("\\\"serial\\\":3"), "every robot is back");
+
+    // 0.4.0 does as well as 0.2.0: each round of reports moves it a wave on, then it is done.
+    let (new, back) = (sign_index(d, &key, "stable", "4", &b4), sign_index(d, &key, "stable", "5", &b2));
+    let mut args = vec!["start", "--new", new.to_str().unwrap(), "--back", back.to_str().unwrap()];
+    args.extend(auto);
+    assert!(rollout(&args).status.success());
+    round("0.3.0");
+    assert_eq!(state()["stage"], 1, "the first wave did as well: the rollout reached the last");
+    round("0.3.0");
+    assert_eq!(state()["state"], "done");
+    let (_, _, body) = get_with(&c.server.addr, "/channels/stable", &t, "");
+    assert!(String::from_utf8_lossy(&body).contains("\\\"serial\\\":4"), "the new index is the channel's");
 }

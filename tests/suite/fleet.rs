@@ -977,6 +977,29 @@ fn agent(c: &Channels, store: &Path, extra: &[&str]) -> std::process::Output {
     common::skillgraft(&all)
 }
 
+/// Packs `version` of the example skill with the fleet key and adds it to `c`'s catalog.
+fn catalogued(c: &Channels, d: &Path, version: &str) -> PathBuf {
+    let b = bundles::pack(d, &c.fleet_key, version, &[]);
+    assert!([200, 201].contains(&post_bundle(&c.server.addr, "/catalog", &c.token, &b).0));
+    b
+}
+
+/// `fleet rollout ARGS` on channel `stable` of `c`'s server.
+fn rollout(c: &Channels, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["fleet", "rollout"];
+    all.extend_from_slice(args);
+    all.extend(["--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap(), "--channel", "stable"]);
+    common::skillgraft(&all)
+}
+
+/// The index `c`'s server gives `robot` on channel `stable`.
+fn index_for(c: &Channels, robot: &str) -> Value {
+    let (status, _, body) = get_with(&c.server.addr, &format!("/channels/stable?robot={robot}"), &c.token, "");
+    assert_eq!(status, 200);
+    let env: Value = serde_json::from_slice(&body).unwrap();
+    serde_json::from_str(env["payload"].as_str().unwrap()).unwrap()
+}
+
 /// `fleet channel publish` to `c`'s server with `args`.
 fn publish(c: &Channels, args: &[&str]) -> std::process::Output {
     let mut all = vec!["fleet", "channel", "publish", "--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap()];
@@ -1249,28 +1272,14 @@ fn a_staged_rollout_reaches_robots_wave_by_wave_and_a_halt_brings_every_robot_ba
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let c = channels(d);
-    let (t, key) = (c.token.clone(), c.fleet_key.clone());
-    let bundle = |v: &str| {
-        let b = bundles::pack(d, &key, v, &[]);
-        assert!([200, 201].contains(&post_bundle(&c.server.addr, "/catalog", &t, &b).0));
-        b
-    };
+    let key = c.fleet_key.clone();
+    let bundle = |v: &str| catalogued(&c, d, v);
     let (b2, b3) = (bundle("0.2.0"), bundle("0.3.0"));
     let first = sign_index(d, &key, "stable", "1", &b2);
     assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&first)]).status.success());
-    let rollout = |args: &[&str]| {
-        let mut all = vec!["fleet", "rollout"];
-        all.extend_from_slice(args);
-        all.extend(["--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap(), "--channel", "stable"]);
-        common::skillgraft(&all)
-    };
+    let rollout = |args: &[&str]| rollout(&c, args);
     let (new, back) = (sign_index(d, &key, "stable", "2", &b3), sign_index(d, &key, "stable", "3", &b2));
-    let serial_for = |robot: &str| {
-        let (status, _, body) = get_with(&c.server.addr, &format!("/channels/stable?robot={robot}"), &t, "");
-        assert_eq!(status, 200);
-        let env: Value = serde_json::from_slice(&body).unwrap();
-        serde_json::from_str::<Value>(env["payload"].as_str().unwrap()).unwrap()["serial"].as_u64().unwrap()
-    };
+    let serial_for = |robot: &str| index_for(&c, robot)["serial"].as_u64().unwrap();
     let robots: Vec<String> = (0..40).map(|i| format!("arm-{i:03}")).collect();
     let in_first: Vec<&String> =
         robots.iter().filter(|r| skillgraft::fleet::channel::wave_bucket("stable", r) < 25).collect();
@@ -1319,30 +1328,18 @@ fn an_automatic_rollout_halts_when_its_robots_do_worse_and_completes_when_they_d
     let d = dir.path();
     let c = channels(d);
     let (t, key) = (c.token.clone(), c.fleet_key.clone());
-    let bundle = |v: &str| {
-        let b = bundles::pack(d, &key, v, &[]);
-        assert!([200, 201].contains(&post_bundle(&c.server.addr, "/catalog", &t, &b).0));
-        b
-    };
+    let bundle = |v: &str| catalogued(&c, d, v);
     let (b2, b3, b4) = (bundle("0.2.0"), bundle("0.3.0"), bundle("0.4.0"));
     assert!(
         publish(&c, &["--keys", &s(&c.keys), "--index", &s(&sign_index(d, &key, "stable", "1", &b2))]).status.success()
     );
-    let rollout = |args: &[&str]| {
-        let mut all = vec!["fleet", "rollout"];
-        all.extend_from_slice(args);
-        all.extend(["--fleet", &c.url, "--token-file", c.tokens.to_str().unwrap(), "--channel", "stable"]);
-        common::skillgraft(&all)
-    };
+    let rollout = |args: &[&str]| rollout(&c, args);
     // Simulated robots: each polls its index, runs the version it names, and reports the
     // interventions per 1000 ticks that version causes on it.
     let robots: Vec<String> = (0..40).map(|i| format!("arm-{i:03}")).collect();
     let round = |bad: &str| {
         for r in &robots {
-            let (status, _, body) = get_with(&c.server.addr, &format!("/channels/stable?robot={r}"), &t, "");
-            assert_eq!(status, 200);
-            let env: Value = serde_json::from_slice(&body).unwrap();
-            let index: Value = serde_json::from_str(env["payload"].as_str().unwrap()).unwrap();
+            let index = index_for(&c, r);
             let version = index["skills"][0]["version"].as_str().unwrap().to_string();
             let report = serde_json::json!({
                 "robot": r, "channel": "stable", "time": "2026-12-02T00:00:00Z", "serial": index["serial"],

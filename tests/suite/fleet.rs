@@ -1398,3 +1398,87 @@ fn an_automatic_rollout_halts_when_its_robots_do_worse_and_completes_when_they_d
     let (_, _, body) = get_with(&c.server.addr, "/channels/stable", &t, "");
     assert!(String::from_utf8_lossy(&body).contains("\\\"serial\\\":4"), "the new index is the channel's");
 }
+
+/// A TCP proxy to `upstream` that cuts each connection once `limit` bytes of the server's
+/// answer have passed: a link that drops every large download partway.
+fn cutting_proxy(upstream: String, limit: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = TcpStream::connect(&upstream) else { continue };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                let mut passed = 0;
+                while passed < limit {
+                    let Ok(n) = s_in.read(&mut buf) else { break };
+                    if n == 0 {
+                        break;
+                    }
+                    let n = n.min(limit - passed);
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    passed += n;
+                }
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+                let _ = s_in.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_download_cut_off_at_every_tenth_resumes_poll_after_poll_until_the_bundle_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let b = catalogued(&c, d, "0.2.0");
+    let index = sign_index(d, &c.fleet_key, "stable", "1", &b);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&index)]).status.success());
+    let size = std::fs::read(&b).unwrap().len();
+    let proxy = format!("http://{}", cutting_proxy(c.server.addr.clone(), size / 10));
+    let store = d.join("store");
+    let part = store.join(".channel/downloads/example-arm6-0.2.0.part");
+    let mut had = 0;
+    let mut cuts = 0;
+    loop {
+        let out = common::skillgraft(&[
+            "agent",
+            "--fleet",
+            &proxy,
+            "--token-file",
+            &s(&c.tokens),
+            "--channel",
+            "stable",
+            "--root",
+            &s(&c.root_pub),
+            "--trust",
+            &s(&c.fleet_pub),
+            "--store",
+            &s(&store),
+            "--once",
+        ]);
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("installed example-arm6 0.2.0"));
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains("the next poll resumes it"), "{err}");
+        let have = std::fs::metadata(&part).unwrap().len();
+        assert!(have > had, "each poll keeps what arrived and adds to it: {had} then {have}");
+        had = have;
+        cuts += 1;
+        assert!(cuts < 20, "a tenth of the bundle per poll must finish in about ten polls");
+    }
+    assert!(cuts >= 9, "the link cut the download {cuts} times");
+    assert!(!part.exists());
+    let listed = common::succeeds(&["store", "list", "--store", &s(&store), "--json"]);
+    assert!(listed.contains("\"active\": \"0.2.0\"") || listed.contains("\"active\":\"0.2.0\""), "{listed}");
+}

@@ -1482,3 +1482,40 @@ fn a_download_cut_off_at_every_tenth_resumes_poll_after_poll_until_the_bundle_is
     let listed = common::succeeds(&["store", "list", "--store", &s(&store), "--json"]);
     assert!(listed.contains("\"active\": \"0.2.0\"") || listed.contains("\"active\":\"0.2.0\""), "{listed}");
 }
+
+#[test]
+fn a_robot_refuses_an_index_held_back_past_its_expiry_and_keeps_running_what_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let b = catalogued(&c, d, "0.2.0");
+    let index = d.join("brief.json");
+    common::succeeds(&[
+        "fleet",
+        "channel",
+        "sign",
+        "--key",
+        &s(&c.fleet_key),
+        "--channel",
+        "stable",
+        "--serial",
+        "1",
+        "--valid",
+        "2s",
+        "--out",
+        &s(&index),
+        &s(&b),
+    ]);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&index)]).status.success());
+    let store = d.join("store");
+    let first = agent(&c, &store, &[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // Nothing new is published: the server keeps answering 304 with an index that runs out.
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = agent(&c, &store, &[]);
+    let err = String::from_utf8_lossy(&later.stderr);
+    assert!(!later.status.success() && err.contains("expired at") && err.contains("the store is unchanged"), "{err}");
+    let listed = common::succeeds(&["store", "list", "--store", &s(&store), "--json"]);
+    let v: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v[0]["state"]["active"], "0.2.0", "what runs keeps running");
+}

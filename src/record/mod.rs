@@ -265,6 +265,8 @@ struct Current {
     started_at: Instant,
     dropped_at_start: u64,
     error: Option<String>,
+    /// The run's metadata when it started (the skill that ran then).
+    metadata: BTreeMap<String, String>,
 }
 
 struct RecorderThread {
@@ -318,11 +320,17 @@ impl RecorderThread {
         }
     }
 
+    /// The configured metadata with what changed since (the skill after a swap).
+    fn metadata(&self) -> BTreeMap<String, String> {
+        let mut meta = self.cfg.metadata.clone();
+        meta.extend(self.tap.metadata.lock().map(|m| m.clone()).unwrap_or_default());
+        meta
+    }
+
     /// Appends the stretch to `uncertain.jsonl`, with the skill that ran and the observation at
     /// its peak by label, and says where it was.
     fn mark(&mut self, stretch: &Stretch) {
-        let mut meta = self.cfg.metadata.clone();
-        meta.extend(self.tap.metadata.lock().map(|m| m.clone()).unwrap_or_default());
+        let meta = self.metadata();
         let observation: serde_json::Map<String, serde_json::Value> = self
             .cfg
             .observation_labels
@@ -449,8 +457,8 @@ impl RecorderThread {
             n += 1;
             id = format!("{base}-{n}");
         }
-        let mut meta = self.cfg.metadata.clone();
-        meta.extend(self.tap.metadata.lock().map(|m| m.clone()).unwrap_or_default());
+        let base = self.metadata();
+        let mut meta = base.clone();
         meta.insert("label".into(), label.clone());
         meta.insert("start".into(), rfc3339(started));
         meta.insert("status".into(), "recording".into());
@@ -484,6 +492,7 @@ impl RecorderThread {
             started_at: Instant::now(),
             dropped_at_start: self.tap.dropped.load(Ordering::Relaxed),
             error,
+            metadata: base,
         });
     }
 
@@ -498,7 +507,7 @@ impl RecorderThread {
             }
             return;
         }
-        let mut meta = self.cfg.metadata.clone();
+        let mut meta = cur.metadata.clone();
         meta.insert("label".into(), cur.label.clone());
         meta.insert("start".into(), rfc3339(cur.started));
         meta.insert("stop".into(), rfc3339(SystemTime::now()));

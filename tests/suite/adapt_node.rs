@@ -282,6 +282,14 @@ fn a_node_in_continual_mode_adapts_live_restarts_and_slows_and_marks_where_it_is
     record_one(&node, &mut op, &mut expert, &obs, 12);
     let second = updated(&mut op, 2);
     assert_eq!(second["state"], "accepted", "{second}");
+    // The second demonstration ran under the skill the first one swapped in, and says so.
+    let episodes = skillgraft::record::episode::list(&dir.path().join("episodes")).unwrap();
+    let reach_12 = episodes
+        .iter()
+        .map(|p| skillgraft::record::episode::read(p).unwrap())
+        .find(|f| f.metadata.get("label").map(String::as_str) == Some("reach-12"))
+        .unwrap();
+    assert_eq!(reach_12.metadata["skill_digest"], first["adapted"]["digest"].as_str().unwrap());
     let running = second["adapted"]["dir"].as_str().unwrap().to_string();
     let written = Skill::load(Path::new(&running)).unwrap();
     assert_eq!(written.manifest.provenance.method, "adapted-bayes");

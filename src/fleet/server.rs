@@ -291,24 +291,17 @@ async fn download(
             let stream =
                 tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).take_until(tokio::time::sleep(allowed));
             let body = Body::from_stream(stream);
-            let mut h = vec![
+            let fixed = [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
                 (header::CONTENT_LENGTH, rest.to_string()),
                 (header::ACCEPT_RANGES, "bytes".to_string()),
             ];
-            let status = if headers.contains_key(header::RANGE) {
-                h.push((header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1)));
-                StatusCode::PARTIAL_CONTENT
+            if headers.contains_key(header::RANGE) {
+                let range = [(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1))];
+                (StatusCode::PARTIAL_CONTENT, fixed, range, body).into_response()
             } else {
-                StatusCode::OK
-            };
-            let mut response = (status, body).into_response();
-            for (k, v) in h {
-                if let Ok(v) = v.parse() {
-                    response.headers_mut().insert(k, v);
-                }
+                (StatusCode::OK, fixed, body).into_response()
             }
-            response
         }
         Err(_) => {
             problem(StatusCode::NOT_FOUND, format!("{name} {version} is not in the catalog; GET /catalog lists it"))
@@ -362,6 +355,33 @@ async fn get_channel(
     }
     let missing = format!("no channel `{channel}`; publish its index with `fleet channel publish --index`");
     document(path, &headers, missing).await
+}
+
+/// Runs `work` off the async threads and answers with its value (as JSON, with `ok`) or its
+/// refusal.
+async fn answer<T: Serialize + Send + 'static>(
+    ok: StatusCode,
+    work: impl FnOnce() -> Result<T, (StatusCode, String)> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => reply(ok, serde_json::to_value(&v).unwrap_or_default()),
+        Ok(Err((status, message))) => problem(status, message),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The key list the server holds: 409 before one is published, 500 when it does not read.
+fn stored_keys(root: &Path) -> Result<channel::Keys, (StatusCode, String)> {
+    let bytes = std::fs::read(keys_path(root)).map_err(|_| {
+        (
+            StatusCode::CONFLICT,
+            "this server has no key list to check the index against; publish it first (`fleet channel publish --keys`)"
+                .to_string(),
+        )
+    })?;
+    envelope(&bytes)
+        .and_then(|e| channel::read_keys(&e).map_err(unprocessable))
+        .map_err(|(_, message)| (StatusCode::INTERNAL_SERVER_ERROR, format!("the stored key list: {message}")))
 }
 
 /// Where a staged rollout stands.
@@ -475,11 +495,7 @@ async fn rollout_start(
                 ),
             ));
         }
-        let keys = std::fs::read(keys_path(&s.root))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<channel::Envelope>(&b).ok())
-            .and_then(|e| channel::read_keys(&e).ok())
-            .ok_or((StatusCode::CONFLICT, "this server has no key list; publish it first".to_string()))?;
+        let keys = stored_keys(&s.root)?;
         let current: channel::Index = std::fs::read(channel_path(&s.root, &name))
             .ok()
             .and_then(|b| serde_json::from_slice::<channel::Envelope>(&b).ok())
@@ -525,11 +541,7 @@ async fn rollout_start(
         tracing::info!(channel = %name, "rollout started: wave 1 of {} ({} %)", r.waves.len(), r.waves[0]);
         Ok(r)
     };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(r)) => reply(StatusCode::CREATED, serde_json::to_value(&r).unwrap_or_default()),
-        Ok(Err((status, message))) => problem(status, message),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(StatusCode::CREATED, work).await
 }
 
 fn write_rollout(root: &Path, r: &Rollout) -> Result<(), FileError> {
@@ -583,11 +595,7 @@ async fn rollout_act(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlP
         let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
         act_on(&s.root, &name, &action, "by hand", None)
     };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(r)) => reply(StatusCode::OK, serde_json::to_value(&r).unwrap_or_default()),
-        Ok(Err((status, message))) => problem(status, message),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(StatusCode::OK, work).await
 }
 
 /// Every robot's last report.
@@ -693,11 +701,7 @@ async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<Str
             .collect();
         Ok(serde_json::json!({ "rollout": r, "waves": waves }))
     };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(v)) => reply(StatusCode::OK, v),
-        Ok(Err((status, message))) => problem(status, message),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(StatusCode::OK, work).await
 }
 
 /// Stores `bytes` at `path` unless the stored document is newer: `order` compares the new
@@ -782,19 +786,9 @@ async fn put_channel(
         return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
     }
     let work = move || {
-        let keys = match std::fs::read(keys_path(&s.root)) {
-            Ok(bytes) => match envelope(&bytes).and_then(|e| channel::read_keys(&e).map_err(unprocessable)) {
-                Ok(k) => k,
-                Err((_, message)) => {
-                    return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("the stored key list: {message}"));
-                }
-            },
-            Err(_) => {
-                return problem(
-                    StatusCode::CONFLICT,
-                    "this server has no key list to check the index against; publish it first (`fleet channel publish --keys`)",
-                );
-            }
+        let keys = match stored_keys(&s.root) {
+            Ok(k) => k,
+            Err((status, message)) => return problem(status, message),
         };
         let now = std::time::SystemTime::now();
         let new = match envelope(&body).and_then(|e| channel::read_index(&keys, &e, &name, now).map_err(unprocessable))

@@ -1974,14 +1974,8 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
         FleetCommand::Rollout(r) => rollout(&rt, r)?,
         FleetCommand::Reports { fleet, token_file, json } => {
             let token = auth::read_token(&token_file)?;
-            let uri = skillgraft::fleet::client::join(&fleet, "/reports")?;
-            let r = rt.block_on(skillgraft::fleet::client::Client::new(Duration::from_secs(5)).request(
-                hyper::Method::GET,
-                uri,
-                &token,
-                &skillgraft::fleet::client::Upload::Empty,
-                timeout,
-            ))?;
+            let empty = skillgraft::fleet::client::Upload::Empty;
+            let r = rt.block_on(push::call(&fleet, &fleet, hyper::Method::GET, "/reports", &token, &empty, timeout))?;
             if !r.status.is_success() {
                 return Err(format!("{fleet} refused ({}): {}", r.status, r.error()).into());
             }
@@ -2014,7 +2008,7 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<dyn std::error::Error>> {
-    use skillgraft::fleet::client::{Client, Upload, join};
+    use skillgraft::fleet::client::Upload;
     let (target, method, path, body, json) = match cmd {
         RolloutCommand::Start { target, new, back, waves, auto, soak, threshold, min_robots } => {
             let auto = auto.then(
@@ -2039,14 +2033,9 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
         }
     };
     let token = skillgraft::fleet::auth::read_token(&target.token_file)?;
-    let uri = join(&target.fleet, &path)?;
-    let r = rt.block_on(Client::new(std::time::Duration::from_secs(5)).request(
-        method,
-        uri,
-        &token,
-        &body,
-        std::time::Duration::from_secs(60),
-    ))?;
+    let timeout = std::time::Duration::from_secs(60);
+    let fleet = &target.fleet;
+    let r = rt.block_on(skillgraft::fleet::push::call(fleet, fleet, method, &path, &token, &body, timeout))?;
     if !r.status.is_success() {
         return Err(format!("{} refused ({}): {}", target.fleet, r.status, r.error()).into());
     }
@@ -2147,33 +2136,31 @@ fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         ChannelCommand::Publish { fleet, token_file, keys, index } => {
-            use skillgraft::fleet::client::{Client, Upload, join};
+            use skillgraft::fleet::client::Upload;
             let token = skillgraft::fleet::auth::read_token(&token_file)?;
             let rt = skillgraft::fleet::http::runtime(1)?;
-            let client = Client::new(std::time::Duration::from_secs(5));
             let mut docs = Vec::new();
             if let Some(k) = &keys {
-                docs.push(("/keys".to_string(), k.clone(), "key list".to_string()));
+                docs.push(("/keys".to_string(), envelope(k)?, "key list".to_string()));
             }
             if let Some(i) = &index {
                 let env = envelope(i)?;
                 let doc: ch::Index = serde_json::from_str(&env.payload)
                     .map_err(|e| format!("{}: not a channel index ({e})", i.display()))?;
-                docs.push((
-                    format!("/channels/{}", doc.channel),
-                    i.clone(),
-                    format!("channel {} serial {}", doc.channel, doc.serial),
-                ));
+                let what = format!("channel {} serial {}", doc.channel, doc.serial);
+                docs.push((format!("/channels/{}", doc.channel), env, what));
             }
-            for (path, file, what) in docs {
-                let body = serde_json::to_value(envelope(&file)?)?;
-                let uri = join(&fleet, &path)?;
-                let r = rt.block_on(client.request(
+            for (path, env, what) in docs {
+                let body = Upload::Json(serde_json::to_value(env)?);
+                let timeout = std::time::Duration::from_secs(30);
+                let r = rt.block_on(skillgraft::fleet::push::call(
+                    &fleet,
+                    &fleet,
                     hyper::Method::PUT,
-                    uri,
+                    &path,
                     &token,
-                    &Upload::Json(body),
-                    std::time::Duration::from_secs(30),
+                    &body,
+                    timeout,
                 ))?;
                 match r.status.as_u16() {
                     201 => outln!("{fleet} now serves the {what}"),
@@ -2503,6 +2490,7 @@ fn agent(
     if !skillgraft::skill::manifest::valid_name(&channel) {
         return Err(format!("{channel:?} is not a channel name").into());
     }
+    let store = skillgraft::skill::store::Store::open(&store)?;
     let settings = AgentSettings {
         token: skillgraft::fleet::auth::read_token(&token_file)?,
         fleet,
@@ -2512,8 +2500,8 @@ fn agent(
         limits: bundle::Limits::mib(max_mib),
         timeout: std::time::Duration::from_secs(600),
         inbox,
+        robot: store.identity()?.robot,
     };
-    let store = skillgraft::skill::store::Store::open(&store)?;
     let rt = skillgraft::fleet::http::runtime(1)?;
     let client = skillgraft::fleet::client::Client::new(std::time::Duration::from_secs(5));
     let stop = if once { None } else { Some(interrupted()?) };

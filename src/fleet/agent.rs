@@ -39,6 +39,8 @@ pub struct AgentSettings {
     pub token: String,
     /// The channel followed.
     pub channel: String,
+    /// This robot's name (the store's identity): its place in a staged rollout, its reports.
+    pub robot: String,
     /// The pinned root key.
     pub root: VerifyingKey,
     /// Keys whose bundles the store installs.
@@ -114,7 +116,6 @@ pub async fn report(
     polled: &Result<Polled, FleetError>,
 ) -> Result<(), FleetError> {
     let config = |e: &dyn std::fmt::Display| FleetError::Config(e.to_string());
-    let robot = store.identity().map_err(|e| config(&e))?.robot;
     let active = store.list().map_err(|e| config(&e))?.into_iter().map(|e| (e.name, e.state.active)).collect();
     let node = match &s.inbox {
         Some(inbox) => {
@@ -123,7 +124,7 @@ pub async fn report(
         None => None,
     };
     let r = Report {
-        robot: robot.clone(),
+        robot: s.robot.clone(),
         channel: s.channel.clone(),
         time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         serial: polled.as_ref().ok().map(|p| p.serial),
@@ -132,7 +133,7 @@ pub async fn report(
         health: node.as_ref().and_then(|n| serde_json::from_value(n["node"]["since_swap"].clone()).ok()),
         node,
     };
-    let uri = join(&s.fleet, &format!("/reports/{robot}")).map_err(|e| config(&e))?;
+    let uri = join(&s.fleet, &format!("/reports/{}", s.robot)).map_err(|e| config(&e))?;
     let body = Upload::Json(serde_json::to_value(&r).expect("serialises"));
     let answer = client
         .request(hyper::Method::PUT, uri, &s.token, &body, s.timeout)
@@ -199,8 +200,7 @@ pub async fn poll(client: &Client, s: &AgentSettings, store: &Store) -> Result<P
     let (keys_file, index_file, seen_file) = (dir.join("keys.json"), dir.join("index.json"), dir.join("seen.json"));
     let (keys, keys_new) = fetch(client, s, "/keys", read_cached(&keys_file)).await?;
     // The robot's name places it in a staged rollout's waves.
-    let robot = store.identity().map_err(|e| FleetError::Config(e.to_string()))?.robot;
-    let path = format!("/channels/{}?robot={robot}", s.channel);
+    let path = format!("/channels/{}?robot={}", s.channel, s.robot);
     let (index, index_new) = fetch(client, s, &path, read_cached(&index_file)).await?;
     let seen = Seen::load(&seen_file)?;
     // Checked on every poll, unchanged or not: an index held back past its expiry is refused.

@@ -289,7 +289,7 @@ pub async fn status(robots: &Robots, timeout: Duration) -> Vec<RobotStatus> {
 }
 
 /// One request to `base` (named `who` in errors): the reply, or why none came.
-async fn call(
+pub async fn call(
     who: &str,
     base: &str,
     method: Method,

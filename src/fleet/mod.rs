@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bucket;
 pub mod channel;
 pub mod client;
 pub mod http;

@@ -76,6 +76,14 @@ impl Robots {
     }
 }
 
+/// The robots a registry's text lists, by name and inbox URL (its tokens are not read: the
+/// fleet server lists robots, `fleet push` is what reaches them).
+pub fn listed(text: &str) -> Result<Vec<(String, String)>, String> {
+    let file: RobotsFile = toml::from_str(text)
+        .map_err(|e| format!("robots.toml: {e}; each robot is a [[robot]] table with name, url and token_file"))?;
+    Ok(file.robots.into_iter().map(|r| (r.name, r.url)).collect())
+}
+
 /// How a push behaves.
 #[derive(Debug, Clone)]
 pub struct PushOptions {

@@ -1,21 +1,32 @@
-//! The fleet server (`skillgraft fleet serve --store DIR`): a catalog of signed bundles that
-//! robots and people upload and download, and the registry of robots that `fleet push` reads.
+//! The fleet server (`skillgraft fleet serve --store URL`): a catalog of signed bundles that
+//! robots and people upload and download, the signed channels robots follow, staged rollouts
+//! and the robots' reports. Everything lives in an object store (`bucket`): the server keeps
+//! nothing of its own, and any number of servers can serve one bucket.
 //!
 //! ```text
-//! DIR/catalog/NAME/VERSION.skill   bundles, verified on upload, never changed afterwards
-//! DIR/catalog/NAME/VERSION.json    what the catalog says of it: digest, signer, provenance
-//! DIR/robots.toml                  the registry: [[robot]] name, url, token_file
-//! DIR/keys.json                    the root-signed list of fleet keys (fleet channel keys)
-//! DIR/channels/CHANNEL.json        each channel's signed index (fleet channel sign)
-//! DIR/reports/ROBOT.json           each robot's last report
-//! DIR/rollouts/CHANNEL.json        a staged rollout's state; .new.json and .back.json its indexes
-//! DIR/.incoming/                   uploads being received
+//! catalog/NAME/VERSION.json                what the catalog says of a bundle: digest, signer, provenance
+//! catalog/NAME/VERSION/DIGEST.skill        the bundle, written before its entry
+//! keys/VERSION.json                        the root-signed key lists; the highest version is the one
+//! channels/NAME/SERIAL.json                each signed index of a channel; the highest serial is the one
+//! rollouts/NAME/SERIAL/                    a staged rollout (SERIAL: its new index's): start.json,
+//!                                          new.json, back.json, then one stage-K.json per wave
+//!                                          reached, halted.json when it halts, and
+//!                                          withdrawn.json when another started with it
+//! reports/ROBOT.json                       each robot's last report
+//! robots.toml                              the registry `fleet push` reads ([[robot]] name, url, token_file)
 //! ```
+//!
+//! Two servers writing at once cannot undo each other's work because no write changes what
+//! another wrote: every document is a new object under a key that says where it stands (a
+//! serial, a version, a wave), the current state is the highest of them, and an object is
+//! created only where none is (a conditional put where the store has them). A rollout's state is
+//! the set of its facts: two servers that advance it at once write the same stage, and a halt
+//! wins over any advance (its index has the highest serial). Reports are one robot's each.
 //!
 //! ```text
 //! GET  /health
 //! GET  /catalog                    {"bundles": [entries]}
-//! GET  /catalog/{name}/{version}   the bundle file
+//! GET  /catalog/{name}/{version}   the bundle file (Range: bytes=N- resumes)
 //! POST /catalog                    body: a .skill bundle; 201 entry (200 when already there)
 //! GET  /robots                     {"robots": [{"name", "url"}]}
 //! GET  /keys                       the key list; ETag, If-None-Match gives 304
@@ -24,11 +35,11 @@
 //! PUT  /reports/{robot}            body: the robot's report after a poll (skillgraft agent)
 //! GET  /channels/{channel}[?robot=ID]  the channel's index (during a staged rollout, the
 //!                                  robot's wave decides which); ETag, If-None-Match gives 304
+//! PUT  /channels/{channel}         body: an index signed by a listed fleet key; 201, 200, 409
 //! POST /rollouts/{channel}         {"new": index, "back": index, "waves": [1, 10, 50, 100]}
 //! POST /rollouts/{channel}/advance the next wave (after the last: the rollout is done)
 //! POST /rollouts/{channel}/halt    every robot gets the `back` index
 //! GET  /rollouts/{channel}         the rollout's state, and per wave its robots' reports
-//! PUT  /channels/{channel}         body: an index signed by a listed fleet key; 201, 200, 409
 //! ```
 //!
 //! The server keeps no root key: a robot checks the key list against the root it pins. What the
@@ -36,8 +47,10 @@
 //! key of the stored list, for this channel, not expired, and never a serial (or key-list
 //! version) below the stored one.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Request, State};
@@ -45,15 +58,16 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::FleetError;
 use super::auth::Tokens;
+use super::bucket::{Bucket, BucketError, StoreTimes};
 use super::channel;
 use super::http::{HttpLimits, problem, redact, reply, spool, unauthorized, within};
-use super::push::Robots;
 use crate::file::FileError;
 use crate::skill::bundle::{self, Limits};
 use crate::skill::manifest::Provenance;
@@ -84,8 +98,10 @@ pub struct CatalogEntry {
 /// What `fleet serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    /// The fleet folder.
-    pub store: PathBuf,
+    /// The fleet's object store: `s3://bucket/prefix`, `file:///path` or a folder.
+    pub store: String,
+    /// Where uploads are received and checked before they go to the store.
+    pub spool: Option<PathBuf>,
     /// Address to listen on.
     pub listen: String,
     /// Keys whose bundles the catalog takes (the fleet's own, and its robots').
@@ -98,10 +114,31 @@ pub struct ServerSettings {
     pub http: HttpLimits,
     /// The channels' root public key: key lists not signed by it are refused.
     pub channel_root: Option<PathBuf>,
+    /// How long a channel's index and rollout, read from the store, answer polls before they
+    /// are read again (this server's own writes are seen at once).
+    pub cache: Duration,
+    /// How long the store may take.
+    pub store_times: StoreTimes,
+}
+
+/// A channel as the store had it when last read: its index, and its rollout.
+#[derive(Debug, Default)]
+struct View {
+    index: Option<Bytes>,
+    rollout: Option<Live>,
+}
+
+/// A rollout and its two indexes.
+#[derive(Debug, Clone)]
+struct Live {
+    r: Rollout,
+    new: Bytes,
+    back: Bytes,
 }
 
 struct Shared {
-    root: PathBuf,
+    bucket: Bucket,
+    spool: PathBuf,
     trusted: Vec<VerifyingKey>,
     tokens: Tokens,
     limits: Limits,
@@ -112,9 +149,23 @@ struct Shared {
     channel_root: Option<VerifyingKey>,
     /// Uploads received at once.
     uploads: Arc<tokio::sync::Semaphore>,
-    /// One check and catalog change at a time: two uploads of one version must not both pass
-    /// the check, and checks (each a worker process) do not pile up.
-    adding: std::sync::Mutex<()>,
+    /// One check and store change at a time on this server: checks (each a worker process) do
+    /// not pile up, and this server's own writes do not race each other.
+    adding: tokio::sync::Mutex<()>,
+    /// Channels as last read, and when.
+    views: std::sync::Mutex<HashMap<String, (Instant, Arc<View>)>>,
+    cache: Duration,
+    /// Objects read before, by key: a listing's ETag says whether to read one again.
+    objects: std::sync::Mutex<HashMap<String, (Option<String>, Bytes)>>,
+    /// Channels whose robots reported since their rollout was last judged.
+    reported: std::sync::Mutex<HashSet<String>>,
+}
+
+/// A store failure, as the client sees it: the store is the one at fault, and the request may
+/// pass later.
+fn unavailable(e: BucketError) -> (StatusCode, String) {
+    tracing::error!("{e}");
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again later"))
 }
 
 /// Serves until `shutdown` resolves. Errors in the settings are returned before anything listens.
@@ -140,27 +191,25 @@ pub async fn serve(
         }
     };
     let tokens = Tokens::load(&settings.tokens)?;
-    let root = settings.store.clone();
-    for d in [
-        root.join("catalog"),
-        root.join("channels"),
-        root.join("reports"),
-        root.join("rollouts"),
-        root.join(".incoming"),
-    ] {
-        std::fs::create_dir_all(&d).map_err(FileError::at("create", &d))?;
-    }
-    let incoming = root.join(".incoming");
-    for e in std::fs::read_dir(&incoming).map_err(FileError::at("read", &incoming))?.filter_map(|e| e.ok()) {
+    let bucket = Bucket::open(&settings.store, settings.store_times).map_err(|e| FleetError::Config(e.to_string()))?;
+    // A folder store receives uploads beside its objects; an S3 one in a scratch folder.
+    let spool = settings.spool.clone().unwrap_or_else(|| match settings.store.contains("://") {
+        false => Path::new(&settings.store).join(".incoming"),
+        true if settings.store.starts_with("file://") => {
+            Path::new(settings.store.trim_start_matches("file://")).join(".incoming")
+        }
+        true => std::env::temp_dir().join(format!("skillgraft-fleet-{}", std::process::id())),
+    });
+    std::fs::create_dir_all(&spool).map_err(FileError::at("create", &spool))?;
+    for e in std::fs::read_dir(&spool).map_err(FileError::at("read", &spool))?.filter_map(|e| e.ok()) {
         let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
     }
-    let registry = root.join("robots.toml");
-    if registry.exists() {
-        Robots::load(&registry)?;
-    }
+    // An unreachable store or wrong credentials show at start, not at the first robot's poll.
+    bucket.list("keys").await.map_err(|e| FleetError::Config(e.to_string()))?;
     let sandbox = Sandbox::current(settings.max_mib).map_err(|e| FleetError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
-        root,
+        bucket,
+        spool,
         trusted,
         tokens,
         limits: Limits::mib(settings.max_mib),
@@ -170,7 +219,12 @@ pub async fn serve(
         channel_root,
         uploads: Arc::new(tokio::sync::Semaphore::new(settings.http.uploads.max(1))),
         adding: Default::default(),
+        views: Default::default(),
+        cache: settings.cache,
+        objects: Default::default(),
+        reported: Default::default(),
     });
+    let judge = tokio::spawn(judge_loop(shared.clone()));
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let app = axum::Router::new()
         .route("/health", get(health))
@@ -191,6 +245,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(FileError::at("configure", Path::new(&settings.listen)))?;
     bound(addr);
     super::http::serve(listener, app, settings.http, refused, shutdown).await;
+    judge.abort();
     Ok(())
 }
 
@@ -206,25 +261,130 @@ async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Re
     if streams { next.run(req).await } else { within(s.http.request_timeout, next.run(req)).await }
 }
 
-async fn health() -> Response {
-    reply(StatusCode::OK, serde_json::json!({ "status": "ok" }))
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    reply(StatusCode::OK, serde_json::json!({ "status": "ok", "store_requests": s.bucket.requests() }))
+}
+
+/// Answers with `work`'s value (as JSON, with `ok`) or its refusal.
+async fn answer<T: Serialize>(
+    ok: StatusCode,
+    work: impl std::future::Future<Output = Result<T, (StatusCode, String)>>,
+) -> Response {
+    match work.await {
+        Ok(v) => reply(ok, serde_json::to_value(&v).unwrap_or_default()),
+        Err((status, message)) => problem(status, message),
+    }
+}
+
+impl Shared {
+    /// The objects below `prefix`, each read once per ETag the store gives it.
+    async fn read_all(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, BucketError> {
+        let listed = self.bucket.list(prefix).await?;
+        let mut out = Vec::with_capacity(listed.len());
+        for l in listed {
+            let key = format!("{prefix}/{}", l.name);
+            let known = self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            let bytes = match known {
+                Some((tag, bytes)) if tag.is_some() && tag == l.e_tag => bytes,
+                _ => match self.bucket.get(&key).await? {
+                    Some(o) => {
+                        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (o.e_tag, o.bytes.clone()));
+                        o.bytes
+                    }
+                    None => continue,
+                },
+            };
+            out.push((l.name, bytes));
+        }
+        Ok(out)
+    }
+
+    /// The object at `key`, read once per ETag (an object under a serial never changes).
+    async fn read_fixed(&self, key: &str) -> Result<Option<Bytes>, BucketError> {
+        if let Some((_, b)) = self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Ok(Some(b.clone()));
+        }
+        let Some(o) = self.bucket.get(key).await? else { return Ok(None) };
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), (o.e_tag, o.bytes.clone()));
+        Ok(Some(o.bytes))
+    }
+
+    /// The document with the highest number below `prefix` (`prefix/NUMBER.json`), read again
+    /// only when the listing gives it another ETag (it was replaced behind the fleet's back,
+    /// which the robots' signature check then sees).
+    async fn latest(&self, prefix: &str) -> Result<Option<(u64, Bytes)>, BucketError> {
+        let listed = self.bucket.list(prefix).await?;
+        let Some((n, tag)) = listed
+            .into_iter()
+            .filter_map(|l| Some((l.name.strip_suffix(".json")?.parse::<u64>().ok()?, l.e_tag)))
+            .max_by_key(|(n, _)| *n)
+        else {
+            return Ok(None);
+        };
+        let key = numbered(prefix, n);
+        let known = self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some((t, bytes)) = known
+            && t.is_some()
+            && t == tag
+        {
+            return Ok(Some((n, bytes)));
+        }
+        let Some(o) = self.bucket.get(&key).await? else { return Ok(None) };
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (o.e_tag, o.bytes.clone()));
+        Ok(Some((n, o.bytes)))
+    }
+
+    /// The channel as the store has it, read again when older than the cache time.
+    async fn view(&self, channel: &str) -> Result<Arc<View>, BucketError> {
+        if let Some((at, v)) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get(channel)
+            && at.elapsed() < self.cache
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(View {
+            index: self.latest(&format!("channels/{channel}")).await?.map(|(_, b)| b),
+            rollout: self.rollout(channel).await?,
+        });
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(channel.to_string(), (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// The key list as the store has it, read again when older than the cache time (kept
+    /// among the views under the empty name, which no channel has).
+    async fn keys(&self) -> Result<Option<Bytes>, BucketError> {
+        if let Some((at, v)) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get("")
+            && at.elapsed() < self.cache
+        {
+            return Ok(v.index.clone());
+        }
+        let v = Arc::new(View { index: self.latest("keys").await?.map(|(_, b)| b), rollout: None });
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(String::new(), (Instant::now(), v.clone()));
+        Ok(v.index.clone())
+    }
+
+    /// Forgets what this server read of `channel` (the key list: ""), after it changed it.
+    fn changed(&self, channel: &str) {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(channel);
+    }
+}
+
+/// `prefix/NUMBER.json`, the number zero-padded so that keys sort as numbers.
+fn numbered(prefix: &str, n: u64) -> String {
+    format!("{prefix}/{n:020}.json")
 }
 
 /// Every entry of the catalog, by name then version.
-pub fn entries(root: &Path) -> Result<Vec<CatalogEntry>, FleetError> {
-    let dir = root.join("catalog");
+async fn entries(s: &Shared) -> Result<Vec<CatalogEntry>, BucketError> {
     let mut out = Vec::new();
-    for name in std::fs::read_dir(&dir).map_err(FileError::at("read", &dir))?.filter_map(|e| e.ok()) {
-        for f in std::fs::read_dir(name.path()).map_err(FileError::at("read", &name.path()))?.filter_map(|e| e.ok()) {
-            let p = f.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                let text = std::fs::read(&p).map_err(FileError::at("read", &p))?;
-                // One damaged entry must not hide the rest of the catalog.
-                match serde_json::from_slice(&text) {
-                    Ok(e) => out.push(e),
-                    Err(e) => tracing::warn!("{}: {e}; remove it and upload its bundle again", p.display()),
-                }
-            }
+    for (name, bytes) in s.read_all("catalog").await? {
+        // NAME/VERSION.json: entries; bundles sit a level further down.
+        if name.matches('/').count() != 1 || !name.ends_with(".json") {
+            continue;
+        }
+        // One damaged entry must not hide the rest of the catalog.
+        match serde_json::from_slice(&bytes) {
+            Ok(e) => out.push(e),
+            Err(e) => tracing::warn!("catalog/{name}: {e}; remove it and upload its bundle again"),
         }
     }
     out.sort_by(|a: &CatalogEntry, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
@@ -232,16 +392,27 @@ pub fn entries(root: &Path) -> Result<Vec<CatalogEntry>, FleetError> {
 }
 
 async fn catalog(State(s): State<Arc<Shared>>) -> Response {
-    let root = s.root.clone();
-    match tokio::task::spawn_blocking(move || entries(&root)).await {
-        Ok(Ok(list)) => reply(StatusCode::OK, serde_json::json!({ "bundles": list })),
-        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match entries(&s).await {
+        Ok(list) => reply(StatusCode::OK, serde_json::json!({ "bundles": list })),
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            problem(status, message)
+        }
     }
 }
 
-fn bundle_path(root: &Path, name: &str, version: &semver::Version) -> PathBuf {
-    root.join("catalog").join(name).join(format!("{version}.skill"))
+fn entry_key(name: &str, version: &semver::Version) -> String {
+    format!("catalog/{name}/{version}.json")
+}
+
+fn bundle_key(name: &str, version: &semver::Version, digest: &str) -> String {
+    format!("catalog/{name}/{version}/{}.skill", digest.replace(':', "-"))
+}
+
+/// The catalog's entry for `name` `version`.
+async fn entry(s: &Shared, name: &str, version: &semver::Version) -> Result<Option<CatalogEntry>, BucketError> {
+    let Some(o) = s.bucket.get(&entry_key(name, version)).await? else { return Ok(None) };
+    Ok(serde_json::from_slice(&o.bytes).ok())
 }
 
 /// Where a `Range: bytes=N-` request starts (a download resumed after a cut): 0 without one,
@@ -262,64 +433,59 @@ async fn download(
     UrlPath((name, version)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    use tokio::io::AsyncSeekExt;
     let Ok(version) = version.parse::<semver::Version>() else {
         return problem(StatusCode::BAD_REQUEST, format!("{version:?} is not a version (X.Y.Z)"));
     };
     if !crate::skill::manifest::valid_name(&name) {
         return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a skill name"));
     }
-    let path = bundle_path(&s.root, &name, &version);
-    match tokio::fs::File::open(&path).await {
-        Ok(mut f) => {
-            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let Some(start) = range_start(&headers, len) else {
-                return (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-                    "this server resumes downloads with `Range: bytes=N-`, N below the bundle's size",
-                )
-                    .into_response();
-            };
-            if f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-                return problem(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the bundle");
-            }
-            let rest = len - start;
-            // A reader slower than the minimum rate loses the rest: it must not hold a connection.
-            let allowed =
-                s.http.grace + std::time::Duration::from_secs_f64(rest as f64 / s.http.min_rate.max(1) as f64);
-            let stream =
-                tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).take_until(tokio::time::sleep(allowed));
-            let body = Body::from_stream(stream);
-            let fixed = [
-                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (header::CONTENT_LENGTH, rest.to_string()),
-                (header::ACCEPT_RANGES, "bytes".to_string()),
-            ];
-            if headers.contains_key(header::RANGE) {
-                let range = [(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1))];
-                (StatusCode::PARTIAL_CONTENT, fixed, range, body).into_response()
-            } else {
-                (StatusCode::OK, fixed, body).into_response()
-            }
+    let missing =
+        || problem(StatusCode::NOT_FOUND, format!("{name} {version} is not in the catalog; GET /catalog lists it"));
+    let e = match entry(&s, &name, &version).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return missing(),
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            return problem(status, message);
         }
-        Err(_) => {
-            problem(StatusCode::NOT_FOUND, format!("{name} {version} is not in the catalog; GET /catalog lists it"))
+    };
+    let len = e.bytes;
+    let Some(start) = range_start(&headers, len) else {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            "this server resumes downloads with `Range: bytes=N-`, N below the bundle's size",
+        )
+            .into_response();
+    };
+    let reading = match s.bucket.read_from(&bundle_key(&name, &version, &e.digest), start).await {
+        Ok(Some(r)) if r.size == len => r,
+        Ok(_) => return missing(),
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            return problem(status, message);
         }
+    };
+    let rest = len - start;
+    // A reader slower than the minimum rate loses the rest: it must not hold a connection.
+    let allowed = s.http.grace + Duration::from_secs_f64(rest as f64 / s.http.min_rate.max(1) as f64);
+    let body = Body::from_stream(reading.stream.take_until(tokio::time::sleep(allowed)));
+    let fixed = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_LENGTH, rest.to_string()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+    ];
+    if headers.contains_key(header::RANGE) {
+        let range = [(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1))];
+        (StatusCode::PARTIAL_CONTENT, fixed, range, body).into_response()
+    } else {
+        (StatusCode::OK, fixed, body).into_response()
     }
 }
 
-fn keys_path(root: &Path) -> PathBuf {
-    root.join("keys.json")
-}
-
-fn channel_path(root: &Path, channel: &str) -> PathBuf {
-    root.join("channels").join(format!("{channel}.json"))
-}
-
-/// A stored document, with an ETag of its bytes; 304 when the client has them already.
-async fn document(path: PathBuf, headers: &HeaderMap, missing: String) -> Response {
-    let Ok(bytes) = tokio::fs::read(&path).await else {
+/// A document, with an ETag of its bytes; 304 when the client has them already.
+fn document(bytes: Option<Bytes>, headers: &HeaderMap, missing: String) -> Response {
+    let Some(bytes) = bytes else {
         return problem(StatusCode::NOT_FOUND, missing);
     };
     let etag = format!("\"{}\"", channel::digest(&bytes).trim_start_matches("sha256:"));
@@ -331,59 +497,153 @@ async fn document(path: PathBuf, headers: &HeaderMap, missing: String) -> Respon
 }
 
 async fn get_keys(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    document(keys_path(&s.root), &headers, "no key list yet; publish one with `fleet channel publish --keys`".into())
-        .await
+    match s.keys().await {
+        Ok(keys) => document(keys, &headers, "no key list yet; publish one with `fleet channel publish --keys`".into()),
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            problem(status, message)
+        }
+    }
 }
 
 async fn get_channel(
     State(s): State<Arc<Shared>>,
-    UrlPath(channel): UrlPath<String>,
+    UrlPath(name): UrlPath<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    if !crate::skill::manifest::valid_name(&channel) {
-        return problem(StatusCode::BAD_REQUEST, format!("{channel:?} is not a channel name"));
+    if !crate::skill::manifest::valid_name(&name) {
+        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
     }
-    let mut path = channel_path(&s.root, &channel);
+    let view = match s.view(&name).await {
+        Ok(v) => v,
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            return problem(status, message);
+        }
+    };
+    let mut bytes = view.index.clone();
     // `?robot=ID`: robot names are plain (letters, digits, `-`, `_`), so no decoding is needed.
     let robot = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("robot=")));
-    if let (Some(robot), Ok(r)) = (robot, read_rollout(&s.root, &channel)) {
-        let bucket = channel::wave_bucket(&channel, robot);
-        if r.state == RolloutState::Running && bucket < r.waves[r.stage] {
-            path = rollout_path(&s.root, &channel, "new");
-        }
+    if let (Some(robot), Some(live)) = (robot, &view.rollout)
+        && live.r.state == RolloutState::Running
+        && channel::wave_bucket(&name, robot) < live.r.waves[live.r.stage]
+    {
+        bytes = Some(live.new.clone());
     }
-    let missing = format!("no channel `{channel}`; publish its index with `fleet channel publish --index`");
-    document(path, &headers, missing).await
+    document(bytes, &headers, format!("no channel `{name}`; publish its index with `fleet channel publish --index`"))
 }
 
-/// Runs `work` off the async threads and answers with its value (as JSON, with `ok`) or its
-/// refusal.
-async fn answer<T: Serialize + Send + 'static>(
-    ok: StatusCode,
-    work: impl FnOnce() -> Result<T, (StatusCode, String)> + Send + 'static,
-) -> Response {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(v)) => reply(ok, serde_json::to_value(&v).unwrap_or_default()),
-        Ok(Err((status, message))) => problem(status, message),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// The key list the server holds: 409 before one is published, 500 when it does not read.
-fn stored_keys(root: &Path) -> Result<channel::Keys, (StatusCode, String)> {
-    let bytes = std::fs::read(keys_path(root)).map_err(|_| {
-        (
+/// The key list the store holds: 409 before one is published, 500 when it does not read.
+async fn stored_keys(s: &Shared) -> Result<channel::Keys, (StatusCode, String)> {
+    let Some((_, bytes)) = s.latest("keys").await.map_err(unavailable)? else {
+        return Err((
             StatusCode::CONFLICT,
             "this server has no key list to check the index against; publish it first (`fleet channel publish --keys`)"
                 .to_string(),
-        )
-    })?;
+        ));
+    };
     envelope(&bytes)
         .and_then(|e| channel::read_keys(&e).map_err(unprocessable))
         .map_err(|(_, message)| (StatusCode::INTERNAL_SERVER_ERROR, format!("the stored key list: {message}")))
 }
 
+/// Stores `bytes` as document `number` below `prefix` unless the highest stored one is newer
+/// or the same: `order` compares the number with the highest stored one's.
+async fn store_document(
+    s: &Shared,
+    prefix: &str,
+    number: u64,
+    bytes: Bytes,
+    order: impl FnOnce(u64) -> Result<(), (StatusCode, String)>,
+) -> Result<serde_json::Value, (StatusCode, String)> {
+    let _one = s.adding.lock().await;
+    let old = s.latest(prefix).await.map_err(unavailable)?;
+    // The same document (however its JSON is laid out) is already the one served.
+    let same = |b: &Bytes| *b == bytes || envelope(b).ok().is_some_and(|e| envelope(&bytes).ok() == Some(e));
+    if old.as_ref().is_some_and(|(_, b)| same(b)) {
+        return Ok(serde_json::json!({ "stored": false }));
+    }
+    if let Some((n, _)) = old {
+        order(n)?;
+    }
+    if !s.bucket.create(&numbered(prefix, number), bytes).await.map_err(unavailable)? {
+        return Err((
+            StatusCode::CONFLICT,
+            format!("another document with number {number} was stored at the same time; publish under a higher one"),
+        ));
+    }
+    Ok(serde_json::json!({ "stored": true }))
+}
+
+fn envelope(bytes: &[u8]) -> Result<channel::Envelope, (StatusCode, String)> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not a signed document ({e}); write it with `fleet channel keys` or `sign`"),
+        )
+    })
+}
+
+fn unprocessable(e: channel::ChannelError) -> (StatusCode, String) {
+    (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+}
+
+/// 201 when the document was stored, 200 when it was there already.
+fn stored(v: Result<serde_json::Value, (StatusCode, String)>) -> Response {
+    match v {
+        Ok(v) if v["stored"] == true => reply(StatusCode::CREATED, v),
+        Ok(v) => reply(StatusCode::OK, v),
+        Err((status, message)) => problem(status, message),
+    }
+}
+
+async fn put_keys(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let work = async {
+        let e = envelope(&body)?;
+        if let Some(root) = &s.channel_root {
+            channel::read_root_signed(&e, root).map_err(unprocessable)?;
+        }
+        let new = channel::read_keys(&e).map_err(unprocessable)?;
+        let r = store_document(&s, "keys", new.version, body.clone(), |old| {
+            if new.version <= old {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("the stored key list has version {old}; publish a new one under a higher version"),
+                ));
+            }
+            Ok(())
+        })
+        .await;
+        s.changed("");
+        r
+    };
+    stored(work.await)
+}
+
+async fn put_channel(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, body: Bytes) -> Response {
+    if !crate::skill::manifest::valid_name(&name) {
+        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
+    }
+    let work = async {
+        let keys = stored_keys(&s).await?;
+        let new = channel::read_index(&keys, &envelope(&body)?, &name, std::time::SystemTime::now())
+            .map_err(unprocessable)?;
+        let r = store_document(&s, &format!("channels/{name}"), new.serial, body.clone(), |old| {
+            if new.serial <= old {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("channel `{name}` has serial {old}; publish changes under a higher serial"),
+                ));
+            }
+            Ok(())
+        })
+        .await;
+        s.changed(&name);
+        r
+    };
+    stored(work.await)
+}
 /// Where a staged rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -441,19 +701,106 @@ pub struct Auto {
 /// Interventions per tick below which a wave is never judged worse (a quiet fleet's noise).
 const RATE_FLOOR: f64 = 1e-3;
 
-fn rollout_path(root: &Path, channel: &str, part: &str) -> PathBuf {
-    let name = if part.is_empty() { format!("{channel}.json") } else { format!("{channel}.{part}.json") };
-    root.join("rollouts").join(name)
+/// What starts a rollout, as stored (`start.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Started {
+    waves: Vec<u8>,
+    auto: Option<Auto>,
+    new_serial: u64,
+    back_serial: u64,
+    at: String,
 }
 
-fn read_rollout(root: &Path, channel: &str) -> Result<Rollout, String> {
-    let bytes =
-        std::fs::read(rollout_path(root, channel, "")).map_err(|_| format!("no rollout of channel `{channel}`"))?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+/// One step of a rollout, as stored (`stage-K.json`, `halted.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    at: String,
+    reason: String,
+    baseline: Option<f64>,
 }
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl Shared {
+    /// The channel's rollouts, each by its folder (its new index's serial) with the names of
+    /// its facts: the ones whose start is whole and that were not withdrawn.
+    async fn rollouts(&self, channel: &str) -> Result<Vec<(String, Vec<String>)>, BucketError> {
+        let mut dirs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for l in self.bucket.list(&format!("rollouts/{channel}")).await? {
+            if let Some((dir, fact)) = l.name.split_once('/') {
+                dirs.entry(dir.to_string()).or_default().push(fact.to_string());
+            }
+        }
+        Ok(dirs
+            .into_iter()
+            .filter(|(d, f)| {
+                d.parse::<u64>().is_ok()
+                    && ["start.json", "new.json", "back.json"].iter().all(|n| f.iter().any(|x| x == n))
+                    && !f.iter().any(|x| x == "withdrawn.json")
+            })
+            .collect())
+    }
+
+    /// The channel's latest rollout, read from its facts in the store.
+    async fn rollout(&self, channel: &str) -> Result<Option<Live>, BucketError> {
+        match self.rollouts(channel).await?.pop() {
+            Some((dir, facts)) => self.rollout_in(channel, &dir, &facts).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The rollout in folder `dir` of `channel`, whose facts are `facts`.
+    async fn rollout_in(&self, channel: &str, dir: &str, facts: &[String]) -> Result<Option<Live>, BucketError> {
+        let at = format!("rollouts/{channel}/{dir}");
+        let (Some(start), Some(new), Some(back)) = (
+            self.read_fixed(&format!("{at}/start.json")).await?,
+            self.read_fixed(&format!("{at}/new.json")).await?,
+            self.read_fixed(&format!("{at}/back.json")).await?,
+        ) else {
+            return Ok(None);
+        };
+        let Ok(start) = serde_json::from_slice::<Started>(&start) else {
+            tracing::warn!("{at}/start.json does not read; the rollout is ignored");
+            return Ok(None);
+        };
+        let reached =
+            facts.iter().filter_map(|f| f.strip_prefix("stage-")?.strip_suffix(".json")?.parse::<usize>().ok()).max();
+        let read_step = |bytes: Option<Bytes>| bytes.and_then(|b| serde_json::from_slice::<Step>(&b).ok());
+        let last = match reached {
+            Some(k) => read_step(self.read_fixed(&format!("{at}/stage-{k:03}.json")).await?),
+            None => None,
+        };
+        let halted = match facts.iter().any(|f| f == "halted.json") {
+            true => Some(read_step(self.read_fixed(&format!("{at}/halted.json")).await?)),
+            false => None,
+        };
+        let n = start.waves.len();
+        let k = reached.unwrap_or(0);
+        let state = match (&halted, k >= n) {
+            (Some(_), _) => RolloutState::Halted,
+            (None, true) => RolloutState::Done,
+            (None, false) => RolloutState::Running,
+        };
+        let wave_started = last.as_ref().map_or(start.at.clone(), |s| s.at.clone());
+        let latest = halted.flatten().or(last.clone());
+        let r = Rollout {
+            channel: channel.to_string(),
+            waves: start.waves.clone(),
+            stage: k.min(n.saturating_sub(1)),
+            state,
+            new_serial: start.new_serial,
+            back_serial: start.back_serial,
+            started: start.at.clone(),
+            changed: latest.as_ref().map_or(start.at.clone(), |s| s.at.clone()),
+            wave_started,
+            auto: start.auto,
+            reason: latest.as_ref().map(|s| s.reason.clone()),
+            baseline: last.and_then(|s| s.baseline),
+        };
+        Ok(Some(Live { r, new, back }))
+    }
 }
 
 /// What starts a rollout: the new index, the index to go back to, and the waves.
@@ -474,8 +821,8 @@ async fn rollout_start(
     if !crate::skill::manifest::valid_name(&name) {
         return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
     }
-    let work = move || -> Result<Rollout, (StatusCode, String)> {
-        let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
+    let work = async {
+        let _one = s.adding.lock().await;
         let w = &start.waves;
         if w.is_empty() || w.last() != Some(&100) || w.windows(2).any(|p| p[0] >= p[1]) || w[0] == 0 {
             return Err((
@@ -483,22 +830,27 @@ async fn rollout_start(
                 format!("waves {w:?}: give rising shares of the robots, 1 to 100, ending at 100 (e.g. 1,10,50,100)"),
             ));
         }
-        if let Ok(r) = read_rollout(&s.root, &name)
-            && r.state == RolloutState::Running
-        {
-            return Err((
+        let busy = |r: &Rollout| {
+            (
                 StatusCode::CONFLICT,
                 format!(
                     "a rollout of channel `{name}` is running (wave {} of {}); halt it or let it finish first",
                     r.stage + 1,
                     r.waves.len()
                 ),
-            ));
+            )
+        };
+        if let Some(live) = s.rollout(&name).await.map_err(unavailable)?
+            && live.r.state == RolloutState::Running
+        {
+            return Err(busy(&live.r));
         }
-        let keys = stored_keys(&s.root)?;
-        let current: channel::Index = std::fs::read(channel_path(&s.root, &name))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<channel::Envelope>(&b).ok())
+        let keys = stored_keys(&s).await?;
+        let current: channel::Index = s
+            .latest(&format!("channels/{name}"))
+            .await
+            .map_err(unavailable)?
+            .and_then(|(_, b)| serde_json::from_slice::<channel::Envelope>(&b).ok())
             .and_then(|e| serde_json::from_str(&e.payload).ok())
             .ok_or((
                 StatusCode::CONFLICT,
@@ -519,94 +871,198 @@ async fn rollout_start(
         if back.skills != current.skills {
             return Err((StatusCode::CONFLICT, "the back index must offer what the channel offers now".into()));
         }
-        let internal = |e: FileError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        let bytes = |e: &channel::Envelope| serde_json::to_vec(e).expect("serialises");
-        crate::file::write_atomic(&rollout_path(&s.root, &name, "new"), &bytes(&start.new)).map_err(internal)?;
-        crate::file::write_atomic(&rollout_path(&s.root, &name, "back"), &bytes(&start.back)).map_err(internal)?;
-        let r = Rollout {
-            channel: name.clone(),
+        let at = format!("rollouts/{name}/{:020}", new.serial);
+        let bytes = |e: &channel::Envelope| Bytes::from(serde_json::to_vec(e).expect("serialises"));
+        s.bucket.put(&format!("{at}/new.json"), bytes(&start.new)).await.map_err(unavailable)?;
+        s.bucket.put(&format!("{at}/back.json"), bytes(&start.back)).await.map_err(unavailable)?;
+        let started = Started {
             waves: start.waves.clone(),
-            stage: 0,
-            state: RolloutState::Running,
+            auto: start.auto,
             new_serial: new.serial,
             back_serial: back.serial,
-            started: now_rfc3339(),
-            changed: now_rfc3339(),
-            wave_started: now_rfc3339(),
-            auto: start.auto,
-            reason: None,
-            baseline: None,
+            at: now_rfc3339(),
         };
-        write_rollout(&s.root, &r).map_err(internal)?;
+        let fact = Bytes::from(serde_json::to_vec_pretty(&started).expect("serialises"));
+        if !s.bucket.create(&format!("{at}/start.json"), fact).await.map_err(unavailable)? {
+            return Err((StatusCode::CONFLICT, format!("a rollout of index serial {} was started before", new.serial)));
+        }
+        s.changed(&name);
+        // Another server may have started one at the same moment. Whichever of two starts reads
+        // the store later sees the other; one that sees another running withdraws, so two never
+        // both run (both may withdraw: then neither runs, and both starters hear it).
+        let mut mine = None;
+        for (dir, facts) in s.rollouts(&name).await.map_err(unavailable)? {
+            let Some(live) = s.rollout_in(&name, &dir, &facts).await.map_err(unavailable)? else { continue };
+            if live.r.new_serial == new.serial {
+                mine = Some(live.r);
+            } else if live.r.state == RolloutState::Running {
+                let why = Step { at: now_rfc3339(), reason: format!("started with rollout {dir}"), baseline: None };
+                let fact = Bytes::from(serde_json::to_vec_pretty(&why).expect("serialises"));
+                s.bucket.put(&format!("{at}/withdrawn.json"), fact).await.map_err(unavailable)?;
+                s.changed(&name);
+                return Err(busy(&live.r));
+            }
+        }
+        let r = mine.ok_or((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the rollout was stored but does not read back; try again".to_string(),
+        ))?;
         tracing::info!(channel = %name, "rollout started: wave 1 of {} ({} %)", r.waves.len(), r.waves[0]);
         Ok(r)
     };
     answer(StatusCode::CREATED, work).await
 }
 
-fn write_rollout(root: &Path, r: &Rollout) -> Result<(), FileError> {
-    crate::file::write_atomic(&rollout_path(root, &r.channel, ""), &serde_json::to_vec_pretty(r).expect("serialises"))
-}
-
-/// Advances (`advance`) or halts (`halt`) the running rollout of `name`, for `why`; the caller
-/// holds the catalog lock.
-fn act_on(
-    root: &Path,
+/// Advances (`advance`) or halts (`halt`) the running rollout of `name`, for `why`.
+async fn act_on(
+    s: &Shared,
     name: &str,
     action: &str,
     why: &str,
     baseline: Option<f64>,
 ) -> Result<Rollout, (StatusCode, String)> {
-    let mut r = read_rollout(root, name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
+    let live = s
+        .rollout(name)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no rollout of channel `{name}`")))?;
+    let r = &live.r;
     if r.state != RolloutState::Running {
         return Err((StatusCode::CONFLICT, format!("the rollout of channel `{name}` is {:?}, not running", r.state)));
     }
-    let internal = |e: FileError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let promote = |part: &str| -> Result<(), (StatusCode, String)> {
-        let bytes = std::fs::read(rollout_path(root, name, part))
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        crate::file::write_atomic(&channel_path(root, name), &bytes).map_err(internal)
+    let at = format!("rollouts/{name}/{:020}", r.new_serial);
+    let step = Bytes::from(
+        serde_json::to_vec_pretty(&Step { at: now_rfc3339(), reason: why.to_string(), baseline }).expect("serialises"),
+    );
+    // The channel's index changes before the fact that says so, so that a crash between the
+    // two leaves a rollout that can be moved again, never a fact without its index.
+    let publish = |serial: u64, bytes: Bytes| {
+        let key = numbered(&format!("channels/{name}"), serial);
+        async move { s.bucket.create(&key, bytes).await.map_err(unavailable) }
     };
     match action {
-        "advance" if r.stage + 1 < r.waves.len() => {
-            r.stage += 1;
-            r.wave_started = now_rfc3339();
-        }
         "advance" => {
-            promote("new")?;
-            r.state = RolloutState::Done;
+            let next = r.stage + 1;
+            if next == r.waves.len() {
+                publish(r.new_serial, live.new.clone()).await?;
+            }
+            s.bucket.create(&format!("{at}/stage-{next:03}.json"), step).await.map_err(unavailable)?;
         }
         "halt" => {
-            promote("back")?;
-            r.state = RolloutState::Halted;
+            publish(r.back_serial, live.back.clone()).await?;
+            s.bucket.create(&format!("{at}/halted.json"), step).await.map_err(unavailable)?;
         }
         other => return Err((StatusCode::NOT_FOUND, format!("{other:?}: a rollout can `advance` or `halt`"))),
     }
-    r.changed = now_rfc3339();
-    r.reason = Some(why.to_string());
-    r.baseline = baseline.or(r.baseline);
-    write_rollout(root, &r).map_err(internal)?;
+    s.changed(name);
+    let r = s
+        .rollout(name)
+        .await
+        .map_err(unavailable)?
+        .map(|l| l.r)
+        .ok_or((StatusCode::SERVICE_UNAVAILABLE, "the rollout does not read back; try again".to_string()))?;
     tracing::info!(channel = %name, state = ?r.state, "rollout at wave {} of {}: {why}", r.stage + 1, r.waves.len());
     Ok(r)
 }
 
 async fn rollout_act(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlPath<(String, String)>) -> Response {
-    let work = move || {
-        let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
-        act_on(&s.root, &name, &action, "by hand", None)
+    let work = async {
+        let _one = s.adding.lock().await;
+        act_on(&s, &name, &action, "by hand", None).await
     };
     answer(StatusCode::OK, work).await
 }
 
+async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
+    let work = async {
+        let r = s
+            .rollout(&name)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no rollout of channel `{name}`")))?
+            .r;
+        let reports: Vec<serde_json::Value> =
+            all_reports(&s).await.map_err(unavailable)?.into_iter().filter(|v| v["channel"] == name.as_str()).collect();
+        let mut from = 0u8;
+        let waves: Vec<serde_json::Value> = r
+            .waves
+            .iter()
+            .map(|&to| {
+                let of: Vec<&serde_json::Value> = reports
+                    .iter()
+                    .filter(|v| v["robot"].as_str().is_some_and(|id| (from..to).contains(&channel::wave_bucket(&name, id))))
+                    .collect();
+                let on_new = of.iter().filter(|v| v["serial"].as_u64() == Some(r.new_serial)).count();
+                let failing = of.iter().filter(|v| !v["error"].is_null()).count();
+                from = to;
+                serde_json::json!({ "up_to_percent": to, "robots": of.len(), "on_new": on_new, "last_poll_failed": failing })
+            })
+            .collect();
+        Ok(serde_json::json!({ "rollout": r, "waves": waves }))
+    };
+    answer(StatusCode::OK, work).await
+}
+
+async fn put_report(
+    State(s): State<Arc<Shared>>,
+    UrlPath(robot): UrlPath<String>,
+    axum::Json(mut report): axum::Json<serde_json::Value>,
+) -> Response {
+    if !crate::skill::manifest::valid_name(&robot)
+        || report.get("robot").and_then(|r| r.as_str()) != Some(robot.as_str())
+    {
+        return problem(StatusCode::BAD_REQUEST, format!("a report for {robot:?} must name that robot, a valid name"));
+    }
+    report["received"] = serde_json::json!(now_rfc3339());
+    let bytes = serde_json::to_vec_pretty(&report).expect("serialises");
+    if let Err(e) = s.bucket.put(&format!("reports/{robot}.json"), bytes).await {
+        let (status, message) = unavailable(e);
+        return problem(status, message);
+    }
+    // Each report may be the one that moves a rollout that advances by itself.
+    if let Some(c) = report["channel"].as_str().filter(|c| crate::skill::manifest::valid_name(c)) {
+        s.reported.lock().unwrap_or_else(|p| p.into_inner()).insert(c.to_string());
+    }
+    reply(StatusCode::OK, serde_json::json!({ "stored": true }))
+}
+
 /// Every robot's last report.
-fn all_reports(root: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_dir(root.join("reports"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect()
+async fn all_reports(s: &Shared) -> Result<Vec<serde_json::Value>, BucketError> {
+    Ok(s.read_all("reports").await?.into_iter().filter_map(|(_, b)| serde_json::from_slice(&b).ok()).collect())
+}
+
+async fn reports(State(s): State<Arc<Shared>>) -> Response {
+    match all_reports(&s).await {
+        Ok(mut out) => {
+            out.sort_by(|a, b| a["robot"].as_str().cmp(&b["robot"].as_str()));
+            reply(StatusCode::OK, serde_json::json!({ "reports": out }))
+        }
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            problem(status, message)
+        }
+    }
+}
+
+/// How often the channels whose robots reported are judged.
+const JUDGE_EVERY: Duration = Duration::from_millis(500);
+
+/// Judges, twice a second, the rollouts of the channels whose robots reported since: reports
+/// arrive at every server, so each judges what it heard of; two that judge one rollout at once
+/// write the same step.
+async fn judge_loop(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(JUDGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let channels: Vec<String> = s.reported.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for c in channels {
+            let _one = s.adding.lock().await;
+            if let Err(e) = judge_rollout(&s, &c).await {
+                tracing::warn!(channel = %c, "the rollout could not be judged: {e}; it is judged again at the next report");
+            }
+        }
+    }
 }
 
 /// Interventions per tick over `reports`' health, and how many had any ticks.
@@ -628,12 +1084,13 @@ fn rate(reports: &[&serde_json::Value]) -> (f64, usize) {
 /// Judges a running rollout of `name` that advances by itself on the reports received since its
 /// wave began: halts when the wave's robots on the new index do worse than those on the old one,
 /// advances when the wave has soaked and enough of its robots report on the new index.
-fn judge_rollout(root: &Path, name: &str) {
-    let Ok(r) = read_rollout(root, name) else { return };
-    let (Some(auto), RolloutState::Running) = (r.auto, r.state) else { return };
-    let Ok(since) = humantime::parse_rfc3339(&r.wave_started) else { return };
+async fn judge_rollout(s: &Shared, name: &str) -> Result<(), String> {
+    let Some(live) = s.rollout(name).await.map_err(|e| e.to_string())? else { return Ok(()) };
+    let r = live.r;
+    let (Some(auto), RolloutState::Running) = (r.auto, r.state) else { return Ok(()) };
+    let Ok(since) = humantime::parse_rfc3339(&r.wave_started) else { return Ok(()) };
     let reach = r.waves[r.stage];
-    let reports = all_reports(root);
+    let reports = all_reports(s).await.map_err(|e| e.to_string())?;
     let fresh: Vec<&serde_json::Value> = reports
         .iter()
         .filter(|v| v["channel"] == name)
@@ -675,201 +1132,26 @@ fn judge_rollout(root: &Path, name: &str) {
         None
     };
     if let Some((action, why)) = verdict {
-        let _ = act_on(root, name, action, &why, (reach < 100).then_some(old_rate));
+        act_on(s, name, action, &why, (reach < 100).then_some(old_rate)).await.map_err(|(_, m)| m)?;
     }
-}
-
-async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
-    let work = move || -> Result<serde_json::Value, (StatusCode, String)> {
-        let r = read_rollout(&s.root, &name).map_err(|e| (StatusCode::NOT_FOUND, e))?;
-        let reports: Vec<serde_json::Value> =
-            all_reports(&s.root).into_iter().filter(|v| v["channel"] == name.as_str()).collect();
-        let mut from = 0u8;
-        let waves: Vec<serde_json::Value> = r
-            .waves
-            .iter()
-            .map(|&to| {
-                let of: Vec<&serde_json::Value> = reports
-                    .iter()
-                    .filter(|v| v["robot"].as_str().is_some_and(|id| (from..to).contains(&channel::wave_bucket(&name, id))))
-                    .collect();
-                let on_new = of.iter().filter(|v| v["serial"].as_u64() == Some(r.new_serial)).count();
-                let failing = of.iter().filter(|v| !v["error"].is_null()).count();
-                from = to;
-                serde_json::json!({ "up_to_percent": to, "robots": of.len(), "on_new": on_new, "last_poll_failed": failing })
-            })
-            .collect();
-        Ok(serde_json::json!({ "rollout": r, "waves": waves }))
-    };
-    answer(StatusCode::OK, work).await
-}
-
-/// Stores `bytes` at `path` unless the stored document is newer: `order` compares the new
-/// document with the stored one (None: no stored one).
-fn store_document(
-    s: &Shared,
-    path: &Path,
-    bytes: &[u8],
-    order: impl FnOnce(Option<&[u8]>) -> Result<(), (StatusCode, String)>,
-) -> Response {
-    let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
-    let old = std::fs::read(path).ok();
-    if old.as_deref() == Some(bytes) {
-        return reply(StatusCode::OK, serde_json::json!({ "stored": false }));
-    }
-    if let Err((status, message)) = order(old.as_deref()) {
-        return problem(status, message);
-    }
-    match crate::file::write_atomic(path, bytes) {
-        Ok(()) => reply(StatusCode::CREATED, serde_json::json!({ "stored": true })),
-        Err(e) => {
-            tracing::error!("channels: {e}");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the fleet server could not store the document; its log says why",
-            )
-        }
-    }
-}
-
-fn envelope(bytes: &[u8]) -> Result<channel::Envelope, (StatusCode, String)> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("not a signed document ({e}); write it with `fleet channel keys` or `sign`"),
-        )
-    })
-}
-
-fn unprocessable(e: channel::ChannelError) -> (StatusCode, String) {
-    (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-}
-
-async fn put_keys(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
-    let work = move || {
-        let checked = envelope(&body).and_then(|e| {
-            if let Some(root) = &s.channel_root {
-                channel::read_root_signed(&e, root).map_err(unprocessable)?;
-            }
-            channel::read_keys(&e).map_err(unprocessable)
-        });
-        let new = match checked {
-            Ok(k) => k,
-            Err((status, message)) => return problem(status, message),
-        };
-        store_document(&s, &keys_path(&s.root), &body, |old| {
-            let Some(old) = old else { return Ok(()) };
-            let old = envelope(old).and_then(|e| channel::read_keys(&e).map_err(unprocessable))?;
-            if new.version <= old.version {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!(
-                        "the stored key list has version {}; publish a new one under a higher version",
-                        old.version
-                    ),
-                ));
-            }
-            Ok(())
-        })
-    };
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-async fn put_channel(
-    State(s): State<Arc<Shared>>,
-    UrlPath(name): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    if !crate::skill::manifest::valid_name(&name) {
-        return problem(StatusCode::BAD_REQUEST, format!("{name:?} is not a channel name"));
-    }
-    let work = move || {
-        let keys = match stored_keys(&s.root) {
-            Ok(k) => k,
-            Err((status, message)) => return problem(status, message),
-        };
-        let now = std::time::SystemTime::now();
-        let new = match envelope(&body).and_then(|e| channel::read_index(&keys, &e, &name, now).map_err(unprocessable))
-        {
-            Ok(i) => i,
-            Err((status, message)) => return problem(status, message),
-        };
-        store_document(&s, &channel_path(&s.root, &name), &body, |old| {
-            let Some(old) = old else { return Ok(()) };
-            let old: channel::Index = envelope(old).and_then(|e| {
-                serde_json::from_str(&e.payload).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-            })?;
-            if new.serial <= old.serial {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!("channel `{name}` has serial {}; publish changes under a higher serial", old.serial),
-                ));
-            }
-            Ok(())
-        })
-    };
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-async fn put_report(
-    State(s): State<Arc<Shared>>,
-    UrlPath(robot): UrlPath<String>,
-    axum::Json(mut report): axum::Json<serde_json::Value>,
-) -> Response {
-    if !crate::skill::manifest::valid_name(&robot)
-        || report.get("robot").and_then(|r| r.as_str()) != Some(robot.as_str())
-    {
-        return problem(StatusCode::BAD_REQUEST, format!("a report for {robot:?} must name that robot, a valid name"));
-    }
-    report["received"] = serde_json::json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
-    let path = s.root.join("reports").join(format!("{robot}.json"));
-    let bytes = serde_json::to_vec_pretty(&report).expect("serialises");
-    let channel = report["channel"].as_str().filter(|c| crate::skill::manifest::valid_name(c)).map(str::to_string);
-    let work = move || {
-        crate::file::write_atomic(&path, &bytes)?;
-        // Each report may be the one that moves a rollout that advances by itself.
-        if let Some(c) = channel {
-            let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
-            judge_rollout(&s.root, &c);
-        }
-        Ok::<(), FileError>(())
-    };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(())) => reply(StatusCode::OK, serde_json::json!({ "stored": true })),
-        _ => {
-            problem(StatusCode::INTERNAL_SERVER_ERROR, "the fleet server could not store the report; its log says why")
-        }
-    }
-}
-
-async fn reports(State(s): State<Arc<Shared>>) -> Response {
-    let root = s.root.clone();
-    let work = move || {
-        let mut out = all_reports(&root);
-        out.sort_by(|a, b| a["robot"].as_str().cmp(&b["robot"].as_str()));
-        out
-    };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(list) => reply(StatusCode::OK, serde_json::json!({ "reports": list })),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    Ok(())
 }
 
 async fn robots(State(s): State<Arc<Shared>>) -> Response {
-    let path = s.root.join("robots.toml");
-    if !path.exists() {
-        return reply(StatusCode::OK, serde_json::json!({ "robots": [] }));
-    }
-    match Robots::load(&path) {
+    let text = match s.bucket.get("robots.toml").await {
+        Ok(None) => return reply(StatusCode::OK, serde_json::json!({ "robots": [] })),
+        Ok(Some(o)) => String::from_utf8_lossy(&o.bytes).into_owned(),
+        Err(e) => {
+            let (status, message) = unavailable(e);
+            return problem(status, message);
+        }
+    };
+    match super::push::listed(&text) {
         Ok(r) => reply(
             StatusCode::OK,
-            serde_json::json!({ "robots": r.robots.iter().map(|r| serde_json::json!({"name": r.name, "url": r.url})).collect::<Vec<_>>() }),
+            serde_json::json!({ "robots": r.iter().map(|(name, url)| serde_json::json!({"name": name, "url": url})).collect::<Vec<_>>() }),
         ),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -894,7 +1176,7 @@ async fn upload(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
 
 async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     let n = s.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = s.root.join(".incoming").join(format!("upload-{n}.skill"));
+    let path = s.spool.join(format!("upload-{n}.skill"));
     let bytes = match spool(&headers, body, &path, s.limits.max_bytes, &s.http).await {
         Ok(b) => b,
         Err(e) => {
@@ -903,38 +1185,55 @@ async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
             return r;
         }
     };
-    let s2 = s.clone();
-    let p2 = path.clone();
-    let outcome = tokio::task::spawn_blocking(move || add(&s2, &p2, bytes, n)).await;
+    let outcome = add(&s, &path, bytes, n).await;
     let _ = tokio::fs::remove_file(&path).await;
     match outcome {
-        Ok(Ok((entry, created))) => {
+        Ok((entry, created)) => {
             tracing::info!(skill = %entry.name, version = %entry.version, signer = %entry.signer, "bundle added to the catalog");
             reply(
                 if created { StatusCode::CREATED } else { StatusCode::OK },
                 serde_json::to_value(&entry).unwrap_or_default(),
             )
         }
-        Ok(Err((status, message))) => {
-            let message = redact(&message, &s.root);
+        Err((status, message)) => {
+            let message = redact(&message, &s.spool);
             tracing::warn!("catalog upload refused: {message}");
             problem(status, message)
         }
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-/// Verifies the spooled bundle (in a worker process) and moves it into the catalog; `false` when
-/// the same bundle was already there. The check and the move hold one lock, and every rename is
-/// followed by a sync of its folder, so a power cut leaves an entry whole or absent.
-fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
-    let _one = s.adding.lock().unwrap_or_else(|p| p.into_inner());
-    let scratch = s.root.join(".incoming").join(format!("unpack-{n}"));
-    let verified = s
-        .sandbox
-        .unpack(path, &s.trusted, &scratch, s.limits)
-        .and_then(|v| crate::skill::read_manifest(&v.dir).map(|m| (v, m)).map_err(bundle::BundleError::Skill));
-    let _ = std::fs::remove_dir_all(&scratch);
+/// The answer to an upload of `entry` when the catalog has `old` under its version already.
+fn same_or_conflict(old: CatalogEntry, entry: &CatalogEntry) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
+    if old.digest == entry.digest {
+        Ok((old, false))
+    } else {
+        Err((
+            StatusCode::CONFLICT,
+            format!(
+                "{} {} is already in the catalog with another digest ({}); bump the version",
+                entry.name, entry.version, old.digest
+            ),
+        ))
+    }
+}
+
+/// Verifies the spooled bundle (in a worker process) and stores it in the catalog; `false` when
+/// the same bundle was already there. The bundle is stored before its entry, under its digest,
+/// so an entry never names a bundle that is not whole in the store.
+async fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
+    let _one = s.adding.lock().await;
+    let scratch = s.spool.join(format!("unpack-{n}"));
+    let (sandbox, trusted, limits, bundle) = (s.sandbox.clone(), s.trusted.clone(), s.limits, path.to_path_buf());
+    let verified = tokio::task::spawn_blocking(move || {
+        let v = sandbox
+            .unpack(&bundle, &trusted, &scratch, limits)
+            .and_then(|v| crate::skill::read_manifest(&v.dir).map(|m| (v, m)).map_err(bundle::BundleError::Skill));
+        let _ = std::fs::remove_dir_all(&scratch);
+        v
+    })
+    .await
+    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (v, manifest) = verified.map_err(|e| match e {
         bundle::BundleError::Rejected { problem, .. } => (StatusCode::UNPROCESSABLE_ENTITY, problem),
         e => {
@@ -949,44 +1248,21 @@ fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, boo
         digest: c.digest.clone(),
         signer: v.signer.clone(),
         bytes,
-        added: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        added: now_rfc3339(),
         provenance: manifest.provenance,
     };
-    let target = bundle_path(&s.root, &c.name, &c.version);
-    let meta = target.with_extension("json");
-    let internal = |e: std::io::Error| {
-        tracing::error!("catalog: {e}");
-        (StatusCode::INTERNAL_SERVER_ERROR, "the fleet server could not store the bundle; its log says why".to_string())
-    };
-    if let Ok(text) = std::fs::read(&meta)
-        && let Ok(old) = serde_json::from_slice::<CatalogEntry>(&text)
-    {
-        return if old.digest == entry.digest {
-            Ok((old, false))
-        } else {
-            Err((
-                StatusCode::CONFLICT,
-                format!(
-                    "{} {} is already in the catalog with another digest ({}); bump the version",
-                    c.name, c.version, old.digest
-                ),
-            ))
-        };
+    if let Some(old) = self::entry(s, &c.name, &c.version).await.map_err(unavailable)? {
+        return same_or_conflict(old, &entry);
     }
-    let folder = target.parent().expect("a folder");
-    let new_folder = !folder.exists();
-    std::fs::create_dir_all(folder).map_err(internal)?;
-    let sync = |dir: &Path| std::fs::File::open(dir).and_then(|f| f.sync_all());
-    if new_folder {
-        sync(&s.root.join("catalog")).map_err(internal)?;
+    s.bucket.upload(&bundle_key(&c.name, &c.version, &c.digest), path).await.map_err(unavailable)?;
+    let text = Bytes::from(serde_json::to_vec_pretty(&entry).expect("serialises"));
+    if !s.bucket.create(&entry_key(&c.name, &c.version), text).await.map_err(unavailable)? {
+        // Another server catalogued this version in the meantime.
+        let old = self::entry(s, &c.name, &c.version)
+            .await
+            .map_err(unavailable)?
+            .ok_or((StatusCode::SERVICE_UNAVAILABLE, "the catalog entry does not read back; try again".to_string()))?;
+        return same_or_conflict(old, &entry);
     }
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(internal)?;
-    std::fs::rename(path, &target).map_err(internal)?;
-    sync(folder).map_err(internal)?;
-    let part = meta.with_extension("json.part");
-    std::fs::write(&part, serde_json::to_vec_pretty(&entry).expect("serialises")).map_err(internal)?;
-    std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(internal)?;
-    std::fs::rename(&part, &meta).map_err(internal)?;
-    sync(folder).map_err(internal)?;
     Ok((entry, true))
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bundles;
+pub mod garage;
 pub mod onnx_builder;
 
 use std::path::{Path, PathBuf};

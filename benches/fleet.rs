@@ -31,6 +31,8 @@ use serde_json::Value;
 
 const SKILLGRAFT: &str = env!("CARGO_BIN_EXE_skillgraft");
 const CHANNEL: &str = "stable";
+/// The kinds of store requests the server counts (GET /health).
+const KINDS: [&str; 4] = ["get", "head", "put", "list"];
 /// Environment variable that makes this binary a worker running the robots it names.
 const WORKER: &str = "SKILLGRAFT_BENCH_FLEET_WORKER";
 
@@ -252,18 +254,19 @@ fn main() {
     eprintln!("fleet bench: every robot runs 0.1.0");
 
     let pid = server.id();
-    let client = Client::new();
+    // The coordinator's runtime runs only while it waits for an answer, so it would not see the
+    // server close an idle connection: each of its requests opens its own.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let store_requests = || -> u64 {
-        let (_, body) = rt.block_on(client.send(Method::GET, &format!("{url}/health"), &token, None, None));
+    let store_requests = || -> [u64; 4] {
+        let (_, body) = rt.block_on(Client::new().send(Method::GET, &format!("{url}/health"), &token, None, None));
         let r = &serde_json::from_slice::<Value>(&body).unwrap_or_default()["store_requests"];
-        ["get", "head", "put", "list"].iter().filter_map(|k| r[k].as_u64()).sum()
+        KINDS.map(|k| r[k].as_u64().unwrap_or(0))
     };
     let poll_requests = || -> u64 { totals.lock().unwrap().values().map(|t| t.requests).sum() };
     let failed_polls = || -> u64 { totals.lock().unwrap().values().map(|t| t.failed).sum() };
     // One idle stretch: requests to the server and to the store per robot per hour, and the
     // server's CPU, while nothing changes.
-    let idle = |what: &str| -> (f64, f64, f64) {
+    let idle = |what: &str| -> (f64, [f64; 4], f64) {
         let span = (o.interval * 4).max(o.report_every + o.interval);
         std::thread::sleep(o.interval * 2);
         let (p0, s0, c0, t0) = (poll_requests(), store_requests(), cpu_s(pid), Instant::now());
@@ -271,7 +274,8 @@ fn main() {
         std::thread::sleep(span);
         let (p1, s1, c1, t) = (poll_requests(), store_requests(), cpu_s(pid), t0.elapsed().as_secs_f64());
         let per_hour = |n: u64| n as f64 / o.robots as f64 * 3600.0 / t;
-        (per_hour(p1 - p0), per_hour(s1.saturating_sub(s0)), (c1 - c0) / t * 100.0)
+        let store = std::array::from_fn(|k| per_hour(s1[k].saturating_sub(s0[k])));
+        (per_hour(p1 - p0), store, (c1 - c0) / t * 100.0)
     };
     let idle_up = idle("three storage nodes");
 
@@ -283,7 +287,7 @@ fn main() {
     let t0 = Instant::now();
     let failed0 = failed_polls();
     let (status, body) =
-        rt.block_on(client.send(Method::POST, &format!("{url}/rollouts/{CHANNEL}"), &token, Some(start), None));
+        rt.block_on(Client::new().send(Method::POST, &format!("{url}/rollouts/{CHANNEL}"), &token, Some(start), None));
     assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
     let mut waves = Vec::new();
     let mut node_down_at = None;
@@ -298,8 +302,13 @@ fn main() {
         let robots = names.iter().filter(|n| in_wave(n)).count();
         waves.push((reach, robots, t0.elapsed().as_secs_f64()));
         eprintln!("fleet bench: wave {} ({reach} %, {robots} robots) at {:.1} s", k + 1, t0.elapsed().as_secs_f64());
-        let (status, body) =
-            rt.block_on(client.send(Method::POST, &format!("{url}/rollouts/{CHANNEL}/advance"), &token, None, None));
+        let (status, body) = rt.block_on(Client::new().send(
+            Method::POST,
+            &format!("{url}/rollouts/{CHANNEL}/advance"),
+            &token,
+            None,
+            None,
+        ));
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     }
     let to_all = t0.elapsed().as_secs_f64();
@@ -349,8 +358,12 @@ fn main() {
     );
     println!("| polls that failed during the rollout | {failed_in_rollout} |");
     println!("| requests to the server per robot per hour, idle | {:.1} |", idle_up.0);
-    println!("| store requests per robot per hour, idle | {:.2} |", idle_up.1);
-    println!("| store requests per robot per hour, idle, one node down | {:.2} |", idle_down.1);
+    let kinds = |r: [f64; 4]| {
+        let each: Vec<String> = KINDS.iter().zip(r).map(|(k, n)| format!("{k} {n:.1}")).collect();
+        format!("{:.1} ({})", r.iter().sum::<f64>(), each.join(", "))
+    };
+    println!("| store requests per robot per hour, idle | {} |", kinds(idle_up.1));
+    println!("| store requests per robot per hour, idle, one node down | {} |", kinds(idle_down.1));
     println!("| server CPU, idle (% of one core) | {:.1} |", idle_up.2);
     println!(
         "| server CPU during the rollout (s; % of one core) | {rollout_cpu:.1}; {:.0} |",

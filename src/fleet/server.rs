@@ -154,6 +154,8 @@ struct Shared {
     adding: tokio::sync::Mutex<()>,
     /// Channels as last read, and when.
     views: std::sync::Mutex<HashMap<String, (Instant, Arc<View>)>>,
+    /// Held while a view is read from the store.
+    reading: tokio::sync::Mutex<()>,
     cache: Duration,
     /// Objects read before, by key: a listing's ETag says whether to read one again.
     objects: std::sync::Mutex<HashMap<String, (Option<String>, Bytes)>>,
@@ -220,6 +222,7 @@ pub async fn serve(
         uploads: Arc::new(tokio::sync::Semaphore::new(settings.http.uploads.max(1))),
         adding: Default::default(),
         views: Default::default(),
+        reading: Default::default(),
         cache: settings.cache,
         objects: Default::default(),
         reported: Default::default(),
@@ -336,10 +339,18 @@ impl Shared {
 
     /// The channel as the store has it, read again when older than the cache time.
     async fn view(&self, channel: &str) -> Result<Arc<View>, BucketError> {
-        if let Some((at, v)) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get(channel)
-            && at.elapsed() < self.cache
-        {
-            return Ok(v.clone());
+        let fresh = || {
+            let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            views.get(channel).filter(|(at, _)| at.elapsed() < self.cache).map(|(_, v)| v.clone())
+        };
+        if let Some(v) = fresh() {
+            return Ok(v);
+        }
+        // One reader at a time: the polls that arrive while the store is read wait for it and
+        // take what it read, instead of each reading the store again.
+        let _reading = self.reading.lock().await;
+        if let Some(v) = fresh() {
+            return Ok(v);
         }
         let v = Arc::new(View {
             index: self.latest(&format!("channels/{channel}")).await?.map(|(_, b)| b),
@@ -352,10 +363,16 @@ impl Shared {
     /// The key list as the store has it, read again when older than the cache time (kept
     /// among the views under the empty name, which no channel has).
     async fn keys(&self) -> Result<Option<Bytes>, BucketError> {
-        if let Some((at, v)) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get("")
-            && at.elapsed() < self.cache
-        {
-            return Ok(v.index.clone());
+        let fresh = || {
+            let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            views.get("").filter(|(at, _)| at.elapsed() < self.cache).map(|(_, v)| v.index.clone())
+        };
+        if let Some(v) = fresh() {
+            return Ok(v);
+        }
+        let _reading = self.reading.lock().await;
+        if let Some(v) = fresh() {
+            return Ok(v);
         }
         let v = Arc::new(View { index: self.latest("keys").await?.map(|(_, b)| b), rollout: None });
         self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(String::new(), (Instant::now(), v.clone()));
@@ -1057,6 +1074,11 @@ async fn judge_loop(s: Arc<Shared>) {
         tick.tick().await;
         let channels: Vec<String> = s.reported.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for c in channels {
+            // The cached view first: most reports are for channels with nothing to judge.
+            let judged = s.view(&c).await.ok().and_then(|v| v.rollout.clone()).map(|l| l.r);
+            if !judged.is_some_and(|r| r.state == RolloutState::Running && r.auto.is_some()) {
+                continue;
+            }
             let _one = s.adding.lock().await;
             if let Err(e) = judge_rollout(&s, &c).await {
                 tracing::warn!(channel = %c, "the rollout could not be judged: {e}; it is judged again at the next report");

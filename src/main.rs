@@ -675,8 +675,8 @@ enum RolloutCommand {
         /// serial above the new one (signed ahead, so a halt needs no key).
         #[arg(long)]
         back: PathBuf,
-        /// Shares of the robots per wave, %, rising to 100.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+        /// Shares of the robots per wave, %, rising to 100 (`1,10,50,100` or `1%,10%,50%,100%`).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100", value_parser = percent)]
         waves: Vec<u8>,
         /// Advance and halt on the robots' reports: each wave runs at least --soak and needs
         /// --min-robots on the new index; it halts when they do worse than the robots still on
@@ -2592,6 +2592,13 @@ fn agent(
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A share of the robots, `10` or `10%`.
+fn percent(text: &str) -> Result<u8, String> {
+    text.trim().trim_end_matches('%').trim().parse().map_err(|_| {
+        format!("{text:?} is not a share of the robots: give a whole number from 1 to 100, e.g. 10 or 10%")
+    })
 }
 
 /// Ctrl-C or SIGTERM (ctrlc's `termination` feature), as a channel that receives once per

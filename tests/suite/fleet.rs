@@ -1356,7 +1356,7 @@ fn a_staged_rollout_reaches_robots_wave_by_wave_and_a_halt_brings_every_robot_ba
         robots.iter().filter(|r| skillgraft::fleet::channel::wave_bucket("stable", r) < 25).collect();
     assert!(!in_first.is_empty() && in_first.len() < robots.len(), "40 names spread over the waves");
 
-    let started = rollout(&["start", "--new", &s(&new), "--back", &s(&back), "--waves", "25,100"]);
+    let started = rollout(&["start", "--new", &s(&new), "--back", &s(&back), "--waves", "25%,100%"]);
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     for r in &robots {
         let want = if in_first.contains(&r) { 2 } else { 1 };
@@ -1716,4 +1716,38 @@ fn two_fleet_servers_share_a_replicated_s3_store_through_node_failures() {
     let i11 = sign_index(d, &c.fleet_key, "stable", "11", &b5);
     assert!(publish(&c, &["--index", &s(&i11)]).status.success());
     assert!(pull("installed example-arm6 0.5.0"));
+}
+
+#[test]
+fn fleet_serve_names_a_store_it_cannot_use_and_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, fleet_pub) = bundles::keys(d, "fleet");
+    let (tokens, _) = token(d, "fleet.token");
+    let serve = |store: &str, env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(["fleet", "serve", "--store", store, "--trust", &s(&fleet_pub), "--tokens", &s(&tokens)])
+            .args(["--store-retry-s", "1", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = serve("gs://fleet/prod", &[]);
+    assert!(err.contains("give s3://BUCKET[/PREFIX], file:///PATH or a folder's path"), "{err}");
+    let err = serve("s3:///prod", &[]);
+    assert!(err.contains("name the bucket"), "{err}");
+    // A store nobody answers at: refused at start, with the store's error, not at a robot's poll.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "GK0123456789abcdef01234567"),
+        ("AWS_SECRET_ACCESS_KEY", "00"),
+        ("AWS_REGION", "garage"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let err = serve("s3://fleet/prod", &env);
+    assert!(err.contains("the fleet store s3://fleet/prod failed to list keys"), "{err}");
 }

@@ -170,6 +170,12 @@ fn unavailable(e: BucketError) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again later"))
 }
 
+/// [`unavailable`] as the answer.
+fn store_failed(e: BucketError) -> Response {
+    let (status, message) = unavailable(e);
+    problem(status, message)
+}
+
 /// Serves until `shutdown` resolves. Errors in the settings are returned before anything listens.
 pub async fn serve(
     settings: &ServerSettings,
@@ -411,10 +417,7 @@ async fn entries(s: &Shared) -> Result<Vec<CatalogEntry>, BucketError> {
 async fn catalog(State(s): State<Arc<Shared>>) -> Response {
     match entries(&s).await {
         Ok(list) => reply(StatusCode::OK, serde_json::json!({ "bundles": list })),
-        Err(e) => {
-            let (status, message) = unavailable(e);
-            problem(status, message)
-        }
+        Err(e) => store_failed(e),
     }
 }
 
@@ -462,8 +465,7 @@ async fn download(
         Ok(Some(e)) => e,
         Ok(None) => return missing(),
         Err(e) => {
-            let (status, message) = unavailable(e);
-            return problem(status, message);
+            return store_failed(e);
         }
     };
     let len = e.bytes;
@@ -479,8 +481,7 @@ async fn download(
         Ok(Some(r)) if r.size == len => r,
         Ok(_) => return missing(),
         Err(e) => {
-            let (status, message) = unavailable(e);
-            return problem(status, message);
+            return store_failed(e);
         }
     };
     let rest = len - start;
@@ -516,10 +517,7 @@ fn document(bytes: Option<Bytes>, headers: &HeaderMap, missing: String) -> Respo
 async fn get_keys(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     match s.keys().await {
         Ok(keys) => document(keys, &headers, "no key list yet; publish one with `fleet channel publish --keys`".into()),
-        Err(e) => {
-            let (status, message) = unavailable(e);
-            problem(status, message)
-        }
+        Err(e) => store_failed(e),
     }
 }
 
@@ -535,8 +533,7 @@ async fn get_channel(
     let view = match s.view(&name).await {
         Ok(v) => v,
         Err(e) => {
-            let (status, message) = unavailable(e);
-            return problem(status, message);
+            return store_failed(e);
         }
     };
     let mut bytes = view.index.clone();
@@ -565,14 +562,15 @@ async fn stored_keys(s: &Shared) -> Result<channel::Keys, (StatusCode, String)> 
         .map_err(|(_, message)| (StatusCode::INTERNAL_SERVER_ERROR, format!("the stored key list: {message}")))
 }
 
-/// Stores `bytes` as document `number` below `prefix` unless the highest stored one is newer
-/// or the same: `order` compares the number with the highest stored one's.
+/// Stores `bytes` as document `number` below `prefix` unless the highest stored one is the same
+/// document, or has this number or a higher one (409 with `stale`'s message, given that number);
+/// then forgets what this server read of `view`.
 async fn store_document(
     s: &Shared,
-    prefix: &str,
+    (prefix, view): (&str, &str),
     number: u64,
     bytes: Bytes,
-    order: impl FnOnce(u64) -> Result<(), (StatusCode, String)>,
+    stale: impl FnOnce(u64) -> String,
 ) -> Result<serde_json::Value, (StatusCode, String)> {
     let _one = s.adding.lock().await;
     let old = s.latest(prefix).await.map_err(unavailable)?;
@@ -581,10 +579,14 @@ async fn store_document(
     if old.as_ref().is_some_and(|(_, b)| same(b)) {
         return Ok(serde_json::json!({ "stored": false }));
     }
-    if let Some((n, _)) = old {
-        order(n)?;
+    if let Some((n, _)) = old
+        && number <= n
+    {
+        return Err((StatusCode::CONFLICT, stale(n)));
     }
-    if !s.bucket.create(&numbered(prefix, number), bytes).await.map_err(unavailable)? {
+    let created = s.bucket.create(&numbered(prefix, number), bytes).await.map_err(unavailable)?;
+    s.changed(view);
+    if !created {
         return Err((
             StatusCode::CONFLICT,
             format!("another document with number {number} was stored at the same time; publish under a higher one"),
@@ -622,18 +624,10 @@ async fn put_keys(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             channel::read_root_signed(&e, root).map_err(unprocessable)?;
         }
         let new = channel::read_keys(&e).map_err(unprocessable)?;
-        let r = store_document(&s, "keys", new.version, body.clone(), |old| {
-            if new.version <= old {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!("the stored key list has version {old}; publish a new one under a higher version"),
-                ));
-            }
-            Ok(())
+        store_document(&s, ("keys", ""), new.version, body.clone(), |old| {
+            format!("the stored key list has version {old}; publish a new one under a higher version")
         })
-        .await;
-        s.changed("");
-        r
+        .await
     };
     stored(work.await)
 }
@@ -646,18 +640,10 @@ async fn put_channel(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String
         let keys = stored_keys(&s).await?;
         let new = channel::read_index(&keys, &envelope(&body)?, &name, std::time::SystemTime::now())
             .map_err(unprocessable)?;
-        let r = store_document(&s, &format!("channels/{name}"), new.serial, body.clone(), |old| {
-            if new.serial <= old {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!("channel `{name}` has serial {old}; publish changes under a higher serial"),
-                ));
-            }
-            Ok(())
+        store_document(&s, (&format!("channels/{name}"), &name), new.serial, body.clone(), |old| {
+            format!("channel `{name}` has serial {old}; publish changes under a higher serial")
         })
-        .await;
-        s.changed(&name);
-        r
+        .await
     };
     stored(work.await)
 }
@@ -1033,8 +1019,7 @@ async fn put_report(
     report["received"] = serde_json::json!(now_rfc3339());
     let bytes = serde_json::to_vec_pretty(&report).expect("serialises");
     if let Err(e) = s.bucket.put(&format!("reports/{robot}.json"), bytes).await {
-        let (status, message) = unavailable(e);
-        return problem(status, message);
+        return store_failed(e);
     }
     // Each report may be the one that moves a rollout that advances by itself.
     if let Some(c) = report["channel"].as_str().filter(|c| crate::skill::manifest::valid_name(c)) {
@@ -1054,10 +1039,7 @@ async fn reports(State(s): State<Arc<Shared>>) -> Response {
             out.sort_by(|a, b| a["robot"].as_str().cmp(&b["robot"].as_str()));
             reply(StatusCode::OK, serde_json::json!({ "reports": out }))
         }
-        Err(e) => {
-            let (status, message) = unavailable(e);
-            problem(status, message)
-        }
+        Err(e) => store_failed(e),
     }
 }
 
@@ -1164,8 +1146,7 @@ async fn robots(State(s): State<Arc<Shared>>) -> Response {
         Ok(None) => return reply(StatusCode::OK, serde_json::json!({ "robots": [] })),
         Ok(Some(o)) => String::from_utf8_lossy(&o.bytes).into_owned(),
         Err(e) => {
-            let (status, message) = unavailable(e);
-            return problem(status, message);
+            return store_failed(e);
         }
     };
     match super::push::listed(&text) {

@@ -32,7 +32,7 @@ use serde_json::Value;
 const SKILLGRAFT: &str = env!("CARGO_BIN_EXE_skillgraft");
 const CHANNEL: &str = "stable";
 /// The kinds of store requests the server counts (GET /health).
-const KINDS: [&str; 4] = ["get", "head", "put", "list"];
+const KINDS: [&str; 5] = ["get", "head", "put", "list", "delete"];
 /// Environment variable that makes this binary a worker running the robots it names.
 const WORKER: &str = "SKILLGRAFT_BENCH_FLEET_WORKER";
 
@@ -257,7 +257,7 @@ fn main() {
     // The coordinator's runtime runs only while it waits for an answer, so it would not see the
     // server close an idle connection: each of its requests opens its own.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let store_requests = || -> [u64; 4] {
+    let store_requests = || -> [u64; 5] {
         let (_, body) = rt.block_on(Client::new().send(Method::GET, &format!("{url}/health"), &token, None, None));
         let r = &serde_json::from_slice::<Value>(&body).unwrap_or_default()["store_requests"];
         KINDS.map(|k| r[k].as_u64().unwrap_or(0))
@@ -266,7 +266,7 @@ fn main() {
     let failed_polls = || -> u64 { totals.lock().unwrap().values().map(|t| t.failed).sum() };
     // One idle stretch: requests to the server and to the store per robot per hour, and the
     // server's CPU, while nothing changes.
-    let idle = |what: &str| -> (f64, [f64; 4], f64) {
+    let idle = |what: &str| -> (f64, [f64; 5], f64) {
         let span = (o.interval * 4).max(o.report_every + o.interval);
         std::thread::sleep(o.interval * 2);
         let (p0, s0, c0, t0) = (poll_requests(), store_requests(), cpu_s(pid), Instant::now());
@@ -358,7 +358,7 @@ fn main() {
     );
     println!("| polls that failed during the rollout | {failed_in_rollout} |");
     println!("| requests to the server per robot per hour, idle | {:.1} |", idle_up.0);
-    let kinds = |r: [f64; 4]| {
+    let kinds = |r: [f64; 5]| {
         let each: Vec<String> = KINDS.iter().zip(r).map(|(k, n)| format!("{k} {n:.1}")).collect();
         format!("{:.1} ({})", r.iter().sum::<f64>(), each.join(", "))
     };

@@ -80,6 +80,8 @@ pub struct Requests {
     pub put: u64,
     /// Listings.
     pub list: u64,
+    /// Objects removed.
+    pub delete: u64,
 }
 
 #[derive(Default)]
@@ -88,6 +90,7 @@ struct Counters {
     head: std::sync::atomic::AtomicU64,
     put: std::sync::atomic::AtomicU64,
     list: std::sync::atomic::AtomicU64,
+    delete: std::sync::atomic::AtomicU64,
 }
 
 fn count(c: &std::sync::atomic::AtomicU64, n: u64) {
@@ -100,7 +103,8 @@ pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     counters: Arc<Counters>,
     url: String,
-    /// Whether `create` is a conditional put (If-None-Match: *) or a check, then a put.
+    /// Whether the store refuses a conditional put (`If-None-Match: *`) over an object: some
+    /// S3 servers (Garage 2.5) take the header and overwrite all the same.
     conditional: bool,
 }
 
@@ -162,7 +166,7 @@ impl Bucket {
                 "" => Arc::new(s3),
                 p => Arc::new(object_store::prefix::PrefixStore::new(s3, p)),
             };
-            return Ok(Bucket { store, counters: Default::default(), url: url.to_string(), conditional: true });
+            return Ok(Bucket { store, counters: Default::default(), url: url.to_string(), conditional: false });
         }
         let path = match url.strip_prefix("file://") {
             Some(p) => std::path::PathBuf::from(p),
@@ -175,14 +179,14 @@ impl Bucket {
         let local = object_store::local::LocalFileSystem::new_with_prefix(&path)
             .map_err(|e| config(e.to_string()))?
             .with_automatic_cleanup(true);
-        Ok(Bucket { store: Arc::new(local), counters: Default::default(), url: url.to_string(), conditional: true })
+        Ok(Bucket { store: Arc::new(local), counters: Default::default(), url: url.to_string(), conditional: false })
     }
 
     /// The requests sent to the store so far.
     pub fn requests(&self) -> Requests {
         let c = &self.counters;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        Requests { get: n(&c.get), head: n(&c.head), put: n(&c.put), list: n(&c.list) }
+        Requests { get: n(&c.get), head: n(&c.head), put: n(&c.put), list: n(&c.list), delete: n(&c.delete) }
     }
 
     fn fail(&self, what: &'static str, key: &str, source: object_store::Error) -> BucketError {
@@ -214,7 +218,6 @@ impl Bucket {
                 Ok(Some(Reading { size, stream }))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(object_store::Error::Generic { source, .. }) if source.to_string().contains("Range") => Ok(None),
             Err(e) => Err(self.fail("read", key, e)),
         }
     }
@@ -229,27 +232,47 @@ impl Bucket {
             .map_err(|e| self.fail("write", key, e))
     }
 
+    /// Finds out whether the store honours conditional puts, by creating one scratch object
+    /// twice (then removing it); true when it does.
+    pub async fn probe(&mut self) -> Result<bool, BucketError> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let key = format!(".probe/{}-{nanos}", std::process::id());
+        let at = Key::from(key.as_str());
+        let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        count(&self.counters.put, 2);
+        let first = self.store.put_opts(&at, PutPayload::from_static(b"1"), create()).await;
+        let honoured = match first {
+            Err(object_store::Error::NotImplemented | object_store::Error::NotSupported { .. }) => false,
+            Err(e) => return Err(self.fail("write", &key, e)),
+            Ok(_) => match self.store.put_opts(&at, PutPayload::from_static(b"2"), create()).await {
+                Ok(_) => false,
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => true,
+                Err(e) => return Err(self.fail("write", &key, e)),
+            },
+        };
+        count(&self.counters.delete, 1);
+        self.store.delete(&at).await.map_err(|e| self.fail("remove", &key, e))?;
+        self.conditional = honoured;
+        Ok(honoured)
+    }
+
     /// Writes `bytes` at `key` unless an object is there; false when one was. Where the store
-    /// has conditional puts (a folder, AWS S3, MinIO, R2) two writers at once cannot both
-    /// create; elsewhere the last of two simultaneous writers wins.
+    /// honours conditional puts ([`Bucket::probe`]) two writers at once cannot both create;
+    /// elsewhere it is a check, then a put, and the later of two simultaneous writers wins.
     pub async fn create(&self, key: &str, bytes: impl Into<Bytes>) -> Result<bool, BucketError> {
         let payload = PutPayload::from(bytes.into());
+        count(&self.counters.put, 1);
         if self.conditional {
-            count(&self.counters.put, 1);
             let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-            match self.store.put_opts(&Key::from(key), payload.clone(), options).await {
-                Ok(_) => return Ok(true),
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                    return Ok(false);
-                }
-                Err(object_store::Error::NotImplemented | object_store::Error::NotSupported { .. }) => {}
-                Err(e) => return Err(self.fail("write", key, e)),
-            }
+            return match self.store.put_opts(&Key::from(key), payload, options).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(self.fail("write", key, e)),
+            };
         }
         if self.exists(key).await? {
             return Ok(false);
         }
-        count(&self.counters.put, 1);
         self.store.put(&Key::from(key), payload).await.map_err(|e| self.fail("write", key, e))?;
         Ok(true)
     }

@@ -199,7 +199,8 @@ pub async fn serve(
         }
     };
     let tokens = Tokens::load(&settings.tokens)?;
-    let bucket = Bucket::open(&settings.store, settings.store_times).map_err(|e| FleetError::Config(e.to_string()))?;
+    let mut bucket =
+        Bucket::open(&settings.store, settings.store_times).map_err(|e| FleetError::Config(e.to_string()))?;
     // A folder store receives uploads beside its objects; an S3 one in a scratch folder.
     let spool = settings.spool.clone().unwrap_or_else(|| match settings.store.contains("://") {
         false => Path::new(&settings.store).join(".incoming"),
@@ -214,6 +215,12 @@ pub async fn serve(
     }
     // An unreachable store or wrong credentials show at start, not at the first robot's poll.
     bucket.list("keys").await.map_err(|e| FleetError::Config(e.to_string()))?;
+    if !bucket.probe().await.map_err(|e| FleetError::Config(e.to_string()))? {
+        tracing::warn!(
+            "{} does not refuse a conditional put over an object: documents are created after a check, so of two servers creating one at the same instant the later wins (README: Fleet storage)",
+            settings.store
+        );
+    }
     let sandbox = Sandbox::current(settings.max_mib).map_err(|e| FleetError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
         bucket,

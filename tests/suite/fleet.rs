@@ -1609,6 +1609,9 @@ fn two_fleet_servers_share_a_replicated_s3_store_through_node_failures() {
     let b = serve(&c, &url, &g.env(1));
     let (a, t) = (c.server(), c.token.clone());
     let json = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+    // Garage takes `If-None-Match: *` on a put and overwrites all the same: the server finds out
+    // at start and says what that leaves open.
+    assert!(a.log.lock().unwrap().contains("does not refuse a conditional put"), "{}", a.log.lock().unwrap());
 
     // What one server takes, the other serves.
     let b2 = catalogued(&c, d, "0.2.0");
@@ -1750,4 +1753,44 @@ fn fleet_serve_names_a_store_it_cannot_use_and_the_way_out() {
     ];
     let err = serve("s3://fleet/prod", &env);
     assert!(err.contains("the fleet store s3://fleet/prod failed to list keys"), "{err}");
+}
+
+#[test]
+fn a_running_agent_reports_a_change_at_once_and_an_unchanged_poll_only_every_report_every() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let t = c.token.clone();
+    let b2 = catalogued(&c, d, "0.2.0");
+    let i1 = sign_index(d, &c.fleet_key, "stable", "1", &b2);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&i1)]).status.success());
+    let robot = d.join("robot");
+    let (tokens, root, trust, store) = (s(&c.tokens), s(&c.root_pub), s(&c.fleet_pub), s(&robot));
+    let agent = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(["agent", "--fleet", &c.url, "--token-file", &tokens, "--channel", "stable", "--root", &root])
+            .args(["--trust", &trust, "--store", &store, "--interval", "200ms", "--report-every", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        addr: String::new(),
+        log: Default::default(),
+    };
+    let report = || {
+        let (status, v) = http(&c.server().addr, "GET", "/reports", Some(&t), b"");
+        assert_eq!(status, 200);
+        v["reports"].as_array().and_then(|r| r.first().cloned())
+    };
+    let first = common::wait_for("the first report", || report().filter(|r| r["serial"] == 1));
+    // Ten polls or so that change nothing: no report (each would be a write to the store).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(report(), Some(first), "an unchanged poll is not reported again within --report-every");
+    // A new index: the poll that takes it reports it.
+    let b3 = catalogued(&c, d, "0.3.0");
+    let i2 = sign_index(d, &c.fleet_key, "stable", "2", &b3);
+    assert!(publish(&c, &["--index", &s(&i2)]).status.success());
+    let r = common::wait_for("the new serial reported", || report().filter(|r| r["serial"] == 2));
+    assert_eq!(r["active"]["example-arm6"], "0.3.0", "{r}");
+    drop(agent);
 }

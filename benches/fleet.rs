@@ -401,6 +401,9 @@ impl Client {
     fn new() -> Client {
         let inner = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
+            // As the agent's client (src/fleet/client.rs): a connection idle for longer may
+            // have been closed by the server, and reusing it fails the poll.
+            .pool_idle_timeout(Duration::from_secs(1))
             .build_http();
         Client { inner }
     }

@@ -64,6 +64,9 @@ pub enum ClientError {
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
+/// Longest a kept connection waits for its next request.
+const IDLE_REUSE: Duration = Duration::from_secs(1);
+
 /// A client with a connection pool.
 #[derive(Clone)]
 pub struct Client {
@@ -87,7 +90,14 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        Client { inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector) }
+        // A kept connection serves the requests of one poll or command, a few ms apart, and is
+        // not used after `IDLE_REUSE`: servers close idle ones (ours after --header-timeout-s),
+        // and a client whose runtime sleeps between polls (the agent's) does not see the close,
+        // so its next request would go out on a dead connection and fail.
+        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE_REUSE)
+            .build(connector);
+        Client { inner }
     }
 
     /// Sends one request and reads the whole answer, within `timeout`.

@@ -1794,3 +1794,47 @@ fn a_running_agent_reports_a_change_at_once_and_an_unchanged_poll_only_every_rep
     assert_eq!(r["active"]["example-arm6"], "0.3.0", "{r}");
     drop(agent);
 }
+
+#[test]
+fn an_agent_polling_slower_than_the_server_keeps_connections_polls_without_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let b2 = catalogued(&c, d, "0.2.0");
+    let i1 = sign_index(d, &c.fleet_key, "stable", "1", &b2);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&i1)]).status.success());
+    // A second server on the same store that closes a connection idle for a second, as many
+    // proxies do after a while: the agent polls every 1.5 s, so each poll finds its last
+    // connection closed.
+    let quick = Server::start(&[
+        "fleet",
+        "serve",
+        "--store",
+        &s(&c.store),
+        "--trust",
+        &s(&c.fleet_pub),
+        "--tokens",
+        &s(&c.tokens),
+        "--header-timeout-s",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (tokens, root, trust, store) = (s(&c.tokens), s(&c.root_pub), s(&c.fleet_pub), s(&d.join("robot")));
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(["agent", "--fleet", &quick.url(), "--token-file", &tokens, "--channel", "stable", "--root", &root])
+        .args(["--trust", &trust, "--store", &store, "--interval", "1500ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let _ = agent.kill();
+    let out = agent.wait_with_output().unwrap();
+    let (polls, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = polls.lines().collect();
+    assert!(lines.len() >= 4, "polls: {polls}\n{err}");
+    assert!(lines[0].contains("installed example-arm6 0.2.0"), "{polls}");
+    assert!(lines[1..].iter().all(|l| l.ends_with("up to date")), "every later poll succeeds: {polls}\n{err}");
+    assert!(!err.contains("ERROR") && !err.contains("WARN"), "{err}");
+}

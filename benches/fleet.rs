@@ -93,7 +93,7 @@ struct Assignment {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Event {
     Reached { robot: String, serial: u64 },
-    Totals { requests: u64, failed: u64, bytes: Vec<(String, u64)> },
+    Totals { requests: u64, failed: u64, bytes: Vec<(String, u64)>, why: Vec<(String, u64)> },
 }
 
 /// A worker's latest totals.
@@ -101,6 +101,8 @@ struct Totals {
     requests: u64,
     failed: u64,
     bytes: Vec<(String, u64)>,
+    /// Failed polls by what failed.
+    why: Vec<(String, u64)>,
 }
 
 fn main() {
@@ -229,8 +231,8 @@ fn main() {
                     Ok(Event::Reached { robot, serial }) => {
                         reached.lock().unwrap().insert(robot, (serial, Instant::now()));
                     }
-                    Ok(Event::Totals { requests, failed, bytes }) => {
-                        totals.lock().unwrap().insert(w, Totals { requests, failed, bytes });
+                    Ok(Event::Totals { requests, failed, bytes, why }) => {
+                        totals.lock().unwrap().insert(w, Totals { requests, failed, bytes, why });
                     }
                     Err(_) => {}
                 }
@@ -357,6 +359,17 @@ fn main() {
         median as f64 / (large_bytes + std::fs::metadata(&small).map_or(0, |m| m.len())) as f64
     );
     println!("| polls that failed during the rollout | {failed_in_rollout} |");
+    let mut why: HashMap<String, u64> = HashMap::new();
+    for t in totals.lock().unwrap().values() {
+        for (k, v) in &t.why {
+            *why.entry(k.clone()).or_default() += v;
+        }
+    }
+    let mut why: Vec<(String, u64)> = why.into_iter().collect();
+    why.sort_by_key(|w| std::cmp::Reverse(w.1));
+    for (k, v) in why.iter().take(4) {
+        println!("| failed polls, whole run: {} | {v} |", k.replace('|', "/"));
+    }
     println!("| requests to the server per robot per hour, idle | {:.1} |", idle_up.0);
     let kinds = |r: [f64; 5]| {
         let each: Vec<String> = KINDS.iter().zip(r).map(|(k, n)| format!("{k} {n:.1}")).collect();
@@ -440,26 +453,29 @@ impl Client {
     }
 
     /// Downloads `uri` from byte `from` on, counting what arrives without keeping it; the bytes
-    /// that arrived, and whether the answer was whole.
-    async fn drain(&self, uri: &str, token: &str, from: u64) -> (u64, bool) {
+    /// that arrived, and whether the answer was whole (or what went wrong).
+    async fn drain(&self, uri: &str, token: &str, from: u64) -> (u64, Result<(), String>) {
         let req = Request::get(uri)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::RANGE, format!("bytes={from}-"))
             .body(Full::new(Bytes::new()))
             .expect("a request");
-        let Ok(resp) = self.inner.request(req).await else { return (0, false) };
+        let resp = match self.inner.request(req).await {
+            Ok(r) => r,
+            Err(e) => return (0, Err(format!("download: no answer ({e})"))),
+        };
         if !resp.status().is_success() {
-            return (0, false);
+            return (0, Err(format!("download: {}", resp.status())));
         }
         let mut body = resp.into_body();
         let mut n = 0;
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => return (n, false),
+                Err(e) => return (n, Err(format!("download: cut ({e})"))),
             }
         }
-        (n, true)
+        (n, Ok(()))
     }
 }
 
@@ -490,6 +506,7 @@ fn worker(a: Assignment) {
         let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let bytes: Arc<Mutex<HashMap<String, u64>>> = Default::default();
+        let why: Arc<Mutex<HashMap<String, u64>>> = Default::default();
         let stop2 = stop.clone();
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -500,7 +517,7 @@ fn worker(a: Assignment) {
         let mut tasks = Vec::new();
         for (i, name) in a.robots.iter().enumerate() {
             let (a, client, stop, say) = (a.clone(), client.clone(), stop.clone(), say.clone());
-            let (requests, failed, bytes) = (requests.clone(), failed.clone(), bytes.clone());
+            let (requests, failed, bytes, why) = (requests.clone(), failed.clone(), bytes.clone(), why.clone());
             let mut r = Robot { name: name.clone(), ..Default::default() };
             tasks.push(tokio::spawn(async move {
                 // Spread over the first interval, then every interval ±20 %.
@@ -514,10 +531,12 @@ fn worker(a: Assignment) {
                 let interval = Duration::from_millis(a.interval_ms);
                 tokio::time::sleep(interval.mul_f64(unit())).await;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (n, ok) = poll(&client, &a, &mut r).await;
+                    let (n, outcome) = poll(&client, &a, &mut r).await;
                     requests.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    if !ok {
+                    let ok = outcome.is_ok();
+                    if let Err(e) = outcome {
                         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        *why.lock().unwrap().entry(e).or_default() += 1;
                     }
                     if ok && r.reported.is_none_or(|(s, _)| s != r.serial) {
                         say(&Event::Reached { robot: r.name.clone(), serial: r.serial });
@@ -543,8 +562,8 @@ fn worker(a: Assignment) {
             }));
         }
         let totals = {
-            let (requests, failed, bytes, say, stop) =
-                (requests.clone(), failed.clone(), bytes.clone(), say.clone(), stop.clone());
+            let (requests, failed, bytes, why, say, stop) =
+                (requests.clone(), failed.clone(), bytes.clone(), why.clone(), say.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let b: Vec<(String, u64)> = bytes.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -552,6 +571,7 @@ fn worker(a: Assignment) {
                         requests: requests.load(std::sync::atomic::Ordering::Relaxed),
                         failed: failed.load(std::sync::atomic::Ordering::Relaxed),
                         bytes: b,
+                        why: why.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     });
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -566,6 +586,7 @@ fn worker(a: Assignment) {
             requests: requests.load(std::sync::atomic::Ordering::Relaxed),
             failed: failed.load(std::sync::atomic::Ordering::Relaxed),
             bytes: b,
+            why: why.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
         });
     });
 }
@@ -573,7 +594,7 @@ fn worker(a: Assignment) {
 /// One poll, as the agent makes it: the key list and the index with the ETags the robot has,
 /// then each bundle it lacks (resumed from what arrived before). Requests sent, and whether the
 /// robot now runs what its index names.
-async fn poll(client: &Client, a: &Assignment, r: &mut Robot) -> (u64, bool) {
+async fn poll(client: &Client, a: &Assignment, r: &mut Robot) -> (u64, Result<(), String>) {
     let mut n = 0;
     let etag = |b: &Bytes| {
         use sha2::Digest;
@@ -588,7 +609,7 @@ async fn poll(client: &Client, a: &Assignment, r: &mut Robot) -> (u64, bool) {
     match status {
         StatusCode::OK => r.keys_tag = Some(etag(&body)),
         StatusCode::NOT_MODIFIED => {}
-        _ => return (n, false),
+        other => return (n, Err(format!("key list: {other}"))),
     }
     let tag = r.index_tag.clone();
     let uri = format!("{}/channels/{CHANNEL}?robot={}", a.url, r.name);
@@ -597,15 +618,15 @@ async fn poll(client: &Client, a: &Assignment, r: &mut Robot) -> (u64, bool) {
     n += 1;
     r.bytes += body.len() as u64;
     let index: skillgraft::fleet::channel::Index = match status {
-        StatusCode::NOT_MODIFIED => return (n, true),
+        StatusCode::NOT_MODIFIED => return (n, Ok(())),
         StatusCode::OK => {
             let envelope: Value = serde_json::from_slice(&body).unwrap_or_default();
             match serde_json::from_str(envelope["payload"].as_str().unwrap_or_default()) {
                 Ok(i) => i,
-                Err(_) => return (n, false),
+                Err(_) => return (n, Err("index: not an index".into())),
             }
         }
-        _ => return (n, false),
+        other => return (n, Err(format!("index: {other}"))),
     };
     for s in &index.skills {
         let key = format!("{} {}", s.name, s.version);
@@ -618,11 +639,11 @@ async fn poll(client: &Client, a: &Assignment, r: &mut Robot) -> (u64, bool) {
         n += 1;
         r.bytes += got;
         r.have.insert(key, have + got);
-        if !whole {
-            return (n, false);
+        if whole.is_err() {
+            return (n, whole);
         }
     }
     r.index_tag = Some(etag(&body));
     r.serial = index.serial;
-    (n, true)
+    (n, Ok(()))
 }

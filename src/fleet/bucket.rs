@@ -101,6 +101,8 @@ fn count(c: &std::sync::atomic::AtomicU64, n: u64) {
 #[derive(Clone)]
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// The same store without a deadline per request, for bundles read and written as streams.
+    streams: Arc<dyn ObjectStore>,
     counters: Arc<Counters>,
     url: String,
     /// Whether the store refuses a conditional put (`If-None-Match: *`) over an object: some
@@ -146,27 +148,37 @@ impl Bucket {
                 max_retries: 10,
                 retry_timeout: times.retries,
             };
+            // The client options replace those from_env read, so AWS_ALLOW_HTTP is read here.
             let client = object_store::ClientOptions::new()
                 .with_timeout(times.request)
-                .with_connect_timeout(times.request.min(Duration::from_secs(5)));
-            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_connect_timeout(times.request.min(Duration::from_secs(5)))
+                .with_allow_http(std::env::var_os("AWS_ALLOW_HTTP").is_some_and(|v| v == "true" || v == "1"));
+            let builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry)
-                .with_client_options(client)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
-            if std::env::var_os("AWS_ALLOW_HTTP").is_some_and(|v| v == "true" || v == "1") {
-                builder = builder.with_allow_http(true);
-            }
-            let s3 = builder.build().map_err(|e| {
-                config(format!(
-                    "{e}; S3 settings come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a store other than AWS, AWS_ENDPOINT_URL (AWS_ALLOW_HTTP=true without TLS)"
-                ))
-            })?;
-            let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
-                "" => Arc::new(s3),
-                p => Arc::new(object_store::prefix::PrefixStore::new(s3, p)),
+            let build = |options: object_store::ClientOptions| -> Result<Arc<dyn ObjectStore>, BucketError> {
+                let s3 = builder.clone().with_client_options(options).build().map_err(|e| {
+                    config(format!(
+                        "{e}; S3 settings come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a store other than AWS, AWS_ENDPOINT_URL (AWS_ALLOW_HTTP=true without TLS)"
+                    ))
+                })?;
+                Ok(match prefix.trim_matches('/') {
+                    "" => Arc::new(s3),
+                    p => Arc::new(object_store::prefix::PrefixStore::new(s3, p)),
+                })
             };
-            return Ok(Bucket { store, counters: Default::default(), url: url.to_string(), conditional: false });
+            // A bundle streams to a robot at the robot's pace, for as long as the server's
+            // download allows: the request deadline would cut it off.
+            let streams = build(client.clone().with_timeout_disabled())?;
+            let store = build(client)?;
+            return Ok(Bucket {
+                store,
+                streams,
+                counters: Default::default(),
+                url: url.to_string(),
+                conditional: false,
+            });
         }
         let path = match url.strip_prefix("file://") {
             Some(p) => std::path::PathBuf::from(p),
@@ -179,7 +191,14 @@ impl Bucket {
         let local = object_store::local::LocalFileSystem::new_with_prefix(&path)
             .map_err(|e| config(e.to_string()))?
             .with_automatic_cleanup(true);
-        Ok(Bucket { store: Arc::new(local), counters: Default::default(), url: url.to_string(), conditional: false })
+        let local: Arc<dyn ObjectStore> = Arc::new(local);
+        Ok(Bucket {
+            store: local.clone(),
+            streams: local,
+            counters: Default::default(),
+            url: url.to_string(),
+            conditional: false,
+        })
     }
 
     /// The requests sent to the store so far.
@@ -211,7 +230,7 @@ impl Bucket {
     pub async fn read_from(&self, key: &str, start: u64) -> Result<Option<Reading>, BucketError> {
         count(&self.counters.get, 1);
         let options = GetOptions { range: (start > 0).then_some(GetRange::Offset(start)), ..Default::default() };
-        match self.store.get_opts(&Key::from(key), options).await {
+        match self.streams.get_opts(&Key::from(key), options).await {
             Ok(r) => {
                 let size = r.meta.size;
                 let stream = r.into_stream().map_err(std::io::Error::other).boxed();
@@ -302,7 +321,7 @@ impl Bucket {
             return self.put(key, bytes).await;
         }
         count(&self.counters.put, size.div_ceil(PART as u64) + 2);
-        let upload = self.store.put_multipart(&Key::from(key)).await.map_err(|e| self.fail("write", key, e))?;
+        let upload = self.streams.put_multipart(&Key::from(key)).await.map_err(|e| self.fail("write", key, e))?;
         let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
         let mut buf = vec![0u8; 1 << 20];
         loop {

@@ -12,11 +12,15 @@ const SECRET: &str = "5d3b6e0a9c1f4e2d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c
 /// The bucket the fleet stores in.
 pub const BUCKET: &str = "fleet";
 
-/// The Garage binary: SKILLGRAFT_GARAGE, or where tools/test.sh installs it.
+/// The Garage binary: SKILLGRAFT_GARAGE, or where tools/test.sh installs it (beside a
+/// CARGO_TARGET_DIR, else in ~/.cache).
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("SKILLGRAFT_GARAGE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/skillgraft/garage-2.5.0/bin/garage")
+        let tools = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) => PathBuf::from(t).join("ci-tools"),
+            None => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/skillgraft"),
+        };
+        tools.join("garage-2.5.0/bin/garage")
     });
     assert!(
         path.is_file(),

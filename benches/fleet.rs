@@ -561,18 +561,27 @@ fn worker(a: Assignment) {
                 }
             }));
         }
+        // The worker's totals, told every half second and once more at the end.
+        let tell = {
+            let (requests, failed, bytes, why, say) =
+                (requests.clone(), failed.clone(), bytes.clone(), why.clone(), say.clone());
+            move || {
+                let listed = |m: &Mutex<HashMap<String, u64>>| -> Vec<(String, u64)> {
+                    m.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
+                };
+                say(&Event::Totals {
+                    requests: requests.load(std::sync::atomic::Ordering::Relaxed),
+                    failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes: listed(&bytes),
+                    why: listed(&why),
+                });
+            }
+        };
         let totals = {
-            let (requests, failed, bytes, why, say, stop) =
-                (requests.clone(), failed.clone(), bytes.clone(), why.clone(), say.clone(), stop.clone());
+            let (tell, stop) = (tell.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let b: Vec<(String, u64)> = bytes.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
-                    say(&Event::Totals {
-                        requests: requests.load(std::sync::atomic::Ordering::Relaxed),
-                        failed: failed.load(std::sync::atomic::Ordering::Relaxed),
-                        bytes: b,
-                        why: why.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    });
+                    tell();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             })
@@ -581,13 +590,7 @@ fn worker(a: Assignment) {
             let _ = t.await;
         }
         let _ = totals.await;
-        let b: Vec<(String, u64)> = bytes.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        say(&Event::Totals {
-            requests: requests.load(std::sync::atomic::Ordering::Relaxed),
-            failed: failed.load(std::sync::atomic::Ordering::Relaxed),
-            bytes: b,
-            why: why.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        });
+        tell();
     });
 }
 

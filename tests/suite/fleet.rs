@@ -969,35 +969,20 @@ fn channels_on(d: &Path, store: &str, env: &[(String, String)]) -> Channels {
         keys,
         store: PathBuf::from(store),
     };
-    let server = serve(&c, store, env);
+    let server = serve(&c, store, env, &[]);
     c.url = server.url();
     c.server = Some(server);
     c
 }
 
-/// A fleet server on `store` with `c`'s keys and tokens, reading the store afresh on every poll.
-fn serve(c: &Channels, store: &str, env: &[(String, String)]) -> Server {
-    Server::start_env(
-        &[
-            "fleet",
-            "serve",
-            "--store",
-            store,
-            "--trust",
-            &s(&c.fleet_pub),
-            "--tokens",
-            &s(&c.tokens),
-            "--channel-root",
-            &s(&c.root_pub),
-            "--cache-s",
-            "0",
-            "--store-retry-s",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        env,
-    )
+/// A fleet server on `store` with `c`'s keys and tokens, reading the store afresh on every poll,
+/// with `extra` arguments.
+fn serve(c: &Channels, store: &str, env: &[(String, String)], extra: &[&str]) -> Server {
+    let (trust, tokens, root) = (s(&c.fleet_pub), s(&c.tokens), s(&c.root_pub));
+    let mut args = vec!["fleet", "serve", "--store", store, "--trust", &trust, "--tokens", &tokens];
+    args.extend(["--channel-root", &root, "--cache-s", "0", "--store-retry-s", "1", "--listen", "127.0.0.1:0"]);
+    args.extend_from_slice(extra);
+    Server::start_env(&args, env)
 }
 
 /// Signs `channel`'s index at `serial` with `key`, offering `bundle`; returns its file.
@@ -1606,7 +1591,7 @@ fn two_fleet_servers_share_a_replicated_s3_store_through_node_failures() {
     let url = common::garage::Garage::url("fleet-a");
     // Server A reaches the cluster through node 0, server B through node 1.
     let c = channels_on(d, &url, &g.env(0));
-    let b = serve(&c, &url, &g.env(1));
+    let b = serve(&c, &url, &g.env(1), &[]);
     let (a, t) = (c.server(), c.token.clone());
     let json = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
     // Garage takes `If-None-Match: *` on a put and overwrites all the same: the server finds out
@@ -1806,20 +1791,7 @@ fn an_agent_polling_slower_than_the_server_keeps_connections_polls_without_a_fai
     // A second server on the same store that closes a connection idle for a second, as many
     // proxies do after a while: the agent polls every 1.5 s, so each poll finds its last
     // connection closed.
-    let quick = Server::start(&[
-        "fleet",
-        "serve",
-        "--store",
-        &s(&c.store),
-        "--trust",
-        &s(&c.fleet_pub),
-        "--tokens",
-        &s(&c.tokens),
-        "--header-timeout-s",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let quick = serve(&c, &s(&c.store), &[], &["--header-timeout-s", "1"]);
     let (tokens, root, trust, store) = (s(&c.tokens), s(&c.root_pub), s(&c.fleet_pub), s(&d.join("robot")));
     let mut agent = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
         .args(["agent", "--fleet", &quick.url(), "--token-file", &tokens, "--channel", "stable", "--root", &root])

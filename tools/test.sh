@@ -42,17 +42,20 @@ if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; th
 fi
 export SKILLGRAFT_ROS_PYTHON="$venv/bin/python"
 
-# Garage 2.5.0, the replicated S3 store the fleet tests start clusters of: built once (about 16 min
-# on 2 cores) outside the clone, beside a kept CARGO_TARGET_DIR or in ~/.cache, and reused.
+# Garage 2.5.0 for the fleet's S3 tests (tools/build-garage.sh): built once outside the clone,
+# beside a kept CARGO_TARGET_DIR or in ~/.cache (SKILLGRAFT_TOOLS names another folder), and reused.
+# The test binaries build while it builds (or while CI's background build of it finishes).
 if [[ -z "${SKILLGRAFT_GARAGE:-}" ]]; then
   tools_dir="${SKILLGRAFT_TOOLS:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/ci-tools}}"
-  garage_root="${tools_dir:-$HOME/.cache/skillgraft}/garage-2.5.0"
-  if [[ ! -x "$garage_root/bin/garage" ]]; then
-    echo "building Garage 2.5.0 into $garage_root (once)"
-    cargo install garage --version 2.5.0 --locked --quiet --root "$garage_root" --target-dir "$target/garage-build"
-    rm -rf "$target/garage-build"
+  tools/build-garage.sh "${tools_dir:-$HOME/.cache/skillgraft}/garage-2.5.0" "$target/garage-build" \
+    >"$target/garage-path" &
+  garage_job=$!
+  if (($# == 0)); then
+    cargo test --workspace --locked --no-run
   fi
-  export SKILLGRAFT_GARAGE="$garage_root/bin/garage"
+  wait "$garage_job"
+  SKILLGRAFT_GARAGE="$(cat "$target/garage-path")"
+  export SKILLGRAFT_GARAGE
 fi
 
 cargo test --workspace --locked "$@"

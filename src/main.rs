@@ -40,12 +40,8 @@ enum Command {
     /// check the key list and index against the pinned root key, download (resuming) and
     /// install what the index names into the skill store.
     Agent {
-        /// The fleet server, http://host:port.
-        #[arg(long)]
-        fleet: String,
-        /// File holding the token to send.
-        #[arg(long)]
-        token_file: PathBuf,
+        #[command(flatten)]
+        at: FleetAt,
         /// The channel to follow.
         #[arg(long)]
         channel: String,
@@ -572,24 +568,16 @@ enum FleetCommand {
     Upload {
         /// The bundle.
         bundle: PathBuf,
-        /// The fleet server, http://host:port.
-        #[arg(long)]
-        fleet: String,
-        /// File holding the token to send.
-        #[arg(long)]
-        token_file: PathBuf,
+        #[command(flatten)]
+        at: FleetAt,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// List the fleet server's catalog, with each skill's provenance.
     Catalog {
-        /// The fleet server, http://host:port.
-        #[arg(long)]
-        fleet: String,
-        /// File holding the token to send.
-        #[arg(long)]
-        token_file: PathBuf,
+        #[command(flatten)]
+        at: FleetAt,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -632,12 +620,8 @@ enum FleetCommand {
     /// Each robot's last report (what `skillgraft agent` says after a poll): its channel, the
     /// serial it accepted, its active versions, and why a poll failed.
     Reports {
-        /// The fleet server, http://host:port.
-        #[arg(long)]
-        fleet: String,
-        /// File holding the token to send.
-        #[arg(long)]
-        token_file: PathBuf,
+        #[command(flatten)]
+        at: FleetAt,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -648,15 +632,56 @@ enum FleetCommand {
     Channel(ChannelCommand),
 }
 
-/// Where a staged rollout is sent.
+/// A fleet server and the token to send it.
 #[derive(clap::Args, Debug, Clone)]
-struct RolloutTarget {
+struct FleetAt {
     /// The fleet server, http://host:port.
     #[arg(long)]
     fleet: String,
     /// File holding the token to send.
     #[arg(long)]
     token_file: PathBuf,
+}
+
+impl FleetAt {
+    fn token(&self) -> Result<String, skillgraft::fleet::FleetError> {
+        skillgraft::fleet::auth::read_token(&self.token_file)
+    }
+
+    /// One request to the server, within `timeout`, and its answer whatever its status.
+    fn ask(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        (method, path): (hyper::Method, &str),
+        body: &skillgraft::fleet::client::Upload,
+        timeout: std::time::Duration,
+    ) -> Result<skillgraft::fleet::client::Reply, Box<dyn std::error::Error>> {
+        let fleet = &self.fleet;
+        Ok(rt.block_on(skillgraft::fleet::push::call(fleet, fleet, method, path, &self.token()?, body, timeout))?)
+    }
+
+    /// [`FleetAt::ask`] within a minute, with an answer other than a success (2xx) turned into
+    /// an error.
+    fn call(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        method: hyper::Method,
+        path: &str,
+        body: &skillgraft::fleet::client::Upload,
+    ) -> Result<skillgraft::fleet::client::Reply, Box<dyn std::error::Error>> {
+        let r = self.ask(rt, (method, path), body, std::time::Duration::from_secs(60))?;
+        if !r.status.is_success() {
+            return Err(format!("{} refused ({}): {}", self.fleet, r.status, r.error()).into());
+        }
+        Ok(r)
+    }
+}
+
+/// Where a staged rollout is sent.
+#[derive(clap::Args, Debug, Clone)]
+struct RolloutTarget {
+    #[command(flatten)]
+    at: FleetAt,
     /// The channel.
     #[arg(long)]
     channel: String,
@@ -761,12 +786,8 @@ enum ChannelCommand {
     /// Publish a key list, a channel index or both to the fleet server, where robots poll them;
     /// the server refuses an index its key list does not sign, and anything older than it has.
     Publish {
-        /// The fleet server, http://host:port.
-        #[arg(long)]
-        fleet: String,
-        /// File holding the token to send.
-        #[arg(long)]
-        token_file: PathBuf,
+        #[command(flatten)]
+        at: FleetAt,
         /// A signed key list (sent first).
         #[arg(long, required_unless_present = "index")]
         keys: Option<PathBuf>,
@@ -1354,8 +1375,7 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Episodes(cmd) => episodes(cmd),
         Command::Store(cmd) => store(cmd),
         Command::Agent {
-            fleet,
-            token_file,
+            at: FleetAt { fleet, token_file },
             channel,
             root,
             trust,
@@ -1866,7 +1886,7 @@ fn adapt_cli(
 
 /// The fleet commands.
 fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
-    use skillgraft::fleet::{auth, push, server};
+    use skillgraft::fleet::{push, server};
     use std::time::Duration;
     let rt = skillgraft::fleet::http::runtime(2)?;
     let seconds = |s: f64, what: &str| -> Result<Duration, String> {
@@ -1953,9 +1973,9 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
                 ))));
             }
         }
-        FleetCommand::Upload { bundle, fleet, token_file, json } => {
-            let token = auth::read_token(&token_file)?;
-            let entry = rt.block_on(push::upload(&bundle, &fleet, &token, Duration::from_secs(600)))?;
+        FleetCommand::Upload { bundle, at, json } => {
+            let fleet = &at.fleet;
+            let entry = rt.block_on(push::upload(&bundle, fleet, &at.token()?, Duration::from_secs(600)))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&entry)?);
             } else {
@@ -1968,9 +1988,9 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
-        FleetCommand::Catalog { fleet, token_file, json } => {
-            let token = auth::read_token(&token_file)?;
-            let list = rt.block_on(push::catalog(&fleet, &token, timeout))?;
+        FleetCommand::Catalog { at, json } => {
+            let fleet = &at.fleet;
+            let list = rt.block_on(push::catalog(fleet, &at.token()?, timeout))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.bundles.is_empty() {
@@ -2012,13 +2032,8 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
         }
         FleetCommand::Channel(c) => channel(c)?,
         FleetCommand::Rollout(r) => rollout(&rt, r)?,
-        FleetCommand::Reports { fleet, token_file, json } => {
-            let token = auth::read_token(&token_file)?;
-            let empty = skillgraft::fleet::client::Upload::Empty;
-            let r = rt.block_on(push::call(&fleet, &fleet, hyper::Method::GET, "/reports", &token, &empty, timeout))?;
-            if !r.status.is_success() {
-                return Err(format!("{fleet} refused ({}): {}", r.status, r.error()).into());
-            }
+        FleetCommand::Reports { at, json } => {
+            let r = at.call(&rt, hyper::Method::GET, "/reports", &skillgraft::fleet::client::Upload::Empty)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r.body)?);
             } else {
@@ -2072,13 +2087,7 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
             (target, hyper::Method::GET, path, Upload::Empty, json)
         }
     };
-    let token = skillgraft::fleet::auth::read_token(&target.token_file)?;
-    let timeout = std::time::Duration::from_secs(60);
-    let fleet = &target.fleet;
-    let r = rt.block_on(skillgraft::fleet::push::call(fleet, fleet, method, &path, &token, &body, timeout))?;
-    if !r.status.is_success() {
-        return Err(format!("{} refused ({}): {}", target.fleet, r.status, r.error()).into());
-    }
+    let r = target.at.call(rt, method, &path, &body)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&r.body)?);
         return Ok(());
@@ -2175,9 +2184,9 @@ fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
                 humantime::format_duration(valid)
             );
         }
-        ChannelCommand::Publish { fleet, token_file, keys, index } => {
+        ChannelCommand::Publish { at, keys, index } => {
             use skillgraft::fleet::client::Upload;
-            let token = skillgraft::fleet::auth::read_token(&token_file)?;
+            let fleet = &at.fleet;
             let rt = skillgraft::fleet::http::runtime(1)?;
             let mut docs = Vec::new();
             if let Some(k) = &keys {
@@ -2192,16 +2201,7 @@ fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
             for (path, env, what) in docs {
                 let body = Upload::Json(serde_json::to_value(env)?);
-                let timeout = std::time::Duration::from_secs(30);
-                let r = rt.block_on(skillgraft::fleet::push::call(
-                    &fleet,
-                    &fleet,
-                    hyper::Method::PUT,
-                    &path,
-                    &token,
-                    &body,
-                    timeout,
-                ))?;
+                let r = at.ask(&rt, (hyper::Method::PUT, &path), &body, std::time::Duration::from_secs(30))?;
                 match r.status.as_u16() {
                     201 => outln!("{fleet} now serves the {what}"),
                     200 => outln!("{fleet} already served the {what}"),

@@ -298,21 +298,26 @@ impl Shared {
         let listed = self.bucket.list(prefix).await?;
         let mut out = Vec::with_capacity(listed.len());
         for l in listed {
-            let key = format!("{prefix}/{}", l.name);
-            let known = self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
-            let bytes = match known {
-                Some((tag, bytes)) if tag.is_some() && tag == l.e_tag => bytes,
-                _ => match self.bucket.get(&key).await? {
-                    Some(o) => {
-                        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (o.e_tag, o.bytes.clone()));
-                        o.bytes
-                    }
-                    None => continue,
-                },
-            };
-            out.push((l.name, bytes));
+            if let Some(bytes) = self.read_tagged(&format!("{prefix}/{}", l.name), l.e_tag).await? {
+                out.push((l.name, bytes));
+            }
         }
         Ok(out)
+    }
+
+    /// The object at `key`, whose listing gave it `tag`: what was read before when that had
+    /// the same tag, else read again (None when it is gone).
+    async fn read_tagged(&self, key: &str, tag: Option<String>) -> Result<Option<Bytes>, BucketError> {
+        let known = self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        if let Some((t, bytes)) = known
+            && t.is_some()
+            && t == tag
+        {
+            return Ok(Some(bytes));
+        }
+        let Some(o) = self.bucket.get(key).await? else { return Ok(None) };
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), (o.e_tag, o.bytes.clone()));
+        Ok(Some(o.bytes))
     }
 
     /// The object at `key`, read once per ETag (an object under a serial never changes).
@@ -337,24 +342,36 @@ impl Shared {
         else {
             return Ok(None);
         };
-        let key = numbered(prefix, n);
-        let known = self.objects.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
-        if let Some((t, bytes)) = known
-            && t.is_some()
-            && t == tag
-        {
-            return Ok(Some((n, bytes)));
-        }
-        let Some(o) = self.bucket.get(&key).await? else { return Ok(None) };
-        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (o.e_tag, o.bytes.clone()));
-        Ok(Some((n, o.bytes)))
+        Ok(self.read_tagged(&numbered(prefix, n), tag).await?.map(|b| (n, b)))
     }
 
     /// The channel as the store has it, read again when older than the cache time.
     async fn view(&self, channel: &str) -> Result<Arc<View>, BucketError> {
+        self.cached(channel, async {
+            Ok(View {
+                index: self.latest(&format!("channels/{channel}")).await?.map(|(_, b)| b),
+                rollout: self.rollout(channel).await?,
+            })
+        })
+        .await
+    }
+
+    /// The key list as the store has it, read again when older than the cache time (kept
+    /// among the views under the empty name, which no channel has).
+    async fn keys(&self) -> Result<Option<Bytes>, BucketError> {
+        let read = async { Ok(View { index: self.latest("keys").await?.map(|(_, b)| b), rollout: None }) };
+        Ok(self.cached("", read).await?.index.clone())
+    }
+
+    /// The view `name` as last read, or, when older than the cache time, what `read` reads.
+    async fn cached(
+        &self,
+        name: &str,
+        read: impl std::future::Future<Output = Result<View, BucketError>>,
+    ) -> Result<Arc<View>, BucketError> {
         let fresh = || {
             let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-            views.get(channel).filter(|(at, _)| at.elapsed() < self.cache).map(|(_, v)| v.clone())
+            views.get(name).filter(|(at, _)| at.elapsed() < self.cache).map(|(_, v)| v.clone())
         };
         if let Some(v) = fresh() {
             return Ok(v);
@@ -365,31 +382,9 @@ impl Shared {
         if let Some(v) = fresh() {
             return Ok(v);
         }
-        let v = Arc::new(View {
-            index: self.latest(&format!("channels/{channel}")).await?.map(|(_, b)| b),
-            rollout: self.rollout(channel).await?,
-        });
-        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(channel.to_string(), (Instant::now(), v.clone()));
+        let v = Arc::new(read.await?);
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (Instant::now(), v.clone()));
         Ok(v)
-    }
-
-    /// The key list as the store has it, read again when older than the cache time (kept
-    /// among the views under the empty name, which no channel has).
-    async fn keys(&self) -> Result<Option<Bytes>, BucketError> {
-        let fresh = || {
-            let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-            views.get("").filter(|(at, _)| at.elapsed() < self.cache).map(|(_, v)| v.index.clone())
-        };
-        if let Some(v) = fresh() {
-            return Ok(v);
-        }
-        let _reading = self.reading.lock().await;
-        if let Some(v) = fresh() {
-            return Ok(v);
-        }
-        let v = Arc::new(View { index: self.latest("keys").await?.map(|(_, b)| b), rollout: None });
-        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(String::new(), (Instant::now(), v.clone()));
-        Ok(v.index.clone())
     }
 
     /// Forgets what this server read of `channel` (the key list: ""), after it changed it.

@@ -512,6 +512,10 @@ enum KeysCommand {
     Token {
         /// The file to write (never overwritten).
         file: PathBuf,
+        /// The robot the token is for: prints the line that accepts it as that robot's in the
+        /// fleet server's --tokens file (it may then only poll and report as that robot).
+        #[arg(long)]
+        robot: Option<String>,
     },
 }
 
@@ -869,7 +873,8 @@ struct Intake {
     /// Files of trusted public keys (.pub): the fleet's, and for the fleet server its robots'.
     #[arg(long, required = true)]
     trust: Vec<PathBuf>,
-    /// File of accepted bearer tokens (`keys token FILE`).
+    /// File of accepted bearer tokens (`keys token FILE`); the fleet server's may also accept
+    /// robots' tokens, each for its robot only (`keys token FILE --robot NAME`).
     #[arg(long)]
     tokens: PathBuf,
     /// Largest bundle (and, on a robot, largest unpacked skill), MiB.
@@ -1398,9 +1403,22 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             };
             agent(fleet, token_file, channel, root, trust, store, (interval, report_every), once, max_mib, inbox, json)
         }
-        Command::Keys(KeysCommand::Token { file }) => {
+        Command::Keys(KeysCommand::Token { file, robot: None }) => {
             skillgraft::fleet::auth::new_token(&file)?;
             outln!("wrote a bearer token to {} (owner-only); give it to the server and to its clients", file.display());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Token { file, robot: Some(robot) }) => {
+            if !skillgraft::skill::manifest::valid_name(&robot) {
+                return Err(format!("--robot {robot:?}: a robot name is letters, digits, `-`, `_` and `.`").into());
+            }
+            let token = skillgraft::fleet::auth::new_token(&file)?;
+            // The line alone on stdout, so that `>> fleet.tokens` adds it to the server's file.
+            eprintln!(
+                "wrote robot {robot}'s bearer token to {} (owner-only, for its agent); add this line to the fleet server's --tokens file:",
+                file.display()
+            );
+            outln!("{}", skillgraft::fleet::auth::robot_line(&robot, &token));
             Ok(())
         }
         Command::CheckBundle { bundle, dest, keys, max_bytes, max_entries, max_seconds } => {

@@ -5,6 +5,11 @@
 //! rotated without a certificate authority, and works through the TLS-terminating proxy or VPN
 //! a fleet already runs (plain HTTP must not leave a trusted network: a token sent in clear
 //! text can be replayed).
+//!
+//! The fleet server's file may also name robots: `robot NAME sha256:HEX` accepts the token with
+//! that digest as robot NAME's, which may only poll (keys, channels, the catalog) and report as
+//! NAME. One robot's token, taken from its disk, then cannot report as another, publish,
+//! upload or halt a rollout; and the server's file holds digests, not tokens a reader could use.
 
 use std::path::Path;
 
@@ -16,15 +21,24 @@ use crate::file::FileError;
 /// Shortest token accepted: 128 bits of base64.
 const MIN_LEN: usize = 22;
 
-/// The tokens a server accepts, kept as SHA-256 digests.
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An operator's (or a lab's shared) token: every request.
+    Operator,
+    /// Robot NAME's token: polls, and its own reports.
+    Robot(String),
+}
+
+/// The tokens a server accepts, kept as SHA-256 digests, each with whom it speaks for.
 #[derive(Clone)]
 pub struct Tokens {
-    digests: Vec<[u8; 32]>,
+    accepted: Vec<([u8; 32], Caller)>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} accepted)", self.digests.len())
+        write!(f, "Tokens({} accepted)", self.accepted.len())
     }
 }
 
@@ -32,55 +46,117 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The lines of a token file that hold tokens (blank lines and `#` comments skipped).
-fn lines(path: &Path) -> Result<Vec<String>, FleetError> {
+/// The digest line that accepts `token` as robot `name`'s in a fleet server's token file.
+pub fn robot_line(name: &str, token: &str) -> String {
+    format!("robot {name} sha256:{}", hex::encode(digest(token)))
+}
+
+/// The lines of a token file that say something (blank lines and `#` comments skipped), each
+/// with its line number.
+fn lines(path: &Path) -> Result<Vec<(usize, String)>, FleetError> {
     let text = std::fs::read_to_string(path).map_err(FileError::at("read", path))?;
     // A token others can read is a token others can use.
     crate::skill::bundle::check_mode(path, true).map_err(|e| FleetError::Config(e.to_string()))?;
-    let tokens: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
-    for t in &tokens {
-        if t.len() < MIN_LEN || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(FleetError::Config(format!(
-                "{}: a token is shorter than {MIN_LEN} characters or holds spaces; make one with `skillgraft keys token FILE`",
-                path.display()
-            )));
-        }
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| (i, l.to_string()))
+        .collect())
+}
+
+/// A token as a client sends it: long enough, one word.
+fn plain(path: &Path, line: usize, token: &str) -> Result<String, FleetError> {
+    if token.len() < MIN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(FleetError::Config(format!(
+            "{}:{line}: a token is shorter than {MIN_LEN} characters or holds spaces; make one with `skillgraft keys token FILE`",
+            path.display()
+        )));
     }
-    Ok(tokens)
+    Ok(token.to_string())
+}
+
+/// One accepted token: `TOKEN`, `sha256:HEX`, or either after `robot NAME`.
+fn entry(path: &Path, line: usize, text: &str) -> Result<([u8; 32], Caller), FleetError> {
+    let bad = |why: &str| FleetError::Config(format!("{}:{line}: {why}", path.display()));
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (caller, credential) = match words.as_slice() {
+        [credential] => (Caller::Operator, *credential),
+        ["robot", name, credential] if crate::skill::manifest::valid_name(name) => {
+            (Caller::Robot(name.to_string()), *credential)
+        }
+        ["robot", name, _] => {
+            return Err(bad(&format!("{name:?} is not a robot name (letters, digits, `-`, `_`, `.`)")));
+        }
+        _ => {
+            return Err(bad(
+                "a line is a token, `sha256:HEX` of one, or `robot NAME` before either; make a robot's with `skillgraft keys token FILE --robot NAME`",
+            ));
+        }
+    };
+    let digest = match credential.strip_prefix("sha256:") {
+        Some(h) => hex::decode(h)
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .ok_or_else(|| bad("`sha256:` takes the 64 hex digits of a token's SHA-256"))?,
+        None => digest(&plain(path, line, credential)?),
+    };
+    Ok((digest, caller))
 }
 
 impl Tokens {
-    /// Reads a token file: one token per line.
+    /// Reads a token file of an inbox: one token per line, every one an operator's (a robot's
+    /// token has nothing to ask of another robot).
     pub fn load(path: &Path) -> Result<Tokens, FleetError> {
-        let tokens = lines(path)?;
-        if tokens.is_empty() {
+        let tokens = Tokens::load_with_robots(path)?;
+        if tokens.accepted.iter().any(|(_, c)| *c != Caller::Operator) {
+            return Err(FleetError::Config(format!(
+                "{}: `robot NAME` lines are for the fleet server's --tokens; an inbox takes the tokens of those who push to it",
+                path.display()
+            )));
+        }
+        Ok(tokens)
+    }
+
+    /// Reads the fleet server's token file: operators' tokens, and robots' (`robot NAME ...`).
+    pub fn load_with_robots(path: &Path) -> Result<Tokens, FleetError> {
+        let accepted = lines(path)?.iter().map(|(i, l)| entry(path, *i, l)).collect::<Result<Vec<_>, _>>()?;
+        if accepted.is_empty() {
             return Err(FleetError::Config(format!(
                 "{} holds no token, so no request could be accepted; add one (`skillgraft keys token FILE`)",
                 path.display()
             )));
         }
-        Ok(Tokens { digests: tokens.iter().map(|t| digest(t)).collect() })
+        Ok(Tokens { accepted })
     }
 
-    /// Whether an `Authorization` header value carries an accepted token. Digests are compared,
-    /// so the time a comparison takes tells nothing about the token.
-    pub fn accepts(&self, authorization: Option<&str>) -> bool {
-        let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else { return false };
+    /// Whom an `Authorization` header value speaks for, if it carries an accepted token.
+    /// Digests are compared, so the time a comparison takes tells nothing about the token.
+    pub fn caller(&self, authorization: Option<&str>) -> Option<&Caller> {
+        let token = authorization.and_then(|h| h.strip_prefix("Bearer "))?;
         let d = digest(token.trim());
-        self.digests.contains(&d)
+        self.accepted.iter().find(|(a, _)| *a == d).map(|(_, c)| c)
     }
 }
 
-/// The token a client sends: the first token in `path`.
+/// The token a client sends: the first line of `path`, a token.
 pub fn read_token(path: &Path) -> Result<String, FleetError> {
-    lines(path)?.into_iter().next().ok_or_else(|| {
+    let (line, first) = lines(path)?.into_iter().next().ok_or_else(|| {
         FleetError::Config(format!("{} holds no token; make one with `skillgraft keys token FILE`", path.display()))
-    })
+    })?;
+    if first.starts_with("robot ") || first.starts_with("sha256:") {
+        return Err(FleetError::Config(format!(
+            "{}:{line}: a digest line is what a server accepts, not a token to send; give the file `skillgraft keys token` wrote",
+            path.display()
+        )));
+    }
+    plain(path, line, &first)
 }
 
-/// Writes a new random token (256 bits, base64url) to `path`, readable by its owner only.
-pub fn new_token(path: &Path) -> Result<(), FleetError> {
+/// Writes a new random token (256 bits, base64url) to `path`, readable by its owner only, and
+/// returns it.
+pub fn new_token(path: &Path) -> Result<String, FleetError> {
     use base64::Engine;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -93,7 +169,8 @@ pub fn new_token(path: &Path) -> Result<(), FleetError> {
         .mode(0o600)
         .open(path)
         .map_err(FileError::at("create", path))?;
-    Ok(writeln!(f, "{token}").map_err(FileError::at("write", path))?)
+    writeln!(f, "{token}").map_err(FileError::at("write", path))?;
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -104,19 +181,16 @@ mod tests {
     fn only_listed_tokens_pass() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        new_token(&path).unwrap();
+        let written = new_token(&path).unwrap();
         let token = read_token(&path).unwrap();
+        assert_eq!(written, token);
         let tokens = Tokens::load(&path).unwrap();
-        assert!(tokens.accepts(Some(&format!("Bearer {token}"))));
-        assert!(!tokens.accepts(Some(&format!("Bearer {token}x"))));
-        assert!(!tokens.accepts(Some(&token)));
-        assert!(!tokens.accepts(None));
+        assert_eq!(tokens.caller(Some(&format!("Bearer {token}"))), Some(&Caller::Operator));
+        assert_eq!(tokens.caller(Some(&format!("Bearer {token}x"))), None);
+        assert_eq!(tokens.caller(Some(&token)), None);
+        assert_eq!(tokens.caller(None), None);
         assert!(new_token(&path).is_err(), "an existing token file is never overwritten");
         std::fs::write(&path, "# none\n").unwrap();
-        assert!(
-            Tokens::load(&path).is_ok_and(|_| false)
-                || Tokens::load(&path).unwrap_err().to_string().contains("holds no token")
-        );
         assert!(Tokens::load(&path).unwrap_err().to_string().contains("holds no token"));
         std::fs::write(&path, "short\n").unwrap();
         assert!(Tokens::load(&path).unwrap_err().to_string().contains("shorter"));
@@ -136,5 +210,47 @@ mod tests {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
         let e = Tokens::load(&path).unwrap_err().to_string();
         assert!(e.contains("its group can"), "{e}");
+    }
+
+    #[test]
+    fn a_robot_line_accepts_that_robots_token_as_its_own_and_nothing_else_as_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (robot, operator, server) = (dir.path().join("r"), dir.path().join("o"), dir.path().join("server"));
+        let r = new_token(&robot).unwrap();
+        let o = new_token(&operator).unwrap();
+        let write = |text: String| {
+            std::fs::write(&server, text).unwrap();
+            std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        };
+        write(format!("# the lab\n{o}\n{}\n", robot_line("arm-b-01", &r)));
+        let tokens = Tokens::load_with_robots(&server).unwrap();
+        assert_eq!(tokens.caller(Some(&format!("Bearer {o}"))), Some(&Caller::Operator));
+        assert_eq!(tokens.caller(Some(&format!("Bearer {r}"))), Some(&Caller::Robot("arm-b-01".into())));
+        // The digest itself is not a token: a reader of the server's file cannot use it.
+        let line = robot_line("arm-b-01", &r);
+        let hex = line.rsplit(':').next().unwrap();
+        assert_eq!(tokens.caller(Some(&format!("Bearer sha256:{hex}"))), None);
+        assert_eq!(tokens.caller(Some(&format!("Bearer {hex}"))), None);
+        let e = Tokens::load(&server).unwrap_err().to_string();
+        assert!(e.contains("robot NAME") && e.contains("fleet server"), "{e}");
+        assert_eq!(read_token(&server).unwrap(), o, "a client sends the first token");
+        // An operator's token may be given by its digest too.
+        write(format!("sha256:{}\n", hex::encode(digest(&o))));
+        let by_digest = Tokens::load(&server).unwrap();
+        assert_eq!(by_digest.caller(Some(&format!("Bearer {o}"))), Some(&Caller::Operator));
+        write(format!("{line}\n"));
+        let e = read_token(&server).unwrap_err().to_string();
+        assert!(e.contains("not a token to send"), "{e}");
+        for (text, says) in [
+            (format!("robot ../x {r}\n"), "not a robot name"),
+            ("robot arm-b-01 sha256:abc\n".to_string(), "64 hex digits"),
+            (format!("robot arm-b-01\n{o}\n"), ":1: a line is a token"),
+            (format!("{o}\nrobot arm-b-01 short\n"), ":2: a token is shorter"),
+            (format!("{o} {r}\n"), "a line is a token"),
+        ] {
+            write(text.clone());
+            let e = Tokens::load_with_robots(&server).unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
     }
 }

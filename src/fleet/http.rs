@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::auth::Tokens;
+use super::auth::{Caller, Tokens};
 
 /// A JSON reply `{"error": message}` with `status`.
 pub fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -27,20 +27,24 @@ pub fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A 401 reply, unless the request carries one of `tokens`.
-pub fn unauthorized(tokens: &Tokens, headers: &HeaderMap) -> Option<Response> {
-    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if tokens.accepts(value) {
-        None
+/// Whom the request's token speaks for; None when it carries no accepted token.
+pub fn caller(tokens: &Tokens, headers: &HeaderMap) -> Option<Caller> {
+    tokens.caller(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).cloned()
+}
+
+/// The 401 for a request without an accepted token.
+pub fn unauthorized(headers: &HeaderMap) -> Response {
+    let what = if headers.contains_key(header::AUTHORIZATION) {
+        "the bearer token is not accepted"
     } else {
-        let what = if value.is_some() { "the bearer token is not accepted" } else { "no bearer token" };
-        let mut r = problem(
-            StatusCode::UNAUTHORIZED,
-            format!("{what}; send `Authorization: Bearer TOKEN` with a token from this server's token file"),
-        );
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        Some(r)
-    }
+        "no bearer token"
+    };
+    let mut r = problem(
+        StatusCode::UNAUTHORIZED,
+        format!("{what}; send `Authorization: Bearer TOKEN` with a token from this server's token file"),
+    );
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// What a server allows each client.

@@ -33,7 +33,7 @@ use ed25519_dalek::VerifyingKey;
 
 use super::FleetError;
 use super::auth::Tokens;
-use super::http::{HttpLimits, problem, redact, reply, small_body, spool, unauthorized, within};
+use super::http::{HttpLimits, caller, problem, redact, reply, small_body, spool, unauthorized, within};
 use crate::file::FileError;
 use crate::skill::bundle::{self, BundleError, Limits};
 use crate::skill::sandbox::Sandbox;
@@ -308,10 +308,10 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
 /// Every request, before its handler reads anything of its body: a 401 (counted and logged)
 /// unless it carries an accepted token; then the request-wide deadline for all but uploads.
 async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, req.headers()) {
+    if caller(&s.tokens, req.headers()).is_none() {
         s.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("inbox: request without an accepted token refused");
-        return r;
+        return unauthorized(req.headers());
     }
     if req.method() == Method::POST && req.uri().path() == "/skills" {
         next.run(req).await

@@ -64,10 +64,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::FleetError;
-use super::auth::Tokens;
+use super::auth::{Caller, Tokens};
 use super::bucket::{Bucket, BucketError, StoreTimes};
 use super::channel;
-use super::http::{HttpLimits, problem, redact, reply, spool, unauthorized, within};
+use super::http::{HttpLimits, caller, problem, redact, reply, spool, unauthorized, within};
 use crate::file::FileError;
 use crate::skill::bundle::{self, Limits};
 use crate::skill::manifest::Provenance;
@@ -139,6 +139,9 @@ struct Live {
 struct Shared {
     bucket: Bucket,
     spool: PathBuf,
+    /// What names this process's files in the spool (`PID_START`), which servers sharing a
+    /// folder store share: one that starts clears what dead ones left, never a live one's.
+    owner: String,
     trusted: Vec<VerifyingKey>,
     tokens: Tokens,
     limits: Limits,
@@ -198,7 +201,7 @@ pub async fn serve(
             }
         }
     };
-    let tokens = Tokens::load(&settings.tokens)?;
+    let tokens = Tokens::load_with_robots(&settings.tokens)?;
     let mut bucket =
         Bucket::open(&settings.store, settings.store_times).map_err(|e| FleetError::Config(e.to_string()))?;
     // A folder store receives uploads beside its objects; an S3 one in a scratch folder.
@@ -207,12 +210,10 @@ pub async fn serve(
         true if settings.store.starts_with("file://") => {
             Path::new(settings.store.trim_start_matches("file://")).join(".incoming")
         }
-        true => std::env::temp_dir().join(format!("skillgraft-fleet-{}", std::process::id())),
+        true => std::env::temp_dir().join("skillgraft-fleet"),
     });
     std::fs::create_dir_all(&spool).map_err(FileError::at("create", &spool))?;
-    for e in std::fs::read_dir(&spool).map_err(FileError::at("read", &spool))?.filter_map(|e| e.ok()) {
-        let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
-    }
+    crate::skill::store::clear_scratch(&spool)?;
     // An unreachable store or wrong credentials show at start, not at the first robot's poll.
     bucket.list("keys").await.map_err(|e| FleetError::Config(e.to_string()))?;
     if !bucket.probe().await.map_err(|e| FleetError::Config(e.to_string()))? {
@@ -225,6 +226,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         bucket,
         spool,
+        owner: crate::skill::store::scratch_owner(),
         trusted,
         tokens,
         limits: Limits::mib(settings.max_mib),
@@ -265,16 +267,54 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every request, before its handler reads anything of its body: the token, then the
-/// request-wide deadline for all but uploads and downloads (which carry their own).
-async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if let Some(r) = unauthorized(&s.tokens, req.headers()) {
+/// Every request, before its handler reads anything of its body: the token, what a robot's
+/// token may ask, then the request-wide deadline for all but uploads and downloads (which carry
+/// their own).
+async fn authorize(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    let Some(caller) = caller(&s.tokens, req.headers()) else {
         tracing::warn!("fleet server: request without an accepted token refused");
+        return unauthorized(req.headers());
+    };
+    if let Caller::Robot(robot) = &caller
+        && let Some(r) = beyond_a_robot(robot, req.method(), req.uri())
+    {
+        tracing::warn!("fleet server: robot {robot}'s token refused for {} {}", req.method(), req.uri().path());
         return r;
     }
+    req.extensions_mut().insert(caller);
     let streams = (req.method() == Method::POST && req.uri().path() == "/catalog")
         || (req.method() == Method::GET && req.uri().path().starts_with("/catalog/"));
     if streams { next.run(req).await } else { within(s.http.request_timeout, next.run(req)).await }
+}
+
+/// The robot a channel poll names (`?robot=ID`, for its wave in a staged rollout). Robot names
+/// are plain (letters, digits, `-`, `_`), so no decoding is needed.
+fn robot_asked(uri: &axum::http::Uri) -> Option<&str> {
+    uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("robot=")))
+}
+
+/// A 403 unless robot `name`'s token may make this request: what a robot that pulls needs (the
+/// key list, its channel's index, bundles) and its own reports, nothing that changes what other
+/// robots run or what the fleet hears of them.
+fn beyond_a_robot(name: &str, method: &Method, uri: &axum::http::Uri) -> Option<Response> {
+    let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let reads = method == Method::GET || method == Method::HEAD;
+    let why = match path.as_slice() {
+        ["health" | "keys" | "catalog"] | ["catalog", _, _] if reads => return None,
+        ["channels", _] if reads => match robot_asked(uri) {
+            Some(other) if other != name => format!("robot {name}'s token polls as {name}, not as {other:?}"),
+            _ => return None,
+        },
+        ["reports", robot] if method == Method::PUT => match *robot == name {
+            true => return None,
+            false => format!("robot {name}'s token reports as {name} only, not as {robot:?}"),
+        },
+        _ => format!(
+            "robot {name}'s token may read the key list, channels and the catalog, and report as {name}; {method} {} needs an operator's token (a line of the server's --tokens without `robot`)",
+            uri.path()
+        ),
+    };
+    Some(problem(StatusCode::FORBIDDEN, why))
 }
 
 async fn health(State(s): State<Arc<Shared>>) -> Response {
@@ -526,6 +566,7 @@ async fn get_keys(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
 async fn get_channel(
     State(s): State<Arc<Shared>>,
     UrlPath(name): UrlPath<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
@@ -539,8 +580,12 @@ async fn get_channel(
         }
     };
     let mut bytes = view.index.clone();
-    // `?robot=ID`: robot names are plain (letters, digits, `-`, `_`), so no decoding is needed.
-    let robot = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("robot=")));
+    // A robot's own token places it in its wave whatever the query says (which it may only
+    // repeat); an operator may ask as any robot.
+    let robot = match &caller {
+        Caller::Robot(name) => Some(name.as_str()),
+        Caller::Operator => robot_asked(&uri),
+    };
     if let (Some(robot), Some(live)) = (robot, &view.rollout)
         && live.r.state == RolloutState::Running
         && channel::wave_bucket(&name, robot) < live.r.waves[live.r.stage]
@@ -1181,7 +1226,7 @@ async fn upload(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
 
 async fn receive(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     let n = s.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = s.spool.join(format!("upload-{n}.skill"));
+    let path = s.spool.join(format!("{}-upload-{n}.skill", s.owner));
     let bytes = match spool(&headers, body, &path, s.limits.max_bytes, &s.http).await {
         Ok(b) => b,
         Err(e) => {
@@ -1228,7 +1273,7 @@ fn same_or_conflict(old: CatalogEntry, entry: &CatalogEntry) -> Result<(CatalogE
 /// so an entry never names a bundle that is not whole in the store.
 async fn add(s: &Shared, path: &Path, bytes: u64, n: u64) -> Result<(CatalogEntry, bool), (StatusCode, String)> {
     let _one = s.adding.lock().await;
-    let scratch = s.spool.join(format!("unpack-{n}"));
+    let scratch = s.spool.join(format!("{}-unpack-{n}", s.owner));
     let (sandbox, trusted, limits, bundle) = (s.sandbox.clone(), s.trusted.clone(), s.limits, path.to_path_buf());
     let verified = tokio::task::spawn_blocking(move || {
         let v = sandbox

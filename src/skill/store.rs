@@ -126,14 +126,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let incoming = root.join(".incoming");
         std::fs::create_dir_all(&incoming).map_err(FileError::at("create", &incoming))?;
-        for entry in std::fs::read_dir(&incoming).map_err(FileError::at("read", &incoming))?.filter_map(|e| e.ok()) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !owner_alive(&name) {
-                let path = entry.path();
-                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-                removed.map_err(FileError::at("clear", &path))?;
-            }
-        }
+        clear_scratch(&incoming)?;
         Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()), sandbox: None })
     }
 
@@ -478,8 +471,22 @@ fn started(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Removes what processes that are gone left in the scratch folder `dir` (entries named
+/// `PID_START-...`, [`scratch_owner`]); a running process's entries stay.
+pub(crate) fn clear_scratch(dir: &Path) -> Result<(), FileError> {
+    for entry in std::fs::read_dir(dir).map_err(FileError::at("read", dir))?.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !owner_alive(&name) {
+            let path = entry.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(FileError::at("clear", &path))?;
+        }
+    }
+    Ok(())
+}
+
 /// `PID_START`: this process, told apart from a later one that reuses its PID.
-fn scratch_owner() -> String {
+pub(crate) fn scratch_owner() -> String {
     let pid = std::process::id() as i32;
     format!("{pid}_{}", started(pid).unwrap_or(0))
 }

@@ -356,7 +356,11 @@ fn a_node_in_continual_mode_adapts_live_restarts_and_slows_and_marks_where_it_is
     assert_eq!(mark["skill_digest"], node.skills().current().digest.as_str());
     let seen = mark["observation"].as_object().unwrap();
     assert_eq!(seen.len(), 24, "every observation value, by label: {mark}");
-    assert!(seen.values().any(|v| (v.as_f64().unwrap() - far[0]).abs() < 1e-3), "the observation at the peak: {mark}");
+    // The three observation topics arrive one at a time, so under load the peak may fall on a
+    // tick that holds far values on some topics only (such a mixed frame lies further still from
+    // the demonstrations): some value is far, not necessarily the first.
+    let is_far = |v: &Value| far.iter().any(|f| (v.as_f64().unwrap() - f).abs() < 1e-3);
+    assert!(seen.values().any(is_far), "the observation at the peak: {mark}");
     assert_eq!(node.recorder_status().unwrap().uncertain_stretches, 1);
 
     record_one(&node, &mut op, &mut expert, &obs, 13);

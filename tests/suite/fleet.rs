@@ -1012,7 +1012,12 @@ fn agent(c: &Channels, store: &Path, extra: &[&str]) -> std::process::Output {
 
 /// [`agent`] through the fleet server at `url`.
 fn agent_at(c: &Channels, url: &str, store: &Path, extra: &[&str]) -> std::process::Output {
-    let (tokens, root, trust, store) = (s(&c.tokens), s(&c.root_pub), s(&c.fleet_pub), s(store));
+    agent_as(c, url, &c.tokens, store, extra)
+}
+
+/// [`agent_at`] sending the token in `token_file`.
+fn agent_as(c: &Channels, url: &str, token_file: &Path, store: &Path, extra: &[&str]) -> std::process::Output {
+    let (tokens, root, trust, store) = (s(token_file), s(&c.root_pub), s(&c.fleet_pub), s(store));
     let mut all = vec![
         "agent",
         "--fleet",
@@ -1809,4 +1814,182 @@ fn an_agent_polling_slower_than_the_server_keeps_connections_polls_without_a_fai
     assert!(lines[0].contains("installed example-arm6 0.2.0"), "{polls}");
     assert!(lines[1..].iter().all(|l| l.ends_with("up to date")), "every later poll succeeds: {polls}\n{err}");
     assert!(!err.contains("ERROR") && !err.contains("WARN"), "{err}");
+}
+
+#[test]
+fn a_robots_own_token_polls_in_its_wave_and_reports_as_itself_and_can_do_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let key = c.fleet_key.clone();
+    let (b2, b3) = (catalogued(&c, d, "0.2.0"), catalogued(&c, d, "0.3.0"));
+    let first = sign_index(d, &key, "stable", "1", &b2);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&first)]).status.success());
+    // One robot in the first wave of a 50 % rollout, one after it.
+    let names: Vec<String> = (0..100).map(|i| format!("arm-{i}")).collect();
+    let bucket = |r: &String| skillgraft::fleet::channel::wave_bucket("stable", r);
+    let early = names.iter().find(|r| bucket(r) < 50).unwrap().clone();
+    let late = names.iter().find(|r| bucket(r) >= 50).unwrap().clone();
+    let (new, back) = (sign_index(d, &key, "stable", "2", &b3), sign_index(d, &key, "stable", "3", &b2));
+    let started = rollout(&c, &["start", "--new", &s(&new), "--back", &s(&back), "--waves", "50%,100%"]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+
+    // The operator makes the robot's token and adds the line the server accepts it by; a server
+    // started on that file (the fleet's servers read it at start) knows the robot.
+    let robot_token = d.join(format!("{early}.token"));
+    let out = common::skillgraft(&["keys", "token", &s(&robot_token), "--robot", &early]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with(&format!("robot {early} sha256:")) && line.lines().count() == 1, "{line}");
+    let t = std::fs::read_to_string(&robot_token).unwrap().trim().to_string();
+    assert!(!line.contains(&t), "the server's file holds the token's digest, not the token");
+    let mut file = std::fs::OpenOptions::new().append(true).open(&c.tokens).unwrap();
+    file.write_all(line.as_bytes()).unwrap();
+    let server = serve(&c, &s(&c.store), &[], &[]);
+    let a = server.addr.clone();
+    let serial = |token: &str, query: &str| {
+        let (status, _, body) = get_with(&a, &format!("/channels/stable{query}"), token, "");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let env: Value = serde_json::from_slice(&body).unwrap();
+        serde_json::from_str::<Value>(env["payload"].as_str().unwrap()).unwrap()["serial"].as_u64().unwrap()
+    };
+    assert_eq!(serial(&c.token, ""), 1, "an operator asking as nobody gets the channel's index");
+    assert_eq!(serial(&t, ""), 2, "the robot's token places it in its wave without asking");
+    assert_eq!(serial(&t, &format!("?robot={early}")), 2);
+
+    // The robot's agent pulls its wave's version and reports as itself.
+    let store = d.join("robot-store");
+    common::succeeds(&["store", "identify", "--store", &s(&store), "--robot", &early]);
+    let out = agent_as(&c, &server.url(), &robot_token, &store, &[]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("installed example-arm6 0.3.0"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, reports) = http(&a, "GET", "/reports", Some(&c.token), b"");
+    assert_eq!(status, 200);
+    assert_eq!(reports["reports"][0]["robot"], early.as_str(), "{reports}");
+    assert_eq!(reports["reports"][0]["active"]["example-arm6"], "0.3.0", "{reports}");
+
+    // Everything else is refused with what the token may do, and changes nothing.
+    let before = store_objects(&c.store);
+    let report = |robot: &str| serde_json::json!({ "robot": robot, "channel": "stable" });
+    for (method, path, body, says) in [
+        ("POST", "/catalog".to_string(), std::fs::read(&b3).unwrap(), "needs an operator's token"),
+        ("PUT", "/channels/stable".to_string(), std::fs::read(&new).unwrap(), "needs an operator's token"),
+        ("PUT", "/keys".to_string(), std::fs::read(&c.keys).unwrap(), "needs an operator's token"),
+        ("POST", "/rollouts/stable/halt".to_string(), vec![], "needs an operator's token"),
+        ("POST", "/rollouts/stable/advance".to_string(), vec![], "needs an operator's token"),
+        ("GET", "/rollouts/stable".to_string(), vec![], "needs an operator's token"),
+        ("GET", "/reports".to_string(), vec![], "needs an operator's token"),
+        ("GET", "/robots".to_string(), vec![], "needs an operator's token"),
+        ("PUT", format!("/reports/{late}"), report(&late).to_string().into_bytes(), "reports as"),
+        ("GET", format!("/channels/stable?robot={late}"), vec![], "polls as"),
+    ] {
+        let (status, answer) = http(&a, method, &path, Some(&t), &body);
+        let e = answer["error"].as_str().unwrap_or_default();
+        assert!(status == 403 && e.contains(says) && e.contains(early.as_str()), "{method} {path}: {status} {answer}");
+    }
+    assert_eq!(store_objects(&c.store), before, "a refused robot changed the store");
+    assert_eq!(http(&a, "GET", "/rollouts/stable", Some(&c.token), b"").1["rollout"]["state"], "running");
+
+    // Another robot's store with this token: the agent says so, and installs nothing.
+    let other = d.join("other-store");
+    common::succeeds(&["store", "identify", "--store", &s(&other), "--robot", &late]);
+    let out = agent_as(&c, &server.url(), &robot_token, &other, &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("polls as") && e.contains(&late), "{e}");
+    assert!(common::succeeds(&["store", "list", "--store", &s(&other), "--json"]).trim() == "[]");
+
+    // An inbox takes no robot lines: a robot's token has nothing to ask of another robot.
+    let e = common::fails(&[
+        "inbox",
+        "--store",
+        &s(&d.join("inbox-store")),
+        "--trust",
+        &s(&c.fleet_pub),
+        "--tokens",
+        &s(&c.tokens),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(e.contains("`robot NAME` lines are for the fleet server"), "{e}");
+}
+
+/// Every object of a folder store with its bytes (the reports aside: a robot may write its own).
+fn store_objects(store: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    common::snapshot(store).into_iter().filter(|(p, _)| !p.starts_with(store.join("reports"))).collect()
+}
+
+/// An upload whose first half is sent; `finish` sends the rest and reads the answer.
+struct HalfUpload {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HalfUpload {
+    fn start(addr: &str, token: &str, bundle: &[u8]) -> HalfUpload {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "POST /catalog HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+            bundle.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&bundle[..bundle.len() / 2]).unwrap();
+        HalfUpload { stream, rest: bundle[bundle.len() / 2..].to_vec() }
+    }
+
+    fn finish(mut self) -> u16 {
+        self.stream.write_all(&self.rest).unwrap();
+        let mut answer = String::new();
+        let _ = self.stream.read_to_string(&mut answer);
+        answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_fleet_server_killed_mid_upload_leaves_nothing_half_stored_and_spares_the_upload_of_another_on_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut c = channels(d);
+    // A second server on the same folder store, as two on one machine share it.
+    let other = serve(&c, &s(&c.store), &[], &["--min-rate-kib", "1"]);
+    let bundle = bundles::pack(d, &c.fleet_key, "0.2.0", &[]);
+    let bytes = std::fs::read(&bundle).unwrap();
+    let spool = c.store.join(".incoming");
+    let spooled = || -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let to_killed = HalfUpload::start(&c.server().addr, &c.token, &bytes);
+    let to_other = HalfUpload::start(&other.addr, &c.token, &bytes);
+    common::wait_until("both half uploads spooled", || {
+        let v = spooled();
+        v.len() == 2 && v.iter().all(|(_, n)| *n as usize == bytes.len() / 2)
+    });
+    let theirs = spooled();
+
+    drop(c.server.take());
+    let restarted = serve(&c, &s(&c.store), &[], &[]);
+    let left = spooled();
+    assert_eq!(left.len(), 1, "the killed server's half upload is cleared at the restart: {left:?} of {theirs:?}");
+    assert!(theirs.contains(&left[0]), "the live server's upload stays as it was: {left:?} of {theirs:?}");
+    let (status, listed) = http(&restarted.addr, "GET", "/catalog", Some(&c.token), b"");
+    assert_eq!((status, listed["bundles"].as_array().map(Vec::len)), (200, Some(0)), "{listed}");
+    assert!(common::snapshot(&c.store.join("catalog")).is_empty(), "no bundle and no entry stored");
+    drop(to_killed);
+
+    assert_eq!(to_other.finish(), 201, "the other server's upload completes");
+    assert_eq!(post_bundle(&restarted.addr, "/catalog", &c.token, &bundle).0, 200, "the same bundle again");
+    let (status, _, got) = get_with(&restarted.addr, "/catalog/example-arm6/0.2.0", &c.token, "");
+    assert_eq!((status, got == bytes), (200, true), "the bundle reads back whole");
+    common::wait_until("nothing left in the spool", || spooled().is_empty());
+    c.server = Some(restarted);
 }

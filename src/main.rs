@@ -691,38 +691,61 @@ struct RolloutTarget {
     channel: String,
 }
 
+/// What `fleet rollout start` is given.
+#[derive(clap::Args)]
+struct RolloutStart {
+    #[command(flatten)]
+    target: RolloutTarget,
+    /// The skill to roll out: the new index is the channel's with it at VERSION, the back
+    /// index the channel's as it is, under the next two serials.
+    #[arg(requires_all = ["version", "key", "root"], conflicts_with_all = ["new", "back"])]
+    skill: Option<String>,
+    /// The version to roll out, already in the catalog (`fleet upload`).
+    version: Option<semver::Version>,
+    /// A fleet key's secret, listed in the key list, that signs both indexes (with SKILL
+    /// VERSION).
+    #[arg(long, requires = "skill")]
+    key: Option<PathBuf>,
+    /// The root public key the robots pin: the channel's index is read, and the bundle
+    /// hashed, here, and checked against it before anything is signed (with SKILL VERSION).
+    #[arg(long, requires = "skill")]
+    root: Option<PathBuf>,
+    /// How long both indexes are valid (with SKILL VERSION).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    valid: std::time::Duration,
+    /// The new index (`fleet channel sign`, a serial above the channel's).
+    #[arg(long, required_unless_present = "skill", requires = "back")]
+    new: Option<PathBuf>,
+    /// The index every robot gets if the rollout halts: the channel's skills now, under a
+    /// serial above the new one (signed ahead, so a halt needs no key).
+    #[arg(long, required_unless_present = "skill", requires = "new")]
+    back: Option<PathBuf>,
+    /// Shares of the robots per wave, %, rising to 100 (`1,10,50,100` or `1%,10%,50%,100%`).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100", value_parser = percent)]
+    waves: Vec<u8>,
+    /// Advance and halt on the robots' reports: each wave runs at least --soak and needs
+    /// --min-robots on the new index; it halts when they do worse than the robots still on
+    /// the old one by --threshold.
+    #[arg(long)]
+    auto: bool,
+    /// How long each wave runs before it may advance (with --auto).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    soak: std::time::Duration,
+    /// Interventions per tick on the new index, over those on the old one, that halt the
+    /// rollout (with --auto).
+    #[arg(long, default_value_t = 2.0)]
+    threshold: f64,
+    /// Robots of a wave that must report on the new index before it advances (with --auto).
+    #[arg(long, default_value_t = 1)]
+    min_robots: usize,
+}
+
 #[derive(Subcommand)]
 enum RolloutCommand {
-    /// Start: robots of the first wave get the new index; the others keep the channel's.
-    Start {
-        #[command(flatten)]
-        target: RolloutTarget,
-        /// The new index (`fleet channel sign`, a serial above the channel's).
-        #[arg(long)]
-        new: PathBuf,
-        /// The index every robot gets if the rollout halts: the channel's skills now, under a
-        /// serial above the new one (signed ahead, so a halt needs no key).
-        #[arg(long)]
-        back: PathBuf,
-        /// Shares of the robots per wave, %, rising to 100 (`1,10,50,100` or `1%,10%,50%,100%`).
-        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100", value_parser = percent)]
-        waves: Vec<u8>,
-        /// Advance and halt on the robots' reports: each wave runs at least --soak and needs
-        /// --min-robots on the new index; it halts when they do worse than the robots still on
-        /// the old one by --threshold.
-        #[arg(long)]
-        auto: bool,
-        /// How long each wave runs before it may advance (with --auto).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
-        soak: std::time::Duration,
-        /// Interventions per tick on the new index, over those on the old one, that halt the
-        /// rollout (with --auto).
-        #[arg(long, default_value_t = 2.0)]
-        threshold: f64,
-        /// Robots of a wave that must report on the new index before it advances (with --auto).
-        #[arg(long, default_value_t = 1)]
-        min_robots: usize,
-    },
+    /// Start: robots of the first wave get the new index; the others keep the channel's. Give
+    /// SKILL VERSION (from the catalog) with --key and --root, and both indexes are made and
+    /// signed here; or give --new and --back signed ahead (`fleet channel sign`).
+    Start(Box<RolloutStart>),
     /// The next wave (after the last, the new index becomes the channel's).
     Advance {
         #[command(flatten)]
@@ -2083,12 +2106,33 @@ fn fleet(cmd: FleetCommand) -> Result<(), Box<dyn std::error::Error>> {
 fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::fleet::client::Upload;
     let (target, method, path, body, json) = match cmd {
-        RolloutCommand::Start { target, new, back, waves, auto, soak, threshold, min_robots } => {
+        RolloutCommand::Start(start) => {
+            let RolloutStart {
+                target,
+                skill,
+                version,
+                key,
+                root,
+                valid,
+                new,
+                back,
+                waves,
+                auto,
+                soak,
+                threshold,
+                min_robots,
+            } = *start;
             let auto = auto.then(
                 || serde_json::json!({ "soak_s": soak.as_secs(), "threshold": threshold, "min_robots": min_robots }),
             );
-            let body =
-                serde_json::json!({ "new": envelope(&new)?, "back": envelope(&back)?, "waves": waves, "auto": auto });
+            let (new, back) = match (skill, version, key, root, new, back) {
+                (Some(skill), Some(version), Some(key), Some(root), _, _) => {
+                    rollout_indexes(rt, &target, (&skill, &version), (&key, &root), valid)?
+                }
+                (_, _, _, _, Some(new), Some(back)) => (envelope(&new)?, envelope(&back)?),
+                _ => return Err("give SKILL VERSION with --key and --root, or --new and --back".into()),
+            };
+            let body = serde_json::json!({ "new": new, "back": back, "waves": waves, "auto": auto });
             let path = format!("/rollouts/{}", target.channel);
             (target, hyper::Method::POST, path, Upload::Json(body), false)
         }
@@ -2142,6 +2186,94 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
 }
 
 /// Reads a signed document written by `fleet channel keys` or `sign`.
+/// The two indexes a rollout of `skill` `version` starts with, signed here with `key`: the
+/// channel's index with that version (new) and as it is (back), under the next two serials.
+/// Nothing is signed on the server's word: the channel's index is checked against the key list
+/// and that against `root`, as a robot checks them, and the bundle is downloaded from the
+/// catalog and hashed here.
+fn rollout_indexes(
+    rt: &tokio::runtime::Runtime,
+    target: &RolloutTarget,
+    (skill, version): (&str, &semver::Version),
+    (key, root): (&std::path::Path, &std::path::Path),
+    valid: std::time::Duration,
+) -> Result<(skillgraft::fleet::channel::Envelope, skillgraft::fleet::channel::Envelope), Box<dyn std::error::Error>> {
+    use skillgraft::fleet::channel as ch;
+    use skillgraft::fleet::client::{Client, Upload, join};
+    use skillgraft::skill::bundle;
+    let (at, channel) = (&target.at, target.channel.as_str());
+    let secret = bundle::read_secret(key)?;
+    let root = root_key(root)?;
+    let signed = |path: &str| -> Result<ch::Envelope, Box<dyn std::error::Error>> {
+        let r = at.call(rt, hyper::Method::GET, path, &Upload::Empty)?;
+        Ok(serde_json::from_value(r.body).map_err(|e| format!("{}{path}: not a signed document: {e}", at.fleet))?)
+    };
+    let keys = ch::read_root_signed(&signed("/keys")?, &root)?;
+    let signer = bundle::key_id(&secret.verifying_key());
+    if !keys.keys.contains(&signer) {
+        return Err(format!(
+            "{}: this fleet key ({signer}) is not in the fleet's key list (version {}), so robots would refuse what it signs; sign with a listed key, or publish a key list that lists it",
+            key.display(),
+            keys.version
+        )
+        .into());
+    }
+    let now = std::time::SystemTime::now();
+    let current = ch::read_index(&keys, &signed(&format!("/channels/{channel}"))?, channel, now)?;
+    if current.skills.iter().any(|e| e.name == skill && e.version == *version) {
+        return Err(format!("channel {channel} offers {skill} {version} already (serial {})", current.serial).into());
+    }
+    let token = at.token()?;
+    let timeout = std::time::Duration::from_secs(600);
+    let catalog = rt.block_on(skillgraft::fleet::push::catalog(&at.fleet, &token, timeout))?;
+    let Some(listed) = catalog.bundles.iter().find(|b| b.name == skill && b.version == *version) else {
+        return Err(format!(
+            "{skill} {version} is not in the catalog of {}; upload it first (`fleet upload`)",
+            at.fleet
+        )
+        .into());
+    };
+    let scratch = Scratch::new(&format!("rollout-{skill}-{version}.skill"));
+    let uri = join(&at.fleet, &format!("/catalog/{skill}/{version}"))?;
+    let status = rt.block_on(Client::new(std::time::Duration::from_secs(10)).resume(
+        uri,
+        &token,
+        &scratch.0,
+        listed.bytes,
+        timeout,
+    ))?;
+    if let Some(status) = status {
+        return Err(format!("{}: the download of {skill} {version} was answered {status}", at.fleet).into());
+    }
+    let bytes = std::fs::read(&scratch.0).map_err(skillgraft::file::FileError::at("read", &scratch.0))?;
+    let contents = bundle::peek(&scratch.0)?;
+    if (contents.name.as_str(), &contents.version) != (skill, version) || bytes.len() as u64 != listed.bytes {
+        return Err(format!(
+            "{}: what the catalog serves as {skill} {version} is {} {} of {} bytes, not the {} bytes it lists; ask whoever runs the server",
+            at.fleet,
+            contents.name,
+            contents.version,
+            bytes.len(),
+            listed.bytes
+        )
+        .into());
+    }
+    let entry = ch::Entry {
+        name: skill.to_string(),
+        version: version.clone(),
+        digest: ch::digest(&bytes),
+        bytes: listed.bytes,
+    };
+    let mut skills = current.skills.clone();
+    match skills.iter_mut().find(|e| e.name == skill) {
+        Some(e) => *e = entry,
+        None => skills.push(entry),
+    }
+    let new = ch::index(&secret, channel, current.serial + 1, skills, valid, now);
+    let back = ch::index(&secret, channel, current.serial + 2, current.skills, valid, now);
+    Ok((new, back))
+}
+
 fn envelope(path: &std::path::Path) -> Result<skillgraft::fleet::channel::Envelope, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path).map_err(skillgraft::file::FileError::at("read", path))?;
     serde_json::from_str(&text).map_err(|e| {
@@ -2228,15 +2360,7 @@ fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         ChannelCommand::Verify { root, keys, channel, state, index, json } => {
-            let pinned = bundle::read_trusted(std::slice::from_ref(&root))?;
-            let [root_key] = pinned.as_slice() else {
-                return Err(format!(
-                    "{} holds {} keys; a robot pins exactly one root key",
-                    root.display(),
-                    pinned.len()
-                )
-                .into());
-            };
+            let root_key = &root_key(&root)?;
             let seen = match &state {
                 Some(p) => Seen::load(p)?,
                 None => Seen::default(),
@@ -2516,6 +2640,33 @@ fn demo(
     Ok(())
 }
 
+/// A file in the system's temporary folder, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("skillgraft-{}-{what}", std::process::id()));
+        // A leftover of an earlier process with this id would be taken for a part download.
+        let _ = std::fs::remove_file(&path);
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The root public key in `path`: exactly one, as a robot pins it.
+fn root_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, Box<dyn std::error::Error>> {
+    let pinned = skillgraft::skill::bundle::read_trusted(&[path.to_path_buf()])?;
+    match pinned.as_slice() {
+        [key] => Ok(*key),
+        _ => Err(format!("{} holds {} keys; a robot pins exactly one root key", path.display(), pinned.len()).into()),
+    }
+}
+
 /// A fresh folder under the system's temporary folder, for a benchmark's files.
 fn tempfile_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("skillgraft-bench-{}", std::process::id()));
@@ -2540,10 +2691,7 @@ fn agent(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::fleet::agent::{AgentSettings, poll};
     use skillgraft::skill::bundle;
-    let pinned = bundle::read_trusted(std::slice::from_ref(&root))?;
-    let [root_key] = pinned.as_slice() else {
-        return Err(format!("{} holds {} keys; a robot pins exactly one root key", root.display(), pinned.len()).into());
-    };
+    let root_key = &root_key(&root)?;
     if !skillgraft::skill::manifest::valid_name(&channel) {
         return Err(format!("{channel:?} is not a channel name").into());
     }

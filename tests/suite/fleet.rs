@@ -1993,3 +1993,69 @@ fn a_fleet_server_killed_mid_upload_leaves_nothing_half_stored_and_spares_the_up
     common::wait_until("nothing left in the spool", || spooled().is_empty());
     c.server = Some(restarted);
 }
+
+#[test]
+fn a_rollout_of_a_skill_version_signs_its_indexes_here_and_refuses_what_it_cannot_vouch_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = channels(d);
+    let (b2, b3) = (catalogued(&c, d, "0.2.0"), catalogued(&c, d, "0.3.0"));
+    let first = sign_index(d, &c.fleet_key, "stable", "1", &b2);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&first)]).status.success());
+    let robots: Vec<String> = (0..40).map(|i| format!("arm-{i:03}")).collect();
+    let in_first: Vec<&String> =
+        robots.iter().filter(|r| skillgraft::fleet::channel::wave_bucket("stable", r) < 25).collect();
+    let offered = |robot: &str| {
+        let i = index_for(&c, robot);
+        let e = &i["skills"][0];
+        (
+            i["serial"].as_u64().unwrap(),
+            e["version"].as_str().unwrap().to_string(),
+            e["digest"].as_str().unwrap().to_string(),
+        )
+    };
+    let digest = |b: &Path| skillgraft::fleet::channel::digest(&std::fs::read(b).unwrap());
+    let (key, root) = (s(&c.fleet_key), s(&c.root_pub));
+    let start = |version: &str, key: &str, root: &str| {
+        rollout(&c, &["start", "example-arm6", version, "--key", key, "--root", root, "--waves", "25%,100%"])
+    };
+
+    let started = start("0.3.0", &key, &root);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    for r in &robots {
+        let want = match in_first.contains(&r) {
+            true => (2, "0.3.0".to_string(), digest(&b3)),
+            false => (1, "0.2.0".to_string(), digest(&b2)),
+        };
+        assert_eq!(offered(r), want, "{r}: the first wave gets the index made here, with the bundle's own digest");
+    }
+    assert!(rollout(&c, &["halt"]).status.success());
+    assert!(robots.iter().all(|r| offered(r) == (3, "0.2.0".to_string(), digest(&b2))), "back: the channel as it was");
+
+    // Refused, each with its reason, and the channel and the halted rollout stay as they were.
+    let (stray, _) = bundles::keys(d, "stray");
+    let (_, other_root) = bundles::keys(d, "other-root");
+    for (version, key, root, says) in [
+        ("0.9.0", key.clone(), root.clone(), "upload it first"),
+        ("0.2.0", key.clone(), root.clone(), "offers example-arm6 0.2.0 already"),
+        ("0.3.0", s(&stray), root.clone(), "not in the fleet's key list"),
+        ("0.3.0", key.clone(), s(&other_root), "root key"),
+    ] {
+        let out = start(version, &key, &root);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains(says) && !e.contains("panicked"), "{version} {key}: {e}");
+        assert_eq!(offered("arm-000").0, 3);
+    }
+    let tokens = s(&c.tokens);
+    let no_root = ["fleet", "rollout", "start", "example-arm6", "0.3.0", "--key", &key, "--fleet", &c.url];
+    let out = common::skillgraft(&[&no_root[..], &["--token-file", &tokens, "--channel", "stable"]].concat());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(2) && e.contains("--root <ROOT>"), "the usage names what is missing: {e}");
+    let status = String::from_utf8_lossy(&rollout(&c, &["status"]).stdout).to_string();
+    assert!(status.contains("halted"), "{status}");
+
+    // Once halted, the same version again: a fresh rollout above the halt's serial, to done.
+    assert!(start("0.3.0", &key, &root).status.success());
+    assert!(rollout(&c, &["advance"]).status.success() && rollout(&c, &["advance"]).status.success());
+    assert_eq!(offered("a-robot-that-never-said-its-name"), (4, "0.3.0".to_string(), digest(&b3)));
+}

@@ -11,7 +11,9 @@
 //! NAME. One robot's token, taken from its disk, then cannot report as another, publish,
 //! upload or halt a rollout; and the server's file holds digests, not tokens a reader could use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -30,16 +32,36 @@ pub enum Caller {
     Robot(String),
 }
 
-/// The tokens a server accepts, kept as SHA-256 digests, each with whom it speaks for.
-#[derive(Clone)]
+/// The tokens a server accepts, kept as SHA-256 digests, each with whom it speaks for. The file
+/// is read again when it changes (looked at once a second at most), so a robot is added or
+/// revoked without a restart; a changed file that does not read is logged and the tokens
+/// accepted before stay.
 pub struct Tokens {
-    accepted: Vec<([u8; 32], Caller)>,
+    path: PathBuf,
+    robots: bool,
+    state: Mutex<Loaded>,
+}
+
+struct Loaded {
+    accepted: Arc<Vec<([u8; 32], Caller)>>,
+    /// What the file looked like when read: modified time, size, inode.
+    stamp: Option<(SystemTime, u64, u64)>,
+    checked: Instant,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} accepted)", self.accepted.len())
+        write!(f, "Tokens({})", self.path.display())
     }
+}
+
+/// How often a token file is looked at for a change.
+const RECHECK: Duration = Duration::from_secs(1);
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -109,35 +131,66 @@ impl Tokens {
     /// Reads a token file of an inbox: one token per line, every one an operator's (a robot's
     /// token has nothing to ask of another robot).
     pub fn load(path: &Path) -> Result<Tokens, FleetError> {
-        let tokens = Tokens::load_with_robots(path)?;
-        if tokens.accepted.iter().any(|(_, c)| *c != Caller::Operator) {
-            return Err(FleetError::Config(format!(
-                "{}: `robot NAME` lines are for the fleet server's --tokens; an inbox takes the tokens of those who push to it",
-                path.display()
-            )));
-        }
-        Ok(tokens)
+        Tokens::open(path, false)
     }
 
     /// Reads the fleet server's token file: operators' tokens, and robots' (`robot NAME ...`).
     pub fn load_with_robots(path: &Path) -> Result<Tokens, FleetError> {
-        let accepted = lines(path)?.iter().map(|(i, l)| entry(path, *i, l)).collect::<Result<Vec<_>, _>>()?;
-        if accepted.is_empty() {
-            return Err(FleetError::Config(format!(
-                "{} holds no token, so no request could be accepted; add one (`skillgraft keys token FILE`)",
-                path.display()
-            )));
-        }
-        Ok(Tokens { accepted })
+        Tokens::open(path, true)
+    }
+
+    fn open(path: &Path, robots: bool) -> Result<Tokens, FleetError> {
+        let stamp = stamp(path);
+        let accepted = Arc::new(read(path, robots)?);
+        let state = Mutex::new(Loaded { accepted, stamp, checked: Instant::now() });
+        Ok(Tokens { path: path.to_path_buf(), robots, state })
     }
 
     /// Whom an `Authorization` header value speaks for, if it carries an accepted token.
     /// Digests are compared, so the time a comparison takes tells nothing about the token.
-    pub fn caller(&self, authorization: Option<&str>) -> Option<&Caller> {
+    pub fn caller(&self, authorization: Option<&str>) -> Option<Caller> {
         let token = authorization.and_then(|h| h.strip_prefix("Bearer "))?;
         let d = digest(token.trim());
-        self.accepted.iter().find(|(a, _)| *a == d).map(|(_, c)| c)
+        self.current().iter().find(|(a, _)| *a == d).map(|(_, c)| c.clone())
     }
+
+    /// The tokens accepted now, the file read again if it changed.
+    fn current(&self) -> Arc<Vec<([u8; 32], Caller)>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() >= RECHECK {
+            state.checked = Instant::now();
+            let now = stamp(&self.path);
+            if now != state.stamp {
+                state.stamp = now;
+                match read(&self.path, self.robots) {
+                    Ok(accepted) => {
+                        tracing::info!("{}: {} token(s) accepted from now on", self.path.display(), accepted.len());
+                        state.accepted = Arc::new(accepted);
+                    }
+                    Err(e) => tracing::error!("{e}; the tokens accepted before stay until the file is fixed"),
+                }
+            }
+        }
+        state.accepted.clone()
+    }
+}
+
+/// The accepted tokens in `path`; `robots`: whether `robot NAME` lines may be among them.
+fn read(path: &Path, robots: bool) -> Result<Vec<([u8; 32], Caller)>, FleetError> {
+    let accepted = lines(path)?.iter().map(|(i, l)| entry(path, *i, l)).collect::<Result<Vec<_>, _>>()?;
+    if accepted.is_empty() {
+        return Err(FleetError::Config(format!(
+            "{} holds no token, so no request could be accepted; add one (`skillgraft keys token FILE`)",
+            path.display()
+        )));
+    }
+    if !robots && accepted.iter().any(|(_, c)| *c != Caller::Operator) {
+        return Err(FleetError::Config(format!(
+            "{}: `robot NAME` lines are for the fleet server's --tokens; an inbox takes the tokens of those who push to it",
+            path.display()
+        )));
+    }
+    Ok(accepted)
 }
 
 /// The token a client sends: the first line of `path`, a token.
@@ -185,7 +238,7 @@ mod tests {
         let token = read_token(&path).unwrap();
         assert_eq!(written, token);
         let tokens = Tokens::load(&path).unwrap();
-        assert_eq!(tokens.caller(Some(&format!("Bearer {token}"))), Some(&Caller::Operator));
+        assert_eq!(tokens.caller(Some(&format!("Bearer {token}"))), Some(Caller::Operator));
         assert_eq!(tokens.caller(Some(&format!("Bearer {token}x"))), None);
         assert_eq!(tokens.caller(Some(&token)), None);
         assert_eq!(tokens.caller(None), None);
@@ -224,8 +277,8 @@ mod tests {
         };
         write(format!("# the lab\n{o}\n{}\n", robot_line("arm-b-01", &r)));
         let tokens = Tokens::load_with_robots(&server).unwrap();
-        assert_eq!(tokens.caller(Some(&format!("Bearer {o}"))), Some(&Caller::Operator));
-        assert_eq!(tokens.caller(Some(&format!("Bearer {r}"))), Some(&Caller::Robot("arm-b-01".into())));
+        assert_eq!(tokens.caller(Some(&format!("Bearer {o}"))), Some(Caller::Operator));
+        assert_eq!(tokens.caller(Some(&format!("Bearer {r}"))), Some(Caller::Robot("arm-b-01".into())));
         // The digest itself is not a token: a reader of the server's file cannot use it.
         let line = robot_line("arm-b-01", &r);
         let hex = line.rsplit(':').next().unwrap();
@@ -237,7 +290,7 @@ mod tests {
         // An operator's token may be given by its digest too.
         write(format!("sha256:{}\n", hex::encode(digest(&o))));
         let by_digest = Tokens::load(&server).unwrap();
-        assert_eq!(by_digest.caller(Some(&format!("Bearer {o}"))), Some(&Caller::Operator));
+        assert_eq!(by_digest.caller(Some(&format!("Bearer {o}"))), Some(Caller::Operator));
         write(format!("{line}\n"));
         let e = read_token(&server).unwrap_err().to_string();
         assert!(e.contains("not a token to send"), "{e}");

@@ -29,7 +29,7 @@ pub fn reply(status: StatusCode, body: serde_json::Value) -> Response {
 
 /// Whom the request's token speaks for; None when it carries no accepted token.
 pub fn caller(tokens: &Tokens, headers: &HeaderMap) -> Option<Caller> {
-    tokens.caller(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).cloned()
+    tokens.caller(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
 }
 
 /// The 401 for a request without an accepted token.

@@ -1834,8 +1834,8 @@ fn a_robots_own_token_polls_in_its_wave_and_reports_as_itself_and_can_do_nothing
     let started = rollout(&c, &["start", "--new", &s(&new), "--back", &s(&back), "--waves", "50%,100%"]);
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
 
-    // The operator makes the robot's token and adds the line the server accepts it by; a server
-    // started on that file (the fleet's servers read it at start) knows the robot.
+    // The operator makes the robot's token and adds the line the server accepts it by: the
+    // running server takes it up, no restart.
     let robot_token = d.join(format!("{early}.token"));
     let out = common::skillgraft(&["keys", "token", &s(&robot_token), "--robot", &early]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1843,10 +1843,12 @@ fn a_robots_own_token_polls_in_its_wave_and_reports_as_itself_and_can_do_nothing
     assert!(line.starts_with(&format!("robot {early} sha256:")) && line.lines().count() == 1, "{line}");
     let t = std::fs::read_to_string(&robot_token).unwrap().trim().to_string();
     assert!(!line.contains(&t), "the server's file holds the token's digest, not the token");
+    let (server, a) = (c.server(), c.server().addr.clone());
+    assert_eq!(http(&a, "GET", "/keys", Some(&t), b"").0, 401, "not yet added");
+    let before_robot = std::fs::read_to_string(&c.tokens).unwrap();
     let mut file = std::fs::OpenOptions::new().append(true).open(&c.tokens).unwrap();
     file.write_all(line.as_bytes()).unwrap();
-    let server = serve(&c, &s(&c.store), &[], &[]);
-    let a = server.addr.clone();
+    common::wait_until("the server taking the robot's line up", || http(&a, "GET", "/keys", Some(&t), b"").0 == 200);
     let serial = |token: &str, query: &str| {
         let (status, _, body) = get_with(&a, &format!("/channels/stable{query}"), token, "");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -1901,6 +1903,20 @@ fn a_robots_own_token_polls_in_its_wave_and_reports_as_itself_and_can_do_nothing
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("polls as") && e.contains(&late), "{e}");
     assert!(common::succeeds(&["store", "list", "--store", &s(&other), "--json"]).trim() == "[]");
+
+    // A file broken by an edit is logged, and the tokens accepted before stay; deleting the
+    // robot's line revokes its token, again without a restart.
+    std::fs::write(&c.tokens, format!("{before_robot}{line}robot {late}\n")).unwrap();
+    common::wait_until("the server saying why the file does not read", || {
+        let _ = http(&a, "GET", "/health", Some(&c.token), b"");
+        server.log.lock().unwrap().contains("the tokens accepted before stay")
+    });
+    assert_eq!(http(&a, "GET", "/keys", Some(&t), b"").0, 200);
+    assert_eq!(http(&a, "GET", "/keys", Some(&c.token), b"").0, 200);
+    std::fs::write(&c.tokens, &before_robot).unwrap();
+    common::wait_until("the robot's token revoked", || http(&a, "GET", "/keys", Some(&t), b"").0 == 401);
+    assert_eq!(http(&a, "GET", "/keys", Some(&c.token), b"").0, 200);
+    std::fs::write(&c.tokens, format!("{before_robot}{line}")).unwrap();
 
     // An inbox takes no robot lines: a robot's token has nothing to ask of another robot.
     let e = common::fails(&[

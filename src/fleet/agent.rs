@@ -106,6 +106,10 @@ pub struct Health {
     pub ticks: u64,
     /// Safety-filter interventions the skill's actions caused (not stale inputs or the e-stop).
     pub interventions: u64,
+    /// Ticks with an input older than the skill's manifest allows (0 from a node that does not
+    /// count them apart).
+    #[serde(default)]
+    pub stale_inputs: u64,
 }
 
 /// Reports the outcome of a poll to the fleet server.

@@ -734,6 +734,8 @@ pub struct Rollout {
     /// Interventions per tick of the robots still on the old index when it last advanced: what
     /// the last wave, which leaves none on the old index, is judged against.
     pub baseline: Option<f64>,
+    /// Their stale inputs per tick then.
+    pub baseline_stale: Option<f64>,
 }
 
 /// How a rollout judges the robots' reports by itself.
@@ -767,6 +769,9 @@ struct Step {
     at: String,
     reason: String,
     baseline: Option<f64>,
+    /// Absent from steps stored before stale inputs were judged.
+    #[serde(default)]
+    baseline_stale: Option<f64>,
 }
 
 fn now_rfc3339() -> String {
@@ -847,7 +852,8 @@ impl Shared {
             wave_started,
             auto: start.auto,
             reason: latest.as_ref().map(|s| s.reason.clone()),
-            baseline: last.and_then(|s| s.baseline),
+            baseline: last.as_ref().and_then(|s| s.baseline),
+            baseline_stale: last.and_then(|s| s.baseline_stale),
         };
         Ok(Some(Live { r, new, back }))
     }
@@ -946,7 +952,12 @@ async fn rollout_start(
             if live.r.new_serial == new.serial {
                 mine = Some(live.r);
             } else if live.r.state == RolloutState::Running {
-                let why = Step { at: now_rfc3339(), reason: format!("started with rollout {dir}"), baseline: None };
+                let why = Step {
+                    at: now_rfc3339(),
+                    reason: format!("started with rollout {dir}"),
+                    baseline: None,
+                    baseline_stale: None,
+                };
                 let fact = Bytes::from(serde_json::to_vec_pretty(&why).expect("serialises"));
                 s.bucket.put(&format!("{at}/withdrawn.json"), fact).await.map_err(unavailable)?;
                 s.changed(&name);
@@ -969,7 +980,7 @@ async fn act_on(
     name: &str,
     action: &str,
     why: &str,
-    baseline: Option<f64>,
+    baseline: Option<Rates>,
 ) -> Result<Rollout, (StatusCode, String)> {
     let live = s
         .rollout(name)
@@ -982,7 +993,13 @@ async fn act_on(
     }
     let at = format!("rollouts/{name}/{:020}", r.new_serial);
     let step = Bytes::from(
-        serde_json::to_vec_pretty(&Step { at: now_rfc3339(), reason: why.to_string(), baseline }).expect("serialises"),
+        serde_json::to_vec_pretty(&Step {
+            at: now_rfc3339(),
+            reason: why.to_string(),
+            baseline: baseline.map(|b| b.interventions),
+            baseline_stale: baseline.map(|b| b.stale),
+        })
+        .expect("serialises"),
     );
     // The channel's index changes before the fact that says so, so that a crash between the
     // two leaves a rollout that can be moved again, never a fact without its index.
@@ -1116,9 +1133,18 @@ async fn judge_loop(s: Arc<Shared>) {
     }
 }
 
-/// Interventions per tick over `reports`' health, and how many had any ticks.
-fn rate(reports: &[&serde_json::Value]) -> (f64, usize) {
-    let (mut ticks, mut interventions, mut n) = (0u64, 0u64, 0usize);
+/// What a group of robots did per tick under the version they run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rates {
+    /// Interventions the skill's actions caused.
+    interventions: f64,
+    /// Ticks with a stale input.
+    stale: f64,
+}
+
+/// Rates over `reports`' health, and how many had any ticks.
+fn rates(reports: &[&serde_json::Value]) -> (Rates, usize) {
+    let (mut ticks, mut interventions, mut stale, mut n) = (0u64, 0u64, 0u64, 0usize);
     for r in reports {
         let h = &r["health"];
         if let (Some(t), Some(i)) = (h["ticks"].as_u64(), h["interventions"].as_u64())
@@ -1126,10 +1152,12 @@ fn rate(reports: &[&serde_json::Value]) -> (f64, usize) {
         {
             ticks += t;
             interventions += i;
+            stale += h["stale_inputs"].as_u64().unwrap_or(0);
             n += 1;
         }
     }
-    (if ticks > 0 { interventions as f64 / ticks as f64 } else { 0.0 }, n)
+    let per_tick = |x: u64| if ticks > 0 { x as f64 / ticks as f64 } else { 0.0 };
+    (Rates { interventions: per_tick(interventions), stale: per_tick(stale) }, n)
 }
 
 /// Judges a running rollout of `name` that advances by itself on the reports received since its
@@ -1151,39 +1179,55 @@ async fn judge_rollout(s: &Shared, name: &str) -> Result<(), String> {
     let on_new: Vec<&serde_json::Value> =
         fresh.iter().copied().filter(in_wave).filter(|v| v["serial"].as_u64() == Some(r.new_serial)).collect();
     let on_old: Vec<&serde_json::Value> = fresh.iter().copied().filter(|v| !in_wave(v)).collect();
-    let (new_rate, new_n) = rate(&on_new);
+    let (new, new_n) = rates(&on_new);
     let least = auto.min_robots.max(1);
     // What the wave is judged against: the robots still on the old index, or, in the last wave,
-    // which leaves none there, their rate when the rollout reached it.
-    let (old_rate, base) = if reach < 100 {
-        let (rate, n) = rate(&on_old);
-        (rate, n >= least)
+    // which leaves none there, their rates when the rollout reached it.
+    let (old, base) = if reach < 100 {
+        let (rates, n) = rates(&on_old);
+        (rates, n >= least)
     } else {
-        (r.baseline.unwrap_or(0.0), r.baseline.is_some())
+        let stale = r.baseline_stale.unwrap_or(0.0);
+        (Rates { interventions: r.baseline.unwrap_or(0.0), stale }, r.baseline.is_some())
     };
     let failing = fresh.iter().copied().filter(in_wave).filter(|v| !v["error"].is_null()).count();
     let soaked = std::time::SystemTime::now().duration_since(since).unwrap_or_default().as_secs() >= auto.soak_s;
     let wave = r.stage + 1;
+    let worse = |new: f64, old: f64| new_n > 0 && base && new > RATE_FLOOR.max(auto.threshold * old);
     let verdict = if failing > 0 && failing * 2 >= fresh.iter().copied().filter(in_wave).count() {
         Some(("halt", format!("{failing} robot(s) of wave {wave} failed to take the new index")))
-    } else if new_n > 0 && base && new_rate > RATE_FLOOR.max(auto.threshold * old_rate) {
+    } else if worse(new.interventions, old.interventions) {
         Some((
             "halt",
             format!(
-                "wave {wave}: {new_rate:.4} interventions per tick on the new index against {old_rate:.4} on the old (threshold {}x)",
+                "wave {wave}: {:.4} interventions per tick on the new index against {:.4} on the old (threshold {}x)",
+                new.interventions, old.interventions, auto.threshold
+            ),
+        ))
+    } else if worse(new.stale, old.stale) {
+        Some((
+            "halt",
+            format!(
+                "wave {wave}: a stale input on {:.2} % of ticks on the new index against {:.2} % on the old (threshold {}x): does the new version read a topic these robots do not publish, or want it fresher than it comes?",
+                new.stale * 100.0,
+                old.stale * 100.0,
                 auto.threshold
             ),
         ))
     } else if base && new_n >= least && soaked {
         let why = format!(
-            "wave {wave}: {new_n} robot(s) on the new index, {new_rate:.4} interventions per tick against {old_rate:.4}"
+            "wave {wave}: {new_n} robot(s) on the new index, {:.4} interventions per tick and a stale input on {:.2} % of ticks, against {:.4} and {:.2} %",
+            new.interventions,
+            new.stale * 100.0,
+            old.interventions,
+            old.stale * 100.0
         );
         Some(("advance", why))
     } else {
         None
     };
     if let Some((action, why)) = verdict {
-        act_on(s, name, action, &why, (reach < 100).then_some(old_rate)).await.map_err(|(_, m)| m)?;
+        act_on(s, name, action, &why, (reach < 100).then_some(old)).await.map_err(|(_, m)| m)?;
     }
     Ok(())
 }

@@ -259,13 +259,14 @@ pub enum NodeError {
 /// The inbox's view of the node: the skill slot, and its counters.
 struct NodeRunner(Arc<Skills>, Arc<NodeStats>, Mutex<SinceSwap>);
 
-/// The counters when the running skill was first seen to run: the swap count then, ticks and
-/// the skill's interventions.
+/// The counters when the running skill was first seen to run: the swap count then, ticks, the
+/// skill's interventions and stale inputs.
 #[derive(Default)]
 struct SinceSwap {
     swaps: u64,
     ticks: u64,
     interventions: u64,
+    stale: u64,
 }
 
 /// The interventions a skill's own actions cause: corrected actions (non-finite, clamped,
@@ -299,13 +300,21 @@ impl Runner for NodeRunner {
             .map(|(name, n)| (name.to_string(), load(n).into()))
             .collect();
         let (swaps, ticks, skill) = (load(&s.swaps), load(&s.ticks), skill_interventions(s));
+        // Counted apart from the skill's interventions: a sensor that drops out is not the
+        // skill's doing, but a skill that reads a topic this robot does not publish, or wants it
+        // fresher than it comes, is, and a rollout compares the two versions on it too.
+        let stale = s.interventions.get(crate::control::safety::Intervention::Stale);
         let mut since = self.2.lock().unwrap_or_else(|p| p.into_inner());
         if since.swaps != swaps {
-            *since = SinceSwap { swaps, ticks, interventions: skill };
+            *since = SinceSwap { swaps, ticks, interventions: skill, stale };
         }
         serde_json::json!({
             "seconds": s.epoch.elapsed().as_secs_f64(),
-            "since_swap": { "ticks": ticks - since.ticks, "interventions": skill - since.interventions },
+            "since_swap": {
+                "ticks": ticks - since.ticks,
+                "interventions": skill - since.interventions,
+                "stale_inputs": stale - since.stale,
+            },
             "ticks": load(&s.ticks),
             "deadline_misses": load(&s.deadline_misses),
             "actions_published": load(&s.published),

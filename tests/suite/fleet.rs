@@ -1326,6 +1326,8 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
     let safe = i["estop"].as_u64().unwrap() + i["stale_input"].as_u64().unwrap();
     assert!(safe > 0, "no e-stop topic and no inputs: the node sent the safe action, and says so: {r}");
     assert!(r["health"]["ticks"].as_u64().is_some(), "the health a rollout judges, since the last swap: {r}");
+    let stale = node["since_swap"]["stale_inputs"].as_u64().expect("stale inputs since the swap, counted apart");
+    assert!(stale <= r["health"]["ticks"].as_u64().unwrap() && r["health"]["stale_inputs"] == stale, "{r}");
 }
 
 #[test]
@@ -1390,13 +1392,14 @@ fn an_automatic_rollout_halts_when_its_robots_do_worse_and_completes_when_they_d
     let c = channels(d);
     let (t, key) = (c.token.clone(), c.fleet_key.clone());
     let bundle = |v: &str| catalogued(&c, d, v);
-    let (b2, b3, b4) = (bundle("0.2.0"), bundle("0.3.0"), bundle("0.4.0"));
+    let (b2, b3, b4, b5) = (bundle("0.2.0"), bundle("0.3.0"), bundle("0.4.0"), bundle("0.5.0"));
     assert!(
         publish(&c, &["--keys", &s(&c.keys), "--index", &s(&sign_index(d, &key, "stable", "1", &b2))]).status.success()
     );
     let rollout = |args: &[&str]| rollout(&c, args);
     // Simulated robots: each polls its index, runs the version it names, and reports the
-    // interventions per 1000 ticks that version causes on it.
+    // interventions per 1000 ticks that version causes on it; 0.5.0 causes none, but reads a
+    // topic these robots publish too slowly, so half its ticks have a stale input.
     let robots: Vec<String> = (0..40).map(|i| format!("arm-{i:03}")).collect();
     let round = |bad: &str| {
         for r in &robots {
@@ -1405,7 +1408,11 @@ fn an_automatic_rollout_halts_when_its_robots_do_worse_and_completes_when_they_d
             let report = serde_json::json!({
                 "robot": r, "channel": "stable", "time": "2026-12-02T00:00:00Z", "serial": index["serial"],
                 "active": { "example-arm6": version }, "error": null, "node": null,
-                "health": { "ticks": 1000, "interventions": if version == bad { 80 } else { 5 } },
+                "health": {
+                    "ticks": 1000,
+                    "interventions": if version == bad { 80 } else { 5 },
+                    "stale_inputs": if version == "0.5.0" { 500 } else { 2 },
+                },
             });
             let body = report.to_string();
             let head = format!(
@@ -1465,6 +1472,17 @@ fn an_automatic_rollout_halts_when_its_robots_do_worse_and_completes_when_they_d
     assert_eq!(reached("the end", &|r| r["state"] != "running")["state"], "done");
     let (_, _, body) = get_with(&c.server().addr, "/channels/stable", &t, "");
     assert!(String::from_utf8_lossy(&body).contains("\\\"serial\\\":4"), "the new index is the channel's");
+
+    // 0.5.0 causes no more interventions, but its robots' inputs go stale: that halts it too.
+    let (new, back) = (sign_index(d, &key, "stable", "6", &b5), sign_index(d, &key, "stable", "7", &b4));
+    let mut args = vec!["start", "--new", new.to_str().unwrap(), "--back", back.to_str().unwrap()];
+    args.extend(auto);
+    assert!(rollout(&args).status.success());
+    round("0.3.0");
+    let r = reached("the halt on stale inputs", &|r| r["state"] != "running");
+    let why = r["reason"].as_str().unwrap();
+    assert_eq!(r["state"], "halted", "{r}");
+    assert!(why.contains("a stale input on 50.00 % of ticks on the new index against 0.20 %"), "{r}");
 }
 
 /// A TCP proxy to `upstream` that cuts each connection once `limit` bytes of the server's

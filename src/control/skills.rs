@@ -31,7 +31,7 @@ pub enum SwapError {
 pub const KEPT: usize = 4;
 
 /// What names a skill the node runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SkillInfo {
     /// Skill name.
     pub name: String,
@@ -43,6 +43,33 @@ pub struct SkillInfo {
     pub dir: PathBuf,
     /// Digest of the skill it was adapted from.
     pub parent: Option<String>,
+    /// For an adapted skill, the numbers its gate accepted it on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+/// What an adapted skill's gate compared on held-out demonstrations, as its manifest's
+/// provenance keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Gate {
+    /// The source skill's error.
+    pub heldout_source_mse: f64,
+    /// The adapted skill's error.
+    pub heldout_adapted_mse: f64,
+    /// The share of the source's error the adaptation removed.
+    pub heldout_improvement: f64,
+}
+
+impl Gate {
+    fn of(skill: &Skill) -> Option<Gate> {
+        let d = &skill.manifest.provenance.details;
+        let get = |k: &str| d.get(k).and_then(|v| v.as_float());
+        Some(Gate {
+            heldout_source_mse: get("heldout_source_mse")?,
+            heldout_adapted_mse: get("heldout_adapted_mse")?,
+            heldout_improvement: get("heldout_improvement")?,
+        })
+    }
 }
 
 impl SkillInfo {
@@ -54,6 +81,7 @@ impl SkillInfo {
             digest: skill.digest.clone(),
             dir: skill.dir.clone(),
             parent: skill.manifest.provenance.parent.clone(),
+            gate: Gate::of(skill),
         }
     }
 

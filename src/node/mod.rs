@@ -304,12 +304,22 @@ impl Runner for NodeRunner {
         // skill's doing, but a skill that reads a topic this robot does not publish, or wants it
         // fresher than it comes, is, and a rollout compares the two versions on it too.
         let stale = s.interventions.get(crate::control::safety::Intervention::Stale);
+        let skill_now = self.0.current();
         let mut since = self.2.lock().unwrap_or_else(|p| p.into_inner());
         if since.swaps != swaps {
             *since = SinceSwap { swaps, ticks, interventions: skill, stale };
         }
         serde_json::json!({
             "seconds": s.epoch.elapsed().as_secs_f64(),
+            // The running skill (not its folder: the inbox tells no paths), and for an adapted
+            // one the numbers its gate accepted it on.
+            "skill": {
+                "name": skill_now.name,
+                "version": skill_now.version,
+                "digest": skill_now.digest,
+                "parent": skill_now.parent,
+                "gate": skill_now.gate,
+            },
             "since_swap": {
                 "ticks": ticks - since.ticks,
                 "interventions": skill - since.interventions,

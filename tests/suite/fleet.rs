@@ -1305,13 +1305,25 @@ fn a_node_follows_a_channel_through_its_inbox_with_the_agent_beside_it() {
         );
     };
 
-    for (serial, version) in [("1", "0.2.0"), ("2", "0.3.0")] {
-        let bundle = bundles::pack(d, &fleet_key, version, &[]);
+    // 0.3.0 was adapted on another robot: its gate's numbers travel in its manifest.
+    let adapted = bundles::version(d, "0.3.0");
+    let toml = adapted.join("skill.toml");
+    let gate = "heldout_source_mse = 0.5\nheldout_adapted_mse = 0.2\nheldout_improvement = 0.6\n";
+    let text = std::fs::read_to_string(&toml).unwrap().replace("method = \"imported\"", "method = \"adapted-ridge\"");
+    std::fs::write(&toml, text.replace("[provenance.details]\n", &format!("[provenance.details]\n{gate}"))).unwrap();
+    let b3 = bundles::pack_dir(&adapted, &fleet_key, &d.join("arm6-0.3.0.skill"), &[]);
+    for (serial, version, bundle) in [("1", "0.2.0", bundles::pack(d, &fleet_key, "0.2.0", &[])), ("2", "0.3.0", b3)] {
         assert_eq!(post_bundle(&server.addr, "/catalog", &ft, &bundle).0, 201);
         publish(serial, &bundle);
         pulled(&format!("installed example-arm6 {version}"));
         assert_eq!(running(), version, "the node swapped the channel's version in");
     }
+    let (_, v) = http(&server.addr, "GET", "/reports", Some(&ft), b"");
+    let skill = &v["reports"][0]["node"]["node"]["skill"];
+    assert_eq!(skill["version"], "0.3.0", "{v}");
+    let g = &skill["gate"];
+    assert_eq!((g["heldout_source_mse"].as_f64(), g["heldout_improvement"].as_f64()), (Some(0.5), Some(0.6)), "{v}");
+    assert!(skill.get("dir").is_none(), "the report tells no path on the robot: {skill}");
     // The fleet rolls the channel back: the node's inbox activates the version its store has.
     publish("3", &d.join("arm6-0.2.0.skill"));
     pulled("activated example-arm6 0.2.0");

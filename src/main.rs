@@ -2689,7 +2689,7 @@ fn agent(
     inbox: Option<skillgraft::fleet::push::Robot>,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use skillgraft::fleet::agent::{AgentSettings, poll};
+    use skillgraft::fleet::agent::{AgentSettings, follow};
     use skillgraft::skill::bundle;
     let root_key = &root_key(&root)?;
     if !skillgraft::skill::manifest::valid_name(&channel) {
@@ -2707,30 +2707,20 @@ fn agent(
         inbox,
         robot: store.identity()?.robot,
     };
-    let rt = skillgraft::fleet::http::runtime(1)?;
-    let client = skillgraft::fleet::client::Client::new(std::time::Duration::from_secs(5));
-    let stop = if once { None } else { Some(interrupted()?) };
-    let mut rng = skillgraft::rng::SplitMix(std::process::id() as u64 ^ now_ns());
-    // What the last report said, and when it went: an unchanged poll is not reported again
-    // until `report_every` has passed (each report is a write to the fleet's store).
-    let mut reported: Option<(String, std::time::Instant)> = None;
-    loop {
-        let polled = rt.block_on(poll(&client, &settings, &store));
-        let outcome = match &polled {
-            Ok(p) => format!("serial {}", p.serial),
-            Err(e) => e.to_string(),
-        };
-        let due = once
-            || reported.as_ref().is_none_or(|(last, at)| *last != outcome || at.elapsed() >= report_every)
-            || polled.as_ref().is_ok_and(|p| p.changes.iter().any(|c| c.action != "unchanged"));
-        if due {
-            match rt.block_on(skillgraft::fleet::agent::report(&client, &settings, &store, &polled)) {
-                Ok(()) => reported = Some((outcome, std::time::Instant::now())),
-                Err(e) => tracing::warn!("the report did not reach the fleet server: {e}"),
-            }
+    // `--once`: one round, reported whatever it found; its error is the command's.
+    let (_keep, stop) = match once {
+        true => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), rx)
         }
-        match polled {
-            Ok(p) if json => outln!("{}", serde_json::to_string(&p)?),
+        false => (None, interrupted()?),
+    };
+    let report = if once { std::time::Duration::ZERO } else { report_every };
+    let every = skillgraft::fleet::agent::Every { poll: interval, report };
+    let mut failed: Option<Box<dyn std::error::Error>> = None;
+    follow(&settings, &store, every, &stop, |polled| {
+        let said = match polled {
+            Ok(p) if json => serde_json::to_string(&p).map_err(Into::into).and_then(|t| emit(format_args!("{t}\n"))),
             Ok(p) => {
                 let done: Vec<String> = p
                     .changes
@@ -2738,26 +2728,19 @@ fn agent(
                     .filter(|c| c.action != "unchanged")
                     .map(|c| format!("{} {} {}", c.action, c.name, c.version))
                     .collect();
-                outln!(
-                    "channel {} serial {}: {}",
-                    settings.channel,
-                    p.serial,
-                    if done.is_empty() { "up to date".to_string() } else { done.join(", ") }
-                );
+                let what = if done.is_empty() { "up to date".to_string() } else { done.join(", ") };
+                emit(format_args!("channel {} serial {}: {what}\n", settings.channel, p.serial))
             }
-            Err(e) if once => return Err(e.into()),
-            Err(e) => tracing::error!("{e}"),
-        }
-        let Some(stop) = &stop else { return Ok(()) };
-        let wait = interval.mul_f64(0.8 + 0.4 * rng.unit());
-        if stop.recv_timeout(wait).is_ok() {
-            return Ok(());
-        }
-    }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            Err(e) if once => Err(e.to_string().into()),
+            Err(e) => {
+                tracing::error!("{e}");
+                Ok(())
+            }
+        };
+        failed = said.err();
+        !once && failed.is_none()
+    })?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// A share of the robots, `10` or `10%`.

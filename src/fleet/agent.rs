@@ -196,6 +196,56 @@ fn read_cached(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
+/// How often a robot polls, and reports a poll that changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every {
+    /// Between polls, moved by up to ±20 % so a fleet does not poll in step.
+    pub poll: Duration,
+    /// An unchanged poll is reported again after this (each report is a write to the fleet's
+    /// store); zero reports every poll.
+    pub report: Duration,
+}
+
+/// Follows the channel until `stop` fires (or its sender is gone) or `seen` says no more: each
+/// round polls ([`poll`]), reports a changed outcome at once and an unchanged one every
+/// `every.report`, hands the outcome to `seen`, then waits `every.poll`.
+pub fn follow(
+    s: &AgentSettings,
+    store: &Store,
+    every: Every,
+    stop: &std::sync::mpsc::Receiver<()>,
+    mut seen: impl FnMut(&Result<Polled, FleetError>) -> bool,
+) -> Result<(), FleetError> {
+    let rt = super::http::runtime(1).map_err(|e| FleetError::Config(format!("no runtime for the agent: {e}")))?;
+    let client = Client::new(Duration::from_secs(5));
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let mut rng = crate::rng::SplitMix(std::process::id() as u64 ^ nanos);
+    // What the last report said, and when it went.
+    let mut reported: Option<(String, std::time::Instant)> = None;
+    loop {
+        let polled = rt.block_on(poll(&client, s, store));
+        let outcome = match &polled {
+            Ok(p) => format!("serial {}", p.serial),
+            Err(e) => e.to_string(),
+        };
+        let due = reported.as_ref().is_none_or(|(last, at)| *last != outcome || at.elapsed() >= every.report)
+            || polled.as_ref().is_ok_and(|p| p.changes.iter().any(|c| c.action != "unchanged"));
+        if due {
+            match rt.block_on(report(&client, s, store, &polled)) {
+                Ok(()) => reported = Some((outcome, std::time::Instant::now())),
+                Err(e) => tracing::warn!("the report did not reach the fleet server: {e}"),
+            }
+        }
+        if !seen(&polled) {
+            return Ok(());
+        }
+        match stop.recv_timeout(every.poll.mul_f64(0.8 + 0.4 * rng.unit())) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// One poll: fetch, verify, and bring `store` to what the channel's index says.
 pub async fn poll(client: &Client, s: &AgentSettings, store: &Store) -> Result<Polled, FleetError> {
     let dir = channel_dir(store.root());

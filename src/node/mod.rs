@@ -4,6 +4,7 @@
 //! running, and a diagnostics thread reports on `/diagnostics`.
 
 pub mod diagnostics;
+pub mod follow;
 pub mod live;
 pub mod parameters;
 
@@ -96,6 +97,23 @@ pub struct NodeConfig {
     pub rollback_topic: String,
     /// The skill store and its HTTP inbox (None: no inbox).
     pub inbox: Option<InboxSettings>,
+    /// The fleet channel the node follows through its inbox (None: none).
+    pub fleet: Option<FleetFollow>,
+}
+
+/// A fleet channel the node follows: what `skillgraft agent --inbox` does beside a node, in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetFollow {
+    /// The fleet server, `http://host:port`.
+    pub url: String,
+    /// The channel.
+    pub channel: String,
+    /// File holding the token sent to the fleet server.
+    pub token_file: std::path::PathBuf,
+    /// The pinned root public key.
+    pub root: std::path::PathBuf,
+    /// How often it polls, and reports an unchanged poll.
+    pub every: crate::fleet::agent::Every,
 }
 
 /// A parameter as given, else its default for the skill `m`.
@@ -186,8 +204,50 @@ impl NodeConfig {
                 max_mib: param::<i64>(args, m, "inbox_max_mib")? as u64,
             })
         };
+        let fleet = match param::<String>(args, m, "fleet_url")? {
+            url if url.is_empty() => {
+                let needs =
+                    ["fleet_channel", "fleet_token_file", "fleet_root", "fleet_interval_s", "fleet_report_every_s"];
+                if let Some(p) = needs.iter().find(|p| args.params.contains_key(**p)) {
+                    return Err(ArgsError(format!("parameter `{p}` needs `fleet_url`, the fleet server to follow")));
+                }
+                None
+            }
+            _ if inbox.is_none() => {
+                return Err(ArgsError(
+                    "parameter `fleet_url` needs `store_dir`: the node installs what its channel names into that store, through its inbox".into(),
+                ));
+            }
+            url => {
+                let (token_file, root) =
+                    (param::<String>(args, m, "fleet_token_file")?, param::<String>(args, m, "fleet_root")?);
+                if token_file.is_empty() || root.is_empty() {
+                    return Err(ArgsError(
+                        "parameter `fleet_url` needs `fleet_token_file` (the token sent to the fleet server) and `fleet_root` (the root key the robot pins)".into(),
+                    ));
+                }
+                let channel = param::<String>(args, m, "fleet_channel")?;
+                if !crate::skill::manifest::valid_name(&channel) {
+                    return Err(ArgsError(format!("parameter `fleet_channel` is {channel:?}, not a channel name")));
+                }
+                let seconds = |name: &str| -> Result<Duration, ArgsError> {
+                    Ok(Duration::from_secs_f64(positive(name, param::<f64>(args, m, name)?)?))
+                };
+                Some(FleetFollow {
+                    url,
+                    channel,
+                    token_file: token_file.into(),
+                    root: root.into(),
+                    every: crate::fleet::agent::Every {
+                        poll: seconds("fleet_interval_s")?,
+                        report: seconds("fleet_report_every_s")?,
+                    },
+                })
+            }
+        };
         Ok(NodeConfig {
             inbox,
+            fleet,
             rate_hz,
             observation_topics: m.observations.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
             image_topics: m.images.iter().map(|o| topic(&o.topic)).collect::<Result<_, _>>()?,
@@ -251,6 +311,9 @@ pub enum NodeError {
     /// The inbox could not start.
     #[error("inbox: {0}")]
     Inbox(#[from] crate::fleet::FleetError),
+    /// The fleet channel could not be followed.
+    #[error("fleet channel: {0}")]
+    Fleet(crate::fleet::FleetError),
     /// The skill store could not be read.
     #[error("skill store: {0}")]
     Store(#[from] crate::skill::store::StoreError),
@@ -344,6 +407,7 @@ pub struct RunningNode {
     live: Option<Arc<Live>>,
     recorder: Option<Recorder>,
     inbox: Option<Inbox>,
+    follower: Option<follow::Follower>,
     tunables: Arc<Tunables>,
     manifest: Manifest,
     parameters: Option<Arc<crate::ros::params::ParameterServer>>,
@@ -550,6 +614,22 @@ impl RunningNode {
             }
             _ => None,
         };
+        let follower = match (&cfg.fleet, &cfg.inbox, &inbox) {
+            (Some(f), Some(settings), Some(running)) => match follow::Follower::start(f, settings, running.addr()) {
+                Ok(follower) => {
+                    stats.extra.lock().unwrap_or_else(|p| p.into_inner()).push(follower.stats());
+                    Some(follower)
+                }
+                Err(e) => {
+                    if let Some(i) = inbox {
+                        i.stop();
+                    }
+                    live.stop();
+                    return Err(NodeError::Fleet(e));
+                }
+            },
+            _ => None,
+        };
         let mut threads = Vec::new();
 
         if cfg.policy {
@@ -622,6 +702,7 @@ impl RunningNode {
             live: Some(live),
             recorder: Some(recorder),
             inbox,
+            follower,
             tunables,
             manifest,
             parameters: None,
@@ -682,6 +763,10 @@ impl RunningNode {
 
     /// Stops every thread and waits for them; an episode being recorded is finished and kept.
     pub fn stop(mut self) {
+        // The follower installs through the inbox: it stops first.
+        if let Some(f) = self.follower.take() {
+            f.stop();
+        }
         if let Some(inbox) = self.inbox.take() {
             inbox.stop();
         }

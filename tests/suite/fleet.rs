@@ -477,14 +477,35 @@ const NODE_INBOX: &str = "127.0.0.1:8740";
 /// `store`) and diagnostics every 0.2 s, logging to `log`; returns once the inbox listens.
 /// Killed when dropped: a node left running would hold the test's output open.
 fn inbox_node(skill: &Path, store: &Path, tokens: &Path, public: &Path, log: &Path) -> Server {
+    inbox_node_with(skill, store, tokens, public, log, &[])
+}
+
+/// A DDS participant on the test's domain, and the `/diagnostics` arrays it hears (keep the
+/// participant while reading them).
+fn diagnostics_watcher()
+-> (skillgraft::ros::dds::DdsTransport, std::sync::mpsc::Receiver<skillgraft::msg::DiagnosticArray>) {
+    use skillgraft::ros::dds::{DdsConfig, DdsTransport};
+    use skillgraft::ros::transport::{NodeIdentity, Qos};
+    let peer = DdsTransport::new(
+        NodeIdentity { name: "watcher".into(), namespace: "/".into() },
+        &DdsConfig::local(common::dds_domain()).unwrap(),
+    )
+    .unwrap();
+    let diagnostics = common::collect(&peer, "/diagnostics", Qos::RELIABLE);
+    (peer, diagnostics)
+}
+
+/// [`inbox_node`] with the parameters `extra` (`NAME:=VALUE`) too.
+fn inbox_node_with(skill: &Path, store: &Path, tokens: &Path, public: &Path, log: &Path, extra: &[String]) -> Server {
     let mut args = vec!["run".to_string(), skill.display().to_string(), "--ros-args".into()];
-    for p in [
+    let base = [
         format!("store_dir:={}", store.display()),
         format!("inbox_tokens:={}", tokens.display()),
         format!("inbox_trust:=['{}']", public.display()),
         "diagnostics_period_s:=0.2".to_string(),
-    ] {
-        args.extend(["-p".to_string(), p]);
+    ];
+    for p in base.iter().chain(extra) {
+        args.extend(["-p".to_string(), p.clone()]);
     }
     let node = Server {
         child: Command::new(env!("CARGO_BIN_EXE_skillgraft"))
@@ -511,11 +532,6 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     if !common::isolated("the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics") {
         return;
     }
-    use skillgraft::msg::cdr;
-    use skillgraft::msg::{DiagnosticArray, RosMessage};
-    use skillgraft::ros::dds::{DdsConfig, DdsTransport};
-    use skillgraft::ros::transport::{NodeIdentity, Qos, Transport};
-
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (key, public) = bundles::keys(d, "fleet");
@@ -526,21 +542,7 @@ fn the_node_inbox_swaps_pushed_skills_in_and_counts_bundles_on_diagnostics() {
     let addr = NODE_INBOX;
     let log = d.join("node.log");
     let node = inbox_node(&skill, &store, &tokens, &public, &log);
-    let peer = DdsTransport::new(
-        NodeIdentity { name: "watcher".into(), namespace: "/".into() },
-        &DdsConfig::local(common::dds_domain()).unwrap(),
-    )
-    .unwrap();
-    let (tx, diagnostics) = std::sync::mpsc::channel();
-    peer.subscribe(
-        "/diagnostics",
-        DiagnosticArray::TYPE,
-        Qos::RELIABLE,
-        Box::new(move |s| {
-            let _ = tx.send(cdr::decode::<DiagnosticArray>(&s.cdr, DiagnosticArray::TYPE).unwrap());
-        }),
-    )
-    .unwrap();
+    let (_peer, diagnostics) = diagnostics_watcher();
     let running = || http(addr, "GET", "/skills", Some(&t), b"").1["running"]["version"].clone();
     assert_eq!(running(), "0.1.0");
 
@@ -2104,4 +2106,106 @@ fn a_rollout_of_a_skill_version_signs_its_indexes_here_and_refuses_what_it_canno
     assert!(start("0.3.0", &key, &root).status.success());
     assert!(rollout(&c, &["advance"]).status.success() && rollout(&c, &["advance"]).status.success());
     assert_eq!(offered("a-robot-that-never-said-its-name"), (4, "0.3.0".to_string(), digest(&b3)));
+}
+
+#[test]
+fn a_node_launched_with_a_fleet_url_follows_its_channel_by_itself_and_says_so_on_diagnostics() {
+    if !common::isolated("a_node_launched_with_a_fleet_url_follows_its_channel_by_itself_and_says_so_on_diagnostics") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut c = channels(d);
+    let (inbox_tokens, it) = token(d, "inbox.token");
+    // The robot's own fleet token, added to the running server's file.
+    let robot_token = d.join("arm-node.token");
+    let line = common::succeeds(&["keys", "token", &s(&robot_token), "--robot", "arm-node"]);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&c.tokens).unwrap();
+    file.write_all(line.as_bytes()).unwrap();
+    let b2 = catalogued(&c, d, "0.2.0");
+    let first = sign_index(d, &c.fleet_key, "stable", "1", &b2);
+    assert!(publish(&c, &["--keys", &s(&c.keys), "--index", &s(&first)]).status.success());
+
+    let store = d.join("store");
+    common::succeeds(&["store", "identify", "--store", &s(&store), "--robot", "arm-node"]);
+    let skill = d.join("launched");
+    common::copy_tree(&bundles::example(), &skill);
+    let log = d.join("node.log");
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fleet = [
+        format!("fleet_url:={}", c.url),
+        format!("fleet_token_file:={}", robot_token.display()),
+        format!("fleet_root:={}", c.root_pub.display()),
+        "fleet_interval_s:=1.0".to_string(),
+        "fleet_report_every_s:=1.0".to_string(),
+    ];
+    let mut node = inbox_node_with(&skill, &store, &inbox_tokens, &c.fleet_pub, &log, &fleet);
+    let (_peer, diagnostics) = diagnostics_watcher();
+    let fleet_value = |key: &str| {
+        let mut last = None;
+        for a in diagnostics.try_iter() {
+            for st in a.status {
+                if let Some(v) = st.values.iter().find(|v| v.key == key) {
+                    last = Some(v.value.clone());
+                }
+            }
+        }
+        last
+    };
+    let running = || http(NODE_INBOX, "GET", "/skills", Some(&it), b"").1["running"]["version"].clone();
+    common::wait_until("the node running the channel's 0.2.0", || running() == "0.2.0");
+
+    // A new index: the node takes it up at its next poll, and swaps the version in.
+    let b3 = catalogued(&c, d, "0.3.0");
+    let second = sign_index(d, &c.fleet_key, "stable", "2", &b3);
+    assert!(publish(&c, &["--index", &s(&second)]).status.success());
+    common::wait_until("the node running the channel's 0.3.0", || running() == "0.3.0");
+    let report = common::wait_for("the node's report of serial 2", || {
+        let (_, v) = http(&c.server().addr, "GET", "/reports", Some(&c.token), b"");
+        v["reports"].as_array()?.iter().find(|r| r["robot"] == "arm-node" && r["serial"] == 2).cloned()
+    });
+    assert_eq!(report["node"]["node"]["skill"]["version"], "0.3.0", "the report carries the node's health: {report}");
+    assert!(report["health"]["ticks"].as_u64().is_some(), "{report}");
+    common::wait_until("fleet.serial 2 on /diagnostics", || fleet_value("fleet.serial").as_deref() == Some("2"));
+
+    // The fleet server goes away: polls fail and say why, the node runs on what it runs.
+    drop(c.server.take());
+    common::wait_until("a failed poll on /diagnostics", || {
+        fleet_value("fleet.last_error").is_some_and(|e| !e.is_empty())
+    });
+    assert_eq!(running(), "0.3.0");
+    assert!(node.child.try_wait().unwrap().is_none(), "the node is still running: {}", said());
+    assert!(!said().contains("panicked"), "{}", said());
+    drop(node);
+
+    // What is missing or wrong stops the node at start, with the reason, and the store as it was.
+    let before = common::snapshot(&store);
+    let inbox = [
+        format!("store_dir:={}", store.display()),
+        format!("inbox_tokens:={}", inbox_tokens.display()),
+        format!("inbox_trust:=['{}']", c.fleet_pub.display()),
+    ];
+    let refused = |params: &[String], says: &str| {
+        let mut args = vec!["run".to_string(), s(&skill), "--ros-args".into()];
+        for p in params {
+            args.extend(["-p".to_string(), p.clone()]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+            .args(&args)
+            .env("ROS_DOMAIN_ID", common::dds_domain().to_string())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(1) && err.contains(says) && !err.contains("panicked"), "{params:?}: {err}");
+    };
+    refused(&fleet[..1], "needs `store_dir`");
+    refused(&["fleet_channel:=canary".to_string()], "`fleet_channel` needs `fleet_url`");
+    refused(&[&inbox[..], &fleet[..1]].concat(), "needs `fleet_token_file`");
+    let missing = format!("fleet_root:={}", d.join("no-root.pub").display());
+    refused(&[&inbox[..], &fleet[..2], &[missing]].concat(), "no-root.pub");
+    refused(
+        &[&inbox[..], &fleet[..1], &fleet[2..3], &[format!("fleet_token_file:={}", s(&c.root_pub))]].concat(),
+        "anyone can read it",
+    );
+    assert_eq!(common::snapshot(&store), before);
 }

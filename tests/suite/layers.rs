@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("record", &["file", "msg", "ros", "skill", "observe"]),
     ("adapt", &["file", "rng", "model", "skill", "observe", "record"]),
     ("control", &["file", "alloc", "rng", "stats", "msg", "ros", "model", "skill", "observe", "record", "adapt"]),
-    ("fleet", &["file", "stats", "model", "skill"]),
+    ("fleet", &["file", "rng", "stats", "model", "skill"]),
     ("bridge", &["file", "msg", "ros"]),
     (
         "node",

@@ -2185,7 +2185,6 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
     Ok(())
 }
 
-/// Reads a signed document written by `fleet channel keys` or `sign`.
 /// The two indexes a rollout of `skill` `version` starts with, signed here with `key`: the
 /// channel's index with that version (new) and as it is (back), under the next two serials.
 /// Nothing is signed on the server's word: the channel's index is checked against the key list
@@ -2233,7 +2232,8 @@ fn rollout_indexes(
         )
         .into());
     };
-    let scratch = Scratch::new(&format!("rollout-{skill}-{version}.skill"));
+    let scratch = Scratch::new(&format!("rollout-{skill}-{version}.skill"))
+        .map_err(|e| format!("no scratch file for the download in {}: {e}", std::env::temp_dir().display()))?;
     let uri = join(&at.fleet, &format!("/catalog/{skill}/{version}"))?;
     let status = rt.block_on(Client::new(std::time::Duration::from_secs(10)).resume(
         uri,
@@ -2269,11 +2269,27 @@ fn rollout_indexes(
         Some(e) => *e = entry,
         None => skills.push(entry),
     }
-    let new = ch::index(&secret, channel, current.serial + 1, skills, valid, now);
-    let back = ch::index(&secret, channel, current.serial + 2, current.skills, valid, now);
+    // Above the channel's serial and any an earlier rollout used (a withdrawn one's too: robots
+    // may have fetched it).
+    let minute = std::time::Duration::from_secs(60);
+    let status = at.ask(rt, (hyper::Method::GET, &format!("/rollouts/{channel}")), &Upload::Empty, minute)?;
+    let used = status.body["serials_used"].as_u64().unwrap_or(0).max(current.serial);
+    let (Some(new_serial), Some(back_serial)) = (used.checked_add(1), used.checked_add(2)) else {
+        return Err(format!("channel {channel}'s serial {used} leaves no room above it").into());
+    };
+    let offered = |skills: &[ch::Entry]| skills.iter().map(|e| format!("{} {}", e.name, e.version)).collect::<Vec<_>>();
+    eprintln!(
+        "channel {channel} serial {} offers {:?}: new index serial {new_serial} offers {:?}, back index serial {back_serial} the same as now",
+        current.serial,
+        offered(&current.skills),
+        offered(&skills)
+    );
+    let new = ch::index(&secret, channel, new_serial, skills, valid, now);
+    let back = ch::index(&secret, channel, back_serial, current.skills, valid, now);
     Ok((new, back))
 }
 
+/// Reads a signed document written by `fleet channel keys` or `sign`.
 fn envelope(path: &std::path::Path) -> Result<skillgraft::fleet::channel::Envelope, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path).map_err(skillgraft::file::FileError::at("read", path))?;
     serde_json::from_str(&text).map_err(|e| {
@@ -2644,11 +2660,15 @@ fn demo(
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(what: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!("skillgraft-{}-{what}", std::process::id()));
-        // A leftover of an earlier process with this id would be taken for a part download.
-        let _ = std::fs::remove_file(&path);
-        Scratch(path)
+    /// A new empty file, owner-only, under a name nobody could have made ahead (a file or link
+    /// planted there would be taken for a part download, or written through).
+    fn new(what: &str) -> std::io::Result<Scratch> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut salt = [0u8; 8];
+        getrandom::fill(&mut salt).map_err(std::io::Error::other)?;
+        let path = std::env::temp_dir().join(format!("skillgraft-{}-{}-{what}", std::process::id(), hex::encode(salt)));
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        Ok(Scratch(path))
     }
 }
 
@@ -2718,7 +2738,7 @@ fn agent(
     let report = if once { std::time::Duration::ZERO } else { report_every };
     let every = skillgraft::fleet::agent::Every { poll: interval, report };
     let mut failed: Option<Box<dyn std::error::Error>> = None;
-    follow(&settings, &store, every, &stop, |polled| {
+    follow(&settings, &store, every, stop, |polled| {
         let said = match polled {
             Ok(p) if json => serde_json::to_string(&p).map_err(Into::into).and_then(|t| emit(format_args!("{t}\n"))),
             Ok(p) => {

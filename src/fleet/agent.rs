@@ -208,22 +208,33 @@ pub struct Every {
 
 /// Follows the channel until `stop` fires (or its sender is gone) or `seen` says no more: each
 /// round polls ([`poll`]), reports a changed outcome at once and an unchanged one every
-/// `every.report`, hands the outcome to `seen`, then waits `every.poll`.
+/// `every.report`, hands the outcome to `seen`, then waits `every.poll`. A stop also ends a poll
+/// or report under way: a download left part-way resumes at the next start, and an install cut
+/// off is refused whole by the inbox.
 pub fn follow(
     s: &AgentSettings,
     store: &Store,
     every: Every,
-    stop: &std::sync::mpsc::Receiver<()>,
+    stop: std::sync::mpsc::Receiver<()>,
     mut seen: impl FnMut(&Result<Polled, FleetError>) -> bool,
 ) -> Result<(), FleetError> {
     let rt = super::http::runtime(1).map_err(|e| FleetError::Config(format!("no runtime for the agent: {e}")))?;
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    std::thread::Builder::new()
+        .name("agent-stop".into())
+        .spawn(move || {
+            let _ = stop.recv();
+            let _ = cancel.send(true);
+        })
+        .map_err(|e| FleetError::Config(format!("cannot start the agent's stop thread: {e}")))?;
     let client = Client::new(Duration::from_secs(5));
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let mut rng = crate::rng::SplitMix(std::process::id() as u64 ^ nanos);
-    // What the last report said, and when it went.
+    // What the last report said, and when it went: an unchanged poll is reported again only
+    // after `every.report`, since each report is a write to the fleet's store.
     let mut reported: Option<(String, std::time::Instant)> = None;
     loop {
-        let polled = rt.block_on(poll(&client, s, store));
+        let Some(polled) = unless_stopped(&rt, &cancelled, poll(&client, s, store)) else { return Ok(()) };
         let outcome = match &polled {
             Ok(p) => format!("serial {}", p.serial),
             Err(e) => e.to_string(),
@@ -231,19 +242,36 @@ pub fn follow(
         let due = reported.as_ref().is_none_or(|(last, at)| *last != outcome || at.elapsed() >= every.report)
             || polled.as_ref().is_ok_and(|p| p.changes.iter().any(|c| c.action != "unchanged"));
         if due {
-            match rt.block_on(report(&client, s, store, &polled)) {
-                Ok(()) => reported = Some((outcome, std::time::Instant::now())),
-                Err(e) => tracing::warn!("the report did not reach the fleet server: {e}"),
+            match unless_stopped(&rt, &cancelled, report(&client, s, store, &polled)) {
+                None => return Ok(()),
+                Some(Ok(())) => reported = Some((outcome, std::time::Instant::now())),
+                Some(Err(e)) => tracing::warn!("the report did not reach the fleet server: {e}"),
             }
         }
         if !seen(&polled) {
             return Ok(());
         }
-        match stop.recv_timeout(every.poll.mul_f64(0.8 + 0.4 * rng.unit())) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return Ok(()),
+        let wait = every.poll.mul_f64(0.8 + 0.4 * rng.unit());
+        // The timer is made inside the runtime, which it needs.
+        if unless_stopped(&rt, &cancelled, async move { tokio::time::sleep(wait).await }).is_none() {
+            return Ok(());
         }
     }
+}
+
+/// Runs `work` on `rt` unless a stop comes first (None).
+fn unless_stopped<T>(
+    rt: &tokio::runtime::Runtime,
+    cancelled: &tokio::sync::watch::Receiver<bool>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut cancelled = cancelled.clone();
+    rt.block_on(async move {
+        tokio::select! {
+            out = work => Some(out),
+            _ = cancelled.wait_for(|c| *c) => None,
+        }
+    })
 }
 
 /// One poll: fetch, verify, and bring `store` to what the channel's index says.

@@ -9,7 +9,8 @@
 //! The fleet server's file may also name robots: `robot NAME sha256:HEX` accepts the token with
 //! that digest as robot NAME's, which may only poll (keys, channels, the catalog) and report as
 //! NAME. One robot's token, taken from its disk, then cannot report as another, publish,
-//! upload or halt a rollout; and the server's file holds digests, not tokens a reader could use.
+//! upload, or advance or halt a rollout by asking (its own report stays one voice among its
+//! wave's); and the server's file holds digests, not tokens a reader could use.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,8 +45,9 @@ pub struct Tokens {
 
 struct Loaded {
     accepted: Arc<Vec<([u8; 32], Caller)>>,
-    /// What the file looked like when read: modified time, size, inode.
-    stamp: Option<(SystemTime, u64, u64)>,
+    /// What the file looked like when read: modified time, change time (a `chmod` that fixes
+    /// a mode refused before changes only that), size, inode.
+    stamp: Option<(SystemTime, (i64, i64), u64, u64)>,
     checked: Instant,
 }
 
@@ -58,10 +60,10 @@ impl std::fmt::Debug for Tokens {
 /// How often a token file is looked at for a change.
 const RECHECK: Duration = Duration::from_secs(1);
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+fn stamp(path: &Path) -> Option<(SystemTime, (i64, i64), u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
+    Some((m.modified().ok()?, (m.ctime(), m.ctime_nsec()), m.len(), m.ino()))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -193,18 +195,22 @@ fn read(path: &Path, robots: bool) -> Result<Vec<([u8; 32], Caller)>, FleetError
     Ok(accepted)
 }
 
-/// The token a client sends: the first line of `path`, a token.
+/// The token a client sends: the first token of `path` (digest lines, which a server accepts
+/// tokens by, are passed over).
 pub fn read_token(path: &Path) -> Result<String, FleetError> {
-    let (line, first) = lines(path)?.into_iter().next().ok_or_else(|| {
-        FleetError::Config(format!("{} holds no token; make one with `skillgraft keys token FILE`", path.display()))
-    })?;
-    if first.starts_with("robot ") || first.starts_with("sha256:") {
-        return Err(FleetError::Config(format!(
-            "{}:{line}: a digest line is what a server accepts, not a token to send; give the file `skillgraft keys token` wrote",
+    let lines = lines(path)?;
+    let digest_only = |l: &str| l.starts_with("robot ") || l.starts_with("sha256:");
+    match lines.iter().find(|(_, l)| !digest_only(l)) {
+        Some((line, first)) => plain(path, *line, first),
+        None if !lines.is_empty() => Err(FleetError::Config(format!(
+            "{}: its lines are digests, what a server accepts tokens by, not a token to send; give the file `skillgraft keys token` wrote",
             path.display()
-        )));
+        ))),
+        None => Err(FleetError::Config(format!(
+            "{} holds no token; make one with `skillgraft keys token FILE`",
+            path.display()
+        ))),
     }
-    plain(path, line, &first)
 }
 
 /// Writes a new random token (256 bits, base64url) to `path`, readable by its owner only, and

@@ -212,7 +212,7 @@ pub async fn serve(
         }
         true => std::env::temp_dir().join("skillgraft-fleet"),
     });
-    std::fs::create_dir_all(&spool).map_err(FileError::at("create", &spool))?;
+    private_dir(&spool)?;
     crate::skill::store::clear_scratch(&spool)?;
     // An unreachable store or wrong credentials show at start, not at the first robot's poll.
     bucket.list("keys").await.map_err(|e| FleetError::Config(e.to_string()))?;
@@ -264,6 +264,28 @@ pub async fn serve(
     bound(addr);
     super::http::serve(listener, app, settings.http, refused, shutdown).await;
     judge.abort();
+    Ok(())
+}
+
+/// Creates `dir` (mode 700) if need be, and refuses it when another user owns it or others may
+/// write to it: bundles wait there between their check and the store, so whoever could swap a
+/// file there could put an unchecked bundle in the catalog.
+fn private_dir(dir: &Path) -> Result<(), FleetError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(FileError::at("create", dir)(e).into()),
+    }
+    let meta = std::fs::metadata(dir).map_err(FileError::at("read", dir))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(FleetError::Config(format!(
+            "{}: the upload spool belongs to another user or others may write to it (mode {:o}); remove it, or give `--spool` a folder of your own",
+            dir.display(),
+            meta.mode() & 0o777
+        )));
+    }
     Ok(())
 }
 
@@ -798,6 +820,13 @@ impl Shared {
             .collect())
     }
 
+    /// The highest new-index serial any rollout of `channel` used, withdrawn ones included
+    /// (robots may have fetched it): a new rollout signs above it.
+    async fn serials_used(&self, channel: &str) -> Result<u64, BucketError> {
+        let listed = self.bucket.list(&format!("rollouts/{channel}")).await?;
+        Ok(listed.iter().filter_map(|l| l.name.split('/').next()?.parse::<u64>().ok()).max().unwrap_or(0))
+    }
+
     /// The channel's latest rollout, read from its facts in the store.
     async fn rollout(&self, channel: &str) -> Result<Option<Live>, BucketError> {
         match self.rollouts(channel).await?.pop() {
@@ -927,6 +956,15 @@ async fn rollout_start(
         if back.skills != current.skills {
             return Err((StatusCode::CONFLICT, "the back index must offer what the channel offers now".into()));
         }
+        let used = s.serials_used(&name).await.map_err(unavailable)?;
+        if new.serial <= used {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "an earlier rollout of channel `{name}` used serial {used} (robots may have fetched it, even if it was withdrawn); sign the new and back indexes above {used}"
+                ),
+            ));
+        }
         let at = format!("rollouts/{name}/{:020}", new.serial);
         let bytes = |e: &channel::Envelope| Bytes::from(serde_json::to_vec(e).expect("serialises"));
         s.bucket.put(&format!("{at}/new.json"), bytes(&start.new)).await.map_err(unavailable)?;
@@ -997,7 +1035,7 @@ async fn act_on(
             at: now_rfc3339(),
             reason: why.to_string(),
             baseline: baseline.map(|b| b.interventions),
-            baseline_stale: baseline.map(|b| b.stale),
+            baseline_stale: baseline.and_then(|b| b.stale),
         })
         .expect("serialises"),
     );
@@ -1041,6 +1079,12 @@ async fn rollout_act(State(s): State<Arc<Shared>>, UrlPath((name, action)): UrlP
 }
 
 async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
+    // The serials used so far come with every answer, a 404 too: a rollout made by
+    // `rollout start SKILL VERSION` signs above them.
+    let used = match s.serials_used(&name).await {
+        Ok(u) => u,
+        Err(e) => return store_failed(e),
+    };
     let work = async {
         let r = s
             .rollout(&name)
@@ -1065,9 +1109,12 @@ async fn rollout_status(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<Str
                 serde_json::json!({ "up_to_percent": to, "robots": of.len(), "on_new": on_new, "last_poll_failed": failing })
             })
             .collect();
-        Ok(serde_json::json!({ "rollout": r, "waves": waves }))
+        Ok(serde_json::json!({ "rollout": r, "waves": waves, "serials_used": used }))
     };
-    answer(StatusCode::OK, work).await
+    match work.await {
+        Ok(v) => reply(StatusCode::OK, v),
+        Err((status, message)) => reply(status, serde_json::json!({ "error": message, "serials_used": used })),
+    }
 }
 
 async fn put_report(
@@ -1079,6 +1126,15 @@ async fn put_report(
         || report.get("robot").and_then(|r| r.as_str()) != Some(robot.as_str())
     {
         return problem(StatusCode::BAD_REQUEST, format!("a report for {robot:?} must name that robot, a valid name"));
+    }
+    // Health a rollout judges: counts of ticks, none more than the ticks.
+    let h = &report["health"];
+    let ticks = h["ticks"].as_u64().unwrap_or(0);
+    if !h.is_null() && ["interventions", "stale_inputs"].iter().any(|k| h[*k].as_u64().is_some_and(|x| x > ticks)) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("the health in {robot}'s report counts more interventions or stale inputs than ticks ({ticks})"),
+        );
     }
     report["received"] = serde_json::json!(now_rfc3339());
     let bytes = serde_json::to_vec_pretty(&report).expect("serialises");
@@ -1138,26 +1194,30 @@ async fn judge_loop(s: Arc<Shared>) {
 struct Rates {
     /// Interventions the skill's actions caused.
     interventions: f64,
-    /// Ticks with a stale input.
-    stale: f64,
+    /// Ticks with a stale input; None when no robot of the group counts them (nodes before
+    /// they were counted apart).
+    stale: Option<f64>,
 }
 
-/// Rates over `reports`' health, and how many had any ticks.
+/// Rates over `reports`' health, each robot one voice however many ticks it claims (so one
+/// robot's token cannot outweigh the rest of its group), and how many had any ticks.
 fn rates(reports: &[&serde_json::Value]) -> (Rates, usize) {
-    let (mut ticks, mut interventions, mut stale, mut n) = (0u64, 0u64, 0u64, 0usize);
+    let (mut interventions, mut stale, mut n, mut counting) = (0.0, 0.0, 0usize, 0usize);
     for r in reports {
         let h = &r["health"];
         if let (Some(t), Some(i)) = (h["ticks"].as_u64(), h["interventions"].as_u64())
             && t > 0
         {
-            ticks += t;
-            interventions += i;
-            stale += h["stale_inputs"].as_u64().unwrap_or(0);
+            interventions += i.min(t) as f64 / t as f64;
             n += 1;
+            if let Some(x) = h["stale_inputs"].as_u64() {
+                stale += x.min(t) as f64 / t as f64;
+                counting += 1;
+            }
         }
     }
-    let per_tick = |x: u64| if ticks > 0 { x as f64 / ticks as f64 } else { 0.0 };
-    (Rates { interventions: per_tick(interventions), stale: per_tick(stale) }, n)
+    let interventions = if n > 0 { interventions / n as f64 } else { 0.0 };
+    (Rates { interventions, stale: (counting > 0).then(|| stale / counting as f64) }, n)
 }
 
 /// Judges a running rollout of `name` that advances by itself on the reports received since its
@@ -1187,8 +1247,7 @@ async fn judge_rollout(s: &Shared, name: &str) -> Result<(), String> {
         let (rates, n) = rates(&on_old);
         (rates, n >= least)
     } else {
-        let stale = r.baseline_stale.unwrap_or(0.0);
-        (Rates { interventions: r.baseline.unwrap_or(0.0), stale }, r.baseline.is_some())
+        (Rates { interventions: r.baseline.unwrap_or(0.0), stale: r.baseline_stale }, r.baseline.is_some())
     };
     let failing = fresh.iter().copied().filter(in_wave).filter(|v| !v["error"].is_null()).count();
     let soaked = std::time::SystemTime::now().duration_since(since).unwrap_or_default().as_secs() >= auto.soak_s;
@@ -1204,23 +1263,26 @@ async fn judge_rollout(s: &Shared, name: &str) -> Result<(), String> {
                 new.interventions, old.interventions, auto.threshold
             ),
         ))
-    } else if worse(new.stale, old.stale) {
+    } else if let (Some(new_stale), Some(old_stale)) = (new.stale, old.stale)
+        && worse(new_stale, old_stale)
+    {
         Some((
             "halt",
             format!(
                 "wave {wave}: a stale input on {:.2} % of ticks on the new index against {:.2} % on the old (threshold {}x): does the new version read a topic these robots do not publish, or want it fresher than it comes?",
-                new.stale * 100.0,
-                old.stale * 100.0,
+                new_stale * 100.0,
+                old_stale * 100.0,
                 auto.threshold
             ),
         ))
     } else if base && new_n >= least && soaked {
+        let share = |x: Option<f64>| x.map_or("not counted".to_string(), |x| format!("{:.2} %", x * 100.0));
         let why = format!(
-            "wave {wave}: {new_n} robot(s) on the new index, {:.4} interventions per tick and a stale input on {:.2} % of ticks, against {:.4} and {:.2} %",
+            "wave {wave}: {new_n} robot(s) on the new index, {:.4} interventions per tick and a stale input on {} of ticks, against {:.4} and {}",
             new.interventions,
-            new.stale * 100.0,
+            share(new.stale),
             old.interventions,
-            old.stale * 100.0
+            share(old.stale)
         );
         Some(("advance", why))
     } else {

@@ -4,7 +4,7 @@
 //! which checks it against the running skill and swaps it in between two ticks; then it reports
 //! to the fleet server with the node's health. Its counters are on `/diagnostics` (`fleet.*`).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -92,12 +92,13 @@ impl Follower {
         };
         crate::fleet::client::join(&f.url, "/keys")
             .map_err(|e| FleetError::Config(format!("parameter `fleet_url` is {:?}: {e}", f.url)))?;
-        let store = Store::open(&inbox.store).map_err(|e| config(&e))?;
+        let store = Store::attach(&inbox.store);
         let robot = store.identity().map_err(|e| config(&e))?.robot;
         // The inbox may listen on every address; the follower reaches it on this host.
-        let at = match inbox_at.ip().is_unspecified() {
-            true => SocketAddr::from((Ipv4Addr::LOCALHOST, inbox_at.port())),
-            false => inbox_at,
+        let at = match inbox_at.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, inbox_at.port())),
+            IpAddr::V6(a) if a.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, inbox_at.port())),
+            _ => inbox_at,
         };
         let settings = AgentSettings {
             fleet: f.url.clone(),
@@ -120,7 +121,7 @@ impl Follower {
         let thread = std::thread::Builder::new()
             .name("fleet-follow".into())
             .spawn(move || {
-                if let Err(e) = follow(&settings, &store, every, &stopped, |polled| {
+                if let Err(e) = follow(&settings, &store, every, stopped, |polled| {
                     counts.record(polled);
                     true
                 }) {

@@ -384,9 +384,11 @@ impl Runner for NodeRunner {
                 "gate": skill_now.gate,
             },
             "since_swap": {
-                "ticks": ticks - since.ticks,
-                "interventions": skill - since.interventions,
-                "stale_inputs": stale - since.stale,
+                // Counters read before the lock: a swap seen by another reader in between must
+                // not wrap these round.
+                "ticks": ticks.saturating_sub(since.ticks),
+                "interventions": skill.saturating_sub(since.interventions),
+                "stale_inputs": stale.saturating_sub(since.stale),
             },
             "ticks": load(&s.ticks),
             "deadline_misses": load(&s.deadline_misses),

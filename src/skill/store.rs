@@ -130,6 +130,13 @@ impl Store {
         Ok(Store { root: root.to_path_buf(), changing: Mutex::new(()), sandbox: None })
     }
 
+    /// Another handle on a store this process opened already (the inbox's, for the node's fleet
+    /// follower): `open` again would take this process's own scratch, an install under way,
+    /// for a dead process's leftovers.
+    pub fn attach(root: &Path) -> Store {
+        Store { root: root.to_path_buf(), changing: Mutex::new(()), sandbox: None }
+    }
+
     /// Checks bundles in worker processes under `sandbox`'s limits from now on.
     pub fn sandboxed(mut self, sandbox: Sandbox) -> Store {
         self.sandbox = Some(sandbox);
@@ -476,28 +483,58 @@ fn started(pid: i32) -> Option<u64> {
 pub(crate) fn clear_scratch(dir: &Path) -> Result<(), FileError> {
     for entry in std::fs::read_dir(dir).map_err(FileError::at("read", dir))?.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !owner_alive(&name) {
+        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if !owner_alive(&name, age) {
             let path = entry.path();
             let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            removed.map_err(FileError::at("clear", &path))?;
+            // Another process starting at the same moment may have cleared it first.
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(FileError::at("clear", &path)(e)),
+                _ => {}
+            }
         }
     }
     Ok(())
 }
 
-/// `PID_START`: this process, told apart from a later one that reuses its PID.
+/// `PID_START_HOST`: this process, told apart from a later one that reuses its PID, and from
+/// processes of other machines or containers (HOST) that share the folder.
 pub(crate) fn scratch_owner() -> String {
     let pid = std::process::id() as i32;
-    format!("{pid}_{}", started(pid).unwrap_or(0))
+    format!("{pid}_{}_{}", started(pid).unwrap_or(0), this_host())
 }
 
-/// Whether the process that named a scratch entry `PID_START-...` still runs (this one counts
-/// as gone: an open clears what this process left before). A name of another form is anyone's
+/// How long another host's scratch entries are kept: its processes cannot be seen from here, so
+/// only age tells a leftover (an upload or install takes far less).
+const FOREIGN_SCRATCH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// This machine and process namespace, as 8 hex digits: its boot, its host name, its PID
+/// namespace (two containers on one kernel differ in the last two).
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for file in ["/proc/sys/kernel/random/boot_id", "/proc/sys/kernel/hostname"] {
+            h.update(std::fs::read(file).unwrap_or_default());
+        }
+        h.update(std::fs::read_link("/proc/self/ns/pid").unwrap_or_default().as_os_str().as_encoded_bytes());
+        hex::encode(&h.finalize()[..4])
+    })
+}
+
+/// Whether the process that named a scratch entry `PID_START_HOST-...` still runs (this one
+/// counts as gone: an open clears what this process left before); another host's counts as
+/// running until it is older than [`FOREIGN_SCRATCH`]. A name of another form is anyone's
 /// leftover.
-fn owner_alive(name: &str) -> bool {
+fn owner_alive(name: &str, age: Option<std::time::Duration>) -> bool {
     let owner = name.split('-').next().unwrap_or_default();
-    let (pid, start) = owner.split_once('_').unwrap_or((owner, ""));
+    let mut parts = owner.splitn(3, '_');
+    let (pid, start, host) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next());
     let Ok(pid) = pid.parse::<i32>() else { return false };
+    if host.is_some_and(|h| h != this_host()) {
+        return age.is_none_or(|a| a < FOREIGN_SCRATCH);
+    }
     if pid <= 0 || pid == std::process::id() as i32 {
         return false;
     }
@@ -505,5 +542,29 @@ fn owner_alive(name: &str) -> bool {
         (Some(now), Ok(then)) => then == 0 || now == then,
         (Some(_), Err(_)) => true,
         (None, _) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn scratch_of_gone_processes_is_cleared_and_another_hosts_only_once_old() {
+        let me = scratch_owner();
+        let (pid, rest) = me.split_once('_').unwrap();
+        let (start, host) = rest.split_once('_').unwrap();
+        assert_eq!((pid.parse::<u32>().unwrap(), host), (std::process::id(), this_host()));
+        let young = Some(Duration::from_secs(60));
+        let old = Some(FOREIGN_SCRATCH + Duration::from_secs(1));
+        assert!(!owner_alive(&format!("{me}-upload-1"), young), "this process's own: an open clears it");
+        // PID 1 runs everywhere: on this host only its own start time keeps its entries.
+        assert!(owner_alive(&format!("1_0_{host}-x"), young));
+        assert!(!owner_alive(&format!("999999999_{start}_{host}-x"), young), "a process that is gone");
+        // PID 1 of another container or machine: not judged by this host's PID 1.
+        assert!(owner_alive("1_5_00000000-upload-0", young));
+        assert!(!owner_alive("1_5_00000000-upload-0", old));
+        assert!(!owner_alive("leftover", young));
     }
 }

@@ -1926,6 +1926,11 @@ fn a_robots_own_token_polls_in_its_wave_and_reports_as_itself_and_can_do_nothing
         assert!(status == 403 && e.contains(says) && e.contains(early.as_str()), "{method} {path}: {status} {answer}");
     }
     assert_eq!(store_objects(&c.store), before, "a refused robot changed the store");
+    // Its own report, but health no node counts: more interventions than ticks.
+    let forged =
+        serde_json::json!({ "robot": early, "channel": "stable", "health": { "ticks": 10, "interventions": 5000 } });
+    let (status, answer) = http_json(&a, "PUT", &format!("/reports/{early}"), &t, &forged);
+    assert!(status == 400 && answer["error"].as_str().unwrap().contains("than ticks"), "{answer}");
     assert_eq!(http(&a, "GET", "/rollouts/stable", Some(&c.token), b"").1["rollout"]["state"], "running");
 
     // Another robot's store with this token: the agent says so, and installs nothing.
@@ -2106,6 +2111,22 @@ fn a_rollout_of_a_skill_version_signs_its_indexes_here_and_refuses_what_it_canno
     assert!(start("0.3.0", &key, &root).status.success());
     assert!(rollout(&c, &["advance"]).status.success() && rollout(&c, &["advance"]).status.success());
     assert_eq!(offered("a-robot-that-never-said-its-name"), (4, "0.3.0".to_string(), digest(&b3)));
+
+    // A rollout at serial 5 that another server withdrew (two started at once): robots may have
+    // fetched 5, so no later rollout may sign it again, by hand or here.
+    let withdrawn = c.store.join("rollouts/stable/00000000000000000005");
+    std::fs::create_dir_all(&withdrawn).unwrap();
+    std::fs::write(withdrawn.join("withdrawn.json"), b"{}").unwrap();
+    let (again, again_back) =
+        (sign_index(d, &c.fleet_key, "stable", "5", &b2), sign_index(d, &c.fleet_key, "stable", "6", &b3));
+    let by_hand = rollout(&c, &["start", "--new", &s(&again), "--back", &s(&again_back), "--waves", "25,100"]);
+    let e = String::from_utf8_lossy(&by_hand.stderr);
+    assert!(!by_hand.status.success() && e.contains("used serial 5"), "{e}");
+    let here = start("0.2.0", &key, &root);
+    assert!(here.status.success(), "{}", String::from_utf8_lossy(&here.stderr));
+    assert!(String::from_utf8_lossy(&here.stderr).contains("new index serial 6"));
+    let first_wave = in_first[0].as_str();
+    assert_eq!(offered(first_wave), (6, "0.2.0".to_string(), digest(&b2)));
 }
 
 #[test]

@@ -698,7 +698,7 @@ struct RolloutStart {
     target: RolloutTarget,
     /// The skill to roll out: the new index is the channel's with it at VERSION, the back
     /// index the channel's as it is, under the next two serials.
-    #[arg(requires_all = ["version", "key", "root"], conflicts_with_all = ["new", "back"])]
+    #[arg(requires_all = ["version", "key", "root", "trust"], conflicts_with_all = ["new", "back"])]
     skill: Option<String>,
     /// The version to roll out, already in the catalog (`fleet upload`).
     version: Option<semver::Version>,
@@ -710,6 +710,10 @@ struct RolloutStart {
     /// hashed, here, and checked against it before anything is signed (with SKILL VERSION).
     #[arg(long, requires = "skill")]
     root: Option<PathBuf>,
+    /// Keys (.pub) the robots trust for bundles: the bundle downloaded must be signed by one of
+    /// them before its digest is signed into the index (with SKILL VERSION).
+    #[arg(long, requires = "skill")]
+    trust: Vec<PathBuf>,
     /// How long both indexes are valid (with SKILL VERSION).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
     valid: std::time::Duration,
@@ -2113,6 +2117,7 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
                 version,
                 key,
                 root,
+                trust,
                 valid,
                 new,
                 back,
@@ -2127,7 +2132,7 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
             );
             let (new, back) = match (skill, version, key, root, new, back) {
                 (Some(skill), Some(version), Some(key), Some(root), _, _) => {
-                    rollout_indexes(rt, &target, (&skill, &version), (&key, &root), valid)?
+                    rollout_indexes(rt, &target, (&skill, &version), (&key, &root, &trust), valid)?
                 }
                 (_, _, _, _, Some(new), Some(back)) => (envelope(&new)?, envelope(&back)?),
                 _ => return Err("give SKILL VERSION with --key and --root, or --new and --back".into()),
@@ -2189,12 +2194,12 @@ fn rollout(rt: &tokio::runtime::Runtime, cmd: RolloutCommand) -> Result<(), Box<
 /// channel's index with that version (new) and as it is (back), under the next two serials.
 /// Nothing is signed on the server's word: the channel's index is checked against the key list
 /// and that against `root`, as a robot checks them, and the bundle is downloaded from the
-/// catalog and hashed here.
+/// catalog, checked against `trust` and hashed here.
 fn rollout_indexes(
     rt: &tokio::runtime::Runtime,
     target: &RolloutTarget,
     (skill, version): (&str, &semver::Version),
-    (key, root): (&std::path::Path, &std::path::Path),
+    (key, root, trust): (&std::path::Path, &std::path::Path, &[PathBuf]),
     valid: std::time::Duration,
 ) -> Result<(skillgraft::fleet::channel::Envelope, skillgraft::fleet::channel::Envelope), Box<dyn std::error::Error>> {
     use skillgraft::fleet::channel as ch;
@@ -2246,7 +2251,9 @@ fn rollout_indexes(
         return Err(format!("{}: the download of {skill} {version} was answered {status}", at.fleet).into());
     }
     let bytes = std::fs::read(&scratch.0).map_err(skillgraft::file::FileError::at("read", &scratch.0))?;
-    let contents = bundle::peek(&scratch.0)?;
+    // Signed by a key the robots trust, whole, and within the limits a robot applies.
+    let trusted = bundle::read_trusted(trust)?;
+    let contents = bundle::verify(&scratch.0, &trusted, bundle::Limits::mib(512))?.contents;
     if (contents.name.as_str(), &contents.version) != (skill, version) || bytes.len() as u64 != listed.bytes {
         return Err(format!(
             "{}: what the catalog serves as {skill} {version} is {} {} of {} bytes, not the {} bytes it lists; ask whoever runs the server",

@@ -2068,10 +2068,12 @@ fn a_rollout_of_a_skill_version_signs_its_indexes_here_and_refuses_what_it_canno
         )
     };
     let digest = |b: &Path| skillgraft::fleet::channel::digest(&std::fs::read(b).unwrap());
-    let (key, root) = (s(&c.fleet_key), s(&c.root_pub));
-    let start = |version: &str, key: &str, root: &str| {
-        rollout(&c, &["start", "example-arm6", version, "--key", key, "--root", root, "--waves", "25%,100%"])
+    let (key, root, trust) = (s(&c.fleet_key), s(&c.root_pub), s(&c.fleet_pub));
+    let start_trusting = |version: &str, key: &str, root: &str, trust: &str| {
+        let args = ["start", "example-arm6", version, "--key", key, "--root", root, "--trust", trust];
+        rollout(&c, &[&args[..], &["--waves", "25%,100%"]].concat())
     };
+    let start = |version: &str, key: &str, root: &str| start_trusting(version, key, root, &trust);
 
     let started = start("0.3.0", &key, &root);
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
@@ -2104,6 +2106,12 @@ fn a_rollout_of_a_skill_version_signs_its_indexes_here_and_refuses_what_it_canno
     let out = common::skillgraft(&[&no_root[..], &["--token-file", &tokens, "--channel", "stable"]].concat());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.code() == Some(2) && e.contains("--root <ROOT>"), "the usage names what is missing: {e}");
+    // A bundle its robots would not trust is not signed into an index.
+    let (_, stray_pub) = bundles::keys(d, "stray-trust");
+    let out = start_trusting("0.3.0", &key, &root, &s(&stray_pub));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("not a trusted key"), "{e}");
+    assert_eq!(offered("arm-000").0, 3);
     let status = String::from_utf8_lossy(&rollout(&c, &["status"]).stdout).to_string();
     assert!(status.contains("halted"), "{status}");
 

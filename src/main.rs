@@ -2207,7 +2207,7 @@ fn rollout_indexes(
     use skillgraft::skill::bundle;
     let (at, channel) = (&target.at, target.channel.as_str());
     let secret = bundle::read_secret(key)?;
-    let root = root_key(root)?;
+    let root = ch::pinned_root(root)?;
     let signed = |path: &str| -> Result<ch::Envelope, Box<dyn std::error::Error>> {
         let r = at.call(rt, hyper::Method::GET, path, &Upload::Empty)?;
         Ok(serde_json::from_value(r.body).map_err(|e| format!("{}{path}: not a signed document: {e}", at.fleet))?)
@@ -2383,7 +2383,7 @@ fn channel(cmd: ChannelCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         ChannelCommand::Verify { root, keys, channel, state, index, json } => {
-            let root_key = &root_key(&root)?;
+            let root_key = &ch::pinned_root(&root)?;
             let seen = match &state {
                 Some(p) => Seen::load(p)?,
                 None => Seen::default(),
@@ -2685,15 +2685,6 @@ impl Drop for Scratch {
     }
 }
 
-/// The root public key in `path`: exactly one, as a robot pins it.
-fn root_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, Box<dyn std::error::Error>> {
-    let pinned = skillgraft::skill::bundle::read_trusted(&[path.to_path_buf()])?;
-    match pinned.as_slice() {
-        [key] => Ok(*key),
-        _ => Err(format!("{} holds {} keys; a robot pins exactly one root key", path.display(), pinned.len()).into()),
-    }
-}
-
 /// A fresh folder under the system's temporary folder, for a benchmark's files.
 fn tempfile_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("skillgraft-bench-{}", std::process::id()));
@@ -2718,7 +2709,7 @@ fn agent(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use skillgraft::fleet::agent::{AgentSettings, follow};
     use skillgraft::skill::bundle;
-    let root_key = &root_key(&root)?;
+    let root_key = &skillgraft::fleet::channel::pinned_root(&root)?;
     if !skillgraft::skill::manifest::valid_name(&channel) {
         return Err(format!("{channel:?} is not a channel name").into());
     }

@@ -207,6 +207,20 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The root public key in `path`: exactly one, as a robot pins it.
+pub fn pinned_root(path: &Path) -> Result<VerifyingKey, FleetError> {
+    let pinned =
+        crate::skill::bundle::read_trusted(&[path.to_path_buf()]).map_err(|e| FleetError::Config(e.to_string()))?;
+    match pinned.as_slice() {
+        [key] => Ok(*key),
+        _ => Err(FleetError::Config(format!(
+            "{} holds {} keys; a robot pins exactly one root key",
+            path.display(),
+            pinned.len()
+        ))),
+    }
+}
+
 /// A robot's place in a staged rollout of `channel`: 0 to 99 from a hash of its name, the same
 /// on every server and every run; a wave of p % holds the robots below p.
 pub fn wave_bucket(channel: &str, robot: &str) -> u8 {

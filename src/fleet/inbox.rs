@@ -152,7 +152,7 @@ impl crate::stats::Counted for InboxStats {
 }
 
 /// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
-fn clipped(text: &str, max: usize) -> String {
+pub(crate) fn clipped(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }

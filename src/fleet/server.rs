@@ -139,7 +139,7 @@ struct Live {
 struct Shared {
     bucket: Bucket,
     spool: PathBuf,
-    /// What names this process's files in the spool (`PID_START`), which servers sharing a
+    /// What names this process's files in the spool (`PID_START_HOST`), which servers sharing a
     /// folder store share: one that starts clears what dead ones left, never a live one's.
     owner: String,
     trusted: Vec<VerifyingKey>,

@@ -49,9 +49,7 @@ impl FollowStats {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("fleet channel {}: {e}", self.channel);
                 // Diagnostics values stay short enough for one message.
-                let mut text = e.to_string();
-                text.truncate(text.floor_char_boundary(2048));
-                *last = Some(text);
+                *last = Some(crate::fleet::inbox::clipped(&e.to_string(), 2048));
             }
         }
     }
@@ -82,14 +80,8 @@ impl Follower {
     /// and starts following `f` through the inbox listening on `inbox_at`.
     pub(crate) fn start(f: &FleetFollow, inbox: &InboxSettings, inbox_at: SocketAddr) -> Result<Follower, FleetError> {
         let config = |e: &dyn std::fmt::Display| FleetError::Config(e.to_string());
-        let pinned = bundle::read_trusted(std::slice::from_ref(&f.root)).map_err(|e| config(&e))?;
-        let [root] = pinned.as_slice() else {
-            return Err(FleetError::Config(format!(
-                "parameter `fleet_root`: {} holds {} keys; a robot pins exactly one root key",
-                f.root.display(),
-                pinned.len()
-            )));
-        };
+        let root = crate::fleet::channel::pinned_root(&f.root)
+            .map_err(|e| FleetError::Config(format!("parameter `fleet_root`: {e}")))?;
         crate::fleet::client::join(&f.url, "/keys")
             .map_err(|e| FleetError::Config(format!("parameter `fleet_url` is {:?}: {e}", f.url)))?;
         let store = Store::attach(&inbox.store);
@@ -105,7 +97,7 @@ impl Follower {
             token: crate::fleet::auth::read_token(&f.token_file)?,
             channel: f.channel.clone(),
             robot: robot.clone(),
-            root: *root,
+            root,
             trusted: bundle::read_trusted(&inbox.trust).map_err(|e| config(&e))?,
             limits: bundle::Limits::mib(inbox.max_mib),
             timeout: Duration::from_secs(600),
